@@ -1,0 +1,54 @@
+import type { BackupFormat, Entry, EntryHeader, Problem } from '../engine/entries.js';
+
+/**
+ * The one interface every destination implements. The plugin holds a BackupWriter for the whole run;
+ * the restore engine, `inspect` and `verify` use a BackupReader.
+ */
+
+export interface BackupStats {
+  format: BackupFormat;
+  /** where the backup lives, as given in the URL */
+  location: string;
+  /** newest version held (0 for an empty backup) */
+  head: number;
+  /** number of entries (records) currently held */
+  entries: number;
+  /** bytes of valid data */
+  bytes: number;
+}
+
+export interface BackupWriter {
+  readonly format: BackupFormat;
+  readonly location: string;
+  /** newest version held; 0 when empty */
+  head(): number;
+  isEmpty(): boolean;
+  /** true when the newest entry is a snapshot (a snapshot is committed state and is never rewound) */
+  headIsSnapshot(): boolean;
+  /** problems repaired when the backup was opened (a torn tail that was cut, orphan entries dropped) */
+  repaired(): Problem[];
+  /** Appends one db_write batch. Returns only once the entry is on stable storage. */
+  appendChange(version: number, statements: readonly string[]): void;
+  /** Appends a snapshot whose bytes are read from the SQLite file `dbPath`. Durable on return. */
+  appendSnapshotFile(version: number, dbPath: string): void;
+  /**
+   * Removes, durably, every trailing entry whose version equals the head (the node never committed
+   * them). Returns the new head.
+   */
+  dropHead(): number;
+  stats(): BackupStats;
+  close(): void;
+}
+
+export interface BackupReader {
+  readonly format: BackupFormat;
+  readonly location: string;
+  /** header-only scan of every acknowledged entry, in file order */
+  headers(): EntryHeader[];
+  /** Reads the entry whose header is `h` (statements or a lazily copied snapshot). */
+  read(h: EntryHeader): Entry;
+  /** problems found while scanning (torn tail, orphans, corruption) */
+  problems(): Problem[];
+  stats(): BackupStats;
+  close(): void;
+}

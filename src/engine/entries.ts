@@ -1,0 +1,57 @@
+/**
+ * What a backup holds, independent of its on-disk format: a sequence of entries in file order.
+ * A change is one db_write batch; a snapshot is a whole SQLite database at some data_version.
+ */
+
+export interface ChangeEntry {
+  kind: 'change';
+  /** data_version the node reported for this batch */
+  version: number;
+  /** byte offset of the entry's first byte in the backup (for error messages and inspect) */
+  offset: number;
+  statements: string[];
+}
+
+export interface SnapshotEntry {
+  kind: 'snapshot';
+  version: number;
+  offset: number;
+  /** size of the SQLite database in bytes */
+  size: number;
+  /**
+   * Copies the database bytes into a new file at `path` (created exclusively) and fsyncs it.
+   * Streams in chunks so that memory does not grow with the snapshot.
+   */
+  writeTo(path: string): void;
+}
+
+export type Entry = ChangeEntry | SnapshotEntry;
+
+/** A header-only view of an entry, enough to plan a restore without holding statements in memory. */
+export interface EntryHeader {
+  kind: 'change' | 'snapshot';
+  version: number;
+  offset: number;
+  /** true when every statement is a PRAGMA (lightningd reports these without bumping data_version) */
+  pragmaOnly: boolean;
+}
+
+export type BackupFormat = 'v1' | 'v2';
+
+/** A problem found while reading a backup, always with the byte offset where it was found. */
+export interface Problem {
+  kind: 'torn-tail' | 'corrupt' | 'orphan';
+  offset: number;
+  message: string;
+}
+
+export class BackupError extends Error {
+  constructor(
+    message: string,
+    readonly path: string,
+    readonly offset?: number,
+  ) {
+    super(message);
+    this.name = 'BackupError';
+  }
+}
