@@ -523,6 +523,42 @@ test('dropHead down to empty gives back the reference empty header; a dropped fi
   assert.deepEqual(referenceStream(p).map((e) => e.kind === 'change' && e.statements), [['CREATE TABLE b (x)']]);
 });
 
+test('repeated dropHead on a long file keeps the header exactly as the reference would have it', (t) => {
+  const dir = tempDir(t);
+  const p = join(dir, 'b.dbak');
+  createV1(p);
+  // versions 1..40 with PRAGMA companions at 20 and 33: more entries than the writer keeps in memory
+  const log: { version: number; offset: number }[] = [];
+  let w = V1Writer.open(p);
+  for (let v = 1; v <= 40; v++) {
+    log.push({ version: v, offset: statSync(p).size });
+    w.appendChange(v, [`INSERT INTO t VALUES (${v})`]);
+    if (v === 20 || v === 33) {
+      log.push({ version: v, offset: statSync(p).size });
+      w.appendChange(v, ['PRAGMA foreign_keys = ON;']);
+    }
+  }
+  try {
+    for (let round = 0; log.length > 0; round++) {
+      if (round === 10) {
+        // a fresh writer must agree with one that has been dropping for a while
+        w.close();
+        w = V1Writer.open(p);
+      }
+      const head = log[log.length - 1]!.version;
+      while (log.length > 0 && log[log.length - 1]!.version === head) log.pop();
+      const last = log[log.length - 1];
+      const expectHead = last?.version ?? 0;
+      assert.equal(w.dropHead(), expectHead);
+      assert.equal(w.stats().entries, log.length);
+      assertHeader(p, { version: expectHead, prev: log[log.length - 2]?.version ?? 0, offsets1: last?.offset ?? 0, count: log.length });
+    }
+  } finally {
+    w.close();
+  }
+  assert.equal(statSync(p).size, 512);
+});
+
 test('appendChange/appendSnapshotFile refuse what v1 cannot hold, without touching the file', (t) => {
   const dir = tempDir(t);
   const p = join(dir, 'b.dbak');

@@ -657,7 +657,10 @@ export class V1Writer implements BackupWriter {
   dropHead(): number {
     const fd = this.requireUsable();
     if (this.count === 0) return 0;
-    if (!this.tail.runIsComplete()) this.rescan();
+    // The new last entry's predecessor fills the header's prev_version; if it slid out of the window
+    // (a second rewind in a row), one header-only rescan recovers it rather than writing a guess.
+    const t = this.tail;
+    if (!t.runIsComplete() || (t.runStart === 1 && t.entries[0]!.offset !== V1_HEADER_SIZE)) this.rescan();
     const entries = this.tail.entries;
     const run = entries.slice(this.tail.runStart);
     const snapshot = run.find((e) => e.kind === 'snapshot');
