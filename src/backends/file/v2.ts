@@ -549,6 +549,7 @@ export class V2Writer implements BackupWriter {
     this.openStats = stats;
   }
 
+
   static open(path: string, options: V2WriterOptions = {}): V2Writer {
     let fd: number;
     try {
@@ -566,45 +567,45 @@ export class V2Writer implements BackupWriter {
       lock = WriterLock.acquire(path);
       const size = fstatSync(fd).size;
       checkFileHeader(fd, size, path);
-      const repairs: Problem[] = [];
-      let stats: V2OpenStats;
-      let entries: number | null = null;
-      let last: { start: number; h: RecordHeader } | null = null;
+      const w = new V2Writer(path, fd, lock, [], { path: 'empty', recordsValidated: 0, headersWalked: 0 });
+      w.end = size;
       if (size === FILE_HEADER_LEN) {
-        stats = { path: 'empty', recordsValidated: 0, headersWalked: 0 };
-        entries = 0;
-      } else if (!options.fullCheck && (last = checkLastRecord(fd, size)) !== null) {
-        stats = { path: 'fast', recordsValidated: 1, headersWalked: 0 };
-      } else {
-        const scan = scanRecords(fd, size, path);
-        if (scan.unsupported) throw scan.unsupported;
-        if (scan.corrupt.length > 0) {
-          const first = scan.corrupt[0]!;
-          throw new BackupError(
-            `${path} is damaged: ${first.message}` +
-              (scan.corrupt.length > 1 ? ` (and ${scan.corrupt.length - 1} more damaged record(s))` : '') +
-              `. Refusing to append to a damaged backup. Run 'clnvault verify ${path}' to see every problem; ` +
-              `if it cannot be repaired, start a fresh backup with 'clnvault init'.`,
-            path,
-            first.offset,
-          );
-        }
-        if (scan.torn) {
-          ftruncateSync(fd, scan.torn.offset);
-          fdatasyncSync(fd);
-          repairs.push(scan.torn);
-        }
-        stats = { path: 'slow', recordsValidated: scan.recordsValidated, headersWalked: 0 };
-        entries = scan.records.length;
+        w.entryCount = 0;
+        w.loadTail(null);
+        return w;
       }
-      const w = new V2Writer(path, fd, lock, repairs, stats);
-      w.entryCount = entries;
-      w.end = fstatSync(fd).size;
+      const last = options.fullCheck ? null : checkLastRecord(fd, size);
       if (last) {
         const reason = unsupportedReason(last.h);
         if (reason !== null) throw unsupportedError(path, last.start, reason);
+        w.openStats.path = 'fast';
+        w.openStats.recordsValidated = 1;
+        // a broken chain just before the newest record means damage: let the full scan say where
+        if (w.loadTail(last)) return w;
       }
-      w.loadTail(last);
+      const scan = scanRecords(fd, size, path);
+      w.openStats.path = 'slow';
+      w.openStats.recordsValidated += scan.recordsValidated;
+      if (scan.unsupported) throw scan.unsupported;
+      if (scan.corrupt.length > 0) {
+        const first = scan.corrupt[0]!;
+        throw new BackupError(
+          `${path} is damaged: ${first.message}` +
+            (scan.corrupt.length > 1 ? ` (and ${scan.corrupt.length - 1} more damaged record(s))` : '') +
+            `. Refusing to append to a damaged backup. Run 'clnvault verify ${path}' to see every problem; ` +
+            `if it cannot be repaired, start a fresh backup with 'clnvault init'.`,
+          path,
+          first.offset,
+        );
+      }
+      if (scan.torn) {
+        ftruncateSync(fd, scan.torn.offset);
+        fdatasyncSync(fd);
+        w.repairs.push(scan.torn);
+      }
+      w.end = scan.validEnd;
+      w.entryCount = scan.records.length;
+      if (!w.loadTail(null)) throw new Error(`internal: record chain broken after a clean scan of ${path}`);
       return w;
     } catch (e) {
       lock?.release();
@@ -615,40 +616,41 @@ export class V2Writer implements BackupWriter {
 
   /**
    * Learns head, head type and the trailing group of head-version changes by walking trailers back
-   * from the end: a handful of headers, however long the file.
+   * from the end: a handful of headers, however long the file. False when the chain of trailers is
+   * broken (damage near the end).
    */
-  private loadTail(known: { start: number; h: RecordHeader } | null): void {
+  private loadTail(known: { start: number; h: RecordHeader } | null): boolean {
     this.groupStart = this.end;
     this.groupCount = 0;
-    if (this.end === FILE_HEADER_LEN) {
-      this.headVersion = 0;
-      this.lastType = 0;
-      return;
-    }
+    this.headVersion = 0;
+    this.lastType = 0;
+    if (this.end === FILE_HEADER_LEN) return true;
     const win = new FileWindow(this.fd, this.end, SCRATCH_INITIAL);
-    const broken = (at: number): BackupError =>
-      new BackupError(
-        `${this.location} is damaged: the record chain is broken before offset ${at}. ` +
-          `Run 'clnvault verify ${this.location}'; if it cannot be repaired, start a fresh backup with 'clnvault init'.`,
-        this.location,
-        at,
-      );
-    let rec = known ?? recordEndingAt(win, this.end);
-    this.openStats.headersWalked += known ? 0 : 1;
-    if (!rec) throw broken(this.end);
+    let rec = known;
+    if (!rec) {
+      rec = recordEndingAt(win, this.end);
+      this.openStats.headersWalked++;
+      if (!rec) return false;
+    }
+    let groupStart = this.end;
+    let groupCount = 0;
+    if (rec.h.type === TYPE_CHANGE) {
+      groupStart = rec.start;
+      groupCount = 1;
+      while (groupStart > FILE_HEADER_LEN) {
+        const prev = recordEndingAt(win, groupStart);
+        this.openStats.headersWalked++;
+        if (!prev) return false;
+        if (prev.h.type !== TYPE_CHANGE || prev.h.version !== rec.h.version) break;
+        groupStart = prev.start;
+        groupCount++;
+      }
+    }
     this.headVersion = rec.h.version;
     this.lastType = rec.h.type;
-    if (rec.h.type !== TYPE_CHANGE) return;
-    this.groupStart = rec.start;
-    this.groupCount = 1;
-    while (this.groupStart > FILE_HEADER_LEN) {
-      rec = recordEndingAt(win, this.groupStart);
-      this.openStats.headersWalked++;
-      if (!rec) throw broken(this.groupStart);
-      if (rec.h.type !== TYPE_CHANGE || rec.h.version !== this.headVersion) break;
-      this.groupStart = rec.start;
-      this.groupCount++;
-    }
+    this.groupStart = groupStart;
+    this.groupCount = groupCount;
+    return true;
   }
 
   head(): number {
@@ -765,10 +767,14 @@ export class V2Writer implements BackupWriter {
     }
     if (this.entryCount !== null) this.entryCount -= this.groupCount;
     this.end = to;
-    try {
-      this.loadTail(null);
-    } catch (e) {
-      this.failed = e as Error;
+    if (!this.loadTail(null)) {
+      const e = new BackupError(
+        `${this.location} is damaged: the record before offset ${to} cannot be found through its trailer. ` +
+          `Run 'clnvault verify ${this.location}'; if it cannot be repaired, start a fresh backup with 'clnvault init'.`,
+        this.location,
+        to,
+      );
+      this.failed = e;
       throw e;
     }
     return this.head();
