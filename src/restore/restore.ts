@@ -1,0 +1,301 @@
+import Database from 'better-sqlite3';
+import { closeSync, existsSync, fsyncSync, linkSync, openSync, renameSync, rmSync, statSync, unlinkSync } from 'node:fs';
+import { dirname, join, resolve } from 'node:path';
+import type { BackupReader } from '../backends/backend.js';
+import { fsyncDir } from '../backends/file/fsutil.js';
+import type { EntryHeader } from '../engine/entries.js';
+import { planRestore } from '../engine/plan.js';
+import { serialDiff } from '../engine/versions.js';
+import { Replayer } from './replay.js';
+
+export interface RestoreOptions {
+  /** replace an existing destination */
+  force?: boolean;
+  /** point-in-time: stop after the newest kept entry with version <= toVersion */
+  toVersion?: number;
+  /** called at most ~10x/s, and once more at the end with applied == total */
+  onProgress?: (p: { applied: number; total: number; bytes: number }) => void;
+}
+
+export interface RestoreResult {
+  path: string;
+  /** data_version of the restored database */
+  head: number;
+  /** entries applied (the snapshot counts as one) */
+  applied: number;
+  statements: number;
+  snapshotVersion: number | null;
+  /** stale entries in the backup (superseded by a later entry with the same or a lower version), skipped */
+  dropped: number;
+  elapsedMs: number;
+  integrity: 'ok';
+  foreignKeyViolations: 0;
+}
+
+export class RestoreError extends Error {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = 'RestoreError';
+  }
+}
+
+const DB_NAME = 'lightningd.sqlite3';
+const PROGRESS_INTERVAL_MS = 100;
+/** files SQLite keeps next to a database; a leftover one would be played back into the restored file */
+const SIDE_SUFFIXES = ['-journal', '-wal', '-shm'];
+
+/** lightningd looks for `lightningd.sqlite3` in its network directory, so a directory means that file. */
+export function resolveDestination(dest: string): string {
+  const p = resolve(dest);
+  let isDir = false;
+  try {
+    isDir = statSync(p).isDirectory();
+  } catch {
+    isDir = /[\\/]$/.test(dest);
+  }
+  return isDir ? join(p, DB_NAME) : p;
+}
+
+export function restoreBackup(reader: BackupReader, dest: string, opts: RestoreOptions = {}): RestoreResult {
+  const started = performance.now();
+  const path = resolveDestination(dest);
+  const force = opts.force === true;
+  checkDestination(path, force);
+
+  let headers: EntryHeader[];
+  try {
+    headers = reader.headers();
+  } catch (e) {
+    throw new RestoreError(
+      `cannot read ${reader.location}: ${(e as Error).message}. Nothing was written to ${path}.`,
+      { cause: e },
+    );
+  }
+  refuseCorruption(reader);
+  // Stale entries are counted against the whole history, so a point-in-time restore reports the same figure.
+  const full = planRestore(headers);
+  let dropped = 0;
+  for (let i = 0; i < headers.length; i++) dropped += full.dropped[i]!;
+  if (opts.toVersion !== undefined) checkToVersion(reader, headers, full.dropped, full.head, opts.toVersion);
+  const plan = opts.toVersion === undefined ? full : planRestore(headers, opts.toVersion);
+
+  const tmp = `${path}.clnvault-tmp-${process.pid}`;
+  removeFiles(tmp);
+  let db: Database.Database | null = null;
+  let replayer: Replayer | null = null;
+  let snapshotVersion: number | null = null;
+  let applied = 0;
+  // totals of replayers already replaced by a later snapshot, plus snapshot sizes
+  let doneStatements = 0;
+  let doneBytes = 0;
+  let lastProgress = performance.now();
+  let current: EntryHeader | null = null;
+  try {
+    for (let i = plan.start; i < headers.length; i++) {
+      if (plan.dropped[i]) continue;
+      const h = headers[i]!;
+      current = h;
+      const entry = reader.read(h);
+      if (entry.kind === 'snapshot') {
+        // A snapshot supersedes everything before it: start over from its bytes.
+        if (replayer) {
+          doneStatements += replayer.statements;
+          doneBytes += replayer.chars;
+        }
+        db?.close();
+        db = null;
+        replayer = null;
+        removeFiles(tmp);
+        entry.writeTo(tmp);
+        db = openForReplay(tmp, false);
+        replayer = new Replayer(db);
+        snapshotVersion = entry.version;
+        doneBytes += entry.size;
+      } else {
+        if (db === null) {
+          db = openForReplay(tmp, true);
+          replayer = new Replayer(db);
+        }
+        replayer!.apply(entry);
+      }
+      applied++;
+      if (opts.onProgress) {
+        const now = performance.now();
+        if (now - lastProgress >= PROGRESS_INTERVAL_MS) {
+          lastProgress = now;
+          opts.onProgress({ applied, total: plan.applied, bytes: doneBytes + (replayer?.chars ?? 0) });
+        }
+      }
+    }
+    current = null;
+    if (db === null) db = openForReplay(tmp, true);
+    replayer?.finish();
+    finishAndCheck(db, tmp, plan.head);
+    db.close();
+    db = null;
+    fsyncFile(tmp);
+    place(tmp, path, force);
+  } catch (e) {
+    replayer?.abandon();
+    try {
+      db?.close();
+    } catch {
+      // the file is deleted next; nothing to save
+    }
+    removeFiles(tmp);
+    if (e instanceof RestoreError) throw e;
+    const where = current ? ` while applying the entry with version ${current.version} at offset ${current.offset}` : '';
+    throw new RestoreError(
+      `restore of ${reader.location} into ${path} failed${where}: ${(e as Error).message}. ` +
+        `Nothing was written to ${path}. Check the backup with 'clnvault verify ${reader.location}'.`,
+      { cause: e },
+    );
+  }
+  if (opts.onProgress) opts.onProgress({ applied, total: plan.applied, bytes: doneBytes + (replayer?.chars ?? 0) });
+  return {
+    path,
+    head: plan.head,
+    applied,
+    statements: doneStatements + (replayer?.statements ?? 0),
+    snapshotVersion,
+    dropped,
+    elapsedMs: performance.now() - started,
+    integrity: 'ok',
+    foreignKeyViolations: 0,
+  };
+}
+
+function checkDestination(path: string, force: boolean): void {
+  const dir = dirname(path);
+  let dirOk = false;
+  try {
+    dirOk = statSync(dir).isDirectory();
+  } catch {
+    dirOk = false;
+  }
+  if (!dirOk) throw new RestoreError(`cannot restore into ${path}: the directory ${dir} does not exist; create it first`);
+  if (force) return;
+  if (existsSync(path)) {
+    throw new RestoreError(`destination ${path} exists; move it aside or pass --force`);
+  }
+  for (const suffix of SIDE_SUFFIXES) {
+    if (existsSync(path + suffix)) {
+      throw new RestoreError(
+        `${path + suffix} exists without its database: SQLite would play it back into the restored file; ` +
+          `move it aside or pass --force (which deletes it)`,
+      );
+    }
+  }
+}
+
+function refuseCorruption(reader: BackupReader): void {
+  // A torn tail is the unacknowledged last write and orphans were never acknowledged either; a corrupt
+  // record in the middle means acknowledged transactions are unreadable, and a database missing them
+  // would broadcast revoked states.
+  const corrupt = reader.problems().filter((p) => p.kind === 'corrupt');
+  if (corrupt.length === 0) return;
+  const list = corrupt.map((p) => `offset ${p.offset}: ${p.message}`).join('; ');
+  throw new RestoreError(
+    `${reader.location} is damaged (${list}); restoring it would lose acknowledged transactions. ` +
+      `Run 'clnvault verify ${reader.location}' and restore from another copy of the backup`,
+  );
+}
+
+function checkToVersion(
+  reader: BackupReader,
+  headers: readonly EntryHeader[],
+  dropped: Uint8Array,
+  head: number,
+  toVersion: number,
+): void {
+  let oldest: number | null = null;
+  for (let i = 0; i < headers.length; i++) {
+    if (!dropped[i]) {
+      oldest = headers[i]!.version;
+      break;
+    }
+  }
+  if (oldest === null) {
+    if (toVersion === 0) return;
+    throw new RestoreError(`${reader.location} is empty: it holds no version ${toVersion}, only the empty database (version 0)`);
+  }
+  if (serialDiff(toVersion, oldest) < 0 || serialDiff(toVersion, head) > 0) {
+    throw new RestoreError(
+      `${reader.location} cannot be restored to version ${toVersion}: it holds versions ${oldest} to ${head} ` +
+        `(older history was compacted away); pass a version in that range`,
+    );
+  }
+}
+
+function openForReplay(path: string, create: boolean): Database.Database {
+  if (create) closeSync(openSync(path, 'wx'));
+  const db = new Database(path, { fileMustExist: true });
+  // As lightningd runs: foreign keys enforced, so ON DELETE CASCADE behaves as it did live.
+  db.pragma('foreign_keys = ON');
+  db.pragma('journal_mode = DELETE');
+  // Safe: the file is checked, fsynced and renamed into place only at the end; a crash leaves a temp file.
+  db.pragma('synchronous = OFF');
+  return db;
+}
+
+function finishAndCheck(db: Database.Database, path: string, head: number): void {
+  // A snapshot or a replayed PRAGMA may have changed it; lightningd expects a plain rollback-journal file.
+  db.pragma('journal_mode = DELETE');
+  // An empty backup would otherwise leave a 0-byte file; give it a real SQLite header.
+  if (statSync(path).size === 0) db.pragma('user_version = 0');
+  const integrity = db.pragma('integrity_check') as { integrity_check: string }[];
+  if (integrity.length !== 1 || integrity[0]!.integrity_check !== 'ok') {
+    const lines = integrity.slice(0, 5).map((r) => r.integrity_check).join('; ');
+    throw new RestoreError(`the restored database failed PRAGMA integrity_check: ${lines}`);
+  }
+  const fk = db.pragma('foreign_key_check') as { table: string; rowid: number; parent: string }[];
+  if (fk.length > 0) {
+    const first = fk.slice(0, 3).map((r) => `${r.table} rowid ${r.rowid} → ${r.parent}`).join('; ');
+    throw new RestoreError(`the restored database has ${fk.length} foreign key violation(s) (${first})`);
+  }
+  const hasVars = db.prepare(`SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'vars'`).get() !== undefined;
+  if (!hasVars) return;
+  const row = db.prepare(`SELECT intval FROM vars WHERE name = 'data_version'`).get() as { intval: number | null } | undefined;
+  if (row === undefined || row.intval !== head) {
+    throw new RestoreError(
+      `the restored database's vars.data_version is ${row === undefined ? 'missing' : String(row.intval)} but the ` +
+        `backup's head is version ${head}: the backup does not replay to its own head`,
+    );
+  }
+}
+
+function fsyncFile(path: string): void {
+  const fd = openSync(path, 'r');
+  try {
+    fsyncSync(fd);
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/** Puts the finished file under its final name atomically; without force, never over an existing file. */
+function place(tmp: string, path: string, force: boolean): void {
+  if (force) {
+    for (const suffix of SIDE_SUFFIXES) rmSync(path + suffix, { force: true });
+    renameSync(tmp, path);
+  } else {
+    // link() fails if the name exists, so a file created while we replayed is never replaced.
+    try {
+      linkSync(tmp, path);
+      unlinkSync(tmp);
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code;
+      if (code === 'EEXIST') throw new RestoreError(`destination ${path} exists; move it aside or pass --force`);
+      if (code !== 'EPERM' && code !== 'ENOTSUP' && code !== 'EOPNOTSUPP' && code !== 'ENOSYS' && code !== 'EXDEV') throw e;
+      // filesystems without hard links (FAT32, some FUSE mounts)
+      if (existsSync(path)) throw new RestoreError(`destination ${path} exists; move it aside or pass --force`);
+      renameSync(tmp, path);
+    }
+  }
+  fsyncDir(path);
+}
+
+function removeFiles(path: string): void {
+  rmSync(path, { force: true });
+  rmSync(`${path}-journal`, { force: true });
+}
