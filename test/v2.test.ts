@@ -767,3 +767,16 @@ test('opening a writer is O(1): 100 000 records, one validated', () => {
   assert.equal(r.headers().length, N + 1);
   r.close();
 });
+
+test('the worked hex example in docs/format-v2.md is exactly what the encoder writes', () => {
+  const doc = readFileSync(new URL('../../docs/format-v2.md', import.meta.url), 'utf8');
+  const example = doc.slice(doc.indexOf('## Worked example'));
+  const hex = example
+    .split('\n')
+    .filter((l) => /^[0-9a-f]{4} {2}[0-9a-f]{2} /.test(l))
+    .map((l) => l.slice(6, 6 + 48).trim())
+    .join(' ');
+  const documented = Buffer.from(hex.replace(/\s+/g, ''), 'hex');
+  assert.equal(documented.length, 73);
+  assert.ok(encodeChangeRecord(7, ['DELETE FROM t', 'PRAGMA x']).equals(documented));
+});

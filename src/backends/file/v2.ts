@@ -511,7 +511,7 @@ export interface V2OpenStats {
   path: 'empty' | 'fast' | 'slow';
   /** records whose header, payload checksum and trailer were all verified */
   recordsValidated: number;
-  /** record headers read while walking back from the end over the newest version's records */
+  /** record headers read while walking back from the end over the newest version's records (dropHead adds its own walk) */
   headersWalked: number;
 }
 
