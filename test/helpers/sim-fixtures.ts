@@ -1,0 +1,41 @@
+/** Where the simulator tests find the recorded fixtures and the plugin, and their scratch dirs. */
+import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath, pathToFileURL } from 'node:url';
+import { SimNode, type SimNodeOptions } from '../../src/sim/lightningd.js';
+
+export const FIXTURES = process.env.CLNVAULT_FIXTURES ?? '/work/shared/fixtures';
+export const CLN = join(FIXTURES, 'cln-v26.06.6');
+
+/** The real plugin, built next to this file's compiled copy; CLNVAULT_SIM_PLUGIN overrides it. */
+export const PLUGIN = process.env.CLNVAULT_SIM_PLUGIN ?? fileURLToPath(new URL('../../src/plugin/main.js', import.meta.url));
+
+export interface SimScratch {
+  dir: string;
+  netDir: string;
+  backupUrl: string;
+  node: SimNode;
+  cleanup(): Promise<void>;
+}
+
+/** A fresh network dir with a backup.lock pointing into the same scratch dir, and a node on it. */
+export function simScratch(options: Partial<SimNodeOptions> = {}): SimScratch {
+  const dir = mkdtempSync(join(tmpdir(), 'clnvault-sim-'));
+  const netDir = join(dir, 'regtest');
+  mkdirSync(netDir, { recursive: true });
+  const backupUrl = pathToFileURL(join(dir, 'backup')).href;
+  SimNode.writeBackupLock(netDir, backupUrl);
+  // A hung plugin must fail the test rather than hang it; lightningd itself has no such timeout.
+  const node = new SimNode({ netDir, pluginPath: PLUGIN, hookSafetyTimeoutMs: 60_000, exitGraceMs: 5_000, ...options });
+  return {
+    dir,
+    netDir,
+    backupUrl,
+    node,
+    cleanup: async () => {
+      await node.stop().catch(() => undefined);
+      if (!process.env.CLNVAULT_KEEP_TMP) rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
