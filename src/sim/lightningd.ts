@@ -109,6 +109,8 @@ interface PluginProcess {
   killReason: string | undefined;
   /** stop()/crash in progress: the exit is expected, not a reason to shut the node down. */
   leaving: boolean;
+  /** Killed for a protocol violation: like lightningd, read nothing more from it (not even a late reply). */
+  poisoned: boolean;
 }
 
 export class SimNode {
@@ -540,6 +542,7 @@ export class SimNode {
       exit: undefined,
       killReason: undefined,
       leaving: false,
+      poisoned: false,
     };
     child.stdin.on('error', () => undefined);
     child.stdout.on('data', (chunk: Buffer) => this.onStdout(proc, proc.reader.push(chunk)));
@@ -593,6 +596,7 @@ export class SimNode {
 
   private onStdout(proc: PluginProcess, events: ReturnType<FrameReader['push']>): void {
     for (const ev of events) {
+      if (proc.poisoned) return;
       if (ev.kind === 'garbage') {
         this.violation(proc, ev.text, ev.reason);
         continue;
@@ -641,6 +645,7 @@ export class SimNode {
   private violation(proc: PluginProcess, text: string, reason: string): void {
     this.violations.push({ text: text.length > 2000 ? `${text.slice(0, 2000)}…` : text, reason });
     if ((this.opts.killOnViolation ?? true) && !proc.exit) {
+      proc.poisoned = true;
       proc.killReason ??= `protocol violation: ${reason}`;
       proc.child.kill('SIGKILL');
     }

@@ -3,6 +3,8 @@ import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
+import { createBackup } from '../../src/backends/open.js';
+import type { BackupFormat } from '../../src/engine/entries.js';
 import { SimNode, type SimNodeOptions } from '../../src/sim/lightningd.js';
 
 export const FIXTURES = process.env.CLNVAULT_FIXTURES ?? '/work/shared/fixtures';
@@ -19,12 +21,16 @@ export interface SimScratch {
   cleanup(): Promise<void>;
 }
 
-/** A fresh network dir with a backup.lock pointing into the same scratch dir, and a node on it. */
-export function simScratch(options: Partial<SimNodeOptions> = {}): SimScratch {
+/**
+ * A fresh network dir, an empty backup (what `clnvault init` creates) and a backup.lock pointing at it, and
+ * a node on that dir.
+ */
+export function simScratch(options: Partial<SimNodeOptions> = {}, format: BackupFormat = 'v2'): SimScratch {
   const dir = mkdtempSync(join(tmpdir(), 'clnvault-sim-'));
   const netDir = join(dir, 'regtest');
   mkdirSync(netDir, { recursive: true });
-  const backupUrl = pathToFileURL(join(dir, 'backup')).href;
+  const backupUrl = pathToFileURL(join(dir, 'backup.clnvault')).href;
+  createBackup(backupUrl, dir, format);
   SimNode.writeBackupLock(netDir, backupUrl);
   // A hung plugin must fail the test rather than hang it; lightningd itself has no such timeout.
   const node = new SimNode({ netDir, pluginPath: PLUGIN, hookSafetyTimeoutMs: 60_000, exitGraceMs: 5_000, ...options });
