@@ -13,6 +13,8 @@ import { FrameReader, encodeMessage } from '../src/sim/framing.js';
 import { PLUGIN_TERMINATED, type SimNode } from '../src/sim/lightningd.js';
 import { readTranscript } from '../src/sim/transcript.js';
 import { Workload, runWorkload, type WorkItem } from '../src/sim/workload.js';
+import { openReader } from '../src/backends/open.js';
+import { restoreBackup } from '../src/restore/restore.js';
 import { CLN, FIXTURES, simScratch, type SimScratch } from './helpers/sim-fixtures.js';
 
 const scratches: SimScratch[] = [];
@@ -33,6 +35,18 @@ function statementsOf(item: WorkItem): string[] {
   const b = item.batches[0]!;
   assert.equal(b.kind, 'tx');
   return b.kind === 'tx' ? b.statements : [];
+}
+
+/** The plugin's backup, restored, must equal what the sim committed: the stream it saw was the right one. */
+function assertBackupMatches(sc: SimScratch): void {
+  const reader = openReader(sc.backupUrl, sc.dir);
+  const dest = join(sc.dir, `restored-${Date.now()}.sqlite3`);
+  try {
+    restoreBackup(reader, dest);
+  } finally {
+    reader.close();
+  }
+  assert.equal(sqliteDump(dest), sqliteDump(sc.node.dbPath));
 }
 
 function assertClean(node: SimNode): void {
@@ -76,7 +90,8 @@ describe('replaying recorded CLN v26.06.6 sessions', () => {
   });
 
   test('session-abort: the aborted line is never committed, the restart re-sends its data_version', { timeout: 120_000 }, async () => {
-    const { node } = scratch();
+    const sc = scratch();
+    const { node } = sc;
     const path = join(CLN, 'session-abort/hooks.jsonl');
     const before = await node.replay(path, { to: 18 });
     assert.equal(before.failure, undefined);
@@ -97,6 +112,8 @@ describe('replaying recorded CLN v26.06.6 sessions', () => {
     assert.equal(node.dataVersion(), 21);
     assert.equal(sqliteDump(node.dbPath), fixture('session-abort/final.dump.sql'));
     assertClean(node);
+    await node.stop();
+    assertBackupMatches(sc);
   });
 
   test('after-rewind transcript with getmanifest markers (two processes, one abort)', { timeout: 120_000 }, async () => {
@@ -182,7 +199,8 @@ describe('framing', () => {
 
 describe('generated workload', () => {
   test('a few thousand mixed transactions keep the DB consistent', { timeout: 600_000 }, async () => {
-    const { node } = scratch();
+    const sc = scratch();
+    const { node } = sc;
     await node.boot();
     const schemaVersion = node.dataVersion();
     assert.equal(schemaVersion, 11);
@@ -195,6 +213,8 @@ describe('generated workload', () => {
     assert.equal(integrityCheck(node.dbPath), 'ok');
     assert.equal(foreignKeyViolations(node.dbPath), 0);
     assertClean(node);
+    await node.stop();
+    assertBackupMatches(sc);
   });
 
   test('the same seed generates the same traffic', () => {
