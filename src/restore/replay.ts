@@ -102,8 +102,8 @@ export class Replayer {
     } catch (e) {
       const excerpt = sql.length > 200 ? `${sql.slice(0, 200)}…` : sql;
       throw new ReplayError(
-        `entry version ${entry.version} at offset ${entry.offset}, statement ${index + 1} of ${entry.statements.length} ` +
-          `failed: ${(e as Error).message}; statement: ${excerpt}`,
+        `version ${entry.version} at offset ${entry.offset}, statement ${index + 1} of ${entry.statements.length}: ` +
+          `${(e as Error).message}; the statement: ${excerpt}`,
         entry.version,
         entry.offset,
         index,

@@ -6,7 +6,7 @@ import { fsyncDir } from '../backends/file/fsutil.js';
 import type { EntryHeader } from '../engine/entries.js';
 import { planRestore } from '../engine/plan.js';
 import { serialDiff } from '../engine/versions.js';
-import { Replayer } from './replay.js';
+import { Replayer, ReplayError } from './replay.js';
 
 export interface RestoreOptions {
   /** replace an existing destination */
@@ -38,6 +38,9 @@ export class RestoreError extends Error {
     this.name = 'RestoreError';
   }
 }
+
+/** A post-replay check failed: the replay ran, but its result must not become the node's database. */
+class CheckError extends Error {}
 
 const DB_NAME = 'lightningd.sqlite3';
 const PROGRESS_INTERVAL_MS = 100;
@@ -144,10 +147,14 @@ export function restoreBackup(reader: BackupReader, dest: string, opts: RestoreO
     }
     removeFiles(tmp);
     if (e instanceof RestoreError) throw e;
-    const where = current ? ` while applying the entry with version ${current.version} at offset ${current.offset}` : '';
+    let what: string;
+    if (e instanceof ReplayError) what = `at entry ${e.message}`;
+    else if (e instanceof CheckError) what = `its final check: ${e.message}`;
+    else if (current) what = `at the ${current.kind} entry version ${current.version} at offset ${current.offset}: ${(e as Error).message}`;
+    else what = (e as Error).message;
     throw new RestoreError(
-      `restore of ${reader.location} into ${path} failed${where}: ${(e as Error).message}. ` +
-        `Nothing was written to ${path}. Check the backup with 'clnvault verify ${reader.location}'.`,
+      `restore of ${reader.location} into ${path} failed ${what}. Nothing was written to ${path}. ` +
+        `Check the backup with 'clnvault verify ${reader.location}'.`,
       { cause: e },
     );
   }
@@ -219,10 +226,12 @@ function checkToVersion(
     if (toVersion === 0) return;
     throw new RestoreError(`${reader.location} is empty: it holds no version ${toVersion}, only the empty database (version 0)`);
   }
-  if (serialDiff(toVersion, oldest) < 0 || serialDiff(toVersion, head) > 0) {
+  const tooOld = serialDiff(toVersion, oldest) < 0;
+  if (tooOld || serialDiff(toVersion, head) > 0) {
     throw new RestoreError(
       `${reader.location} cannot be restored to version ${toVersion}: it holds versions ${oldest} to ${head} ` +
-        `(older history was compacted away); pass a version in that range`,
+        (tooOld ? '(older history was compacted away or never backed up)' : `(${head} is its newest)`) +
+        `; pass a version in that range`,
     );
   }
 }
@@ -246,18 +255,18 @@ function finishAndCheck(db: Database.Database, path: string, head: number): void
   const integrity = db.pragma('integrity_check') as { integrity_check: string }[];
   if (integrity.length !== 1 || integrity[0]!.integrity_check !== 'ok') {
     const lines = integrity.slice(0, 5).map((r) => r.integrity_check).join('; ');
-    throw new RestoreError(`the restored database failed PRAGMA integrity_check: ${lines}`);
+    throw new CheckError(`the restored database failed PRAGMA integrity_check: ${lines}`);
   }
   const fk = db.pragma('foreign_key_check') as { table: string; rowid: number; parent: string }[];
   if (fk.length > 0) {
     const first = fk.slice(0, 3).map((r) => `${r.table} rowid ${r.rowid} → ${r.parent}`).join('; ');
-    throw new RestoreError(`the restored database has ${fk.length} foreign key violation(s) (${first})`);
+    throw new CheckError(`the restored database has ${fk.length} foreign key violation(s) (${first})`);
   }
   const hasVars = db.prepare(`SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'vars'`).get() !== undefined;
   if (!hasVars) return;
   const row = db.prepare(`SELECT intval FROM vars WHERE name = 'data_version'`).get() as { intval: number | null } | undefined;
   if (row === undefined || row.intval !== head) {
-    throw new RestoreError(
+    throw new CheckError(
       `the restored database's vars.data_version is ${row === undefined ? 'missing' : String(row.intval)} but the ` +
         `backup's head is version ${head}: the backup does not replay to its own head`,
     );

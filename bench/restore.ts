@@ -1,0 +1,169 @@
+/**
+ * Restore throughput on invoice-shaped transactions (~1 KB, 4 statements each, like lightningd's
+ * `invoice` batches): generates a v2 backup in a temp dir, restores it, prints the rates.
+ *
+ *   node dist/bench/restore.js [--transactions N] [--keep]
+ */
+import { closeSync, mkdtempSync, openSync, rmSync, statSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { pathToFileURL } from 'node:url';
+import { createV2, encodeChangeRecord, V2Reader } from '../src/backends/file/v2.js';
+import { writeFully } from '../src/backends/file/fsutil.js';
+import { restoreBackup } from '../src/restore/restore.js';
+
+export interface RestoreBenchOptions {
+  /** invoice-shaped transactions after the schema entry (default 200,000) */
+  transactions?: number;
+  /** where to put the backup and the restored DB (default: a new temp dir, removed afterwards) */
+  dir?: string;
+  keep?: boolean;
+  log?: (line: string) => void;
+}
+
+export interface RestoreBenchResult {
+  transactions: number;
+  statements: number;
+  backupBytes: number;
+  generateMs: number;
+  restoreMs: number;
+  txPerSec: number;
+  statementsPerSec: number;
+  mbPerSec: number;
+  /** process peak RSS in MiB (process.resourceUsage().maxRSS), generation included */
+  peakRssMiB: number;
+}
+
+const SCHEMA = [
+  'CREATE TABLE vars (name TEXT, val TEXT, intval INTEGER, blobval BLOB, PRIMARY KEY (name))',
+  `INSERT INTO vars (name, intval) VALUES ('data_version', 0)`,
+  `INSERT INTO vars (name, intval) VALUES ('last_invoices_created_index', 0)`,
+  'CREATE TABLE invoices (id INTEGER PRIMARY KEY, state INTEGER, msatoshi INTEGER, payment_hash BLOB, ' +
+    'payment_key BLOB, label TEXT, expiry_time INTEGER, pay_index INTEGER, msatoshi_received INTEGER, ' +
+    'paid_timestamp INTEGER, bolt11 TEXT, description TEXT, features BLOB, local_offer_id BLOB, ' +
+    'updated_index INTEGER, UNIQUE (label), UNIQUE (payment_hash), UNIQUE (pay_index))',
+  `UPDATE vars SET intval = intval + 1 WHERE name = 'data_version' AND intval = 0`,
+];
+
+function hex(n: number, bytes: number): string {
+  return n.toString(16).padStart(8, '0').repeat(Math.ceil((bytes * 2) / 8)).slice(0, bytes * 2);
+}
+
+/** Transaction `i` (data_version i+1): the shape of a CLN `invoice` batch, about 1 KB. */
+function invoiceBatch(i: number): string[] {
+  const bolt11 = `lnbcrt${i}n1pj${hex(i * 2654435761, 122)}`;
+  return [
+    `UPDATE vars SET intval=${i} WHERE name='last_invoices_created_index';`,
+    `INSERT INTO invoices (id, state, msatoshi, payment_hash, payment_key, label, expiry_time, pay_index, ` +
+      `msatoshi_received, paid_timestamp, bolt11, description, features, local_offer_id, updated_index) VALUES ` +
+      `(${i}, 0, ${i * 1000}, x'${hex(i, 32)}', x'${hex(i ^ 0x5a5a5a5a, 32)}', 'bench-${i}', ${1_800_000_000 + i}, ` +
+      `NULL, NULL, NULL, '${bolt11}', 'benchmark invoice ${i}', x'02000000024100', NULL, ${i});`,
+    `UPDATE invoices SET updated_index=${i} WHERE id=${i};`,
+    `UPDATE vars SET intval = intval + 1 WHERE name = 'data_version' AND intval = ${i}`,
+  ];
+}
+
+/**
+ * Writes the records with the format's own encoder in large sequential writes: the writer's per-append
+ * fdatasync would make generating 200,000 entries take minutes and measures nothing about restore.
+ */
+function generate(path: string, n: number): number {
+  createV2(path);
+  const fd = openSync(path, 'r+');
+  let at = statSync(path).size;
+  let chunk: Buffer[] = [];
+  let chunkBytes = 0;
+  let statements = 0;
+  const flush = (): void => {
+    const buf = Buffer.concat(chunk, chunkBytes);
+    writeFully(fd, buf, at);
+    at += buf.length;
+    chunk = [];
+    chunkBytes = 0;
+  };
+  try {
+    const add = (version: number, stmts: string[]): void => {
+      const rec = encodeChangeRecord(version, stmts);
+      chunk.push(rec);
+      chunkBytes += rec.length;
+      statements += stmts.length;
+      if (chunkBytes >= 4 << 20) flush();
+    };
+    add(1, SCHEMA);
+    for (let i = 1; i <= n; i++) add(i + 1, invoiceBatch(i));
+    flush();
+  } finally {
+    closeSync(fd);
+  }
+  return statements;
+}
+
+export async function benchRestore(opts: RestoreBenchOptions = {}): Promise<RestoreBenchResult> {
+  const n = opts.transactions ?? 200_000;
+  const log = opts.log ?? (() => {});
+  const ownDir = opts.dir === undefined;
+  const dir = opts.dir ?? mkdtempSync(join(tmpdir(), 'clnvault-bench-restore-'));
+  const backup = join(dir, 'bench.v2');
+  const dest = join(dir, 'lightningd.sqlite3');
+  try {
+    rmSync(backup, { force: true });
+    rmSync(dest, { force: true });
+    const g0 = performance.now();
+    const statements = generate(backup, n);
+    const generateMs = performance.now() - g0;
+    const backupBytes = statSync(backup).size;
+    log(`generated ${n + 1} entries, ${statements} statements, ${(backupBytes / 1e6).toFixed(1)} MB in ${(generateMs / 1000).toFixed(1)} s`);
+
+    const reader = V2Reader.open(backup);
+    let result;
+    const r0 = performance.now();
+    try {
+      result = restoreBackup(reader, dest);
+    } finally {
+      reader.close();
+    }
+    // includes opening the backup (the full scan) and the final integrity check, as a user waits for both
+    const restoreMs = performance.now() - r0;
+    if (result.head !== n + 1 || result.statements !== statements) {
+      throw new Error(`restore applied ${result.statements} statements up to ${result.head}, expected ${statements} up to ${n + 1}`);
+    }
+    const secs = restoreMs / 1000;
+    return {
+      transactions: n,
+      statements,
+      backupBytes,
+      generateMs,
+      restoreMs,
+      txPerSec: n / secs,
+      statementsPerSec: statements / secs,
+      mbPerSec: backupBytes / 1e6 / secs,
+      peakRssMiB: process.resourceUsage().maxRSS / 1024,
+    };
+  } finally {
+    if (ownDir && !opts.keep) rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+function format(r: RestoreBenchResult): string {
+  const k = (x: number): string => Math.round(x).toLocaleString('en-US');
+  return [
+    `restore: ${k(r.transactions)} invoice-shaped transactions, ${k(r.statements)} statements, ${(r.backupBytes / 1e6).toFixed(1)} MB`,
+    `  time           ${(r.restoreMs / 1000).toFixed(2)} s`,
+    `  transactions/s ${k(r.txPerSec)}`,
+    `  statements/s   ${k(r.statementsPerSec)}`,
+    `  MB/s           ${r.mbPerSec.toFixed(1)}`,
+    `  peak RSS       ${r.peakRssMiB.toFixed(0)} MiB`,
+  ].join('\n');
+}
+
+if (process.argv[1] !== undefined && import.meta.url === pathToFileURL(process.argv[1]).href) {
+  const args = process.argv.slice(2);
+  const ti = args.indexOf('--transactions');
+  const transactions = ti >= 0 ? Number(args[ti + 1]) : undefined;
+  if (transactions !== undefined && !(Number.isInteger(transactions) && transactions > 0)) {
+    console.error('usage: node dist/bench/restore.js [--transactions N] [--keep]');
+    process.exit(2);
+  }
+  const r = await benchRestore({ transactions, keep: args.includes('--keep'), log: (l) => console.log(l) });
+  console.log(format(r));
+}
