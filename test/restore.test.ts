@@ -348,6 +348,9 @@ test('toVersion: in range stops there (also on a snapshot); out of range names t
       new RegExp(`version ${v}: it holds versions 21 to 25`),
     );
   }
+  for (const v of [-1, 21.5]) {
+    expectRestoreError(() => restoreWith(V1Reader.open(backup), join(dir, 'y.sqlite3'), { toVersion: v }), /must be a data_version/);
+  }
   assert.deepEqual(readdirSync(dir).sort(), ['a.sqlite3', 'b.sqlite3', 'c.sqlite3']);
 });
 

@@ -5,7 +5,7 @@ import type { BackupReader } from '../backends/backend.js';
 import { fsyncDir } from '../backends/file/fsutil.js';
 import type { EntryHeader } from '../engine/entries.js';
 import { planRestore } from '../engine/plan.js';
-import { serialDiff } from '../engine/versions.js';
+import { isValidDataVersion, serialDiff } from '../engine/versions.js';
 import { Replayer, ReplayError } from './replay.js';
 
 export interface RestoreOptions {
@@ -215,6 +215,9 @@ function checkToVersion(
   head: number,
   toVersion: number,
 ): void {
+  if (!isValidDataVersion(toVersion)) {
+    throw new RestoreError(`--to-version must be a data_version (an integer from 0 to 4294967295), not ${toVersion}`);
+  }
   let oldest: number | null = null;
   for (let i = 0; i < headers.length; i++) {
     if (!dropped[i]) {
