@@ -1,5 +1,5 @@
 import Database from 'better-sqlite3';
-import { closeSync, existsSync, fsyncSync, linkSync, openSync, renameSync, rmSync, statSync, unlinkSync } from 'node:fs';
+import { closeSync, existsSync, fsyncSync, linkSync, openSync, renameSync, rmSync, statSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import type { BackupReader } from '../backends/backend.js';
 import { fsyncDir } from '../backends/file/fsutil.js';
@@ -292,19 +292,36 @@ function place(tmp: string, path: string, force: boolean): void {
     renameSync(tmp, path);
   } else {
     // link() fails if the name exists, so a file created while we replayed is never replaced.
+    let linked = false;
     try {
       linkSync(tmp, path);
-      unlinkSync(tmp);
+      linked = true;
     } catch (e) {
       const code = (e as NodeJS.ErrnoException).code;
       if (code === 'EEXIST') throw new RestoreError(`destination ${path} exists; move it aside or pass --force`);
       if (code !== 'EPERM' && code !== 'ENOTSUP' && code !== 'EOPNOTSUPP' && code !== 'ENOSYS' && code !== 'EXDEV') throw e;
+    }
+    if (linked) {
+      try {
+        rmSync(tmp, { force: true });
+      } catch {
+        // the restore is in place; a leftover second name for it is only clutter
+      }
+    } else {
       // filesystems without hard links (FAT32, some FUSE mounts)
       if (existsSync(path)) throw new RestoreError(`destination ${path} exists; move it aside or pass --force`);
       renameSync(tmp, path);
     }
   }
-  fsyncDir(path);
+  try {
+    fsyncDir(path);
+  } catch (e) {
+    throw new RestoreError(
+      `${path} was restored, but syncing its directory failed (${(e as Error).message}): a power loss now could ` +
+        `lose the new name. Run 'sync' before starting lightningd.`,
+      { cause: e },
+    );
+  }
 }
 
 function removeFiles(path: string): void {
