@@ -1,0 +1,82 @@
+import { closeSync, existsSync, fstatSync, openSync, readSync, statSync } from 'node:fs';
+import { dirname } from 'node:path';
+import { BackupError, type BackupFormat } from '../engine/entries.js';
+import type { BackupReader, BackupWriter } from './backend.js';
+import { createV1, isV1, V1Reader, V1Writer } from './file/v1.js';
+import { createV2, isV2, V2Reader, V2Writer } from './file/v2.js';
+import { parseBackupUrl, UrlError } from './url.js';
+
+/** Picks the backend from the URL scheme, and for files the format from the file's first bytes (never its name). */
+
+function filePathOf(url: string, cwd: string): string {
+  const u = parseBackupUrl(url, cwd);
+  if (u.scheme !== 'file') {
+    throw new UrlError(`${url}: socket: backups are not supported by this version of clnvault yet; use a file: URL`);
+  }
+  return u.path;
+}
+
+export function detectFormat(path: string): BackupFormat {
+  let fd: number;
+  try {
+    fd = openSync(path, 'r');
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT') {
+      throw new BackupError(
+        `backup file ${path} does not exist (is the backup disk mounted?); create it with 'clnvault init <url>'`,
+        path,
+      );
+    }
+    throw new BackupError(`cannot open backup ${path}: ${(e as Error).message}`, path);
+  }
+  try {
+    const st = fstatSync(fd);
+    if (st.isDirectory()) {
+      throw new BackupError(`${path} is a directory; the backup URL must name the backup file itself`, path);
+    }
+    const head = Buffer.alloc(8);
+    const n = readSync(fd, head, 0, 8, 0);
+    if (n === 8 && isV2(head)) return 'v2';
+    if (n >= 4 && isV1(head, st.size)) return 'v1';
+    throw new BackupError(
+      `${path} is not a clnvault or reference backup file (${st.size} bytes, unrecognised first bytes ${head.subarray(0, n).toString('hex')})`,
+      path,
+    );
+  } finally {
+    closeSync(fd);
+  }
+}
+
+export function backupPath(url: string, cwd: string): string {
+  return filePathOf(url, cwd);
+}
+
+export function openWriter(url: string, cwd: string): BackupWriter {
+  const path = filePathOf(url, cwd);
+  return detectFormat(path) === 'v2' ? V2Writer.open(path) : V1Writer.open(path);
+}
+
+export function openReader(url: string, cwd: string): BackupReader {
+  const path = filePathOf(url, cwd);
+  return detectFormat(path) === 'v2' ? V2Reader.open(path) : V1Reader.open(path);
+}
+
+/** Creates a new, empty backup. Refuses when the file exists; the directory must exist (a missing mount must not be papered over). */
+export function createBackup(url: string, cwd: string, format: BackupFormat): string {
+  const path = filePathOf(url, cwd);
+  if (existsSync(path)) {
+    throw new BackupError(`${path} already exists; choose another file name or remove it if it is not needed`, path);
+  }
+  const dir = dirname(path);
+  let isDir = false;
+  try {
+    isDir = statSync(dir).isDirectory();
+  } catch {
+    isDir = false;
+  }
+  if (!isDir) throw new BackupError(`directory ${dir} does not exist; create it (or mount the backup disk) first`, path);
+  if (format === 'v2') createV2(path);
+  else createV1(path);
+  return path;
+}

@@ -1,0 +1,92 @@
+import type { BackupWriter } from '../backends/backend.js';
+import { decideFirst, decideNext, isPragmaOnly, isValidDataVersion, type Decision } from '../engine/versions.js';
+
+/**
+ * The db_write hook: check the version against the backup, make the batch durable, and only then let
+ * lightningd commit. Every refusal is an error answer, which makes lightningd abort without committing:
+ * the node stops, but never with a transaction the backup does not have.
+ */
+
+export type HookOutcome = { ok: true } | { ok: false; message: string };
+
+export interface HookStats {
+  writes: number;
+  bytesWritten: number;
+  lastLatencyUs: number;
+  lastVersion: number | null;
+  rewinds: number;
+}
+
+export class DbWriteHandler {
+  /** version of the previous write in this run; null until the first write */
+  private last: number | null = null;
+  /** once a write was refused the node is stopping; nothing later may be accepted either */
+  private refused: string | null = null;
+  readonly stats: HookStats = { writes: 0, bytesWritten: 0, lastLatencyUs: 0, lastVersion: null, rewinds: 0 };
+
+  constructor(
+    private readonly writer: BackupWriter | null,
+    private readonly startupError: string | null,
+    private readonly log: (level: 'info' | 'warn' | 'error', msg: string) => void,
+  ) {}
+
+  handle(params: unknown): HookOutcome {
+    if (this.refused !== null) return { ok: false, message: this.refused };
+    if (this.writer === null) return this.refuse(this.startupError ?? 'the backup is not open');
+    const p = params as { data_version?: unknown; writes?: unknown } | null;
+    if (typeof p !== 'object' || p === null) return this.refuse('db_write without params');
+    const dv = p.data_version;
+    const writes = p.writes;
+    if (!isValidDataVersion(dv)) return this.refuse(`db_write with an invalid data_version ${JSON.stringify(dv)}`);
+    if (!Array.isArray(writes) || !writes.every((w) => typeof w === 'string')) {
+      return this.refuse('db_write whose "writes" is not a list of SQL strings');
+    }
+    if (writes.length === 0) {
+      return this.refuse(
+        `db_write for data_version ${dv} carries no statements: lightningd does this only with a non-SQLite wallet ` +
+          `(PostgreSQL). clnvault backs up SQLite wallets only; remove the plugin or switch the wallet to sqlite3`,
+      );
+    }
+    const statements = writes as string[];
+    const t0 = process.hrtime.bigint();
+    let decision: Decision;
+    if (this.last === null) {
+      decision = decideFirst(this.writer.head(), dv, isPragmaOnly(statements), this.writer.headIsSnapshot());
+      if (decision.action === 'append') {
+        this.log('info', `backup at version ${this.writer.head()}, first write version ${dv}: versions match up`);
+      }
+    } else {
+      decision = decideNext(this.last, dv);
+    }
+    if (decision.action === 'refuse') return this.refuse(decision.message);
+    try {
+      if (decision.action === 'rewind') {
+        const before = this.writer.head();
+        const after = this.writer.dropHead();
+        this.stats.rewinds++;
+        this.log(
+          'info',
+          `last change (version ${before}) was never committed by lightningd: removed it from the backup (now at ${after}); ` +
+            `storing its replacement`,
+        );
+      }
+      const before = this.writer.stats().bytes;
+      this.writer.appendChange(dv, statements);
+      this.stats.bytesWritten += this.writer.stats().bytes - before;
+    } catch (e) {
+      return this.refuse(`could not write version ${dv} to the backup ${this.writer.location}: ${(e as Error).message}`);
+    }
+    this.last = dv;
+    this.stats.writes++;
+    this.stats.lastVersion = dv;
+    this.stats.lastLatencyUs = Number(process.hrtime.bigint() - t0) / 1000;
+    return { ok: true };
+  }
+
+  private refuse(why: string): HookOutcome {
+    const message = `clnvault refuses this database write, so lightningd stops without committing it: ${why}`;
+    this.refused = message;
+    this.log('error', message);
+    return { ok: false, message };
+  }
+}

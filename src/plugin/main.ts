@@ -1,0 +1,129 @@
+#!/usr/bin/env node
+import { Socket, type OnReadOpts, type SocketConstructorOpts } from 'node:net';
+import { DbWriteHandler } from './db-write.js';
+import { FrameError, MessageSplitter } from './framing.js';
+import { log, sendContinue, sendError, sendResult, type RpcId } from './output.js';
+import { prepareBackup, type Startup } from './startup.js';
+import { manifest, statusResult } from './manifest.js';
+
+/**
+ * The executable lightningd runs (no arguments, cwd = network directory). It opens the backup before
+ * reading anything from lightningd, then serves JSON-RPC on stdin/stdout.
+ */
+
+const STDIN = 0;
+
+async function main(): Promise<void> {
+  const startup = await prepareBackup(process.cwd());
+  const handler = new DbWriteHandler(startup.writer, startup.error, (level, msg) => log(level, `clnvault: ${msg}`));
+  const splitter = new MessageSplitter();
+  let pendingLogs: Startup['logs'] | null = startup.logs;
+
+  const dispatch = (buf: Buffer, start: number, end: number): void => {
+    let msg: { id?: unknown; method?: unknown; params?: unknown };
+    try {
+      msg = JSON.parse(buf.toString('utf8', start, end));
+    } catch (e) {
+      log('error', `clnvault: ignoring a message that is not valid JSON (${end - start} bytes): ${(e as Error).message}`);
+      return;
+    }
+    if (typeof msg !== 'object' || msg === null || Array.isArray(msg)) {
+      log('error', 'clnvault: ignoring a JSON-RPC message that is not an object');
+      return;
+    }
+    const id = msg.id;
+    const hasId = typeof id === 'string' || typeof id === 'number';
+    if (typeof msg.method !== 'string') return; // a response or junk: the plugin sends no requests
+    if (!hasId) return; // notifications: none subscribed
+    const rid = id as RpcId;
+    switch (msg.method) {
+      case 'db_write': {
+        const r = handler.handle(msg.params);
+        if (r.ok) sendContinue(rid);
+        else sendError(rid, -32000, r.message);
+        return;
+      }
+      case 'getmanifest':
+        sendResult(rid, manifest());
+        if (pendingLogs) {
+          for (const l of pendingLogs) log(l.level, `clnvault: ${l.message}`);
+          pendingLogs = null;
+        }
+        return;
+      case 'init':
+        onInit(msg.params);
+        sendResult(rid, {});
+        return;
+      case 'clnvault-status':
+        sendResult(rid, statusResult(startup, handler));
+        return;
+      default:
+        sendError(rid, -32601, `Method not found: ${msg.method}`);
+    }
+  };
+
+  // onread: libuv reads straight into the splitter's buffer, skipping the stream machinery (and its
+  // per-chunk allocations) that every db_write would otherwise pay for. @types/node 20 lacks the field.
+  const stdinOpts: SocketConstructorOpts & { onread: OnReadOpts } = {
+    fd: STDIN,
+    readable: true,
+    writable: false,
+    onread: {
+      buffer: () => splitter.writable(64 * 1024),
+      callback: (n: number) => {
+        try {
+          splitter.commit(n, dispatch);
+        } catch (e) {
+          if (e instanceof FrameError) {
+            log('error', `clnvault: ${e.message}; exiting`);
+            shutdown(1);
+          }
+          throw e;
+        }
+        return true;
+      },
+    },
+  };
+  const stdin = new Socket(stdinOpts);
+  stdin.on('end', () => {
+    const rest = splitter.leftover();
+    if (rest.length > 0) log('warn', `clnvault: input ended inside a message (${rest.length} bytes ignored)`);
+    shutdown(0);
+  });
+  stdin.on('error', () => shutdown(0));
+
+  const shutdown = (code: number): void => {
+    try {
+      startup.writer?.close();
+    } finally {
+      process.exit(code);
+    }
+  };
+  process.on('SIGTERM', () => shutdown(0));
+  process.on('SIGINT', () => shutdown(0));
+}
+
+function onInit(params: unknown): void {
+  const opts = (params as { options?: Record<string, unknown> } | null)?.options ?? {};
+  const dest = opts['backup-destination'];
+  if (dest !== undefined && dest !== null && dest !== 'null') {
+    log(
+      'warn',
+      'The `--backup-destination` option is deprecated and will be removed in future versions of the backup plugin. ' +
+        'Please remove it from your configuration. The destination is now determined by the `backup.lock` file in the lightning directory',
+    );
+  }
+  log(
+    'info',
+    'clnvault: load this plugin with important-plugin=... in the lightningd config: if it is loaded with plugin= ' +
+      'and dies, lightningd keeps running without a backup',
+  );
+}
+
+main().catch((e) => {
+  try {
+    log('error', `clnvault: fatal: ${(e as Error).stack ?? String(e)}`);
+  } finally {
+    process.exit(1);
+  }
+});

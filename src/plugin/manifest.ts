@@ -1,0 +1,46 @@
+import type { DbWriteHandler } from './db-write.js';
+import type { Startup } from './startup.js';
+
+/** What the plugin registers. `dynamic: false`: started later, it would miss every earlier write. */
+export function manifest(): unknown {
+  return {
+    options: [
+      {
+        name: 'backup-destination',
+        type: 'string',
+        description: 'UNUSED. Kept for backward compatibility only. Please update your configuration to remove this option.',
+      },
+    ],
+    rpcmethods: [
+      {
+        name: 'clnvault-status',
+        usage: '',
+        description: 'Show the state of the clnvault backup: destination, format, head version, writes, latency.',
+      },
+    ],
+    subscriptions: [],
+    hooks: [{ name: 'db_write' }],
+    dynamic: false,
+  };
+}
+
+export function statusResult(startup: Startup, handler: DbWriteHandler): unknown {
+  const w = startup.writer;
+  const s = w?.stats();
+  return {
+    ok: w !== null && startup.error === null,
+    destination: startup.url,
+    location: w?.location ?? null,
+    format: w?.format ?? null,
+    head_version: s?.head ?? null,
+    entries: s?.entries ?? null,
+    backup_bytes: s?.bytes ?? null,
+    writes_this_run: handler.stats.writes,
+    bytes_written_this_run: handler.stats.bytesWritten,
+    last_write_version: handler.stats.lastVersion,
+    last_write_latency_us: Math.round(handler.stats.lastLatencyUs),
+    rewinds_this_run: handler.stats.rewinds,
+    rebaselined: startup.rebaselined,
+    error: startup.error,
+  };
+}

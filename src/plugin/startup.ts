@@ -1,0 +1,93 @@
+import { existsSync, rmSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import type { BackupWriter } from '../backends/backend.js';
+import { backupPath, openWriter } from '../backends/open.js';
+import { readBackupLock } from '../engine/backup-lock.js';
+import { DB_NAME, readDataVersion, snapshotDatabase } from '../engine/live-db.js';
+import { serialDiff } from '../engine/versions.js';
+
+/**
+ * Everything that happens before the plugin answers getmanifest. lightningd sends db_write calls
+ * before init, so the destination must be open by then; and since lightningd has not opened its
+ * database yet, this is the one moment the plugin can read it safely.
+ */
+
+export interface StartupLog {
+  level: 'info' | 'warn' | 'error';
+  message: string;
+}
+
+export interface Startup {
+  writer: BackupWriter | null;
+  /** why the backup could not be opened; every db_write is then refused with it */
+  error: string | null;
+  logs: StartupLog[];
+  rebaselined: { from: number; to: number } | null;
+  url: string | null;
+}
+
+export async function prepareBackup(cwd: string): Promise<Startup> {
+  const logs: StartupLog[] = [];
+  const out: Startup = { writer: null, error: null, logs, rebaselined: null, url: null };
+  let lock;
+  try {
+    lock = readBackupLock(cwd);
+    out.url = lock.backend_url;
+    out.writer = openWriter(lock.backend_url, cwd);
+  } catch (e) {
+    out.error = (e as Error).message;
+    logs.push({ level: 'error', message: `cannot start the backup: ${out.error}` });
+    return out;
+  }
+  const writer = out.writer;
+  for (const p of writer.repaired()) logs.push({ level: 'warn', message: `repaired the backup on open: ${p.message}` });
+  logs.push({
+    level: 'info',
+    message: `backing up to ${writer.location} (format ${writer.format}, head version ${writer.head()})`,
+  });
+
+  const dbPath = join(cwd, DB_NAME);
+  if (!existsSync(dbPath)) return out;
+  let node: number;
+  try {
+    node = readDataVersion(dbPath);
+  } catch (e) {
+    // Not fatal here: the first db_write still tells where the node stands and is checked then.
+    logs.push({ level: 'warn', message: `could not read ${dbPath} at start-up (${(e as Error).message})` });
+    return out;
+  }
+  const head = writer.head();
+  const ahead = writer.isEmpty() ? node > 0 : serialDiff(node, head) > 0;
+  if (!ahead) return out;
+  if (lock.rebaseline === false) {
+    logs.push({
+      level: 'warn',
+      message:
+        `the node's database (version ${node}) is ahead of the backup (version ${head}) and re-baselining is ` +
+        `disabled in backup.lock: the first database write will be refused`,
+    });
+    return out;
+  }
+  const tmp = join(dirname(backupPath(lock.backend_url, cwd)), `.clnvault-rebaseline-${process.pid}.sqlite3`);
+  try {
+    const version = await snapshotDatabase(dbPath, tmp);
+    writer.appendSnapshotFile(version, tmp);
+    out.rebaselined = { from: head, to: version };
+    logs.push({
+      level: 'warn',
+      message:
+        `re-baselined: the node's database was at version ${version} but the backup only at ${head} ` +
+        `(writes committed after plugins stopped, or the node ran without clnvault); stored a snapshot of the ` +
+        `live database so the backup is complete again`,
+    });
+  } catch (e) {
+    logs.push({
+      level: 'error',
+      message: `could not snapshot ${dbPath} into the backup: ${(e as Error).message}; the first database write will be refused`,
+    });
+  } finally {
+    rmSync(tmp, { force: true });
+    rmSync(`${tmp}-journal`, { force: true });
+  }
+  return out;
+}
