@@ -1,0 +1,117 @@
+import { existsSync, rmSync, statSync } from 'node:fs';
+import { dirname, join, resolve } from 'node:path';
+import { backupPath, createBackup, openWriter } from '../backends/open.js';
+import { lockPath, readBackupLock, writeBackupLock } from '../engine/backup-lock.js';
+import type { BackupFormat } from '../engine/entries.js';
+import { DB_NAME, snapshotDatabase } from '../engine/live-db.js';
+import { nodeRunning } from '../engine/node-running.js';
+import { CliError, EXIT, out, parse, type Command } from './common.js';
+
+const help = `Usage: clnvault init [--lightning-dir DIR] [--format v1|v2] [--no-rebaseline] URL
+
+Creates a new backup at URL. With --lightning-dir (the network directory, where
+lightningd.sqlite3 lives, e.g. ~/.lightning/bitcoin) it also writes DIR/backup.lock,
+which tells the plugin where to write, and, if the node already has a database,
+stores a consistent snapshot of it (SQLite's online backup API) as the backup's start.
+
+The node must be stopped: init refuses when lightningd answers on DIR/lightning-rpc or
+any process holds DIR/lightningd.sqlite3 open. Nothing is left behind on failure.
+
+URL forms: file:///abs/path/backup.bkp, or file:name.bkp (relative to the current
+directory). The backup's directory must exist (mount the backup disk first).
+
+Options:
+  --lightning-dir DIR  network directory of the node (writes DIR/backup.lock)
+  --format v1|v2       v2 (default): clnvault's checksummed format. v1: the reference
+                       plugin's format, readable by the Python backup plugin too
+  --no-rebaseline      record in backup.lock that the plugin must refuse to start when the
+                       node's DB is ahead of the backup instead of snapshotting it
+  -h, --help           this help
+
+Exit codes: 0 created, 1 refused or failed (nothing left behind), 2 bad usage.
+
+Example:
+  clnvault init --lightning-dir ~/.lightning/bitcoin file:///mnt/usb/clnvault.bkp
+  then add to the lightningd config:  important-plugin=/path/to/clnvault-plugin`;
+
+export const initCommand: Command = {
+  name: 'init',
+  summary: 'create a backup (and backup.lock), snapshotting an existing node database',
+  help,
+  async run(argv) {
+    const { values, positionals } = parse('init', argv, {
+      'lightning-dir': { type: 'string' },
+      format: { type: 'string' },
+      'no-rebaseline': { type: 'boolean' },
+    }, { min: 1, max: 1, names: 'one backup URL' });
+    if (values.help) {
+      out(help);
+      return EXIT.ok;
+    }
+    const url = positionals[0]!;
+    const format = ((values.format as string | undefined) ?? 'v2') as BackupFormat;
+    if (format !== 'v1' && format !== 'v2') throw new CliError(`--format must be v1 or v2, not ${JSON.stringify(values.format)}`, EXIT.usage);
+    const cwd = process.cwd();
+    const netDir = typeof values['lightning-dir'] === 'string' ? resolve(values['lightning-dir']) : null;
+
+    let dbPath: string | null = null;
+    if (netDir !== null) {
+      if (!existsSync(netDir) || !statSync(netDir).isDirectory()) {
+        throw new CliError(`--lightning-dir ${netDir} is not a directory (give the network directory, e.g. ~/.lightning/bitcoin)`);
+      }
+      if (existsSync(lockPath(netDir))) {
+        let where = '';
+        try {
+          where = ` (it points to ${readBackupLock(netDir).backend_url})`;
+        } catch {
+          // an unreadable lock is still a lock we must not overwrite silently
+        }
+        throw new CliError(
+          `${lockPath(netDir)} already exists${where}; the node already has a backup. Remove that file first if you ` +
+            `really want to start a new backup`,
+        );
+      }
+      const candidate = join(netDir, DB_NAME);
+      if (existsSync(candidate)) dbPath = candidate;
+      const running = await nodeRunning(netDir, candidate);
+      if (running) throw new CliError(`lightningd seems to be running (${running}); stop it before 'clnvault init'`);
+    }
+
+    const path = createBackup(url, cwd, format);
+    try {
+      if (dbPath !== null) {
+        out(`Found an existing database at ${dbPath}, initializing the backup with a snapshot`);
+        const tmp = join(dirname(backupPath(url, cwd)), `.clnvault-init-${process.pid}.sqlite3`);
+        try {
+          const version = await snapshotDatabase(dbPath, tmp);
+          const writer = openWriter(url, cwd);
+          try {
+            writer.appendSnapshotFile(version, tmp);
+          } finally {
+            writer.close();
+          }
+          out(`Successfully written initial snapshot (data_version ${version}) to ${url}`);
+        } finally {
+          rmSync(tmp, { force: true });
+          rmSync(`${tmp}-journal`, { force: true });
+        }
+      } else if (netDir !== null) {
+        out('Database does not exist yet, created an empty backup file');
+      } else {
+        out('Created an empty backup file');
+      }
+      if (netDir !== null) {
+        writeBackupLock(netDir, values['no-rebaseline'] ? { backend_url: url, rebaseline: false } : { backend_url: url });
+        out(`Wrote ${lockPath(netDir)}`);
+      }
+    } catch (e) {
+      // Never leave a half-made backup: the user would later think it holds their node.
+      rmSync(path, { force: true });
+      rmSync(`${path}.writer`, { force: true });
+      throw e;
+    }
+    rmSync(`${path}.writer`, { force: true });
+    out(`Initialized backup backend ${url} (format ${format}), you can now start Core Lightning`);
+    return EXIT.ok;
+  },
+};

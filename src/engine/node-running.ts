@@ -1,0 +1,71 @@
+import { existsSync, readdirSync, readFileSync, readlinkSync, realpathSync } from 'node:fs';
+import { connect } from 'node:net';
+import { join } from 'node:path';
+
+/**
+ * Is a lightningd using this network directory right now? Two independent signs, either is enough:
+ * its JSON-RPC socket accepts a connection (how lightning-cli finds it), or some process holds the
+ * database file open (found through /proc/<pid>/fd on Linux).
+ */
+export async function nodeRunning(netDir: string, dbPath: string): Promise<string | null> {
+  const rpc = join(netDir, 'lightning-rpc');
+  if (existsSync(rpc) && (await canConnect(rpc))) return `lightningd answers on ${rpc}`;
+  const holder = processHolding(dbPath);
+  if (holder) return `process ${holder.pid} (${holder.name}) has ${dbPath} open`;
+  return null;
+}
+
+function canConnect(path: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const s = connect(path);
+    const done = (ok: boolean) => {
+      s.destroy();
+      resolve(ok);
+    };
+    s.once('connect', () => done(true));
+    s.once('error', () => done(false));
+    s.setTimeout(2000, () => done(false));
+  });
+}
+
+function processHolding(file: string): { pid: number; name: string } | null {
+  let target: string;
+  try {
+    target = realpathSync(file);
+  } catch {
+    return null;
+  }
+  let pids: string[];
+  try {
+    pids = readdirSync('/proc').filter((d) => /^\d+$/.test(d));
+  } catch {
+    return null;
+  }
+  for (const pid of pids) {
+    if (Number(pid) === process.pid) continue;
+    let fds: string[];
+    try {
+      fds = readdirSync(`/proc/${pid}/fd`);
+    } catch {
+      continue;
+    }
+    for (const fd of fds) {
+      let link: string;
+      try {
+        link = readlinkSync(`/proc/${pid}/fd/${fd}`);
+      } catch {
+        continue;
+      }
+      if (link === target) {
+        let name = '?';
+        try {
+          name = readFileSync(`/proc/${pid}/comm`, 'utf8').trim();
+        } catch {
+          // the process may have exited meanwhile
+        }
+        return { pid: Number(pid), name };
+      }
+    }
+  }
+  return null;
+}
