@@ -1,0 +1,193 @@
+/**
+ * Hot-path benchmark: db_write round trips through the real plugin process, beside the floor of the
+ * same disk (a bare positioned write + fdatasync of a record of the same size, in this process).
+ *
+ *   node dist/bench/plugin.js [--dir DIR] [--n1k N] [--n100k N] [--rss-writes N]
+ */
+import { spawn } from 'node:child_process';
+import { closeSync, fdatasyncSync, mkdtempSync, openSync, rmSync, writeFileSync, writeSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+import { createV2 } from '../src/backends/file/v2.js';
+import { fmtUs, procCpuNs, procRssKb, summarize, type Summary } from './stats.js';
+
+const PLUGIN = fileURLToPath(new URL('../src/plugin/main.js', import.meta.url));
+
+/** A db_write batch shaped like lightningd's: statements with inlined values, the data_version bump last. */
+export function batch(dv: number, bytes: number): string[] {
+  const bumpStmt = `UPDATE vars SET intval = intval + 1 WHERE name = 'data_version' AND intval = ${dv - 1}`;
+  const fixed = 3 * 90 + bumpStmt.length;
+  const hexLen = Math.max(2, (bytes - fixed) & ~1);
+  const hex = Buffer.alloc(hexLen / 2, dv & 0xff).toString('hex');
+  return [
+    `UPDATE vars SET intval=${dv} WHERE name='last_invoices_created_index';`,
+    `INSERT INTO datastore VALUES (x'6678006b6579${(dv % 1e6).toString(16).padStart(6, '0')}', x'${hex}', 0);`,
+    `UPDATE vars SET intval=${dv} WHERE name='bench_counter';`,
+    bumpStmt,
+  ];
+}
+
+export interface FloorResult {
+  latencyUs: Summary;
+  cpuUsPerOp: number;
+}
+
+/** The floor: what any durable append costs on this disk, with nothing else around it. */
+export function measureFloor(dir: string, recordBytes: number, n: number): FloorResult {
+  const path = join(dir, `floor-${recordBytes}.bin`);
+  const fd = openSync(path, 'w');
+  const buf = Buffer.alloc(recordBytes, 0x5a);
+  const lat: number[] = [];
+  let pos = 0;
+  const cpu0 = process.cpuUsage();
+  for (let i = 0; i < n; i++) {
+    const t0 = process.hrtime.bigint();
+    writeSync(fd, buf, 0, buf.length, pos);
+    fdatasyncSync(fd);
+    lat.push(Number(process.hrtime.bigint() - t0) / 1000);
+    pos += buf.length;
+  }
+  const cpu = process.cpuUsage(cpu0);
+  closeSync(fd);
+  rmSync(path);
+  return { latencyUs: summarize(lat), cpuUsPerOp: (cpu.user + cpu.system) / n };
+}
+
+export interface PluginRun {
+  latencyUs: Summary;
+  cpuUsPerCall: number;
+  throughputPerSec: number;
+  rssKb: number;
+}
+
+class Driver {
+  private child;
+  private pending: ((reply: string) => void) | null = null;
+  private buf = '';
+  constructor(netDir: string) {
+    this.child = spawn(PLUGIN, [], { cwd: netDir, stdio: ['pipe', 'pipe', 'inherit'] });
+    this.child.stdout.setEncoding('utf8');
+    this.child.stdout.on('data', (d: string) => {
+      this.buf += d;
+      let i: number;
+      while ((i = this.buf.indexOf('\n\n')) >= 0) {
+        const msg = this.buf.slice(0, i);
+        this.buf = this.buf.slice(i + 2);
+        if (msg.includes('"method":"log"')) {
+          if (msg.includes('"level":"error"')) process.stderr.write(`plugin: ${msg}\n`);
+          continue;
+        }
+        const p = this.pending;
+        this.pending = null;
+        p?.(msg);
+      }
+    });
+  }
+  get pid(): number {
+    return this.child.pid!;
+  }
+  call(payload: string): Promise<string> {
+    return new Promise((resolve) => {
+      this.pending = resolve;
+      this.child.stdin.write(payload);
+    });
+  }
+  async close(): Promise<void> {
+    const done = new Promise((r) => this.child.on('exit', r));
+    this.child.stdin.end();
+    await done;
+  }
+}
+
+async function startPlugin(dir: string): Promise<{ d: Driver; nd: string; startupMs: number }> {
+  const nd = mkdtempSync(join(dir, 'nd-'));
+  createV2(join(nd, 'backup.bkp'));
+  writeFileSync(join(nd, 'backup.lock'), JSON.stringify({ backend_url: `file://${join(nd, 'backup.bkp')}` }));
+  const t0 = process.hrtime.bigint();
+  const d = new Driver(nd);
+  const r = await d.call(`{"jsonrpc":"2.0","id":"cln:getmanifest#1","method":"getmanifest","params":{"allow-deprecated-apis":false}}\n\n`);
+  const startupMs = Number(process.hrtime.bigint() - t0) / 1e6;
+  if (!r.includes('db_write')) throw new Error(`bad manifest: ${r}`);
+  return { d, nd, startupMs };
+}
+
+export async function runPlugin(dir: string, bytes: number, n: number): Promise<PluginRun> {
+  const { d, nd } = await startPlugin(dir);
+  const msgs: string[] = [];
+  for (let dv = 1; dv <= n; dv++) {
+    msgs.push(`${JSON.stringify({ jsonrpc: '2.0', id: `cln:db_write#${dv + 20}`, method: 'db_write', params: { data_version: dv, writes: batch(dv, bytes) } })}\n\n`);
+  }
+  // warm-up is part of the run (dv must start at 1), so time only after the first 50
+  const lat: number[] = [];
+  let cpu0 = 0;
+  let t0 = 0n;
+  for (let i = 0; i < n; i++) {
+    if (i === 50) {
+      cpu0 = procCpuNs(d.pid);
+      t0 = process.hrtime.bigint();
+    }
+    const s = process.hrtime.bigint();
+    const reply = await d.call(msgs[i]!);
+    if (!reply.includes('"continue"')) throw new Error(`db_write refused: ${reply}`);
+    if (i >= 50) lat.push(Number(process.hrtime.bigint() - s) / 1000);
+  }
+  const elapsed = Number(process.hrtime.bigint() - t0) / 1e9;
+  const cpuNs = procCpuNs(d.pid) - cpu0;
+  const rssKb = procRssKb(d.pid);
+  await d.close();
+  rmSync(nd, { recursive: true, force: true });
+  return { latencyUs: summarize(lat), cpuUsPerCall: cpuNs / 1000 / (n - 50), throughputPerSec: (n - 50) / elapsed, rssKb };
+}
+
+export async function measureStartup(dir: string, runs: number): Promise<Summary> {
+  const times: number[] = [];
+  for (let i = 0; i < runs; i++) {
+    const { d, nd, startupMs } = await startPlugin(dir);
+    times.push(startupMs);
+    await d.close();
+    rmSync(nd, { recursive: true, force: true });
+  }
+  return summarize(times);
+}
+
+export async function benchPlugin(opts: { dir: string; n1k: number; n100k: number; rssWrites: number; shmDir: string }) {
+  const lines: string[] = [];
+  const say = (s: string) => {
+    lines.push(s);
+    console.log(s);
+  };
+  const results: Record<string, unknown> = {};
+  for (const [label, bytes, n] of [['1 KB', 1024, opts.n1k], ['100 KB', 100 * 1024, opts.n100k]] as const) {
+    const recordBytes = bytes + 40;
+    const floor = measureFloor(opts.dir, recordBytes, Math.min(n, 2000));
+    const run = await runPlugin(opts.dir, bytes, n);
+    results[label] = { floor, run };
+    say(`\n${label} batches (${n} db_write calls, disk ${opts.dir}):`);
+    say(`  floor  write+fdatasync: p50 ${fmtUs(floor.latencyUs.p50)}  p99 ${fmtUs(floor.latencyUs.p99)}  CPU ${fmtUs(floor.cpuUsPerOp)}/op`);
+    say(`  plugin round trip:      p50 ${fmtUs(run.latencyUs.p50)}  p99 ${fmtUs(run.latencyUs.p99)}  max ${fmtUs(run.latencyUs.max)}  CPU ${fmtUs(run.cpuUsPerCall)}/call  ${run.throughputPerSec.toFixed(0)} calls/s`);
+    say(`  ratios: p50 ${(run.latencyUs.p50 / floor.latencyUs.p50).toFixed(2)}x (target <= 1.3x)  p99 ${(run.latencyUs.p99 / floor.latencyUs.p99).toFixed(2)}x (target <= 2x)  CPU +${fmtUs(run.cpuUsPerCall - floor.cpuUsPerOp)}/call over the floor (target <= +40 µs)`);
+  }
+  const rss = await runPlugin(opts.shmDir, 1024, opts.rssWrites);
+  results.rss = rss;
+  say(`\nRSS after ${opts.rssWrites} 1 KB writes (tmpfs ${opts.shmDir}, so the disk does not dominate): ${(rss.rssKb / 1024).toFixed(1)} MB (target < 60 MB); CPU ${fmtUs(rss.cpuUsPerCall)}/call without a real sync`);
+  const st = await measureStartup(opts.dir, 15);
+  results.startup = st;
+  say(`start-up to the getmanifest answer (15 runs): p50 ${st.p50.toFixed(1)} ms, max ${st.max.toFixed(1)} ms (target < 150 ms)`);
+  return results;
+}
+
+if (process.argv[1] === fileURLToPath(import.meta.url)) {
+  const { values } = parseArgs({
+    options: { dir: { type: 'string' }, n1k: { type: 'string' }, n100k: { type: 'string' }, 'rss-writes': { type: 'string' } },
+  });
+  const dir = mkdtempSync(join(values.dir ?? tmpdir(), 'clnvault-bench-'));
+  const shm = mkdtempSync(join('/dev/shm', 'clnvault-bench-'));
+  try {
+    await benchPlugin({ dir, shmDir: shm, n1k: Number(values.n1k ?? 3000), n100k: Number(values.n100k ?? 500), rssWrites: Number(values['rss-writes'] ?? 100000) });
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+    rmSync(shm, { recursive: true, force: true });
+  }
+}
