@@ -549,7 +549,6 @@ export class V2Writer implements BackupWriter {
     this.openStats = stats;
   }
 
-
   static open(path: string, options: V2WriterOptions = {}): V2Writer {
     let fd: number;
     try {
