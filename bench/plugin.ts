@@ -4,8 +4,8 @@
  *
  *   node dist/bench/plugin.js [--dir DIR] [--n1k N] [--n100k N] [--rss-writes N]
  */
-import { spawn } from 'node:child_process';
-import { closeSync, fdatasyncSync, mkdtempSync, openSync, rmSync, writeFileSync, writeSync } from 'node:fs';
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { closeSync, fdatasyncSync, mkdtempSync, openSync, readSync, rmSync, writeFileSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -62,42 +62,57 @@ export interface PluginRun {
   rssKb: number;
 }
 
+/**
+ * Drives the plugin the way lightningd does: over real pipes (FIFOs; lightningd uses pipe(2), while
+ * Node's own child pipes are socketpairs) with a blocking write-then-read loop, so the figures show
+ * the plugin's cost rather than a JavaScript driver's event loop.
+ */
 class Driver {
-  private child;
-  private pending: ((reply: string) => void) | null = null;
-  private buf = '';
+  private child: ChildProcess;
+  private toPlugin: number;
+  private fromPlugin: number;
+  private rbuf = Buffer.alloc(1 << 20);
+  private have = 0;
   constructor(netDir: string) {
-    this.child = spawn(PLUGIN, [], { cwd: netDir, stdio: ['pipe', 'pipe', 'inherit'] });
-    this.child.stdout.setEncoding('utf8');
-    this.child.stdout.on('data', (d: string) => {
-      this.buf += d;
-      let i: number;
-      while ((i = this.buf.indexOf('\n\n')) >= 0) {
-        const msg = this.buf.slice(0, i);
-        this.buf = this.buf.slice(i + 2);
-        if (msg.includes('"method":"log"')) {
-          if (msg.includes('"level":"error"')) process.stderr.write(`plugin: ${msg}\n`);
-          continue;
-        }
-        const p = this.pending;
-        this.pending = null;
-        p?.(msg);
-      }
-    });
+    const fin = join(netDir, 'stdin.fifo');
+    const fout = join(netDir, 'stdout.fifo');
+    execFileSync('mkfifo', [fin, fout]);
+    // O_RDWR on a FIFO opens without waiting for the other side.
+    this.toPlugin = openSync(fin, 'r+');
+    this.fromPlugin = openSync(fout, 'r+');
+    const childIn = openSync(fin, 'r');
+    const childOut = openSync(fout, 'w');
+    this.child = spawn(PLUGIN, [], { cwd: netDir, stdio: [childIn, childOut, 'inherit'] });
+    closeSync(childIn);
+    closeSync(childOut);
   }
   get pid(): number {
     return this.child.pid!;
   }
-  call(payload: string): Promise<string> {
-    return new Promise((resolve) => {
-      this.pending = resolve;
-      this.child.stdin.write(payload);
-    });
+  /** Sends one request and blocks until its reply (log notifications are skipped). */
+  call(payload: string): string {
+    writeSync(this.toPlugin, payload);
+    for (;;) {
+      let i: number;
+      while ((i = this.rbuf.subarray(0, this.have).indexOf('\n\n')) >= 0) {
+        const msg = this.rbuf.toString('utf8', 0, i);
+        this.rbuf.copy(this.rbuf, 0, i + 2, this.have);
+        this.have -= i + 2;
+        if (!msg.includes('"method":"log"')) return msg;
+        if (msg.includes('"level":"error"')) process.stderr.write(`plugin: ${msg}\n`);
+      }
+      if (this.have === this.rbuf.length) this.rbuf = Buffer.concat([this.rbuf, Buffer.alloc(this.rbuf.length)]);
+      const n = readSync(this.fromPlugin, this.rbuf, this.have, this.rbuf.length - this.have, null);
+      if (n === 0) throw new Error('plugin closed its stdout');
+      this.have += n;
+    }
   }
   async close(): Promise<void> {
     const done = new Promise((r) => this.child.on('exit', r));
-    this.child.stdin.end();
+    this.child.kill('SIGKILL');
     await done;
+    closeSync(this.toPlugin);
+    closeSync(this.fromPlugin);
   }
 }
 
@@ -107,7 +122,7 @@ async function startPlugin(dir: string): Promise<{ d: Driver; nd: string; startu
   writeFileSync(join(nd, 'backup.lock'), JSON.stringify({ backend_url: `file://${join(nd, 'backup.bkp')}` }));
   const t0 = process.hrtime.bigint();
   const d = new Driver(nd);
-  const r = await d.call(`{"jsonrpc":"2.0","id":"cln:getmanifest#1","method":"getmanifest","params":{"allow-deprecated-apis":false}}\n\n`);
+  const r = d.call(`{"jsonrpc":"2.0","id":"cln:getmanifest#1","method":"getmanifest","params":{"allow-deprecated-apis":false}}\n\n`);
   const startupMs = Number(process.hrtime.bigint() - t0) / 1e6;
   if (!r.includes('db_write')) throw new Error(`bad manifest: ${r}`);
   return { d, nd, startupMs };
@@ -129,7 +144,7 @@ export async function runPlugin(dir: string, bytes: number, n: number): Promise<
       t0 = process.hrtime.bigint();
     }
     const s = process.hrtime.bigint();
-    const reply = await d.call(msgs[i]!);
+    const reply = d.call(msgs[i]!);
     if (!reply.includes('"continue"')) throw new Error(`db_write refused: ${reply}`);
     if (i >= 50) lat.push(Number(process.hrtime.bigint() - s) / 1000);
   }

@@ -1,22 +1,18 @@
 #!/usr/bin/env node
-import { Socket, type OnReadOpts, type SocketConstructorOpts } from 'node:net';
 import { DbWriteHandler } from './db-write.js';
-import { FrameError, MessageSplitter } from './framing.js';
 import { log, sendContinue, sendError, sendResult, type RpcId } from './output.js';
 import { prepareBackup, type Startup } from './startup.js';
 import { manifest, statusResult } from './manifest.js';
+import { serveStdin } from './stdin.js';
 
 /**
  * The executable lightningd runs (no arguments, cwd = network directory). It opens the backup before
  * reading anything from lightningd, then serves JSON-RPC on stdin/stdout.
  */
 
-const STDIN = 0;
-
 async function main(): Promise<void> {
   const startup = await prepareBackup(process.cwd());
   const handler = new DbWriteHandler(startup.writer, startup.error, (level, msg) => log(level, `clnvault: ${msg}`));
-  const splitter = new MessageSplitter();
   let pendingLogs: Startup['logs'] | null = startup.logs;
 
   const dispatch = (buf: Buffer, start: number, end: number): void => {
@@ -62,36 +58,6 @@ async function main(): Promise<void> {
     }
   };
 
-  // onread: libuv reads straight into the splitter's buffer, skipping the stream machinery (and its
-  // per-chunk allocations) that every db_write would otherwise pay for. @types/node 20 lacks the field.
-  const stdinOpts: SocketConstructorOpts & { onread: OnReadOpts } = {
-    fd: STDIN,
-    readable: true,
-    writable: false,
-    onread: {
-      buffer: () => splitter.writable(64 * 1024),
-      callback: (n: number) => {
-        try {
-          splitter.commit(n, dispatch);
-        } catch (e) {
-          if (e instanceof FrameError) {
-            log('error', `clnvault: ${e.message}; exiting`);
-            shutdown(1);
-          }
-          throw e;
-        }
-        return true;
-      },
-    },
-  };
-  const stdin = new Socket(stdinOpts);
-  stdin.on('end', () => {
-    const rest = splitter.leftover();
-    if (rest.length > 0) log('warn', `clnvault: input ended inside a message (${rest.length} bytes ignored)`);
-    shutdown(0);
-  });
-  stdin.on('error', () => shutdown(0));
-
   const shutdown = (code: number): void => {
     try {
       startup.writer?.close();
@@ -99,8 +65,17 @@ async function main(): Promise<void> {
       process.exit(code);
     }
   };
-  process.on('SIGTERM', () => shutdown(0));
-  process.on('SIGINT', () => shutdown(0));
+  serveStdin({
+    onMessage: dispatch,
+    onEnd: (rest) => {
+      if (rest.length > 0) log('warn', `clnvault: input ended inside a message (${rest.length} bytes ignored)`);
+      shutdown(0);
+    },
+    onFrameError: (e) => {
+      log('error', `clnvault: ${e.message}; exiting`);
+      shutdown(1);
+    },
+  });
 }
 
 function onInit(params: unknown): void {
