@@ -4,6 +4,7 @@ import { log, sendContinue, sendError, sendResult, type RpcId } from './output.j
 import { prepareBackup, type Startup } from './startup.js';
 import { manifest, statusResult } from './manifest.js';
 import { serveStdin } from './stdin.js';
+import { detectImportance } from './importance.js';
 
 /**
  * The executable lightningd runs (no arguments, cwd = network directory). It opens the backup before
@@ -79,7 +80,8 @@ async function main(): Promise<void> {
 }
 
 function onInit(params: unknown): void {
-  const opts = (params as { options?: Record<string, unknown> } | null)?.options ?? {};
+  const p = params as { options?: Record<string, unknown>; configuration?: Record<string, unknown> } | null;
+  const opts = p?.options ?? {};
   const dest = opts['backup-destination'];
   if (dest !== undefined && dest !== null && dest !== 'null') {
     log(
@@ -88,11 +90,17 @@ function onInit(params: unknown): void {
         'Please remove it from your configuration. The destination is now determined by the `backup.lock` file in the lightning directory',
     );
   }
-  log(
-    'info',
-    'clnvault: load this plugin with important-plugin=... in the lightningd config: if it is loaded with plugin= ' +
-      'and dies, lightningd keeps running without a backup',
-  );
+  const netDir = p?.configuration?.['lightning-dir'];
+  const { importance, where } = detectImportance(typeof netDir === 'string' ? netDir : undefined);
+  if (importance === 'plain') {
+    log(
+      'warn',
+      `clnvault: loaded with plugin= (${where}), not important-plugin=: if this plugin dies, lightningd keeps ` +
+        'running and committing without a backup. Change it to important-plugin=',
+    );
+  } else if (importance === 'unknown') {
+    log('info', 'clnvault: make sure this plugin is loaded with important-plugin=..., so that lightningd stops if it dies');
+  }
 }
 
 main().catch((e) => {
