@@ -246,6 +246,7 @@ describe('version rules', () => {
     const p = await started(dir);
     const r = await write(p, 'b', 6, ['UPDATE version SET version=282;', bump(6)]);
     assert.match(r.error?.message ?? '', /lost committed state.*clnvault restore/);
+    assert.ok(r.error!.message.includes(`'clnvault restore file://${bkp} ${dir}/lightningd.sqlite3'`), r.error!.message);
     // Once refused, the node is going down: nothing more is accepted.
     assert.ok((await write(p, 'b2', 9, ['x', bump(9)])).error);
     await p.close();

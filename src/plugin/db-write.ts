@@ -28,6 +28,8 @@ export class DbWriteHandler {
     private readonly writer: BackupWriter | null,
     private readonly startupError: string | null,
     private readonly log: (level: 'info' | 'warn' | 'error', msg: string) => void,
+    /** fills the placeholders of refusal messages, so the operator gets the exact command to run */
+    private readonly context: { url: string | null; netDir: string } = { url: null, netDir: '.' },
   ) {}
 
   handle(params: unknown): HookOutcome {
@@ -58,7 +60,14 @@ export class DbWriteHandler {
     } else {
       decision = decideNext(this.last, dv);
     }
-    if (decision.action === 'refuse') return this.refuse(decision.message);
+    if (decision.action === 'refuse') {
+      return this.refuse(
+        decision.message
+          .replaceAll('<backup-url>', this.context.url ?? '<backup-url>')
+          .replaceAll('<lightning-dir>', this.context.netDir)
+          .replaceAll('<dir>', this.context.netDir),
+      );
+    }
     try {
       if (decision.action === 'rewind') {
         const before = this.writer.head();

@@ -13,7 +13,10 @@ import { detectImportance } from './importance.js';
 
 async function main(): Promise<void> {
   const startup = await prepareBackup(process.cwd());
-  const handler = new DbWriteHandler(startup.writer, startup.error, (level, msg) => log(level, `clnvault: ${msg}`));
+  const handler = new DbWriteHandler(startup.writer, startup.error, (level, msg) => log(level, `clnvault: ${msg}`), {
+    url: startup.url,
+    netDir: process.cwd(),
+  });
   let pendingLogs: Startup['logs'] | null = startup.logs;
 
   const dispatch = (buf: Buffer, start: number, end: number): void => {
