@@ -18,6 +18,7 @@ import {
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
+import { FIXTURES as FIXTURE_ROOT } from './helpers/fixtures.js';
 import { BackupError } from '../src/engine/entries.js';
 import type { EntryHeader } from '../src/engine/entries.js';
 import { planRestore } from '../src/engine/plan.js';
@@ -25,7 +26,7 @@ import { createV1, isV1, V1Reader, V1Writer } from '../src/backends/file/v1.js';
 import { referenceStream } from './helpers/reference-reader.js';
 import type { ReferenceEntry } from './helpers/reference-reader.js';
 
-const FIX = '/work/shared/fixtures/reference-backups';
+const FIX = join(FIXTURE_ROOT, 'reference-backups');
 
 function tempDir(t: { after: (fn: () => void) => void }): string {
   const dir = mkdtempSync(join(tmpdir(), 'clnvault-v1-'));

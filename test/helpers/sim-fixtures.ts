@@ -7,7 +7,8 @@ import { createBackup } from '../../src/backends/open.js';
 import type { BackupFormat } from '../../src/engine/entries.js';
 import { SimNode, type SimNodeOptions } from '../../src/sim/lightningd.js';
 
-export const FIXTURES = process.env.CLNVAULT_FIXTURES ?? '/work/shared/fixtures';
+export { FIXTURES } from './fixtures.js';
+import { FIXTURES } from './fixtures.js';
 export const CLN = join(FIXTURES, 'cln-v26.06.6');
 
 /** The real plugin, built next to this file's compiled copy; CLNVAULT_SIM_PLUGIN overrides it. */
