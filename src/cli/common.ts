@@ -83,7 +83,8 @@ export function parseVersionArg(flag: string, v: string | undefined): number | u
 export function progressReporter(label: string, unit: string): { update(done: number, total: number): void; finish(): void } {
   const tty = process.stderr.isTTY === true;
   const t0 = Date.now();
-  let lastPrint = 0;
+  // the first line waits one interval too: a quick operation prints only its final line
+  let lastPrint = t0;
   let drawn = false;
   return {
     update(done, total) {

@@ -1,10 +1,14 @@
 #!/usr/bin/env node
 import { readFileSync } from 'node:fs';
 import { CliError, err, EXIT, out, type Command } from './common.js';
+import { demoCommand } from './demo.js';
 import { initCommand } from './init.js';
+import { inspectCommand } from './inspect.js';
 import { restoreCommand } from './restore.js';
+import { statusCommand } from './status.js';
+import { verifyCommand } from './verify.js';
 
-const commands: Command[] = [initCommand, restoreCommand];
+const commands: Command[] = [initCommand, restoreCommand, inspectCommand, verifyCommand, statusCommand, demoCommand];
 
 function usage(): string {
   const width = Math.max(...commands.map((c) => c.name.length));

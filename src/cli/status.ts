@@ -1,0 +1,237 @@
+import Database from 'better-sqlite3';
+import { existsSync, statSync } from 'node:fs';
+import { homedir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { pathToFileURL } from 'node:url';
+import { backupPath, openReader } from '../backends/open.js';
+import { lockPath, readBackupLock, type BackupLock } from '../engine/backup-lock.js';
+import { DB_NAME } from '../engine/live-db.js';
+import { nodeRunning } from '../engine/node-running.js';
+import { serialDiff } from '../engine/versions.js';
+import { CliError, EXIT, out, parse, printJson, type Command } from './common.js';
+
+const help = `Usage: clnvault status [--lightning-dir DIR] [--json]
+
+Says in one line whether the node's database and its backup are in step, and what
+to do if they are not. Reads DIR/backup.lock, the backup's head version and the
+data_version of DIR/lightningd.sqlite3 (read-only; safe while lightningd runs).
+
+  in step            same version: nothing to do
+  backup one ahead   lightningd stopped between backing up a transaction and committing
+                     it (a crash, a power cut): fine, the plugin drops that entry at start
+  node ahead         transactions were committed without the plugin (a clean stop, CLN
+                     #5859): the plugin re-baselines at the next start (or refuses to, if
+                     backup.lock says "rebaseline": false)
+  node behind        the node's database lost committed transactions: do NOT start
+                     lightningd on it; the line gives the restore command
+
+Options:
+  --lightning-dir DIR  the node's network directory (default ~/.lightning/bitcoin)
+  --json               print the result as JSON on stdout
+  -h, --help           this help
+
+Exit codes: 0 in step, or will be at the next start without help; 1 action needed
+(the line says which); 2 could not run (bad usage, unreadable files).
+Running lightningd answers 'lightning-cli clnvault-status' with the plugin's view.
+
+Example:
+  clnvault status --lightning-dir ~/.lightning/bitcoin`;
+
+type State =
+  | 'in-step'
+  | 'backup-ahead'
+  | 'node-ahead'
+  | 'node-ahead-refuse'
+  | 'node-behind'
+  | 'no-database'
+  | 'no-lock'
+  | 'no-backup'
+  | 'backup-damaged'
+  | 'not-backing-up';
+
+export interface StatusReport {
+  state: State;
+  ok: boolean;
+  /** the one line */
+  message: string;
+  lightningDir: string;
+  running: string | null;
+  lock: (BackupLock & { path: string }) | null;
+  backup: { url: string; path: string; format: string; head: number; headKind: 'change' | 'snapshot' | null; entries: number; bytes: number } | null;
+  node: { db: string; dataVersion: number } | null;
+}
+
+export const statusCommand: Command = {
+  name: 'status',
+  summary: "say whether the node's database and its backup are in step",
+  help,
+  async run(argv) {
+    const { values } = parse('status', argv, { 'lightning-dir': { type: 'string' }, json: { type: 'boolean' } }, { min: 0, max: 0, names: 'no arguments' });
+    if (values.help) {
+      out(help);
+      return EXIT.ok;
+    }
+    const dir = resolve(typeof values['lightning-dir'] === 'string' ? values['lightning-dir'] : join(homedir(), '.lightning', 'bitcoin'));
+    if (!existsSync(dir) || !statSync(dir).isDirectory()) {
+      throw new CliError(`${dir} is not a directory; pass --lightning-dir with the node's network directory (e.g. ~/.lightning/bitcoin)`, EXIT.usage);
+    }
+    const r = await status(dir);
+    if (values.json) printJson(r);
+    else {
+      out(r.message);
+      if (r.backup) out(`  backup  ${r.backup.url} (${r.backup.format}, head version ${r.backup.head}, ${r.backup.entries} entries)`);
+      if (r.node) out(`  node    ${r.node.db} (data_version ${r.node.dataVersion}${r.running ? `; running: ${r.running}` : '; lightningd not running'})`);
+    }
+    return r.ok ? EXIT.ok : EXIT.failed;
+  },
+};
+
+async function status(dir: string): Promise<StatusReport> {
+  const dbPath = join(dir, DB_NAME);
+  const r: StatusReport = { state: 'in-step', ok: true, message: '', lightningDir: dir, running: null, lock: null, backup: null, node: null };
+  r.running = await nodeRunning(dir, dbPath);
+  const set = (state: State, ok: boolean, message: string): StatusReport => {
+    r.state = state;
+    r.ok = ok;
+    r.message = message;
+    return r;
+  };
+
+  if (!existsSync(lockPath(dir))) {
+    return set(
+      'no-lock',
+      false,
+      `no backup: ${lockPath(dir)} is missing, so the clnvault plugin refuses every database write and lightningd stops. ` +
+        `With lightningd stopped, run 'clnvault init --lightning-dir ${dir} file:///path/to/backup.bkp' (a new backup; ` +
+        `it snapshots the existing database)`,
+    );
+  }
+  let lock: BackupLock;
+  try {
+    lock = readBackupLock(dir);
+  } catch (e) {
+    throw new CliError((e as Error).message, EXIT.usage);
+  }
+  r.lock = { ...lock, path: lockPath(dir) };
+
+  let path: string;
+  try {
+    // relative file: URLs are relative to the network directory, where the plugin runs
+    path = backupPath(lock.backend_url, dir);
+  } catch (e) {
+    return set('no-backup', false, `${lockPath(dir)} names an unusable backup URL: ${(e as Error).message}`);
+  }
+  if (!existsSync(path)) {
+    return set(
+      'no-backup',
+      false,
+      `the backup file ${path} (from ${lockPath(dir)}) does not exist: is the backup disk mounted? Mount it before ` +
+        `starting lightningd; if the backup is lost, stop lightningd, remove backup.lock and run 'clnvault init' again`,
+    );
+  }
+  let head: number;
+  let headKind: 'change' | 'snapshot' | null = null;
+  const absUrl = pathToFileURL(path).href;
+  try {
+    const reader = openReader(lock.backend_url, dir);
+    try {
+      const st = reader.stats();
+      head = st.head;
+      r.backup = { url: lock.backend_url, path, format: st.format, head, headKind: null, entries: st.entries, bytes: st.bytes };
+      const hs = reader.headers();
+      headKind = hs.at(-1)?.kind ?? null;
+      r.backup.headKind = headKind;
+    } finally {
+      reader.close();
+    }
+  } catch (e) {
+    return set(
+      'backup-damaged',
+      false,
+      `the backup ${path} cannot be used: ${(e as Error).message}. Run 'clnvault inspect ${absUrl}' for details`,
+    );
+  }
+
+  if (!existsSync(dbPath)) {
+    r.node = null;
+    return set(
+      head === 0 ? 'in-step' : 'no-database',
+      head === 0,
+      head === 0
+        ? `ready: the backup ${lock.backend_url} is empty and the node has no database yet; lightningd creates it at its first start`
+        : `the node has no database (${dbPath} is missing) but the backup holds version ${head}: restore it before starting ` +
+            `lightningd: 'clnvault restore ${absUrl} ${dbPath}'`,
+    );
+  }
+  let node: number;
+  try {
+    node = readDataVersionReadOnly(dbPath);
+  } catch (e) {
+    throw new CliError(
+      `cannot read the data_version of ${dbPath}: ${(e as Error).message}` +
+        (existsSync(`${dbPath}-journal`) ? ' (a -journal file is present: lightningd stopped mid-transaction; it rolls back at its next start)' : ''),
+      EXIT.usage,
+    );
+  }
+  r.node = { db: dbPath, dataVersion: node };
+
+  const d = serialDiff(node, head);
+  if (d === 0) return set('in-step', true, `in step: the node and the backup are both at data_version ${node}; nothing to do`);
+  if (d === -1 && headKind === 'change') {
+    return set(
+      'backup-ahead',
+      true,
+      r.running
+        ? `in step: the backup holds version ${head}, one ahead of the node's ${node}, because lightningd is committing it right now`
+        : `in step after a crash: the backup holds version ${head}, one ahead of the node's ${node} (lightningd stopped between ` +
+            `backing it up and committing it); the plugin drops that entry at the next start; nothing to do`,
+    );
+  }
+  if (d < 0) {
+    return set(
+      'node-behind',
+      false,
+      `DANGER: the node's database is at data_version ${node} but the backup holds ${head}: the database lost committed ` +
+        `transactions (an old copy, a failed disk?) and starting lightningd on it would broadcast revoked states. ` +
+        (r.running ? 'Stop lightningd now, then ' : 'Do not start lightningd; ') +
+        `move ${dbPath} aside and run 'clnvault restore ${absUrl} ${dbPath}'`,
+    );
+  }
+  if (r.running) {
+    return set(
+      'not-backing-up',
+      false,
+      `NOT BACKING UP: lightningd is running with its database at data_version ${node}, ahead of the backup's ${head}: the ` +
+        `plugin is not loaded or died. Check 'lightning-cli plugin list', load it with important-plugin= and restart lightningd`,
+    );
+  }
+  if (lock.rebaseline === false) {
+    return set(
+      'node-ahead-refuse',
+      false,
+      `the node's database (data_version ${node}) is ${d} transaction(s) ahead of the backup (${head}) and backup.lock says ` +
+        `"rebaseline": false, so the plugin will refuse to start. Remove that key from ${lockPath(dir)} (the plugin then ` +
+        `snapshots the database at start), or re-create the backup with 'clnvault init'`,
+    );
+  }
+  return set(
+    'node-ahead',
+    true,
+    `will re-baseline: the node's database (data_version ${node}) is ${d} transaction(s) ahead of the backup (${head}), ` +
+      `written after the plugin stopped (a clean 'lightning-cli stop' does this, CLN #5859); at the next start the plugin ` +
+      `stores a snapshot of the database in the backup; nothing to do`,
+  );
+}
+
+/** Read-only, so a status check never writes the node's database (and never rolls back its journal). */
+function readDataVersionReadOnly(dbPath: string): number {
+  const db = new Database(dbPath, { readonly: true, fileMustExist: true, timeout: 5000 });
+  try {
+    const hasVars = db.prepare("SELECT 1 FROM sqlite_master WHERE type='table' AND name='vars'").get();
+    if (!hasVars) return 0;
+    const row = db.prepare("SELECT intval FROM vars WHERE name='data_version'").get() as { intval: number | bigint } | undefined;
+    return row ? Number(row.intval) : 0;
+  } finally {
+    db.close();
+  }
+}
