@@ -83,7 +83,15 @@ export const initCommand: Command = {
         out(`Found an existing database at ${dbPath}, initializing the backup with a snapshot`);
         const tmp = join(dirname(backupPath(url, cwd)), `.clnvault-init-${process.pid}.sqlite3`);
         try {
-          const version = await snapshotDatabase(dbPath, tmp);
+          let version: number;
+          try {
+            version = await snapshotDatabase(dbPath, tmp);
+          } catch (e) {
+            throw new CliError(
+              `cannot snapshot ${dbPath} (${(e as Error).message}); check that it is lightningd's database, readable by ` +
+                `this user. Nothing was created`,
+            );
+          }
           const writer = openWriter(url, cwd);
           try {
             writer.appendSnapshotFile(version, tmp);
