@@ -17,8 +17,9 @@ stores a consistent snapshot of it (SQLite's online backup API) as the backup's 
 The node must be stopped: init refuses when lightningd answers on DIR/lightning-rpc or
 any process holds DIR/lightningd.sqlite3 open. Nothing is left behind on failure.
 
-URL forms: file:///abs/path/backup.bkp, or file:name.bkp (relative to the current
-directory). The backup's directory must exist (mount the backup disk first).
+URL forms: file:///abs/path/backup.bkp, or file:name.bkp (relative to DIR with
+--lightning-dir, as the plugin reads it, else to the current directory). The
+backup's directory must exist (mount the backup disk first).
 
 Options:
   --lightning-dir DIR  network directory of the node (writes DIR/backup.lock)
@@ -77,11 +78,14 @@ export const initCommand: Command = {
       if (running) throw new CliError(`lightningd seems to be running (${running}); stop it before 'clnvault init'`);
     }
 
-    const path = createBackup(url, cwd, format);
+    // backup.lock keeps the URL as given and the plugin resolves a relative one against the network
+    // directory, so init must create the file there too, or the lock would name another file.
+    const base = netDir ?? cwd;
+    const path = createBackup(url, base, format);
     try {
       if (dbPath !== null) {
         out(`Found an existing database at ${dbPath}, initializing the backup with a snapshot`);
-        const tmp = join(dirname(backupPath(url, cwd)), `.clnvault-init-${process.pid}.sqlite3`);
+        const tmp = join(dirname(backupPath(url, base)), `.clnvault-init-${process.pid}.sqlite3`);
         try {
           let version: number;
           try {
@@ -92,7 +96,7 @@ export const initCommand: Command = {
                 `this user. Nothing was created`,
             );
           }
-          const writer = openWriter(url, cwd);
+          const writer = openWriter(url, base);
           try {
             writer.appendSnapshotFile(version, tmp);
           } finally {
