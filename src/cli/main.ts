@@ -5,10 +5,11 @@ import { demoCommand } from './demo.js';
 import { initCommand } from './init.js';
 import { inspectCommand } from './inspect.js';
 import { restoreCommand } from './restore.js';
+import { compactCommand } from './compact.js';
 import { statusCommand } from './status.js';
 import { verifyCommand } from './verify.js';
 
-const commands: Command[] = [initCommand, restoreCommand, inspectCommand, verifyCommand, statusCommand, demoCommand];
+const commands: Command[] = [initCommand, restoreCommand, inspectCommand, verifyCommand, statusCommand, demoCommand, compactCommand];
 
 function usage(): string {
   const width = Math.max(...commands.map((c) => c.name.length));

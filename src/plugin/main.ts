@@ -5,6 +5,8 @@ import { prepareBackup, type Startup } from './startup.js';
 import { manifest, statusResult } from './manifest.js';
 import { serveStdin } from './stdin.js';
 import { detectImportance } from './importance.js';
+import { isReopenable, PluginCompaction } from './compaction.js';
+import { readCompactionConfig } from '../compact/config.js';
 
 /**
  * The executable lightningd runs (no arguments, cwd = network directory). It opens the backup before
@@ -13,6 +15,14 @@ import { detectImportance } from './importance.js';
 
 async function main(): Promise<void> {
   const startup = await prepareBackup(process.cwd());
+  // Online compaction: every write goes through the wrapper, which coordinates with the worker thread.
+  let compaction: PluginCompaction | null = null;
+  if (startup.writer !== null && isReopenable(startup.writer)) {
+    const { config, problems } = readCompactionConfig(process.cwd());
+    for (const p of problems) startup.logs.push({ level: 'warn', message: p });
+    compaction = new PluginCompaction(startup.writer, process.cwd(), config, (level, msg) => log(level, `clnvault: ${msg}`));
+    startup.writer = compaction.writer;
+  }
   const handler = new DbWriteHandler(startup.writer, startup.error, (level, msg) => log(level, `clnvault: ${msg}`), {
     url: startup.url,
     netDir: process.cwd(),
@@ -53,7 +63,14 @@ async function main(): Promise<void> {
       case 'init':
         onInit(msg.params);
         sendResult(rid, {});
+        compaction?.onInit();
         return;
+      case 'backup-compact': {
+        // answered by the compaction worker when it is done; only a refusal is answered here
+        const why = compaction === null ? `the backup is not open: ${startup.error ?? 'unknown error'}` : compaction.start(rid);
+        if (why !== null) sendError(rid, -32000, why);
+        return;
+      }
       case 'clnvault-status':
         sendResult(rid, statusResult(startup, handler));
         return;

@@ -17,6 +17,12 @@ export function manifest(): unknown {
         usage: '',
         description: 'Show the state of the clnvault backup: destination, format, head version, writes, latency.',
       },
+      {
+        name: 'backup-compact',
+        usage: '',
+        description:
+          'Compact the backup in the background (snapshot + newest changes) without pausing database writes; returns {before, after} sizes when done.',
+      },
     ],
     subscriptions: [],
     hooks: [{ name: 'db_write' }],

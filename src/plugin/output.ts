@@ -7,7 +7,30 @@ import { writeSync } from 'node:fs';
 
 const STDOUT = 1;
 
+/** Set when a compaction worker may also write: whole messages must not interleave on the pipe. */
+let outLock: Int32Array | null = null;
+let outSlot = 0;
+
+export function shareStdout(lockArray: Int32Array, slot: number): void {
+  outLock = lockArray;
+  outSlot = slot;
+}
+
 function writeAll(text: string): void {
+  if (outLock === null) return writeLocked(text);
+  const a = outLock;
+  for (let spins = 0; Atomics.compareExchange(a, outSlot, 0, 1) !== 0; spins++) {
+    if (spins > 64) Atomics.wait(a, outSlot, 1, 50);
+  }
+  try {
+    writeLocked(text);
+  } finally {
+    Atomics.store(a, outSlot, 0);
+    Atomics.notify(a, outSlot, 1);
+  }
+}
+
+function writeLocked(text: string): void {
   const buf = Buffer.from(text, 'utf8');
   let off = 0;
   while (off < buf.length) {

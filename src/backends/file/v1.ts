@@ -517,10 +517,11 @@ export class V1Writer implements BackupWriter {
     this.end = end;
   }
 
-  static open(path: string): V1Writer {
+  /** `heldLock`: reopen under a writer lock this process already holds (after compaction swapped the file). */
+  static open(path: string, heldLock?: WriterLock): V1Writer {
     // Checked before locking so that a mistyped path does not leave a `<path>.writer` file behind.
     checkIsFile(path);
-    const lock = WriterLock.acquire(path);
+    const lock = heldLock ?? WriterLock.acquire(path);
     let fd: number | null = null;
     try {
       fd = openOrThrow(path, constants.O_RDWR);
@@ -534,7 +535,7 @@ export class V1Writer implements BackupWriter {
       return new V1Writer(path, fd, lock, tail, scan.ackCount, scan.ackEnd, scan.problems);
     } catch (e) {
       if (fd !== null) closeSync(fd);
-      lock.release();
+      if (!heldLock) lock.release();
       throw e;
     }
   }
@@ -552,6 +553,25 @@ export class V1Writer implements BackupWriter {
       }
     });
     return { tail: atHead, scan };
+  }
+
+  /**
+   * Compaction renamed a new file over the backup: switch to it. The writer lock stays held (it lives on
+   * `<path>.writer`, which the rename does not touch), so no other writer can slip in between.
+   */
+  reopen(): void {
+    this.requireUsable();
+    const next = V1Writer.open(this.location, this.lock!);
+    closeSync(this.fd!);
+    this.fd = next.fd;
+    this.tail = next.tail;
+    this.count = next.count;
+    this.end = next.end;
+  }
+
+  /** Bytes of acknowledged data (entries and header included). */
+  endOffset(): number {
+    return this.end;
   }
 
   head(): number {

@@ -541,7 +541,7 @@ export class V2Writer implements BackupWriter {
 
   private constructor(
     readonly location: string,
-    private readonly fd: number,
+    private fd: number,
     private readonly lock: WriterLock,
     private readonly repairs: Problem[],
     stats: V2OpenStats,
@@ -549,7 +549,8 @@ export class V2Writer implements BackupWriter {
     this.openStats = stats;
   }
 
-  static open(path: string, options: V2WriterOptions = {}): V2Writer {
+  /** `heldLock`: reopen under a writer lock this process already holds (after compaction swapped the file). */
+  static open(path: string, options: V2WriterOptions = {}, heldLock?: WriterLock): V2Writer {
     let fd: number;
     try {
       fd = openSync(path, 'r+');
@@ -563,7 +564,7 @@ export class V2Writer implements BackupWriter {
     let lock: WriterLock | null = null;
     try {
       // nothing is read before the lock is held: another writer could be mid-append
-      lock = WriterLock.acquire(path);
+      lock = heldLock ?? WriterLock.acquire(path);
       const size = fstatSync(fd).size;
       checkFileHeader(fd, size, path);
       const w = new V2Writer(path, fd, lock, [], { path: 'empty', recordsValidated: 0, headersWalked: 0 });
@@ -607,7 +608,7 @@ export class V2Writer implements BackupWriter {
       if (!w.loadTail(null)) throw new Error(`internal: record chain broken after a clean scan of ${path}`);
       return w;
     } catch (e) {
-      lock?.release();
+      if (!heldLock) lock?.release();
       closeSync(fd);
       throw asBackupError(e, path, 'cannot open the backup for writing');
     }
@@ -650,6 +651,28 @@ export class V2Writer implements BackupWriter {
     this.groupStart = groupStart;
     this.groupCount = groupCount;
     return true;
+  }
+
+  /**
+   * Compaction renamed a new file over the backup: switch to it. The writer lock stays held (it lives on
+   * `<path>.writer`, which the rename does not touch), so no other writer can slip in between.
+   */
+  reopen(): void {
+    this.checkUsable();
+    const next = V2Writer.open(this.location, {}, this.lock);
+    closeSync(this.fd);
+    this.fd = next.fd;
+    this.end = next.end;
+    this.headVersion = next.headVersion;
+    this.lastType = next.lastType;
+    this.groupStart = next.groupStart;
+    this.groupCount = next.groupCount;
+    this.entryCount = next.entryCount;
+  }
+
+  /** Bytes of acknowledged data (the file size); unlike stats() never walks the file. */
+  endOffset(): number {
+    return this.end;
   }
 
   head(): number {
@@ -845,9 +868,59 @@ function checkLastRecord(fd: number, size: number): { start: number; h: RecordHe
 // ---------------------------------------------------------------------------------------------------
 // Reader
 
+/**
+ * Change records up to this size are read through the reader's read-ahead window; a bigger one is read
+ * on its own, so that one huge batch neither evicts the window nor makes it grow.
+ */
+const READ_AHEAD_MAX_RECORD = 256 << 10;
+
+/**
+ * Sequential read-ahead for V2Reader.read: a restore reads records in file order, and two small preads
+ * per ~1 KB record cost more than everything else the reader does. One CHUNK-sized buffer, reused, so
+ * memory stays bounded whatever the backup's size. A short read (the file shrank since the scan) is an
+ * error only when it cuts the bytes actually asked for, as it was with one pread per record.
+ */
+class ReadAhead {
+  private buf: Buffer | null = null;
+  private start = 0;
+  private len = 0;
+
+  constructor(
+    private readonly fd: number,
+    private readonly size: number,
+  ) {}
+
+  /** Bytes [off, off + n) of the file, n <= CHUNK; the view is valid until the next call. */
+  get(off: number, n: number): Buffer {
+    if (off < this.start || off + n > this.start + this.len) this.fill(off, n);
+    return this.buf!.subarray(off - this.start, off - this.start + n);
+  }
+
+  release(): void {
+    this.buf = null;
+    this.len = 0;
+  }
+
+  private fill(off: number, need: number): void {
+    const buf = (this.buf ??= Buffer.allocUnsafe(CHUNK));
+    const want = Math.min(buf.length, Math.max(need, this.size - off));
+    // invalidate first: a failed read must not leave stale bytes that look like the new range
+    this.start = off;
+    this.len = 0;
+    while (this.len < want) {
+      const r = readSync(this.fd, buf, this.len, want - this.len, off + this.len);
+      if (r <= 0) break;
+      this.len += r;
+    }
+    if (this.len < need) throw new Error(`unexpected end of file at offset ${off + this.len}`);
+  }
+}
+
 export class V2Reader implements BackupReader {
   readonly format = 'v2' as const;
-  private readonly byOffset = new Map<number, RecordInfo>();
+  /** index in scan.records of the record after the last one read: restore reads in file order */
+  private cursor = 0;
+  private readonly ahead: ReadAhead;
   private closed = false;
 
   private constructor(
@@ -856,8 +929,9 @@ export class V2Reader implements BackupReader {
     private readonly scan: ScanResult,
     readonly backupId: Buffer,
     readonly createdMs: number,
+    size: number,
   ) {
-    for (const r of scan.records) this.byOffset.set(r.offset, r);
+    this.ahead = new ReadAhead(fd, size);
   }
 
   static open(path: string): V2Reader {
@@ -873,7 +947,7 @@ export class V2Reader implements BackupReader {
       const info = checkFileHeader(fd, size, path);
       const scan = scanRecords(fd, size, path);
       if (scan.unsupported) throw scan.unsupported;
-      return new V2Reader(path, fd, scan, info.backupId, info.createdMs);
+      return new V2Reader(path, fd, scan, info.backupId, info.createdMs, size);
     } catch (e) {
       closeSync(fd);
       throw asBackupError(e, path, 'cannot read the backup');
@@ -904,9 +978,34 @@ export class V2Reader implements BackupReader {
     }));
   }
 
+  /** The scanned record at `offset`: the one after the last read when reading in file order, else a binary search. */
+  private recordAt(offset: number): RecordInfo | undefined {
+    const recs = this.scan.records;
+    let i = this.cursor;
+    if (i >= recs.length || recs[i]!.offset !== offset) {
+      // the scan only moves forward, so offsets are strictly increasing
+      let lo = 0;
+      let hi = recs.length - 1;
+      i = -1;
+      while (lo <= hi) {
+        const mid = (lo + hi) >>> 1;
+        const o = recs[mid]!.offset;
+        if (o === offset) {
+          i = mid;
+          break;
+        }
+        if (o < offset) lo = mid + 1;
+        else hi = mid - 1;
+      }
+      if (i < 0) return undefined;
+    }
+    this.cursor = i + 1;
+    return recs[i];
+  }
+
   read(h: EntryHeader): Entry {
     this.checkOpen();
-    const r = this.byOffset.get(h.offset);
+    const r = this.recordAt(h.offset);
     const kind = r?.type === TYPE_SNAPSHOT ? 'snapshot' : 'change';
     if (!r || kind !== h.kind || r.version !== h.version) {
       throw new BackupError(`${this.location}: no ${h.kind} record with version ${h.version} at offset ${h.offset}`, this.location, h.offset);
@@ -921,11 +1020,16 @@ export class V2Reader implements BackupReader {
       };
     }
     // the length was vouched for by the header checksum and fits inside the file
-    const payload = Buffer.allocUnsafe(r.length);
-    const header = Buffer.allocUnsafe(RECORD_HEADER_LEN);
-    readFully(this.fd, header, RECORD_HEADER_LEN, r.offset);
-    readFully(this.fd, payload, r.length, r.offset + RECORD_HEADER_LEN);
-    const hh = parseRecordHeader(header);
+    const total = RECORD_HEADER_LEN + r.length;
+    let rec: Buffer;
+    if (total <= READ_AHEAD_MAX_RECORD) {
+      rec = this.ahead.get(r.offset, total);
+    } else {
+      rec = Buffer.allocUnsafe(total);
+      readFully(this.fd, rec, total, r.offset);
+    }
+    const payload = rec.subarray(RECORD_HEADER_LEN, total);
+    const hh = parseRecordHeader(rec);
     if (typeof hh === 'string' || hh.length !== r.length || crc32(payload) !== hh.payloadCrc) {
       throw new BackupError(`${this.location}: the change record at offset ${r.offset} changed or was damaged since it was scanned`, this.location, r.offset);
     }
@@ -1004,6 +1108,7 @@ export class V2Reader implements BackupReader {
   close(): void {
     if (this.closed) return;
     this.closed = true;
+    this.ahead.release();
     closeSync(this.fd);
   }
 

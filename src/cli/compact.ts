@@ -1,0 +1,82 @@
+import { backupPath, openWriter } from '../backends/open.js';
+import { compactFile } from '../compact/compact.js';
+import { DEFAULT_COMPACTION } from '../compact/config.js';
+import { isReopenable } from '../plugin/compaction.js';
+import { CliError, err, EXIT, out, parse, printJson, type Command } from './common.js';
+
+const help = `Usage: clnvault compact [--history K] [--json] URL
+
+Compacts the backup at URL: replaces it by a snapshot of the database just before
+its newest version, followed by the newest entries, so that it restores to exactly
+the same database and the plugin can still rewind its newest write.
+
+This is for a backup no plugin is writing (node stopped, or a copy). While the
+plugin of a running node holds the backup, compact refuses: use
+'lightning-cli backup-compact' instead, which compacts online without pausing the
+node's writes. The new backup is built beside the old one and renamed over it; an
+interruption leaves the old backup untouched (leftovers are removed by the next run).
+
+Options:
+  --history K   keep the last K pre-compaction backups beside it as <file>.hist-<ms>,
+                for 'clnvault restore --to-version' (default ${DEFAULT_COMPACTION.history}; 0 keeps none)
+  --json        print the result as JSON ({"before":{...},"after":{...}})
+  -h, --help    this help
+
+Exit codes: 0 compacted (or nothing to do), 1 refused or failed (backup unchanged), 2 bad usage.
+
+Example:
+  clnvault compact file:///mnt/usb/clnvault.bkp`;
+
+export const compactCommand: Command = {
+  name: 'compact',
+  summary: 'shrink a backup no plugin is writing (snapshot + newest entries)',
+  help,
+  async run(argv) {
+    const { values, positionals } = parse('compact', argv, {
+      history: { type: 'string' },
+      json: { type: 'boolean' },
+    }, { min: 1, max: 1, names: 'one backup URL' });
+    if (values.help) {
+      out(help);
+      return EXIT.ok;
+    }
+    const url = positionals[0]!;
+    let history = DEFAULT_COMPACTION.history;
+    if (values.history !== undefined) {
+      const h = Number(values.history);
+      if (!Number.isInteger(h) || h < 0) throw new CliError(`--history must be a whole number >= 0, not ${String(values.history)}`, EXIT.usage);
+      history = h;
+    }
+    const path = backupPath(url, process.cwd());
+    // Holding the writer lock for the whole run is what makes this safe: a plugin cannot start writing
+    // meanwhile, and opening it as a writer refuses while a plugin writes.
+    const writer = openWriter(url, process.cwd());
+    try {
+      for (const p of writer.repaired()) err(`repaired on open: ${p.message}`);
+      if (!isReopenable(writer)) throw new CliError(`${path}: this backup type cannot be compacted`);
+      const outcome = compactFile(
+        path,
+        {
+          committedEnd: () => writer.endOffset(),
+          truncations: () => 0,
+          exclusive: (fn) => fn(() => undefined),
+          log: (_level, message) => err(message),
+        },
+        { format: writer.format, history },
+      );
+      if (values.json) printJson(outcome.stats);
+      else if (!outcome.compacted) out(`${path}: nothing to compact (${outcome.stats.before.version_count} entries, ${outcome.stats.before.backupsize} bytes)`);
+      else {
+        const s = outcome.stats;
+        out(
+          `Compacted ${path}: ${s.before.version_count} entries / ${s.before.backupsize} bytes -> ` +
+            `${s.after.version_count} entries / ${s.after.backupsize} bytes (head version ${outcome.head})` +
+            (outcome.historyFile ? `; the previous backup is kept as ${outcome.historyFile}` : ''),
+        );
+      }
+    } finally {
+      writer.close();
+    }
+    return EXIT.ok;
+  },
+};

@@ -1,0 +1,429 @@
+import Database from 'better-sqlite3';
+import { closeSync, fdatasyncSync, fstatSync, linkSync, openSync, readSync, renameSync, rmSync, statSync } from 'node:fs';
+import { crc32 } from 'node:zlib';
+import { fsyncDir, writeFully } from '../backends/file/fsutil.js';
+import { writeV1Header, V1_ENTRY_HEADER_SIZE, V1_HEADER_SIZE } from '../backends/file/v1.js';
+import { FILE_HEADER_LEN, RECORD_HEADER_LEN, RECORD_MAGIC, RECORD_TRAILER_LEN, TYPE_SNAPSHOT } from '../backends/file/v2.js';
+import { BackupError, type BackupFormat } from '../engine/entries.js';
+import { serialDiff } from '../engine/versions.js';
+import { Replayer } from '../restore/replay.js';
+import { compactingPath, historyPath, pruneHistory, removeDebris, scratchPath } from './files.js';
+import { EntryWalker, firstEntryOffset, readFully, type EntryDesc } from './scan.js';
+
+/**
+ * Compaction: replaces a backup by an equivalent, shorter one — a snapshot of the database at version V
+ * followed by the entries after V, copied byte for byte — while the writer keeps appending to the live
+ * file. The new file is built beside the backup (`<b>.compacting`), catches up with what was appended
+ * meanwhile, and replaces the backup with one rename inside the writer's critical section. A crash at any
+ * moment leaves the old backup (the rename did not happen) or the new one (it did), both complete.
+ *
+ * The newest version group (the head entry and its PRAGMA companion) stays a record, not part of the
+ * snapshot, so that a rewind (dropHead: lightningd died between the hook and its commit) still works
+ * after compaction, as in the reference, which keeps snapshot(v-1) + change(v).
+ */
+
+export interface CompactHooks {
+  /** end of the data the writer has made durable; nothing past it is read */
+  committedEnd(): number;
+  /** changes whenever the writer cut its end (dropHead) */
+  truncations(): number;
+  /**
+   * Runs `fn` while the writer cannot append. `fn` calls `swapped()` right after the rename, so the writer
+   * reopens the file even if a later step (the directory fsync) throws.
+   */
+  exclusive(fn: (swapped: () => void) => void): void;
+  log(level: 'info' | 'warn' | 'error', message: string): void;
+}
+
+export interface CompactOptions {
+  format: BackupFormat;
+  /** pre-compaction backups to keep (0: none) */
+  history: number;
+}
+
+export interface CompactStats {
+  before: { backupsize: number; version_count: number };
+  after: { version_count: number; backupsize: number };
+}
+
+export interface CompactOutcome {
+  /** the reference's RPC result shape */
+  stats: CompactStats;
+  compacted: boolean;
+  /** version of the snapshot the new backup starts with, null when none was needed */
+  snapshotVersion: number | null;
+  head: number;
+  historyFile: string | null;
+  elapsedMs: number;
+  /** bytes appended by the writer while compaction ran, carried over */
+  caughtUp: number;
+}
+
+/** Entries kept back before they are applied, so a rewind in a reference (v1) file can still drop them. */
+const PENDING_MAX = 4096;
+/** Catch up outside the lock until less than this is left, so the locked part stays a few milliseconds. */
+const CATCH_UP_SLACK = 256 * 1024;
+const COPY_CHUNK = 1 << 20;
+const PROGRESS_MS = 5000;
+const V1_MAX_PAYLOAD = 0xffff_ffff;
+
+class Aborted extends Error {}
+
+export function compactFile(path: string, hooks: CompactHooks, opts: CompactOptions): CompactOutcome {
+  const started = performance.now();
+  const format = opts.format;
+  const debris = removeDebris(path);
+  if (debris.length > 0) hooks.log('info', `compaction: removed ${debris.length} file(s) left by an interrupted compaction: ${debris.join(', ')}`);
+  const truncations0 = hooks.truncations();
+  const e0 = hooks.committedEnd();
+  const first = firstEntryOffset(format);
+  const src = openSync(path, 'r');
+  const scratch = scratchPath(path);
+  let out: number | null = null;
+  let db: Database.Database | null = null;
+  let replayer: Replayer | null = null;
+  const outPath = compactingPath(path);
+  try {
+    const walker = new EntryWalker(src, path, format);
+    hooks.log('info', `compaction of ${path} started: ${e0} bytes, format ${format}`);
+
+    // --- 1. Replay every entry before the head group into the scratch database, in constant memory.
+    const pending: EntryDesc[] = [];
+    let count = 0;
+    let applied = 0;
+    let appliedSnapshotAtStart = false;
+    let lastApplied: number | null = null;
+    let lastProgress = performance.now();
+    const apply = (d: EntryDesc): void => {
+      if (d.kind === 'snapshot') {
+        replayer?.finish();
+        db?.close();
+        db = null;
+        rmSync(scratch, { force: true });
+        rmSync(`${scratch}-journal`, { force: true });
+        const fd = openSync(scratch, 'wx', 0o600);
+        let at = 0;
+        try {
+          walker.snapshotChunks(d, (c) => {
+            writeFully(fd, c, at);
+            at += c.length;
+          });
+        } finally {
+          closeSync(fd);
+        }
+        db = openScratch(scratch);
+        replayer = new Replayer(db);
+        appliedSnapshotAtStart = applied === 0 && d.offset === first;
+      } else {
+        if (db === null) {
+          rmSync(scratch, { force: true });
+          rmSync(`${scratch}-journal`, { force: true });
+          closeSync(openSync(scratch, 'wx', 0o600));
+          db = openScratch(scratch);
+          replayer = new Replayer(db);
+        }
+        replayer!.apply({ kind: 'change', version: d.version, offset: d.offset, statements: walker.statements(d) });
+      }
+      applied++;
+      lastApplied = d.version;
+    };
+    let stale = 0;
+    for (let off = first; off < e0; ) {
+      const d = walker.entryAt(off, e0);
+      count++;
+      // planRestore's rule, on a bounded stack: a later entry with the same or a lower version makes the
+      // earlier one stale (never committed), except a PRAGMA-only batch that repeats its version.
+      while (pending.length > 0) {
+        const top = pending[pending.length - 1]!;
+        const diff = serialDiff(top.version, d.version);
+        if (diff < 0 || (diff === 0 && d.pragmaOnly && d.kind === 'change')) break;
+        pending.pop();
+        stale++;
+      }
+      if (pending.length === 0 && lastApplied !== null) {
+        const diff = serialDiff(lastApplied, d.version);
+        if (diff > 0 || (diff === 0 && !(d.pragmaOnly && d.kind === 'change'))) {
+          throw new BackupError(
+            `${path}: cannot compact: the entry at offset ${d.offset} (version ${d.version}) rewinds further back than ` +
+              `${PENDING_MAX} entries; the backup still restores, but compaction cannot tell which entries it supersedes`,
+            path,
+            d.offset,
+          );
+        }
+      }
+      pending.push(d);
+      if (pending.length > PENDING_MAX) apply(pending.shift()!);
+      off = d.end;
+      const now = performance.now();
+      if (now - lastProgress >= PROGRESS_MS) {
+        lastProgress = now;
+        hooks.log('info', `compaction: replayed ${mib(off - first)} of ${mib(e0 - first)} MiB (${count} entries)`);
+      }
+    }
+    const before = { backupsize: e0, version_count: count };
+    let hg = pending.length;
+    if (hg > 0) {
+      const head = pending[hg - 1]!.version;
+      while (hg > 0 && pending[hg - 1]!.version === head) hg--;
+    }
+    for (let i = 0; i < hg; i++) apply(pending[i]!);
+    const tailStart = hg < pending.length ? pending[hg]!.offset : e0;
+    const headVersion = pending.length > 0 ? pending[pending.length - 1]!.version : 0;
+    const alreadyCompact = tailStart === first || (applied === 1 && appliedSnapshotAtStart && stale === 0);
+    if (alreadyCompact) {
+      (replayer as Replayer | null)?.finish();
+      (db as Database.Database | null)?.close();
+      db = null;
+      rmSync(scratch, { force: true });
+      hooks.log('info', `compaction: nothing to compact (${count} entries, already a snapshot and the newest version)`);
+      return {
+        stats: { before, after: { version_count: count, backupsize: e0 } },
+        compacted: false,
+        snapshotVersion: null,
+        head: headVersion,
+        historyFile: null,
+        elapsedMs: performance.now() - started,
+        caughtUp: 0,
+      };
+    }
+    const snapshotVersion: number | null = applied > 0 ? lastApplied : null;
+    if (db !== null) {
+      (replayer as Replayer | null)!.finish();
+      finishScratch(db, scratch, snapshotVersion!);
+      (db as Database.Database).close();
+      db = null;
+    }
+
+    // --- 2. The new file: header, snapshot at V, then the head group and everything after, verbatim.
+    out = openSync(outPath, 'wx', 0o600);
+    const tracker = new TailTracker(format);
+    let at: number;
+    if (format === 'v2') {
+      const header = Buffer.allocUnsafe(FILE_HEADER_LEN);
+      readFully(src, header, FILE_HEADER_LEN, 0);
+      // the same backup id and creation time: it is the same backup, only shorter
+      writeFully(out, header, 0);
+      at = FILE_HEADER_LEN;
+    } else {
+      writeFully(out, Buffer.alloc(V1_HEADER_SIZE), 0);
+      at = V1_HEADER_SIZE;
+    }
+    if (snapshotVersion !== null) {
+      const size = statSync(scratch).size;
+      hooks.log('info', `compaction: writing the snapshot at version ${snapshotVersion} (${mib(size)} MiB)`);
+      const start = at;
+      at = writeSnapshot(out, at, format, snapshotVersion, scratch, path);
+      tracker.add(snapshotVersion, start);
+      rmSync(scratch, { force: true });
+    }
+    let copied = tailStart;
+    const copy = (to: number): void => {
+      at = copyEntries(walker, src, out!, copied, to, at, tracker);
+      copied = to;
+    };
+    copy(e0);
+    // Catch up with appends in large steps without the lock; the locked step then copies very little.
+    for (;;) {
+      if (hooks.truncations() !== truncations0) throw new Aborted('the writer rewound the backup meanwhile');
+      const e = hooks.committedEnd();
+      if (e - copied <= CATCH_UP_SLACK) break;
+      copy(e);
+    }
+    fdatasyncSync(out);
+
+    // --- 3. The swap: the writer waits only for this block.
+    let historyFile: string | null = null;
+    let lockedMs = 0;
+    const caughtFrom = e0;
+    let finalEnd = 0;
+    hooks.exclusive((swapped) => {
+      const t0 = performance.now();
+      if (hooks.truncations() !== truncations0) throw new Aborted('the writer rewound the backup meanwhile');
+      const e = hooks.committedEnd();
+      if (e < copied) throw new Aborted(`the backup shrank from ${copied} to ${e} bytes meanwhile`);
+      copy(e);
+      finalEnd = e;
+      if (format === 'v1') writeFully(out!, tracker.v1Header(at), 0);
+      fdatasyncSync(out!);
+      if (opts.history > 0) {
+        const h = historyPath(path, Date.now());
+        try {
+          // the old inode keeps this name after the rename: the pre-compaction backup, for --to-version
+          linkSync(path, h);
+          historyFile = h;
+        } catch (err) {
+          hooks.log('warn', `compaction: cannot keep the old backup as history (${(err as Error).message}); continuing without`);
+        }
+      }
+      renameSync(outPath, path);
+      swapped();
+      fsyncDir(path);
+      lockedMs = performance.now() - t0;
+    });
+    const pruned = pruneHistory(path, opts.history);
+    const after = { version_count: tracker.count, backupsize: at };
+    hooks.log(
+      'info',
+      `compaction done: ${before.version_count} entries / ${before.backupsize} bytes -> ${after.version_count} entries / ` +
+        `${after.backupsize} bytes (snapshot at version ${snapshotVersion ?? 'none'}, head ${tracker.last ?? headVersion}, ` +
+        `${finalEnd - caughtFrom} bytes appended meanwhile carried over, writer paused ${lockedMs.toFixed(1)} ms)` +
+        (historyFile ? `; the old backup is kept as ${historyFile}` : '') +
+        (pruned.length > 0 ? `; removed old history ${pruned.join(', ')}` : ''),
+    );
+    return {
+      stats: { before, after },
+      compacted: true,
+      snapshotVersion,
+      head: tracker.last ?? headVersion,
+      historyFile,
+      elapsedMs: performance.now() - started,
+      caughtUp: finalEnd - caughtFrom,
+    };
+  } catch (e) {
+    try {
+      (replayer as Replayer | null)?.abandon();
+      (db as Database.Database | null)?.close();
+    } catch {
+      // the scratch file is removed next
+    }
+    if (out !== null) {
+      try {
+        closeSync(out);
+      } catch {
+        // removed next
+      }
+      out = null;
+    }
+    rmSync(outPath, { force: true });
+    rmSync(scratch, { force: true });
+    rmSync(`${scratch}-journal`, { force: true });
+    const why = e instanceof Aborted ? `${e.message}; the backup is unchanged, run the compaction again` : (e as Error).message;
+    throw new BackupError(`compaction of ${path} failed: ${why}`, path);
+  } finally {
+    if (out !== null) closeSync(out);
+    closeSync(src);
+  }
+}
+
+function mib(n: number): string {
+  return (n / (1024 * 1024)).toFixed(1);
+}
+
+function openScratch(path: string): Database.Database {
+  const db = new Database(path, { fileMustExist: true });
+  db.pragma('foreign_keys = ON');
+  db.pragma('journal_mode = DELETE');
+  // the file is only a source for the snapshot; a crash throws it away
+  db.pragma('synchronous = OFF');
+  return db;
+}
+
+/** The same checks a restore makes: the snapshot must be the database the entries describe. */
+function finishScratch(db: Database.Database, path: string, version: number): void {
+  db.pragma('journal_mode = DELETE');
+  if (statSync(path).size === 0) db.pragma('user_version = 0');
+  const integrity = db.pragma('integrity_check') as { integrity_check: string }[];
+  if (integrity.length !== 1 || integrity[0]!.integrity_check !== 'ok') {
+    throw new Error(`the compacted database fails integrity_check: ${integrity.slice(0, 3).map((r) => r.integrity_check).join('; ')}`);
+  }
+  const hasVars = db.prepare(`SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'vars'`).get() !== undefined;
+  if (!hasVars) return;
+  const row = db.prepare(`SELECT intval FROM vars WHERE name = 'data_version'`).get() as { intval: number } | undefined;
+  if (row?.intval !== version) {
+    throw new Error(`the compacted database's data_version is ${row?.intval ?? 'missing'}, not ${version}`);
+  }
+}
+
+/** Appends the scratch database as a snapshot entry at `at`; returns the new end. */
+function writeSnapshot(out: number, at: number, format: BackupFormat, version: number, dbPath: string, backup: string): number {
+  const src = openSync(dbPath, 'r');
+  try {
+    const size = fstatSync(src).size;
+    const headerLen = format === 'v2' ? RECORD_HEADER_LEN : V1_ENTRY_HEADER_SIZE;
+    if (format === 'v1' && size > V1_MAX_PAYLOAD) {
+      throw new BackupError(
+        `${backup}: the database is ${size} bytes, more than a v1 snapshot entry can hold (4 GiB - 1); use a v2 backup`,
+        backup,
+      );
+    }
+    const chunk = Buffer.allocUnsafe(COPY_CHUNK);
+    let crc = 0;
+    let done = 0;
+    while (done < size) {
+      const n = readSync(src, chunk, 0, Math.min(COPY_CHUNK, size - done), done);
+      if (n <= 0) throw new Error(`${dbPath} shrank while it was copied`);
+      const part = chunk.subarray(0, n);
+      crc = crc32(part, crc);
+      writeFully(out, part, at + headerLen + done);
+      done += n;
+    }
+    const h = Buffer.alloc(headerLen);
+    if (format === 'v2') {
+      h.writeUInt32BE(RECORD_MAGIC, 0);
+      h[4] = TYPE_SNAPSHOT;
+      h.writeUInt32BE(version, 8);
+      h.writeUInt32BE(Math.floor(size / 0x1_0000_0000), 16);
+      h.writeUInt32BE(size >>> 0, 20);
+      h.writeUInt32BE(crc, 24);
+      h.writeUInt32BE(crc32(h.subarray(0, 28)), 28);
+      const t = Buffer.allocUnsafe(RECORD_TRAILER_LEN);
+      t.writeUInt32BE(Math.floor(size / 0x1_0000_0000), 0);
+      t.writeUInt32BE(size >>> 0, 4);
+      writeFully(out, t, at + headerLen + size);
+      writeFully(out, h, at);
+      return at + headerLen + size + RECORD_TRAILER_LEN;
+    }
+    h.writeUInt32BE(size, 0);
+    h.writeUInt32BE(version, 4);
+    h[8] = 2;
+    writeFully(out, h, at);
+    return at + headerLen + size;
+  } finally {
+    closeSync(src);
+  }
+}
+
+/** Copies whole entries [from, to) of the live file to `at` in the new one; returns the new end. */
+function copyEntries(walker: EntryWalker, src: number, out: number, from: number, to: number, at: number, tracker: TailTracker): number {
+  const chunk = Buffer.allocUnsafe(COPY_CHUNK);
+  for (let off = from; off < to; ) {
+    const d = walker.entryAt(off, to);
+    tracker.add(d.version, at + (d.offset - from));
+    off = d.end;
+  }
+  for (let done = 0; done < to - from; ) {
+    const n = Math.min(COPY_CHUNK, to - from - done);
+    readFully(src, chunk, n, from + done);
+    writeFully(out, chunk.subarray(0, n), at + done);
+    done += n;
+  }
+  return at + (to - from);
+}
+
+/** What the v1 header must say about the new file, and the entry count for the result. */
+class TailTracker {
+  count = 0;
+  last: number | null = null;
+  private prev: number | null = null;
+  private lastOffset = 0;
+
+  constructor(private readonly format: BackupFormat) {}
+
+  add(version: number, offset: number): void {
+    this.prev = this.last;
+    this.last = version;
+    this.lastOffset = offset;
+    this.count++;
+  }
+
+  v1Header(end: number): Buffer {
+    if (this.format !== 'v1') throw new Error('internal: v1 header for a v2 file');
+    return writeV1Header({
+      version: this.last ?? 0,
+      offsets0: end,
+      prevVersion: this.prev ?? 0,
+      offsets1: this.last === null ? 0 : this.lastOffset,
+      versionCount: this.count,
+    });
+  }
+}

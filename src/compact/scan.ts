@@ -1,0 +1,153 @@
+import { readSync } from 'node:fs';
+import { crc32 } from 'node:zlib';
+import { BackupError, type BackupFormat } from '../engine/entries.js';
+import { isPragmaOnly } from '../engine/versions.js';
+import { decodeChangePayload, FILE_HEADER_LEN, RECORD_HEADER_LEN, RECORD_MAGIC, RECORD_OVERHEAD, RECORD_TRAILER_LEN, TYPE_CHANGE, TYPE_SNAPSHOT } from '../backends/file/v2.js';
+import { V1_ENTRY_HEADER_SIZE, V1_HEADER_SIZE } from '../backends/file/v1.js';
+
+/**
+ * A forward walk over the entries of a backup file between two offsets, for compaction. Unlike the
+ * readers it keeps nothing per entry: a backup of any length is walked in constant memory, and it never
+ * looks past the end it is given (the writer may be appending beyond it).
+ */
+
+const WINDOW = 1 << 20;
+const TWO_32 = 0x1_0000_0000;
+/** the same probe limit as the readers: what counts as PRAGMA-only must match what a restore plans with */
+const PRAGMA_PROBE_MAX = 256;
+const utf8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
+
+export interface EntryDesc {
+  offset: number;
+  /** offset just past the entry */
+  end: number;
+  kind: 'change' | 'snapshot';
+  version: number;
+  pragmaOnly: boolean;
+  payloadAt: number;
+  length: number;
+  /** v2 only: the payload checksum from the record header */
+  crc: number | null;
+}
+
+export function firstEntryOffset(format: BackupFormat): number {
+  return format === 'v2' ? FILE_HEADER_LEN : V1_HEADER_SIZE;
+}
+
+export function readFully(fd: number, buf: Buffer, n: number, pos: number): void {
+  let done = 0;
+  while (done < n) {
+    const r = readSync(fd, buf, done, n - done, pos + done);
+    if (r <= 0) throw new Error(`unexpected end of file at offset ${pos + done}`);
+    done += r;
+  }
+}
+
+export class EntryWalker {
+  private readonly buf = Buffer.allocUnsafe(WINDOW);
+  private winStart = 0;
+  private winLen = 0;
+
+  constructor(
+    private readonly fd: number,
+    private readonly path: string,
+    readonly format: BackupFormat,
+  ) {}
+
+  private view(off: number, n: number, limit: number): Buffer {
+    if (!(off >= this.winStart && off + n <= this.winStart + this.winLen)) {
+      const len = Math.min(WINDOW, limit - off);
+      readFully(this.fd, this.buf, len, off);
+      this.winStart = off;
+      this.winLen = len;
+    }
+    return this.buf.subarray(off - this.winStart, off - this.winStart + n);
+  }
+
+  private damaged(off: number, why: string): BackupError {
+    return new BackupError(
+      `${this.path}: cannot compact: the entry at offset ${off} ${why}. Run 'clnvault verify' on the backup; nothing was changed`,
+      this.path,
+      off,
+    );
+  }
+
+  /** The entry at `off`, which must lie entirely before `limit`. */
+  entryAt(off: number, limit: number): EntryDesc {
+    return this.format === 'v2' ? this.v2At(off, limit) : this.v1At(off, limit);
+  }
+
+  private v2At(off: number, limit: number): EntryDesc {
+    if (limit - off < RECORD_OVERHEAD) throw this.damaged(off, `is cut short (${limit - off} bytes before the end)`);
+    const h = this.view(off, RECORD_HEADER_LEN, limit);
+    if (h.readUInt32BE(0) !== RECORD_MAGIC) throw this.damaged(off, 'has no record magic');
+    if (crc32(h.subarray(0, 28)) !== h.readUInt32BE(28)) throw this.damaged(off, 'fails its header checksum');
+    const type = h[4]!;
+    const version = h.readUInt32BE(8);
+    const length = h.readUInt32BE(16) * TWO_32 + h.readUInt32BE(20);
+    const crc = h.readUInt32BE(24);
+    if ((type !== TYPE_CHANGE && type !== TYPE_SNAPSHOT) || h[5] !== 0 || h.readUInt16BE(6) !== 0 || h.readUInt32BE(12) !== 0) {
+      throw this.damaged(off, 'uses a type or flags this clnvault does not know (written by a newer clnvault?)');
+    }
+    if (length > limit - off - RECORD_OVERHEAD) throw this.damaged(off, `claims ${length} bytes, past the end of the data`);
+    const end = off + RECORD_OVERHEAD + length;
+    const t = this.view(end - RECORD_TRAILER_LEN, RECORD_TRAILER_LEN, limit);
+    if (t.readUInt32BE(0) * TWO_32 + t.readUInt32BE(4) !== length) throw this.damaged(off, 'has a trailer that does not match its length');
+    const payloadAt = off + RECORD_HEADER_LEN;
+    let pragmaOnly = false;
+    if (type === TYPE_CHANGE && length < PRAGMA_PROBE_MAX) {
+      const p = this.view(payloadAt, length, limit);
+      if (crc32(p) !== crc) throw this.damaged(off, 'fails its payload checksum');
+      pragmaOnly = isPragmaOnly(decodeChangePayload(p));
+    }
+    return { offset: off, end, kind: type === TYPE_CHANGE ? 'change' : 'snapshot', version, pragmaOnly, payloadAt, length, crc };
+  }
+
+  private v1At(off: number, limit: number): EntryDesc {
+    if (limit - off < V1_ENTRY_HEADER_SIZE) throw this.damaged(off, `is cut short (${limit - off} bytes before the end)`);
+    const h = this.view(off, V1_ENTRY_HEADER_SIZE, limit);
+    const length = h.readUInt32BE(0);
+    const version = h.readUInt32BE(4);
+    const type = h[8]!;
+    if (type !== 1 && type !== 2) throw this.damaged(off, `has unknown type ${type}`);
+    if (length > limit - off - V1_ENTRY_HEADER_SIZE) throw this.damaged(off, `claims ${length} bytes, past the end of the data`);
+    const payloadAt = off + V1_ENTRY_HEADER_SIZE;
+    let pragmaOnly = false;
+    if (type === 1 && length < PRAGMA_PROBE_MAX) {
+      try {
+        pragmaOnly = isPragmaOnly(utf8.decode(this.view(payloadAt, length, limit)).split('\u0000'));
+      } catch {
+        pragmaOnly = false; // decoding errors surface when the entry is applied
+      }
+    }
+    return { offset: off, end: payloadAt + length, kind: type === 1 ? 'change' : 'snapshot', version, pragmaOnly, payloadAt, length, crc: null };
+  }
+
+  /** The statements of a change entry, checked. */
+  statements(d: EntryDesc): string[] {
+    const p = Buffer.allocUnsafe(d.length);
+    readFully(this.fd, p, d.length, d.payloadAt);
+    if (d.crc !== null && crc32(p) !== d.crc) throw this.damaged(d.offset, 'fails its payload checksum');
+    try {
+      if (this.format === 'v2') return decodeChangePayload(p);
+      return utf8.decode(p).split('\u0000');
+    } catch (e) {
+      throw this.damaged(d.offset, `does not decode: ${(e as Error).message}`);
+    }
+  }
+
+  /** Streams a snapshot's payload to `sink` in chunks, verifying the checksum (v2) at the end. */
+  snapshotChunks(d: EntryDesc, sink: (chunk: Buffer) => void): void {
+    const chunk = Buffer.allocUnsafe(Math.min(WINDOW, Math.max(1, d.length)));
+    let crc = 0;
+    for (let done = 0; done < d.length; ) {
+      const n = Math.min(chunk.length, d.length - done);
+      readFully(this.fd, chunk, n, d.payloadAt + done);
+      const part = chunk.subarray(0, n);
+      if (d.crc !== null) crc = crc32(part, crc);
+      sink(part);
+      done += n;
+    }
+    if (d.crc !== null && crc !== d.crc) throw this.damaged(d.offset, 'fails its payload checksum');
+  }
+}

@@ -1,0 +1,49 @@
+import { parentPort, workerData } from 'node:worker_threads';
+import { compactFile } from '../compact/compact.js';
+import { committedEnd, GENERATION, lock, RUNNING, STDOUT_MUTEX, TRUNCATIONS, unlock, views, WRITE_MUTEX } from '../compact/sync.js';
+import type { WorkerData, WorkerRequest } from './compaction.js';
+import { log, sendError, sendResult, shareStdout } from './output.js';
+
+/**
+ * The compaction worker thread. It answers `backup-compact` and writes its progress to the plugin log
+ * itself, straight to fd 1 under the stdout mutex: the main thread sits blocked in read(2) and would not
+ * see a message from here until lightningd's next request.
+ */
+
+const data = workerData as WorkerData;
+const v = views(data.sab);
+shareStdout(v.i32, STDOUT_MUTEX);
+
+parentPort!.on('message', (req: WorkerRequest) => {
+  try {
+    const outcome = compactFile(
+      data.path,
+      {
+        committedEnd: () => committedEnd(v),
+        truncations: () => Atomics.load(v.i32, TRUNCATIONS),
+        exclusive: (fn) => {
+          lock(v.i32, WRITE_MUTEX);
+          let swapped = false;
+          try {
+            fn(() => {
+              swapped = true;
+            });
+          } finally {
+            // bumped even when a step after the rename failed: the name now belongs to the new file
+            if (swapped) Atomics.add(v.i32, GENERATION, 1);
+            unlock(v.i32, WRITE_MUTEX);
+          }
+        },
+        log: (level, message) => log(level, `clnvault: ${message}`),
+      },
+      { format: data.format, history: data.history },
+    );
+    Atomics.store(v.i32, RUNNING, 0);
+    if (req.id !== null) sendResult(req.id, outcome.stats);
+  } catch (e) {
+    Atomics.store(v.i32, RUNNING, 0);
+    const message = (e as Error).message;
+    log('error', `clnvault: ${message}`);
+    if (req.id !== null) sendError(req.id, -32000, message);
+  }
+});

@@ -1,0 +1,199 @@
+import { statSync } from 'node:fs';
+import { join } from 'node:path';
+import { Worker } from 'node:worker_threads';
+import type { BackupStats, BackupWriter } from '../backends/backend.js';
+import type { CompactionConfig } from '../compact/config.js';
+import { createShared, GENERATION, lock, publishEnd, RUNNING, STDOUT_MUTEX, TRUNCATIONS, unlock, views, WRITE_MUTEX, type SharedViews } from '../compact/sync.js';
+import { DB_NAME } from '../engine/live-db.js';
+import type { Problem } from '../engine/entries.js';
+import { shareStdout, type RpcId } from './output.js';
+
+/**
+ * The main thread's half of online compaction. The writer is wrapped so that every append and rewind
+ * runs under the write mutex, publishes how far the file is durable, and first reopens the file if the
+ * worker swapped a compacted one in. The work itself runs in a worker thread (compact-worker.ts), which
+ * also answers the RPC: this thread is usually blocked reading stdin and could not.
+ */
+
+export interface ReopenableWriter extends BackupWriter {
+  reopen(): void;
+  endOffset(): number;
+}
+
+export function isReopenable(w: BackupWriter): w is ReopenableWriter {
+  return typeof (w as Partial<ReopenableWriter>).reopen === 'function' && typeof (w as Partial<ReopenableWriter>).endOffset === 'function';
+}
+
+export interface WorkerData {
+  sab: SharedArrayBuffer;
+  path: string;
+  format: 'v1' | 'v2';
+  history: number;
+}
+
+export type WorkerRequest = { id: RpcId | null };
+
+const CHECK_STEP = 16 * 1024 * 1024;
+
+export class PluginCompaction {
+  readonly sab = createShared();
+  private readonly v: SharedViews = views(this.sab);
+  private gen = 0;
+  private worker: Worker | null = null;
+  private nextCheck: number;
+  private initDone = false;
+  readonly writer: BackupWriter;
+
+  constructor(
+    private readonly inner: ReopenableWriter,
+    private readonly cwd: string,
+    private readonly config: CompactionConfig,
+    private readonly log: (level: 'info' | 'warn' | 'error', msg: string) => void,
+  ) {
+    shareStdout(this.v.i32, STDOUT_MUTEX);
+    publishEnd(this.v, inner.endOffset());
+    this.nextCheck = config.minBytes;
+    this.writer = new SyncedWriter(inner, this);
+  }
+
+  /** Under the write mutex: switch to the compacted file if the worker swapped one in. */
+  sync(): void {
+    const g = Atomics.load(this.v.i32, GENERATION);
+    if (g !== this.gen) {
+      this.inner.reopen();
+      this.gen = g;
+    }
+  }
+
+  enter(): void {
+    lock(this.v.i32, WRITE_MUTEX);
+  }
+
+  leave(truncated = false): void {
+    if (truncated) Atomics.add(this.v.i32, TRUNCATIONS, 1);
+    publishEnd(this.v, this.inner.endOffset());
+    unlock(this.v.i32, WRITE_MUTEX);
+  }
+
+  onInit(): void {
+    this.initDone = true;
+  }
+
+  running(): boolean {
+    return Atomics.load(this.v.i32, RUNNING) !== 0;
+  }
+
+  /** Starts a compaction; the worker answers `id`. Returns why it cannot, or null. */
+  start(id: RpcId | null): string | null {
+    if (Atomics.compareExchange(this.v.i32, RUNNING, 0, 1) !== 0) {
+      return 'a compaction of this backup is already running; wait for it to finish (progress is in the log)';
+    }
+    try {
+      if (this.worker === null) {
+        const data: WorkerData = { sab: this.sab, path: this.inner.location, format: this.inner.format, history: this.config.history };
+        this.worker = new Worker(new URL('./compact-worker.js', import.meta.url), { workerData: data });
+        // idle workers must not keep the plugin alive once stdin closes
+        this.worker.unref();
+      }
+      const req: WorkerRequest = { id };
+      this.worker.postMessage(req);
+    } catch (e) {
+      Atomics.store(this.v.i32, RUNNING, 0);
+      return `cannot start the compaction worker: ${(e as Error).message}`;
+    }
+    return null;
+  }
+
+  /** After each append, outside the mutex: a size check costs one comparison until a threshold is near. */
+  afterAppend(): void {
+    if (!this.config.auto || !this.initDone) return;
+    const end = this.inner.endOffset();
+    if (end < this.nextCheck) return;
+    if (this.running()) {
+      this.nextCheck = end + CHECK_STEP;
+      return;
+    }
+    let dbSize = 0;
+    try {
+      dbSize = statSync(join(this.cwd, DB_NAME)).size;
+    } catch {
+      dbSize = 0;
+    }
+    const threshold = Math.max(this.config.minBytes, this.config.factor * dbSize);
+    if (end < threshold) {
+      this.nextCheck = Math.min(threshold, end + CHECK_STEP);
+      return;
+    }
+    this.nextCheck = end + CHECK_STEP;
+    this.log('info', `the backup is ${end} bytes (threshold ${threshold}: max(min_bytes, ${this.config.factor} x the database)); compacting in the background`);
+    const why = this.start(null);
+    if (why !== null) this.log('warn', `automatic compaction not started: ${why}`);
+  }
+}
+
+/** The writer the db_write handler sees. */
+class SyncedWriter implements BackupWriter {
+  readonly format: BackupWriter['format'];
+  readonly location: string;
+
+  constructor(
+    private readonly inner: ReopenableWriter,
+    private readonly pc: PluginCompaction,
+  ) {
+    this.format = inner.format;
+    this.location = inner.location;
+  }
+
+  private read<T>(fn: () => T): T {
+    this.pc.enter();
+    try {
+      this.pc.sync();
+      return fn();
+    } finally {
+      this.pc.leave();
+    }
+  }
+
+  head(): number {
+    return this.read(() => this.inner.head());
+  }
+
+  isEmpty(): boolean {
+    return this.read(() => this.inner.isEmpty());
+  }
+
+  headIsSnapshot(): boolean {
+    return this.read(() => this.inner.headIsSnapshot());
+  }
+
+  repaired(): Problem[] {
+    return this.inner.repaired();
+  }
+
+  stats(): BackupStats {
+    return this.read(() => this.inner.stats());
+  }
+
+  appendChange(version: number, statements: readonly string[]): void {
+    this.read(() => this.inner.appendChange(version, statements));
+    this.pc.afterAppend();
+  }
+
+  appendSnapshotFile(version: number, dbPath: string): void {
+    this.read(() => this.inner.appendSnapshotFile(version, dbPath));
+  }
+
+  dropHead(): number {
+    this.pc.enter();
+    try {
+      this.pc.sync();
+      return this.inner.dropHead();
+    } finally {
+      this.pc.leave(true);
+    }
+  }
+
+  close(): void {
+    this.inner.close();
+  }
+}
