@@ -1,5 +1,5 @@
-import { existsSync, rmSync } from 'node:fs';
-import { dirname, join } from 'node:path';
+import { existsSync, readdirSync, rmSync } from 'node:fs';
+import { basename, dirname, join } from 'node:path';
 import type { BackupWriter } from '../backends/backend.js';
 import { backupPath, openWriter } from '../backends/open.js';
 import { readBackupLock } from '../engine/backup-lock.js';
@@ -46,6 +46,13 @@ export async function prepareBackup(cwd: string): Promise<Startup> {
     message: `backing up to ${writer.location} (format ${writer.format}, head version ${writer.head()})`,
   });
 
+  // Re-baseline temp files are named after the backup so that only this backup's leftovers are removed:
+  // the writer lock we hold means any such file belongs to a start-up killed mid-snapshot, and each would
+  // otherwise stay forever (a full copy of the database, on what is often a small backup disk).
+  const file = backupPath(lock.backend_url, cwd);
+  const prefix = `.${basename(file)}.rebaseline-`;
+  removeLeftovers(dirname(file), prefix);
+
   const dbPath = join(cwd, DB_NAME);
   if (!existsSync(dbPath)) return out;
   let node: number;
@@ -68,7 +75,7 @@ export async function prepareBackup(cwd: string): Promise<Startup> {
     });
     return out;
   }
-  const tmp = join(dirname(backupPath(lock.backend_url, cwd)), `.clnvault-rebaseline-${process.pid}.sqlite3`);
+  const tmp = join(dirname(file), `${prefix}${process.pid}.sqlite3`);
   try {
     const version = await snapshotDatabase(dbPath, tmp);
     writer.appendSnapshotFile(version, tmp);
@@ -90,4 +97,14 @@ export async function prepareBackup(cwd: string): Promise<Startup> {
     rmSync(`${tmp}-journal`, { force: true });
   }
   return out;
+}
+
+function removeLeftovers(dir: string, prefix: string): void {
+  let names: string[];
+  try {
+    names = readdirSync(dir);
+  } catch {
+    return;
+  }
+  for (const n of names) if (n.startsWith(prefix)) rmSync(join(dir, n), { force: true });
 }
