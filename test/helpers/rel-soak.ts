@@ -1,0 +1,545 @@
+/**
+ * The crash soak: the lightningd simulator drives the real plugin through a mixed workload while faults are
+ * injected at random moments, and after every fault the backup is restored and compared with the DB the
+ * simulator committed. Shared by `test/reliability-soak.test.ts` (a short run) and `bench/soak.ts`
+ * (`npm run soak -- --trials N`).
+ *
+ * The invariant checked after every fault: a restore of the backup equals the simulator's DB, or the DB
+ * plus exactly the one batch that was sent to the plugin but never committed (lightningd died between
+ * the hook and COMMIT). Anything else, in particular a restore that lacks a committed batch, is a
+ * divergence. After every restart, and at checkpoints, the restore must equal the DB exactly.
+ */
+import {
+  closeSync,
+  copyFileSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  openSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  statSync,
+  truncateSync,
+  writeSync,
+} from 'node:fs';
+import { tmpdir } from 'node:os';
+import { basename, dirname, join } from 'node:path';
+import { fileURLToPath, pathToFileURL } from 'node:url';
+import Database from 'better-sqlite3';
+import { createBackup, openReader } from '../../src/backends/open.js';
+import type { BackupFormat } from '../../src/engine/entries.js';
+import { restoreBackup } from '../../src/restore/restore.js';
+import { dataVersionBump, SimDb } from '../../src/sim/db.js';
+import { SimNode, type DbWriteResult } from '../../src/sim/lightningd.js';
+import { Prng, Workload, type WorkBatch } from '../../src/sim/workload.js';
+import { dump } from './sqlite.js';
+
+export const FAULTS = [
+  'kill-mid-append',
+  'kill-on-growth',
+  'power-cut',
+  'crash-before-commit',
+  'crash-and-kill',
+  'crash-in-pragma-pair',
+  'kill-idle',
+  'kill-startup',
+  'kill-rebaseline',
+] as const;
+export type Fault = (typeof FAULTS)[number];
+
+export interface SoakOptions {
+  trials: number;
+  seed: number;
+  format: BackupFormat;
+  /** full restore-and-compare after every restart when true; otherwise every `checkpointEvery` trials */
+  checkAfterEveryRestart?: boolean;
+  checkpointEvery?: number;
+  /** a fresh node and backup every so many trials, so restores stay short on long runs */
+  trialsPerNode?: number;
+  /** replay this recorded CLN transcript at the start of each node (falls back to a fresh boot) */
+  transcript?: string;
+  /** datastore value sizes (bytes), log-uniform */
+  datastoreSize?: [number, number];
+  pluginPath?: string;
+  log?: (line: string) => void;
+  /** stop at the first divergence (tests) or collect them all (long runs) */
+  stopOnDivergence?: boolean;
+}
+
+export interface Divergence {
+  trial: number;
+  fault: Fault | 'checkpoint' | 'restart';
+  detail: string;
+}
+
+export interface SoakReport {
+  format: BackupFormat;
+  seed: number;
+  trials: number;
+  byFault: Record<Fault, number>;
+  /** restore-and-compare checks done (after faults, after restarts, checkpoints) */
+  checks: number;
+  /** checks where the backup was exactly one uncommitted batch ahead of the DB */
+  aheadByOne: number;
+  divergences: Divergence[];
+  /** torn or orphan tails the plugin cut when it reopened the backup */
+  tailRepairs: number;
+  rewinds: number;
+  rebaselines: number;
+  committed: number;
+  nodes: number;
+  plugins: number;
+  /** hook calls whose plugin was SIGKILLed before it answered */
+  killedInHook: number;
+  /** kills that landed after the record was written but before the answer: the backup was one ahead */
+  aheadAfterKill: number;
+  /** power cuts that dropped part of an unacknowledged append */
+  powerCuts: number;
+}
+
+type Batch = { kind: 'tx' | 'pragma'; writes: string[] };
+
+const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
+const immediate = () => new Promise<void>((r) => setImmediate(r));
+
+export const PLUGIN_PATH = fileURLToPath(new URL('../../src/plugin/main.js', import.meta.url));
+
+export async function runSoak(opts: SoakOptions): Promise<SoakReport> {
+  const rep: SoakReport = {
+    format: opts.format,
+    seed: opts.seed,
+    trials: 0,
+    byFault: Object.fromEntries(FAULTS.map((f) => [f, 0])) as Record<Fault, number>,
+    checks: 0,
+    aheadByOne: 0,
+    divergences: [],
+    tailRepairs: 0,
+    rewinds: 0,
+    rebaselines: 0,
+    committed: 0,
+    nodes: 0,
+    plugins: 0,
+    killedInHook: 0,
+    aheadAfterKill: 0,
+    powerCuts: 0,
+  };
+  const perNode = opts.trialsPerNode ?? 400;
+  let trial = 0;
+  let epoch = 0;
+  while (trial < opts.trials && !(opts.stopOnDivergence && rep.divergences.length > 0)) {
+    const n = Math.min(perNode, opts.trials - trial);
+    const s = new SoakNode(opts, rep, opts.seed * 1000 + epoch);
+    try {
+      await s.run(trial, n);
+    } finally {
+      await s.dispose();
+    }
+    trial += n;
+    epoch++;
+  }
+  return rep;
+}
+
+class SoakNode {
+  readonly dir = mkdtempSync(join(tmpdir(), 'clnvault-soak-'));
+  readonly netDir = join(this.dir, 'regtest');
+  readonly backupPath = join(this.dir, 'backup', 'node.bkp');
+  readonly backupUrl = pathToFileURL(this.backupPath).href;
+  readonly node: SimNode;
+  private readonly rng: Prng;
+  private wl!: Workload;
+  private wlSeed: number;
+  /** the batch sent to the plugin and not (yet) committed by the node */
+  private pending: Batch | null = null;
+  private checkSeq = 0;
+  private trial = 0;
+
+  constructor(
+    private readonly opts: SoakOptions,
+    private readonly rep: SoakReport,
+    seed: number,
+  ) {
+    mkdirSync(this.netDir, { recursive: true });
+    mkdirSync(dirname(this.backupPath));
+    createBackup(this.backupUrl, this.dir, opts.format);
+    SimNode.writeBackupLock(this.netDir, this.backupUrl);
+    this.rng = new Prng(seed);
+    this.wlSeed = seed;
+    this.node = new SimNode({
+      netDir: this.netDir,
+      pluginPath: opts.pluginPath ?? PLUGIN_PATH,
+      // lightningd never times out a hook; a hung plugin must fail the soak instead of hanging it
+      hookSafetyTimeoutMs: 60_000,
+      exitGraceMs: 10_000,
+      onLog: (e) => this.onLog(e.message),
+    });
+    rep.nodes++;
+  }
+
+  private onLog(msg: string): void {
+    if (/repaired the backup on open/.test(msg)) this.rep.tailRepairs++;
+    else if (/was never committed by lightningd: removed it/.test(msg)) this.rep.rewinds++;
+    else if (/^clnvault: re-baselined/.test(msg)) this.rep.rebaselines++;
+  }
+
+  async dispose(): Promise<void> {
+    await this.node.stop().catch(() => undefined);
+    if (!process.env.CLNVAULT_KEEP_TMP) rmSync(this.dir, { recursive: true, force: true });
+  }
+
+  async run(firstTrial: number, trials: number): Promise<void> {
+    const t = this.opts.transcript;
+    this.rep.plugins++;
+    if (t && existsSync(t)) {
+      const r = await this.node.replay(t);
+      if (r.failure) throw new Error(`replaying ${t} failed at line ${r.failure.line}: ${r.failure.detail}`);
+      this.rep.committed += r.committed;
+    } else {
+      await this.node.boot();
+    }
+    this.freshWorkload();
+    const every = this.opts.checkpointEvery ?? 25;
+    for (let i = 0; i < trials; i++) {
+      this.trial = firstTrial + i;
+      // a stretch of normal traffic between faults
+      const items = this.rng.int(0, 4);
+      for (let k = 0; k < items; k++) await this.item();
+      const fault = FAULTS[this.rng.int(0, FAULTS.length - 1)]!;
+      this.rep.byFault[fault]++;
+      await this.inject(fault);
+      await this.restartAndGoOn(fault);
+      this.rep.trials++;
+      if (this.opts.checkAfterEveryRestart || (i + 1) % every === 0) this.check('checkpoint');
+      if (this.opts.stopOnDivergence && this.rep.divergences.length > 0) return;
+      if ((this.rep.trials % 100) === 0) this.opts.log?.(progress(this.rep));
+    }
+    // the end of a node's life: a clean stop, then the final comparison
+    await this.node.stop();
+    this.check('checkpoint');
+  }
+
+  // ---------------------------------------------------------------------------------------------------
+  // traffic
+
+  private freshWorkload(): void {
+    this.wl = Workload.fromDb(this.node.dbPath, this.wlSeed++, {
+      datastoreSize: this.opts.datastoreSize ?? [100, 1 << 20],
+      datastoreKeys: 8,
+      mix: { rebuild: 6 },
+    });
+  }
+
+  /** Sends one workload item; returns false when the node went down. */
+  private async item(): Promise<boolean> {
+    const it = this.wl.next();
+    for (const b of it.batches) {
+      const r = await this.send(b);
+      if (r.answered !== 'continue') throw new Error(`trial ${this.trial}: plugin refused normal traffic: ${detailOf(r)}`);
+    }
+    return true;
+  }
+
+  /** One hook call with the batch recorded as pending until the node commits it. */
+  private async send(b: WorkBatch, how: { crashBeforeCommit?: boolean; killAfter?: () => Promise<void> } = {}): Promise<DbWriteResult> {
+    const dv = this.node.dataVersion();
+    const batch: Batch =
+      b.kind === 'pragma' ? { kind: 'pragma', writes: [b.statement] } : { kind: 'tx', writes: [...b.statements, dataVersionBump(dv)] };
+    this.pending = batch;
+    let p: Promise<DbWriteResult>;
+    if (b.kind === 'pragma') p = this.node.pragma(b.statement);
+    else if (how.crashBeforeCommit) p = this.node.crashBeforeCommit(b.statements);
+    else p = this.node.transaction(b.statements);
+    let killer: Promise<void> | undefined;
+    if (how.killAfter) killer = how.killAfter().then(() => this.node.killPlugin());
+    const r = await p;
+    await killer;
+    if (r.answered === 'continue' && !how.crashBeforeCommit) {
+      this.pending = null;
+      this.rep.committed++;
+    }
+    if (r.answered === 'error' && /Plugin terminated/.test(r.detail)) this.rep.killedInHook++;
+    return r;
+  }
+
+  private bigTx(): WorkBatch {
+    const item = this.wl.datastore(this.rng.logUniform(16 << 10, 1 << 20));
+    return item.batches[0]!;
+  }
+
+  // ---------------------------------------------------------------------------------------------------
+  // faults
+
+  private async inject(fault: Fault): Promise<void> {
+    const node = this.node;
+    switch (fault) {
+      case 'kill-mid-append': {
+        // a delay drawn over the span of a big append: lands while the plugin reads, writes or syncs
+        const delay = this.rng.next() < 0.3 ? 0 : this.rng.int(0, 12);
+        await this.send(this.bigTx(), { killAfter: () => (delay === 0 ? immediate() : sleep(delay)) });
+        break;
+      }
+      case 'kill-on-growth': {
+        // SIGKILL as soon as the backup file grows: between the write and its fdatasync or reply
+        const before = statSync(this.backupPath).size;
+        await this.send(this.bigTx(), { killAfter: () => this.waitForGrowth(before) });
+        break;
+      }
+      case 'power-cut': {
+        // SIGKILL while the append is unacknowledged, then lose part of what had not been fdatasynced: a torn tail
+        const before = statSync(this.backupPath).size;
+        const v1Header = this.opts.format === 'v1' ? readFileSync(this.backupPath).subarray(0, 512) : null;
+        const r = await this.send(this.bigTx(), { killAfter: () => this.waitForGrowth(before) });
+        const after = statSync(this.backupPath).size;
+        if (r.answered !== 'error' || after <= before) break;
+        this.rep.powerCuts++;
+        if (v1Header && !readFileSync(this.backupPath).subarray(0, 512).equals(v1Header)) {
+          // v1 rewrites its header only after the entry's fdatasync returned: the entry is durable, and what a
+          // power cut can lose is the unsynced header write
+          const fd = openSync(this.backupPath, 'r+');
+          try {
+            writeSync(fd, v1Header, 0, 512, 0);
+          } finally {
+            closeSync(fd);
+          }
+        } else {
+          truncateSync(this.backupPath, this.rng.int(before, after - 1));
+        }
+        break;
+      }
+      case 'crash-before-commit':
+        await this.send(this.wl.next().batches.find((b) => b.kind === 'tx')!, { crashBeforeCommit: true });
+        break;
+      case 'crash-and-kill': {
+        const delay = this.rng.int(0, 6);
+        await this.send(this.bigTx(), { crashBeforeCommit: true, killAfter: () => sleep(delay) });
+        break;
+      }
+      case 'crash-in-pragma-pair': {
+        // CLN's table rebuild: PRAGMA OFF (same data_version), the rebuild, PRAGMA ON. The node dies on one of them.
+        const batches = this.wl.rebuild().batches;
+        const at = this.rng.int(0, batches.length - 1);
+        for (let i = 0; i < batches.length; i++) {
+          if (i < at) {
+            const r = await this.send(batches[i]!);
+            if (r.answered !== 'continue') throw new Error(`trial ${this.trial}: rebuild batch ${i} refused: ${detailOf(r)}`);
+            continue;
+          }
+          if (batches[i]!.kind === 'tx') await this.send(batches[i]!, { crashBeforeCommit: true });
+          else await this.send(batches[i]!, { killAfter: () => immediate() });
+          break;
+        }
+        break;
+      }
+      case 'kill-idle':
+        await node.killPlugin();
+        break;
+      case 'kill-startup': {
+        await node.stop();
+        this.checkSettled('kill-startup');
+        await this.bootWithKill(this.rng.int(0, 120));
+        break;
+      }
+      case 'kill-rebaseline': {
+        // a clean stop that commits after plugins have exited (CLN 5859): the DB is ahead of the backup
+        await node.stop();
+        this.checkSettled('kill-rebaseline');
+        const k = this.rng.int(1, 3);
+        for (let i = 0; i < k; i++) {
+          const b = this.wl.next().batches.find((x) => x.kind === 'tx');
+          if (b && b.kind === 'tx') node.commitWithoutHook(b.statements);
+        }
+        await this.bootWithKill(this.rng.int(0, 200));
+        return; // the backup is behind until a start-up completes the re-baseline: nothing to compare yet
+      }
+    }
+    this.checkSettled(fault);
+  }
+
+  private async waitForGrowth(before: number): Promise<void> {
+    for (let i = 0; i < 200_000; i++) {
+      let size = before;
+      try {
+        size = statSync(this.backupPath).size;
+      } catch {
+        return;
+      }
+      if (size > before) return;
+      if (!this.node.pluginAlive) return;
+      await immediate();
+    }
+  }
+
+  /** Starts the node as lightningd does (getmanifest, restart writes, init, one more write) and SIGKILLs the plugin after `delayMs`. */
+  private async bootWithKill(delayMs: number): Promise<void> {
+    let done = false;
+    const killer = sleep(delayMs).then(async () => {
+      if (!done) await this.node.killPlugin();
+    });
+    try {
+      await this.boot();
+    } catch {
+      // the kill landed during start-up: the node is down, which is what this fault is about
+    }
+    done = true;
+    await killer;
+  }
+
+  /** lightningd's restart: getmanifest, three writes before init, init, one after (as SimNode.boot, but tracked). */
+  private async boot(): Promise<void> {
+    const node = this.node;
+    this.rep.plugins++;
+    await node.start();
+    const lpb = readVar(node.dbPath, 'last_processed_block');
+    const writes: WorkBatch[] = [
+      { kind: 'tx', statements: ['UPDATE version SET version=282;'] },
+      { kind: 'tx', statements: [`UPDATE vars SET intval=${lpb} WHERE name='last_processed_block';`, `DELETE FROM blocks WHERE height > ${lpb}`] },
+      {
+        kind: 'tx',
+        statements: ['DELETE FROM channel_htlcs WHERE id IN (  SELECT ch.id  FROM channel_htlcs AS ch  JOIN channels AS c ON c.id = ch.channel_id  WHERE c.state = 10);'],
+      },
+    ];
+    for (const w of writes) {
+      const r = await this.send(w);
+      if (r.answered !== 'continue') throw new Error(`restart write refused: ${detailOf(r)}`);
+    }
+    await node.init();
+    const r = await this.send({ kind: 'tx', statements: ['DELETE FROM utxoset WHERE spendheight < -144'] });
+    if (r.answered !== 'continue') throw new Error(`post-init write refused: ${detailOf(r)}`);
+  }
+
+  private async restartAndGoOn(fault: Fault): Promise<void> {
+    if (this.node.state === 'running') await this.node.stop();
+    try {
+      await this.boot();
+    } catch (e) {
+      // A start-up after a crash must always succeed: the plugin repairs, rewinds or re-baselines.
+      const logs = this.node.logs.slice(-6).map((l) => `${l.level}: ${l.message}`).join('\n');
+      this.diverge('restart', `after ${fault}, the node could not start again: ${(e as Error).message}\n${logs}`);
+      throw new Error(`soak trial ${this.trial}: ${(e as Error).message}`);
+    }
+    this.checkDebris(fault);
+    this.freshWorkload();
+    if (this.opts.checkAfterEveryRestart) this.check('restart');
+  }
+
+  // ---------------------------------------------------------------------------------------------------
+  // checks
+
+  private diverge(fault: Divergence['fault'], detail: string): void {
+    this.rep.divergences.push({ trial: this.trial, fault, detail });
+    this.opts.log?.(`DIVERGENCE at trial ${this.trial} (${fault}): ${detail.slice(0, 2000)}`);
+  }
+
+  private restoreDump(): { dump: string; head: number } | { error: string } {
+    const out = join(this.dir, `restored-${this.checkSeq++}.sqlite3`);
+    const reader = openReader(this.backupUrl, this.dir);
+    try {
+      const r = restoreBackup(reader, out);
+      return { dump: dump(out), head: r.head };
+    } catch (e) {
+      return { error: (e as Error).message };
+    } finally {
+      reader.close();
+      rmSync(out, { force: true });
+    }
+  }
+
+  /** With the node not running: backup == DB, or == DB + the one uncommitted batch. */
+  private checkSettled(fault: Fault): void {
+    if (this.node.state === 'running') return;
+    this.rep.checks++;
+    const got = this.restoreDump();
+    if ('error' in got) return this.diverge(fault, `restore failed: ${got.error}`);
+    const db = dump(this.node.dbPath);
+    if (got.dump === db) {
+      this.pending = null;
+      return;
+    }
+    if (this.pending) {
+      const expected = this.withPending(this.pending);
+      if (got.dump === expected) {
+        this.rep.aheadByOne++;
+        if (fault === 'kill-mid-append' || fault === 'kill-on-growth') this.rep.aheadAfterKill++;
+        this.pending = null;
+        return;
+      }
+    }
+    const dbDv = this.node.dataVersion();
+    this.diverge(
+      fault,
+      `restored version ${got.head}, node at ${dbDv}${this.pending ? ` with an uncommitted ${this.pending.kind} batch pending` : ''}: ` +
+        `the restore is neither the node's DB nor the DB plus that batch\n${firstDiff(db, got.dump)}`,
+    );
+    this.pending = null;
+  }
+
+  /** While running and idle, or stopped cleanly: backup == DB exactly. */
+  private check(kind: 'checkpoint' | 'restart'): void {
+    this.rep.checks++;
+    const got = this.restoreDump();
+    if ('error' in got) return this.diverge(kind, `restore failed: ${got.error}`);
+    const db = dump(this.node.dbPath);
+    if (got.dump !== db) {
+      this.diverge(kind, `restored version ${got.head}, node at ${this.node.dataVersion()}\n${firstDiff(db, got.dump)}`);
+    }
+  }
+
+  private withPending(b: Batch): string {
+    const copy = join(this.dir, `expected-${this.checkSeq++}.sqlite3`);
+    copyFileSync(this.node.dbPath, copy);
+    const db = new SimDb(copy);
+    try {
+      db.open();
+      db.apply(b.writes);
+      db.close();
+      return dump(copy);
+    } catch (e) {
+      return `(could not apply the pending batch: ${(e as Error).message})`;
+    } finally {
+      db.close();
+      rmSync(copy, { force: true });
+      rmSync(`${copy}-journal`, { force: true });
+    }
+  }
+
+  /** A killed start-up or append must not leave files that pile up next to the backup. */
+  private checkDebris(fault: Fault): void {
+    const base = basename(this.backupPath);
+    const allowed = new Set([base, `${base}.writer`, `${base}.writer-journal`]);
+    const extra = readdirSync(dirname(this.backupPath)).filter((f) => !allowed.has(f));
+    if (extra.length > 0) this.diverge(fault, `debris next to the backup after a restart: ${extra.join(', ')}`);
+  }
+}
+
+function readVar(dbPath: string, name: string): number {
+  const db = new Database(dbPath, { readonly: true, fileMustExist: true });
+  try {
+    const row = db.prepare('SELECT intval FROM vars WHERE name = ?').get(name) as { intval: number } | undefined;
+    return row?.intval ?? 0;
+  } finally {
+    db.close();
+  }
+}
+
+function detailOf(r: DbWriteResult): string {
+  return r.answered === 'error' ? r.detail : r.answered;
+}
+
+function firstDiff(a: string, b: string): string {
+  const la = a.split('\n');
+  const lb = b.split('\n');
+  for (let i = 0; i < Math.max(la.length, lb.length); i++) {
+    if (la[i] !== lb[i]) return `first difference at dump line ${i + 1}:\n  node:     ${(la[i] ?? '(end)').slice(0, 300)}\n  restored: ${(lb[i] ?? '(end)').slice(0, 300)}`;
+  }
+  return 'dumps differ';
+}
+
+export function progress(r: SoakReport): string {
+  return (
+    `${r.format} seed ${r.seed}: ${r.trials} trials, ${r.checks} restore checks, ${r.divergences.length} divergences; ` +
+    `${r.committed} batches committed, ${r.killedInHook} plugins killed inside a hook, ${r.tailRepairs} tails repaired, ` +
+    `${r.rewinds} rewinds, ${r.rebaselines} re-baselines, ${r.aheadByOne} checks one batch ahead ` +
+    `(${r.aheadAfterKill} after a kill), ${r.powerCuts} power cuts`
+  );
+}
