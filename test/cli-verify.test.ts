@@ -17,6 +17,8 @@ import { planRestore } from '../src/engine/plan.js';
 import { runCli, scratchArea, show, type CliRun } from './helpers/cli.js';
 import { FIXTURES } from './helpers/fixtures.js';
 import { SQLITE3 } from './helpers/sqlite.js';
+import { simScratch } from './helpers/sim-fixtures.js';
+import { runWorkload, Workload } from '../src/sim/workload.js';
 
 const REF = join(FIXTURES, 'reference-backups');
 const area = scratchArea('clnvault-cli-verify-');
@@ -298,5 +300,41 @@ describe('verify', () => {
     assert.equal(j.result, 'error');
     assert.match(j.message, /--against .*nowhere does not exist/);
     assert.match(noLive.stderr, /--against .*nowhere does not exist/);
+  });
+});
+
+describe('verify while the node runs', () => {
+  test('a simulated node committing transactions all along: verify passes and never writes its database', { timeout: 180_000 }, async () => {
+    const sc = simScratch();
+    try {
+      await sc.node.boot();
+      const wl = Workload.fromDb(sc.node.dbPath, 7, { datastoreSize: [100, 4096] });
+      assert.equal((await runWorkload(sc.node, wl, 100)).failure, undefined);
+      let stop = false;
+      const traffic = (async () => {
+        let n = 0;
+        while (!stop) {
+          const r = await runWorkload(sc.node, wl, 5);
+          assert.equal(r.failure, undefined);
+          n += r.transactions;
+        }
+        return n;
+      })();
+      const results: CliRun[] = [];
+      for (let i = 0; i < 3; i++) results.push(await runCli(['verify', '--json', sc.backupUrl, '--against', sc.netDir]));
+      stop = true;
+      const committed = await traffic;
+      assert.ok(committed > 0, 'the node was committing during the drills');
+      for (const r of results) {
+        assert.equal(r.code, 0, show(r));
+        const j = json(r);
+        assert.equal(j.result, 'pass');
+        assert.ok(j.against.backupAhead >= 0);
+        assert.equal(j.against.comparedAtVersion, j.against.dataVersion);
+        assert.match(j.against.nodeRunning, /has .*lightningd\.sqlite3 open/);
+      }
+    } finally {
+      await sc.cleanup();
+    }
   });
 });
