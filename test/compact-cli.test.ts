@@ -79,3 +79,40 @@ for (const format of ['v2', 'v1'] as BackupFormat[]) {
     assert.deepEqual(node.violations, []);
   });
 }
+
+test('history: restore --to-version reaches back past compactions while history is kept, and says so when not', { timeout: 120_000 }, async () => {
+  const sc = simScratch({}, 'v2');
+  scratches.push(sc);
+  const { node } = sc;
+  await node.boot();
+  assert.equal((await runWorkload(node, Workload.fromDb(node.dbPath, 5), 80)).failure, undefined);
+  await node.stop();
+  const v1 = node.dataVersion();
+  const dump1 = sqliteDump(node.dbPath);
+  for (let round = 0; round < 2; round++) {
+    await node.boot();
+    assert.equal((await runWorkload(node, Workload.fromDb(node.dbPath, 6 + round), 60)).failure, undefined);
+    await node.stop();
+    const c = cli('compact', '--history', '2', sc.backupUrl);
+    assert.equal(c.code, 0, c.stderr);
+  }
+  const path = backupPath(sc.backupUrl, sc.dir);
+  assert.equal(listHistory(path).length, 2);
+  // the live backup alone no longer holds v1
+  const reader = openReader(sc.backupUrl, sc.dir);
+  assert.throws(() => restoreBackup(reader, join(sc.dir, 'x.sqlite3'), { toVersion: v1 }), /compacted away/);
+  reader.close();
+
+  const dest = join(sc.dir, 'pit.sqlite3');
+  const r = cli('restore', '--to-version', String(v1), '--json', sc.backupUrl, dest);
+  assert.equal(r.code, 0, r.stderr);
+  assert.equal(sqliteDump(dest), dump1);
+
+  // history 0 prunes every copy: the version is gone, and restore says what is left
+  const c = cli('compact', '--history', '0', sc.backupUrl);
+  assert.equal(c.code, 0, c.stderr);
+  assert.equal(listHistory(path).length, 0);
+  const gone = cli('restore', '--to-version', String(v1), sc.backupUrl, join(sc.dir, 'gone.sqlite3'));
+  assert.equal(gone.code, 1);
+  assert.match(gone.stderr, new RegExp(`version ${v1} is no longer available: .*versions \\d+ to ${node.dataVersion()}`));
+});

@@ -5,6 +5,9 @@ import type { BackupReader, BackupWriter } from './backend.js';
 import { createV1, isV1, V1Reader, V1Writer } from './file/v1.js';
 import { createV2, isV2, V2Reader, V2Writer } from './file/v2.js';
 import { parseBackupUrl, UrlError } from './url.js';
+import { listHistory } from '../compact/files.js';
+import { planRestore } from '../engine/plan.js';
+import { serialDiff } from '../engine/versions.js';
 
 /** Picks the backend from the URL scheme, and for files the format from the file's first bytes (never its name). */
 
@@ -60,6 +63,41 @@ export function openWriter(url: string, cwd: string): BackupWriter {
 export function openReader(url: string, cwd: string): BackupReader {
   const path = filePathOf(url, cwd);
   return detectFormat(path) === 'v2' ? V2Reader.open(path) : V1Reader.open(path);
+}
+
+/**
+ * For a point-in-time restore: the backup itself when it still holds `version`, otherwise the newest
+ * pre-compaction copy (`<file>.hist-*`, kept by compaction) that does. When none does, the error lists
+ * what each file holds, so the user sees which versions can still be restored.
+ */
+export function openReaderAt(url: string, cwd: string, version: number): BackupReader {
+  const path = filePathOf(url, cwd);
+  const held: string[] = [];
+  for (const candidate of [path, ...listHistory(path).map((h) => h.path)]) {
+    const reader = detectFormat(candidate) === 'v2' ? V2Reader.open(candidate) : V1Reader.open(candidate);
+    let keep = false;
+    try {
+      const headers = reader.headers();
+      const plan = planRestore(headers);
+      let oldest: number | null = null;
+      for (let i = 0; i < headers.length && oldest === null; i++) if (!plan.dropped[i]) oldest = headers[i]!.version;
+      if (oldest === null) {
+        keep = version === 0;
+        held.push(`${candidate}: empty`);
+      } else {
+        keep = serialDiff(version, oldest) >= 0 && serialDiff(version, plan.head) <= 0;
+        held.push(`${candidate}: versions ${oldest} to ${plan.head}`);
+      }
+    } finally {
+      if (!keep) reader.close();
+    }
+    if (keep) return reader;
+  }
+  throw new BackupError(
+    `version ${version} is no longer available: ${held.join('; ')}. Older versions were compacted away ` +
+      `(compaction keeps as many pre-compaction copies as "compaction": {"history": K} in backup.lock says)`,
+    path,
+  );
 }
 
 /** Creates a new, empty backup. Refuses when the file exists; the directory must exist (a missing mount must not be papered over). */

@@ -1,4 +1,4 @@
-import { openReader } from '../backends/open.js';
+import { openReader, openReaderAt } from '../backends/open.js';
 import { resolveDestination, restoreBackup } from '../restore/restore.js';
 import { EXIT, out, parse, parseVersionArg, printJson, progressReporter, type Command } from './common.js';
 
@@ -43,7 +43,8 @@ export const restoreCommand: Command = {
     const [url, destArg] = positionals as [string, string];
     const toVersion = parseVersionArg('--to-version', values['to-version'] as string | undefined);
     const dest = resolveDestination(destArg);
-    const reader = openReader(url, process.cwd());
+    // --to-version may need a pre-compaction copy of the backup (history)
+    const reader = toVersion === undefined ? openReader(url, process.cwd()) : openReaderAt(url, process.cwd(), toVersion);
     const progress = progressReporter('restoring', 'entries');
     try {
       const r = restoreBackup(reader, dest, {

