@@ -43,8 +43,11 @@ export interface BackupWriter {
 export interface BackupReader {
   readonly format: BackupFormat;
   readonly location: string;
-  /** header-only scan of every acknowledged entry, in file order */
-  headers(): EntryHeader[];
+  /**
+   * header-only scan of every acknowledged entry, in file order. Throws when a record in the middle is
+   * damaged, unless `beforeDamage` asks for the intact entries up to the first damaged one.
+   */
+  headers(opts?: { beforeDamage?: boolean }): EntryHeader[];
   /** Reads the entry whose header is `h` (statements or a lazily copied snapshot). */
   read(h: EntryHeader): Entry;
   /** problems found while scanning (torn tail, orphans, corruption) */

@@ -13,6 +13,12 @@ export interface RestoreOptions {
   force?: boolean;
   /** point-in-time: stop after the newest kept entry with version <= toVersion */
   toVersion?: number;
+  /**
+   * On a backup with a damaged record in the middle, restore the history before the first damaged record
+   * instead of refusing. Only ever on request: the result lacks acknowledged transactions, so it is for
+   * salvage, never a silent fallback.
+   */
+  stopAtDamage?: boolean;
   /** called at most ~10x/s, and once more at the end with applied == total */
   onProgress?: (p: { applied: number; total: number; bytes: number }) => void;
 }
@@ -25,6 +31,8 @@ export interface RestoreResult {
   applied: number;
   statements: number;
   snapshotVersion: number | null;
+  /** set when stopAtDamage cut the restore short: the first damaged record */
+  stoppedAtDamage?: { offset: number; message: string };
   /** stale entries in the backup (superseded by a later entry with the same or a lower version), skipped */
   dropped: number;
   elapsedMs: number;
@@ -67,14 +75,15 @@ export function restoreBackup(reader: BackupReader, dest: string, opts: RestoreO
 
   let headers: EntryHeader[];
   try {
-    headers = reader.headers();
+    headers = opts.stopAtDamage ? reader.headers({ beforeDamage: true }) : reader.headers();
   } catch (e) {
     throw new RestoreError(
       `cannot read ${reader.location}: ${(e as Error).message}. Nothing was written to ${path}.`,
       { cause: e },
     );
   }
-  refuseCorruption(reader);
+  const damage = reader.problems().filter((p) => p.kind === 'corrupt');
+  if (!opts.stopAtDamage) refuseCorruption(reader);
   // Stale entries are counted against the whole history, so a point-in-time restore reports the same figure.
   const full = planRestore(headers);
   let dropped = 0;
@@ -166,6 +175,7 @@ export function restoreBackup(reader: BackupReader, dest: string, opts: RestoreO
     statements: doneStatements + (replayer?.statements ?? 0),
     snapshotVersion,
     dropped,
+    ...(opts.stopAtDamage && damage.length > 0 ? { stoppedAtDamage: { offset: damage[0]!.offset, message: damage[0]!.message } } : {}),
     elapsedMs: performance.now() - started,
     integrity: 'ok',
     foreignKeyViolations: 0,

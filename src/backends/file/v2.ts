@@ -855,6 +855,10 @@ export class V2Writer implements BackupWriter {
   }
 }
 
+function toEntryHeader(r: RecordInfo): EntryHeader {
+  return { kind: r.type === TYPE_SNAPSHOT ? 'snapshot' : 'change', version: r.version, offset: r.offset, pragmaOnly: r.pragmaOnly };
+}
+
 /** The fast open: the newest record, found through the trailer and fully verified, or null. */
 function checkLastRecord(fd: number, size: number): { start: number; h: RecordHeader } | null {
   const win = new FileWindow(fd, size, SCRATCH_INITIAL);
@@ -959,8 +963,13 @@ export class V2Reader implements BackupReader {
     return this.scan.recordsValidated;
   }
 
-  headers(): EntryHeader[] {
+  headers(opts: { beforeDamage?: boolean } = {}): EntryHeader[] {
     const bad = this.scan.corrupt;
+    if (bad.length > 0 && opts.beforeDamage) {
+      // asked for explicitly (restore's stopAtDamage): the intact records up to the first damaged one
+      const first = bad[0]!.offset;
+      return this.scan.records.filter((r) => r.offset < first).map(toEntryHeader);
+    }
     if (bad.length > 0) {
       throw new BackupError(
         `${this.location} is damaged: ${bad[0]!.message}` +
@@ -970,12 +979,7 @@ export class V2Reader implements BackupReader {
         bad[0]!.offset,
       );
     }
-    return this.scan.records.map((r) => ({
-      kind: r.type === TYPE_SNAPSHOT ? ('snapshot' as const) : ('change' as const),
-      version: r.version,
-      offset: r.offset,
-      pragmaOnly: r.pragmaOnly,
-    }));
+    return this.scan.records.map(toEntryHeader);
   }
 
   /** The scanned record at `offset`: the one after the last read when reading in file order, else a binary search. */
