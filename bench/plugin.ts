@@ -167,30 +167,52 @@ export async function measureStartup(dir: string, runs: number): Promise<Summary
   return summarize(times);
 }
 
-export async function benchPlugin(opts: { dir: string; n1k: number; n100k: number; rssWrites: number; shmDir: string }) {
-  const lines: string[] = [];
-  const say = (s: string) => {
-    lines.push(s);
-    console.log(s);
-  };
-  const results: Record<string, unknown> = {};
+export interface BatchBench {
+  label: '1 KB' | '100 KB';
+  /** statement bytes per db_write */
+  bytes: number;
+  calls: number;
+  floor: FloorResult;
+  run: PluginRun;
+}
+
+export interface PluginBenchResult {
+  batches: BatchBench[];
+  /** 1 KB writes on tmpfs, so that RSS and CPU are the plugin's, not the disk's */
+  rss: PluginRun & { writes: number };
+  startupMs: Summary & { runs: number };
+}
+
+export interface PluginBenchOptions {
+  dir: string;
+  n1k: number;
+  n100k: number;
+  rssWrites: number;
+  shmDir: string;
+  startupRuns?: number;
+  /** where the human-readable lines go (default: console.log) */
+  log?: (line: string) => void;
+}
+
+export async function benchPlugin(opts: PluginBenchOptions): Promise<PluginBenchResult> {
+  const say = opts.log ?? ((s: string) => console.log(s));
+  const batches: BatchBench[] = [];
   for (const [label, bytes, n] of [['1 KB', 1024, opts.n1k], ['100 KB', 100 * 1024, opts.n100k]] as const) {
     const recordBytes = bytes + 40;
     const floor = measureFloor(opts.dir, recordBytes, Math.min(n, 2000));
     const run = await runPlugin(opts.dir, bytes, n);
-    results[label] = { floor, run };
+    batches.push({ label, bytes, calls: n, floor, run });
     say(`\n${label} batches (${n} db_write calls, disk ${opts.dir}):`);
     say(`  floor  write+fdatasync: p50 ${fmtUs(floor.latencyUs.p50)}  p99 ${fmtUs(floor.latencyUs.p99)}  CPU ${fmtUs(floor.cpuUsPerOp)}/op`);
     say(`  plugin round trip:      p50 ${fmtUs(run.latencyUs.p50)}  p99 ${fmtUs(run.latencyUs.p99)}  max ${fmtUs(run.latencyUs.max)}  CPU ${fmtUs(run.cpuUsPerCall)}/call  ${run.throughputPerSec.toFixed(0)} calls/s`);
     say(`  ratios: p50 ${(run.latencyUs.p50 / floor.latencyUs.p50).toFixed(2)}x (target <= 1.3x)  p99 ${(run.latencyUs.p99 / floor.latencyUs.p99).toFixed(2)}x (target <= 2x)  CPU +${fmtUs(run.cpuUsPerCall - floor.cpuUsPerOp)}/call over the floor (target <= +40 µs)`);
   }
   const rss = await runPlugin(opts.shmDir, 1024, opts.rssWrites);
-  results.rss = rss;
   say(`\nRSS after ${opts.rssWrites} 1 KB writes (tmpfs ${opts.shmDir}, so the disk does not dominate): ${(rss.rssKb / 1024).toFixed(1)} MB (target < 60 MB); CPU ${fmtUs(rss.cpuUsPerCall)}/call without a real sync`);
-  const st = await measureStartup(opts.dir, 15);
-  results.startup = st;
-  say(`start-up to the getmanifest answer (15 runs): p50 ${st.p50.toFixed(1)} ms, max ${st.max.toFixed(1)} ms (target < 150 ms)`);
-  return results;
+  const runs = opts.startupRuns ?? 15;
+  const st = await measureStartup(opts.dir, runs);
+  say(`start-up to the getmanifest answer (${runs} runs): p50 ${st.p50.toFixed(1)} ms, max ${st.max.toFixed(1)} ms (target < 150 ms)`);
+  return { batches, rss: { ...rss, writes: opts.rssWrites }, startupMs: { ...st, runs } };
 }
 
 if (process.argv[1] === fileURLToPath(import.meta.url)) {
