@@ -10,7 +10,7 @@ import { createServer, type Server } from 'node:net';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { after, describe, test } from 'node:test';
-import { CLI, copyFixture, runCli, scratchArea, show, type CliRun } from './helpers/cli.js';
+import { CLI, copyFixture, REPO_ROOT, runCli, scratchArea, show, type CliRun } from './helpers/cli.js';
 import { FIXTURES } from './helpers/fixtures.js';
 import { dataVersion, dump } from './helpers/sqlite.js';
 
@@ -139,7 +139,7 @@ describe('init', () => {
     const holder = spawn(
       process.execPath,
       ['--input-type=module', '-e', `import D from 'better-sqlite3'; const db = new D(process.argv[1]); db.prepare('SELECT 1 FROM vars').get(); console.log('open'); setInterval(() => {}, 1000);`, db],
-      { cwd: CLI.replace(/\/dist\/.*$/, ''), stdio: ['ignore', 'pipe', 'inherit'] },
+      { cwd: REPO_ROOT, stdio: ['ignore', 'pipe', 'inherit'] },
     );
     try {
       await new Promise<void>((resolve, reject) => {

@@ -6,6 +6,8 @@ import { fileURLToPath } from 'node:url';
 
 /** The built CLI, run the way an operator runs it: its own process, real files, exit code and both streams. */
 export const CLI = fileURLToPath(new URL('../../src/cli/main.js', import.meta.url));
+/** The checkout (where node_modules is), three levels above the built CLI (<out>/src/cli/main.js). */
+export const REPO_ROOT = fileURLToPath(new URL('../../../', import.meta.url));
 
 export interface CliRun {
   code: number | null;
