@@ -73,6 +73,7 @@ export function openReader(url: string, cwd: string): BackupReader {
 export function openReaderAt(url: string, cwd: string, version: number): BackupReader {
   const path = filePathOf(url, cwd);
   const held: string[] = [];
+  let newest: number | null = null;
   for (const candidate of [path, ...listHistory(path).map((h) => h.path)]) {
     const reader = detectFormat(candidate) === 'v2' ? V2Reader.open(candidate) : V1Reader.open(candidate);
     let keep = false;
@@ -86,12 +87,16 @@ export function openReaderAt(url: string, cwd: string, version: number): BackupR
         held.push(`${candidate}: empty`);
       } else {
         keep = serialDiff(version, oldest) >= 0 && serialDiff(version, plan.head) <= 0;
+        if (candidate === path) newest = plan.head;
         held.push(`${candidate}: versions ${oldest} to ${plan.head}`);
       }
     } finally {
       if (!keep) reader.close();
     }
     if (keep) return reader;
+  }
+  if (newest !== null && serialDiff(version, newest) > 0) {
+    throw new BackupError(`version ${version} is newer than anything backed up: ${held.join('; ')} (${newest} is the newest)`, path);
   }
   throw new BackupError(
     `version ${version} is no longer available: ${held.join('; ')}. Older versions were compacted away ` +
