@@ -1,4 +1,4 @@
-import { closeSync, fsyncSync, openSync, constants, writeSync } from 'node:fs';
+import { closeSync, fstatSync, fsyncSync, openSync, constants, statSync, writeSync } from 'node:fs';
 import { dirname } from 'node:path';
 
 /** After a create or rename, the directory entry itself must reach the disk or the file can vanish on power loss. */
@@ -18,5 +18,26 @@ export function writeFully(fd: number, buf: Uint8Array, position: number): void 
     const n = writeSync(fd, buf, done, buf.length - done, position + done);
     if (n <= 0) throw new Error(`short write at offset ${position + done}`);
     done += n;
+  }
+}
+
+/**
+ * Throws unless `path` still names the file open as `fd`. A write into a file whose directory was removed,
+ * whose mount was detached (umount -l, a dropped NFS/SSHFS mount) or that was replaced behind our back
+ * succeeds and syncs, yet nobody will ever read it: acknowledging it would lose the transaction.
+ */
+export function assertStillNamed(fd: number, path: string): void {
+  const open = fstatSync(fd);
+  let named;
+  try {
+    named = statSync(path);
+  } catch (e) {
+    throw new Error(
+      `the backup file is no longer reachable at ${path} (${(e as NodeJS.ErrnoException).code ?? (e as Error).message}): ` +
+        `its directory was removed or its disk unmounted`,
+    );
+  }
+  if (named.ino !== open.ino || named.dev !== open.dev) {
+    throw new Error(`${path} now names a different file than the one being written: the backup was replaced or moved`);
   }
 }

@@ -14,7 +14,7 @@ import { BackupError } from '../../engine/entries.js';
 import type { Entry, EntryHeader, Problem } from '../../engine/entries.js';
 import { isPragmaOnly, isValidDataVersion } from '../../engine/versions.js';
 import type { BackupReader, BackupStats, BackupWriter } from '../backend.js';
-import { fsyncDir, writeFully } from './fsutil.js';
+import { assertStillNamed, fsyncDir, writeFully } from './fsutil.js';
 import { WriterLock } from './writer-lock.js';
 
 /**
@@ -626,6 +626,7 @@ export class V1Writer implements BackupWriter {
     this.guard(() => {
       writeFully(fd, buf, at);
       fdatasyncSync(fd);
+      assertStillNamed(fd, this.location);
     }, at);
     this.commitAppend({ offset: at, end: at + buf.length, version, kind: 'change' });
   }

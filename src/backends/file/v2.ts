@@ -4,7 +4,7 @@ import { crc32 } from 'node:zlib';
 import type { BackupStats, BackupReader, BackupWriter } from '../backend.js';
 import { BackupError, type Entry, type EntryHeader, type Problem } from '../../engine/entries.js';
 import { isPragmaOnly, isValidDataVersion } from '../../engine/versions.js';
-import { fsyncDir, writeFully } from './fsutil.js';
+import { assertStillNamed, fsyncDir, writeFully } from './fsutil.js';
 import { WriterLock } from './writer-lock.js';
 
 /**
@@ -703,6 +703,7 @@ export class V2Writer implements BackupWriter {
     try {
       writeFully(this.fd, buf.subarray(0, total), at);
       fdatasyncSync(this.fd);
+      assertStillNamed(this.fd, this.location);
     } catch (e) {
       throw this.fail(e, at);
     }
