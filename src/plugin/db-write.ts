@@ -92,7 +92,8 @@ export class DbWriteHandler {
     return { ok: true };
   }
 
-  private refuse(why: string): HookOutcome {
+  /** Also used by the dispatcher for a db_write it cannot trust as a whole (its bytes are not UTF-8). */
+  refuse(why: string): HookOutcome {
     const message = `clnvault refuses this database write, so lightningd stops without committing it: ${why}`;
     this.refused = message;
     this.log('error', message);

@@ -1,4 +1,5 @@
 #!/usr/bin/env node
+import { isUtf8 } from 'node:buffer';
 import { DbWriteHandler } from './db-write.js';
 import { log, sendContinue, sendError, sendResult, type RpcId } from './output.js';
 import { prepareBackup, type Startup } from './startup.js';
@@ -31,6 +32,9 @@ async function main(): Promise<void> {
 
   const dispatch = (buf: Buffer, start: number, end: number): void => {
     let msg: { id?: unknown; method?: unknown; params?: unknown };
+    // toString() would turn bytes that are not UTF-8 into U+FFFD: a statement backed up that way differs
+    // from the one lightningd commits, so a db_write must be refused rather than stored mangled
+    const utf8 = isUtf8(buf.subarray(start, end));
     try {
       msg = JSON.parse(buf.toString('utf8', start, end));
     } catch (e) {
@@ -48,7 +52,9 @@ async function main(): Promise<void> {
     const rid = id as RpcId;
     switch (msg.method) {
       case 'db_write': {
-        const r = handler.handle(msg.params);
+        const r = utf8
+          ? handler.handle(msg.params)
+          : handler.refuse(`a db_write message (${end - start} bytes) that is not valid UTF-8: its statements cannot be stored exactly`);
         if (r.ok) sendContinue(rid);
         else sendError(rid, -32000, r.message);
         return;
