@@ -38,6 +38,7 @@ await Promise.all(
       checkAfterEveryRestart: values['check-every-restart'],
       checkpointEvery: 10,
       trialsPerNode: Number(values['trials-per-node']),
+      compactAtBytes: format === 'v2' ? 4_000_000 : 2_000_000,
       log: (l) => console.log(`[${format}] ${l}`),
     });
     reports.push(r);
@@ -48,7 +49,7 @@ let divergences = 0;
 for (const r of reports) {
   console.log(`\n${progress(r)}`);
   console.log(`  faults: ${Object.entries(r.byFault).map(([k, v]) => `${k} ${v}`).join(', ')}`);
-  console.log(`  ${r.nodes} nodes, ${r.plugins} plugin starts`);
+  console.log(`  ${r.nodes} nodes, ${r.plugins} plugin starts, ${r.checks} restore-and-compare checks`);
   for (const d of r.divergences) console.log(`  DIVERGENCE trial ${d.trial} (${d.fault}): ${d.detail}`);
   divergences += r.divergences.length;
 }

@@ -1,7 +1,7 @@
 /**
  * Crash soak, short version (the long one: `npm run soak -- --trials N`). The real plugin is SIGKILLed
  * mid-append, the node dies between hook answer and commit, both at once, during start-up and during
- * re-baseline; after each fault the backup is restored and compared with the simulator's DB. The only
+ * re-baseline, with online compaction running in the plugin; after each fault the backup is restored and compared with the simulator's DB. The only
  * acceptable number of divergences is zero.
  */
 import assert from 'node:assert/strict';
@@ -23,6 +23,7 @@ function assertNoDivergence(r: SoakReport, trials: number): void {
   assert.ok(r.rewinds > 0, 'no uncommitted head was ever rewound');
   assert.ok(r.aheadByOne > 0, 'the backup was never seen one uncommitted batch ahead');
   assert.ok(r.rebaselines > 0, 'no re-baseline ran');
+  assert.ok(r.compactions + r.killedCompacting > 0, 'online compaction never ran');
 }
 
 // The two runs spend most of their time waiting for fdatasync and process start-up: run them side by side.
@@ -36,6 +37,7 @@ test(`crash soak, v2: ${TRIALS_V2} trials, recorded CLN traffic then generated b
     pluginPath: PLUGIN,
     checkpointEvery: 20,
     trialsPerNode: 80,
+    compactAtBytes: 1_500_000,
     stopOnDivergence: true,
   });
   console.log(`# ${progress(r)}`);
@@ -55,6 +57,7 @@ test(`crash soak, v1 (the reference format): ${TRIALS_V1} trials`, { timeout: 60
     checkpointEvery: 20,
     trialsPerNode: 60,
     datastoreSize: [100, 256 << 10],
+    compactAtBytes: 1_000_000,
     stopOnDivergence: true,
   });
   console.log(`# ${progress(r)}`);

@@ -21,6 +21,7 @@ import {
   rmSync,
   statSync,
   truncateSync,
+  writeFileSync,
   writeSync,
 } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -65,6 +66,11 @@ export interface SoakOptions {
   log?: (line: string) => void;
   /** stop at the first divergence (tests) or collect them all (long runs) */
   stopOnDivergence?: boolean;
+  /**
+   * Online compaction in the plugin (backup.lock "compaction"), with a threshold low enough that it runs
+   * every few trials: kills then also land while the worker builds or swaps in the compacted file.
+   */
+  compactAtBytes?: number;
 }
 
 export interface Divergence {
@@ -96,6 +102,9 @@ export interface SoakReport {
   aheadAfterKill: number;
   /** power cuts that dropped part of an unacknowledged append */
   powerCuts: number;
+  /** online compactions that completed, and SIGKILLs that landed while one was running */
+  compactions: number;
+  killedCompacting: number;
 }
 
 type Batch = { kind: 'tx' | 'pragma'; writes: string[] };
@@ -123,6 +132,8 @@ export async function runSoak(opts: SoakOptions): Promise<SoakReport> {
     killedInHook: 0,
     aheadAfterKill: 0,
     powerCuts: 0,
+    compactions: 0,
+    killedCompacting: 0,
   };
   const perNode = opts.trialsPerNode ?? 400;
   let trial = 0;
@@ -163,7 +174,9 @@ class SoakNode {
     mkdirSync(this.netDir, { recursive: true });
     mkdirSync(dirname(this.backupPath));
     createBackup(this.backupUrl, this.dir, opts.format);
-    SimNode.writeBackupLock(this.netDir, this.backupUrl);
+    const lock: Record<string, unknown> = { backend_url: this.backupUrl };
+    lock.compaction = opts.compactAtBytes ? { auto: true, min_bytes: opts.compactAtBytes, factor: 1, history: 1 } : { auto: false };
+    writeFileSync(join(this.netDir, 'backup.lock'), JSON.stringify(lock));
     this.rng = new Prng(seed);
     this.wlSeed = seed;
     this.node = new SimNode({
@@ -177,8 +190,15 @@ class SoakNode {
     rep.nodes++;
   }
 
+  /** a compaction started and not yet reported done in this plugin process */
+  private compacting = false;
+
   private onLog(msg: string): void {
-    if (/repaired the backup on open/.test(msg)) this.rep.tailRepairs++;
+    if (/compaction of .* started/.test(msg)) this.compacting = true;
+    else if (/^clnvault: compaction done/.test(msg)) {
+      this.compacting = false;
+      this.rep.compactions++;
+    } else if (/repaired the backup on open/.test(msg)) this.rep.tailRepairs++;
     else if (/was never committed by lightningd: removed it/.test(msg)) this.rep.rewinds++;
     else if (/^clnvault: re-baselined/.test(msg)) this.rep.rebaselines++;
   }
@@ -205,6 +225,10 @@ class SoakNode {
       // a stretch of normal traffic between faults
       const items = this.rng.int(0, 4);
       for (let k = 0; k < items; k++) await this.item();
+      // half the time let a running compaction finish, so that some complete and some are killed midway
+      if (this.compacting && this.rng.next() < 0.5) {
+        for (let w = 0; w < 500 && this.compacting && this.node.pluginAlive; w++) await sleep(10);
+      }
       const fault = FAULTS[this.rng.int(0, FAULTS.length - 1)]!;
       this.rep.byFault[fault]++;
       await this.inject(fault);
@@ -251,7 +275,7 @@ class SoakNode {
     else if (how.crashBeforeCommit) p = this.node.crashBeforeCommit(b.statements);
     else p = this.node.transaction(b.statements);
     let killer: Promise<void> | undefined;
-    if (how.killAfter) killer = how.killAfter().then(() => this.node.killPlugin());
+    if (how.killAfter) killer = how.killAfter().then(() => this.kill());
     const r = await p;
     await killer;
     if (r.answered === 'continue' && !how.crashBeforeCommit) {
@@ -332,7 +356,7 @@ class SoakNode {
         break;
       }
       case 'kill-idle':
-        await node.killPlugin();
+        await this.kill();
         break;
       case 'kill-startup': {
         await node.stop();
@@ -356,6 +380,12 @@ class SoakNode {
     this.checkSettled(fault);
   }
 
+  private async kill(): Promise<void> {
+    if (this.compacting && this.node.pluginAlive) this.rep.killedCompacting++;
+    this.compacting = false;
+    await this.node.killPlugin();
+  }
+
   private async waitForGrowth(before: number): Promise<void> {
     for (let i = 0; i < 200_000; i++) {
       let size = before;
@@ -374,7 +404,7 @@ class SoakNode {
   private async bootWithKill(delayMs: number): Promise<void> {
     let done = false;
     const killer = sleep(delayMs).then(async () => {
-      if (!done) await this.node.killPlugin();
+      if (!done) await this.kill();
     });
     try {
       await this.boot();
@@ -507,7 +537,13 @@ class SoakNode {
   private checkDebris(fault: Fault): void {
     const base = basename(this.backupPath);
     const allowed = new Set([base, `${base}.writer`, `${base}.writer-journal`]);
-    const extra = readdirSync(dirname(this.backupPath)).filter((f) => !allowed.has(f));
+    // compaction's own files: one history generation (history: 1), and what an interrupted run left, which
+    // the next compaction removes (checked by compaction's own tests); a second history file is a leak
+    const names = readdirSync(dirname(this.backupPath));
+    const hist = names.filter((f) => f.startsWith(`${base}.hist-`));
+    const compactLeftover = (f: string) => f === `${base}.compacting` || f.startsWith(`${base}.compact-scratch.sqlite3`);
+    const extra = names.filter((f) => !allowed.has(f) && !f.startsWith(`${base}.hist-`) && !compactLeftover(f));
+    if (hist.length > 1) extra.push(...hist);
     if (extra.length > 0) this.diverge(fault, `debris next to the backup after a restart: ${extra.join(', ')}`);
   }
 }
@@ -540,6 +576,7 @@ export function progress(r: SoakReport): string {
     `${r.format} seed ${r.seed}: ${r.trials} trials, ${r.checks} restore checks, ${r.divergences.length} divergences; ` +
     `${r.committed} batches committed, ${r.killedInHook} plugins killed inside a hook, ${r.tailRepairs} tails repaired, ` +
     `${r.rewinds} rewinds, ${r.rebaselines} re-baselines, ${r.aheadByOne} checks one batch ahead ` +
-    `(${r.aheadAfterKill} after a kill), ${r.powerCuts} power cuts`
+    `(${r.aheadAfterKill} after a kill), ${r.powerCuts} power cuts, ${r.compactions} online compactions ` +
+    `(${r.killedCompacting} kills during one)`
   );
 }
