@@ -239,7 +239,7 @@ describe('torn writes: a cut at every byte offset of the last records', () => {
 });
 
 describe('bit rot in a v2 backup', () => {
-  test('random bit flips anywhere (file header, changes, a snapshot) are reported with the damaged record\'s offset; restore refuses, or stops before the damage when asked', () => {
+  test('random bit flips anywhere (file header, changes, a snapshot) are reported with the damaged record\'s offset (reader, inspect, verify); restore refuses, or stops before the damage when asked', () => {
     const n = history.length;
     const snapDb = join(dir, 'snap.sqlite3');
     const db = new SimDb(snapDb);
@@ -285,25 +285,26 @@ describe('bit rot in a v2 backup', () => {
         assert.ok('refused' in o && o.refused.includes(`offset ${b.offsets[i]}`), `flip at ${off}`);
         const s = restoreOutcome(p, 'v2', { stopAtDamage: true });
         assert.ok('restored' in s && s.restored === stateBefore(i), `flip at ${off}: stop-at-damage restores what precedes entry ${i}`);
-        if (cliChecked < 3) {
-          // the operator's view: verify fails and names the offset
+        if (cliChecked < 4) {
+          // the operator's view: inspect and verify fail and name the offset
+          const cmd = cliChecked % 2 === 0 ? 'verify' : 'inspect';
           let code = 0;
           let text = '';
           try {
-            text = execFileSync(process.execPath, [CLI, 'verify', `file://${p}`], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+            text = execFileSync(process.execPath, [CLI, cmd, `file://${p}`], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
           } catch (e) {
             const x = e as { status: number; stdout: string; stderr: string };
             code = x.status;
             text = `${x.stdout}${x.stderr}`;
           }
-          assert.equal(code, 1, text);
-          assert.ok(text.includes(`offset ${b.offsets[i]}`), text);
+          assert.equal(code, 1, `${cmd}: ${text}`);
+          assert.ok(text.includes(`offset ${b.offsets[i]}`), `${cmd}: ${text}`);
           cliChecked++;
         }
       }
       cleanup(p);
     }
-    assert.ok(headerCases < flips && cliChecked === 3);
+    assert.ok(headerCases < flips && cliChecked === 4);
     assert.ok(full.length > 64 * 20);
     assert.equal(b.offsets.length, n + 2);
   });
