@@ -13,7 +13,7 @@ const { values } = parseArgs({
     seed: { type: 'string', default: String(Date.now() % 1_000_000) },
     format: { type: 'string', default: 'both' },
     'check-every-restart': { type: 'boolean', default: false },
-    'trials-per-node': { type: 'string', default: '200' },
+    'trials-per-node': { type: 'string', default: '60' },
   },
 });
 const trials = Number(values.trials);
@@ -36,7 +36,7 @@ await Promise.all(
       format,
       transcript: join(CLN, 'session-basic/hooks.jsonl'),
       checkAfterEveryRestart: values['check-every-restart'],
-      checkpointEvery: 10,
+      checkpointEvery: 20,
       trialsPerNode: Number(values['trials-per-node']),
       compactAtBytes: format === 'v2' ? 4_000_000 : 2_000_000,
       log: (l) => console.log(`[${format}] ${l}`),
