@@ -21,13 +21,24 @@ export function writeFully(fd: number, buf: Uint8Array, position: number): void 
   }
 }
 
+export interface FileIdentity {
+  ino: number;
+  dev: number;
+}
+
+export function identityOf(fd: number): FileIdentity {
+  const st = fstatSync(fd);
+  return { ino: st.ino, dev: st.dev };
+}
+
 /**
  * Throws unless `path` still names the file open as `fd`. A write into a file whose directory was removed,
  * whose mount was detached (umount -l, a dropped NFS/SSHFS mount) or that was replaced behind our back
  * succeeds and syncs, yet nobody will ever read it: acknowledging it would lose the transaction.
  */
-export function assertStillNamed(fd: number, path: string): void {
-  const open = fstatSync(fd);
+export function assertStillNamed(fd: number, path: string, known?: FileIdentity): void {
+  // The open file's identity never changes, so a writer passes it in and this costs one stat per append.
+  const open = known ?? fstatSync(fd);
   let named;
   try {
     named = statSync(path);

@@ -4,7 +4,7 @@ import { crc32 } from 'node:zlib';
 import type { BackupStats, BackupReader, BackupWriter } from '../backend.js';
 import { BackupError, type Entry, type EntryHeader, type Problem } from '../../engine/entries.js';
 import { isPragmaOnly, isValidDataVersion } from '../../engine/versions.js';
-import { assertStillNamed, fsyncDir, writeFully } from './fsutil.js';
+import { assertStillNamed, fsyncDir, identityOf, writeFully, type FileIdentity } from './fsutil.js';
 import { WriterLock } from './writer-lock.js';
 
 /**
@@ -539,6 +539,9 @@ export class V2Writer implements BackupWriter {
   private failed: Error | null = null;
   private closed = false;
 
+  /** the open file's inode, cached for the per-append check that the path still names it */
+  private identity: FileIdentity | null = null;
+
   private constructor(
     readonly location: string,
     private fd: number,
@@ -662,6 +665,7 @@ export class V2Writer implements BackupWriter {
     const next = V2Writer.open(this.location, {}, this.lock);
     closeSync(this.fd);
     this.fd = next.fd;
+    this.identity = null;
     this.end = next.end;
     this.headVersion = next.headVersion;
     this.lastType = next.lastType;
@@ -703,7 +707,7 @@ export class V2Writer implements BackupWriter {
     try {
       writeFully(this.fd, buf.subarray(0, total), at);
       fdatasyncSync(this.fd);
-      assertStillNamed(this.fd, this.location);
+      assertStillNamed(this.fd, this.location, (this.identity ??= identityOf(this.fd)));
     } catch (e) {
       throw this.fail(e, at);
     }
