@@ -3,7 +3,8 @@ import { dirname } from 'node:path';
 import { BackupError, type BackupFormat } from '../engine/entries.js';
 import type { BackupReader, BackupWriter } from './backend.js';
 import { createV1, isV1, V1Reader, V1Writer } from './file/v1.js';
-import { createV2, isV2, V2Reader, V2Writer } from './file/v2.js';
+import { createV2, isV2, V2Reader } from './file/v2.js';
+import { discoverSegments, SegmentedReader, SegmentedWriter } from './file/segments.js';
 import { parseBackupUrl, UrlError } from './url.js';
 import { listHistory } from '../compact/files.js';
 import { planRestore } from '../engine/plan.js';
@@ -55,14 +56,28 @@ export function backupPath(url: string, cwd: string): string {
   return filePathOf(url, cwd);
 }
 
-export function openWriter(url: string, cwd: string): BackupWriter {
+/** `segmentBytes`: the size limit of a v2 backup's segment files (backup.lock's "segment_bytes"). */
+export function openWriter(url: string, cwd: string, opts: { segmentBytes?: number } = {}): BackupWriter {
   const path = filePathOf(url, cwd);
-  return detectFormat(path) === 'v2' ? V2Writer.open(path) : V1Writer.open(path);
+  return detectFormat(path) === 'v2' ? SegmentedWriter.open(path, opts) : V1Writer.open(path);
 }
 
 export function openReader(url: string, cwd: string): BackupReader {
-  const path = filePathOf(url, cwd);
-  return detectFormat(path) === 'v2' ? V2Reader.open(path) : V1Reader.open(path);
+  return openFileReader(filePathOf(url, cwd));
+}
+
+/** A single-file v2 backup gets the plain V2Reader, exactly as before segments existed. */
+function openFileReader(path: string): BackupReader {
+  if (detectFormat(path) !== 'v2') return V1Reader.open(path);
+  let segmented = false;
+  try {
+    segmented = discoverSegments(path).segments.length > 1;
+  } catch (e) {
+    // a damaged first file header is V2Reader's to describe, with its usual message; a broken set is not
+    const firstHeader = e instanceof BackupError && e.path === path && (e.offset === 0 || e.offset === undefined);
+    if (!firstHeader) throw e;
+  }
+  return segmented ? SegmentedReader.open(path) : V2Reader.open(path);
 }
 
 /**
@@ -75,7 +90,7 @@ export function openReaderAt(url: string, cwd: string, version: number): BackupR
   const held: string[] = [];
   let newest: number | null = null;
   for (const candidate of [path, ...listHistory(path).map((h) => h.path)]) {
-    const reader = detectFormat(candidate) === 'v2' ? V2Reader.open(candidate) : V1Reader.open(candidate);
+    const reader = openFileReader(candidate);
     let keep = false;
     try {
       const headers = reader.headers();

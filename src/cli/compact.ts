@@ -1,10 +1,11 @@
 import { backupPath, openWriter } from '../backends/open.js';
 import { compactFile } from '../compact/compact.js';
+import { DEFAULT_SEGMENT_BYTES, parseSegmentBytes } from '../backends/file/segments.js';
 import { DEFAULT_COMPACTION } from '../compact/config.js';
 import { isReopenable } from '../plugin/compaction.js';
 import { CliError, err, EXIT, out, parse, printJson, type Command } from './common.js';
 
-const help = `Usage: clnvault compact [--history K] [--json] URL
+const help = `Usage: clnvault compact [--history K] [--segment-bytes N] [--json] URL
 
 Compacts the backup at URL: replaces it by a snapshot of the database just before
 its newest version, followed by the newest entries, so that it restores to exactly
@@ -19,6 +20,9 @@ interruption leaves the old backup untouched (leftovers are removed by the next 
 Options:
   --history K   keep the last K pre-compaction backups beside it as <file>.hist-<ms>,
                 for 'clnvault restore --to-version' (default ${DEFAULT_COMPACTION.history}; 0 keeps none)
+  --segment-bytes N
+                v2: the compacted backup's files hold at most N bytes, the rest going to
+                segment files <file>.seg-* (default ${DEFAULT_SEGMENT_BYTES}, under FAT32's 4 GiB)
   --json        print the result as JSON ({"before":{...},"after":{...}})
   -h, --help    this help
 
@@ -34,6 +38,7 @@ export const compactCommand: Command = {
   async run(argv) {
     const { values, positionals } = parse('compact', argv, {
       history: { type: 'string' },
+      'segment-bytes': { type: 'string' },
       json: { type: 'boolean' },
     }, { min: 1, max: 1, names: 'one backup URL' });
     if (values.help) {
@@ -47,10 +52,18 @@ export const compactCommand: Command = {
       if (!Number.isInteger(h) || h < 0) throw new CliError(`--history must be a whole number >= 0, not ${String(values.history)}`, EXIT.usage);
       history = h;
     }
+    let segmentBytes = DEFAULT_SEGMENT_BYTES;
+    if (values['segment-bytes'] !== undefined) {
+      try {
+        segmentBytes = parseSegmentBytes(String(values['segment-bytes']));
+      } catch (e) {
+        throw new CliError((e as Error).message, EXIT.usage);
+      }
+    }
     const path = backupPath(url, process.cwd());
     // Holding the writer lock for the whole run is what makes this safe: a plugin cannot start writing
     // meanwhile, and opening it as a writer refuses while a plugin writes.
-    const writer = openWriter(url, process.cwd());
+    const writer = openWriter(url, process.cwd(), { segmentBytes });
     try {
       for (const p of writer.repaired()) err(`repaired on open: ${p.message}`);
       if (!isReopenable(writer)) throw new CliError(`${path}: this backup type cannot be compacted`);
@@ -62,7 +75,7 @@ export const compactCommand: Command = {
           exclusive: (fn) => fn(() => undefined),
           log: (_level, message) => err(message),
         },
-        { format: writer.format, history },
+        { format: writer.format, history, segmentBytes },
       );
       if (values.json) printJson(outcome.stats);
       else if (!outcome.compacted) out(`${path}: nothing to compact (${outcome.stats.before.version_count} entries, ${outcome.stats.before.backupsize} bytes)`);

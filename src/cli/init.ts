@@ -1,13 +1,14 @@
 import { existsSync, rmSync, statSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { backupPath, createBackup, openWriter } from '../backends/open.js';
-import { lockPath, readBackupLock, writeBackupLock } from '../engine/backup-lock.js';
+import { lockPath, readBackupLock, writeBackupLock, type BackupLock } from '../engine/backup-lock.js';
+import { listSegmentFiles, parseSegmentBytes } from '../backends/file/segments.js';
 import type { BackupFormat } from '../engine/entries.js';
 import { DB_NAME, snapshotDatabase } from '../engine/live-db.js';
 import { nodeRunning } from '../engine/node-running.js';
 import { CliError, EXIT, out, parse, type Command } from './common.js';
 
-const help = `Usage: clnvault init [--lightning-dir DIR] [--format v1|v2] [--no-rebaseline] URL
+const help = `Usage: clnvault init [--lightning-dir DIR] [--format v1|v2] [--segment-bytes N] [--no-rebaseline] URL
 
 Creates a new backup at URL. With --lightning-dir (the network directory, where
 lightningd.sqlite3 lives, e.g. ~/.lightning/bitcoin) it also writes DIR/backup.lock,
@@ -25,6 +26,8 @@ Options:
   --lightning-dir DIR  network directory of the node (writes DIR/backup.lock)
   --format v1|v2       v2 (default): clnvault's checksummed format. v1: the reference
                        plugin's format, readable by the Python backup plugin too
+  --segment-bytes N    v2: split the backup into files of at most N bytes (default 3758096384,
+                       under FAT32's 4 GiB limit); recorded in backup.lock for the plugin
   --no-rebaseline      record in backup.lock that the plugin must refuse to start when the
                        node's DB is ahead of the backup instead of snapshotting it
   -h, --help           this help
@@ -44,6 +47,7 @@ export const initCommand: Command = {
       'lightning-dir': { type: 'string' },
       format: { type: 'string' },
       'no-rebaseline': { type: 'boolean' },
+      'segment-bytes': { type: 'string' },
     }, { min: 1, max: 1, names: 'one backup URL' });
     if (values.help) {
       out(help);
@@ -52,6 +56,15 @@ export const initCommand: Command = {
     const url = positionals[0]!;
     const format = ((values.format as string | undefined) ?? 'v2') as BackupFormat;
     if (format !== 'v1' && format !== 'v2') throw new CliError(`--format must be v1 or v2, not ${JSON.stringify(values.format)}`, EXIT.usage);
+    let segmentBytes: number | undefined;
+    if (values['segment-bytes'] !== undefined) {
+      if (format !== 'v2') throw new CliError('--segment-bytes needs --format v2: a reference (v1) backup is always one file', EXIT.usage);
+      try {
+        segmentBytes = parseSegmentBytes(String(values['segment-bytes']));
+      } catch (e) {
+        throw new CliError((e as Error).message, EXIT.usage);
+      }
+    }
     const cwd = process.cwd();
     const netDir = typeof values['lightning-dir'] === 'string' ? resolve(values['lightning-dir']) : null;
 
@@ -96,7 +109,7 @@ export const initCommand: Command = {
                 `this user. Nothing was created`,
             );
           }
-          const writer = openWriter(url, base);
+          const writer = openWriter(url, base, segmentBytes === undefined ? {} : { segmentBytes });
           try {
             writer.appendSnapshotFile(version, tmp);
           } finally {
@@ -113,12 +126,15 @@ export const initCommand: Command = {
         out('Created an empty backup file');
       }
       if (netDir !== null) {
-        writeBackupLock(netDir, values['no-rebaseline'] ? { backend_url: url, rebaseline: false } : { backend_url: url });
+        const lock: BackupLock = values['no-rebaseline'] ? { backend_url: url, rebaseline: false } : { backend_url: url };
+        if (segmentBytes !== undefined) lock.segment_bytes = segmentBytes;
+        writeBackupLock(netDir, lock);
         out(`Wrote ${lockPath(netDir)}`);
       }
     } catch (e) {
       // Never leave a half-made backup: the user would later think it holds their node.
       rmSync(path, { force: true });
+      for (const f of listSegmentFiles(path)) rmSync(f.path, { force: true });
       rmSync(`${path}.writer`, { force: true });
       throw e;
     }

@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import type { BackupReader } from '../backends/backend.js';
 import { V1Reader } from '../backends/file/v1.js';
 import { V2Reader } from '../backends/file/v2.js';
+import { SegmentedReader } from '../backends/file/segments.js';
 import { backupPath, openReader } from '../backends/open.js';
 import type { EntryHeader, Problem } from '../engine/entries.js';
 import { planRestore } from '../engine/plan.js';
@@ -63,6 +64,8 @@ export interface InspectReport {
   damaged: boolean;
   v1Header?: ReturnType<V1Reader['header']>;
   v2?: { backupId: string; created: string };
+  /** only for a backup split into several segment files, in order (the first is the file the URL names) */
+  segments?: { index: number; file: string; bytes: number }[];
 }
 
 export const inspectCommand: Command = {
@@ -137,6 +140,11 @@ export function inspectBackup(reader: BackupReader, path: string, showProgress: 
   };
   if (reader instanceof V1Reader) report.v1Header = reader.header();
   if (reader instanceof V2Reader) report.v2 = { backupId: reader.backupId.toString('hex'), created: new Date(reader.createdMs).toISOString() };
+  if (reader instanceof SegmentedReader) {
+    report.v2 = { backupId: reader.backupId.toString('hex'), created: new Date(reader.createdMs).toISOString() };
+    report.segments = reader.segmentFiles().map((s) => ({ index: s.index, file: s.path, bytes: statSync(s.path).size }));
+    report.fileBytes = report.segments.reduce((n, s) => n + s.bytes, 0);
+  }
 
   if (headers !== null) {
     const plan = planRestore(headers);
@@ -202,6 +210,10 @@ function printReport(r: InspectReport): void {
   out(`  head version   ${r.head}` + (r.headEntry ? ` (newest entry: ${r.headEntry.kind} at offset ${r.headEntry.offset})` : ' (empty backup)'));
   out(`  entries        ${r.entries} (${r.changes} changes, ${r.snapshots.length} snapshots), ${r.entriesChecked} read back and checked`);
   out(`  size           ${formatBytes(r.bytes)} of data` + (r.fileBytes !== r.bytes ? `, file ${formatBytes(r.fileBytes)}` : ''));
+  if (r.segments) {
+    out(`  segments       ${r.segments.length} files:`);
+    for (const s of r.segments) out(`    ${String(s.index).padStart(4)}  ${formatBytes(s.bytes).padStart(10)}  ${s.file}`);
+  }
   if (r.snapshots.length > 0) {
     out(`  snapshots      ${r.snapshots.map((s) => `version ${s.version} at offset ${s.offset}${s.bytes !== null ? ` (${formatBytes(s.bytes)})` : ''}`).join('; ')}`);
   }

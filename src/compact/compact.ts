@@ -8,7 +8,8 @@ import { BackupError, type BackupFormat } from '../engine/entries.js';
 import { serialDiff } from '../engine/versions.js';
 import { Replayer } from '../restore/replay.js';
 import { compactingPath, historyPath, pruneHistory, removeDebris, scratchPath } from './files.js';
-import { EntryWalker, firstEntryOffset, readFully, type EntryDesc } from './scan.js';
+import { EntryWalker, firstEntryOffset, readFully, type EntryDesc, type ReadAt } from './scan.js';
+import { encodeSegmentHeader, listSegmentFiles, readSegmentHeader, SegmentedSource, segmentPath, withNewSetId } from '../backends/file/segments.js';
 
 /**
  * Compaction: replaces a backup by an equivalent, shorter one — a snapshot of the database at version V
@@ -39,6 +40,8 @@ export interface CompactOptions {
   format: BackupFormat;
   /** pre-compaction backups to keep (0: none) */
   history: number;
+  /** v2: the new backup's files hold at most this many bytes (more go to segment files); absent: one file */
+  segmentBytes?: number;
 }
 
 export interface CompactStats {
@@ -91,14 +94,21 @@ export function compactFile(path: string, hooks: CompactHooks, opts: CompactOpti
   const truncations0 = hooks.truncations();
   const e0 = hooks.committedEnd();
   const first = firstEntryOffset(format);
-  const src = openSync(path, 'r');
+  // v2: the backup may be segmented; it is walked as one virtual file (global offsets, as the writer's end)
+  const source = format === 'v2' ? new SegmentedSource(path) : null;
+  const src = source ? -1 : openSync(path, 'r');
+  const readAt: ReadAt = source ? (b, n, p) => source.readAt(b, n, p) : (b, n, p) => readFully(src, b, n, p);
   const scratch = scratchPath(path);
   let out: number | null = null;
+  /** the output file being appended to: `out`, or the newest extra segment */
+  let cur: number | null = null;
+  const extras: string[] = [];
+  let outBefore = 0;
   let db: Database.Database | null = null;
   let replayer: Replayer | null = null;
   const outPath = compactingPath(path);
   try {
-    const walker = new EntryWalker(src, path, format);
+    const walker = new EntryWalker(readAt, path, format);
     hooks.log('info', `compaction of ${path} started: ${e0} bytes, format ${format}`);
 
     // --- 1. Replay every entry before the head group into the scratch database, in constant memory.
@@ -217,12 +227,18 @@ export function compactFile(path: string, hooks: CompactHooks, opts: CompactOpti
     // --- 2. The new file: header, snapshot at V, then the head group and everything after, verbatim.
     out = openSync(outPath, 'wx', 0o600);
     const tracker = new TailTracker(format);
+    let oldSet = -1;
+    let newSet = -1;
     let at: number;
     if (format === 'v2') {
       const header = Buffer.allocUnsafe(FILE_HEADER_LEN);
-      readFully(src, header, FILE_HEADER_LEN, 0);
-      // the same backup id and creation time: it is the same backup, only shorter
-      writeFully(out, header, 0);
+      readAt(header, FILE_HEADER_LEN, 0);
+      oldSet = header.readUInt32BE(44);
+      // the same backup id and creation time: it is the same backup, only shorter. A new segment set id, so
+      // the rename below switches the whole set of segments at once (docs/format-v2.md, "Segments")
+      const fresh = withNewSetId(header);
+      newSet = fresh.readUInt32BE(44);
+      writeFully(out, fresh, 0);
       at = FILE_HEADER_LEN;
     } else {
       writeFully(out, Buffer.alloc(V1_HEADER_SIZE), 0);
@@ -236,9 +252,39 @@ export function compactFile(path: string, hooks: CompactHooks, opts: CompactOpti
       tracker.add(snapshotVersion, start);
       rmSync(scratch, { force: true });
     }
+    // v2 with a size limit: records go on in new segment files of the new set (named for it, so invisible
+    // to the live backup until the rename); a record never spans two files
+    const limit = format === 'v2' && opts.segmentBytes !== undefined ? opts.segmentBytes : null;
+    cur = out;
+    const startSegment = (): void => {
+      fdatasyncSync(cur!);
+      if (cur !== out) closeSync(cur!);
+      cur = null;
+      const index = extras.length + 2;
+      const p = segmentPath(path, newSet, index);
+      const first = readSegmentHeader(outPath);
+      extras.push(p);
+      cur = openSync(p, 'wx', 0o600);
+      writeFully(cur, encodeSegmentHeader({ ...first, index, setId: newSet }), 0);
+      outBefore += at - FILE_HEADER_LEN;
+      at = FILE_HEADER_LEN;
+    };
     let copied = tailStart;
     const copy = (to: number): void => {
-      at = copyEntries(walker, src, out!, copied, to, at, tracker);
+      let runFrom = copied;
+      if (limit !== null) {
+        for (let off = copied; off < to; ) {
+          const d = walker.entryAt(off, to);
+          const pos = at + (d.offset - runFrom);
+          if (pos + (d.end - d.offset) > limit && pos > FILE_HEADER_LEN) {
+            at = copyEntries(walker, readAt, cur!, runFrom, d.offset, at, tracker);
+            runFrom = d.offset;
+            startSegment();
+          }
+          off = d.end;
+        }
+      }
+      at = copyEntries(walker, readAt, cur!, runFrom, to, at, tracker);
       copied = to;
     };
     copy(e0);
@@ -249,13 +295,16 @@ export function compactFile(path: string, hooks: CompactHooks, opts: CompactOpti
       if (e - copied <= CATCH_UP_SLACK) break;
       copy(e);
     }
-    fdatasyncSync(out);
+    fdatasyncSync(cur!);
+    let dirSynced = extras.length;
+    if (dirSynced > 0) fsyncDir(path);
 
     // --- 3. The swap: the writer waits only for this block.
     let historyFile: string | null = null;
     let lockedMs = 0;
     const caughtFrom = e0;
     let finalEnd = 0;
+    let oldSegments: string[] = [];
     hooks.exclusive((swapped) => {
       const t0 = performance.now();
       if (hooks.truncations() !== truncations0) throw new Aborted('the writer rewound the backup meanwhile');
@@ -264,28 +313,45 @@ export function compactFile(path: string, hooks: CompactHooks, opts: CompactOpti
       copy(e);
       finalEnd = e;
       if (format === 'v1') writeFully(out!, tracker.v1Header(at), 0);
-      fdatasyncSync(out!);
+      fdatasyncSync(cur!);
+      if (cur !== out) fdatasyncSync(out!);
+      // the new set's extra segments must be durable under their names before its first file is
+      if (extras.length > dirSynced) fsyncDir(path);
+      dirSynced = extras.length;
       if (opts.history > 0) {
         const h = historyPath(path, Date.now());
         try {
           // the old inode keeps this name after the rename: the pre-compaction backup, for --to-version
           linkSync(path, h);
           historyFile = h;
+          // a segmented backup's history keeps its segments, named after the history file
+          for (const f of listSegmentFiles(path)) if (f.setId === oldSet) linkSync(f.path, `${h}${f.path.slice(path.length)}`);
         } catch (err) {
+          // a history copy missing some of its segments must not stay: take back what was linked
+          if (historyFile !== null) {
+            for (const f of listSegmentFiles(historyFile)) rmSync(f.path, { force: true });
+            rmSync(historyFile, { force: true });
+            historyFile = null;
+          }
           hooks.log('warn', `compaction: cannot keep the old backup as history (${(err as Error).message}); continuing without`);
         }
       }
+      if (oldSet >= 0) oldSegments = listSegmentFiles(path).filter((f) => f.setId === oldSet).map((f) => f.path);
       renameSync(outPath, path);
       swapped();
       fsyncDir(path);
       lockedMs = performance.now() - t0;
     });
+    // the old set's extra segments stopped belonging to the backup at the rename (the new first file has a
+    // new set id); a crash before this line leaves them for the next compaction's debris removal
+    for (const p of oldSegments) rmSync(p, { force: true });
+    if (oldSegments.length > 0) fsyncDir(path);
     const pruned = pruneHistory(path, opts.history);
-    const after = { version_count: tracker.count, backupsize: at };
+    const after = { version_count: tracker.count, backupsize: outBefore + at };
     hooks.log(
       'info',
       `compaction done: ${before.version_count} entries / ${before.backupsize} bytes -> ${after.version_count} entries / ` +
-        `${after.backupsize} bytes (snapshot at version ${snapshotVersion ?? 'none'}, head ${tracker.last ?? headVersion}, ` +
+        `${after.backupsize} bytes${extras.length > 0 ? ` in ${extras.length + 1} segments` : ''} (snapshot at version ${snapshotVersion ?? 'none'}, head ${tracker.last ?? headVersion}, ` +
         `${finalEnd - caughtFrom} bytes appended meanwhile carried over, writer paused ${lockedMs.toFixed(1)} ms)` +
         (historyFile ? `; the old backup is kept as ${historyFile}` : '') +
         (pruned.length > 0 ? `; removed old history ${pruned.join(', ')}` : ''),
@@ -306,6 +372,16 @@ export function compactFile(path: string, hooks: CompactHooks, opts: CompactOpti
     } catch {
       // the scratch file is removed next
     }
+    // an extra segment's descriptor first, compared while `out` still holds its number: closing a number
+    // twice could close a file the main thread has just opened under it
+    if (cur !== null && cur !== out) {
+      try {
+        closeSync(cur);
+      } catch {
+        // removed next
+      }
+    }
+    cur = null;
     if (out !== null) {
       try {
         closeSync(out);
@@ -315,13 +391,16 @@ export function compactFile(path: string, hooks: CompactHooks, opts: CompactOpti
       out = null;
     }
     rmSync(outPath, { force: true });
+    for (const p of extras) rmSync(p, { force: true });
     rmSync(scratch, { force: true });
     rmSync(`${scratch}-journal`, { force: true });
     const why = e instanceof Aborted ? `${e.message}; the backup is unchanged, run the compaction again` : (e as Error).message;
     throw new BackupError(`compaction of ${path} failed: ${why}`, path);
   } finally {
+    if (cur !== null && cur !== out) closeSync(cur);
     if (out !== null) closeSync(out);
-    closeSync(src);
+    if (source) source.close();
+    else closeSync(src);
   }
 }
 
@@ -407,7 +486,7 @@ function writeSnapshot(out: number, at: number, format: BackupFormat, version: n
 }
 
 /** Copies whole entries [from, to) of the live file to `at` in the new one; returns the new end. */
-function copyEntries(walker: EntryWalker, src: number, out: number, from: number, to: number, at: number, tracker: TailTracker): number {
+function copyEntries(walker: EntryWalker, src: ReadAt, out: number, from: number, to: number, at: number, tracker: TailTracker): number {
   const chunk = Buffer.allocUnsafe(COPY_CHUNK);
   const pace = paced(out);
   for (let off = from; off < to; ) {
@@ -417,7 +496,7 @@ function copyEntries(walker: EntryWalker, src: number, out: number, from: number
   }
   for (let done = 0; done < to - from; ) {
     const n = Math.min(COPY_CHUNK, to - from - done);
-    readFully(src, chunk, n, from + done);
+    src(chunk, n, from + done);
     writeFully(out, chunk.subarray(0, n), at + done);
     pace(n);
     done += n;

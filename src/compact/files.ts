@@ -1,5 +1,6 @@
 import { readdirSync, rmSync, statSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
+import { listSegmentFiles, readSegmentHeader } from '../backends/file/segments.js';
 
 /**
  * Names of the files compaction puts beside a backup `<b>`:
@@ -60,6 +61,13 @@ export function removeDebris(backup: string): string[] {
   rm(compactingPath(backup));
   rm(scratchPath(backup));
   rm(`${scratchPath(backup)}-journal`);
+  // segments of another set: the old set of a compaction that crashed after its rename
+  try {
+    const set = readSegmentHeader(backup).setId;
+    for (const f of listSegmentFiles(backup)) if (f.setId !== set) rm(f.path);
+  } catch {
+    // not a v2 file: it has no segments
+  }
   let live: { ino: number; dev: number } | null = null;
   try {
     live = statSync(backup);
@@ -70,7 +78,10 @@ export function removeDebris(backup: string): string[] {
     for (const h of listHistory(backup)) {
       try {
         const st = statSync(h.path);
-        if (st.ino === live.ino && st.dev === live.dev) rm(h.path);
+        if (st.ino === live.ino && st.dev === live.dev) {
+          rm(h.path);
+          for (const f of listSegmentFiles(h.path)) rm(f.path);
+        }
       } catch {
         // gone already
       }
@@ -84,6 +95,7 @@ export function pruneHistory(backup: string, keep: number): string[] {
   const removed: string[] = [];
   for (const h of listHistory(backup).slice(keep)) {
     rmSync(h.path, { force: true });
+    for (const f of listSegmentFiles(h.path)) rmSync(f.path, { force: true });
     removed.push(h.path);
   }
   return removed;

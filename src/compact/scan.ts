@@ -43,21 +43,27 @@ export function readFully(fd: number, buf: Buffer, n: number, pos: number): void
   }
 }
 
+/** Positioned reads of exactly `n` bytes: a file descriptor, or a segmented backup read as one file. */
+export type ReadAt = (buf: Buffer, n: number, pos: number) => void;
+
 export class EntryWalker {
   private readonly buf = Buffer.allocUnsafe(WINDOW);
   private winStart = 0;
   private winLen = 0;
+  private readonly readAt: ReadAt;
 
   constructor(
-    private readonly fd: number,
+    src: number | ReadAt,
     private readonly path: string,
     readonly format: BackupFormat,
-  ) {}
+  ) {
+    this.readAt = typeof src === 'number' ? (buf, n, pos) => readFully(src, buf, n, pos) : src;
+  }
 
   private view(off: number, n: number, limit: number): Buffer {
     if (!(off >= this.winStart && off + n <= this.winStart + this.winLen)) {
       const len = Math.min(WINDOW, limit - off);
-      readFully(this.fd, this.buf, len, off);
+      this.readAt(this.buf, len, off);
       this.winStart = off;
       this.winLen = len;
     }
@@ -126,7 +132,7 @@ export class EntryWalker {
   /** The statements of a change entry, checked. */
   statements(d: EntryDesc): string[] {
     const p = Buffer.allocUnsafe(d.length);
-    readFully(this.fd, p, d.length, d.payloadAt);
+    this.readAt(p, d.length, d.payloadAt);
     if (d.crc !== null && crc32(p) !== d.crc) throw this.damaged(d.offset, 'fails its payload checksum');
     try {
       if (this.format === 'v2') return decodeChangePayload(p);
@@ -142,7 +148,7 @@ export class EntryWalker {
     let crc = 0;
     for (let done = 0; done < d.length; ) {
       const n = Math.min(chunk.length, d.length - done);
-      readFully(this.fd, chunk, n, d.payloadAt + done);
+      this.readAt(chunk, n, d.payloadAt + done);
       const part = chunk.subarray(0, n);
       if (d.crc !== null) crc = crc32(part, crc);
       sink(part);

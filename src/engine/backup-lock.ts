@@ -11,6 +11,8 @@ export interface BackupLock {
   backend_url: string;
   /** snapshot the live DB at start-up when it is ahead of the backup (default true) */
   rebaseline?: boolean;
+  /** v2: the largest size of one backup file; bigger backups continue in segment files (read by the plugin) */
+  segment_bytes?: number;
 }
 
 export const LOCK_NAME = 'backup.lock';
@@ -72,6 +74,7 @@ export function writeBackupLock(dir: string, lock: BackupLock, opts: { overwrite
   }
   const parts = [`"backend_url": ${JSON.stringify(lock.backend_url)}`];
   if (lock.rebaseline !== undefined) parts.push(`"rebaseline": ${lock.rebaseline}`);
+  if (lock.segment_bytes !== undefined) parts.push(`"segment_bytes": ${lock.segment_bytes}`);
   const text = `{${parts.join(', ')}}`;
   const tmp = `${path}.tmp-${process.pid}`;
   const fd = openSync(tmp, 'wx', 0o600);

@@ -36,7 +36,7 @@ parentPort!.on('message', (req: WorkerRequest) => {
         },
         log: (level, message) => log(level, `clnvault: ${message}`),
       },
-      { format: data.format, history: data.history },
+      { format: data.format, history: data.history, segmentBytes: data.segmentBytes },
     );
     Atomics.store(v.i32, RUNNING, 0);
     if (req.id !== null) sendResult(req.id, outcome.stats);

@@ -29,6 +29,8 @@ export interface WorkerData {
   path: string;
   format: 'v1' | 'v2';
   history: number;
+  /** v2: the writer's segment size, which the compacted backup keeps */
+  segmentBytes?: number;
 }
 
 export type WorkerRequest = { id: RpcId | null };
@@ -90,7 +92,13 @@ export class PluginCompaction {
     }
     try {
       if (this.worker === null) {
-        const data: WorkerData = { sab: this.sab, path: this.inner.location, format: this.inner.format, history: this.config.history };
+        const data: WorkerData = {
+          sab: this.sab,
+          path: this.inner.location,
+          format: this.inner.format,
+          history: this.config.history,
+          segmentBytes: (this.inner as { segmentBytes?: number }).segmentBytes,
+        };
         this.worker = new Worker(new URL('./compact-worker.js', import.meta.url), { workerData: data });
         // idle workers must not keep the plugin alive once stdin closes
         this.worker.unref();

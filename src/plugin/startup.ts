@@ -2,6 +2,7 @@ import { existsSync, readdirSync, rmSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 import type { BackupWriter } from '../backends/backend.js';
 import { backupPath, openWriter } from '../backends/open.js';
+import { readSegmentBytes } from '../backends/file/segments.js';
 import { readBackupLock } from '../engine/backup-lock.js';
 import { DB_NAME, readDataVersion, snapshotDatabase } from '../engine/live-db.js';
 import { serialDiff } from '../engine/versions.js';
@@ -33,7 +34,9 @@ export async function prepareBackup(cwd: string): Promise<Startup> {
   try {
     lock = readBackupLock(cwd);
     out.url = lock.backend_url;
-    out.writer = openWriter(lock.backend_url, cwd);
+    const seg = readSegmentBytes(cwd);
+    if (seg.problem) logs.push({ level: 'warn', message: seg.problem });
+    out.writer = openWriter(lock.backend_url, cwd, { segmentBytes: seg.segmentBytes });
   } catch (e) {
     out.error = (e as Error).message;
     logs.push({ level: 'error', message: `cannot start the backup: ${out.error}` });

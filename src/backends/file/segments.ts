@@ -1,0 +1,634 @@
+import { closeSync, fdatasyncSync, fstatSync, openSync, readdirSync, readFileSync, readSync, statSync, unlinkSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { basename, dirname, join } from 'node:path';
+import { crc32 } from 'node:zlib';
+import type { BackupReader, BackupStats, BackupWriter } from '../backend.js';
+import { BackupError, type Entry, type EntryHeader, type Problem } from '../../engine/entries.js';
+import { lockPath } from '../../engine/backup-lock.js';
+import { fsyncDir, writeFully } from './fsutil.js';
+import { changePayloadLength, encodeFileHeader, FILE_HEADER_LEN, isV2, RECORD_OVERHEAD, V2Reader, V2Writer } from './v2.js';
+import { WriterLock } from './writer-lock.js';
+
+/**
+ * Segments: a v2 backup split into files no larger than a configured size, so it fits on filesystems
+ * with a file size limit (FAT32: 4 GiB - 1). Layout and rules: docs/format-v2.md, "Segments".
+ *
+ * The backup URL names the first segment, an ordinary v2 file. Further segments are
+ * `<b>.seg-<set>-<index>` (set: 8 hex digits, index: 6 decimal digits from 000002), each an ordinary v2
+ * file whose header carries the same backup id, the same set id and its index. The set id is what makes
+ * compaction's swap atomic: the compacted backup gets a new set id, so renaming its first file over `<b>`
+ * switches the whole set at once and the old extra segments simply stop belonging to the backup.
+ *
+ * Offsets: a segmented backup reads as one virtual v2 file, the first segment followed by every later
+ * segment without its 64-byte header. A record at local offset L of a segment whose predecessors hold
+ * P bytes of records has the global offset L + P: unique, ordered, and equal to the local offset for a
+ * single-file backup, so nothing that stores or compares offsets needs to know about segments.
+ */
+
+/** Just under FAT32's 4 GiB - 1, with room for one more big record before the limit is noticed. */
+export const DEFAULT_SEGMENT_BYTES = 3_758_096_384;
+/** Below this every record would get a segment of its own. */
+export const MIN_SEGMENT_BYTES = 4096;
+
+/** Header bytes 40..47, reserved (zero) in files from before segments: the first file of a set reads as index 0. */
+const SEG_INDEX_AT = 40;
+const SEG_SET_AT = 44;
+
+export function segmentPath(base: string, setId: number, index: number): string {
+  return `${base}.seg-${setId.toString(16).padStart(8, '0')}-${String(index).padStart(6, '0')}`;
+}
+
+function hex8(n: number): string {
+  return n.toString(16).padStart(8, '0');
+}
+
+export interface SegmentHeader {
+  backupId: Buffer;
+  createdMs: number;
+  /** 0 in a first segment (and in every file written before segments existed), >= 2 in a later one */
+  index: number;
+  setId: number;
+}
+
+export function encodeSegmentHeader(h: SegmentHeader): Buffer {
+  const b = encodeFileHeader(h.backupId, h.createdMs);
+  b.writeUInt32BE(h.index, SEG_INDEX_AT);
+  b.writeUInt32BE(h.setId, SEG_SET_AT);
+  b.writeUInt32BE(crc32(b.subarray(0, 60)), 60);
+  return b;
+}
+
+/** A first-segment header with a fresh set id: what compaction writes, so its swap replaces the whole set. */
+export function withNewSetId(header: Buffer): Buffer {
+  const b = Buffer.from(header);
+  let id = 0;
+  while (id === 0 || id === b.readUInt32BE(SEG_SET_AT)) id = randomBytes(4).readUInt32BE(0);
+  b.writeUInt32BE(0, SEG_INDEX_AT);
+  b.writeUInt32BE(id, SEG_SET_AT);
+  b.writeUInt32BE(crc32(b.subarray(0, 60)), 60);
+  return b;
+}
+
+/**
+ * The segment fields of a file header. Only what segments need is checked here (magic, checksum); the
+ * v2 reader and writer check the rest when they open the file.
+ */
+export function readSegmentHeader(path: string): SegmentHeader {
+  let fd: number;
+  try {
+    fd = openSync(path, 'r');
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    throw new BackupError(code === 'ENOENT' ? `${path} does not exist` : `cannot open ${path}: ${(e as Error).message}`, path);
+  }
+  try {
+    const h = Buffer.alloc(FILE_HEADER_LEN);
+    const n = readSync(fd, h, 0, FILE_HEADER_LEN, 0);
+    if (n < FILE_HEADER_LEN || !isV2(h) || crc32(h.subarray(0, 60)) !== h.readUInt32BE(60)) {
+      throw new BackupError(`${path} does not start with a valid clnvault v2 file header (${n} header bytes read)`, path, 0);
+    }
+    return {
+      backupId: Buffer.from(h.subarray(16, 32)),
+      createdMs: h.readUInt32BE(32) * 0x1_0000_0000 + h.readUInt32BE(36),
+      index: h.readUInt32BE(SEG_INDEX_AT),
+      setId: h.readUInt32BE(SEG_SET_AT),
+    };
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/** Every `<b>.seg-*` file beside `base`, with the set and index its name claims. */
+export function listSegmentFiles(base: string): { path: string; setId: number; index: number }[] {
+  const prefix = `${basename(base)}.seg-`;
+  let names: string[];
+  try {
+    names = readdirSync(dirname(base));
+  } catch {
+    return [];
+  }
+  const out: { path: string; setId: number; index: number }[] = [];
+  for (const n of names) {
+    if (!n.startsWith(prefix)) continue;
+    const m = /^([0-9a-f]{8})-(\d{6})$/.exec(n.slice(prefix.length));
+    if (!m) continue;
+    out.push({ path: join(dirname(base), n), setId: parseInt(m[1]!, 16), index: Number(m[2]) });
+  }
+  return out.sort((a, b) => a.setId - b.setId || a.index - b.index);
+}
+
+export interface SegmentFile {
+  path: string;
+  /** 1 for the first segment (the file the URL names) */
+  index: number;
+}
+
+export interface SegmentSet {
+  first: SegmentHeader;
+  segments: SegmentFile[];
+}
+
+/**
+ * The segments of the backup `base`, in order, each checked to belong to it. A gap, a file of another
+ * backup or a file claiming another index is refused: reading past it would silently lose records or
+ * mix two backups. `allowTornLast`: the writer's open, where a last segment whose header never reached
+ * the disk (a crash while starting it, before anything was appended) is a leftover, not damage.
+ */
+export function discoverSegments(base: string, opts: { allowTornLast?: boolean } = {}): SegmentSet & { tornLast: string | null } {
+  const first = readSegmentHeader(base);
+  if (first.index !== 0) {
+    throw new BackupError(
+      `${base} is segment ${first.index} of a segmented backup, not its first file; give the URL of the first file (without .seg-…)`,
+      base,
+      SEG_INDEX_AT,
+    );
+  }
+  const mine = listSegmentFiles(base).filter((f) => f.setId === first.setId);
+  const segments: SegmentFile[] = [{ path: base, index: 1 }];
+  let tornLast: string | null = null;
+  for (let i = 0; i < mine.length; i++) {
+    const f = mine[i]!;
+    const want = segments.length + 1;
+    if (f.index !== want) {
+      throw new BackupError(
+        `${base}: segment ${want} (${segmentPath(base, first.setId, want)}) is missing, but ${f.path} exists: the backup is ` +
+          `incomplete and cannot be read past segment ${want - 1}. Restore the missing file, or run 'clnvault verify'`,
+        f.path,
+      );
+    }
+    let h: SegmentHeader;
+    try {
+      h = readSegmentHeader(f.path);
+    } catch (e) {
+      if (opts.allowTornLast && i === mine.length - 1 && statSync(f.path).size <= FILE_HEADER_LEN) {
+        tornLast = f.path;
+        break;
+      }
+      throw e;
+    }
+    if (!h.backupId.equals(first.backupId)) {
+      throw new BackupError(
+        `${f.path} belongs to another backup (backup id ${h.backupId.toString('hex')}, not ${first.backupId.toString('hex')} of ${base}); ` +
+          `move it away: it is not a segment of this backup`,
+        f.path,
+        16,
+      );
+    }
+    if (h.setId !== first.setId || h.index !== want) {
+      throw new BackupError(
+        `${f.path}: its header says segment ${h.index} of set ${hex8(h.setId)}, but its name says segment ${want} of set ${hex8(first.setId)}: ` +
+          `the file was renamed or copied from elsewhere; it is not used`,
+        f.path,
+        SEG_INDEX_AT,
+      );
+    }
+    segments.push({ path: f.path, index: want });
+  }
+  return { first, segments, tornLast };
+}
+
+/** Starts segment `index`: exclusive create, header, fdatasync, then the directory entry made durable. */
+function createSegment(path: string, header: SegmentHeader): void {
+  let fd: number;
+  try {
+    fd = openSync(path, 'wx', 0o600);
+  } catch (e) {
+    throw new BackupError(`cannot create the next segment ${path}: ${(e as Error).message}`, path);
+  }
+  try {
+    writeFully(fd, encodeSegmentHeader(header), 0);
+    fdatasyncSync(fd);
+  } finally {
+    closeSync(fd);
+  }
+  fsyncDir(path);
+}
+
+/** `"segment_bytes"` from `dir/backup.lock`, or the default; a bad value is reported and replaced, never fatal. */
+export function readSegmentBytes(dir: string): { segmentBytes: number; problem: string | null } {
+  let raw: unknown;
+  try {
+    raw = (JSON.parse(readFileSync(lockPath(dir), 'utf8')) as Record<string, unknown>).segment_bytes;
+  } catch {
+    return { segmentBytes: DEFAULT_SEGMENT_BYTES, problem: null };
+  }
+  if (raw === undefined) return { segmentBytes: DEFAULT_SEGMENT_BYTES, problem: null };
+  if (typeof raw !== 'number' || !Number.isSafeInteger(raw) || raw < MIN_SEGMENT_BYTES) {
+    return {
+      segmentBytes: DEFAULT_SEGMENT_BYTES,
+      problem: `backup.lock: segment_bytes must be an integer >= ${MIN_SEGMENT_BYTES}; using the default ${DEFAULT_SEGMENT_BYTES}`,
+    };
+  }
+  return { segmentBytes: raw, problem: null };
+}
+
+export function parseSegmentBytes(text: string): number {
+  const n = Number(text);
+  if (!Number.isSafeInteger(n) || n < MIN_SEGMENT_BYTES) throw new RangeError(`--segment-bytes must be a whole number >= ${MIN_SEGMENT_BYTES}, not ${text}`);
+  return n;
+}
+
+/**
+ * Writers of the segment files share the backup's one lock (`<b>.writer`): each segment's V2Writer gets
+ * a handle whose release() does nothing, so closing a finished segment never lets another writer in.
+ */
+function borrowed(lock: WriterLock): WriterLock {
+  const b = Object.create(lock) as WriterLock;
+  b.release = () => undefined;
+  return b;
+}
+
+export interface SegmentedWriterOptions {
+  segmentBytes?: number;
+  fullCheck?: boolean;
+}
+
+/**
+ * The writer of a v2 backup, segmented or not: appends go to the last segment through its V2Writer, so
+ * the hot path is unchanged (one write, one fdatasync) plus one comparison against the size limit.
+ */
+export class SegmentedWriter implements BackupWriter {
+  readonly format = 'v2' as const;
+  private cur!: V2Writer;
+  private segments: SegmentFile[] = [];
+  private header!: SegmentHeader;
+  /** record bytes held by every segment before the current one: global offset = local + this */
+  private before = 0;
+  private beforeEntries: number | null = null;
+  private readonly repairs: Problem[] = [];
+  private closed = false;
+
+  private constructor(
+    readonly location: string,
+    private readonly lock: WriterLock,
+    readonly segmentBytes: number,
+    private readonly fullCheck: boolean,
+  ) {}
+
+  static open(path: string, opts: SegmentedWriterOptions = {}): SegmentedWriter {
+    const limit = opts.segmentBytes ?? DEFAULT_SEGMENT_BYTES;
+    if (!Number.isSafeInteger(limit) || limit < MIN_SEGMENT_BYTES) throw new RangeError(`segment size must be an integer >= ${MIN_SEGMENT_BYTES}, not ${limit}`);
+    // as a single-file writer always did: a backup that cannot be opened for writing (absent, read-only
+    // mount) is reported as such, not as a lock that cannot be taken
+    try {
+      closeSync(openSync(path, 'r+'));
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code;
+      throw new BackupError(
+        code === 'ENOENT' ? `${path} does not exist (create it with 'clnvault init')` : `cannot open ${path}: ${(e as Error).message}`,
+        path,
+      );
+    }
+    // nothing else is read before the lock is held: another writer could be starting a segment
+    const lock = WriterLock.acquire(path);
+    const w = new SegmentedWriter(path, lock, limit, opts.fullCheck ?? false);
+    try {
+      w.load();
+    } catch (e) {
+      lock.release();
+      throw e;
+    }
+    return w;
+  }
+
+  /**
+   * (Re)learns the set of segments and opens the last one. Earlier segments are not opened: they are
+   * complete (the writer only moves on once a segment is durable) and only their sizes matter here.
+   */
+  private load(): void {
+    readSegmentHeader(this.location); // a missing or damaged first file is reported by the v2 writer's open below
+    const set = discoverSegments(this.location, { allowTornLast: true });
+    if (set.tornLast) {
+      // a crash while starting a segment: nothing was ever appended to it
+      unlinkSync(set.tornLast);
+      fsyncDir(set.tornLast);
+      this.repairs.push({ kind: 'torn-tail', offset: 0, message: `removed ${set.tornLast}: a segment whose header never reached the disk` });
+    }
+    this.header = set.first;
+    this.segments = set.segments;
+    this.before = 0;
+    this.beforeEntries = null;
+    for (const s of this.segments.slice(0, -1)) this.before += statSync(s.path).size - FILE_HEADER_LEN;
+    this.openLast();
+    // an empty last segment (a crash right after starting it) holds nothing: step back so head() and
+    // dropHead() see the newest record without special cases
+    while (this.cur.isEmpty() && this.segments.length > 1) this.removeLast();
+  }
+
+  private openLast(): void {
+    const seg = this.segments[this.segments.length - 1]!;
+    const w = V2Writer.open(seg.path, { fullCheck: this.fullCheck }, borrowed(this.lock));
+    for (const p of w.repaired()) this.repairs.push({ ...p, offset: p.offset + this.before });
+    this.cur = w;
+  }
+
+  /** Removes the (empty) last segment and continues in the previous one. */
+  private removeLast(): void {
+    const seg = this.segments.pop()!;
+    this.cur.close();
+    unlinkSync(seg.path);
+    fsyncDir(seg.path);
+    this.before -= statSync(this.segments[this.segments.length - 1]!.path).size - FILE_HEADER_LEN;
+    this.beforeEntries = null;
+    this.openLast();
+  }
+
+  private startNext(): void {
+    const index = this.segments.length + 1;
+    const path = segmentPath(this.location, this.header.setId, index);
+    createSegment(path, { ...this.header, index });
+    this.before += this.cur.endOffset() - FILE_HEADER_LEN;
+    if (this.beforeEntries !== null) this.beforeEntries += this.cur.stats().entries;
+    this.cur.close();
+    this.segments.push({ path, index });
+    this.cur = V2Writer.open(path, {}, borrowed(this.lock));
+  }
+
+  private fits(bytes: number): boolean {
+    return this.cur.endOffset() + bytes <= this.segmentBytes || this.cur.isEmpty();
+  }
+
+  /** Compaction swapped a new set in: switch to it under the lock this writer already holds. */
+  reopen(): void {
+    this.cur.close();
+    this.load();
+  }
+
+  endOffset(): number {
+    return this.before + this.cur.endOffset();
+  }
+
+  /** The segment files, in order, with their sizes (for `inspect` and tests). */
+  segmentFiles(): { path: string; index: number; bytes: number }[] {
+    return this.segments.map((s) => ({ ...s, bytes: s === this.segments[this.segments.length - 1] ? this.cur.endOffset() : statSync(s.path).size }));
+  }
+
+  head(): number {
+    return this.cur.head();
+  }
+
+  isEmpty(): boolean {
+    return this.cur.isEmpty();
+  }
+
+  headIsSnapshot(): boolean {
+    return this.cur.headIsSnapshot();
+  }
+
+  repaired(): Problem[] {
+    return this.repairs.slice();
+  }
+
+  appendChange(version: number, statements: readonly string[]): void {
+    if (this.closed) throw new BackupError(`${this.location}: the writer is closed`, this.location);
+    // UTF-8 never takes more than 3 bytes per UTF-16 unit: an exact size is computed only near the limit
+    let bound = RECORD_OVERHEAD + 4;
+    for (let i = 0; i < statements.length; i++) bound += 4 + 3 * statements[i]!.length;
+    if (!this.fits(bound) && !this.fits(RECORD_OVERHEAD + changePayloadLength(statements))) this.startNext();
+    this.cur.appendChange(version, statements);
+  }
+
+  appendSnapshotFile(version: number, dbPath: string): void {
+    if (this.closed) throw new BackupError(`${this.location}: the writer is closed`, this.location);
+    let size = 0;
+    try {
+      size = statSync(dbPath).size;
+    } catch {
+      size = 0; // the V2Writer reports the unreadable source
+    }
+    // a snapshot larger than a segment gets a segment of its own (see docs/format-v2.md, "Segments")
+    if (!this.fits(RECORD_OVERHEAD + size)) this.startNext();
+    this.cur.appendSnapshotFile(version, dbPath);
+  }
+
+  dropHead(): number {
+    if (this.cur.isEmpty()) return 0;
+    const v = this.cur.head();
+    const wasSnapshot = this.cur.headIsSnapshot();
+    this.cur.dropHead();
+    if (wasSnapshot) return this.head();
+    // the head group (a change and its PRAGMA companion) may have been split by a segment boundary
+    while (this.cur.isEmpty() && this.segments.length > 1) {
+      this.removeLast();
+      if (this.cur.isEmpty() || this.cur.headIsSnapshot() || this.cur.head() !== v) break;
+      this.cur.dropHead();
+    }
+    return this.head();
+  }
+
+  stats(): BackupStats {
+    const s = this.cur.stats();
+    if (this.beforeEntries === null) {
+      let n = 0;
+      for (const seg of this.segments.slice(0, -1)) {
+        const w = V2Writer.open(seg.path, {}, borrowed(this.lock));
+        try {
+          n += w.stats().entries;
+        } finally {
+          w.close();
+        }
+      }
+      this.beforeEntries = n;
+    }
+    return { format: 'v2', location: this.location, head: s.head, entries: this.beforeEntries + s.entries, bytes: this.endOffset() };
+  }
+
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    try {
+      this.cur.close();
+    } finally {
+      this.lock.release();
+    }
+  }
+}
+
+/**
+ * Reads a v2 backup across its segments: one V2Reader per segment, offsets made global. Errors keep
+ * naming the segment file and the offset inside it (the V2Reader of that file produces them).
+ */
+export class SegmentedReader implements BackupReader {
+  readonly format = 'v2' as const;
+  private constructor(
+    readonly location: string,
+    private readonly readers: V2Reader[],
+    /** global offset of each segment's first record minus FILE_HEADER_LEN */
+    private readonly bases: number[],
+    private readonly sizes: number[],
+    readonly backupId: Buffer,
+    readonly createdMs: number,
+  ) {}
+
+  static open(path: string): SegmentedReader {
+    const set = discoverSegments(path);
+    const readers: V2Reader[] = [];
+    const bases: number[] = [];
+    const sizes: number[] = [];
+    try {
+      let base = 0;
+      for (const seg of set.segments) {
+        const r = V2Reader.open(seg.path);
+        readers.push(r);
+        bases.push(base);
+        const end = r.stats().bytes;
+        sizes.push(end);
+        if (seg !== set.segments[set.segments.length - 1]) {
+          const torn = r.problems().find((p) => p.kind === 'torn-tail');
+          if (torn) {
+            // the writer only starts a segment once the previous one is complete and durable
+            throw new BackupError(
+              `${seg.path} is damaged: its end is cut (${torn.message}), yet later segments follow: records are missing. ` +
+                `Run 'clnvault verify ${path}'`,
+              seg.path,
+              torn.offset,
+            );
+          }
+        }
+        base += end - FILE_HEADER_LEN;
+      }
+    } catch (e) {
+      for (const r of readers) r.close();
+      throw e;
+    }
+    return new SegmentedReader(path, readers, bases, sizes, set.first.backupId, set.first.createdMs);
+  }
+
+  get segmentCount(): number {
+    return this.readers.length;
+  }
+
+  segmentFiles(): { path: string; index: number; bytes: number }[] {
+    return this.readers.map((r, i) => ({ path: r.location, index: i + 1, bytes: this.sizes[i]! }));
+  }
+
+  get recordsValidated(): number {
+    return this.readers.reduce((n, r) => n + r.recordsValidated, 0);
+  }
+
+  private seg(global: number): number {
+    let lo = 0;
+    let hi = this.bases.length - 1;
+    while (lo < hi) {
+      const mid = (lo + hi + 1) >>> 1;
+      if (this.bases[mid]! + FILE_HEADER_LEN <= global) lo = mid;
+      else hi = mid - 1;
+    }
+    return lo;
+  }
+
+  headers(opts: { beforeDamage?: boolean } = {}): EntryHeader[] {
+    const out: EntryHeader[] = [];
+    for (let i = 0; i < this.readers.length; i++) {
+      const r = this.readers[i]!;
+      const damaged = r.problems().some((p) => p.kind === 'corrupt');
+      for (const h of r.headers(opts)) out.push({ ...h, offset: h.offset + this.bases[i]! });
+      // salvage stops at the first damage: nothing after it may be replayed
+      if (damaged && opts.beforeDamage) break;
+    }
+    return out;
+  }
+
+  read(h: EntryHeader): Entry {
+    const i = this.seg(h.offset);
+    const e = this.readers[i]!.read({ ...h, offset: h.offset - this.bases[i]! });
+    return { ...e, offset: h.offset };
+  }
+
+  problems(): Problem[] {
+    const out: Problem[] = [];
+    this.readers.forEach((r, i) => {
+      for (const p of r.problems()) out.push({ ...p, offset: p.offset + this.bases[i]!, message: i === 0 ? p.message : `${r.location}: ${p.message}` });
+    });
+    return out;
+  }
+
+  stats(): BackupStats {
+    let entries = 0;
+    let head = 0;
+    for (const r of this.readers) {
+      const s = r.stats();
+      entries += s.entries;
+      if (s.entries > 0) head = s.head;
+    }
+    const last = this.readers.length - 1;
+    return { format: 'v2', location: this.location, head, entries, bytes: this.bases[last]! + this.sizes[last]! };
+  }
+
+  close(): void {
+    for (const r of this.readers) r.close();
+  }
+}
+
+/**
+ * Reads the virtual file of a segmented backup (see the offsets rule above) for compaction, which walks
+ * and copies byte ranges. New segments the writer starts meanwhile are found when a read reaches them.
+ */
+export class SegmentedSource {
+  private fds: number[] = [];
+  private bases: number[] = [];
+  private ends: number[] = [];
+  private closed = false;
+
+  constructor(private readonly base: string) {
+    this.refresh();
+    if (this.fds.length === 0) throw new BackupError(`${base}: no segments`, base);
+  }
+
+  /** The first segment's file header. */
+  header(): Buffer {
+    const h = Buffer.allocUnsafe(FILE_HEADER_LEN);
+    this.readAt(h, FILE_HEADER_LEN, 0);
+    return h;
+  }
+
+  get segmentCount(): number {
+    return this.fds.length;
+  }
+
+  private refresh(): void {
+    // the writer may be starting a segment right now: a header not yet written is not a segment yet
+    const set = discoverSegments(this.base, { allowTornLast: true });
+    for (let i = this.fds.length; i < set.segments.length; i++) this.fds.push(openSync(set.segments[i]!.path, 'r'));
+    // every segment but the last is final; the last may still grow
+    let base = 0;
+    this.bases = [];
+    this.ends = [];
+    for (let i = 0; i < this.fds.length; i++) {
+      const size = fstatSync(this.fds[i]!).size;
+      this.bases.push(base);
+      this.ends.push(base + size);
+      base += size - FILE_HEADER_LEN;
+    }
+  }
+
+  readAt(buf: Buffer, n: number, pos: number): void {
+    let done = 0;
+    let refreshed = false;
+    while (done < n) {
+      const g = pos + done;
+      let i = this.fds.length - 1;
+      while (i > 0 && this.bases[i]! + FILE_HEADER_LEN > g) i--;
+      const local = g - this.bases[i]!;
+      const avail = i < this.fds.length - 1 ? this.ends[i]! - g : Infinity;
+      const want = Math.min(n - done, avail);
+      const r = want > 0 ? readSync(this.fds[i]!, buf, done, want, local) : 0;
+      if (r <= 0) {
+        if (!refreshed) {
+          refreshed = true;
+          this.refresh();
+          continue;
+        }
+        throw new Error(`unexpected end of data at offset ${g} (segment ${i + 1}, local offset ${local})`);
+      }
+      done += r;
+      refreshed = false;
+    }
+  }
+
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    for (const fd of this.fds) closeSync(fd);
+  }
+}
