@@ -1,8 +1,8 @@
 /**
  * Crash soak, short version (the long one: `npm run soak -- --trials N`). The real plugin is SIGKILLed
  * mid-append, the node dies between hook answer and commit, both at once, during start-up and during
- * re-baseline, with online compaction running in the plugin; after each fault the backup is restored and compared with the simulator's DB. The only
- * acceptable number of divergences is zero.
+ * re-baseline, with online compaction running in the plugin; after each fault the backup is restored and
+ * compared with the simulator's DB. The only acceptable number of divergences is zero.
  */
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
