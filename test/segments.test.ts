@@ -217,9 +217,11 @@ describe('segments: the real plugin under the simulator', () => {
     await node.boot();
     const path = backupPath(sc.backupUrl, sc.dir);
     const big: [number, number] = [2000, 16384];
-    for (let t = 0; t < 4; t++) {
+    const phases = { beforeStart: 0, replaying: 0, writing: 0, done: 0 };
+    for (let t = 0; t < 6; t++) {
       assert.equal((await runWorkload(node, Workload.fromDb(node.dbPath, 50 + t, { datastoreSize: big, datastoreKeys: 300 }), 120)).failure, undefined);
       assert.ok(listSegmentFiles(path).length >= 2);
+      const logsAt = node.logs.length;
       const writer = startWriter(node, 500 + t, { tolerateDeath: true, datastoreSize: [100, 4096] });
       const reply = rpc(node, 'backup-compact').catch((e: Error) => e);
       await new Promise((res) => setTimeout(res, rng.int(0, 400)));
@@ -227,6 +229,11 @@ describe('segments: the real plugin under the simulator', () => {
       writer.stop();
       await writer.done;
       await reply;
+      const seen = node.logs.slice(logsAt).map((l) => l.message);
+      if (seen.some((m) => m.includes('compaction done'))) phases.done++;
+      else if (seen.some((m) => m.includes('writing the snapshot'))) phases.writing++;
+      else if (seen.some((m) => m.includes('compaction of'))) phases.replaying++;
+      else phases.beforeStart++;
       await node.stop();
       const committed = node.dataVersion();
       const reader = openReader(sc.backupUrl, sc.dir);
@@ -240,6 +247,7 @@ describe('segments: the real plugin under the simulator', () => {
       assert.equal(restoreDump(sc.backupUrl, sc.dir, committed), sqliteDump(node.dbPath), `trial ${t}`);
       await node.boot();
     }
+    console.log(`# segmented backup, 6 kills; last log before the kill: ${JSON.stringify(phases)}`);
     const last = await rpc(node, 'backup-compact');
     assert.equal(last.error, undefined, JSON.stringify(last.error));
     assert.ok(!existsSync(`${path}.compacting`));
@@ -547,6 +555,17 @@ describe('segments: files', () => {
     const i = await runCli(['init', '--lightning-dir', net, '--segment-bytes', '65536', pathToFileURL(join(dir, 'n.bkp')).href]);
     assert.equal(i.code, 0, show(i));
     assert.equal((JSON.parse(readFileSync(join(net, 'backup.lock'), 'utf8')) as { segment_bytes: number }).segment_bytes, 65536);
+  });
+
+  test('a first file with a damaged header is reported by the writer as before segments', () => {
+    const path = freshBackup();
+    writeFileSync(path, Buffer.from('CLNVAULT\u0000\u0002'));
+    assert.throws(
+      () => SegmentedWriter.open(path),
+      (e: unknown) => e instanceof BackupError && /is not a usable clnvault v2 backup: it has 10 bytes/.test(e.message),
+    );
+    // and the lock was released: a second attempt gets the same answer, not "already open for writing"
+    assert.throws(() => SegmentedWriter.open(path), (e: unknown) => e instanceof BackupError && /10 bytes/.test(e.message));
   });
 
   test('a single-file backup stays one file, byte for byte what it was before segments', () => {

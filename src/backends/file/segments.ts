@@ -257,6 +257,11 @@ export class SegmentedWriter implements BackupWriter {
   private beforeEntries: number | null = null;
   private readonly repairs: Problem[] = [];
   private closed = false;
+  /**
+   * Set when an append failed: the segment's tail is then unknown, so the writer must neither go on in it
+   * (its V2Writer refuses) nor start the next segment after it, which would bury a torn tail mid-backup.
+   */
+  private failed: Error | null = null;
 
   private constructor(
     readonly location: string,
@@ -296,8 +301,16 @@ export class SegmentedWriter implements BackupWriter {
    * complete (the writer only moves on once a segment is durable) and only their sizes matter here.
    */
   private load(): void {
-    readSegmentHeader(this.location); // a missing or damaged first file is reported by the v2 writer's open below
-    const set = discoverSegments(this.location, { allowTornLast: true });
+    let set: ReturnType<typeof discoverSegments>;
+    try {
+      set = discoverSegments(this.location, { allowTornLast: true });
+    } catch (e) {
+      // a damaged first file header: the v2 writer's open says what is wrong and what to do, as it always did
+      if (e instanceof BackupError && e.path === this.location && (e.offset === 0 || e.offset === undefined)) {
+        V2Writer.open(this.location, { fullCheck: this.fullCheck }, borrowed(this.lock)).close();
+      }
+      throw e;
+    }
     if (set.tornLast) {
       // a crash while starting a segment: nothing was ever appended to it
       unlinkSync(set.tornLast);
@@ -350,8 +363,14 @@ export class SegmentedWriter implements BackupWriter {
 
   /** Compaction swapped a new set in: switch to it under the lock this writer already holds. */
   reopen(): void {
+    this.checkUsable();
     this.cur.close();
-    this.load();
+    try {
+      this.load();
+    } catch (e) {
+      this.failed = e as Error;
+      throw e;
+    }
   }
 
   endOffset(): number {
@@ -379,17 +398,30 @@ export class SegmentedWriter implements BackupWriter {
     return this.repairs.slice();
   }
 
-  appendChange(version: number, statements: readonly string[]): void {
+  private checkUsable(): void {
     if (this.closed) throw new BackupError(`${this.location}: the writer is closed`, this.location);
+    if (this.failed) {
+      throw new BackupError(`${this.location}: an earlier write failed (${this.failed.message}); reopen the backup before writing again`, this.location);
+    }
+  }
+
+  appendChange(version: number, statements: readonly string[]): void {
+    this.checkUsable();
     // UTF-8 never takes more than 3 bytes per UTF-16 unit: an exact size is computed only near the limit
     let bound = RECORD_OVERHEAD + 4;
     for (let i = 0; i < statements.length; i++) bound += 4 + 3 * statements[i]!.length;
-    if (!this.fits(bound) && !this.fits(RECORD_OVERHEAD + changePayloadLength(statements))) this.startNext();
-    this.cur.appendChange(version, statements);
+    try {
+      if (!this.fits(bound) && !this.fits(RECORD_OVERHEAD + changePayloadLength(statements))) this.startNext();
+      this.cur.appendChange(version, statements);
+    } catch (e) {
+      // a bad argument changed nothing on disk
+      if (!(e instanceof RangeError)) this.failed = e as Error;
+      throw e;
+    }
   }
 
   appendSnapshotFile(version: number, dbPath: string): void {
-    if (this.closed) throw new BackupError(`${this.location}: the writer is closed`, this.location);
+    this.checkUsable();
     let size = 0;
     try {
       size = statSync(dbPath).size;
@@ -397,21 +429,34 @@ export class SegmentedWriter implements BackupWriter {
       size = 0; // the V2Writer reports the unreadable source
     }
     // a snapshot larger than a segment gets a segment of its own (see docs/format-v2.md, "Segments")
-    if (!this.fits(RECORD_OVERHEAD + size)) this.startNext();
-    this.cur.appendSnapshotFile(version, dbPath);
+    try {
+      if (!this.fits(RECORD_OVERHEAD + size)) this.startNext();
+      this.cur.appendSnapshotFile(version, dbPath);
+    } catch (e) {
+      // an unreadable source is cut back by the v2 writer, which stays usable; anything else may have torn the tail
+      const sourceOnly = e instanceof BackupError && e.message.startsWith('cannot read the snapshot source');
+      if (!(e instanceof RangeError) && !sourceOnly) this.failed = e as Error;
+      throw e;
+    }
   }
 
   dropHead(): number {
+    this.checkUsable();
     if (this.cur.isEmpty()) return 0;
     const v = this.cur.head();
-    const wasSnapshot = this.cur.headIsSnapshot();
-    this.cur.dropHead();
-    if (wasSnapshot) return this.head();
-    // the head group (a change and its PRAGMA companion) may have been split by a segment boundary
-    while (this.cur.isEmpty() && this.segments.length > 1) {
-      this.removeLast();
-      if (this.cur.isEmpty() || this.cur.headIsSnapshot() || this.cur.head() !== v) break;
+    // refused by the v2 writer (a snapshot is never dropped), which stays usable
+    if (this.cur.headIsSnapshot()) return this.cur.dropHead();
+    try {
       this.cur.dropHead();
+      // the head group (a change and its PRAGMA companion) may have been split by a segment boundary
+      while (this.cur.isEmpty() && this.segments.length > 1) {
+        this.removeLast();
+        if (this.cur.isEmpty() || this.cur.headIsSnapshot() || this.cur.head() !== v) break;
+        this.cur.dropHead();
+      }
+    } catch (e) {
+      this.failed = e as Error;
+      throw e;
     }
     return this.head();
   }
