@@ -63,7 +63,8 @@ for (const format of ['v2', 'v1'] as BackupFormat[]) {
         assert.match((second.error as { message: string }).message, /already running/);
         assert.equal(writer.failure, null);
         assert.ok(stats.after.version_count < stats.before.version_count, JSON.stringify(stats));
-        if (round === 0) assert.ok(stats.after.backupsize < stats.before.backupsize, JSON.stringify(stats));
+        // Size is not compared here: writes keep arriving during the run, so the result can be larger on a
+        // slow machine. compact-cli.test.ts checks the shrinking on a backup whose history is mostly overwrites.
         const during = writer.latencies.filter((l) => l.at >= t0 && l.at <= t1).map((l) => l.ms).sort((a, b) => a - b);
         const baseline = writer.latencies.filter((l) => l.at < t0).map((l) => l.ms).sort((a, b) => a - b);
         assert.ok(during.length > 0, 'writes were answered while compaction ran');
