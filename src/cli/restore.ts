@@ -2,7 +2,7 @@ import { openReader, openReaderAt } from '../backends/open.js';
 import { resolveDestination, restoreBackup } from '../restore/restore.js';
 import { EXIT, out, parse, parseVersionArg, printJson, progressReporter, type Command } from './common.js';
 
-const help = `Usage: clnvault restore [--force] [--to-version N] [--json] URL DEST
+const help = `Usage: clnvault restore [--force] [--to-version N] [--stop-at-damage] [--json] URL DEST
 
 Rebuilds lightningd.sqlite3 from the backup at URL. DEST is a file, or a directory
 (then DEST/lightningd.sqlite3). The database is built beside DEST, checked
@@ -17,6 +17,12 @@ Options:
   --force          replace an existing DEST (otherwise restore refuses)
   --to-version N   stop at data_version N (point in time), if the backup still holds that
                    history; says which versions are available when it does not
+  --stop-at-damage a damaged (v2: checksum-failing) record normally makes restore refuse;
+                   with this, restore stops just before the first damaged record and
+                   builds the database as of the last good version (it says which).
+                   Only for when nothing better exists: that database lacks every
+                   transaction after the damage, so never start a node on it while a
+                   better copy (the node's own database, another backup) exists
   --json           print the result as JSON on stdout
   -h, --help       this help
 
@@ -35,6 +41,7 @@ export const restoreCommand: Command = {
       force: { type: 'boolean' },
       'to-version': { type: 'string' },
       json: { type: 'boolean' },
+      'stop-at-damage': { type: 'boolean' },
     }, { min: 2, max: 2, names: 'a backup URL and a destination' });
     if (values.help) {
       out(help);
@@ -50,6 +57,7 @@ export const restoreCommand: Command = {
       const r = restoreBackup(reader, dest, {
         force: values.force === true,
         ...(toVersion !== undefined ? { toVersion } : {}),
+        ...(values['stop-at-damage'] === true ? { stopAtDamage: true } : {}),
         onProgress: (p) => progress.update(p.applied, p.total),
       });
       progress.finish();
@@ -62,6 +70,12 @@ export const restoreCommand: Command = {
             (r.dropped > 0 ? `, ${r.dropped} stale entries skipped` : '') +
             ` in ${(r.elapsedMs / 1000).toFixed(1)}s; integrity_check ok, no foreign key violations`,
         );
+        if (r.stoppedAtDamage) {
+          out(
+            `WARNING: stopped before damage at offset ${r.stoppedAtDamage.offset} (${r.stoppedAtDamage.message}): ` +
+              `this database is as of version ${r.head}, NOT the newest state the backup once held`,
+          );
+        }
       }
     } finally {
       progress.finish();
