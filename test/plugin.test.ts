@@ -6,9 +6,10 @@ import { after, describe, it } from 'node:test';
 import Database from 'better-sqlite3';
 import { createV2, V2Reader } from '../src/backends/file/v2.js';
 import { createV1, V1Reader } from '../src/backends/file/v1.js';
+import { FIXTURES } from './helpers/fixtures.js';
 import { killAllPlugins, PluginProc } from './helpers/plugin-proc.js';
 
-const FIX = new URL('../../../shared/fixtures/', import.meta.url).pathname;
+const FIX = FIXTURES;
 const BASIC = join(FIX, 'cln-v26.06.6/session-basic');
 
 interface HookLine {

@@ -11,10 +11,11 @@ import { decideFirst, isPragmaOnly } from '../src/engine/versions.js';
 import { RestoreError, resolveDestination, restoreBackup } from '../src/restore/restore.js';
 import type { RestoreOptions, RestoreResult } from '../src/restore/restore.js';
 import { rewriteStatement } from '../src/restore/rewrite.js';
+import { FIXTURES } from './helpers/fixtures.js';
 import { isHookCall, readHooks } from './helpers/hooks.js';
 import { dataVersion, dump } from './helpers/sqlite.js';
 
-const FIX = new URL('../../../shared/fixtures/', import.meta.url).pathname;
+const FIX = FIXTURES;
 const REF = join(FIX, 'reference-backups');
 const CLN = join(FIX, 'cln-v26.06.6');
 
