@@ -1,5 +1,6 @@
-import { readdirSync, rmSync, statSync } from 'node:fs';
+import { readdirSync, statSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
+import { removeGently } from './pacing.js';
 import { listSegmentFiles, readSegmentHeader } from '../backends/file/segments.js';
 
 /**
@@ -55,7 +56,7 @@ export function removeDebris(backup: string): string[] {
     } catch {
       return;
     }
-    rmSync(p, { force: true });
+    removeGently(p);
     removed.push(p);
   };
   rm(compactingPath(backup));
@@ -94,8 +95,8 @@ export function removeDebris(backup: string): string[] {
 export function pruneHistory(backup: string, keep: number): string[] {
   const removed: string[] = [];
   for (const h of listHistory(backup).slice(keep)) {
-    rmSync(h.path, { force: true });
-    for (const f of listSegmentFiles(h.path)) rmSync(f.path, { force: true });
+    removeGently(h.path);
+    for (const f of listSegmentFiles(h.path)) removeGently(f.path);
     removed.push(h.path);
   }
   return removed;
