@@ -51,7 +51,8 @@ export interface InspectReport {
   head: number;
   entries: number;
   changes: number;
-  snapshots: Array<{ version: number; offset: number; bytes: number | null }>;
+  /** parts: how many records hold the snapshot (v2; more than 1 for a snapshot chunked across segments) */
+  snapshots: Array<{ version: number; offset: number; bytes: number | null; parts?: number }>;
   /** versions restore --to-version accepts */
   versionRange: { from: number; to: number } | null;
   headEntry: { kind: 'change' | 'snapshot'; version: number; offset: number } | null;
@@ -190,7 +191,7 @@ function checkEveryEntry(reader: BackupReader, headers: EntryHeader[], report: I
           const f = join(scratch, `snapshot-${i}.sqlite3`);
           e.writeTo(f);
           rmSync(f, { force: true });
-          report.snapshots.push({ version: e.version, offset: e.offset, bytes: e.size });
+          report.snapshots.push({ version: e.version, offset: e.offset, bytes: e.size, ...(e.parts !== undefined ? { parts: e.parts } : {}) });
         }
         report.entriesChecked++;
       } catch (e) {
@@ -215,7 +216,7 @@ function printReport(r: InspectReport): void {
     for (const s of r.segments) out(`    ${String(s.index).padStart(4)}  ${formatBytes(s.bytes).padStart(10)}  ${s.file}`);
   }
   if (r.snapshots.length > 0) {
-    out(`  snapshots      ${r.snapshots.map((s) => `version ${s.version} at offset ${s.offset}${s.bytes !== null ? ` (${formatBytes(s.bytes)})` : ''}`).join('; ')}`);
+    out(`  snapshots      ${r.snapshots.map((s) => `version ${s.version} at offset ${s.offset}${s.bytes !== null ? ` (${formatBytes(s.bytes)}${(s.parts ?? 1) > 1 ? `, in ${s.parts} records` : ''})` : ''}`).join('; ')}`);
   }
   if (r.versionRange) out(`  restorable     versions ${r.versionRange.from} to ${r.versionRange.to} (clnvault restore --to-version N)`);
   const pragmas = r.duplicates.filter((d) => d.kinds.every((k, i) => i === 0 || k === 'pragma'));

@@ -3,7 +3,7 @@ import { closeSync, fdatasyncSync, fstatSync, linkSync, openSync, readSync, rena
 import { crc32 } from 'node:zlib';
 import { fsyncDir, writeFully } from '../backends/file/fsutil.js';
 import { writeV1Header, V1_ENTRY_HEADER_SIZE, V1_HEADER_SIZE } from '../backends/file/v1.js';
-import { FILE_HEADER_LEN, RECORD_HEADER_LEN, RECORD_MAGIC, RECORD_TRAILER_LEN, TYPE_SNAPSHOT } from '../backends/file/v2.js';
+import { FILE_HEADER_LEN, RECORD_HEADER_LEN, RECORD_MAGIC, RECORD_OVERHEAD, RECORD_TRAILER_LEN, TYPE_SNAPSHOT, TYPE_SNAPSHOT_PART } from '../backends/file/v2.js';
 import { BackupError, type BackupFormat } from '../engine/entries.js';
 import { serialDiff } from '../engine/versions.js';
 import { Replayer } from '../restore/replay.js';
@@ -244,19 +244,25 @@ export function compactFile(path: string, hooks: CompactHooks, opts: CompactOpti
       writeFully(out, Buffer.alloc(V1_HEADER_SIZE), 0);
       at = V1_HEADER_SIZE;
     }
+    // v2 with a size limit: records go on in new segment files of the new set (named for it, so invisible
+    // to the live backup until the rename); a record never spans two files, and a snapshot larger than a
+    // segment is chunked into part records (docs/format-v2.md, "Chunked snapshots")
+    const limit = format === 'v2' && opts.segmentBytes !== undefined ? opts.segmentBytes : null;
+    cur = out;
     if (snapshotVersion !== null) {
       const size = statSync(scratch).size;
       hooks.log('info', `compaction: writing the snapshot at version ${snapshotVersion} (${mib(size)} MiB)`);
       const start = at;
-      at = writeSnapshot(out, at, format, snapshotVersion, scratch, path);
+      at = writeSnapshot(out, at, format, snapshotVersion, scratch, path, limit, (end) => {
+        at = end;
+        startSegment();
+        return { fd: cur!, at };
+      });
       tracker.add(snapshotVersion, start);
       rmSync(scratch, { force: true });
     }
-    // v2 with a size limit: records go on in new segment files of the new set (named for it, so invisible
-    // to the live backup until the rename); a record never spans two files
-    const limit = format === 'v2' && opts.segmentBytes !== undefined ? opts.segmentBytes : null;
-    cur = out;
-    const startSegment = (): void => {
+    // a function declaration: the snapshot above starts segments with it too
+    function startSegment(): void {
       fdatasyncSync(cur!);
       if (cur !== out) closeSync(cur!);
       cur = null;
@@ -268,13 +274,14 @@ export function compactFile(path: string, hooks: CompactHooks, opts: CompactOpti
       writeFully(cur, encodeSegmentHeader({ ...first, index, setId: newSet }), 0);
       outBefore += at - FILE_HEADER_LEN;
       at = FILE_HEADER_LEN;
-    };
+    }
     let copied = tailStart;
     const copy = (to: number): void => {
       let runFrom = copied;
       if (limit !== null) {
+        // record by record: a chunked snapshot's parts may go to different segments
         for (let off = copied; off < to; ) {
-          const d = walker.entryAt(off, to);
+          const d = walker.recordAt(off, to);
           const pos = at + (d.offset - runFrom);
           if (pos + (d.end - d.offset) > limit && pos > FILE_HEADER_LEN) {
             at = copyEntries(walker, readAt, cur!, runFrom, d.offset, at, tracker);
@@ -434,8 +441,22 @@ function finishScratch(db: Database.Database, path: string, version: number): vo
   }
 }
 
-/** Appends the scratch database as a snapshot entry at `at`; returns the new end. */
-function writeSnapshot(out: number, at: number, format: BackupFormat, version: number, dbPath: string, backup: string): number {
+/**
+ * Appends the scratch database as a snapshot entry at `at`; returns the new end. v2 with a segment
+ * `limit`: a database that does not fit in the room left is chunked into part records, each filling the
+ * current file up to the limit, `next` starting the following segment (and returning its fd and end).
+ */
+function writeSnapshot(
+  out: number,
+  at: number,
+  format: BackupFormat,
+  version: number,
+  dbPath: string,
+  backup: string,
+  limit: number | null = null,
+  next: ((end: number) => { fd: number; at: number }) | null = null,
+): number {
+  if (format === 'v2' && limit !== null && next !== null) return writeChunkedSnapshot(out, at, version, dbPath, limit, next);
   const src = openSync(dbPath, 'r');
   const pace = paced(out);
   try {
@@ -485,13 +506,68 @@ function writeSnapshot(out: number, at: number, format: BackupFormat, version: n
   }
 }
 
+function writeChunkedSnapshot(out: number, at: number, version: number, dbPath: string, limit: number, next: (end: number) => { fd: number; at: number }): number {
+  const src = openSync(dbPath, 'r');
+  try {
+    const size = fstatSync(src).size;
+    const chunk = Buffer.allocUnsafe(COPY_CHUNK);
+    const minPart = Math.min(COPY_CHUNK, Math.floor(limit / 8));
+    let fd = out;
+    let pace = paced(fd);
+    let done = 0;
+    let parts = 0;
+    for (;;) {
+      const rest = size - done;
+      const room = limit - at - RECORD_OVERHEAD;
+      const last = rest <= room;
+      if (!last && at > FILE_HEADER_LEN && ((parts === 0 && rest <= limit - FILE_HEADER_LEN - RECORD_OVERHEAD) || room < minPart)) {
+        ({ fd, at } = next(at));
+        pace = paced(fd);
+        continue;
+      }
+      const len = last ? rest : room;
+      let crc = 0;
+      for (let n = 0; n < len; ) {
+        const r = readSync(src, chunk, 0, Math.min(COPY_CHUNK, len - n), done + n);
+        if (r <= 0) throw new Error(`${dbPath} shrank while it was copied`);
+        const part = chunk.subarray(0, r);
+        crc = crc32(part, crc);
+        writeFully(fd, part, at + RECORD_HEADER_LEN + n);
+        pace(r);
+        n += r;
+      }
+      const h = Buffer.alloc(RECORD_HEADER_LEN);
+      h.writeUInt32BE(RECORD_MAGIC, 0);
+      h[4] = last ? TYPE_SNAPSHOT : TYPE_SNAPSHOT_PART;
+      h.writeUInt32BE(version, 8);
+      h.writeUInt32BE(last ? parts : 0, 12);
+      h.writeUInt32BE(Math.floor(len / 0x1_0000_0000), 16);
+      h.writeUInt32BE(len >>> 0, 20);
+      h.writeUInt32BE(crc, 24);
+      h.writeUInt32BE(crc32(h.subarray(0, 28)), 28);
+      const t = Buffer.allocUnsafe(RECORD_TRAILER_LEN);
+      t.writeUInt32BE(Math.floor(len / 0x1_0000_0000), 0);
+      t.writeUInt32BE(len >>> 0, 4);
+      writeFully(fd, t, at + RECORD_HEADER_LEN + len);
+      writeFully(fd, h, at);
+      at += RECORD_OVERHEAD + len;
+      done += len;
+      if (last) return at;
+      parts++;
+    }
+  } finally {
+    closeSync(src);
+  }
+}
+
 /** Copies whole entries [from, to) of the live file to `at` in the new one; returns the new end. */
 function copyEntries(walker: EntryWalker, src: ReadAt, out: number, from: number, to: number, at: number, tracker: TailTracker): number {
   const chunk = Buffer.allocUnsafe(COPY_CHUNK);
   const pace = paced(out);
   for (let off = from; off < to; ) {
-    const d = walker.entryAt(off, to);
-    tracker.add(d.version, at + (d.offset - from));
+    // record by record ([from, to) may split a chunked snapshot); its parts are not entries of their own
+    const d = walker.recordAt(off, to);
+    if (d.type !== TYPE_SNAPSHOT_PART) tracker.add(d.version, at + (d.offset - from));
     off = d.end;
   }
   for (let done = 0; done < to - from; ) {

@@ -2,7 +2,17 @@ import { readSync } from 'node:fs';
 import { crc32 } from 'node:zlib';
 import { BackupError, type BackupFormat } from '../engine/entries.js';
 import { isPragmaOnly } from '../engine/versions.js';
-import { decodeChangePayload, FILE_HEADER_LEN, RECORD_HEADER_LEN, RECORD_MAGIC, RECORD_OVERHEAD, RECORD_TRAILER_LEN, TYPE_CHANGE, TYPE_SNAPSHOT } from '../backends/file/v2.js';
+import {
+  decodeChangePayload,
+  FILE_HEADER_LEN,
+  RECORD_HEADER_LEN,
+  RECORD_MAGIC,
+  RECORD_OVERHEAD,
+  RECORD_TRAILER_LEN,
+  TYPE_CHANGE,
+  TYPE_SNAPSHOT,
+  TYPE_SNAPSHOT_PART,
+} from '../backends/file/v2.js';
 import { V1_ENTRY_HEADER_SIZE, V1_HEADER_SIZE } from '../backends/file/v1.js';
 
 /**
@@ -28,6 +38,12 @@ export interface EntryDesc {
   length: number;
   /** v2 only: the payload checksum from the record header */
   crc: number | null;
+  /** v2 only: the record type (TYPE_SNAPSHOT_PART for a part of a chunked snapshot) */
+  type?: number;
+  /** v2 snapshot record: how many part records precede it */
+  partCount?: number;
+  /** a chunked snapshot (from entryAt): its part records and final record, whose payloads make the database */
+  records?: EntryDesc[];
 }
 
 export function firstEntryOffset(format: BackupFormat): number {
@@ -78,8 +94,38 @@ export class EntryWalker {
     );
   }
 
-  /** The entry at `off`, which must lie entirely before `limit`. */
+  /**
+   * The entry at `off`, which must lie entirely before `limit`. A chunked snapshot (part records, then
+   * the final snapshot record) is one entry spanning all its records.
+   */
   entryAt(off: number, limit: number): EntryDesc {
+    if (this.format !== 'v2') return this.v1At(off, limit);
+    const d = this.v2At(off, limit);
+    if (d.type === TYPE_SNAPSHOT && d.partCount !== 0) throw this.damaged(off, `is a snapshot record that says ${d.partCount} part record(s) precede it, but none do`);
+    if (d.type !== TYPE_SNAPSHOT_PART) return d;
+    // the parts are kept as descriptors only (a handful: one per segment the database spans)
+    const records = [d];
+    let length = d.length;
+    for (let at = d.end; ; ) {
+      if (at >= limit) throw this.damaged(off, `is a chunked snapshot whose final snapshot record is missing (the data ends at offset ${limit})`);
+      const r = this.v2At(at, limit);
+      if (r.version !== d.version || r.type === TYPE_CHANGE) {
+        throw this.damaged(off, `is a chunked snapshot (version ${d.version}) whose parts are followed by a ${r.type === TYPE_CHANGE ? 'change' : 'snapshot'} record of version ${r.version} at offset ${at} instead of their final record`);
+      }
+      records.push(r);
+      length += r.length;
+      at = r.end;
+      if (r.type === TYPE_SNAPSHOT) {
+        if (r.partCount !== records.length - 1) {
+          throw this.damaged(off, `is a chunked snapshot whose final record at offset ${r.offset} says ${r.partCount} part record(s) precede it, but ${records.length - 1} do`);
+        }
+        return { offset: off, end: r.end, kind: 'snapshot', version: d.version, pragmaOnly: false, payloadAt: d.payloadAt, length, crc: null, type: TYPE_SNAPSHOT, partCount: r.partCount, records };
+      }
+    }
+  }
+
+  /** One record at `off` as it is (a snapshot part is not followed to its final record): for byte-range copies. */
+  recordAt(off: number, limit: number): EntryDesc {
     return this.format === 'v2' ? this.v2At(off, limit) : this.v1At(off, limit);
   }
 
@@ -92,7 +138,11 @@ export class EntryWalker {
     const version = h.readUInt32BE(8);
     const length = h.readUInt32BE(16) * TWO_32 + h.readUInt32BE(20);
     const crc = h.readUInt32BE(24);
-    if ((type !== TYPE_CHANGE && type !== TYPE_SNAPSHOT) || h[5] !== 0 || h.readUInt16BE(6) !== 0 || h.readUInt32BE(12) !== 0) {
+    // read now: a later view() may refill the window under `h`
+    const partCount = type === TYPE_SNAPSHOT ? h.readUInt32BE(12) : 0;
+    // offset 12 is a snapshot record's part count, reserved (0) in the other types
+    const known = type === TYPE_CHANGE || type === TYPE_SNAPSHOT || type === TYPE_SNAPSHOT_PART;
+    if (!known || h[5] !== 0 || h.readUInt16BE(6) !== 0 || (type !== TYPE_SNAPSHOT && h.readUInt32BE(12) !== 0)) {
       throw this.damaged(off, 'uses a type or flags this clnvault does not know (written by a newer clnvault?)');
     }
     if (length > limit - off - RECORD_OVERHEAD) throw this.damaged(off, `claims ${length} bytes, past the end of the data`);
@@ -106,7 +156,7 @@ export class EntryWalker {
       if (crc32(p) !== crc) throw this.damaged(off, 'fails its payload checksum');
       pragmaOnly = isPragmaOnly(decodeChangePayload(p));
     }
-    return { offset: off, end, kind: type === TYPE_CHANGE ? 'change' : 'snapshot', version, pragmaOnly, payloadAt, length, crc };
+    return { offset: off, end, kind: type === TYPE_CHANGE ? 'change' : 'snapshot', version, pragmaOnly, payloadAt, length, crc, type, partCount };
   }
 
   private v1At(off: number, limit: number): EntryDesc {
@@ -142,8 +192,12 @@ export class EntryWalker {
     }
   }
 
-  /** Streams a snapshot's payload to `sink` in chunks, verifying the checksum (v2) at the end. */
+  /** Streams a snapshot's payload to `sink` in chunks, verifying the checksum (v2) of each record. */
   snapshotChunks(d: EntryDesc, sink: (chunk: Buffer) => void): void {
+    if (d.records) {
+      for (const r of d.records) this.snapshotChunks(r, sink);
+      return;
+    }
     const chunk = Buffer.allocUnsafe(Math.min(WINDOW, Math.max(1, d.length)));
     let crc = 0;
     for (let done = 0; done < d.length; ) {

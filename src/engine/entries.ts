@@ -18,6 +18,8 @@ export interface SnapshotEntry {
   offset: number;
   /** size of the SQLite database in bytes */
   size: number;
+  /** v2: how many records hold it (1; more for a snapshot chunked into part records) */
+  parts?: number;
   /**
    * Copies the database bytes into a new file at `path` (created exclusively) and fsyncs it.
    * Streams in chunks so that memory does not grow with the snapshot.

@@ -6,7 +6,24 @@ import type { BackupReader, BackupStats, BackupWriter } from '../backend.js';
 import { BackupError, type Entry, type EntryHeader, type Problem } from '../../engine/entries.js';
 import { lockPath } from '../../engine/backup-lock.js';
 import { fsyncDir, writeFully } from './fsutil.js';
-import { changePayloadLength, encodeFileHeader, FILE_HEADER_LEN, isV2, RECORD_OVERHEAD, V2Reader, V2Writer } from './v2.js';
+import { isValidDataVersion } from '../../engine/versions.js';
+import {
+  changePayloadLength,
+  damagedError,
+  encodeFileHeader,
+  FILE_HEADER_LEN,
+  groupRecords,
+  isV2,
+  RECORD_OVERHEAD,
+  snapshotEntry,
+  TYPE_SNAPSHOT,
+  TYPE_SNAPSHOT_PART,
+  V2Reader,
+  V2Writer,
+  type GroupedEntry,
+  type Grouping,
+  type RecordInfo,
+} from './v2.js';
 import { WriterLock } from './writer-lock.js';
 
 /**
@@ -420,23 +437,71 @@ export class SegmentedWriter implements BackupWriter {
     }
   }
 
+  /**
+   * A snapshot that fits in the room left in the current segment, or in a fresh one, is one record as
+   * always. A bigger one is chunked: part records filling each segment to the limit, then the final
+   * snapshot record with the last slice and the part count, so no segment file exceeds the limit
+   * (docs/format-v2.md, "Chunked snapshots"). Durable on return.
+   */
   appendSnapshotFile(version: number, dbPath: string): void {
     this.checkUsable();
-    let size = 0;
+    if (!isValidDataVersion(version)) throw new RangeError(`data_version must be an unsigned 32-bit integer, not ${version}`);
+    let src: number;
     try {
-      size = statSync(dbPath).size;
-    } catch {
-      size = 0; // the V2Writer reports the unreadable source
+      src = openSync(dbPath, 'r');
+    } catch (e) {
+      throw new BackupError(`cannot read the snapshot source ${dbPath}: ${(e as Error).message}`, this.location);
     }
-    // a snapshot larger than a segment gets a segment of its own (see docs/format-v2.md, "Segments")
+    const segsBefore = this.segments.length;
+    const repairsBefore = this.repairs.length;
+    let parts = 0;
     try {
-      if (!this.fits(RECORD_OVERHEAD + size)) this.startNext();
-      this.cur.appendSnapshotFile(version, dbPath);
+      const size = fstatSync(src).size;
+      const fresh = this.segmentBytes - FILE_HEADER_LEN - RECORD_OVERHEAD;
+      // no tiny parts at the end of a nearly full segment
+      const minPart = Math.min(1 << 20, Math.floor(this.segmentBytes / 8));
+      let done = 0;
+      for (;;) {
+        const rest = size - done;
+        const room = this.segmentBytes - this.cur.endOffset() - RECORD_OVERHEAD;
+        if (rest <= room) {
+          this.cur.appendSnapshotSlice(TYPE_SNAPSHOT, version, parts, src, done, rest, dbPath);
+          break;
+        }
+        // a snapshot that fits in a segment of its own is not chunked (as before chunking existed)
+        if (!this.cur.isEmpty() && ((parts === 0 && rest <= fresh) || room < minPart)) {
+          this.startNext();
+          continue;
+        }
+        this.cur.appendSnapshotSlice(TYPE_SNAPSHOT_PART, version, 0, src, done, room, dbPath);
+        done += room;
+        parts++;
+      }
     } catch (e) {
       // an unreadable source is cut back by the v2 writer, which stays usable; anything else may have torn the tail
       const sourceOnly = e instanceof BackupError && e.message.startsWith('cannot read the snapshot source');
       if (!(e instanceof RangeError) && !sourceOnly) this.failed = e as Error;
+      else if (parts > 0) this.undoParts(segsBefore, repairsBefore, e as Error);
       throw e;
+    } finally {
+      closeSync(src);
+    }
+  }
+
+  /** The source failed after some parts were written: remove them (and the segments started for them). */
+  private undoParts(segsBefore: number, repairsBefore: number, cause: Error): void {
+    try {
+      this.cur.close();
+      while (this.segments.length > segsBefore) {
+        const seg = this.segments.pop()!;
+        unlinkSync(seg.path);
+        fsyncDir(seg.path);
+      }
+      // the open cuts the remaining parts, now an unfinished snapshot at the end of the last segment
+      this.load();
+      this.repairs.length = repairsBefore;
+    } catch (e) {
+      this.failed = new Error(`${cause.message}; then removing the snapshot's parts failed: ${(e as Error).message}`);
     }
   }
 
@@ -466,7 +531,8 @@ export class SegmentedWriter implements BackupWriter {
     if (this.beforeEntries === null) {
       let n = 0;
       for (const seg of this.segments.slice(0, -1)) {
-        const w = V2Writer.open(seg.path, {}, borrowed(this.lock));
+        // an earlier segment may end with parts whose final record is in the next one: keep them
+        const w = V2Writer.open(seg.path, { keepParts: true }, borrowed(this.lock));
         try {
           n += w.stats().entries;
         } finally {
@@ -495,6 +561,15 @@ export class SegmentedWriter implements BackupWriter {
  */
 export class SegmentedReader implements BackupReader {
   readonly format = 'v2' as const;
+  /** every valid record of every segment, in order, with its global offset */
+  private readonly recs: RecordInfo[] = [];
+  /** the same records as their segment's reader knows them (local offsets), and which segment */
+  private readonly local: RecordInfo[] = [];
+  private readonly segOf: number[] = [];
+  /** a chunked snapshot's parts may be spread over several segments: records are grouped across them */
+  private readonly grouping: Grouping;
+  private cursor = 0;
+
   private constructor(
     readonly location: string,
     private readonly readers: V2Reader[],
@@ -503,7 +578,16 @@ export class SegmentedReader implements BackupReader {
     private readonly sizes: number[],
     readonly backupId: Buffer,
     readonly createdMs: number,
-  ) {}
+  ) {
+    readers.forEach((r, i) => {
+      for (const rec of r.rawRecords()) {
+        this.recs.push({ ...rec, offset: rec.offset + bases[i]! });
+        this.local.push(rec);
+        this.segOf.push(i);
+      }
+    });
+    this.grouping = groupRecords(this.recs);
+  }
 
   static open(path: string): SegmentedReader {
     const set = discoverSegments(path);
@@ -516,10 +600,10 @@ export class SegmentedReader implements BackupReader {
         const r = V2Reader.open(seg.path);
         readers.push(r);
         bases.push(base);
-        const end = r.stats().bytes;
+        const end = r.validEnd;
         sizes.push(end);
         if (seg !== set.segments[set.segments.length - 1]) {
-          const torn = r.problems().find((p) => p.kind === 'torn-tail');
+          const torn = r.rawProblems().find((p) => p.kind === 'torn-tail');
           if (torn) {
             // the writer only starts a segment once the previous one is complete and durable
             throw new BackupError(
@@ -551,53 +635,92 @@ export class SegmentedReader implements BackupReader {
     return this.readers.reduce((n, r) => n + r.recordsValidated, 0);
   }
 
-  private seg(global: number): number {
-    let lo = 0;
-    let hi = this.bases.length - 1;
-    while (lo < hi) {
-      const mid = (lo + hi + 1) >>> 1;
-      if (this.bases[mid]! + FILE_HEADER_LEN <= global) lo = mid;
-      else hi = mid - 1;
-    }
-    return lo;
+  /** Damage in the records (global offsets), first the segments' own, then badly grouped parts. */
+  private damage(): Problem[] {
+    const out: Problem[] = [];
+    this.readers.forEach((r, i) => {
+      for (const p of r.rawProblems()) if (p.kind === 'corrupt') out.push({ ...p, offset: p.offset + this.bases[i]! });
+    });
+    out.push(...this.grouping.corrupt);
+    return out.sort((a, b) => a.offset - b.offset);
   }
 
   headers(opts: { beforeDamage?: boolean } = {}): EntryHeader[] {
-    const out: EntryHeader[] = [];
-    for (let i = 0; i < this.readers.length; i++) {
-      const r = this.readers[i]!;
-      const damaged = r.problems().some((p) => p.kind === 'corrupt');
-      for (const h of r.headers(opts)) out.push({ ...h, offset: h.offset + this.bases[i]! });
+    const toHeader = (e: GroupedEntry): EntryHeader => ({ kind: e.kind, version: e.version, offset: e.offset, pragmaOnly: e.pragmaOnly });
+    const bad = this.damage();
+    if (bad.length > 0 && opts.beforeDamage) {
       // salvage stops at the first damage: nothing after it may be replayed
-      if (damaged && opts.beforeDamage) break;
+      const first = bad[0]!.offset;
+      return this.grouping.entries.filter((e) => this.recs[e.last]!.offset < first).map(toHeader);
     }
-    return out;
+    if (bad.length > 0) {
+      // damage inside a segment is reported by that segment's reader: its file and local offset
+      for (const r of this.readers) {
+        const local = r.rawProblems().filter((p) => p.kind === 'corrupt');
+        if (local.length > 0) throw damagedError(r.location, local);
+      }
+      throw damagedError(this.location, bad);
+    }
+    return this.grouping.entries.map(toHeader);
+  }
+
+  private entryAt(offset: number): GroupedEntry | undefined {
+    const ents = this.grouping.entries;
+    let i = this.cursor;
+    if (i >= ents.length || ents[i]!.offset !== offset) {
+      let lo = 0;
+      let hi = ents.length - 1;
+      i = -1;
+      while (lo <= hi) {
+        const mid = (lo + hi) >>> 1;
+        const o = ents[mid]!.offset;
+        if (o === offset) {
+          i = mid;
+          break;
+        }
+        if (o < offset) lo = mid + 1;
+        else hi = mid - 1;
+      }
+      if (i < 0) return undefined;
+    }
+    this.cursor = i + 1;
+    return ents[i];
   }
 
   read(h: EntryHeader): Entry {
-    const i = this.seg(h.offset);
-    const e = this.readers[i]!.read({ ...h, offset: h.offset - this.bases[i]! });
-    return { ...e, offset: h.offset };
+    const e = this.entryAt(h.offset);
+    if (!e || e.kind !== h.kind || e.version !== h.version) {
+      throw new BackupError(`${this.location}: no ${h.kind} record with version ${h.version} at offset ${h.offset}`, this.location, h.offset);
+    }
+    if (e.kind === 'snapshot') {
+      const recs: { reader: V2Reader; rec: RecordInfo }[] = [];
+      for (let k = e.first; k <= e.last; k++) recs.push({ reader: this.readers[this.segOf[k]!]!, rec: this.local[k]! });
+      return snapshotEntry(this.location, e.version, e.offset, e.size, recs);
+    }
+    const c = this.readers[this.segOf[e.first]!]!.readChange(this.local[e.first]!);
+    return { ...c, offset: h.offset };
   }
 
   problems(): Problem[] {
     const out: Problem[] = [];
     this.readers.forEach((r, i) => {
-      for (const p of r.problems()) out.push({ ...p, offset: p.offset + this.bases[i]!, message: i === 0 ? p.message : `${r.location}: ${p.message}` });
+      for (const p of r.rawProblems()) out.push({ ...p, offset: p.offset + this.bases[i]!, message: i === 0 ? p.message : `${r.location}: ${p.message}` });
     });
-    return out;
+    out.push(...this.grouping.corrupt);
+    if (this.grouping.dangling) out.push(this.grouping.dangling);
+    return out.sort((a, b) => a.offset - b.offset);
   }
 
   stats(): BackupStats {
-    let entries = 0;
-    let head = 0;
-    for (const r of this.readers) {
-      const s = r.stats();
-      entries += s.entries;
-      if (s.entries > 0) head = s.head;
-    }
+    const ents = this.grouping.entries;
     const last = this.readers.length - 1;
-    return { format: 'v2', location: this.location, head, entries, bytes: this.bases[last]! + this.sizes[last]! };
+    return {
+      format: 'v2',
+      location: this.location,
+      head: ents.length > 0 ? ents[ents.length - 1]!.version : 0,
+      entries: ents.length,
+      bytes: this.grouping.dangling ? this.grouping.dangling.offset : this.bases[last]! + this.sizes[last]!,
+    };
   }
 
   close(): void {

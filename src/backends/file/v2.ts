@@ -2,7 +2,7 @@ import { closeSync, fdatasyncSync, fstatSync, fsyncSync, ftruncateSync, openSync
 import { randomBytes } from 'node:crypto';
 import { crc32 } from 'node:zlib';
 import type { BackupStats, BackupReader, BackupWriter } from '../backend.js';
-import { BackupError, type Entry, type EntryHeader, type Problem } from '../../engine/entries.js';
+import { BackupError, type Entry, type EntryHeader, type Problem, type SnapshotEntry } from '../../engine/entries.js';
 import { isPragmaOnly, isValidDataVersion } from '../../engine/versions.js';
 import { assertStillNamed, fsyncDir, identityOf, writeFully, type FileIdentity } from './fsutil.js';
 import { WriterLock } from './writer-lock.js';
@@ -27,6 +27,11 @@ export const RECORD_TRAILER_LEN = 8;
 export const RECORD_OVERHEAD = RECORD_HEADER_LEN + RECORD_TRAILER_LEN;
 export const TYPE_CHANGE = 1;
 export const TYPE_SNAPSHOT = 2;
+/**
+ * A slice of a snapshot too big for one segment: one or more of these, then the type-2 record holding the
+ * last slice, whose header field at offset 12 says how many parts precede it (docs/format-v2.md).
+ */
+export const TYPE_SNAPSHOT_PART = 3;
 /** Reserved for later versions; this one writes neither and refuses to read records that use them. */
 export const FLAG_DEFLATE = 0x01;
 export const FLAG_ENCRYPTED = 0x02;
@@ -76,13 +81,14 @@ export function encodeFileHeader(backupId: Buffer, createdMs: number): Buffer {
 }
 
 /** Fills bytes 0..31 of `buf` with a record header. */
-function encodeRecordHeader(buf: Buffer, type: number, version: number, payloadLen: number, payloadCrc: number): void {
+function encodeRecordHeader(buf: Buffer, type: number, version: number, payloadLen: number, payloadCrc: number, parts = 0): void {
   buf.writeUInt32BE(RECORD_MAGIC, 0);
   buf[4] = type;
   buf[5] = 0;
   buf.writeUInt16BE(0, 6);
   buf.writeUInt32BE(version, 8);
-  buf.writeUInt32BE(0, 12);
+  // a snapshot record's count of preceding part records; reserved (0) in every other type
+  buf.writeUInt32BE(type === TYPE_SNAPSHOT ? parts : 0, 12);
   writeU64(buf, payloadLen, 16);
   buf.writeUInt32BE(payloadCrc, 24);
   buf.writeUInt32BE(crc32(buf.subarray(0, 28)), 28);
@@ -252,11 +258,12 @@ function parseRecordHeader(b: Buffer): RecordHeader | string {
 /** Why this clnvault cannot use a well-formed record, or null when it can. */
 function unsupportedReason(h: RecordHeader): string | null {
   const what: string[] = [];
-  if (h.type !== TYPE_CHANGE && h.type !== TYPE_SNAPSHOT) what.push(`record type ${h.type}`);
+  if (h.type !== TYPE_CHANGE && h.type !== TYPE_SNAPSHOT && h.type !== TYPE_SNAPSHOT_PART) what.push(`record type ${h.type}`);
   if (h.flags & FLAG_DEFLATE) what.push('a deflate-compressed payload');
   if (h.flags & FLAG_ENCRYPTED) what.push('an encrypted payload');
   if (h.flags & ~(FLAG_DEFLATE | FLAG_ENCRYPTED)) what.push(`unknown flag bits 0x${(h.flags & 0xfc).toString(16)}`);
-  if (h.reserved16 !== 0 || h.keyId !== 0) what.push('reserved header fields');
+  // offset 12 of a snapshot record holds its part count; elsewhere it is still reserved
+  if (h.reserved16 !== 0 || (h.keyId !== 0 && h.type !== TYPE_SNAPSHOT)) what.push('reserved header fields');
   return what.length === 0 ? null : what.join(', ');
 }
 
@@ -313,12 +320,100 @@ function findNextValidRecord(fd: number, size: number, from: number): number {
   return -1;
 }
 
-interface RecordInfo {
+export interface RecordInfo {
   offset: number;
   type: number;
   version: number;
   length: number;
   pragmaOnly: boolean;
+  /** type 2: how many part records precede it (0: a whole snapshot); 0 otherwise */
+  parts: number;
+}
+
+/** One entry as readers present it: a change record, or a snapshot made of its part records and final record. */
+export interface GroupedEntry {
+  offset: number;
+  kind: 'change' | 'snapshot';
+  version: number;
+  pragmaOnly: boolean;
+  /** payload bytes (the database size for a snapshot) */
+  size: number;
+  /** indices into the record list: first..last (one record unless a chunked snapshot) */
+  first: number;
+  last: number;
+}
+
+export interface Grouping {
+  entries: GroupedEntry[];
+  /** parts not followed by their final record, or a final record whose part count does not match */
+  corrupt: Problem[];
+  /** a run of parts at the very end without its final record: an unfinished snapshot (torn tail) */
+  dangling: Problem | null;
+}
+
+/**
+ * Presents a chunked snapshot (part records, then the final type-2 record that counts them) as one
+ * entry. `recs` is every valid record in file order (global offsets for a segmented backup).
+ */
+export function groupRecords(recs: readonly RecordInfo[]): Grouping {
+  const entries: GroupedEntry[] = [];
+  const corrupt: Problem[] = [];
+  let run = -1;
+  let runSize = 0;
+  const runDesc = (to: number): string => {
+    const n = to - run;
+    return `${n} snapshot part record(s) (version ${recs[run]!.version}) at offsets ${recs[run]!.offset}..${recs[to - 1]!.offset}`;
+  };
+  for (let i = 0; i < recs.length; i++) {
+    const r = recs[i]!;
+    if (r.type === TYPE_SNAPSHOT_PART) {
+      if (run >= 0 && recs[run]!.version !== r.version) {
+        corrupt.push({
+          kind: 'corrupt',
+          offset: recs[run]!.offset,
+          message: `${runDesc(i)} are followed by a snapshot part of version ${r.version} at offset ${r.offset} instead of their final snapshot record`,
+        });
+        run = -1;
+      }
+      if (run < 0) {
+        run = i;
+        runSize = 0;
+      }
+      runSize += r.length;
+      continue;
+    }
+    const n = run < 0 ? 0 : i - run;
+    if (r.type === TYPE_SNAPSHOT) {
+      if (r.parts !== n || (n > 0 && recs[run]!.version !== r.version)) {
+        corrupt.push({
+          kind: 'corrupt',
+          // the final record's offset: a damaged part before it is then reported first, where the damage is
+          offset: r.offset,
+          message:
+            `the snapshot record at offset ${r.offset} (version ${r.version}) says ${r.parts} snapshot part record(s) precede it, but ` +
+            (n > 0 ? `${runDesc(i)} do` : 'none do'),
+        });
+      } else {
+        entries.push({ offset: n > 0 ? recs[run]!.offset : r.offset, kind: 'snapshot', version: r.version, pragmaOnly: false, size: (n > 0 ? runSize : 0) + r.length, first: n > 0 ? run : i, last: i });
+      }
+      run = -1;
+      continue;
+    }
+    if (n > 0) {
+      corrupt.push({ kind: 'corrupt', offset: recs[run]!.offset, message: `${runDesc(i)} are followed by a change record at offset ${r.offset} instead of their final snapshot record` });
+      run = -1;
+    }
+    entries.push({ offset: r.offset, kind: 'change', version: r.version, pragmaOnly: r.pragmaOnly, size: r.length, first: i, last: i });
+  }
+  const dangling: Problem | null =
+    run < 0
+      ? null
+      : {
+          kind: 'torn-tail',
+          offset: recs[run]!.offset,
+          message: `${runDesc(recs.length)} without their final snapshot record at the end: a snapshot that never completed`,
+        };
+  return { entries, corrupt, dangling };
 }
 
 interface ScanResult {
@@ -370,7 +465,7 @@ function scanRecords(fd: number, size: number, path: string): ScanResult {
           continue;
         }
       }
-      records.push({ offset: o, type: h.type, version: h.version, length: h.length, pragmaOnly });
+      records.push({ offset: o, type: h.type, version: h.version, length: h.length, pragmaOnly, parts: h.type === TYPE_SNAPSHOT ? h.keyId : 0 });
       o += RECORD_OVERHEAD + h.length;
       continue;
     }
@@ -521,6 +616,11 @@ export interface V2WriterOptions {
    * newest record (O(1)); damage further back is left for `clnvault verify` and restore to report.
    */
   fullCheck?: boolean;
+  /**
+   * Leave snapshot part records at the end in place. For a segment that is not the last of its set (its
+   * parts continue in the next segment); by default they are an unfinished snapshot and are cut.
+   */
+  keepParts?: boolean;
 }
 
 export class V2Writer implements BackupWriter {
@@ -584,7 +684,7 @@ export class V2Writer implements BackupWriter {
         w.openStats.path = 'fast';
         w.openStats.recordsValidated = 1;
         // a broken chain just before the newest record means damage: let the full scan say where
-        if (w.loadTail(last)) return w;
+        if (w.loadTail(last) && (options.keepParts || w.cutDanglingParts())) return w;
       }
       const scan = scanRecords(fd, size, path);
       w.openStats.path = 'slow';
@@ -607,8 +707,9 @@ export class V2Writer implements BackupWriter {
         w.repairs.push(scan.torn);
       }
       w.end = scan.validEnd;
-      w.entryCount = scan.records.length;
+      w.entryCount = countWhole(scan.records);
       if (!w.loadTail(null)) throw new Error(`internal: record chain broken after a clean scan of ${path}`);
+      if (!options.keepParts && !w.cutDanglingParts()) throw new Error(`internal: record chain broken after a clean scan of ${path}`);
       return w;
     } catch (e) {
       if (!heldLock) lock?.release();
@@ -657,6 +758,35 @@ export class V2Writer implements BackupWriter {
   }
 
   /**
+   * Snapshot part records at the end without their final record are a snapshot that never completed
+   * (never acknowledged): cut them, durably, and report it. False when the trailer chain is broken.
+   */
+  private cutDanglingParts(): boolean {
+    if (this.end === FILE_HEADER_LEN || this.lastType !== TYPE_SNAPSHOT_PART) return true;
+    const win = new FileWindow(this.fd, this.end, SCRATCH_INITIAL);
+    let start = this.end;
+    let n = 0;
+    while (start > FILE_HEADER_LEN) {
+      const prev = recordEndingAt(win, start);
+      this.openStats.headersWalked++;
+      if (!prev) return false;
+      if (prev.h.type !== TYPE_SNAPSHOT_PART) break;
+      start = prev.start;
+      n++;
+    }
+    const cut = this.end - start;
+    ftruncateSync(this.fd, start);
+    fdatasyncSync(this.fd);
+    this.repairs.push({
+      kind: 'torn-tail',
+      offset: start,
+      message: `cut ${cut} bytes at offset ${start}: ${n} snapshot part record(s) without their final snapshot record (a snapshot that never completed)`,
+    });
+    this.end = start;
+    return this.loadTail(null);
+  }
+
+  /**
    * Compaction renamed a new file over the backup: switch to it. The writer lock stays held (it lives on
    * `<path>.writer`, which the rename does not touch), so no other writer can slip in between.
    */
@@ -689,6 +819,54 @@ export class V2Writer implements BackupWriter {
 
   headIsSnapshot(): boolean {
     return this.end > FILE_HEADER_LEN && this.lastType === TYPE_SNAPSHOT;
+  }
+
+  /**
+   * One record of a snapshot: TYPE_SNAPSHOT_PART (a slice, more follow) or TYPE_SNAPSHOT (the last slice,
+   * or the whole database; `parts` = how many part records precede it), with the `len` bytes at
+   * `srcOff` of the open file `src`. Durable on return. A source that ends early is cut back and reported
+   * as an unreadable source; the writer stays usable.
+   */
+  appendSnapshotSlice(type: number, version: number, parts: number, src: number, srcOff: number, len: number, srcPath: string): void {
+    this.checkUsable();
+    if (!isValidDataVersion(version)) throw new RangeError(`data_version must be an unsigned 32-bit integer, not ${version}`);
+    if (type !== TYPE_SNAPSHOT && type !== TYPE_SNAPSHOT_PART) throw new RangeError(`not a snapshot record type: ${type}`);
+    const at = this.end;
+    const header = Buffer.alloc(RECORD_HEADER_LEN);
+    const chunk = Buffer.allocUnsafe(Math.min(CHUNK, Math.max(1, len)));
+    let crc = 0;
+    try {
+      writeFully(this.fd, header, at);
+      for (let done = 0; done < len; ) {
+        let n: number;
+        try {
+          n = readSync(src, chunk, 0, Math.min(chunk.length, len - done), srcOff + done);
+          if (n <= 0) throw new Error(`it ended at byte ${srcOff + done} of the ${srcOff + len} expected (it shrank while it was read)`);
+        } catch (e) {
+          ftruncateSync(this.fd, at);
+          throw new BackupError(`cannot read the snapshot source ${srcPath}: ${(e as Error).message}`, this.location, at);
+        }
+        const part = chunk.subarray(0, n);
+        crc = crc32(part, crc);
+        writeFully(this.fd, part, at + RECORD_HEADER_LEN + done);
+        done += n;
+      }
+      encodeRecordHeader(header, type, version, len, crc, parts);
+      writeFully(this.fd, header, at);
+      const trailer = Buffer.allocUnsafe(RECORD_TRAILER_LEN);
+      writeU64(trailer, len, 0);
+      writeFully(this.fd, trailer, at + RECORD_HEADER_LEN + len);
+      fdatasyncSync(this.fd);
+    } catch (e) {
+      if (e instanceof BackupError) throw e;
+      throw this.fail(e, at);
+    }
+    this.end = at + RECORD_OVERHEAD + len;
+    this.headVersion = version;
+    this.lastType = type;
+    this.groupStart = this.end;
+    this.groupCount = 0;
+    if (this.entryCount !== null && type === TYPE_SNAPSHOT) this.entryCount++;
   }
 
   repaired(): Problem[] {
@@ -819,8 +997,8 @@ export class V2Writer implements BackupWriter {
     let at = this.end;
     while (at > FILE_HEADER_LEN) {
       const rec = recordEndingAt(win, at);
-      if (!rec) return n + scanRecords(this.fd, at, this.location).records.length;
-      n++;
+      if (!rec) return n + countWhole(scanRecords(this.fd, at, this.location).records);
+      if (rec.h.type !== TYPE_SNAPSHOT_PART) n++;
       at = rec.start;
     }
     return n;
@@ -860,8 +1038,26 @@ export class V2Writer implements BackupWriter {
   }
 }
 
-function toEntryHeader(r: RecordInfo): EntryHeader {
-  return { kind: r.type === TYPE_SNAPSHOT ? 'snapshot' : 'change', version: r.version, offset: r.offset, pragmaOnly: r.pragmaOnly };
+function toEntryHeader(r: GroupedEntry): EntryHeader {
+  return { kind: r.kind, version: r.version, offset: r.offset, pragmaOnly: r.pragmaOnly };
+}
+
+/** Entries, not records: a chunked snapshot's parts are counted with its final record. */
+function countWhole(recs: readonly RecordInfo[]): number {
+  let n = 0;
+  for (const r of recs) if (r.type !== TYPE_SNAPSHOT_PART) n++;
+  return n;
+}
+
+/** The error a reader's headers() throws for damage: a restore must never skip a record. */
+export function damagedError(location: string, bad: readonly Problem[], path = location): BackupError {
+  return new BackupError(
+    `${location} is damaged: ${bad[0]!.message}` +
+      (bad.length > 1 ? ` (and ${bad.length - 1} more damaged record(s))` : '') +
+      `. A restore must not skip a record; run 'clnvault verify ${location}' for details.`,
+    path,
+    bad[0]!.offset,
+  );
 }
 
 /** The fast open: the newest record, found through the trailer and fully verified, or null. */
@@ -968,37 +1164,58 @@ export class V2Reader implements BackupReader {
     return this.scan.recordsValidated;
   }
 
-  headers(opts: { beforeDamage?: boolean } = {}): EntryHeader[] {
-    const bad = this.scan.corrupt;
-    if (bad.length > 0 && opts.beforeDamage) {
-      // asked for explicitly (restore's stopAtDamage): the intact records up to the first damaged one
-      const first = bad[0]!.offset;
-      return this.scan.records.filter((r) => r.offset < first).map(toEntryHeader);
-    }
-    if (bad.length > 0) {
-      throw new BackupError(
-        `${this.location} is damaged: ${bad[0]!.message}` +
-          (bad.length > 1 ? ` (and ${bad.length - 1} more damaged record(s))` : '') +
-          `. A restore must not skip a record; run 'clnvault verify ${this.location}' for details.`,
-        this.location,
-        bad[0]!.offset,
-      );
-    }
-    return this.scan.records.map(toEntryHeader);
+  private grouped: Grouping | null = null;
+
+  /** Records as entries: a chunked snapshot's parts and final record are one entry. */
+  private grouping(): Grouping {
+    return (this.grouped ??= groupRecords(this.scan.records));
   }
 
-  /** The scanned record at `offset`: the one after the last read when reading in file order, else a binary search. */
-  private recordAt(offset: number): RecordInfo | undefined {
-    const recs = this.scan.records;
+  private damage(): Problem[] {
+    return [...this.scan.corrupt, ...this.grouping().corrupt].sort((a, b) => a.offset - b.offset);
+  }
+
+  headers(opts: { beforeDamage?: boolean } = {}): EntryHeader[] {
+    const g = this.grouping();
+    const bad = this.damage();
+    if (bad.length > 0 && opts.beforeDamage) {
+      // asked for explicitly (restore's stopAtDamage): the intact entries up to the first damaged record
+      const first = bad[0]!.offset;
+      return g.entries.filter((e) => this.scan.records[e.last]!.offset < first).map(toEntryHeader);
+    }
+    if (bad.length > 0) throw damagedError(this.location, bad);
+    return g.entries.map(toEntryHeader);
+  }
+
+  /** Every valid record in file order, parts included (offsets local to this file): for SegmentedReader. */
+  rawRecords(): readonly RecordInfo[] {
+    return this.scan.records;
+  }
+
+  /** Damage and torn tail as the record scan found them, before records are grouped into entries. */
+  rawProblems(): Problem[] {
+    const all = this.scan.corrupt.slice();
+    if (this.scan.torn) all.push(this.scan.torn);
+    return all.sort((a, b) => a.offset - b.offset);
+  }
+
+  /** End of the last valid record. */
+  get validEnd(): number {
+    return this.scan.validEnd;
+  }
+
+  /** The entry at `offset`: the one after the last read when reading in file order, else a binary search. */
+  private entryAt(offset: number): GroupedEntry | undefined {
+    const ents = this.grouping().entries;
     let i = this.cursor;
-    if (i >= recs.length || recs[i]!.offset !== offset) {
+    if (i >= ents.length || ents[i]!.offset !== offset) {
       // the scan only moves forward, so offsets are strictly increasing
       let lo = 0;
-      let hi = recs.length - 1;
+      let hi = ents.length - 1;
       i = -1;
       while (lo <= hi) {
         const mid = (lo + hi) >>> 1;
-        const o = recs[mid]!.offset;
+        const o = ents[mid]!.offset;
         if (o === offset) {
           i = mid;
           break;
@@ -1009,25 +1226,25 @@ export class V2Reader implements BackupReader {
       if (i < 0) return undefined;
     }
     this.cursor = i + 1;
-    return recs[i];
+    return ents[i];
   }
 
   read(h: EntryHeader): Entry {
     this.checkOpen();
-    const r = this.recordAt(h.offset);
-    const kind = r?.type === TYPE_SNAPSHOT ? 'snapshot' : 'change';
-    if (!r || kind !== h.kind || r.version !== h.version) {
+    const e = this.entryAt(h.offset);
+    if (!e || e.kind !== h.kind || e.version !== h.version) {
       throw new BackupError(`${this.location}: no ${h.kind} record with version ${h.version} at offset ${h.offset}`, this.location, h.offset);
     }
-    if (r.type === TYPE_SNAPSHOT) {
-      return {
-        kind: 'snapshot',
-        version: r.version,
-        offset: r.offset,
-        size: r.length,
-        writeTo: (path: string) => this.copySnapshot(r, path),
-      };
+    if (e.kind === 'snapshot') {
+      const recs = this.scan.records.slice(e.first, e.last + 1).map((rec) => ({ reader: this, rec }));
+      return snapshotEntry(this.location, e.version, e.offset, e.size, recs);
     }
+    return this.readChange(this.scan.records[e.first]!);
+  }
+
+  /** The change record `r` (from rawRecords()), read and checked. */
+  readChange(r: RecordInfo): Entry {
+    this.checkOpen();
     // the length was vouched for by the header checksum and fits inside the file
     const total = RECORD_HEADER_LEN + r.length;
     let rec: Buffer;
@@ -1051,66 +1268,48 @@ export class V2Reader implements BackupReader {
     return { kind: 'change', version: r.version, offset: r.offset, statements };
   }
 
-  private copySnapshot(r: RecordInfo, path: string): void {
+  /** Streams the payload of the snapshot (part) record `r` to `out` at `outAt`, checking its CRC; memory stays bounded. */
+  copyRecordPayload(r: RecordInfo, out: number, outAt: number): void {
     this.checkOpen();
+    const what = r.type === TYPE_SNAPSHOT_PART ? 'snapshot part record' : 'snapshot';
     const header = Buffer.allocUnsafe(RECORD_HEADER_LEN);
     readFully(this.fd, header, RECORD_HEADER_LEN, r.offset);
     const hh = parseRecordHeader(header);
-    if (typeof hh === 'string' || hh.length !== r.length) {
-      throw new BackupError(`${this.location}: the snapshot header at offset ${r.offset} changed since it was scanned`, this.location, r.offset);
-    }
-    let out: number;
-    try {
-      out = openSync(path, 'wx', 0o600);
-    } catch (e) {
-      throw new BackupError(`cannot create ${path} for the snapshot at offset ${r.offset}: ${(e as Error).message}`, this.location, r.offset);
+    if (typeof hh === 'string' || hh.length !== r.length || hh.type !== r.type) {
+      throw new BackupError(`${this.location}: the ${what} header at offset ${r.offset} changed since it was scanned`, this.location, r.offset);
     }
     const chunk = Buffer.allocUnsafe(Math.min(CHUNK, Math.max(1, r.length)));
-    try {
-      let crc = 0;
-      for (let done = 0; done < r.length; ) {
-        const n = Math.min(chunk.length, r.length - done);
-        readFully(this.fd, chunk, n, r.offset + RECORD_HEADER_LEN + done);
-        const part = chunk.subarray(0, n);
-        crc = crc32(part, crc);
-        writeFully(out, part, done);
-        done += n;
-      }
-      if (crc !== hh.payloadCrc) {
-        throw new BackupError(`${this.location}: the snapshot at offset ${r.offset} fails its checksum`, this.location, r.offset);
-      }
-      fsyncSync(out);
-      closeSync(out);
-    } catch (e) {
-      try {
-        closeSync(out);
-      } catch {
-        // already closed
-      }
-      try {
-        unlinkSync(path);
-      } catch {
-        // nothing more to undo
-      }
-      throw asBackupError(e, this.location, `copying the snapshot at offset ${r.offset} to ${path}`);
+    let crc = 0;
+    for (let done = 0; done < r.length; ) {
+      const n = Math.min(chunk.length, r.length - done);
+      readFully(this.fd, chunk, n, r.offset + RECORD_HEADER_LEN + done);
+      const part = chunk.subarray(0, n);
+      crc = crc32(part, crc);
+      writeFully(out, part, outAt + done);
+      done += n;
     }
-    fsyncDir(path);
+    if (crc !== hh.payloadCrc) {
+      throw new BackupError(`${this.location}: the ${what} at offset ${r.offset} fails its checksum`, this.location, r.offset);
+    }
   }
 
   problems(): Problem[] {
-    const all = this.scan.corrupt.slice();
+    const g = this.grouping();
+    const all = [...this.scan.corrupt, ...g.corrupt];
+    if (g.dangling) all.push(g.dangling);
     if (this.scan.torn) all.push(this.scan.torn);
     return all.sort((a, b) => a.offset - b.offset);
   }
 
   stats(): BackupStats {
-    const recs = this.scan.records;
+    const g = this.grouping();
+    const ents = g.entries;
     return {
       format: 'v2',
       location: this.location,
-      head: recs.length > 0 ? recs[recs.length - 1]!.version : 0,
-      entries: recs.length,
-      bytes: this.scan.validEnd,
+      head: ents.length > 0 ? ents[ents.length - 1]!.version : 0,
+      entries: ents.length,
+      bytes: g.dangling ? g.dangling.offset : this.scan.validEnd,
     };
   }
 
@@ -1124,4 +1323,55 @@ export class V2Reader implements BackupReader {
   private checkOpen(): void {
     if (this.closed) throw new BackupError(`${this.location}: the reader is closed`, this.location);
   }
+}
+
+/**
+ * A snapshot entry whose bytes are the payloads of `recs` (a whole snapshot record, or a chunked
+ * snapshot's parts and final record, possibly in several segment files), concatenated. writeTo streams
+ * them in bounded memory, checks every record's CRC and leaves no file behind on failure.
+ */
+export function snapshotEntry(
+  location: string,
+  version: number,
+  offset: number,
+  size: number,
+  recs: readonly { reader: V2Reader; rec: RecordInfo }[],
+): SnapshotEntry {
+  return {
+    kind: 'snapshot',
+    version,
+    offset,
+    size,
+    parts: recs.length,
+    writeTo: (path: string) => {
+      let out: number;
+      try {
+        out = openSync(path, 'wx', 0o600);
+      } catch (e) {
+        throw new BackupError(`cannot create ${path} for the snapshot at offset ${offset}: ${(e as Error).message}`, location, offset);
+      }
+      try {
+        let at = 0;
+        for (const { reader, rec } of recs) {
+          reader.copyRecordPayload(rec, out, at);
+          at += rec.length;
+        }
+        fsyncSync(out);
+        closeSync(out);
+      } catch (e) {
+        try {
+          closeSync(out);
+        } catch {
+          // already closed
+        }
+        try {
+          unlinkSync(path);
+        } catch {
+          // nothing more to undo
+        }
+        throw asBackupError(e, location, `copying the snapshot at offset ${offset} to ${path}`);
+      }
+      fsyncDir(path);
+    },
+  };
 }
