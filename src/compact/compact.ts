@@ -8,6 +8,7 @@ import { BackupError, type BackupFormat } from '../engine/entries.js';
 import { serialDiff } from '../engine/versions.js';
 import { Replayer } from '../restore/replay.js';
 import { compactingPath, historyPath, pruneHistory, removeDebris, scratchPath } from './files.js';
+import { releaseGently, removeGently } from './pacing.js';
 import { EntryWalker, firstEntryOffset, readFully, type EntryDesc, type ReadAt } from './scan.js';
 import { encodeSegmentHeader, listSegmentFiles, readSegmentHeader, SegmentedSource, segmentPath, withNewSetId } from '../backends/file/segments.js';
 
@@ -103,6 +104,8 @@ export function compactFile(path: string, hooks: CompactHooks, opts: CompactOpti
   /** the output file being appended to: `out`, or the newest extra segment */
   let cur: number | null = null;
   const extras: string[] = [];
+  /** after the swap: the old set's files, held open so that we free their blocks gradually, not a close */
+  const oldFds: number[] = [];
   let outBefore = 0;
   let db: Database.Database | null = null;
   let replayer: Replayer | null = null;
@@ -259,7 +262,7 @@ export function compactFile(path: string, hooks: CompactHooks, opts: CompactOpti
         return { fd: cur!, at };
       });
       tracker.add(snapshotVersion, start);
-      rmSync(scratch, { force: true });
+      removeGently(scratch);
     }
     // a function declaration: the snapshot above starts segments with it too
     function startSegment(): void {
@@ -344,6 +347,13 @@ export function compactFile(path: string, hooks: CompactHooks, opts: CompactOpti
         }
       }
       if (oldSet >= 0) oldSegments = listSegmentFiles(path).filter((f) => f.setId === oldSet).map((f) => f.path);
+      for (const p of [path, ...oldSegments]) {
+        try {
+          oldFds.push(openSync(p, 'r+'));
+        } catch {
+          // not held: its blocks are then freed at once by whoever closes it last, as before
+        }
+      }
       renameSync(outPath, path);
       swapped();
       fsyncDir(path);
@@ -353,6 +363,7 @@ export function compactFile(path: string, hooks: CompactHooks, opts: CompactOpti
     // new set id); a crash before this line leaves them for the next compaction's debris removal
     for (const p of oldSegments) rmSync(p, { force: true });
     if (oldSegments.length > 0) fsyncDir(path);
+    while (oldFds.length > 0) releaseGently(oldFds.pop()!);
     const pruned = pruneHistory(path, opts.history);
     const after = { version_count: tracker.count, backupsize: outBefore + at };
     hooks.log(
@@ -404,6 +415,8 @@ export function compactFile(path: string, hooks: CompactHooks, opts: CompactOpti
     const why = e instanceof Aborted ? `${e.message}; the backup is unchanged, run the compaction again` : (e as Error).message;
     throw new BackupError(`compaction of ${path} failed: ${why}`, path);
   } finally {
+    // a swap that failed after they were opened
+    for (const fd of oldFds.splice(0)) closeSync(fd);
     if (cur !== null && cur !== out) closeSync(cur);
     if (out !== null) closeSync(out);
     if (source) source.close();
