@@ -57,7 +57,7 @@ test(`crash soak, v1 (the reference format): ${TRIALS_V1} trials`, { timeout: 60
     checkpointEvery: 20,
     trialsPerNode: 60,
     datastoreSize: [100, 256 << 10],
-    compactAtBytes: 1_000_000,
+    compactAtBytes: 400_000,
     stopOnDivergence: true,
   });
   console.log(`# ${progress(r)}`);
