@@ -27,8 +27,11 @@ export interface BackupWriter {
   headIsSnapshot(): boolean;
   /** problems repaired when the backup was opened (a torn tail that was cut, orphan entries dropped) */
   repaired(): Problem[];
-  /** Appends one db_write batch. Returns only once the entry is on stable storage. */
-  appendChange(version: number, statements: readonly string[]): void;
+  /**
+   * Appends one db_write batch. Returns only once the entry is on stable storage, with the number of
+   * bytes it added (so the hot path need not ask for stats around every append).
+   */
+  appendChange(version: number, statements: readonly string[]): number;
   /** Appends a snapshot whose bytes are read from the SQLite file `dbPath`. Durable on return. */
   appendSnapshotFile(version: number, dbPath: string): void;
   /**

@@ -52,7 +52,6 @@ export class PluginCompaction {
     private readonly config: CompactionConfig,
     private readonly log: (level: 'info' | 'warn' | 'error', msg: string) => void,
   ) {
-    shareStdout(this.v.i32, STDOUT_MUTEX);
     publishEnd(this.v, inner.endOffset());
     this.nextCheck = config.minBytes;
     this.writer = new SyncedWriter(inner, this);
@@ -99,6 +98,9 @@ export class PluginCompaction {
           history: this.config.history,
           segmentBytes: (this.inner as { segmentBytes?: number }).segmentBytes,
         };
+        // From now on two threads write to fd 1: whole messages must not interleave. Until a worker
+        // exists, replies skip the lock.
+        shareStdout(this.v.i32, STDOUT_MUTEX);
         this.worker = new Worker(new URL('./compact-worker.js', import.meta.url), { workerData: data });
         // idle workers must not keep the plugin alive once stdin closes
         this.worker.unref();
@@ -182,9 +184,10 @@ class SyncedWriter implements BackupWriter {
     return this.read(() => this.inner.stats());
   }
 
-  appendChange(version: number, statements: readonly string[]): void {
-    this.read(() => this.inner.appendChange(version, statements));
+  appendChange(version: number, statements: readonly string[]): number {
+    const added = this.read(() => this.inner.appendChange(version, statements));
     this.pc.afterAppend();
+    return added;
   }
 
   appendSnapshotFile(version: number, dbPath: string): void {

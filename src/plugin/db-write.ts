@@ -79,9 +79,7 @@ export class DbWriteHandler {
             `storing its replacement`,
         );
       }
-      const before = this.writer.stats().bytes;
-      this.writer.appendChange(dv, statements);
-      this.stats.bytesWritten += this.writer.stats().bytes - before;
+      this.stats.bytesWritten += this.writer.appendChange(dv, statements);
     } catch (e) {
       return this.refuse(`could not write version ${dv} to the backup ${this.writer.location}: ${(e as Error).message}`);
     }

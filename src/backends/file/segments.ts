@@ -21,6 +21,7 @@ import {
   V2Reader,
   V2Writer,
   type GroupedEntry,
+  indexAtOffset,
   type Grouping,
   type RecordInfo,
 } from './v2.js';
@@ -422,14 +423,14 @@ export class SegmentedWriter implements BackupWriter {
     }
   }
 
-  appendChange(version: number, statements: readonly string[]): void {
+  appendChange(version: number, statements: readonly string[]): number {
     this.checkUsable();
     // UTF-8 never takes more than 3 bytes per UTF-16 unit: an exact size is computed only near the limit
     let bound = RECORD_OVERHEAD + 4;
     for (let i = 0; i < statements.length; i++) bound += 4 + 3 * statements[i]!.length;
     try {
       if (!this.fits(bound) && !this.fits(RECORD_OVERHEAD + changePayloadLength(statements))) this.startNext();
-      this.cur.appendChange(version, statements);
+      return this.cur.appendChange(version, statements);
     } catch (e) {
       // a bad argument changed nothing on disk
       if (!(e instanceof RangeError)) this.failed = e as Error;
@@ -666,23 +667,8 @@ export class SegmentedReader implements BackupReader {
 
   private entryAt(offset: number): GroupedEntry | undefined {
     const ents = this.grouping.entries;
-    let i = this.cursor;
-    if (i >= ents.length || ents[i]!.offset !== offset) {
-      let lo = 0;
-      let hi = ents.length - 1;
-      i = -1;
-      while (lo <= hi) {
-        const mid = (lo + hi) >>> 1;
-        const o = ents[mid]!.offset;
-        if (o === offset) {
-          i = mid;
-          break;
-        }
-        if (o < offset) lo = mid + 1;
-        else hi = mid - 1;
-      }
-      if (i < 0) return undefined;
-    }
+    const i = indexAtOffset(ents, this.cursor, offset);
+    if (i < 0) return undefined;
     this.cursor = i + 1;
     return ents[i];
   }

@@ -590,7 +590,7 @@ export class V1Writer implements BackupWriter {
     return this.fixed.map((p) => ({ ...p }));
   }
 
-  appendChange(version: number, statements: readonly string[]): void {
+  appendChange(version: number, statements: readonly string[]): number {
     this.checkVersion(version);
     for (let i = 0; i < statements.length; i++) {
       const s = statements[i]!;
@@ -629,6 +629,7 @@ export class V1Writer implements BackupWriter {
       assertStillNamed(fd, this.location);
     }, at);
     this.commitAppend({ offset: at, end: at + buf.length, version, kind: 'change' });
+    return buf.length;
   }
 
   appendSnapshotFile(version: number, dbPath: string): void {

@@ -53,6 +53,24 @@ export function isV2(head: Buffer): boolean {
   return head.length >= 8 && head.subarray(0, 8).equals(FILE_MAGIC);
 }
 
+/**
+ * Index of the entry at `offset` in offset-ordered `ents` (-1 if none): `hint` first, since readers
+ * mostly go in file order, else a binary search (scans only move forward, so offsets strictly increase).
+ */
+export function indexAtOffset(ents: readonly { offset: number }[], hint: number, offset: number): number {
+  if (hint < ents.length && ents[hint]!.offset === offset) return hint;
+  let lo = 0;
+  let hi = ents.length - 1;
+  while (lo <= hi) {
+    const mid = (lo + hi) >>> 1;
+    const o = ents[mid]!.offset;
+    if (o === offset) return mid;
+    if (o < offset) lo = mid + 1;
+    else hi = mid - 1;
+  }
+  return -1;
+}
+
 // ---------------------------------------------------------------------------------------------------
 // Encoding
 
@@ -873,7 +891,7 @@ export class V2Writer implements BackupWriter {
     return this.repairs.slice();
   }
 
-  appendChange(version: number, statements: readonly string[]): void {
+  appendChange(version: number, statements: readonly string[]): number {
     this.checkUsable();
     if (!isValidDataVersion(version)) throw new RangeError(`data_version must be an unsigned 32-bit integer, not ${version}`);
     const payloadLen = changePayloadLength(statements);
@@ -899,6 +917,7 @@ export class V2Writer implements BackupWriter {
     this.headVersion = version;
     this.lastType = TYPE_CHANGE;
     if (this.entryCount !== null) this.entryCount++;
+    return total;
   }
 
   appendSnapshotFile(version: number, dbPath: string): void {
@@ -1207,24 +1226,8 @@ export class V2Reader implements BackupReader {
   /** The entry at `offset`: the one after the last read when reading in file order, else a binary search. */
   private entryAt(offset: number): GroupedEntry | undefined {
     const ents = this.grouping().entries;
-    let i = this.cursor;
-    if (i >= ents.length || ents[i]!.offset !== offset) {
-      // the scan only moves forward, so offsets are strictly increasing
-      let lo = 0;
-      let hi = ents.length - 1;
-      i = -1;
-      while (lo <= hi) {
-        const mid = (lo + hi) >>> 1;
-        const o = ents[mid]!.offset;
-        if (o === offset) {
-          i = mid;
-          break;
-        }
-        if (o < offset) lo = mid + 1;
-        else hi = mid - 1;
-      }
-      if (i < 0) return undefined;
-    }
+    const i = indexAtOffset(ents, this.cursor, offset);
+    if (i < 0) return undefined;
     this.cursor = i + 1;
     return ents[i];
   }
