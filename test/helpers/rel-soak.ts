@@ -34,6 +34,7 @@ import { restoreBackup } from '../../src/restore/restore.js';
 import { dataVersionBump, SimDb } from '../../src/sim/db.js';
 import { SimNode, type DbWriteResult } from '../../src/sim/lightningd.js';
 import { Prng, Workload, type WorkBatch } from '../../src/sim/workload.js';
+import { rpc } from './compact-sim.js';
 import { dump } from './sqlite.js';
 
 export const FAULTS = [
@@ -245,6 +246,12 @@ class SoakNode {
       // a stretch of normal traffic between faults
       const items = this.rng.int(0, 4);
       for (let k = 0; k < items; k++) await this.item();
+      // Auto-compaction only starts once the backup outgrows the database, which a short run may never see;
+      // an occasional backup-compact (lightning-cli's way) makes sure kills also land during compactions.
+      if (this.opts.compactAtBytes && !this.compacting && this.node.pluginAlive && this.rng.next() < 0.08) {
+        void rpc(this.node, 'backup-compact', {}, 120_000).catch(() => undefined);
+        await sleep(this.rng.int(0, 40));
+      }
       // half the time let a running compaction finish, so that some complete and some are killed midway
       if (this.compacting && this.rng.next() < 0.5) {
         for (let w = 0; w < 500 && this.compacting && this.node.pluginAlive; w++) await sleep(10);
