@@ -1,4 +1,4 @@
-import Database from 'better-sqlite3';
+import Database from '../engine/sqlite.js';
 import { existsSync, statSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { join, resolve } from 'node:path';

@@ -1,4 +1,4 @@
-import Database from 'better-sqlite3';
+import Database from '../engine/sqlite.js';
 import { accessSync, constants, existsSync, mkdtempSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';

@@ -1,4 +1,4 @@
-import Database from 'better-sqlite3';
+import Database from '../engine/sqlite.js';
 import { closeSync, fdatasyncSync, fstatSync, linkSync, openSync, readSync, renameSync, rmSync, statSync } from 'node:fs';
 import { crc32 } from 'node:zlib';
 import { fsyncDir, writeFully } from '../backends/file/fsutil.js';

@@ -1,6 +1,7 @@
 import { statSync } from 'node:fs';
 import { join } from 'node:path';
-import { Worker } from 'node:worker_threads';
+import { createRequire } from 'node:module';
+import type { Worker } from 'node:worker_threads';
 import type { BackupStats, BackupWriter } from '../backends/backend.js';
 import type { CompactionConfig } from '../compact/config.js';
 import { createShared, GENERATION, lock, publishEnd, RUNNING, STDOUT_MUTEX, TRUNCATIONS, unlock, views, WRITE_MUTEX, type SharedViews } from '../compact/sync.js';
@@ -42,6 +43,8 @@ export class PluginCompaction {
   private readonly v: SharedViews = views(this.sab);
   private gen = 0;
   private worker: Worker | null = null;
+  /** true once a worker thread exists: from then on every write takes the mutex and publishes its end */
+  shared = false;
   private nextCheck: number;
   private initDone = false;
   readonly writer: BackupWriter;
@@ -101,6 +104,11 @@ export class PluginCompaction {
         // From now on two threads write to fd 1: whole messages must not interleave. Until a worker
         // exists, replies skip the lock.
         shareStdout(this.v.i32, STDOUT_MUTEX);
+        // the worker starts from the end published here; every later write publishes its own
+        publishEnd(this.v, this.inner.endOffset());
+        this.shared = true;
+        // loaded on first use: most starts never compact, and the module adds to start-up time
+        const { Worker } = createRequire(import.meta.url)('node:worker_threads') as typeof import('node:worker_threads');
         this.worker = new Worker(new URL('./compact-worker.js', import.meta.url), { workerData: data });
         // idle workers must not keep the plugin alive once stdin closes
         this.worker.unref();
@@ -141,7 +149,11 @@ export class PluginCompaction {
   }
 }
 
-/** The writer the db_write handler sees. */
+/**
+ * The writer the db_write handler sees. Until a worker exists only this thread touches the file, so
+ * calls go straight through; the mutex, the generation check and the published end (two atomic
+ * read-modify-writes, a BigInt and a notify per write) are paid only from the first compaction on.
+ */
 class SyncedWriter implements BackupWriter {
   readonly format: BackupWriter['format'];
   readonly location: string;
@@ -155,6 +167,7 @@ class SyncedWriter implements BackupWriter {
   }
 
   private read<T>(fn: () => T): T {
+    if (!this.pc.shared) return fn();
     this.pc.enter();
     try {
       this.pc.sync();
@@ -185,8 +198,20 @@ class SyncedWriter implements BackupWriter {
   }
 
   appendChange(version: number, statements: readonly string[]): number {
-    const added = this.read(() => this.inner.appendChange(version, statements));
-    this.pc.afterAppend();
+    const pc = this.pc;
+    let added: number;
+    if (!pc.shared) {
+      added = this.inner.appendChange(version, statements);
+    } else {
+      pc.enter();
+      try {
+        pc.sync();
+        added = this.inner.appendChange(version, statements);
+      } finally {
+        pc.leave();
+      }
+    }
+    pc.afterAppend();
     return added;
   }
 
@@ -195,6 +220,7 @@ class SyncedWriter implements BackupWriter {
   }
 
   dropHead(): number {
+    if (!this.pc.shared) return this.inner.dropHead();
     this.pc.enter();
     try {
       this.pc.sync();

@@ -1,5 +1,6 @@
 import { readSync } from 'node:fs';
-import { Socket, type OnReadOpts, type SocketConstructorOpts } from 'node:net';
+import { createRequire } from 'node:module';
+import type { OnReadOpts, SocketConstructorOpts } from 'node:net';
 import { FrameError, MessageSplitter } from './framing.js';
 
 /**
@@ -73,6 +74,9 @@ function serveAsync(splitter: MessageSplitter, commit: (n: number) => boolean, h
       callback: (n: number) => commit(n),
     },
   };
+  // node:net (and the stream machinery behind it) is loaded only here: a blocking stdin never needs it,
+  // and loading it would add to every start-up.
+  const { Socket } = createRequire(import.meta.url)('node:net') as typeof import('node:net');
   const sock = new Socket(opts);
   let ended = false;
   const end = () => {

@@ -5,7 +5,7 @@
  */
 import { execFileSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import Database from 'better-sqlite3';
+import Database from '../engine/sqlite.js';
 import { isPragmaOnly } from '../engine/versions.js';
 
 export const DATA_VERSION_SQL = "SELECT intval FROM vars WHERE name='data_version'";

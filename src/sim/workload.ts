@@ -7,7 +7,7 @@
  * The generator keeps its own view of the DB (next ids, unpaid invoices, ...): build it again with
  * `Workload.fromDb` after a crash, since uncommitted batches advanced that view.
  */
-import Database from 'better-sqlite3';
+import Database from '../engine/sqlite.js';
 import type { DbWriteResult, SimNode } from './lightningd.js';
 
 /** mulberry32: tiny, fast, good enough for test traffic, and the same on every platform. */

@@ -1,5 +1,5 @@
 import { closeSync, fdatasyncSync, fstatSync, openSync, readdirSync, readFileSync, readSync, statSync, unlinkSync } from 'node:fs';
-import { randomBytes } from 'node:crypto';
+import { randomBytes } from '../../engine/random.js';
 import { basename, dirname, join } from 'node:path';
 import { crc32 } from 'node:zlib';
 import type { BackupReader, BackupStats, BackupWriter } from '../backend.js';

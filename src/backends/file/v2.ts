@@ -1,5 +1,5 @@
 import { closeSync, fdatasyncSync, fstatSync, fsyncSync, ftruncateSync, openSync, readSync, unlinkSync } from 'node:fs';
-import { randomBytes } from 'node:crypto';
+import { randomBytes } from '../../engine/random.js';
 import { crc32 } from 'node:zlib';
 import type { BackupStats, BackupReader, BackupWriter } from '../backend.js';
 import { BackupError, type Entry, type EntryHeader, type Problem, type SnapshotEntry } from '../../engine/entries.js';

@@ -1,4 +1,4 @@
-import Database from 'better-sqlite3';
+import Database from '../../engine/sqlite.js';
 import { BackupError } from '../../engine/entries.js';
 
 /**
