@@ -31,8 +31,17 @@ function writeAll(text: string): void {
 }
 
 function writeLocked(text: string): void {
+  // Usually one write(2) straight from the string (no Buffer to allocate); a pipe that takes only part
+  // of it, or is momentarily full, gets the rest from a Buffer below.
+  let first = 0;
+  try {
+    first = writeSync(STDOUT, text);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== 'EAGAIN') throw e;
+  }
+  if (first === Buffer.byteLength(text, 'utf8')) return;
   const buf = Buffer.from(text, 'utf8');
-  let off = 0;
+  let off = first;
   while (off < buf.length) {
     try {
       off += writeSync(STDOUT, buf, off, buf.length - off);
