@@ -47,8 +47,8 @@ for (const s of skip) {
 const runs = (p: Part): boolean => !skip.has(p);
 
 const scale = quick
-  ? { n1k: 600, n100k: 150, rssWrites: 20_000, startupRuns: 5, restoreTx: 50_000, compactGiB: 0.1 }
-  : { n1k: 3000, n100k: 500, rssWrites: 100_000, startupRuns: 15, restoreTx: 200_000, compactGiB: 1 };
+  ? { n1k: 600, n100k: 150, warmup: 300, rssWrites: 20_000, startupRuns: 5, restoreTx: 50_000, compactGiB: 0.1 }
+  : { n1k: 3000, n100k: 500, warmup: 6000, rssWrites: 100_000, startupRuns: 15, restoreTx: 200_000, compactGiB: 1 };
 
 const diskDir = values.dir ?? tmpdir();
 const started = new Date();
