@@ -8,16 +8,15 @@
  * set, so the database stays small while the backup grows: what compaction is for). It is driven over
  * FIFOs with a blocking write-then-read loop, like lightningd's pipes.
  */
-import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, fsyncSync, mkdtempSync, openSync, readSync, rmSync, statSync, writeFileSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { createV2, encodeChangeRecord } from '../src/backends/file/v2.js';
+import { FifoDriver } from './driver.js';
 import { summarize, type Summary } from './stats.js';
 
-const PLUGIN = fileURLToPath(new URL('../src/plugin/main.js', import.meta.url));
 
 export interface CompactBenchOptions {
   dir?: string;
@@ -95,69 +94,6 @@ function generate(path: string, bytes: number, keys: number, value: number): num
   return dv;
 }
 
-class Driver {
-  private child: ChildProcess;
-  private toPlugin: number;
-  private fromPlugin: number;
-  private rbuf = Buffer.alloc(1 << 20);
-  private have = 0;
-  /** replies to requests other than the one being waited for */
-  readonly other = new Map<string, string>();
-  readonly logs: string[] = [];
-
-  constructor(netDir: string) {
-    const fin = join(netDir, 'stdin.fifo');
-    const fout = join(netDir, 'stdout.fifo');
-    execFileSync('mkfifo', [fin, fout]);
-    this.toPlugin = openSync(fin, 'r+');
-    this.fromPlugin = openSync(fout, 'r+');
-    const childIn = openSync(fin, 'r');
-    const childOut = openSync(fout, 'w');
-    this.child = spawn(PLUGIN, [], { cwd: netDir, stdio: [childIn, childOut, 'inherit'] });
-    closeSync(childIn);
-    closeSync(childOut);
-  }
-
-  get pid(): number {
-    return this.child.pid!;
-  }
-
-  send(payload: string): void {
-    writeSync(this.toPlugin, payload);
-  }
-
-  /** Blocks until the reply to `id`; other replies and log lines are kept. */
-  wait(id: string): string {
-    const tag = `"id":${JSON.stringify(id)}`;
-    for (;;) {
-      let i: number;
-      while ((i = this.rbuf.subarray(0, this.have).indexOf('\n\n')) >= 0) {
-        const msg = this.rbuf.toString('utf8', 0, i);
-        this.rbuf.copy(this.rbuf, 0, i + 2, this.have);
-        this.have -= i + 2;
-        if (msg.includes('"method":"log"')) {
-          this.logs.push(msg);
-          continue;
-        }
-        if (msg.includes(tag)) return msg;
-        const m = /"id":"([^"]+)"/.exec(msg);
-        if (m) this.other.set(m[1]!, msg);
-      }
-      if (this.have === this.rbuf.length) this.rbuf = Buffer.concat([this.rbuf, Buffer.alloc(this.rbuf.length)]);
-      const n = readSync(this.fromPlugin, this.rbuf, this.have, this.rbuf.length - this.have, null);
-      if (n === 0) throw new Error('plugin closed its stdout');
-      this.have += n;
-    }
-  }
-
-  async close(): Promise<void> {
-    const done = new Promise((r) => this.child.on('exit', r));
-    this.child.kill('SIGKILL');
-    await done;
-    closeSync(this.toPlugin);
-    closeSync(this.fromPlugin);
-  }
-}
 
 function procKb(pid: number, field: 'VmRSS' | 'VmHWM'): number {
   const m = new RegExp(`${field}:\\s+(\\d+) kB`).exec(readFileText(`/proc/${pid}/status`));
@@ -188,7 +124,7 @@ export async function benchCompact(opts: CompactBenchOptions = {}): Promise<Comp
     const backupBytes = statSync(backup).size;
     // no history: the bench measures compaction, and the old gigabyte need not stay on disk
     writeFileSync(join(nd, 'backup.lock'), JSON.stringify({ backend_url: `file://${backup}`, compaction: { auto: false, history: 0 } }));
-    const d = new Driver(nd);
+    const d = new FifoDriver(nd);
     let next = 20;
     const call = (method: string, params: unknown): string => {
       const id = `cln:${method}#${next++}`;

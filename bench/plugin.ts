@@ -4,16 +4,17 @@
  *
  *   node dist/bench/plugin.js [--dir DIR] [--n1k N] [--n100k N] [--warmup N] [--rss-writes N]
  */
-import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { closeSync, fdatasyncSync, mkdtempSync, openSync, readSync, rmSync, writeFileSync, writeSync } from 'node:fs';
+import { closeSync, fdatasyncSync, mkdtempSync, openSync, rmSync, writeFileSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { createV2 } from '../src/backends/file/v2.js';
+import { FifoDriver } from './driver.js';
 import { fmtUs, procCpuNs, procRssKb, summarize, type Summary } from './stats.js';
 
-const PLUGIN = fileURLToPath(new URL('../src/plugin/main.js', import.meta.url));
+/** bench/minimal-plugin.ts: the protocol's own cost, for comparison */
+const MINIMAL = [process.execPath, fileURLToPath(new URL('./minimal-plugin.js', import.meta.url))];
 
 /** A db_write batch shaped like lightningd's: statements with inlined values, the data_version bump last. */
 export function batch(dv: number, bytes: number): string[] {
@@ -67,68 +68,13 @@ export interface PluginRun {
   rssKb: number;
 }
 
-/**
- * Drives the plugin the way lightningd does: over real pipes (FIFOs; lightningd uses pipe(2), while
- * Node's own child pipes are socketpairs) with a blocking write-then-read loop, so the figures show
- * the plugin's cost rather than a JavaScript driver's event loop.
- */
-class Driver {
-  private child: ChildProcess;
-  private toPlugin: number;
-  private fromPlugin: number;
-  private rbuf = Buffer.alloc(1 << 20);
-  private have = 0;
-  constructor(netDir: string) {
-    const fin = join(netDir, 'stdin.fifo');
-    const fout = join(netDir, 'stdout.fifo');
-    execFileSync('mkfifo', [fin, fout]);
-    // O_RDWR on a FIFO opens without waiting for the other side.
-    this.toPlugin = openSync(fin, 'r+');
-    this.fromPlugin = openSync(fout, 'r+');
-    const childIn = openSync(fin, 'r');
-    const childOut = openSync(fout, 'w');
-    this.child = spawn(PLUGIN, [], { cwd: netDir, stdio: [childIn, childOut, 'inherit'] });
-    closeSync(childIn);
-    closeSync(childOut);
-  }
-  get pid(): number {
-    return this.child.pid!;
-  }
-  /** Sends one request and blocks until its reply (log notifications are skipped). */
-  call(payload: Buffer): string {
-    // lightningd hands over bytes it already holds; encoding a string here would be the driver's cost
-    for (let off = 0; off < payload.length; ) off += writeSync(this.toPlugin, payload, off, payload.length - off);
-    for (;;) {
-      let i: number;
-      while ((i = this.rbuf.subarray(0, this.have).indexOf('\n\n')) >= 0) {
-        const msg = this.rbuf.toString('utf8', 0, i);
-        this.rbuf.copy(this.rbuf, 0, i + 2, this.have);
-        this.have -= i + 2;
-        if (!msg.includes('"method":"log"')) return msg;
-        if (msg.includes('"level":"error"')) process.stderr.write(`plugin: ${msg}\n`);
-      }
-      if (this.have === this.rbuf.length) this.rbuf = Buffer.concat([this.rbuf, Buffer.alloc(this.rbuf.length)]);
-      const n = readSync(this.fromPlugin, this.rbuf, this.have, this.rbuf.length - this.have, null);
-      if (n === 0) throw new Error('plugin closed its stdout');
-      this.have += n;
-    }
-  }
-  async close(): Promise<void> {
-    const done = new Promise((r) => this.child.on('exit', r));
-    this.child.kill('SIGKILL');
-    await done;
-    closeSync(this.toPlugin);
-    closeSync(this.fromPlugin);
-  }
-}
-
-async function startPlugin(dir: string): Promise<{ d: Driver; nd: string; startupMs: number }> {
+async function startPlugin(dir: string, command?: readonly string[]): Promise<{ d: FifoDriver; nd: string; startupMs: number }> {
   const nd = mkdtempSync(join(dir, 'nd-'));
   createV2(join(nd, 'backup.bkp'));
   writeFileSync(join(nd, 'backup.lock'), JSON.stringify({ backend_url: `file://${join(nd, 'backup.bkp')}` }));
   const t0 = process.hrtime.bigint();
-  const d = new Driver(nd);
-  const r = d.call(Buffer.from(`{"jsonrpc":"2.0","id":"cln:getmanifest#1","method":"getmanifest","params":{"allow-deprecated-apis":false}}\n\n`));
+  const d = new FifoDriver(nd, command);
+  const r = d.call(`{"jsonrpc":"2.0","id":"cln:getmanifest#1","method":"getmanifest","params":{"allow-deprecated-apis":false}}\n\n`, 'cln:getmanifest#1');
   const startupMs = Number(process.hrtime.bigint() - t0) / 1e6;
   if (!r.includes('db_write')) throw new Error(`bad manifest: ${r}`);
   return { d, nd, startupMs };
@@ -141,13 +87,15 @@ async function startPlugin(dir: string): Promise<{ d: Driver; nd: string; startu
  * cost reported separately as warmupCpuUsPerCall. Every size takes the same code path, so 1 KB calls
  * warm it up for 100 KB ones too, without writing gigabytes first.
  */
-export async function runPlugin(dir: string, bytes: number, n: number, warmup = 50): Promise<PluginRun> {
+export async function runPlugin(dir: string, bytes: number, n: number, warmup = 50, command?: readonly string[]): Promise<PluginRun> {
   if (warmup >= n) throw new Error(`warm-up (${warmup}) must be shorter than the run (${n})`);
-  const { d, nd } = await startPlugin(dir);
+  const { d, nd } = await startPlugin(dir, command);
   const msgs: Buffer[] = [];
+  const ids: string[] = [];
   for (let dv = 1; dv <= n; dv++) {
     const size = dv <= warmup ? 1024 : bytes;
-    msgs.push(Buffer.from(`${JSON.stringify({ jsonrpc: '2.0', id: `cln:db_write#${dv + 20}`, method: 'db_write', params: { data_version: dv, writes: batch(dv, size) } })}\n\n`));
+    ids.push(`cln:db_write#${dv + 20}`);
+    msgs.push(Buffer.from(`${JSON.stringify({ jsonrpc: '2.0', id: ids[dv - 1], method: 'db_write', params: { data_version: dv, writes: batch(dv, size) } })}\n\n`));
   }
   const lat: number[] = [];
   const cpuStart = procCpuNs(d.pid);
@@ -159,7 +107,7 @@ export async function runPlugin(dir: string, bytes: number, n: number, warmup = 
       t0 = process.hrtime.bigint();
     }
     const s = process.hrtime.bigint();
-    const reply = d.call(msgs[i]!);
+    const reply = d.call(msgs[i]!, ids[i]!);
     if (!reply.includes('"continue"')) throw new Error(`db_write refused: ${reply}`);
     if (i >= warmup) lat.push(Number(process.hrtime.bigint() - s) / 1000);
   }
@@ -196,6 +144,8 @@ export interface BatchBench {
   calls: number;
   floor: FloorResult;
   run: PluginRun;
+  /** bench/minimal-plugin.ts under the same driver: what any Node db_write plugin pays here */
+  minimal: PluginRun;
 }
 
 export interface PluginBenchResult {
@@ -226,10 +176,12 @@ export async function benchPlugin(opts: PluginBenchOptions): Promise<PluginBench
     const recordBytes = bytes + 40;
     const floor = measureFloor(opts.dir, recordBytes, Math.min(n, 2000));
     const run = await runPlugin(opts.dir, bytes, warmup + n, warmup);
-    batches.push({ label, bytes, calls: n, floor, run });
+    const minimal = await runPlugin(opts.dir, bytes, warmup + n, warmup, MINIMAL);
+    batches.push({ label, bytes, calls: n, floor, run, minimal });
     say(`\n${label} batches (${n} db_write calls, disk ${opts.dir}):`);
     say(`  floor  write+fdatasync: p50 ${fmtUs(floor.latencyUs.p50)}  p99 ${fmtUs(floor.latencyUs.p99)}  CPU ${fmtUs(floor.cpuUsPerOp)}/op`);
     say(`  plugin round trip:      p50 ${fmtUs(run.latencyUs.p50)}  p99 ${fmtUs(run.latencyUs.p99)}  max ${fmtUs(run.latencyUs.max)}  CPU ${fmtUs(run.cpuUsPerCall)}/call  ${run.throughputPerSec.toFixed(0)} calls/s`);
+    say(`  minimal Node plugin:    p50 ${fmtUs(minimal.latencyUs.p50)}  p99 ${fmtUs(minimal.latencyUs.p99)}  max ${fmtUs(minimal.latencyUs.max)}  CPU ${fmtUs(minimal.cpuUsPerCall)}/call  (bench/minimal-plugin.ts: parse, append the raw message, fdatasync, answer; no checks, no format)`);
     say(`  warm-up (${warmup} uncounted 1 KB calls while V8 compiles the hot path, once per start): CPU ${fmtUs(run.warmupCpuUsPerCall)}/call`);
     say(`  ratios: p50 ${(run.latencyUs.p50 / floor.latencyUs.p50).toFixed(2)}x (target <= 1.3x)  p99 ${(run.latencyUs.p99 / floor.latencyUs.p99).toFixed(2)}x (target <= 2x)  CPU +${fmtUs(run.cpuUsPerCall - floor.cpuUsPerOp)}/call over the floor (target <= +40 µs)`);
   }

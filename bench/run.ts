@@ -71,6 +71,7 @@ function pluginChecks(r: PluginBenchResult): void {
   for (const b of r.batches) {
     const f = b.floor;
     const p = b.run;
+    const m = b.minimal;
     const p50Limit = 1.3 * f.latencyUs.p50;
     const p99Limit = 2 * f.latencyUs.p99;
     const cpuLimit = f.cpuUsPerOp + 40;
@@ -80,20 +81,21 @@ function pluginChecks(r: PluginBenchResult): void {
         measured: fmtUs(p.latencyUs.p50),
         target: `<= 1.3 x floor ${fmtUs(f.latencyUs.p50)} = ${fmtUs(p50Limit)}`,
         ok: p.latencyUs.p50 <= p50Limit,
+        note: `minimal Node plugin: ${fmtUs(m.latencyUs.p50)} = ${(m.latencyUs.p50 / f.latencyUs.p50).toFixed(2)} x floor`,
       },
       {
         figure: `${b.label} db_write p99`,
         measured: fmtUs(p.latencyUs.p99),
         target: `<= 2 x floor ${fmtUs(f.latencyUs.p99)} = ${fmtUs(p99Limit)}`,
         ok: p.latencyUs.p99 <= p99Limit,
-        note: `max ${fmtUs(p.latencyUs.max)}`,
+        note: `max ${fmtUs(p.latencyUs.max)}; minimal Node plugin: ${fmtUs(m.latencyUs.p99)} = ${(m.latencyUs.p99 / f.latencyUs.p99).toFixed(2)} x floor`,
       },
       {
         figure: `${b.label} db_write CPU/call`,
         measured: fmtUs(p.cpuUsPerCall),
         target: `<= floor ${fmtUs(f.cpuUsPerOp)} + 40 µs = ${fmtUs(cpuLimit)}`,
         ok: p.cpuUsPerCall <= cpuLimit,
-        note: `+${fmtUs(p.cpuUsPerCall - f.cpuUsPerOp)} over the floor`,
+        note: `+${fmtUs(p.cpuUsPerCall - f.cpuUsPerOp)} over the floor; minimal Node plugin: +${fmtUs(m.cpuUsPerCall - f.cpuUsPerOp)}`,
       },
       {
         figure: `${b.label} db_write throughput`,

@@ -1,0 +1,42 @@
+/**
+ * The least a db_write plugin written in Node can do, for the plugin bench to run beside clnvault's:
+ * read the request from a blocking stdin, JSON.parse it, append the raw message to a file, fdatasync,
+ * answer. No version checks, no record format, no checksum. The gap between this and the bare
+ * write+fdatasync floor is what the protocol itself costs on this machine (two pipe wake-ups per call,
+ * moving and parsing the JSON); the gap between this and clnvault is what clnvault adds.
+ *
+ *   node dist/bench/minimal-plugin.js   (cwd: a directory it may write minimal.bin into)
+ */
+import { fdatasyncSync, openSync, readSync, writeSync } from 'node:fs';
+
+const out = openSync('minimal.bin', 'w');
+let buf = Buffer.allocUnsafe(1 << 20);
+let have = 0;
+let pos = 0;
+for (;;) {
+  if (have === buf.length) {
+    const bigger = Buffer.allocUnsafe(buf.length * 2);
+    buf.copy(bigger, 0, 0, have);
+    buf = bigger;
+  }
+  const n = readSync(0, buf, have, buf.length - have, null);
+  if (n === 0) process.exit(0);
+  let from = Math.max(0, have - 1);
+  have += n;
+  let sep: number;
+  let start = 0;
+  while ((sep = buf.indexOf('\n\n', from)) >= 0 && sep + 1 < have) {
+    const msg = JSON.parse(buf.toString('latin1', start, sep)) as { id: string | number; method: string };
+    if (msg.method === 'db_write') {
+      writeSync(out, buf, start, sep - start, pos);
+      pos += sep - start;
+      fdatasyncSync(out);
+      writeSync(1, `{"jsonrpc":"2.0","id":${JSON.stringify(msg.id)},"result":{"result":"continue"}}\n\n`);
+    } else {
+      writeSync(1, `{"jsonrpc":"2.0","id":${JSON.stringify(msg.id)},"result":{"hooks":[{"name":"db_write"}],"dynamic":false}}\n\n`);
+    }
+    start = from = sep + 2;
+  }
+  buf.copy(buf, 0, start, have);
+  have -= start;
+}
