@@ -155,6 +155,8 @@ test('values through the cache are stored with the same types and bytes as throu
     `9223372036854775807, 'é😀\n;--/*', x'ff', 'x', 1, '1e3'`,
     `1.5, '1.5', NULL, 1.5, 7, 1.0`,
     `12345678901234567890, 'z', x'00', 12345678901234567890, -1, 0x10`,
+    // two 40 KiB blobs: more than the 64 KiB the cache decodes blobs into
+    `1, 'big', x'${'a5'.repeat(40_000)}', x'${'5a'.repeat(40_000)}', 1, 1`,
   ];
   for (const v of values) batches.push([`INSERT INTO t (i, s, b, n, r, num) VALUES (${v})`]);
   // the same shapes again, so the second round goes through the cached templates
@@ -175,6 +177,8 @@ test('expressions, comparisons and affinity give the same results through the ca
     [`UPDATE t SET s = 'L' WHERE s LIKE 'x' ESCAPE '\\'`, `UPDATE t SET s = 'M' WHERE s LIKE '8%' ESCAPE '\\'`],
     [`UPDATE t SET i = -5 WHERE id IN (SELECT id FROM t WHERE i > 1 LIMIT 1)`, `UPDATE t SET i = -6 WHERE id IN (SELECT id FROM t WHERE i > 2 LIMIT 1)`],
     [`UPDATE t SET b = json_object('k', 5, 'v', 'w') WHERE id = 3`, `UPDATE t SET b = json_object('k', 6, 'v', 'x') WHERE id = 1`],
+    // a statement that is a cached template plus more text is not that template
+    [`UPDATE t SET s = 'q' WHERE id = 1`, `UPDATE t SET s = 'q' WHERE id = 2 OR id = 3`, `UPDATE t SET s = 'r' WHERE id = 1 -- 2`],
     [`DELETE FROM t WHERE id = 99`, `DELETE FROM t WHERE i = -5 LIMIT 1`, `DELETE FROM t WHERE i = -6 LIMIT 1`],
     [`INSERT OR IGNORE INTO t (id, s) VALUES (1, 'dup')`, `INSERT OR REPLACE INTO t (id, s) VALUES (3, 'rep')`, `REPLACE INTO t (id, s) VALUES (4, 'new')`],
     // a string where SQLite wants a name: its template does not compile, so the text runs (twice: remembered)
@@ -191,6 +195,8 @@ test('a statement that fails through the cache fails with the same message as th
     [[`INSERT INTO t (id, s) VALUES (1, 'a')`, `INSERT INTO t (id, s) VALUES ('x', 'b')`], /datatype mismatch/],
     [[`INSERT INTO t (id, s) VALUES (1, 'a')`, `INSERT INTO t (id, s) VALUES (2, 'a\u0000b')`], /unrecognized token/], // SQLite stops at a NUL
     [[`INSERT INTO t (id, s) VALUES (1, 'a')`, `INSERT INTO t (id, s) VALUES (2, 'a'`], /incomplete input/],
+    [[`INSERT INTO t (id, b) VALUES (1, x'00')`, `INSERT INTO t (id, b) VALUES (2, x'0g')`], /unrecognized token/],
+    [[`INSERT INTO t (id, b) VALUES (1, x'00')`, `INSERT INTO t (id, b) VALUES (2, x'000')`], /unrecognized token/],
     [[`INSERT INTO t (id, q) VALUES (1, 'a')`], /no column named q/],
   ] as const) {
     const out = assertSameAsExec([[...bad]]);

@@ -27,12 +27,6 @@ import { isBoundary, statementShape } from './sqlscan.js';
  */
 
 /**
- * One lifted literal: up to 18 digits, a string (no NUL inside: SQLite's tokenizer stops at one where a bound
- * value would carry it), or a blob of hex digit pairs.
- */
-const SLOT = "(\\d{1,18}|'[^'\\0]*(?:''[^'\\0]*)*'|[xX]'(?:[0-9a-fA-F]{2})*')";
-
-/**
  * Templates are bucketed by a hash of their first LONG_KEY characters when the text before their first
  * literal is that long, else of their first SHORT_KEY (every template starts with its verb, 6+ letters).
  * A bucket may hold templates of other prefixes (hash collisions): the match decides.
@@ -54,14 +48,14 @@ const MAX_BUCKET = 64;
 const KEEPS_CACHE = new Set(['INSERT', 'UPDATE', 'DELETE', 'REPLACE', 'WITH', 'SELECT', 'VALUES']);
 
 interface Template {
-  re: RegExp;
+  /** the text around the literals: a statement is segs[0] + literal + segs[1] + ... + literal + segs[n] */
+  segs: string[];
   /** null: the shape runs as text (its template did not compile, or it returns rows) */
   stmt: Database.Statement | null;
 }
 
-function escapeRegExp(s: string): string {
-  return s.replace(/[\\^$.*+?()[\]{}|/]/g, '\\$&');
-}
+/** Below this length a segment is compared char by char (a short substring is a copy); above, as a string. */
+const SHORT_SEGMENT = 16;
 
 export interface StatementCacheStats {
   /** statements run through a cached template */
@@ -114,23 +108,22 @@ export class StatementCache {
     if (list === undefined) return undefined;
     for (let i = 0; i < list.length; i++) {
       const t = list[i]!;
-      const m = t.re.exec(sql);
-      if (m === null) continue;
+      const params = this.match(sql, t.segs);
+      if (params === null) continue;
       if (i > 0) {
         list.splice(i, 1);
         list.unshift(t);
       }
-      return this.runTemplate(t, m);
+      return this.runTemplate(t, params);
     }
     return undefined;
   }
 
-  private runTemplate(t: Template, m: RegExpExecArray): boolean {
+  private runTemplate(t: Template, params: unknown[]): boolean {
     if (t.stmt === null) {
       this.stats.text++;
       return false;
     }
-    const params = this.bindValues(m);
     try {
       t.stmt.run(...params);
     } catch (e) {
@@ -143,31 +136,81 @@ export class StatementCache {
     return true;
   }
 
-  private bindValues(m: RegExpExecArray): unknown[] {
-    const out: unknown[] = new Array(m.length - 1);
+  /**
+   * The literals of `sql` as values to bind, if `sql` is `segs` with one literal token in each gap; else
+   * null. A literal is what sqlscan.ts lifts: 1-18 digits, a string without NUL (`''` inside), or x'..' with
+   * hex digit pairs. The text after each is compared exactly; it starts with a boundary character (or is
+   * the end), so a literal read here ends exactly where SQLite's tokenizer would end it.
+   */
+  private match(sql: string, segs: readonly string[]): unknown[] | null {
+    const n = sql.length;
+    if (!segmentAt(sql, 0, segs[0]!)) return null;
+    let pos = segs[0]!.length;
+    const out: unknown[] = new Array(segs.length - 1);
     this.poolAt = 0;
-    for (let k = 1; k < m.length; k++) {
-      const v = m[k]!;
-      const c = v.charCodeAt(0);
+    for (let k = 1; k < segs.length; k++) {
+      const c = sql.charCodeAt(pos);
+      let end: number;
       if (c === 39) {
-        const body = v.slice(1, -1);
-        out[k - 1] = body.includes("''") ? body.replaceAll("''", "'") : body;
-      } else if (c <= 57) {
-        // up to 15 digits are exact in a double; BigInt binds as int64 (a number would bind as REAL)
-        out[k - 1] = v.length <= 15 ? BigInt(Number(v)) : BigInt(v);
-      } else {
-        const hex = v.slice(2, -1);
-        const len = hex.length >> 1;
+        // a string: up to the first quote not doubled
+        let esc = false;
+        let j = pos + 1;
+        for (;;) {
+          const q = sql.indexOf("'", j);
+          if (q < 0) return null;
+          if (sql.charCodeAt(q + 1) === 39) {
+            esc = true;
+            j = q + 2;
+            continue;
+          }
+          end = q + 1;
+          break;
+        }
+        let body = sql.slice(pos + 1, end - 1);
+        // SQLite's tokenizer stops at a NUL inside a literal; a bound value would carry it along
+        if (body.indexOf('\0') >= 0) return null;
+        if (esc) body = body.replaceAll("''", "'");
+        out[k - 1] = body;
+      } else if (c >= 48 && c <= 57) {
+        let j = pos;
+        let x = 0;
+        while (j < n) {
+          const d = sql.charCodeAt(j);
+          if (d < 48 || d > 57) break;
+          x = x * 10 + (d - 48);
+          j++;
+        }
+        // bound as an int64 BigInt (a number would bind as REAL); up to 15 digits are exact in a double
+        if (j - pos <= 15) out[k - 1] = BigInt(x);
+        else if (j - pos <= 18) out[k - 1] = BigInt(sql.slice(pos, j));
+        else return null;
+        end = j;
+      } else if ((c === 120 || c === 88) && sql.charCodeAt(pos + 1) === 39) {
+        const q = sql.indexOf("'", pos + 2);
+        if (q < 0) return null;
+        const hexLen = q - pos - 2;
+        if (hexLen % 2 !== 0) return null;
+        const len = hexLen / 2;
+        const hex = sql.slice(pos + 2, q);
+        let blob: Buffer;
         if (this.poolAt + len <= this.pool.length) {
-          this.pool.write(hex, this.poolAt, 'hex');
-          out[k - 1] = this.pool.subarray(this.poolAt, this.poolAt + len);
+          blob = this.pool.subarray(this.poolAt, this.poolAt + len);
           this.poolAt += len;
         } else {
-          out[k - 1] = Buffer.from(hex, 'hex');
+          blob = Buffer.allocUnsafe(len);
         }
+        // hex decoding stops at the first pair that is not hex: fewer bytes means no blob literal
+        if (blob.write(hex, 'hex') !== len) return null;
+        out[k - 1] = blob;
+        end = q + 1;
+      } else {
+        return null;
       }
+      const seg = segs[k]!;
+      if (!segmentAt(sql, end, seg)) return null;
+      pos = end + seg.length;
     }
-    return out;
+    return pos === n ? out : null;
   }
 
   private miss(sql: string): boolean {
@@ -178,10 +221,9 @@ export class StatementCache {
       return false;
     }
     const segs = shape.segs;
-    const re = new RegExp(`^${segs.map(escapeRegExp).join(SLOT)}$`);
-    const m = re.exec(sql);
-    if (m === null || m.length !== segs.length || !boundedSlots(segs)) {
-      // cannot happen if sqlscan.ts and SLOT agree; if they ever do not, the text runs as it always did
+    const params = boundedSlots(segs) ? this.match(sql, segs) : null;
+    if (params === null) {
+      // cannot happen if sqlscan.ts and match() agree; if they ever do not, the text runs as it always did
       this.stats.internal++;
       this.stats.text++;
       return false;
@@ -193,7 +235,7 @@ export class StatementCache {
     } catch {
       stmt = null;
     }
-    const t: Template = { re, stmt };
+    const t: Template = { segs, stmt };
     if (this.templates >= MAX_TEMPLATES) this.clear();
     const long = segs[0]!.length >= LONG_KEY;
     const buckets = long ? this.longBuckets : this.shortBuckets;
@@ -204,8 +246,19 @@ export class StatementCache {
     if (list.length > MAX_BUCKET) list.pop();
     else this.templates++;
     this.stats.compiled++;
-    return this.runTemplate(t, m);
+    return this.runTemplate(t, params);
   }
+}
+
+/** Whether `sql` holds `seg` at `at`. */
+function segmentAt(sql: string, at: number, seg: string): boolean {
+  const len = seg.length;
+  if (at + len > sql.length) return false;
+  if (len < SHORT_SEGMENT) {
+    for (let j = 0; j < len; j++) if (sql.charCodeAt(at + j) !== seg.charCodeAt(j)) return false;
+    return true;
+  }
+  return sql.substring(at, at + len) === seg;
 }
 
 /** Every lifted literal sits between boundary characters (the last segment may be empty: the string's end). */
