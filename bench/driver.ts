@@ -20,6 +20,8 @@ export class FifoDriver {
   /** replies to requests other than the one being waited for, by id */
   readonly other = new Map<string, string>();
   readonly logs: string[] = [];
+  /** hrtime just before spawn(): start-up is timed from here, not from making the FIFOs */
+  readonly spawnedAt: bigint;
 
   /** `command`: the plugin by default; [node, script] for another one (the minimal reference plugin) */
   constructor(netDir: string, command: readonly string[] = [PLUGIN]) {
@@ -31,6 +33,7 @@ export class FifoDriver {
     this.fromPlugin = openSync(fout, 'r+');
     const childIn = openSync(fin, 'r');
     const childOut = openSync(fout, 'w');
+    this.spawnedAt = process.hrtime.bigint();
     this.child = spawn(command[0]!, command.slice(1), { cwd: netDir, stdio: [childIn, childOut, 'inherit'] });
     closeSync(childIn);
     closeSync(childOut);

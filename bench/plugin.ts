@@ -72,10 +72,9 @@ async function startPlugin(dir: string, command?: readonly string[]): Promise<{ 
   const nd = mkdtempSync(join(dir, 'nd-'));
   createV2(join(nd, 'backup.bkp'));
   writeFileSync(join(nd, 'backup.lock'), JSON.stringify({ backend_url: `file://${join(nd, 'backup.bkp')}` }));
-  const t0 = process.hrtime.bigint();
   const d = new FifoDriver(nd, command);
   const r = d.call(`{"jsonrpc":"2.0","id":"cln:getmanifest#1","method":"getmanifest","params":{"allow-deprecated-apis":false}}\n\n`, 'cln:getmanifest#1');
-  const startupMs = Number(process.hrtime.bigint() - t0) / 1e6;
+  const startupMs = Number(process.hrtime.bigint() - d.spawnedAt) / 1e6;
   if (!r.includes('db_write')) throw new Error(`bad manifest: ${r}`);
   return { d, nd, startupMs };
 }
