@@ -155,7 +155,9 @@ test('values through the cache are stored with the same types and bytes as throu
     `9223372036854775807, 'é😀\n;--/*', x'ff', 'x', 1, '1e3'`,
     `1.5, '1.5', NULL, 1.5, 7, 1.0`,
     `12345678901234567890, 'z', x'00', 12345678901234567890, -1, 0x10`,
-    // two 40 KiB blobs: more than the 64 KiB the cache decodes blobs into
+    // two blobs of one length in one statement: each literal decodes into its own buffer
+    `3, 'two blobs', x'0102', x'0304', 3, 3`,
+    // two 40 KiB blobs: bigger than the buffers a template keeps for its blob literals
     `1, 'big', x'${'a5'.repeat(40_000)}', x'${'5a'.repeat(40_000)}', 1, 1`,
   ];
   for (const v of values) batches.push([`INSERT INTO t (i, s, b, n, r, num) VALUES (${v})`]);

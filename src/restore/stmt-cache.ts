@@ -52,6 +52,24 @@ interface Template {
   segs: string[];
   /** null: the shape runs as text (its template did not compile, or it returns rows) */
   stmt: Database.Statement | null;
+  /**
+   * The values of the last match, and per literal the buffer its last blob was decoded into (reused while
+   * the length stays: hashes, keys). Reusing both is safe because run() binds with SQLITE_TRANSIENT: SQLite
+   * has its own copy before the next statement overwrites them.
+   */
+  params: unknown[];
+  blobs: (Buffer | undefined)[];
+}
+
+/** Blobs up to this size keep their buffer in the template; bigger ones get a fresh one each time. */
+const MAX_KEPT_BLOB = 4096;
+
+/** Hex digit values by character code, -1 for everything else. */
+const HEX_VALUE = new Int8Array(128).fill(-1);
+for (let i = 0; i < 10; i++) HEX_VALUE[48 + i] = i;
+for (let i = 0; i < 6; i++) {
+  HEX_VALUE[65 + i] = 10 + i;
+  HEX_VALUE[97 + i] = 10 + i;
 }
 
 /** Below this length a segment is compared char by char (a short substring is a copy); above, as a string. */
@@ -72,9 +90,6 @@ export class StatementCache {
   private readonly longBuckets = new Map<number, Template[]>();
   private readonly shortBuckets = new Map<number, Template[]>();
   private templates = 0;
-  /** blob literals are decoded into this and bound as views; SQLite copies bound values */
-  private readonly pool = Buffer.allocUnsafe(64 * 1024);
-  private poolAt = 0;
   readonly stats: StatementCacheStats = { hits: 0, text: 0, compiled: 0, internal: 0 };
 
   constructor(private readonly db: Database.Database) {}
@@ -85,6 +100,9 @@ export class StatementCache {
    */
   run(sql: string): boolean {
     const n = sql.length;
+    // SQLite's tokenizer stops at a NUL even inside a literal, where a bound value would carry it along:
+    // such a statement runs as text (and fails as it always did)
+    if (sql.indexOf('\0') >= 0) return this.miss(sql);
     if (n >= LONG_KEY) {
       const r = this.tryBucket(this.longBuckets.get(prefixHash(sql, LONG_KEY)), sql);
       if (r !== undefined) return r;
@@ -108,7 +126,7 @@ export class StatementCache {
     if (list === undefined) return undefined;
     for (let i = 0; i < list.length; i++) {
       const t = list[i]!;
-      const params = this.match(sql, t.segs);
+      const params = this.match(sql, t);
       if (params === null) continue;
       if (i > 0) {
         list.splice(i, 1);
@@ -137,17 +155,17 @@ export class StatementCache {
   }
 
   /**
-   * The literals of `sql` as values to bind, if `sql` is `segs` with one literal token in each gap; else
-   * null. A literal is what sqlscan.ts lifts: 1-18 digits, a string without NUL (`''` inside), or x'..' with
-   * hex digit pairs. The text after each is compared exactly; it starts with a boundary character (or is
+   * The literals of `sql` as values to bind (in t.params), if `sql` is the template's text with one literal
+   * token in each gap; else null. A literal is what sqlscan.ts lifts: 1-18 digits, a string (`''` inside;
+   * run() turned NULs away), or x'..' with hex digit pairs. The text after each is compared exactly; it starts with a boundary character (or is
    * the end), so a literal read here ends exactly where SQLite's tokenizer would end it.
    */
-  private match(sql: string, segs: readonly string[]): unknown[] | null {
+  private match(sql: string, t: Template): unknown[] | null {
+    const segs = t.segs;
     const n = sql.length;
     if (!segmentAt(sql, 0, segs[0]!)) return null;
     let pos = segs[0]!.length;
-    const out: unknown[] = new Array(segs.length - 1);
-    this.poolAt = 0;
+    const out = t.params;
     for (let k = 1; k < segs.length; k++) {
       const c = sql.charCodeAt(pos);
       let end: number;
@@ -167,8 +185,6 @@ export class StatementCache {
           break;
         }
         let body = sql.slice(pos + 1, end - 1);
-        // SQLite's tokenizer stops at a NUL inside a literal; a bound value would carry it along
-        if (body.indexOf('\0') >= 0) return null;
         if (esc) body = body.replaceAll("''", "'");
         out[k - 1] = body;
       } else if (c >= 48 && c <= 57) {
@@ -191,16 +207,19 @@ export class StatementCache {
         const hexLen = q - pos - 2;
         if (hexLen % 2 !== 0) return null;
         const len = hexLen / 2;
-        const hex = sql.slice(pos + 2, q);
-        let blob: Buffer;
-        if (this.poolAt + len <= this.pool.length) {
-          blob = this.pool.subarray(this.poolAt, this.poolAt + len);
-          this.poolAt += len;
-        } else {
+        let blob = t.blobs[k];
+        if (blob === undefined || blob.length !== len) {
           blob = Buffer.allocUnsafe(len);
+          t.blobs[k] = len <= MAX_KEPT_BLOB ? blob : undefined;
         }
-        // hex decoding stops at the first pair that is not hex: fewer bytes means no blob literal
-        if (blob.write(hex, 'hex') !== len) return null;
+        for (let x = 0, p = pos + 2; x < len; x++, p += 2) {
+          const hi = sql.charCodeAt(p);
+          const lo = sql.charCodeAt(p + 1);
+          const h = hi < 128 ? HEX_VALUE[hi]! : -1;
+          const l = lo < 128 ? HEX_VALUE[lo]! : -1;
+          if ((h | l) < 0) return null;
+          blob[x] = (h << 4) | l;
+        }
         out[k - 1] = blob;
         end = q + 1;
       } else {
@@ -221,7 +240,13 @@ export class StatementCache {
       return false;
     }
     const segs = shape.segs;
-    const params = boundedSlots(segs) ? this.match(sql, segs) : null;
+    const t: Template = {
+      segs,
+      stmt: null,
+      params: new Array<unknown>(segs.length - 1).fill(undefined),
+      blobs: new Array<Buffer | undefined>(segs.length).fill(undefined),
+    };
+    const params = boundedSlots(segs) ? this.match(sql, t) : null;
     if (params === null) {
       // cannot happen if sqlscan.ts and match() agree; if they ever do not, the text runs as it always did
       this.stats.internal++;
@@ -235,7 +260,7 @@ export class StatementCache {
     } catch {
       stmt = null;
     }
-    const t: Template = { segs, stmt };
+    t.stmt = stmt;
     if (this.templates >= MAX_TEMPLATES) this.clear();
     const long = segs[0]!.length >= LONG_KEY;
     const buckets = long ? this.longBuckets : this.shortBuckets;
