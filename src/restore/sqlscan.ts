@@ -133,9 +133,9 @@ function ineligible(verb: string, why: string): StatementShape {
 }
 
 /**
- * Splits `sql` around its liftable literals: integer literals of up to 18 digits, string literals and
- * blob literals, each with boundary characters on both sides. Every other literal (a float, a hex integer,
- * a longer integer, one glued to a neighbouring token) stays in the text of its segment.
+ * Splits `sql` around its literals: integer literals of up to 18 digits, string literals and blob literals,
+ * each with boundary characters on both sides. A statement with any other literal (a float, a hex integer,
+ * a longer integer, one glued to a neighbouring token) is not eligible: it runs as text.
  */
 export function statementShape(sql: string): StatementShape {
   const n = sql.length;
@@ -143,6 +143,7 @@ export function statementShape(sql: string): StatementShape {
   const segs: string[] = [];
   let segStart = 0;
   let ended = false; // a `;` ended the first statement: only whitespace, comments and `;` may follow
+  let unlifted: string | null = null; // why a literal could not be lifted
   let i = 0;
   const v = (): string => verb ?? '';
   // SQLite's tokenizer stops at a NUL even inside a literal, where a bound value would carry it along
@@ -188,6 +189,8 @@ export function statementShape(sql: string): StatementShape {
         if (lift(sql, i, k + 1)) {
           segs.push(sql.slice(segStart, i));
           segStart = k + 1;
+        } else {
+          unlifted ??= 'a blob literal glued to another token';
         }
         i = k + 1;
         continue;
@@ -211,6 +214,8 @@ export function statementShape(sql: string): StatementShape {
       if (lift(sql, i, end)) {
         segs.push(sql.slice(segStart, i));
         segStart = end;
+      } else {
+        unlifted ??= 'a string literal glued to another token';
       }
       i = end;
       continue;
@@ -256,6 +261,8 @@ export function statementShape(sql: string): StatementShape {
       if (plain && j - i <= MAX_INT_DIGITS && lift(sql, i, j)) {
         segs.push(sql.slice(segStart, i));
         segStart = j;
+      } else {
+        unlifted ??= plain && j - i > MAX_INT_DIGITS ? 'an integer literal of more than 18 digits' : `the number ${sql.slice(i, j)}`;
       }
       i = j;
       continue;
@@ -273,6 +280,9 @@ export function statementShape(sql: string): StatementShape {
     }
   }
   if (verb === null || verb === '') return ineligible('', 'no leading keyword');
+  // a template holding a value would only ever match statements with that value: one per statement, each
+  // crowding the bucket its prefix shares with the useful ones
+  if (unlifted !== null) return ineligible(verb, unlifted);
   segs.push(sql.slice(segStart));
   if (segs.length - 1 > MAX_LIFTED) return ineligible(verb, 'too many literals');
   let textLength = 0;
