@@ -41,8 +41,18 @@ export const MAX_TEMPLATE_SOURCE = 64 * 1024;
 /** More literals than this and the statement runs as text (SQLite allows 32766 parameters; bulk rows do not repeat). */
 export const MAX_LIFTED = 999;
 
-/** Integers up to 18 digits always fit an int64; a longer one may be a REAL for SQLite, so it stays inline. */
-const MAX_INT_DIGITS = 18;
+/** The largest integer SQLite reads as an INTEGER literal; a bigger one is a REAL (and -2^63 a special case). */
+export const INT64_MAX_DIGITS = '9223372036854775807';
+
+/**
+ * Whether the run of digits [a, b) of `s` is an INTEGER literal for SQLite, i.e. at most INT64_MAX: up to 18
+ * digits always, 19 when not above it. (lightningd's random 64-bit ids are printed as signed 19-digit ones.)
+ */
+export function fitsInt64(s: string, a: number, b: number): boolean {
+  const n = b - a;
+  if (n < 19) return true;
+  return n === 19 && s.slice(a, b) <= INT64_MAX_DIGITS;
+}
 
 const C_TAB = 9;
 const C_LF = 10;
@@ -133,7 +143,7 @@ function ineligible(verb: string, why: string): StatementShape {
 }
 
 /**
- * Splits `sql` around its literals: integer literals of up to 18 digits, string literals and blob literals,
+ * Splits `sql` around its literals: integer literals up to INT64_MAX, string literals and blob literals,
  * each with boundary characters on both sides. A statement with any other literal (a float, a hex integer,
  * a longer integer, one glued to a neighbouring token) is not eligible: it runs as text.
  */
@@ -258,11 +268,11 @@ export function statementShape(sql: string): StatementShape {
         j++;
       }
       if (first) return ineligible('', 'starts with a literal');
-      if (plain && j - i <= MAX_INT_DIGITS && lift(sql, i, j)) {
+      if (plain && fitsInt64(sql, i, j) && lift(sql, i, j)) {
         segs.push(sql.slice(segStart, i));
         segStart = j;
       } else {
-        unlifted ??= plain && j - i > MAX_INT_DIGITS ? 'an integer literal of more than 18 digits' : `the number ${sql.slice(i, j)}`;
+        unlifted ??= plain && !fitsInt64(sql, i, j) ? 'an integer literal beyond int64' : `the number ${sql.slice(i, j)}`;
       }
       i = j;
       continue;

@@ -1,5 +1,5 @@
 import Database from 'better-sqlite3';
-import { isBoundary, statementShape } from './sqlscan.js';
+import { fitsInt64, isBoundary, statementShape } from './sqlscan.js';
 
 /**
  * Runs replayed data changes through cached prepared statements instead of compiling every one.
@@ -13,10 +13,10 @@ import { isBoundary, statementShape } from './sqlscan.js';
  * Why a template gives the same result as the statement's text:
  * - Only INSERT/UPDATE/DELETE/REPLACE are templated, and none naming ORDER, GROUP, OVER, WINDOW, CONFLICT or
  *   RETURNING, the places where a literal is more than a value (sqlscan.ts). No DDL, no PRAGMA.
- * - A lifted literal is an integer of at most 18 digits (bound as an int64 BigInt, never a double), a
+ * - A lifted literal is an integer up to INT64_MAX (bound as an int64 BigInt, never a double), a
  *   string (bound as text, `''` undone) or a blob (bound as a Buffer). A literal and a parameter both have
- *   no affinity and no collation, so comparisons and stored values are the same. Floats, hex integers and
- *   longer integers stay in the template's text.
+ *   no affinity and no collation, so comparisons and stored values are the same. A statement with any other
+ *   literal (a float, a hex integer, one beyond int64) runs as text.
  * - Where a template cannot stand for its statements (a string in a table-name position, say), compiling
  *   it fails, and that shape is remembered as "run as text".
  * - A later statement matches a template only if it is the template's text with a literal token in each
@@ -156,9 +156,10 @@ export class StatementCache {
 
   /**
    * The literals of `sql` as values to bind (in t.params), if `sql` is the template's text with one literal
-   * token in each gap; else null. A literal is what sqlscan.ts lifts: 1-18 digits, a string (`''` inside;
-   * run() turned NULs away), or x'..' with hex digit pairs. The text after each is compared exactly; it starts with a boundary character (or is
-   * the end), so a literal read here ends exactly where SQLite's tokenizer would end it.
+   * token in each gap; else null. A literal is what sqlscan.ts lifts: digits up to INT64_MAX, a string
+   * (`''` inside; run() turned NULs away), or x'..' with hex digit pairs. The text after each is compared
+   * exactly; it starts with a boundary character (or is the end), so a literal read here ends exactly where
+   * SQLite's tokenizer would end it.
    */
   private match(sql: string, t: Template): unknown[] | null {
     const segs = t.segs;
@@ -198,7 +199,7 @@ export class StatementCache {
         }
         // bound as an int64 BigInt (a number would bind as REAL); up to 15 digits are exact in a double
         if (j - pos <= 15) out[k - 1] = BigInt(x);
-        else if (j - pos <= 18) out[k - 1] = BigInt(sql.slice(pos, j));
+        else if (fitsInt64(sql, pos, j)) out[k - 1] = BigInt(sql.slice(pos, j));
         else return null;
         end = j;
       } else if ((c === 120 || c === 88) && sql.charCodeAt(pos + 1) === 39) {
