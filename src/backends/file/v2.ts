@@ -869,12 +869,7 @@ export class V2Writer implements BackupWriter {
         writeFully(this.fd, part, at + RECORD_HEADER_LEN + done);
         done += n;
       }
-      encodeRecordHeader(header, type, version, len, crc, parts);
-      writeFully(this.fd, header, at);
-      const trailer = Buffer.allocUnsafe(RECORD_TRAILER_LEN);
-      writeU64(trailer, len, 0);
-      writeFully(this.fd, trailer, at + RECORD_HEADER_LEN + len);
-      fdatasyncSync(this.fd);
+      this.sealRecord(header, at, type, version, len, crc, parts);
     } catch (e) {
       if (e instanceof BackupError) throw e;
       throw this.fail(e, at);
@@ -889,6 +884,19 @@ export class V2Writer implements BackupWriter {
 
   repaired(): Problem[] {
     return this.repairs.slice();
+  }
+
+  /**
+   * Ends a record whose payload is already written at `at` + header: its header, its trailer, then one
+   * fdatasync, so the record is durable (and readable) only once it is whole.
+   */
+  private sealRecord(header: Buffer, at: number, type: number, version: number, len: number, crc: number, parts = 0): void {
+    encodeRecordHeader(header, type, version, len, crc, parts);
+    writeFully(this.fd, header, at);
+    const trailer = Buffer.allocUnsafe(RECORD_TRAILER_LEN);
+    writeU64(trailer, len, 0);
+    writeFully(this.fd, trailer, at + RECORD_HEADER_LEN + len);
+    fdatasyncSync(this.fd);
   }
 
   appendChange(version: number, statements: readonly string[]): number {
@@ -952,12 +960,7 @@ export class V2Writer implements BackupWriter {
         writeFully(this.fd, part, at + RECORD_HEADER_LEN + len);
         len += n;
       }
-      encodeRecordHeader(header, TYPE_SNAPSHOT, version, len, crc);
-      writeFully(this.fd, header, at);
-      const trailer = Buffer.allocUnsafe(RECORD_TRAILER_LEN);
-      writeU64(trailer, len, 0);
-      writeFully(this.fd, trailer, at + RECORD_HEADER_LEN + len);
-      fdatasyncSync(this.fd);
+      this.sealRecord(header, at, TYPE_SNAPSHOT, version, len, crc);
     } catch (e) {
       if (e instanceof BackupError) throw e;
       throw this.fail(e, at);
