@@ -1,7 +1,9 @@
 import { fileURLToPath } from 'node:url';
 
 /**
- * The recorded fixtures live in shared/ beside the repository (CI clones the repo next to a copy of
- * it), so they are found relative to this file, never by an absolute path. CLNVAULT_FIXTURES overrides.
+ * The recorded fixtures (Core Lightning sessions, the reference plugin's backups and socket transcript)
+ * live in the repository at test/fixtures/, so a clone with nothing beside it runs every test. Found
+ * relative to this file: the compiled helper sits at dist/test/helpers/, the data at test/fixtures/.
+ * CLNVAULT_FIXTURES overrides (e.g. to try a new recording before committing it).
  */
-export const FIXTURES = process.env.CLNVAULT_FIXTURES ?? fileURLToPath(new URL('../../../../shared/fixtures', import.meta.url));
+export const FIXTURES = process.env.CLNVAULT_FIXTURES ?? fileURLToPath(new URL('../../../test/fixtures', import.meta.url));
