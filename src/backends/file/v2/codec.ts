@@ -1,0 +1,198 @@
+import { crc32 } from 'node:zlib';
+import { BackupError } from '../../../engine/entries.js';
+
+/**
+ * clnvault's own backup format ("v2"): a 64-byte file header, then self-checking records back to back.
+ * The layout, the reasons for each field and the recovery rules are in docs/format-v2.md.
+ *
+ * Every record carries its own length, a checksum over its header and one over its payload, and repeats
+ * its length in a trailer. So an append is one write plus one fdatasync (nothing else is ever rewritten),
+ * a crash mid-append leaves a tail that the next open recognises and cuts, and the newest record can be
+ * found from the end of the file without reading the rest.
+ */
+
+export const FILE_MAGIC = Buffer.from('CLNVAULT', 'ascii');
+export const FORMAT_VERSION = 2;
+export const FILE_HEADER_LEN = 64;
+/** 'CVR1' */
+export const RECORD_MAGIC = 0x43565231;
+export const RECORD_HEADER_LEN = 32;
+export const RECORD_TRAILER_LEN = 8;
+export const RECORD_OVERHEAD = RECORD_HEADER_LEN + RECORD_TRAILER_LEN;
+export const TYPE_CHANGE = 1;
+export const TYPE_SNAPSHOT = 2;
+/**
+ * A slice of a snapshot too big for one segment: one or more of these, then the type-2 record holding the
+ * last slice, whose header field at offset 12 says how many parts precede it (docs/format-v2.md).
+ */
+export const TYPE_SNAPSHOT_PART = 3;
+/** Reserved for later versions; this one writes neither and refuses to read records that use them. */
+export const FLAG_DEFLATE = 0x01;
+export const FLAG_ENCRYPTED = 0x02;
+
+/** Upper bound for every read and copy buffer, so memory never grows with the size of a record. */
+export const CHUNK = 1 << 20;
+/** The hot-path record buffer starts here, grows for big batches and falls back after a huge one. */
+export const SCRATCH_INITIAL = 64 << 10;
+export const SCRATCH_KEEP = 1 << 20;
+/** Change payloads below this are decoded during a scan to tell PRAGMA-only batches apart. */
+export const PRAGMA_PROBE_MAX = 256;
+const TWO_32 = 0x1_0000_0000;
+
+export const MAGIC_BYTES = Buffer.from([0x43, 0x56, 0x52, 0x31]);
+/** fatal: invalid UTF-8 is damage, not something to paper over; ignoreBOM: keep a leading U+FEFF as data. */
+const utf8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
+
+export function isV2(head: Buffer): boolean {
+  return head.length >= 8 && head.subarray(0, 8).equals(FILE_MAGIC);
+}
+
+
+/** u64 as two u32 halves: avoids a BigInt per call on the hot path; lengths never exceed 2^53. */
+export function writeU64(buf: Buffer, n: number, at: number): void {
+  buf.writeUInt32BE(Math.floor(n / TWO_32), at);
+  buf.writeUInt32BE(n >>> 0, at + 4);
+}
+
+/** Values above 2^53 lose precision, which is harmless: they are larger than any file and get rejected. */
+export function readU64(buf: Buffer, at: number): number {
+  return buf.readUInt32BE(at) * TWO_32 + buf.readUInt32BE(at + 4);
+}
+
+export function encodeFileHeader(backupId: Buffer, createdMs: number): Buffer {
+  if (backupId.length !== 16) throw new RangeError('backup id must be 16 bytes');
+  const h = Buffer.alloc(FILE_HEADER_LEN);
+  FILE_MAGIC.copy(h, 0);
+  h.writeUInt16BE(FORMAT_VERSION, 8);
+  h.writeUInt16BE(FILE_HEADER_LEN, 10);
+  h.writeUInt32BE(0, 12);
+  backupId.copy(h, 16);
+  writeU64(h, createdMs, 32);
+  h.writeUInt32BE(crc32(h.subarray(0, 60)), 60);
+  return h;
+}
+
+/** Fills bytes 0..31 of `buf` with a record header. */
+export function encodeRecordHeader(buf: Buffer, type: number, version: number, payloadLen: number, payloadCrc: number, parts = 0): void {
+  buf.writeUInt32BE(RECORD_MAGIC, 0);
+  buf[4] = type;
+  buf[5] = 0;
+  buf.writeUInt16BE(0, 6);
+  buf.writeUInt32BE(version, 8);
+  // a snapshot record's count of preceding part records; reserved (0) in every other type
+  buf.writeUInt32BE(type === TYPE_SNAPSHOT ? parts : 0, 12);
+  writeU64(buf, payloadLen, 16);
+  buf.writeUInt32BE(payloadCrc, 24);
+  buf.writeUInt32BE(crc32(buf.subarray(0, 28)), 28);
+}
+
+/** Size of a change payload: u32 count, then u32 length + UTF-8 bytes per statement. */
+export function changePayloadLength(statements: readonly string[]): number {
+  let n = 4;
+  for (let i = 0; i < statements.length; i++) n += 4 + Buffer.byteLength(statements[i]!, 'utf8');
+  return n;
+}
+
+/**
+ * Writes a whole change record (header, payload, trailer) into `buf` from offset 0, which must hold at
+ * least RECORD_OVERHEAD + payloadLen bytes. Statements are encoded straight into the buffer: no per-
+ * statement allocation.
+ */
+export function encodeChangeRecordInto(buf: Buffer, version: number, statements: readonly string[], payloadLen: number): number {
+  const end = RECORD_HEADER_LEN + payloadLen;
+  buf.writeUInt32BE(statements.length, RECORD_HEADER_LEN);
+  let off = RECORD_HEADER_LEN + 4;
+  for (let i = 0; i < statements.length; i++) {
+    const n = buf.write(statements[i]!, off + 4, end - off - 4, 'utf8');
+    buf.writeUInt32BE(n, off);
+    off += 4 + n;
+  }
+  // byteLength and write must agree, or every later length in the record would be off
+  if (off !== end) throw new Error(`change record encoding mismatch: ${off - RECORD_HEADER_LEN} bytes written, ${payloadLen} expected`);
+  encodeRecordHeader(buf, TYPE_CHANGE, version, payloadLen, crc32(buf.subarray(RECORD_HEADER_LEN, end)));
+  writeU64(buf, payloadLen, end);
+  return end + RECORD_TRAILER_LEN;
+}
+
+/** A complete change record; written into `out` (and a view of it returned) when `out` is big enough. */
+export function encodeChangeRecord(version: number, statements: readonly string[], out?: Buffer): Buffer {
+  const payloadLen = changePayloadLength(statements);
+  const total = RECORD_OVERHEAD + payloadLen;
+  const buf = out && out.length >= total ? out : Buffer.allocUnsafe(total);
+  encodeChangeRecordInto(buf, version, statements, payloadLen);
+  return buf.subarray(0, total);
+}
+
+/**
+ * Decodes a change payload. Every count and length is checked against the bytes actually present before
+ * anything is allocated from it: a damaged or hostile length must produce an error, not a huge buffer.
+ */
+export function decodeChangePayload(p: Uint8Array): string[] {
+  if (p.length < 4) throw new Error(`change payload of ${p.length} bytes cannot hold its statement count`);
+  const dv = new DataView(p.buffer, p.byteOffset, p.byteLength);
+  const count = dv.getUint32(0);
+  if (count > (p.length - 4) / 4) throw new Error(`change payload claims ${count} statements but has only ${p.length} bytes`);
+  const out: string[] = [];
+  let off = 4;
+  for (let i = 0; i < count; i++) {
+    if (p.length - off < 4) throw new Error(`statement ${i} length runs past the end of the payload`);
+    const n = dv.getUint32(off);
+    off += 4;
+    if (n > p.length - off) throw new Error(`statement ${i} claims ${n} bytes but only ${p.length - off} remain`);
+    try {
+      out.push(utf8.decode(p.subarray(off, off + n)));
+    } catch {
+      throw new Error(`statement ${i} is not valid UTF-8`);
+    }
+    off += n;
+  }
+  if (off !== p.length) throw new Error(`${p.length - off} stray bytes after the last statement`);
+  return out;
+}
+
+export interface RecordHeader {
+  type: number;
+  flags: number;
+  reserved16: number;
+  keyId: number;
+  version: number;
+  length: number;
+  payloadCrc: number;
+}
+
+/** The header at `b[0..32)`, or why it is not one. Only magic and checksum decide validity. */
+export function parseRecordHeader(b: Buffer): RecordHeader | string {
+  if (b.readUInt32BE(0) !== RECORD_MAGIC) return 'no record magic';
+  if (crc32(b.subarray(0, 28)) !== b.readUInt32BE(28)) return 'record header checksum mismatch';
+  return {
+    type: b[4]!,
+    flags: b[5]!,
+    reserved16: b.readUInt16BE(6),
+    version: b.readUInt32BE(8),
+    keyId: b.readUInt32BE(12),
+    length: readU64(b, 16),
+    payloadCrc: b.readUInt32BE(24),
+  };
+}
+
+/** Why this clnvault cannot use a well-formed record, or null when it can. */
+export function unsupportedReason(h: RecordHeader): string | null {
+  const what: string[] = [];
+  if (h.type !== TYPE_CHANGE && h.type !== TYPE_SNAPSHOT && h.type !== TYPE_SNAPSHOT_PART) what.push(`record type ${h.type}`);
+  if (h.flags & FLAG_DEFLATE) what.push('a deflate-compressed payload');
+  if (h.flags & FLAG_ENCRYPTED) what.push('an encrypted payload');
+  if (h.flags & ~(FLAG_DEFLATE | FLAG_ENCRYPTED)) what.push(`unknown flag bits 0x${(h.flags & 0xfc).toString(16)}`);
+  // offset 12 of a snapshot record holds its part count; elsewhere it is still reserved
+  if (h.reserved16 !== 0 || (h.keyId !== 0 && h.type !== TYPE_SNAPSHOT)) what.push('reserved header fields');
+  return what.length === 0 ? null : what.join(', ');
+}
+
+export function unsupportedError(path: string, offset: number, reason: string): BackupError {
+  return new BackupError(
+    `${path}: the record at offset ${offset} uses ${reason}, which this clnvault does not support: ` +
+      `the backup was written by a newer clnvault; upgrade clnvault to use it`,
+    path,
+    offset,
+  );
+}
+

@@ -1,0 +1,258 @@
+import { crc32 } from 'node:zlib';
+import { BackupError, type Problem } from '../../../engine/entries.js';
+import { isPragmaOnly } from '../../../engine/versions.js';
+import {
+  CHUNK,
+  decodeChangePayload,
+  FILE_HEADER_LEN,
+  FORMAT_VERSION,
+  isV2,
+  MAGIC_BYTES,
+  parseRecordHeader,
+  PRAGMA_PROBE_MAX,
+  readU64,
+  RECORD_HEADER_LEN,
+  RECORD_OVERHEAD,
+  RECORD_TRAILER_LEN,
+  SCRATCH_INITIAL,
+  TYPE_CHANGE,
+  TYPE_SNAPSHOT,
+  TYPE_SNAPSHOT_PART,
+  unsupportedError,
+  unsupportedReason,
+  type RecordHeader,
+} from './codec.js';
+import { crcOfRange, FileWindow, readFully } from './io.js';
+
+/**
+ * Index of the entry at `offset` in offset-ordered `ents` (-1 if none): `hint` first, since readers
+ * mostly go in file order, else a binary search (scans only move forward, so offsets strictly increase).
+ */
+export function indexAtOffset(ents: readonly { offset: number }[], hint: number, offset: number): number {
+  if (hint < ents.length && ents[hint]!.offset === offset) return hint;
+  let lo = 0;
+  let hi = ents.length - 1;
+  while (lo <= hi) {
+    const mid = (lo + hi) >>> 1;
+    const o = ents[mid]!.offset;
+    if (o === offset) return mid;
+    if (o < offset) lo = mid + 1;
+    else hi = mid - 1;
+  }
+  return -1;
+}
+
+export type RecordCheck =
+  | { kind: 'ok'; h: RecordHeader }
+  | { kind: 'bad-header'; why: string }
+  | { kind: 'past-eof'; h: RecordHeader }
+  | { kind: 'bad-payload'; h: RecordHeader; why: string };
+
+/** Full check of the record at `o` (header, bounds, payload checksum, trailer); at least 40 bytes must remain. */
+export function checkRecordAt(win: FileWindow, o: number): RecordCheck {
+  const h = parseRecordHeader(win.ahead(o, RECORD_HEADER_LEN));
+  if (typeof h === 'string') return { kind: 'bad-header', why: h };
+  if (h.length > win.size - o - RECORD_OVERHEAD) return { kind: 'past-eof', h };
+  if (crcOfRange(win, o + RECORD_HEADER_LEN, h.length) !== h.payloadCrc) {
+    return { kind: 'bad-payload', h, why: 'payload checksum mismatch' };
+  }
+  const trailer = readU64(win.ahead(o + RECORD_HEADER_LEN + h.length, RECORD_TRAILER_LEN), 0);
+  if (trailer !== h.length) {
+    return { kind: 'bad-payload', h, why: `trailer says ${trailer} bytes, header says ${h.length}` };
+  }
+  return { kind: 'ok', h };
+}
+
+/**
+ * First offset >= from holding a complete valid record, or -1. This is what tells damage in the middle
+ * (good records follow) from an unfinished append at the end (nothing good follows).
+ */
+function findNextValidRecord(fd: number, size: number, from: number): number {
+  const buf = Buffer.allocUnsafe(Math.min(CHUNK, Math.max(0, size - from)));
+  const win = new FileWindow(fd, size, CHUNK);
+  let pos = from;
+  while (size - pos >= RECORD_OVERHEAD) {
+    const n = Math.min(buf.length, size - pos);
+    readFully(fd, buf, n, pos);
+    const view = buf.subarray(0, n);
+    for (let i = view.indexOf(MAGIC_BYTES); i >= 0; i = view.indexOf(MAGIC_BYTES, i + 1)) {
+      if (size - (pos + i) < RECORD_OVERHEAD) break;
+      if (checkRecordAt(win, pos + i).kind === 'ok') return pos + i;
+    }
+    if (pos + n >= size) break;
+    // keep 3 bytes so a magic that straddles two reads is still seen
+    pos += n - (MAGIC_BYTES.length - 1);
+  }
+  return -1;
+}
+
+export interface RecordInfo {
+  offset: number;
+  type: number;
+  version: number;
+  length: number;
+  pragmaOnly: boolean;
+  /** type 2: how many part records precede it (0: a whole snapshot); 0 otherwise */
+  parts: number;
+}
+
+export interface ScanResult {
+  records: RecordInfo[];
+  corrupt: Problem[];
+  /** the tail an unfinished append left behind, if any */
+  torn: Problem | null;
+  unsupported: BackupError | null;
+  /** end of the last good record (the file size when nothing is torn) */
+  validEnd: number;
+  recordsValidated: number;
+}
+
+/** The forward scan: validates every record from the file header on (see docs/format-v2.md, "Recovery"). */
+export function scanRecords(fd: number, size: number, path: string): ScanResult {
+  const win = new FileWindow(fd, size, CHUNK);
+  const records: RecordInfo[] = [];
+  const corrupt: Problem[] = [];
+  let torn: Problem | null = null;
+  let unsupported: BackupError | null = null;
+  let validated = 0;
+  const tornAt = (o: number, why: string): Problem => ({
+    kind: 'torn-tail',
+    offset: o,
+    message: `cut ${size - o} bytes at offset ${o}: ${why} (an append that never completed)`,
+  });
+
+  let o = FILE_HEADER_LEN;
+  while (o < size) {
+    if (size - o < RECORD_OVERHEAD) {
+      torn = tornAt(o, `only ${size - o} bytes left, less than a record's ${RECORD_OVERHEAD}-byte frame`);
+      break;
+    }
+    const c = checkRecordAt(win, o);
+    validated++;
+    if (c.kind === 'ok') {
+      const h = c.h;
+      let pragmaOnly = false;
+      const reason = unsupportedReason(h);
+      if (reason !== null) {
+        unsupported ??= unsupportedError(path, o, reason);
+      } else if (h.type === TYPE_CHANGE && h.length < PRAGMA_PROBE_MAX) {
+        try {
+          pragmaOnly = isPragmaOnly(decodeChangePayload(win.ahead(o + RECORD_HEADER_LEN, h.length)));
+        } catch (e) {
+          // the checksum vouches for these bytes, so the writer itself produced them: still unusable
+          corrupt.push({ kind: 'corrupt', offset: o, message: `change record at offset ${o} does not decode: ${(e as Error).message}` });
+          o += RECORD_OVERHEAD + h.length;
+          continue;
+        }
+      }
+      records.push({ offset: o, type: h.type, version: h.version, length: h.length, pragmaOnly, parts: h.type === TYPE_SNAPSHOT ? h.keyId : 0 });
+      o += RECORD_OVERHEAD + h.length;
+      continue;
+    }
+    if (c.kind === 'bad-header' || c.kind === 'past-eof') {
+      const why =
+        c.kind === 'bad-header'
+          ? c.why
+          : `record header says ${c.h.length} bytes of payload but only ${size - o - RECORD_OVERHEAD} are present`;
+      const next = findNextValidRecord(fd, size, o + 1);
+      if (next < 0) {
+        torn = tornAt(o, why);
+        break;
+      }
+      corrupt.push({
+        kind: 'corrupt',
+        offset: o,
+        message: `corrupt record at offset ${o}: ${why}; ${next - o} bytes skipped up to the next valid record at offset ${next}`,
+      });
+      o = next;
+      continue;
+    }
+    // the header checksum vouches for the length, so the record's extent is known even though its payload is bad
+    const end = o + RECORD_OVERHEAD + c.h.length;
+    if (end === size) {
+      torn = tornAt(o, c.why);
+      break;
+    }
+    corrupt.push({ kind: 'corrupt', offset: o, message: `corrupt record at offset ${o} (version ${c.h.version}): ${c.why}` });
+    o = end;
+  }
+  return { records, corrupt, torn, unsupported, validEnd: torn ? torn.offset : size, recordsValidated: validated };
+}
+
+export interface FileHeaderInfo {
+  backupId: Buffer;
+  createdMs: number;
+}
+
+export function checkFileHeader(fd: number, size: number, path: string): FileHeaderInfo {
+  if (size < FILE_HEADER_LEN) {
+    throw new BackupError(
+      `${path} is not a usable clnvault v2 backup: it has ${size} bytes, less than the ${FILE_HEADER_LEN}-byte file header` +
+        (size === 0 ? ` (an interrupted 'clnvault init'? remove the file and run it again)` : ''),
+      path,
+      0,
+    );
+  }
+  const h = Buffer.allocUnsafe(FILE_HEADER_LEN);
+  readFully(fd, h, FILE_HEADER_LEN, 0);
+  if (!isV2(h)) throw new BackupError(`${path} is not a clnvault v2 backup: the file does not start with 'CLNVAULT'`, path, 0);
+  const version = h.readUInt16BE(8);
+  if (crc32(h.subarray(0, 60)) !== h.readUInt32BE(60)) {
+    throw new BackupError(
+      `${path}: the file header checksum (offset 60) does not match: the header is damaged` +
+        (version !== FORMAT_VERSION ? `, or it is format version ${version} from a newer clnvault` : ''),
+      path,
+      60,
+    );
+  }
+  if (version !== FORMAT_VERSION) {
+    throw new BackupError(
+      `${path} uses clnvault format version ${version}; this clnvault reads version ${FORMAT_VERSION}` +
+        (version > FORMAT_VERSION ? ': upgrade clnvault' : ''),
+      path,
+      8,
+    );
+  }
+  const headerLen = h.readUInt16BE(10);
+  if (headerLen !== FILE_HEADER_LEN) {
+    throw new BackupError(`${path}: file header length ${headerLen} is not ${FILE_HEADER_LEN}`, path, 10);
+  }
+  const flags = h.readUInt32BE(12);
+  if (flags !== 0) {
+    throw new BackupError(
+      `${path} has file flags 0x${flags.toString(16)} that this clnvault does not know: it was written by a newer clnvault; upgrade clnvault`,
+      path,
+      12,
+    );
+  }
+  return { backupId: Buffer.from(h.subarray(16, 32)), createdMs: readU64(h, 32) };
+}
+
+/** Header of the record that ends exactly at `end`, found through its trailer; null when the chain is broken. */
+export function recordEndingAt(win: FileWindow, end: number): { start: number; h: RecordHeader } | null {
+  if (end - FILE_HEADER_LEN < RECORD_OVERHEAD) return null;
+  const len = readU64(win.behind(end - RECORD_TRAILER_LEN, RECORD_TRAILER_LEN), 0);
+  if (len > end - FILE_HEADER_LEN - RECORD_OVERHEAD) return null;
+  const start = end - RECORD_OVERHEAD - len;
+  const h = parseRecordHeader(win.behind(start, RECORD_HEADER_LEN));
+  if (typeof h === 'string' || h.length !== len) return null;
+  return { start, h };
+}
+
+/** Entries, not records: a chunked snapshot's parts are counted with its final record. */
+export function countWhole(recs: readonly RecordInfo[]): number {
+  let n = 0;
+  for (const r of recs) if (r.type !== TYPE_SNAPSHOT_PART) n++;
+  return n;
+}
+
+/** The fast open: the newest record, found through the trailer and fully verified, or null. */
+export function checkLastRecord(fd: number, size: number): { start: number; h: RecordHeader } | null {
+  const win = new FileWindow(fd, size, SCRATCH_INITIAL);
+  const rec = recordEndingAt(win, size);
+  if (!rec) return null;
+  const c = checkRecordAt(win, rec.start);
+  if (c.kind !== 'ok' || rec.start + RECORD_OVERHEAD + c.h.length !== size) return null;
+  return { start: rec.start, h: c.h };
+}
+

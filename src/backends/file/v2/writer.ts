@@ -1,0 +1,514 @@
+import { closeSync, fdatasyncSync, fstatSync, fsyncSync, ftruncateSync, openSync, readSync, unlinkSync } from 'node:fs';
+import { crc32 } from 'node:zlib';
+import { randomBytes } from '../../../engine/random.js';
+import type { BackupStats, BackupWriter } from '../../backend.js';
+import { BackupError, type Problem } from '../../../engine/entries.js';
+import { isValidDataVersion } from '../../../engine/versions.js';
+import { assertStillNamed, fsyncDir, identityOf, writeFully, type FileIdentity } from '../fsutil.js';
+import { WriterLock } from '../writer-lock.js';
+import {
+  changePayloadLength,
+  CHUNK,
+  encodeChangeRecordInto,
+  encodeFileHeader,
+  encodeRecordHeader,
+  FILE_HEADER_LEN,
+  RECORD_HEADER_LEN,
+  RECORD_OVERHEAD,
+  RECORD_TRAILER_LEN,
+  SCRATCH_INITIAL,
+  SCRATCH_KEEP,
+  TYPE_CHANGE,
+  TYPE_SNAPSHOT,
+  TYPE_SNAPSHOT_PART,
+  unsupportedError,
+  unsupportedReason,
+  writeU64,
+  type RecordHeader,
+} from './codec.js';
+import { asBackupError, FileWindow } from './io.js';
+import { checkFileHeader, checkLastRecord, countWhole, recordEndingAt, scanRecords } from './scan.js';
+
+/**
+ * The v2 writer: creating a backup file and appending records to it. Every append is one write plus one
+ * fdatasync; an open cuts what an unfinished append left at the end (docs/format-v2.md, "Recovery").
+ */
+
+// ---------------------------------------------------------------------------------------------------
+// Creating
+
+export function createV2(path: string): void {
+  const header = encodeFileHeader(randomBytes(16), Date.now());
+  let fd: number;
+  try {
+    fd = openSync(path, 'wx', 0o600);
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === 'EEXIST') throw new BackupError(`${path} already exists; refusing to overwrite an existing backup`, path);
+    throw new BackupError(`cannot create ${path}: ${(e as Error).message}`, path);
+  }
+  try {
+    writeFully(fd, header, 0);
+    fsyncSync(fd);
+    closeSync(fd);
+  } catch (e) {
+    try {
+      closeSync(fd);
+    } catch {
+      // already closed
+    }
+    try {
+      unlinkSync(path);
+    } catch {
+      // nothing more to undo
+    }
+    throw asBackupError(e, path, 'cannot write the file header');
+  }
+  fsyncDir(path);
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Writer
+
+/** What an open had to read: exposed so tests can prove the common open does not depend on the file's length. */
+export interface V2OpenStats {
+  /** 'empty': header only; 'fast': last record checked via the trailer; 'slow': full forward scan */
+  path: 'empty' | 'fast' | 'slow';
+  /** records whose header, payload checksum and trailer were all verified */
+  recordsValidated: number;
+  /** record headers read while walking back from the end over the newest version's records (dropHead adds its own walk) */
+  headersWalked: number;
+}
+
+export interface V2WriterOptions {
+  /**
+   * Validate every record before accepting the file, as the reader does. The default checks only the
+   * newest record (O(1)); damage further back is left for `clnvault verify` and restore to report.
+   */
+  fullCheck?: boolean;
+  /**
+   * Leave snapshot part records at the end in place. For a segment that is not the last of its set (its
+   * parts continue in the next segment); by default they are an unfinished snapshot and are cut.
+   */
+  keepParts?: boolean;
+}
+
+export class V2Writer implements BackupWriter {
+  readonly format = 'v2' as const;
+  readonly openStats: V2OpenStats;
+  private scratch: Buffer = Buffer.allocUnsafe(SCRATCH_INITIAL);
+  /** offset where the next record goes; always the file size */
+  private end = FILE_HEADER_LEN;
+  private headVersion = 0;
+  private lastType = 0;
+  /** start of the trailing run of change records with version == head; == end when there is none */
+  private groupStart = FILE_HEADER_LEN;
+  private groupCount = 0;
+  /** counted lazily: the fast open does not know it */
+  private entryCount: number | null = null;
+  private failed: Error | null = null;
+  private closed = false;
+
+  /** the open file's inode, cached for the per-append check that the path still names it */
+  private identity: FileIdentity | null = null;
+
+  private constructor(
+    readonly location: string,
+    private fd: number,
+    private readonly lock: WriterLock,
+    private readonly repairs: Problem[],
+    stats: V2OpenStats,
+  ) {
+    this.openStats = stats;
+  }
+
+  /** `heldLock`: reopen under a writer lock this process already holds (after compaction swapped the file). */
+  static open(path: string, options: V2WriterOptions = {}, heldLock?: WriterLock): V2Writer {
+    let fd: number;
+    try {
+      fd = openSync(path, 'r+');
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code;
+      throw new BackupError(
+        code === 'ENOENT' ? `${path} does not exist (create it with 'clnvault init')` : `cannot open ${path}: ${(e as Error).message}`,
+        path,
+      );
+    }
+    let lock: WriterLock | null = null;
+    try {
+      // nothing is read before the lock is held: another writer could be mid-append
+      lock = heldLock ?? WriterLock.acquire(path);
+      const size = fstatSync(fd).size;
+      checkFileHeader(fd, size, path);
+      const w = new V2Writer(path, fd, lock, [], { path: 'empty', recordsValidated: 0, headersWalked: 0 });
+      w.end = size;
+      if (size === FILE_HEADER_LEN) {
+        w.entryCount = 0;
+        w.loadTail(null);
+        return w;
+      }
+      const last = options.fullCheck ? null : checkLastRecord(fd, size);
+      if (last) {
+        const reason = unsupportedReason(last.h);
+        if (reason !== null) throw unsupportedError(path, last.start, reason);
+        w.openStats.path = 'fast';
+        w.openStats.recordsValidated = 1;
+        // a broken chain just before the newest record means damage: let the full scan say where
+        if (w.loadTail(last) && (options.keepParts || w.cutDanglingParts())) return w;
+      }
+      const scan = scanRecords(fd, size, path);
+      w.openStats.path = 'slow';
+      w.openStats.recordsValidated += scan.recordsValidated;
+      if (scan.unsupported) throw scan.unsupported;
+      if (scan.corrupt.length > 0) {
+        const first = scan.corrupt[0]!;
+        throw new BackupError(
+          `${path} is damaged: ${first.message}` +
+            (scan.corrupt.length > 1 ? ` (and ${scan.corrupt.length - 1} more damaged record(s))` : '') +
+            `. Refusing to append to a damaged backup. Run 'clnvault verify ${path}' to see every problem; ` +
+            `if it cannot be repaired, start a fresh backup with 'clnvault init'.`,
+          path,
+          first.offset,
+        );
+      }
+      if (scan.torn) {
+        ftruncateSync(fd, scan.torn.offset);
+        fdatasyncSync(fd);
+        w.repairs.push(scan.torn);
+      }
+      w.end = scan.validEnd;
+      w.entryCount = countWhole(scan.records);
+      if (!w.loadTail(null)) throw new Error(`internal: record chain broken after a clean scan of ${path}`);
+      if (!options.keepParts && !w.cutDanglingParts()) throw new Error(`internal: record chain broken after a clean scan of ${path}`);
+      return w;
+    } catch (e) {
+      if (!heldLock) lock?.release();
+      closeSync(fd);
+      throw asBackupError(e, path, 'cannot open the backup for writing');
+    }
+  }
+
+  /**
+   * Learns head, head type and the trailing group of head-version changes by walking trailers back
+   * from the end: a handful of headers, however long the file. False when the chain of trailers is
+   * broken (damage near the end).
+   */
+  private loadTail(known: { start: number; h: RecordHeader } | null): boolean {
+    this.groupStart = this.end;
+    this.groupCount = 0;
+    this.headVersion = 0;
+    this.lastType = 0;
+    if (this.end === FILE_HEADER_LEN) return true;
+    const win = new FileWindow(this.fd, this.end, SCRATCH_INITIAL);
+    let rec = known;
+    if (!rec) {
+      rec = recordEndingAt(win, this.end);
+      this.openStats.headersWalked++;
+      if (!rec) return false;
+    }
+    let groupStart = this.end;
+    let groupCount = 0;
+    if (rec.h.type === TYPE_CHANGE) {
+      groupStart = rec.start;
+      groupCount = 1;
+      while (groupStart > FILE_HEADER_LEN) {
+        const prev = recordEndingAt(win, groupStart);
+        this.openStats.headersWalked++;
+        if (!prev) return false;
+        if (prev.h.type !== TYPE_CHANGE || prev.h.version !== rec.h.version) break;
+        groupStart = prev.start;
+        groupCount++;
+      }
+    }
+    this.headVersion = rec.h.version;
+    this.lastType = rec.h.type;
+    this.groupStart = groupStart;
+    this.groupCount = groupCount;
+    return true;
+  }
+
+  /**
+   * Snapshot part records at the end without their final record are a snapshot that never completed
+   * (never acknowledged): cut them, durably, and report it. False when the trailer chain is broken.
+   */
+  private cutDanglingParts(): boolean {
+    if (this.end === FILE_HEADER_LEN || this.lastType !== TYPE_SNAPSHOT_PART) return true;
+    const win = new FileWindow(this.fd, this.end, SCRATCH_INITIAL);
+    let start = this.end;
+    let n = 0;
+    while (start > FILE_HEADER_LEN) {
+      const prev = recordEndingAt(win, start);
+      this.openStats.headersWalked++;
+      if (!prev) return false;
+      if (prev.h.type !== TYPE_SNAPSHOT_PART) break;
+      start = prev.start;
+      n++;
+    }
+    const cut = this.end - start;
+    ftruncateSync(this.fd, start);
+    fdatasyncSync(this.fd);
+    this.repairs.push({
+      kind: 'torn-tail',
+      offset: start,
+      message: `cut ${cut} bytes at offset ${start}: ${n} snapshot part record(s) without their final snapshot record (a snapshot that never completed)`,
+    });
+    this.end = start;
+    return this.loadTail(null);
+  }
+
+  /**
+   * Compaction renamed a new file over the backup: switch to it. The writer lock stays held (it lives on
+   * `<path>.writer`, which the rename does not touch), so no other writer can slip in between.
+   */
+  reopen(): void {
+    this.checkUsable();
+    const next = V2Writer.open(this.location, {}, this.lock);
+    closeSync(this.fd);
+    this.fd = next.fd;
+    this.identity = null;
+    this.end = next.end;
+    this.headVersion = next.headVersion;
+    this.lastType = next.lastType;
+    this.groupStart = next.groupStart;
+    this.groupCount = next.groupCount;
+    this.entryCount = next.entryCount;
+  }
+
+  /** Bytes of acknowledged data (the file size); unlike stats() never walks the file. */
+  endOffset(): number {
+    return this.end;
+  }
+
+  head(): number {
+    return this.end === FILE_HEADER_LEN ? 0 : this.headVersion;
+  }
+
+  isEmpty(): boolean {
+    return this.end === FILE_HEADER_LEN;
+  }
+
+  headIsSnapshot(): boolean {
+    return this.end > FILE_HEADER_LEN && this.lastType === TYPE_SNAPSHOT;
+  }
+
+  /**
+   * One record of a snapshot: TYPE_SNAPSHOT_PART (a slice, more follow) or TYPE_SNAPSHOT (the last slice,
+   * or the whole database; `parts` = how many part records precede it), with the `len` bytes at
+   * `srcOff` of the open file `src`. Durable on return. A source that ends early is cut back and reported
+   * as an unreadable source; the writer stays usable.
+   */
+  appendSnapshotSlice(type: number, version: number, parts: number, src: number, srcOff: number, len: number, srcPath: string): void {
+    this.checkUsable();
+    if (!isValidDataVersion(version)) throw new RangeError(`data_version must be an unsigned 32-bit integer, not ${version}`);
+    if (type !== TYPE_SNAPSHOT && type !== TYPE_SNAPSHOT_PART) throw new RangeError(`not a snapshot record type: ${type}`);
+    const at = this.end;
+    const header = Buffer.alloc(RECORD_HEADER_LEN);
+    const chunk = Buffer.allocUnsafe(Math.min(CHUNK, Math.max(1, len)));
+    let crc = 0;
+    try {
+      writeFully(this.fd, header, at);
+      for (let done = 0; done < len; ) {
+        let n: number;
+        try {
+          n = readSync(src, chunk, 0, Math.min(chunk.length, len - done), srcOff + done);
+          if (n <= 0) throw new Error(`it ended at byte ${srcOff + done} of the ${srcOff + len} expected (it shrank while it was read)`);
+        } catch (e) {
+          ftruncateSync(this.fd, at);
+          throw new BackupError(`cannot read the snapshot source ${srcPath}: ${(e as Error).message}`, this.location, at);
+        }
+        const part = chunk.subarray(0, n);
+        crc = crc32(part, crc);
+        writeFully(this.fd, part, at + RECORD_HEADER_LEN + done);
+        done += n;
+      }
+      this.sealRecord(header, at, type, version, len, crc, parts);
+    } catch (e) {
+      if (e instanceof BackupError) throw e;
+      throw this.fail(e, at);
+    }
+    this.end = at + RECORD_OVERHEAD + len;
+    this.headVersion = version;
+    this.lastType = type;
+    this.groupStart = this.end;
+    this.groupCount = 0;
+    if (this.entryCount !== null && type === TYPE_SNAPSHOT) this.entryCount++;
+  }
+
+  repaired(): Problem[] {
+    return this.repairs.slice();
+  }
+
+  /**
+   * Ends a record whose payload is already written at `at` + header: its header, its trailer, then one
+   * fdatasync, so the record is durable (and readable) only once it is whole.
+   */
+  private sealRecord(header: Buffer, at: number, type: number, version: number, len: number, crc: number, parts = 0): void {
+    encodeRecordHeader(header, type, version, len, crc, parts);
+    writeFully(this.fd, header, at);
+    const trailer = Buffer.allocUnsafe(RECORD_TRAILER_LEN);
+    writeU64(trailer, len, 0);
+    writeFully(this.fd, trailer, at + RECORD_HEADER_LEN + len);
+    fdatasyncSync(this.fd);
+  }
+
+  appendChange(version: number, statements: readonly string[]): number {
+    this.checkUsable();
+    if (!isValidDataVersion(version)) throw new RangeError(`data_version must be an unsigned 32-bit integer, not ${version}`);
+    const payloadLen = changePayloadLength(statements);
+    const total = RECORD_OVERHEAD + payloadLen;
+    if (total > this.scratch.length) this.scratch = Buffer.allocUnsafe(Math.max(total, this.scratch.length * 2));
+    const buf = this.scratch;
+    encodeChangeRecordInto(buf, version, statements, payloadLen);
+    const at = this.end;
+    try {
+      writeFully(this.fd, buf.subarray(0, total), at);
+      fdatasyncSync(this.fd);
+      assertStillNamed(this.fd, this.location, (this.identity ??= identityOf(this.fd)));
+    } catch (e) {
+      throw this.fail(e, at);
+    }
+    if (buf.length > SCRATCH_KEEP) this.scratch = Buffer.allocUnsafe(SCRATCH_INITIAL);
+    if (!(this.lastType === TYPE_CHANGE && this.headVersion === version && at > FILE_HEADER_LEN)) {
+      this.groupStart = at;
+      this.groupCount = 0;
+    }
+    this.groupCount++;
+    this.end = at + total;
+    this.headVersion = version;
+    this.lastType = TYPE_CHANGE;
+    if (this.entryCount !== null) this.entryCount++;
+    return total;
+  }
+
+  appendSnapshotFile(version: number, dbPath: string): void {
+    this.checkUsable();
+    if (!isValidDataVersion(version)) throw new RangeError(`data_version must be an unsigned 32-bit integer, not ${version}`);
+    let src: number;
+    try {
+      src = openSync(dbPath, 'r');
+    } catch (e) {
+      throw new BackupError(`cannot read the snapshot source ${dbPath}: ${(e as Error).message}`, this.location);
+    }
+    const at = this.end;
+    // all zeros: its checksum is wrong, so a crash before the real header lands reads as a torn tail
+    const header = Buffer.alloc(RECORD_HEADER_LEN);
+    const chunk = Buffer.allocUnsafe(CHUNK);
+    let len = 0;
+    let crc = 0;
+    try {
+      writeFully(this.fd, header, at);
+      for (;;) {
+        let n: number;
+        try {
+          n = readSync(src, chunk, 0, CHUNK, len);
+        } catch (e) {
+          // the backup itself is fine: drop the partial record and stay usable
+          ftruncateSync(this.fd, at);
+          throw new BackupError(`cannot read the snapshot source ${dbPath}: ${(e as Error).message}`, this.location, at);
+        }
+        if (n === 0) break;
+        const part = chunk.subarray(0, n);
+        crc = crc32(part, crc);
+        writeFully(this.fd, part, at + RECORD_HEADER_LEN + len);
+        len += n;
+      }
+      this.sealRecord(header, at, TYPE_SNAPSHOT, version, len, crc);
+    } catch (e) {
+      if (e instanceof BackupError) throw e;
+      throw this.fail(e, at);
+    } finally {
+      closeSync(src);
+    }
+    this.end = at + RECORD_OVERHEAD + len;
+    this.headVersion = version;
+    this.lastType = TYPE_SNAPSHOT;
+    this.groupStart = this.end;
+    this.groupCount = 0;
+    if (this.entryCount !== null) this.entryCount++;
+  }
+
+  dropHead(): number {
+    this.checkUsable();
+    if (this.end === FILE_HEADER_LEN) return 0;
+    if (this.groupCount === 0) {
+      throw new BackupError(
+        `${this.location}: the newest entry is a snapshot at version ${this.headVersion}; a snapshot is committed state and is never dropped`,
+        this.location,
+        this.end,
+      );
+    }
+    const to = this.groupStart;
+    try {
+      ftruncateSync(this.fd, to);
+      fdatasyncSync(this.fd);
+    } catch (e) {
+      throw this.fail(e, to);
+    }
+    if (this.entryCount !== null) this.entryCount -= this.groupCount;
+    this.end = to;
+    if (!this.loadTail(null)) {
+      const e = new BackupError(
+        `${this.location} is damaged: the record before offset ${to} cannot be found through its trailer. ` +
+          `Run 'clnvault verify ${this.location}'; if it cannot be repaired, start a fresh backup with 'clnvault init'.`,
+        this.location,
+        to,
+      );
+      this.failed = e;
+      throw e;
+    }
+    return this.head();
+  }
+
+  stats(): BackupStats {
+    if (this.entryCount === null) this.entryCount = this.countEntries();
+    return { format: 'v2', location: this.location, head: this.head(), entries: this.entryCount, bytes: this.end };
+  }
+
+  /** Off the hot path (stats only): walks every trailer back from the end. */
+  private countEntries(): number {
+    const win = new FileWindow(this.fd, this.end, CHUNK);
+    let n = 0;
+    let at = this.end;
+    while (at > FILE_HEADER_LEN) {
+      const rec = recordEndingAt(win, at);
+      if (!rec) return n + countWhole(scanRecords(this.fd, at, this.location).records);
+      if (rec.h.type !== TYPE_SNAPSHOT_PART) n++;
+      at = rec.start;
+    }
+    return n;
+  }
+
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    try {
+      closeSync(this.fd);
+    } finally {
+      this.lock.release();
+    }
+  }
+
+  private checkUsable(): void {
+    if (this.closed) throw new BackupError(`${this.location}: the writer is closed`, this.location);
+    if (this.failed) {
+      throw new BackupError(
+        `${this.location}: an earlier write failed (${this.failed.message}); reopen the backup before writing again`,
+        this.location,
+      );
+    }
+  }
+
+  /**
+   * After a failed write or fdatasync the file's state on disk is unknown (and after a failed fsync the
+   * page cache cannot be trusted either), so this writer stops. Reopening checks and cuts the tail.
+   */
+  private fail(e: unknown, at: number): BackupError {
+    this.failed = e as Error;
+    return new BackupError(
+      `${this.location}: writing at offset ${at} failed: ${(e as Error).message}; the entry is NOT backed up`,
+      this.location,
+      at,
+    );
+  }
+}
+
