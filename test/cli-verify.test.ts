@@ -3,6 +3,7 @@
  * on v2 copies of them, on damaged and torn files, and against live databases that match, lag, lead, or
  * were altered.
  */
+import { listHeaders } from '../src/backends/backend.js';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { execFileSync } from 'node:child_process';
@@ -65,7 +66,7 @@ function v2Copy(v1Path: string, dest: string): string {
   const r = V1Reader.open(v1Path);
   const w = V2Writer.open(dest);
   try {
-    const hs = r.headers();
+    const hs = listHeaders(r);
     const plan = planRestore(hs);
     hs.forEach((h, i) => {
       if (plan.dropped[i]) return;

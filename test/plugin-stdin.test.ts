@@ -1,3 +1,4 @@
+import { listHeaders } from '../src/backends/backend.js';
 import assert from 'node:assert/strict';
 import { execFileSync, spawn } from 'node:child_process';
 import { closeSync, constants, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync, writeSync } from 'node:fs';
@@ -77,7 +78,7 @@ describe('plugin stdin', () => {
 
     const reader = V2Reader.open(bkp);
     try {
-      const h = reader.headers();
+      const h = listHeaders(reader);
       assert.deepEqual(h.map((x) => x.version), [1, 2, 3]);
       h.forEach((x, i) => {
         const e = reader.read(x);

@@ -1,3 +1,4 @@
+import { listHeaders } from '../src/backends/backend.js';
 import assert from 'node:assert/strict';
 import { copyFileSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -81,7 +82,7 @@ describe('plugin protocol', () => {
     p.kill('SIGKILL');
     await p.exit;
     const reader = V2Reader.open(bkp);
-    const h = reader.headers();
+    const h = listHeaders(reader);
     assert.equal(h.length, 9);
     assert.deepEqual(h.map((x) => x.version), basic.slice(0, 9).map((l) => l.data_version));
     const e = reader.read(h[0]!);
@@ -192,7 +193,7 @@ describe('plugin start-up refusals', () => {
     assert.deepEqual((await write(a, 'a2', 1, basic[1]!.writes)).result, { result: 'continue' });
     await a.close();
     const reader = V2Reader.open(bkp);
-    assert.equal(reader.headers().length, 2);
+    assert.equal(listHeaders(reader).length, 2);
     reader.close();
   });
 });
@@ -210,7 +211,7 @@ describe('version rules', () => {
   }
   const versions = (bkp: string, format: 'v1' | 'v2' = 'v2') => {
     const r = format === 'v2' ? V2Reader.open(bkp) : V1Reader.open(bkp);
-    const v = r.headers().map((h) => h.version);
+    const v = listHeaders(r).map((h) => h.version);
     r.close();
     return v;
   };
@@ -226,7 +227,7 @@ describe('version rules', () => {
       await p.close();
       assert.deepEqual(versions(bkp, format), [1, 1, 2, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
       const reader = format === 'v2' ? V2Reader.open(bkp) : V1Reader.open(bkp);
-      const h = reader.headers();
+      const h = listHeaders(reader);
       const last = reader.read(h[h.length - 1]!);
       assert.equal(last.kind === 'change' && last.statements[0], 'UPDATE version SET version=282;');
       reader.close();
@@ -306,7 +307,7 @@ describe('version rules', () => {
     const v = versions(bkp);
     assert.deepEqual(v.slice(-2), [dv, dv + 1]);
     const reader = V2Reader.open(bkp);
-    const h = reader.headers();
+    const h = listHeaders(reader);
     assert.equal(h[h.length - 2]!.kind, 'snapshot');
     reader.close();
   });

@@ -1,3 +1,4 @@
+import { listHeaders } from '../src/backends/backend.js';
 import { test, after, describe } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdtempSync, readdirSync, rmSync } from 'node:fs';
@@ -350,7 +351,7 @@ test('restore: a failure in a cached statement names its version, offset and sta
   w.appendChange(6, [`INSERT INTO inv VALUES (6, 'label-6')`, `INSERT INTO inv VALUES (7, 'label-3')`, `UPDATE vars SET intval = 6 WHERE name = 'data_version'`]);
   w.close();
   const reader = V2Reader.open(backup);
-  const bad = reader.headers()[5]!;
+  const bad = listHeaders(reader)[5]!;
   assert.equal(bad.version, 6);
   let caught: unknown;
   try {

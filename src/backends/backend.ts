@@ -43,18 +43,47 @@ export interface BackupWriter {
   close(): void;
 }
 
+export interface HeaderWalkOptions {
+  /**
+   * On a backup with a damaged record in the middle, walk the intact entries before the first damaged
+   * record instead of throwing (restore's explicit salvage mode).
+   */
+  beforeDamage?: boolean;
+  /** start at the entry at this offset (one a walk visited) instead of the first entry */
+  from?: number;
+}
+
+/**
+ * What a header walk's visitor returns: false stops the walk (nothing else is read).
+ */
+export type HeaderVisitor = (h: EntryHeader) => boolean | void;
+
 export interface BackupReader {
   readonly format: BackupFormat;
   readonly location: string;
   /**
-   * header-only scan of every acknowledged entry, in file order. Throws when a record in the middle is
-   * damaged, unless `beforeDamage` asks for the intact entries up to the first damaged one.
+   * Visits the header of every acknowledged entry, in file order, without keeping anything per entry:
+   * a backup of any size is walked in bounded memory (docs/restore.md, "Memory"). Throws, before
+   * visiting anything, when a record in the middle is damaged, unless `beforeDamage`. The visitor may
+   * call read() on the header it is given; reading the entries of a walk in order is the fast path.
    */
-  headers(opts?: { beforeDamage?: boolean }): EntryHeader[];
+  forEachHeader(visit: HeaderVisitor, opts?: HeaderWalkOptions): void;
   /** Reads the entry whose header is `h` (statements or a lazily copied snapshot). */
   read(h: EntryHeader): Entry;
   /** problems found while scanning (torn tail, orphans, corruption) */
   problems(): Problem[];
   stats(): BackupStats;
   close(): void;
+}
+
+/**
+ * Every header in one array: one object per entry, so only for backups known to be small (tests, and
+ * tools that print a few entries). Restore, verify, inspect and compaction walk instead.
+ */
+export function listHeaders(reader: BackupReader, opts: HeaderWalkOptions = {}): EntryHeader[] {
+  const out: EntryHeader[] = [];
+  reader.forEachHeader((h) => {
+    out.push(h);
+  }, opts);
+  return out;
 }

@@ -7,7 +7,7 @@ import { createV2, isV2, V2Reader } from './file/v2.js';
 import { discoverSegments, SegmentedReader, SegmentedWriter } from './file/segments.js';
 import { parseBackupUrl, UrlError } from './url.js';
 import { listHistory } from '../compact/files.js';
-import { planRestore } from '../engine/plan.js';
+import { planBackup } from '../engine/plan.js';
 import { serialDiff } from '../engine/versions.js';
 
 /** Picks the backend from the URL scheme, and for files the format from the file's first bytes (never its name). */
@@ -93,10 +93,8 @@ export function openReaderAt(url: string, cwd: string, version: number): BackupR
     const reader = openFileReader(candidate);
     let keep = false;
     try {
-      const headers = reader.headers();
-      const plan = planRestore(headers);
-      let oldest: number | null = null;
-      for (let i = 0; i < headers.length && oldest === null; i++) if (!plan.dropped[i]) oldest = headers[i]!.version;
+      const plan = planBackup(reader).plan();
+      const oldest = plan.oldest;
       if (oldest === null) {
         keep = version === 0;
         held.push(`${candidate}: empty`);

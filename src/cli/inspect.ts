@@ -7,7 +7,7 @@ import { V2Reader } from '../backends/file/v2.js';
 import { SegmentedReader } from '../backends/file/segments.js';
 import { backupPath, openReader } from '../backends/open.js';
 import type { EntryHeader, Problem } from '../engine/entries.js';
-import { planRestore } from '../engine/plan.js';
+import { planBackup, type Planner } from '../engine/plan.js';
 import { CliError, EXIT, out, parse, printJson, progressReporter, type Command } from './common.js';
 import { formatBytes } from './verify.js';
 
@@ -57,8 +57,10 @@ export interface InspectReport {
   versionRange: { from: number; to: number } | null;
   headEntry: { kind: 'change' | 'snapshot'; version: number; offset: number } | null;
   duplicates: Duplicate[];
-  /** entries a restore skips: superseded by a later entry with the same or a lower version */
+  /** entries a restore skips: superseded by a later entry with the same or a lower version (the first INSPECT_LIST_MAX) */
   stale: Array<{ version: number; offset: number }>;
+  /** how many entries are stale (stale lists at most INSPECT_LIST_MAX of them) */
+  staleCount: number;
   problems: Problem[];
   /** entries read back in full (statements decoded, snapshots copied and, for v2, every checksum verified) */
   entriesChecked: number;
@@ -110,14 +112,19 @@ export const inspectCommand: Command = {
   },
 };
 
+/** Lists in the report stop growing here (counts stay exact): a report of millions of lines helps nobody. */
+export const INSPECT_LIST_MAX = 10_000;
+/** How far back (in entries) a repeated version is looked for; rewinds in a node's backup are a few entries deep. */
+const DUPLICATE_WINDOW = 1 << 14;
+
 export function inspectBackup(reader: BackupReader, path: string, showProgress: boolean): InspectReport {
   const st = reader.stats();
   const problems = reader.problems();
-  let headers: EntryHeader[] | null = null;
+  let planner: Planner | null = null;
   try {
-    headers = reader.headers();
+    planner = planBackup(reader);
   } catch (e) {
-    // v2 refuses to list a damaged backup; the problems below already say where.
+    // v2 refuses to walk a damaged backup; the problems below already say where.
     if (!problems.some((p) => p.kind === 'corrupt')) {
       problems.push({ kind: 'corrupt', offset: (e as { offset?: number }).offset ?? 0, message: (e as Error).message });
     }
@@ -135,6 +142,7 @@ export function inspectBackup(reader: BackupReader, path: string, showProgress: 
     headEntry: null,
     duplicates: [],
     stale: [],
+    staleCount: 0,
     problems,
     entriesChecked: 0,
     damaged: false,
@@ -147,63 +155,104 @@ export function inspectBackup(reader: BackupReader, path: string, showProgress: 
     report.fileBytes = report.segments.reduce((n, s) => n + s.bytes, 0);
   }
 
-  if (headers !== null) {
-    const plan = planRestore(headers);
-    const byVersion = new Map<number, number[]>();
-    headers.forEach((h, i) => {
-      if (h.kind === 'change') report.changes++;
-      const list = byVersion.get(h.version);
-      if (list) list.push(i);
-      else byVersion.set(h.version, [i]);
-      if (plan.dropped[i]) report.stale.push({ version: h.version, offset: h.offset });
-    });
-    for (const [version, idx] of byVersion) {
-      if (idx.length < 2) continue;
-      report.duplicates.push({
-        version,
-        offsets: idx.map((i) => headers![i]!.offset),
-        kinds: idx.map((i) => (headers![i]!.kind === 'snapshot' ? 'snapshot' : headers![i]!.pragmaOnly ? 'pragma' : 'change')),
-      });
-    }
-    const last = headers.at(-1);
-    if (last) report.headEntry = { kind: last.kind, version: last.version, offset: last.offset };
+  if (planner !== null) {
+    const plan = planner.plan();
     // the same bounds restore --to-version accepts: the oldest entry a restore keeps, up to the head
-    const oldest = headers.find((_, i) => !plan.dropped[i]);
-    report.versionRange = oldest ? { from: oldest.version, to: plan.head } : { from: 0, to: 0 };
-    checkEveryEntry(reader, headers, report, showProgress);
+    report.versionRange = plan.oldest !== null ? { from: plan.oldest, to: plan.head } : { from: 0, to: 0 };
+    report.staleCount = plan.stale;
+    const kept = planner.kept(0, plan.entries);
+    const dups = new Duplicates();
+    const progress = showProgress ? progressReporter('checking', 'entries') : null;
+    let scratch: string | null = null;
+    let i = 0;
+    try {
+      // one walk: counts, stale entries, repeated versions, and every entry read back
+      reader.forEachHeader((h) => {
+        if (h.kind === 'change') report.changes++;
+        if (!kept.applies(i) && report.stale.length < INSPECT_LIST_MAX) report.stale.push({ version: h.version, offset: h.offset });
+        dups.push(h, i);
+        report.headEntry = { kind: h.kind, version: h.version, offset: h.offset };
+        scratch = checkEntry(reader, h, i, report, scratch);
+        i++;
+        progress?.update(i, plan.entries);
+      });
+    } finally {
+      progress?.finish();
+      if (scratch !== null) rmSync(scratch, { recursive: true, force: true });
+    }
+    report.duplicates = dups.list();
   }
   report.damaged = report.problems.some((p) => p.kind === 'corrupt');
   report.problems.sort((a, b) => a.offset - b.offset);
   return report;
 }
 
-/** Reads every entry back: v2 verifies each payload checksum on read, v1 decodes each statement list. */
-function checkEveryEntry(reader: BackupReader, headers: EntryHeader[], report: InspectReport, showProgress: boolean): void {
-  const progress = showProgress ? progressReporter('checking', 'entries') : null;
-  let scratch: string | null = null;
-  try {
-    headers.forEach((h, i) => {
-      try {
-        const e = reader.read(h);
-        if (e.kind === 'snapshot') {
-          // Copying is what verifies a snapshot's checksum (and what a restore does first).
-          scratch ??= mkdtempSync(join(tmpdir(), 'clnvault-inspect-'));
-          const f = join(scratch, `snapshot-${i}.sqlite3`);
-          e.writeTo(f);
-          rmSync(f, { force: true });
-          report.snapshots.push({ version: e.version, offset: e.offset, bytes: e.size, ...(e.parts !== undefined ? { parts: e.parts } : {}) });
-        }
-        report.entriesChecked++;
-      } catch (e) {
-        if (h.kind === 'snapshot') report.snapshots.push({ version: h.version, offset: h.offset, bytes: null });
-        report.problems.push({ kind: 'corrupt', offset: h.offset, message: (e as Error).message });
+/**
+ * Versions held by more than one entry, found within a window of the last DUPLICATE_WINDOW entries (a
+ * PRAGMA repeat is adjacent, a rewind a few entries back), so memory stays bounded.
+ */
+class Duplicates {
+  private readonly ringOffset = new Float64Array(DUPLICATE_WINDOW);
+  private readonly ringKind = new Uint8Array(DUPLICATE_WINDOW);
+  private readonly ringVersion = new Float64Array(DUPLICATE_WINDOW);
+  /** version -> index of its latest entry, for entries inside the window */
+  private readonly recent = new Map<number, number>();
+  private readonly found = new Map<number, Duplicate>();
+
+  push(h: EntryHeader, i: number): void {
+    const slot = i % DUPLICATE_WINDOW;
+    if (i >= DUPLICATE_WINDOW) {
+      const old = this.ringVersion[slot]!;
+      if (this.recent.get(old) === i - DUPLICATE_WINDOW) this.recent.delete(old);
+    }
+    const kind = h.kind === 'snapshot' ? 2 : h.pragmaOnly ? 1 : 0;
+    const prev = this.recent.get(h.version);
+    if (prev !== undefined) {
+      let d = this.found.get(h.version);
+      if (d === undefined && this.found.size < INSPECT_LIST_MAX) {
+        const p = prev % DUPLICATE_WINDOW;
+        d = { version: h.version, offsets: [this.ringOffset[p]!], kinds: [KINDS[this.ringKind[p]!]!] };
+        this.found.set(h.version, d);
       }
-      progress?.update(i + 1, headers.length);
-    });
-  } finally {
-    progress?.finish();
-    if (scratch !== null) rmSync(scratch, { recursive: true, force: true });
+      if (d !== undefined && d.offsets.length < 1000) {
+        d.offsets.push(h.offset);
+        d.kinds.push(KINDS[kind]!);
+      }
+    }
+    this.ringOffset[slot] = h.offset;
+    this.ringKind[slot] = kind;
+    this.ringVersion[slot] = h.version;
+    this.recent.set(h.version, i);
   }
+
+  /** In the order of each version's first entry, as a listing reads. */
+  list(): Duplicate[] {
+    return [...this.found.values()].sort((a, b) => a.offsets[0]! - b.offsets[0]!);
+  }
+}
+
+const KINDS: Array<'change' | 'pragma' | 'snapshot'> = ['change', 'pragma', 'snapshot'];
+
+/** Reads one entry back: v2 verifies its payload checksum on read, v1 decodes its statements. Returns the scratch dir. */
+function checkEntry(reader: BackupReader, h: EntryHeader, i: number, report: InspectReport, scratch: string | null): string | null {
+  try {
+    const e = reader.read(h);
+    if (e.kind === 'snapshot') {
+      // Copying is what verifies a snapshot's checksum (and what a restore does first).
+      scratch ??= mkdtempSync(join(tmpdir(), 'clnvault-inspect-'));
+      const f = join(scratch, `snapshot-${i}.sqlite3`);
+      e.writeTo(f);
+      rmSync(f, { force: true });
+      if (report.snapshots.length < INSPECT_LIST_MAX) {
+        report.snapshots.push({ version: e.version, offset: e.offset, bytes: e.size, ...(e.parts !== undefined ? { parts: e.parts } : {}) });
+      }
+    }
+    report.entriesChecked++;
+  } catch (e) {
+    if (h.kind === 'snapshot' && report.snapshots.length < INSPECT_LIST_MAX) report.snapshots.push({ version: h.version, offset: h.offset, bytes: null });
+    if (report.problems.length < INSPECT_LIST_MAX) report.problems.push({ kind: 'corrupt', offset: h.offset, message: (e as Error).message });
+  }
+  return scratch;
 }
 
 function printReport(r: InspectReport): void {
@@ -223,11 +272,11 @@ function printReport(r: InspectReport): void {
   const others = r.duplicates.filter((d) => !pragmas.includes(d));
   if (pragmas.length > 0) out(`  same version   ${pragmas.length} version(s) repeated by PRAGMA batches (lightningd sends them with an unchanged version; normal)`);
   for (const d of others) out(`  same version   version ${d.version} at offsets ${d.offsets.join(', ')} (${d.kinds.join(', ')})`);
-  if (r.stale.length > 0) {
+  if (r.staleCount > 0) {
     out(
-      `  stale entries  ${r.stale.length}, never committed by the node and skipped by a restore: ` +
+      `  stale entries  ${r.staleCount}, never committed by the node and skipped by a restore: ` +
         r.stale.slice(0, 10).map((s) => `version ${s.version} at offset ${s.offset}`).join('; ') +
-        (r.stale.length > 10 ? '; …' : ''),
+        (r.staleCount > 10 ? '; …' : ''),
     );
   } else {
     out('  stale entries  none');

@@ -138,8 +138,10 @@ async function status(dir: string): Promise<StatusReport> {
       const st = reader.stats();
       head = st.head;
       r.backup = { url: lock.backend_url, path, format: st.format, head, headKind: null, entries: st.entries, bytes: st.bytes };
-      const hs = reader.headers();
-      headKind = hs.at(-1)?.kind ?? null;
+      // a walk, not a list: only the newest entry's kind is needed
+      reader.forEachHeader((h) => {
+        headKind = h.kind;
+      });
       r.backup.headKind = headKind;
     } finally {
       reader.close();

@@ -4,7 +4,7 @@ import { dirname, join, resolve } from 'node:path';
 import type { BackupReader } from '../backends/backend.js';
 import { fsyncDir } from '../backends/file/fsutil.js';
 import type { EntryHeader } from '../engine/entries.js';
-import { planRestore } from '../engine/plan.js';
+import { planBackup, type Planner, type RestorePlan } from '../engine/plan.js';
 import { isValidDataVersion, serialDiff } from '../engine/versions.js';
 import { Replayer, ReplayError } from './replay.js';
 
@@ -73,9 +73,11 @@ export function restoreBackup(reader: BackupReader, dest: string, opts: RestoreO
   const force = opts.force === true;
   checkDestination(path, force);
 
-  let headers: EntryHeader[];
+  // Pass 1 walks the headers to plan (memory bounded whatever the backup's size); pass 2 walks them
+  // again from the start entry and replays.
+  let planner: Planner;
   try {
-    headers = opts.stopAtDamage ? reader.headers({ beforeDamage: true }) : reader.headers();
+    planner = planBackup(reader, { beforeDamage: opts.stopAtDamage === true });
   } catch (e) {
     throw new RestoreError(
       `cannot read ${reader.location}: ${(e as Error).message}. Nothing was written to ${path}.`,
@@ -85,27 +87,27 @@ export function restoreBackup(reader: BackupReader, dest: string, opts: RestoreO
   const damage = reader.problems().filter((p) => p.kind === 'corrupt');
   if (!opts.stopAtDamage) refuseCorruption(reader);
   // Stale entries are counted against the whole history, so a point-in-time restore reports the same figure.
-  const full = planRestore(headers);
-  let dropped = 0;
-  for (let i = 0; i < headers.length; i++) dropped += full.dropped[i]!;
-  if (opts.toVersion !== undefined) checkToVersion(reader, headers, full.dropped, full.head, opts.toVersion);
-  const plan = opts.toVersion === undefined ? full : planRestore(headers, opts.toVersion);
+  const full = planner.plan();
+  const dropped = full.stale;
+  if (opts.toVersion !== undefined) checkToVersion(reader, full, opts.toVersion);
+  const plan = opts.toVersion === undefined ? full : planner.plan(opts.toVersion);
 
   const tmp = `${path}.clnvault-tmp-${process.pid}`;
   removeFiles(tmp);
-  let db: Database.Database | null = null;
-  let replayer: Replayer | null = null;
+  // (as: assigned inside the walk's callback, which TypeScript's narrowing does not follow)
+  let db = null as Database.Database | null;
+  let replayer = null as Replayer | null;
   let snapshotVersion: number | null = null;
   let applied = 0;
   // totals of replayers already replaced by a later snapshot, plus snapshot sizes
   let doneStatements = 0;
   let doneBytes = 0;
   let lastProgress = performance.now();
-  let current: EntryHeader | null = null;
+  let current = null as EntryHeader | null;
   try {
-    for (let i = plan.start; i < headers.length; i++) {
-      if (plan.dropped[i]) continue;
-      const h = headers[i]!;
+    const applies = plan.cursor();
+    let index = plan.start;
+    const apply = (h: EntryHeader): void => {
       current = h;
       const entry = reader.read(h);
       if (entry.kind === 'snapshot') {
@@ -138,6 +140,20 @@ export function restoreBackup(reader: BackupReader, dest: string, opts: RestoreO
           opts.onProgress({ applied, total: plan.applied, bytes: doneBytes + (replayer?.chars ?? 0) });
         }
       }
+    };
+    if (plan.end > plan.start) {
+      reader.forEachHeader(
+        (h) => {
+          if (index >= plan.end) return false;
+          if (applies.applies(index++)) apply(h);
+          return true;
+        },
+        { beforeDamage: opts.stopAtDamage === true, ...(plan.startOffset !== null ? { from: plan.startOffset } : {}) },
+      );
+    }
+    if (applied !== plan.applied) {
+      // the second walk saw other entries than the first: the file changed underneath the reader
+      throw new Error(`the backup changed while it was read (planned ${plan.applied} entries, found ${applied}); run the restore again`);
     }
     current = null;
     if (db === null) db = openForReplay(tmp, true);
@@ -218,23 +234,12 @@ function refuseCorruption(reader: BackupReader): void {
   );
 }
 
-function checkToVersion(
-  reader: BackupReader,
-  headers: readonly EntryHeader[],
-  dropped: Uint8Array,
-  head: number,
-  toVersion: number,
-): void {
+function checkToVersion(reader: BackupReader, full: RestorePlan, toVersion: number): void {
   if (!isValidDataVersion(toVersion)) {
     throw new RestoreError(`--to-version must be a data_version (an integer from 0 to 4294967295), not ${toVersion}`);
   }
-  let oldest: number | null = null;
-  for (let i = 0; i < headers.length; i++) {
-    if (!dropped[i]) {
-      oldest = headers[i]!.version;
-      break;
-    }
-  }
+  const oldest = full.oldest;
+  const head = full.head;
   if (oldest === null) {
     if (toVersion === 0) return;
     throw new RestoreError(`${reader.location} is empty: it holds no version ${toVersion}, only the empty database (version 0)`);

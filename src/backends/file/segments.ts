@@ -2,7 +2,7 @@ import { closeSync, fdatasyncSync, fstatSync, openSync, readdirSync, readFileSyn
 import { randomBytes } from '../../engine/random.js';
 import { basename, dirname, join } from 'node:path';
 import { crc32 } from 'node:zlib';
-import type { BackupReader, BackupStats, BackupWriter } from '../backend.js';
+import type { BackupReader, BackupStats, BackupWriter, HeaderVisitor, HeaderWalkOptions } from '../backend.js';
 import { BackupError, type Entry, type EntryHeader, type Problem } from '../../engine/entries.js';
 import { lockPath } from '../../engine/backup-lock.js';
 import { fsyncDir, writeFully } from './fsutil.js';
@@ -12,7 +12,7 @@ import {
   damagedError,
   encodeFileHeader,
   FILE_HEADER_LEN,
-  groupRecords,
+  Grouper,
   isV2,
   RECORD_OVERHEAD,
   snapshotEntry,
@@ -20,10 +20,8 @@ import {
   TYPE_SNAPSHOT_PART,
   V2Reader,
   V2Writer,
-  type GroupedEntry,
-  indexAtOffset,
-  type Grouping,
-  type RecordInfo,
+  WalkGrouper,
+  type WalkedEntry,
 } from './v2.js';
 import { WriterLock } from './writer-lock.js';
 
@@ -562,14 +560,8 @@ export class SegmentedWriter implements BackupWriter {
  */
 export class SegmentedReader implements BackupReader {
   readonly format = 'v2' as const;
-  /** every valid record of every segment, in order, with its global offset */
-  private readonly recs: RecordInfo[] = [];
-  /** the same records as their segment's reader knows them (local offsets), and which segment */
-  private readonly local: RecordInfo[] = [];
-  private readonly segOf: number[] = [];
-  /** a chunked snapshot's parts may be spread over several segments: records are grouped across them */
-  private readonly grouping: Grouping;
-  private cursor = 0;
+  /** the entry the current walk last visited (global offsets in its header) */
+  private lastWalked: WalkedEntry | null = null;
 
   private constructor(
     readonly location: string,
@@ -579,26 +571,30 @@ export class SegmentedReader implements BackupReader {
     private readonly sizes: number[],
     readonly backupId: Buffer,
     readonly createdMs: number,
-  ) {
-    readers.forEach((r, i) => {
-      for (const rec of r.rawRecords()) {
-        this.recs.push({ ...rec, offset: rec.offset + bases[i]! });
-        this.local.push(rec);
-        this.segOf.push(i);
-      }
-    });
-    this.grouping = groupRecords(this.recs);
-  }
+    /** a chunked snapshot's parts may be spread over several segments: records are grouped across them */
+    private readonly grouped: { entries: number; head: number; corrupt: Problem[]; dangling: Problem | null },
+  ) {}
 
   static open(path: string): SegmentedReader {
     const set = discoverSegments(path);
     const readers: V2Reader[] = [];
     const bases: number[] = [];
     const sizes: number[] = [];
+    // records are grouped across the segments as each segment's scan goes, so nothing per record is kept
+    const g = new Grouper();
+    let entries = 0;
+    let head = 0;
     try {
       let base = 0;
       for (const seg of set.segments) {
-        const r = V2Reader.open(seg.path);
+        const b = base;
+        const r = V2Reader.open(seg.path, (rec) => {
+          const e = g.push({ ...rec, offset: rec.offset + b });
+          if (e) {
+            entries++;
+            head = e.version;
+          }
+        });
         readers.push(r);
         bases.push(base);
         const end = r.validEnd;
@@ -621,7 +617,7 @@ export class SegmentedReader implements BackupReader {
       for (const r of readers) r.close();
       throw e;
     }
-    return new SegmentedReader(path, readers, bases, sizes, set.first.backupId, set.first.createdMs);
+    return new SegmentedReader(path, readers, bases, sizes, set.first.backupId, set.first.createdMs, { entries, head, corrupt: g.corrupt, dangling: g.dangling() });
   }
 
   get segmentCount(): number {
@@ -642,19 +638,18 @@ export class SegmentedReader implements BackupReader {
     this.readers.forEach((r, i) => {
       for (const p of r.rawProblems()) if (p.kind === 'corrupt') out.push({ ...p, offset: p.offset + this.bases[i]! });
     });
-    out.push(...this.grouping.corrupt);
+    out.push(...this.grouped.corrupt);
     return out.sort((a, b) => a.offset - b.offset);
   }
 
-  headers(opts: { beforeDamage?: boolean } = {}): EntryHeader[] {
-    const toHeader = (e: GroupedEntry): EntryHeader => ({ kind: e.kind, version: e.version, offset: e.offset, pragmaOnly: e.pragmaOnly });
+  private end(): number {
+    const last = this.readers.length - 1;
+    return this.grouped.dangling ? this.grouped.dangling.offset : this.bases[last]! + this.sizes[last]!;
+  }
+
+  forEachHeader(visit: HeaderVisitor, opts: HeaderWalkOptions = {}): void {
     const bad = this.damage();
-    if (bad.length > 0 && opts.beforeDamage) {
-      // salvage stops at the first damage: nothing after it may be replayed
-      const first = bad[0]!.offset;
-      return this.grouping.entries.filter((e) => this.recs[e.last]!.offset < first).map(toHeader);
-    }
-    if (bad.length > 0) {
+    if (bad.length > 0 && !opts.beforeDamage) {
       // damage inside a segment is reported by that segment's reader: its file and local offset
       for (const r of this.readers) {
         const local = r.rawProblems().filter((p) => p.kind === 'corrupt');
@@ -662,28 +657,62 @@ export class SegmentedReader implements BackupReader {
       }
       throw damagedError(this.location, bad);
     }
-    return this.grouping.entries.map(toHeader);
+    // salvage stops at the first damage: nothing after it may be replayed
+    const stop = bad.length > 0 ? Math.min(this.end(), bad[0]!.offset) : this.end();
+    this.walk(opts.from ?? FILE_HEADER_LEN, stop, (e) => {
+      this.lastWalked = e;
+      return visit(e.header) !== false;
+    });
   }
 
-  private entryAt(offset: number): GroupedEntry | undefined {
-    const ents = this.grouping.entries;
-    const i = indexAtOffset(ents, this.cursor, offset);
-    if (i < 0) return undefined;
-    this.cursor = i + 1;
-    return ents[i];
+  /** Walks the entries from global offset `from` up to `stop`, grouping records across segment boundaries. */
+  private walk(from: number, stop: number, visit: (e: WalkedEntry) => boolean): void {
+    const g = new WalkGrouper(
+      (o, why) =>
+        new BackupError(`${this.location}: the record at offset ${o} is not what the scan found (${why}): the file changed since it was opened, or that offset is not an entry`, this.location, o),
+    );
+    let i = this.readers.length - 1;
+    while (i > 0 && this.bases[i]! + FILE_HEADER_LEN > from) i--;
+    let local = from - this.bases[i]!;
+    for (; i < this.readers.length; i++) {
+      const base = this.bases[i]!;
+      if (base + FILE_HEADER_LEN >= stop) break;
+      const r = this.readers[i]!;
+      let go = true;
+      r.walkRecords(local, Math.min(this.sizes[i]!, stop - base), (rec) => {
+        const e = g.push(r, rec, rec.offset + base);
+        if (e !== null) go = visit(e);
+        return go;
+      });
+      if (!go) return;
+      local = FILE_HEADER_LEN;
+    }
   }
 
   read(h: EntryHeader): Entry {
-    const e = this.entryAt(h.offset);
-    if (!e || e.kind !== h.kind || e.version !== h.version) {
+    let e = this.lastWalked;
+    if (e === null || e.header.offset !== h.offset) {
+      e = null;
+      if (h.offset >= FILE_HEADER_LEN && h.offset < this.end()) {
+        let found: WalkedEntry | null = null;
+        try {
+          this.walk(h.offset, this.end(), (w) => {
+            found = w;
+            return false;
+          });
+        } catch (err) {
+          // an offset that holds no record: said below, as "no such record"
+          if (!(err instanceof BackupError)) throw err;
+        }
+        e = found;
+      }
+    }
+    if (!e || e.header.kind !== h.kind || e.header.version !== h.version) {
       throw new BackupError(`${this.location}: no ${h.kind} record with version ${h.version} at offset ${h.offset}`, this.location, h.offset);
     }
-    if (e.kind === 'snapshot') {
-      const recs: { reader: V2Reader; rec: RecordInfo }[] = [];
-      for (let k = e.first; k <= e.last; k++) recs.push({ reader: this.readers[this.segOf[k]!]!, rec: this.local[k]! });
-      return snapshotEntry(this.location, e.version, e.offset, e.size, recs);
-    }
-    const c = this.readers[this.segOf[e.first]!]!.readChange(this.local[e.first]!);
+    if (e.header.kind === 'snapshot') return snapshotEntry(this.location, e.header.version, e.header.offset, e.size, e.recs);
+    const first = e.recs[0]!;
+    const c = first.reader.readChange(first.rec);
     return { ...c, offset: h.offset };
   }
 
@@ -692,24 +721,17 @@ export class SegmentedReader implements BackupReader {
     this.readers.forEach((r, i) => {
       for (const p of r.rawProblems()) out.push({ ...p, offset: p.offset + this.bases[i]!, message: i === 0 ? p.message : `${r.location}: ${p.message}` });
     });
-    out.push(...this.grouping.corrupt);
-    if (this.grouping.dangling) out.push(this.grouping.dangling);
+    out.push(...this.grouped.corrupt);
+    if (this.grouped.dangling) out.push(this.grouped.dangling);
     return out.sort((a, b) => a.offset - b.offset);
   }
 
   stats(): BackupStats {
-    const ents = this.grouping.entries;
-    const last = this.readers.length - 1;
-    return {
-      format: 'v2',
-      location: this.location,
-      head: ents.length > 0 ? ents[ents.length - 1]!.version : 0,
-      entries: ents.length,
-      bytes: this.grouping.dangling ? this.grouping.dangling.offset : this.bases[last]! + this.sizes[last]!,
-    };
+    return { format: 'v2', location: this.location, head: this.grouped.head, entries: this.grouped.entries, bytes: this.end() };
   }
 
   close(): void {
+    this.lastWalked = null;
     for (const r of this.readers) r.close();
   }
 }

@@ -13,7 +13,7 @@ import {
 import { BackupError } from '../../engine/entries.js';
 import type { Entry, EntryHeader, Problem } from '../../engine/entries.js';
 import { isPragmaOnly, isValidDataVersion } from '../../engine/versions.js';
-import type { BackupReader, BackupStats, BackupWriter } from '../backend.js';
+import type { BackupReader, BackupStats, BackupWriter, HeaderVisitor, HeaderWalkOptions } from '../backend.js';
 import { assertStillNamed, fsyncDir, writeFully } from './fsutil.js';
 import { WriterLock } from './writer-lock.js';
 
@@ -313,7 +313,6 @@ export class V1Reader implements BackupReader {
   private constructor(
     readonly location: string,
     fd: number,
-    private readonly hdrs: EntryHeader[],
     private readonly scan: ScanResult,
   ) {
     this.fd = fd;
@@ -323,10 +322,8 @@ export class V1Reader implements BackupReader {
     checkIsFile(path);
     const fd = openOrThrow(path, constants.O_RDONLY);
     try {
-      const all: EntryHeader[] = [];
-      const scan = scanV1(fd, path, (e) => all.push({ kind: e.kind, version: e.version, offset: e.offset, pragmaOnly: e.pragmaOnly }));
-      all.length = scan.ackCount;
-      return new V1Reader(path, fd, all, scan);
+      // the scan keeps nothing per entry; forEachHeader walks the acknowledged entries again
+      return new V1Reader(path, fd, scanV1(fd, path, () => {}));
     } catch (e) {
       closeSync(fd);
       throw e;
@@ -338,8 +335,40 @@ export class V1Reader implements BackupReader {
     return { ...this.scan.header };
   }
 
-  headers(): EntryHeader[] {
-    return this.hdrs.slice();
+  forEachHeader(visit: HeaderVisitor, opts: HeaderWalkOptions = {}): void {
+    const fd = this.requireFd();
+    const path = this.location;
+    const end = this.scan.ackEnd;
+    const from = opts.from ?? V1_HEADER_SIZE;
+    if (from < V1_HEADER_SIZE || (from >= end && from !== V1_HEADER_SIZE)) {
+      throw new BackupError(`${path}: no acknowledged entry at offset ${from}`, path, from);
+    }
+    const win = new WindowReader(fd, end);
+    for (let pos = from; pos < end; ) {
+      const eh = win.read(pos, V1_ENTRY_HEADER_SIZE);
+      const length = eh.length === V1_ENTRY_HEADER_SIZE ? eh.readUInt32BE(0) : -1;
+      const version = eh.length === V1_ENTRY_HEADER_SIZE ? eh.readUInt32BE(4) : 0;
+      const type = eh.length === V1_ENTRY_HEADER_SIZE ? eh.readUInt8(8) : 0;
+      const next = pos + V1_ENTRY_HEADER_SIZE + length;
+      if (length < 0 || (type !== TYPE_CHANGE && type !== TYPE_SNAPSHOT) || next > end) {
+        throw new BackupError(
+          `${path}: the entry at offset ${pos} is not the one found when the file was opened: the file changed underneath the reader` +
+            (opts.from !== undefined ? ` (or offset ${opts.from} is not an entry)` : ''),
+          path,
+          pos,
+        );
+      }
+      let pragmaOnly = false;
+      if (type === TYPE_CHANGE && length < PRAGMA_PROBE_LIMIT) {
+        try {
+          pragmaOnly = isPragmaOnly(decodeStatements(win.read(pos + V1_ENTRY_HEADER_SIZE, length)));
+        } catch {
+          // invalid UTF-8 is reported by read(); for planning it is simply not a PRAGMA batch
+        }
+      }
+      if (visit({ kind: type === TYPE_CHANGE ? 'change' : 'snapshot', version, offset: pos, pragmaOnly }) === false) return;
+      pos = next;
+    }
   }
 
   problems(): Problem[] {
@@ -400,7 +429,7 @@ export class V1Reader implements BackupReader {
       format: 'v1',
       location: this.location,
       head: this.scan.header.version,
-      entries: this.hdrs.length,
+      entries: this.scan.ackCount,
       bytes: this.scan.ackEnd,
     };
   }

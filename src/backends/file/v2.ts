@@ -24,7 +24,7 @@ export {
   TYPE_SNAPSHOT,
   TYPE_SNAPSHOT_PART,
 } from './v2/codec.js';
-export { indexAtOffset, type RecordInfo } from './v2/scan.js';
-export { groupRecords, type GroupedEntry, type Grouping } from './v2/group.js';
+export { type RecordInfo } from './v2/scan.js';
+export { Grouper, groupRecords, type GroupedEntry, type Grouping } from './v2/group.js';
 export { createV2, V2Writer, type V2OpenStats, type V2WriterOptions } from './v2/writer.js';
-export { damagedError, snapshotEntry, V2Reader } from './v2/reader.js';
+export { damagedError, snapshotEntry, V2Reader, WalkGrouper, type WalkedEntry } from './v2/reader.js';

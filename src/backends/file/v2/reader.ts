@@ -1,23 +1,21 @@
 import { closeSync, fstatSync, fsyncSync, openSync, readSync, unlinkSync } from 'node:fs';
 import { crc32 } from 'node:zlib';
-import type { BackupReader, BackupStats } from '../../backend.js';
+import type { BackupReader, BackupStats, HeaderVisitor, HeaderWalkOptions } from '../../backend.js';
 import { BackupError, type Entry, type EntryHeader, type Problem, type SnapshotEntry } from '../../../engine/entries.js';
 import { fsyncDir, writeFully } from '../fsutil.js';
-import { CHUNK, decodeChangePayload, parseRecordHeader, RECORD_HEADER_LEN, TYPE_SNAPSHOT_PART } from './codec.js';
-import { groupRecords, type GroupedEntry, type Grouping } from './group.js';
+import { isPragmaOnly } from '../../../engine/versions.js';
+import { CHUNK, decodeChangePayload, FILE_HEADER_LEN, parseRecordHeader, PRAGMA_PROBE_MAX, RECORD_HEADER_LEN, RECORD_OVERHEAD, TYPE_CHANGE, TYPE_SNAPSHOT, TYPE_SNAPSHOT_PART } from './codec.js';
+import { Grouper } from './group.js';
 import { asBackupError, readFully } from './io.js';
-import { checkFileHeader, indexAtOffset, scanRecords, type RecordInfo, type ScanResult } from './scan.js';
+import { checkFileHeader, scanRecords, type RecordInfo, type ScanResult } from './scan.js';
 
 /**
- * The v2 reader: one full forward scan at open (every record checked), then entries read in file order
- * through a bounded read-ahead window.
+ * The v2 reader: one full forward scan at open (every record checked, nothing per record kept), then
+ * walks of the records' headers (forEachHeader) and entries read in file order through one bounded
+ * read-ahead window: memory does not grow with the backup.
  */
 
-function toEntryHeader(r: GroupedEntry): EntryHeader {
-  return { kind: r.kind, version: r.version, offset: r.offset, pragmaOnly: r.pragmaOnly };
-}
-
-/** The error a reader's headers() throws for damage: a restore must never skip a record. */
+/** The error a reader's forEachHeader() throws for damage: a restore must never skip a record. */
 export function damagedError(location: string, bad: readonly Problem[], path = location): BackupError {
   return new BackupError(
     `${location} is damaged: ${bad[0]!.message}` +
@@ -79,17 +77,78 @@ class ReadAhead {
   }
 }
 
+/** An entry found by a walk, with the records that hold it (one, or a chunked snapshot's parts and final record). */
+export interface WalkedEntry {
+  header: EntryHeader;
+  size: number;
+  recs: { reader: V2Reader; rec: RecordInfo }[];
+}
+
+/**
+ * Turns the records of a walk into entries, as Grouper does for the scan. The scan already refused
+ * badly grouped records, so anything unexpected here means the file changed since it was scanned.
+ */
+export class WalkGrouper {
+  private run: { reader: V2Reader; rec: RecordInfo }[] = [];
+  private runOffset = 0;
+  private runSize = 0;
+
+  constructor(private readonly changed: (offset: number, why: string) => Error) {}
+
+  /** `offset`: the record's offset as the caller's entries are numbered (global for a segmented backup). */
+  push(reader: V2Reader, rec: RecordInfo, offset: number): WalkedEntry | null {
+    if (rec.type === TYPE_SNAPSHOT_PART) {
+      if (this.run.length > 0 && this.run[0]!.rec.version !== rec.version) throw this.changed(offset, 'a snapshot part of another version');
+      if (this.run.length === 0) {
+        this.runOffset = offset;
+        this.runSize = 0;
+      }
+      this.run.push({ reader, rec });
+      this.runSize += rec.length;
+      return null;
+    }
+    const n = this.run.length;
+    if (rec.type === TYPE_SNAPSHOT) {
+      if (rec.parts !== n || (n > 0 && this.run[0]!.rec.version !== rec.version)) throw this.changed(offset, 'a snapshot record whose parts do not match');
+      const recs = this.run;
+      recs.push({ reader, rec });
+      this.run = [];
+      return {
+        header: { kind: 'snapshot', version: rec.version, offset: n > 0 ? this.runOffset : offset, pragmaOnly: false },
+        size: (n > 0 ? this.runSize : 0) + rec.length,
+        recs,
+      };
+    }
+    if (n > 0) throw this.changed(offset, 'snapshot parts followed by a change record');
+    return { header: { kind: 'change', version: rec.version, offset, pragmaOnly: rec.pragmaOnly }, size: rec.length, recs: [{ reader, rec }] };
+  }
+
+  /** true while a chunked snapshot's parts have been seen without their final record */
+  get inRun(): boolean {
+    return this.run.length > 0;
+  }
+}
+
+/** Where a walk of the entries stops: the first damage (beforeDamage), else the end of the last whole entry. */
+interface WalkBounds {
+  /** damage (global offsets), sorted; empty when none */
+  damage: Problem[];
+  /** end of the last complete entry (a dangling run of parts at the end is not one) */
+  end: number;
+}
+
 export class V2Reader implements BackupReader {
   readonly format = 'v2' as const;
-  /** index in scan.records of the record after the last one read: restore reads in file order */
-  private cursor = 0;
   private readonly ahead: ReadAhead;
   private closed = false;
+  /** the entry the current walk last visited, so read() of it needs no second look at the file */
+  private lastWalked: WalkedEntry | null = null;
 
   private constructor(
     readonly location: string,
     private readonly fd: number,
     private readonly scan: ScanResult,
+    private readonly grouped: { entries: number; head: number; corrupt: Problem[]; dangling: Problem | null },
     readonly backupId: Buffer,
     readonly createdMs: number,
     size: number,
@@ -97,7 +156,11 @@ export class V2Reader implements BackupReader {
     this.ahead = new ReadAhead(fd, size);
   }
 
-  static open(path: string): V2Reader {
+  /**
+   * Opens and checks every record (the full checksum scan), keeping counts and problems, nothing per
+   * record. `onRecord` sees every valid record (SegmentedReader groups records across its files).
+   */
+  static open(path: string, onRecord?: (r: RecordInfo) => void): V2Reader {
     let fd: number;
     try {
       fd = openSync(path, 'r');
@@ -108,9 +171,19 @@ export class V2Reader implements BackupReader {
     try {
       const size = fstatSync(fd).size;
       const info = checkFileHeader(fd, size, path);
-      const scan = scanRecords(fd, size, path);
+      const g = new Grouper();
+      let entries = 0;
+      let head = 0;
+      const scan = scanRecords(fd, size, path, (r) => {
+        onRecord?.(r);
+        const e = g.push(r);
+        if (e) {
+          entries++;
+          head = e.version;
+        }
+      });
       if (scan.unsupported) throw scan.unsupported;
-      return new V2Reader(path, fd, scan, info.backupId, info.createdMs, size);
+      return new V2Reader(path, fd, scan, { entries, head, corrupt: g.corrupt, dangling: g.dangling() }, info.backupId, info.createdMs, size);
     } catch (e) {
       closeSync(fd);
       throw asBackupError(e, path, 'cannot read the backup');
@@ -122,32 +195,64 @@ export class V2Reader implements BackupReader {
     return this.scan.recordsValidated;
   }
 
-  private grouped: Grouping | null = null;
-
-  /** Records as entries: a chunked snapshot's parts and final record are one entry. */
-  private grouping(): Grouping {
-    return (this.grouped ??= groupRecords(this.scan.records));
-  }
-
   private damage(): Problem[] {
-    return [...this.scan.corrupt, ...this.grouping().corrupt].sort((a, b) => a.offset - b.offset);
+    return [...this.scan.corrupt, ...this.grouped.corrupt].sort((a, b) => a.offset - b.offset);
   }
 
-  headers(opts: { beforeDamage?: boolean } = {}): EntryHeader[] {
-    const g = this.grouping();
-    const bad = this.damage();
-    if (bad.length > 0 && opts.beforeDamage) {
-      // asked for explicitly (restore's stopAtDamage): the intact entries up to the first damaged record
-      const first = bad[0]!.offset;
-      return g.entries.filter((e) => this.scan.records[e.last]!.offset < first).map(toEntryHeader);
+  private bounds(): WalkBounds {
+    return { damage: this.damage(), end: this.grouped.dangling ? this.grouped.dangling.offset : this.scan.validEnd };
+  }
+
+  forEachHeader(visit: HeaderVisitor, opts: HeaderWalkOptions = {}): void {
+    this.checkOpen();
+    const { damage, end } = this.bounds();
+    if (damage.length > 0 && !opts.beforeDamage) throw damagedError(this.location, damage);
+    // with beforeDamage: only entries that end before the first damaged record
+    const stop = damage.length > 0 ? Math.min(end, damage[0]!.offset) : end;
+    const g = new WalkGrouper((o, why) => this.changedError(o, why));
+    this.walkRecords(opts.from ?? FILE_HEADER_LEN, stop, (rec) => {
+      const e = g.push(this, rec, rec.offset);
+      if (e === null) return true;
+      this.lastWalked = e;
+      return visit(e.header) !== false;
+    });
+  }
+
+  /**
+   * Visits the valid records in [from, end), headers only (a small change's payload is decoded to tell
+   * PRAGMA batches apart, as the scan does). `from` must be a record's offset. Returns where it stopped.
+   */
+  walkRecords(from: number, end: number, visit: (r: RecordInfo) => boolean): number {
+    this.checkOpen();
+    if (from < FILE_HEADER_LEN || from > end) throw this.changedError(from, `offset ${from} is outside the records`);
+    let o = from;
+    while (o < end) {
+      if (end - o < RECORD_OVERHEAD) throw this.changedError(o, 'a record cut short');
+      const h = parseRecordHeader(this.ahead.get(o, RECORD_HEADER_LEN));
+      if (typeof h === 'string') throw this.changedError(o, h);
+      if (h.length > end - o - RECORD_OVERHEAD) throw this.changedError(o, 'a record longer than the data');
+      let pragmaOnly = false;
+      if (h.type === TYPE_CHANGE && h.length < PRAGMA_PROBE_MAX) {
+        try {
+          pragmaOnly = isPragmaOnly(decodeChangePayload(this.ahead.get(o + RECORD_HEADER_LEN, h.length)));
+        } catch {
+          // read() reports it; the scan already refused such a record
+        }
+      }
+      const rec: RecordInfo = { offset: o, type: h.type, version: h.version, length: h.length, pragmaOnly, parts: h.type === TYPE_SNAPSHOT ? h.keyId : 0 };
+      o += RECORD_OVERHEAD + h.length;
+      if (!visit(rec)) break;
     }
-    if (bad.length > 0) throw damagedError(this.location, bad);
-    return g.entries.map(toEntryHeader);
+    return o;
   }
 
-  /** Every valid record in file order, parts included (offsets local to this file): for SegmentedReader. */
-  rawRecords(): readonly RecordInfo[] {
-    return this.scan.records;
+  private changedError(offset: number, why: string): BackupError {
+    return new BackupError(
+      `${this.location}: the record at offset ${offset} is not what the scan found (${why}): the file changed since it was opened, ` +
+        `or that offset is not an entry`,
+      this.location,
+      offset,
+    );
   }
 
   /** Damage and torn tail as the record scan found them, before records are grouped into entries. */
@@ -162,29 +267,36 @@ export class V2Reader implements BackupReader {
     return this.scan.validEnd;
   }
 
-  /** The entry at `offset`: the one after the last read when reading in file order, else a binary search. */
-  private entryAt(offset: number): GroupedEntry | undefined {
-    const ents = this.grouping().entries;
-    const i = indexAtOffset(ents, this.cursor, offset);
-    if (i < 0) return undefined;
-    this.cursor = i + 1;
-    return ents[i];
-  }
-
   read(h: EntryHeader): Entry {
     this.checkOpen();
-    const e = this.entryAt(h.offset);
-    if (!e || e.kind !== h.kind || e.version !== h.version) {
+    let e = this.lastWalked;
+    if (e === null || e.header.offset !== h.offset) {
+      // not the entry a walk is on: find it from its offset
+      e = null;
+      const end = this.bounds().end;
+      if (h.offset >= FILE_HEADER_LEN && h.offset < end) {
+        const g = new WalkGrouper((o, why) => this.changedError(o, why));
+        let found: WalkedEntry | null = null;
+        try {
+          this.walkRecords(h.offset, end, (rec) => {
+            found = g.push(this, rec, rec.offset);
+            return found === null;
+          });
+        } catch (err) {
+          // an offset that holds no record: said below, as "no such record"
+          if (!(err instanceof BackupError)) throw err;
+        }
+        e = found;
+      }
+    }
+    if (!e || e.header.kind !== h.kind || e.header.version !== h.version) {
       throw new BackupError(`${this.location}: no ${h.kind} record with version ${h.version} at offset ${h.offset}`, this.location, h.offset);
     }
-    if (e.kind === 'snapshot') {
-      const recs = this.scan.records.slice(e.first, e.last + 1).map((rec) => ({ reader: this, rec }));
-      return snapshotEntry(this.location, e.version, e.offset, e.size, recs);
-    }
-    return this.readChange(this.scan.records[e.first]!);
+    if (e.header.kind === 'snapshot') return snapshotEntry(this.location, e.header.version, e.header.offset, e.size, e.recs);
+    return this.readChange(e.recs[0]!.rec);
   }
 
-  /** The change record `r` (from rawRecords()), read and checked. */
+  /** The change record `r` (from walkRecords()), read and checked. */
   readChange(r: RecordInfo): Entry {
     this.checkOpen();
     // the length was vouched for by the header checksum and fits inside the file
@@ -236,7 +348,7 @@ export class V2Reader implements BackupReader {
   }
 
   problems(): Problem[] {
-    const g = this.grouping();
+    const g = this.grouped;
     const all = [...this.scan.corrupt, ...g.corrupt];
     if (g.dangling) all.push(g.dangling);
     if (this.scan.torn) all.push(this.scan.torn);
@@ -244,21 +356,15 @@ export class V2Reader implements BackupReader {
   }
 
   stats(): BackupStats {
-    const g = this.grouping();
-    const ents = g.entries;
-    return {
-      format: 'v2',
-      location: this.location,
-      head: ents.length > 0 ? ents[ents.length - 1]!.version : 0,
-      entries: ents.length,
-      bytes: g.dangling ? g.dangling.offset : this.scan.validEnd,
-    };
+    const g = this.grouped;
+    return { format: 'v2', location: this.location, head: g.head, entries: g.entries, bytes: g.dangling ? g.dangling.offset : this.scan.validEnd };
   }
 
   close(): void {
     if (this.closed) return;
     this.closed = true;
     this.ahead.release();
+    this.lastWalked = null;
     closeSync(this.fd);
   }
 

@@ -24,24 +24,6 @@ import {
 } from './codec.js';
 import { crcOfRange, FileWindow, readFully } from './io.js';
 
-/**
- * Index of the entry at `offset` in offset-ordered `ents` (-1 if none): `hint` first, since readers
- * mostly go in file order, else a binary search (scans only move forward, so offsets strictly increase).
- */
-export function indexAtOffset(ents: readonly { offset: number }[], hint: number, offset: number): number {
-  if (hint < ents.length && ents[hint]!.offset === offset) return hint;
-  let lo = 0;
-  let hi = ents.length - 1;
-  while (lo <= hi) {
-    const mid = (lo + hi) >>> 1;
-    const o = ents[mid]!.offset;
-    if (o === offset) return mid;
-    if (o < offset) lo = mid + 1;
-    else hi = mid - 1;
-  }
-  return -1;
-}
-
 export type RecordCheck =
   | { kind: 'ok'; h: RecordHeader }
   | { kind: 'bad-header'; why: string }
@@ -97,7 +79,8 @@ export interface RecordInfo {
 }
 
 export interface ScanResult {
-  records: RecordInfo[];
+  /** valid records, snapshot parts not counted (each part run is one entry with its final record) */
+  wholeRecords: number;
   corrupt: Problem[];
   /** the tail an unfinished append left behind, if any */
   torn: Problem | null;
@@ -107,10 +90,13 @@ export interface ScanResult {
   recordsValidated: number;
 }
 
-/** The forward scan: validates every record from the file header on (see docs/format-v2.md, "Recovery"). */
-export function scanRecords(fd: number, size: number, path: string): ScanResult {
+/**
+ * The forward scan: validates every record from the file header on (see docs/format-v2.md, "Recovery"),
+ * handing each valid record to `onRecord` and keeping none: memory does not grow with the file.
+ */
+export function scanRecords(fd: number, size: number, path: string, onRecord?: (r: RecordInfo) => void): ScanResult {
   const win = new FileWindow(fd, size, CHUNK);
-  const records: RecordInfo[] = [];
+  let wholeRecords = 0;
   const corrupt: Problem[] = [];
   let torn: Problem | null = null;
   let unsupported: BackupError | null = null;
@@ -145,7 +131,8 @@ export function scanRecords(fd: number, size: number, path: string): ScanResult 
           continue;
         }
       }
-      records.push({ offset: o, type: h.type, version: h.version, length: h.length, pragmaOnly, parts: h.type === TYPE_SNAPSHOT ? h.keyId : 0 });
+      if (h.type !== TYPE_SNAPSHOT_PART) wholeRecords++;
+      onRecord?.({ offset: o, type: h.type, version: h.version, length: h.length, pragmaOnly, parts: h.type === TYPE_SNAPSHOT ? h.keyId : 0 });
       o += RECORD_OVERHEAD + h.length;
       continue;
     }
@@ -176,7 +163,7 @@ export function scanRecords(fd: number, size: number, path: string): ScanResult 
     corrupt.push({ kind: 'corrupt', offset: o, message: `corrupt record at offset ${o} (version ${c.h.version}): ${c.why}` });
     o = end;
   }
-  return { records, corrupt, torn, unsupported, validEnd: torn ? torn.offset : size, recordsValidated: validated };
+  return { wholeRecords, corrupt, torn, unsupported, validEnd: torn ? torn.offset : size, recordsValidated: validated };
 }
 
 export interface FileHeaderInfo {
@@ -237,13 +224,6 @@ export function recordEndingAt(win: FileWindow, end: number): { start: number; h
   const h = parseRecordHeader(win.behind(start, RECORD_HEADER_LEN));
   if (typeof h === 'string' || h.length !== len) return null;
   return { start, h };
-}
-
-/** Entries, not records: a chunked snapshot's parts are counted with its final record. */
-export function countWhole(recs: readonly RecordInfo[]): number {
-  let n = 0;
-  for (const r of recs) if (r.type !== TYPE_SNAPSHOT_PART) n++;
-  return n;
 }
 
 /** The fast open: the newest record, found through the trailer and fully verified, or null. */

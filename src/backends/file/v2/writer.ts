@@ -27,7 +27,7 @@ import {
   type RecordHeader,
 } from './codec.js';
 import { asBackupError, FileWindow } from './io.js';
-import { checkFileHeader, checkLastRecord, countWhole, recordEndingAt, scanRecords } from './scan.js';
+import { checkFileHeader, checkLastRecord, recordEndingAt, scanRecords } from './scan.js';
 
 /**
  * The v2 writer: creating a backup file and appending records to it. Every append is one write plus one
@@ -177,7 +177,7 @@ export class V2Writer implements BackupWriter {
         w.repairs.push(scan.torn);
       }
       w.end = scan.validEnd;
-      w.entryCount = countWhole(scan.records);
+      w.entryCount = scan.wholeRecords;
       if (!w.loadTail(null)) throw new Error(`internal: record chain broken after a clean scan of ${path}`);
       if (!options.keepParts && !w.cutDanglingParts()) throw new Error(`internal: record chain broken after a clean scan of ${path}`);
       return w;
@@ -471,7 +471,7 @@ export class V2Writer implements BackupWriter {
     let at = this.end;
     while (at > FILE_HEADER_LEN) {
       const rec = recordEndingAt(win, at);
-      if (!rec) return n + countWhole(scanRecords(this.fd, at, this.location).records);
+      if (!rec) return n + scanRecords(this.fd, at, this.location).wholeRecords;
       if (rec.h.type !== TYPE_SNAPSHOT_PART) n++;
       at = rec.start;
     }
