@@ -263,9 +263,11 @@ function openForReplay(path: string, create: boolean): Database.Database {
   // Safe: the file is checked, fsynced and renamed into place only at the end; a crash leaves a temp file.
   db.pragma('synchronous = OFF');
   // A node's indexes are keyed by random hashes (payment_hash, txid, ...), so inserts land all over them;
-  // with SQLite's default 2 MiB page cache every one re-reads and re-writes pages. A fixed 64 MiB (not
-  // persisted in the file) cut replay CPU by ~15% on 200k invoices with random hashes.
-  db.pragma('cache_size = -65536');
+  // with SQLite's default 2 MiB page cache every one re-reads and re-writes pages. 64 MiB cut replay CPU
+  // by ~15% on 200k invoices before the statement cache; since, 16 MiB costs no measurable CPU against
+  // 64 (50k and 800k invoices, bench/README.md) and keeps a whole restore under 100 MiB of RSS on a
+  // small board (docs/restore.md, "Memory"). Not persisted in the file.
+  db.pragma('cache_size = -16384');
   return db;
 }
 
