@@ -10,7 +10,7 @@ import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, openSyn
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import Database from 'better-sqlite3';
-import { compactFile } from '../src/compact/compact.js';
+import { compactFile, identityOf } from '../src/compact/compact.js';
 import { pathToFileURL } from 'node:url';
 import { crc32 } from 'node:zlib';
 import { after, describe, test } from 'node:test';
@@ -479,6 +479,8 @@ describe('segments: files', () => {
             if (calls++ < 2) for (let k = 0; k < 25; k++) w.appendChange(++v, row(v));
             return w.endOffset();
           },
+          committedFile: () => identityOf(path),
+          failedAfterSwap: () => undefined,
           truncations: () => 0,
           exclusive: (fn) => {
             atSwap = { extras: listSegmentFiles(path).filter((f) => f.setId === oldSet).length, head: v };

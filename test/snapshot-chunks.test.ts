@@ -13,7 +13,7 @@ import { after, before, describe, test } from 'node:test';
 import { backupPath, createBackup, openReader } from '../src/backends/open.js';
 import { listSegmentFiles, SegmentedReader, SegmentedWriter } from '../src/backends/file/segments.js';
 import { FILE_HEADER_LEN, RECORD_HEADER_LEN, TYPE_SNAPSHOT, TYPE_SNAPSHOT_PART, V2Reader, V2Writer, type RecordInfo } from '../src/backends/file/v2.js';
-import { compactFile } from '../src/compact/compact.js';
+import { compactFile, identityOf } from '../src/compact/compact.js';
 import { BackupError } from '../src/engine/entries.js';
 import { snapshotDatabase } from '../src/engine/live-db.js';
 import { sqliteDump } from '../src/sim/db.js';
@@ -201,7 +201,7 @@ describe('chunked snapshots', () => {
     try {
       outcome = compactFile(
         path,
-        { committedEnd: () => w.endOffset(), truncations: () => 0, exclusive: (fn) => fn(() => undefined), log: () => undefined },
+        { committedEnd: () => w.endOffset(), committedFile: () => identityOf(path), truncations: () => 0, exclusive: (fn) => fn(() => undefined), failedAfterSwap: () => undefined, log: () => undefined },
         { format: 'v2', history: 0, segmentBytes: SEG },
       );
       assert.ok(outcome.compacted);
@@ -221,7 +221,7 @@ describe('chunked snapshots', () => {
     try {
       compactFile(
         path,
-        { committedEnd: () => w2.endOffset(), truncations: () => 0, exclusive: (fn) => fn(() => undefined), log: () => undefined },
+        { committedEnd: () => w2.endOffset(), committedFile: () => identityOf(path), truncations: () => 0, exclusive: (fn) => fn(() => undefined), failedAfterSwap: () => undefined, log: () => undefined },
         { format: 'v2', history: 0, segmentBytes: SEG },
       );
     } finally {

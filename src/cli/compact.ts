@@ -1,5 +1,5 @@
 import { backupPath, openWriter } from '../backends/open.js';
-import { compactFile } from '../compact/compact.js';
+import { compactFile, identityOf } from '../compact/compact.js';
 import { DEFAULT_SEGMENT_BYTES, parseSegmentBytes } from '../backends/file/segments.js';
 import { DEFAULT_COMPACTION } from '../compact/config.js';
 import { isReopenable } from '../plugin/compaction.js';
@@ -67,12 +67,17 @@ export const compactCommand: Command = {
     try {
       for (const p of writer.repaired()) err(`repaired on open: ${p.message}`);
       if (!isReopenable(writer)) throw new CliError(`${path}: this backup type cannot be compacted`);
+      const file = identityOf(path);
       const outcome = compactFile(
         path,
         {
           committedEnd: () => writer.endOffset(),
+          // the writer opened the file at this name, under the lock: nothing else renames it meanwhile
+          committedFile: () => file,
           truncations: () => 0,
           exclusive: (fn) => fn(() => undefined),
+          // the error is reported as this command's failure; no writer outlives the command
+          failedAfterSwap: () => undefined,
           log: (_level, message) => err(message),
         },
         { format: writer.format, history, segmentBytes },

@@ -5,6 +5,8 @@ import { fsyncDir, writeFully } from '../backends/file/fsutil.js';
 import { writeV1Header, V1_ENTRY_HEADER_SIZE, V1_HEADER_SIZE } from '../backends/file/v1.js';
 import { FILE_HEADER_LEN, RECORD_HEADER_LEN, RECORD_MAGIC, RECORD_OVERHEAD, RECORD_TRAILER_LEN, TYPE_SNAPSHOT, TYPE_SNAPSHOT_PART } from '../backends/file/v2.js';
 import { BackupError, type BackupFormat } from '../engine/entries.js';
+import type { FileIdentity } from './sync.js';
+export { identityOf } from './sync.js';
 import { serialDiff } from '../engine/versions.js';
 import { Replayer } from '../restore/replay.js';
 import { compactingPath, historyPath, pruneHistory, removeDebris, scratchPath } from './files.js';
@@ -27,13 +29,23 @@ import { encodeSegmentHeader, listSegmentFiles, readSegmentHeader, SegmentedSour
 export interface CompactHooks {
   /** end of the data the writer has made durable; nothing past it is read */
   committedEnd(): number;
+  /** the file `committedEnd()` belongs to; read under `exclusive`, where end and file agree */
+  committedFile(): FileIdentity;
   /** changes whenever the writer cut its end (dropHead) */
   truncations(): number;
   /**
-   * Runs `fn` while the writer cannot append. `fn` calls `swapped()` right after the rename, so the writer
-   * reopens the file even if a later step (the directory fsync) throws.
+   * Runs `fn` while the writer cannot append. `fn` calls `swapped()` right after the rename, with the new
+   * file's end and identity, so the writer reopens the file (and a later compaction starts from the new
+   * end) even if a later step (the directory fsync) throws.
    */
-  exclusive(fn: (swapped: () => void) => void): void;
+  exclusive(fn: (swapped: (end: number, file: FileIdentity) => void) => void): void;
+  /**
+   * A step after the rename failed: the backup's name now holds the new file, which may not be durable
+   * under it. The writer must refuse every later write (lightningd then stops without committing) rather
+   * than acknowledge writes that a crash could lose. Called under `exclusive` when the failure happens
+   * there, so no write slips in between.
+   */
+  failedAfterSwap(message: string): void;
   log(level: 'info' | 'warn' | 'error', message: string): void;
 }
 
@@ -93,12 +105,26 @@ export function compactFile(path: string, hooks: CompactHooks, opts: CompactOpti
   const debris = removeDebris(path);
   if (debris.length > 0) hooks.log('info', `compaction: removed ${debris.length} file(s) left by an interrupted compaction: ${debris.join(', ')}`);
   const truncations0 = hooks.truncations();
-  const e0 = hooks.committedEnd();
   const first = firstEntryOffset(format);
   // v2: the backup may be segmented; it is walked as one virtual file (global offsets, as the writer's end)
   const source = format === 'v2' ? new SegmentedSource(path) : null;
   const src = source ? -1 : openSync(path, 'r');
   const readAt: ReadAt = source ? (b, n, p) => source.readAt(b, n, p) : (b, n, p) => readFully(src, b, n, p);
+  // The end is only trusted for the file it was published for: taken under the write mutex (where end and
+  // identity agree), and checked against the file this compaction reads. A stale end (another file's)
+  // that happened to fall on a record boundary would silently drop every record after it.
+  let e0 = 0;
+  try {
+    hooks.exclusive(() => {
+      e0 = hooks.committedEnd();
+      checkCommitted(path, format, source, src, e0, hooks.committedFile());
+    });
+  } catch (e) {
+    if (source) source.close();
+    else closeSync(src);
+    const why = e instanceof Aborted ? `${e.message}; the backup is unchanged, run the compaction again` : (e as Error).message;
+    throw new BackupError(`compaction of ${path} failed: ${why}`, path);
+  }
   const scratch = scratchPath(path);
   let out: number | null = null;
   /** the output file being appended to: `out`, or the newest extra segment */
@@ -107,6 +133,8 @@ export function compactFile(path: string, hooks: CompactHooks, opts: CompactOpti
   /** after the swap: the old set's files, held open so that we free their blocks gradually, not a close */
   const oldFds: number[] = [];
   let outBefore = 0;
+  /** set at the rename: from then on the new set is the live backup and nothing of it may be removed */
+  let renamed = false;
   let db: Database.Database | null = null;
   let replayer: Replayer | null = null;
   const outPath = compactingPath(path);
@@ -354,9 +382,17 @@ export function compactFile(path: string, hooks: CompactHooks, opts: CompactOpti
           // not held: its blocks are then freed at once by whoever closes it last, as before
         }
       }
+      const st = fstatSync(out!, { bigint: true });
       renameSync(outPath, path);
-      swapped();
-      fsyncDir(path);
+      renamed = true;
+      swapped(outBefore + at, { dev: st.dev, ino: st.ino });
+      try {
+        fsyncDir(path);
+      } catch (err) {
+        // still under the mutex: no write is acknowledged into a file whose name may not survive a crash
+        hooks.failedAfterSwap(afterSwapMessage(path, err as Error));
+        throw err;
+      }
       lockedMs = performance.now() - t0;
     });
     // the old set's extra segments stopped belonging to the backup at the rename (the new first file has a
@@ -408,12 +444,23 @@ export function compactFile(path: string, hooks: CompactHooks, opts: CompactOpti
       }
       out = null;
     }
-    rmSync(outPath, { force: true });
-    for (const p of extras) rmSync(p, { force: true });
+    if (renamed) {
+      // the new set is the live backup now: its segments are never removed. The writer refuses from here
+      // on (the first call, under the mutex, wins when the failure happened there)
+      hooks.failedAfterSwap(afterSwapMessage(path, e as Error));
+    } else {
+      rmSync(outPath, { force: true });
+      for (const p of extras) rmSync(p, { force: true });
+    }
     rmSync(scratch, { force: true });
     rmSync(`${scratch}-journal`, { force: true });
     const why = e instanceof Aborted ? `${e.message}; the backup is unchanged, run the compaction again` : (e as Error).message;
-    throw new BackupError(`compaction of ${path} failed: ${why}`, path);
+    throw new BackupError(
+      renamed
+        ? `compaction of ${path} replaced the backup, then failed: ${why}. ${AFTER_SWAP_FIX}`
+        : `compaction of ${path} failed: ${why}`,
+      path,
+    );
   } finally {
     // a swap that failed after they were opened
     for (const fd of oldFds.splice(0)) closeSync(fd);
@@ -422,6 +469,35 @@ export function compactFile(path: string, hooks: CompactHooks, opts: CompactOpti
     if (source) source.close();
     else closeSync(src);
   }
+}
+
+const AFTER_SWAP_FIX =
+  'No further write is accepted (lightningd stops without committing); check the disk, then restart lightningd: ' +
+  'the plugin reopens whichever backup the name holds, and both hold every acknowledged write';
+
+function afterSwapMessage(path: string, e: Error): string {
+  return `a compaction replaced the backup ${path}, then failed (${e.message}). ${AFTER_SWAP_FIX}`;
+}
+
+/**
+ * Refuses an end that is not the file's: the identity published with it must be the file at the backup's
+ * name, which must be the file this compaction opened, and the end must lie within that file's data.
+ */
+function checkCommitted(path: string, format: BackupFormat, source: SegmentedSource | null, src: number, end: number, file: FileIdentity): void {
+  const named = statSync(path, { bigint: true });
+  const opened = source ? source.identity() : fstatSync(src, { bigint: true });
+  const size = source ? source.size() : Number(fstatSync(src, { bigint: true }).size);
+  const why =
+    named.dev !== opened.dev || named.ino !== opened.ino
+      ? `${path} was replaced while the compaction opened it`
+      : named.dev !== file.dev || named.ino !== file.ino
+        ? `the writer's end (${end}) was published for another file (device ${file.dev}, inode ${file.ino}) than ${path} (device ${named.dev}, inode ${named.ino})`
+        : end > size
+          ? `the writer's end (${end}) lies past the ${size} bytes of ${path}`
+          : end < firstEntryOffset(format)
+            ? `the writer's end (${end}) lies inside the file header of ${path}`
+            : null;
+  if (why !== null) throw new Aborted(why);
 }
 
 function mib(n: number): string {

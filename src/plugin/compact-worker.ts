@@ -2,7 +2,21 @@ import { readlinkSync } from 'node:fs';
 import { setPriority } from 'node:os';
 import { parentPort, workerData } from 'node:worker_threads';
 import { compactFile } from '../compact/compact.js';
-import { committedEnd, GENERATION, lock, RUNNING, STDOUT_MUTEX, TRUNCATIONS, unlock, views, WRITE_MUTEX } from '../compact/sync.js';
+import {
+  committedEnd,
+  committedFile,
+  GENERATION,
+  lock,
+  markFailed,
+  publishEnd,
+  publishIdentity,
+  RUNNING,
+  STDOUT_MUTEX,
+  TRUNCATIONS,
+  unlock,
+  views,
+  WRITE_MUTEX,
+} from '../compact/sync.js';
 import type { WorkerData, WorkerRequest } from './compaction.js';
 import { log, sendError, sendResult, shareStdout } from './output.js';
 
@@ -35,20 +49,32 @@ parentPort!.on('message', (req: WorkerRequest) => {
       data.path,
       {
         committedEnd: () => committedEnd(v),
+        committedFile: () => committedFile(v),
         truncations: () => Atomics.load(v.i32, TRUNCATIONS),
         exclusive: (fn) => {
           lock(v.i32, WRITE_MUTEX);
           let swapped = false;
           try {
-            fn(() => {
+            fn((end, file) => {
               swapped = true;
+              // the new file's end, published with it: a compaction started before the writer's next
+              // write must not take the old file's end for this one
+              publishEnd(v, end);
+              publishIdentity(v, file);
             });
+          } catch (e) {
+            // a failure after the rename that compactFile did not report itself: refuse, before unlocking
+            if (swapped) markFailed(v, `a compaction replaced the backup ${data.path}, then failed: ${(e as Error).message}`);
+            throw e;
           } finally {
             // bumped even when a step after the rename failed: the name now belongs to the new file
             if (swapped) Atomics.add(v.i32, GENERATION, 1);
             unlock(v.i32, WRITE_MUTEX);
           }
         },
+        // under exclusive when the failure happened there; later (cleanup of the old set), writes
+        // acknowledged meanwhile went to the new set after its name was durable, and from here on none is
+        failedAfterSwap: (message) => markFailed(v, message),
         log: (level, message) => log(level, `clnvault: ${message}`),
       },
       { format: data.format, history: data.history, segmentBytes: data.segmentBytes },

@@ -4,7 +4,23 @@ import { createRequire } from 'node:module';
 import type { Worker } from 'node:worker_threads';
 import type { BackupStats, BackupWriter } from '../backends/backend.js';
 import type { CompactionConfig } from '../compact/config.js';
-import { createShared, GENERATION, lock, publishEnd, RUNNING, STDOUT_MUTEX, TRUNCATIONS, unlock, views, WRITE_MUTEX, type SharedViews } from '../compact/sync.js';
+import {
+  createShared,
+  failure,
+  GENERATION,
+  lock,
+  publishEnd,
+  identityOf,
+  publishIdentity,
+  RUNNING,
+  STDOUT_MUTEX,
+  TRUNCATIONS,
+  unlock,
+  views,
+  WRITE_MUTEX,
+  type SharedViews,
+} from '../compact/sync.js';
+import { BackupError } from '../engine/entries.js';
 import { DB_NAME } from '../engine/live-db.js';
 import type { Problem } from '../engine/entries.js';
 import { shareStdout, type RpcId } from './output.js';
@@ -56,6 +72,7 @@ export class PluginCompaction {
     private readonly log: (level: 'info' | 'warn' | 'error', msg: string) => void,
   ) {
     publishEnd(this.v, inner.endOffset());
+    publishIdentity(this.v, identityOf(inner.location));
     this.nextCheck = config.minBytes;
     this.writer = new SyncedWriter(inner, this);
   }
@@ -66,7 +83,15 @@ export class PluginCompaction {
     if (g !== this.gen) {
       this.inner.reopen();
       this.gen = g;
+      // the file this writer now holds (the worker published the same at its rename; this is the writer's word)
+      publishIdentity(this.v, identityOf(this.inner.location));
     }
+  }
+
+  /** Under the write mutex, before a write: a compaction that failed after its rename stops all writes. */
+  checkWritable(): void {
+    const why = failure(this.v);
+    if (why !== null) throw new BackupError(why, this.inner.location);
   }
 
   enter(): void {
@@ -75,7 +100,9 @@ export class PluginCompaction {
 
   leave(truncated = false): void {
     if (truncated) Atomics.add(this.v.i32, TRUNCATIONS, 1);
-    publishEnd(this.v, this.inner.endOffset());
+    // only an end of the file the published identity names: if reopening failed, the writer still holds
+    // the old file, and its end must not be taken for the new one's
+    if (this.gen === Atomics.load(this.v.i32, GENERATION)) publishEnd(this.v, this.inner.endOffset());
     unlock(this.v.i32, WRITE_MUTEX);
   }
 
@@ -89,10 +116,22 @@ export class PluginCompaction {
 
   /** Starts a compaction; the worker answers `id`. Returns why it cannot, or null. */
   start(id: RpcId | null): string | null {
+    const failed = failure(this.v);
+    if (failed !== null) return failed;
     if (Atomics.compareExchange(this.v.i32, RUNNING, 0, 1) !== 0) {
       return 'a compaction of this backup is already running; wait for it to finish (progress is in the log)';
     }
     try {
+      // the end (and file) the compaction starts from, taken from the writer under the mutex: after an
+      // earlier swap the writer may not have reopened yet (no write since), and the end published before
+      // the swap is the old file's
+      this.enter();
+      try {
+        this.sync();
+        publishEnd(this.v, this.inner.endOffset());
+      } finally {
+        unlock(this.v.i32, WRITE_MUTEX);
+      }
       if (this.worker === null) {
         const data: WorkerData = {
           sab: this.sab,
@@ -104,8 +143,7 @@ export class PluginCompaction {
         // From now on two threads write to fd 1: whole messages must not interleave. Until a worker
         // exists, replies skip the lock.
         shareStdout(this.v.i32, STDOUT_MUTEX);
-        // the worker starts from the end published here; every later write publishes its own
-        publishEnd(this.v, this.inner.endOffset());
+        // every later write publishes its own end
         this.shared = true;
         // loaded on first use: most starts never compact, and the module adds to start-up time
         const { Worker } = createRequire(import.meta.url)('node:worker_threads') as typeof import('node:worker_threads');
@@ -205,6 +243,7 @@ class SyncedWriter implements BackupWriter {
     } else {
       pc.enter();
       try {
+        pc.checkWritable();
         pc.sync();
         added = this.inner.appendChange(version, statements);
       } finally {
@@ -216,13 +255,17 @@ class SyncedWriter implements BackupWriter {
   }
 
   appendSnapshotFile(version: number, dbPath: string): void {
-    this.read(() => this.inner.appendSnapshotFile(version, dbPath));
+    this.read(() => {
+      this.pc.checkWritable();
+      this.inner.appendSnapshotFile(version, dbPath);
+    });
   }
 
   dropHead(): number {
     if (!this.pc.shared) return this.inner.dropHead();
     this.pc.enter();
     try {
+      this.pc.checkWritable();
       this.pc.sync();
       return this.inner.dropHead();
     } finally {

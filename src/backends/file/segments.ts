@@ -778,6 +778,18 @@ export class SegmentedSource {
     }
   }
 
+  /** The first file's device and inode: which backup this source reads (compaction checks it). */
+  identity(): { dev: bigint; ino: bigint } {
+    const st = fstatSync(this.fds[0]!, { bigint: true });
+    return { dev: st.dev, ino: st.ino };
+  }
+
+  /** The virtual file's size now (every segment, the last one as far as it is written). */
+  size(): number {
+    this.refresh();
+    return this.ends[this.ends.length - 1]!;
+  }
+
   readAt(buf: Buffer, n: number, pos: number): void {
     let done = 0;
     let refreshed = false;
