@@ -186,18 +186,21 @@ export function compactFile(path: string, hooks: CompactHooks, opts: CompactOpti
     for (let off = first; off < e0; ) {
       const d = walker.entryAt(off, e0);
       count++;
+      // decoded only when a version does not move on, as the readers do
+      let po: boolean | null = null;
+      const pragma = (): boolean => (po ??= walker.pragmaOnly(d));
       // planRestore's rule, on a bounded stack: a later entry with the same or a lower version makes the
       // earlier one stale (never committed), except a PRAGMA-only batch that repeats its version.
       while (pending.length > 0) {
         const top = pending[pending.length - 1]!;
         const diff = serialDiff(top.version, d.version);
-        if (diff < 0 || (diff === 0 && d.pragmaOnly && d.kind === 'change')) break;
+        if (diff < 0 || (diff === 0 && pragma())) break;
         pending.pop();
         stale++;
       }
       if (pending.length === 0 && lastApplied !== null) {
         const diff = serialDiff(lastApplied, d.version);
-        if (diff > 0 || (diff === 0 && !(d.pragmaOnly && d.kind === 'change'))) {
+        if (diff > 0 || (diff === 0 && !pragma())) {
           throw new BackupError(
             `${path}: cannot compact: the entry at offset ${d.offset} (version ${d.version}) rewinds further back than ` +
               `${PENDING_MAX} entries; the backup still restores, but compaction cannot tell which entries it supersedes`,

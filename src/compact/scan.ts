@@ -3,6 +3,7 @@ import { crc32 } from 'node:zlib';
 import { BackupError, type BackupFormat } from '../engine/entries.js';
 import { isPragmaOnly } from '../engine/versions.js';
 import {
+  changeStatementsAt,
   decodeChangePayload,
   FILE_HEADER_LEN,
   RECORD_HEADER_LEN,
@@ -23,7 +24,7 @@ import { V1_ENTRY_HEADER_SIZE, V1_HEADER_SIZE } from '../backends/file/v1.js';
 
 const WINDOW = 1 << 20;
 const TWO_32 = 0x1_0000_0000;
-/** the same probe limit as the readers: what counts as PRAGMA-only must match what a restore plans with */
+/** below this a change's payload is decoded as it is walked; pragmaOnly() decides for larger ones */
 const PRAGMA_PROBE_MAX = 256;
 const utf8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
 
@@ -33,6 +34,7 @@ export interface EntryDesc {
   end: number;
   kind: 'change' | 'snapshot';
   version: number;
+  /** decided while walking for small payloads only: ask EntryWalker.pragmaOnly() */
   pragmaOnly: boolean;
   payloadAt: number;
   length: number;
@@ -177,6 +179,22 @@ export class EntryWalker {
       }
     }
     return { offset: off, end: payloadAt + length, kind: type === 1 ? 'change' : 'snapshot', version, pragmaOnly, payloadAt, length, crc: null };
+  }
+
+  /**
+   * Whether the change entry is PRAGMA-only, at any size (versions.ts's rule, as the readers apply it).
+   * Compaction asks only where a restore's plan would (a version that does not move past the one before).
+   */
+  pragmaOnly(d: EntryDesc): boolean {
+    if (d.kind !== 'change') return false;
+    if (d.length < PRAGMA_PROBE_MAX) return d.pragmaOnly;
+    try {
+      // a record the window holds is checked (CRC) and decoded whole; a larger one statement by statement
+      if (this.format === 'v2' && d.length > WINDOW) return isPragmaOnly(changeStatementsAt(this.readAt, d.payloadAt, d.length));
+      return isPragmaOnly(this.statements(d));
+    } catch (e) {
+      throw this.damaged(d.offset, `does not decode: ${(e as Error).message}`);
+    }
   }
 
   /** The statements of a change entry, checked. */

@@ -27,18 +27,35 @@ const PRAGMA_RE = /^\s*PRAGMA\b/i;
  * lightningd reports `PRAGMA foreign_keys = OFF/ON` around table rebuilds as their own db_write calls,
  * outside any transaction and without bumping data_version: such a batch carries the version the DB
  * already has, not the next one.
+ *
+ * The one rule for "PRAGMA-only", used by the hook and by every reader, at any size. It takes any iterable
+ * and stops at the first statement that is not a PRAGMA, so a reader can hand it statements decoded one
+ * at a time from a large record (usually only the first one is ever decoded).
  */
-export function isPragmaOnly(statements: readonly string[]): boolean {
-  if (statements.length === 0) return false;
-  for (const s of statements) if (!PRAGMA_RE.test(s)) return false;
-  return true;
+export function isPragmaOnly(statements: Iterable<string>): boolean {
+  let any = false;
+  for (const s of statements) {
+    if (!PRAGMA_RE.test(s)) return false;
+    any = true;
+  }
+  return any;
+}
+
+/**
+ * Whether a reader must decide if the change at `version` is PRAGMA-only: only when it does not move past
+ * the entry before it (`prev`, null when unknown: the first entry, or one after damage or a snapshot). A
+ * later entry with a higher version never consults the flag (plan.ts), so the readers skip the decoding
+ * there, which is nearly always.
+ */
+export function pragmaMatters(prev: number | null, version: number): boolean {
+  return prev === null || serialDiff(version, prev) <= 0;
 }
 
 export type Decision =
   | { action: 'append' }
   /** the backup's head entries were never committed by the node: drop them, then append */
   | { action: 'rewind' }
-  | { action: 'refuse'; problem: 'node-behind' | 'node-ahead' | 'gap' | 'regression' | 'no-writes'; message: string };
+  | { action: 'refuse'; problem: 'node-behind' | 'node-ahead' | 'gap' | 'regression' | 'repeat' | 'no-writes'; message: string };
 
 /**
  * The first db_write after the plugin started. `head` is the backup's newest version (0 when empty).
@@ -73,10 +90,25 @@ export function decideFirst(head: number, dv: number, pragmaOnly: boolean, headI
   };
 }
 
-/** Every db_write after the first one of this run. `last` is the version of the previous write. */
-export function decideNext(last: number, dv: number): Decision {
+/**
+ * Every db_write after the first one of this run. `last` is the version of the previous write;
+ * `pragmaOnly` is consulted only for a repeated version (the hook decodes nothing otherwise).
+ */
+export function decideNext(last: number, dv: number, pragmaOnly: () => boolean): Decision {
   const d = serialDiff(dv, last);
-  if (d === 1 || d === 0) return { action: 'append' };
+  if (d === 1) return { action: 'append' };
+  if (d === 0) {
+    // only a PRAGMA-only batch keeps the version: any other batch at the same version would make every
+    // reader take the earlier one for a write that was never committed, and drop it
+    if (pragmaOnly()) return { action: 'append' };
+    return {
+      action: 'refuse',
+      problem: 'repeat',
+      message:
+        `data_version ${dv} came again for a batch that is not PRAGMA-only: lightningd bumps data_version with every ` +
+        `transaction, so storing it would make the backup drop the earlier batch at ${dv} as never committed`,
+    };
+  }
   if (d > 1) {
     return {
       action: 'refuse',

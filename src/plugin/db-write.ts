@@ -58,7 +58,7 @@ export class DbWriteHandler {
         this.log('info', `backup at version ${this.writer.head()}, first write version ${dv}: versions match up`);
       }
     } else {
-      decision = decideNext(this.last, dv);
+      decision = decideNext(this.last, dv, () => isPragmaOnly(statements));
     }
     if (decision.action === 'refuse') {
       return this.refuse(

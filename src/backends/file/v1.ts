@@ -12,7 +12,7 @@ import {
 } from 'node:fs';
 import { BackupError } from '../../engine/entries.js';
 import type { Entry, EntryHeader, Problem } from '../../engine/entries.js';
-import { isPragmaOnly, isValidDataVersion } from '../../engine/versions.js';
+import { isPragmaOnly, isValidDataVersion, pragmaMatters } from '../../engine/versions.js';
 import type { BackupReader, BackupStats, BackupWriter, HeaderVisitor, HeaderWalkOptions } from '../backend.js';
 import { assertStillNamed, fsyncDir, writeFully } from './fsutil.js';
 import { WriterLock } from './writer-lock.js';
@@ -186,6 +186,29 @@ function decodeStatements(payload: Uint8Array): string[] {
 }
 
 /**
+ * The statements of the payload of `length` bytes at `at`, decoded one at a time (split on NUL bytes, the
+ * same as splitting the decoded text), for payloads too large to hold at once.
+ */
+function* statementsAt(fd: number, at: number, length: number): Generator<string> {
+  const chunk = Buffer.allocUnsafe(Math.min(SCAN_WINDOW, Math.max(1, length)));
+  let parts: Buffer[] = [];
+  for (let done = 0; done < length; ) {
+    const n = Math.min(chunk.length, length - done);
+    if (readFully(fd, chunk, 0, n, at + done) !== n) throw new Error(`unexpected end of file at offset ${at + done}`);
+    let from = 0;
+    for (let z = chunk.indexOf(0, from); z >= 0 && z < n; z = chunk.indexOf(0, from)) {
+      parts.push(Buffer.from(chunk.subarray(from, z)));
+      yield strictUtf8.decode(Buffer.concat(parts));
+      parts = [];
+      from = z + 1;
+    }
+    parts.push(Buffer.from(chunk.subarray(from, n)));
+    done += n;
+  }
+  yield strictUtf8.decode(Buffer.concat(parts));
+}
+
+/**
  * Walks every entry header from 512 to EOF. The header offsets are ignored on purpose: the reference's
  * rewind bug (D1) leaves them short of the real data, so only the header *version* is trusted, and the
  * acknowledged data ends with the last entry that carries it.
@@ -202,6 +225,8 @@ function scanV1(fd: number, path: string, onEntry: (e: ScannedEntry, header: V1H
   let ackEnd = header.version === 0 ? V1_HEADER_SIZE : -1;
   let ackCount = 0;
   let lastVersionSeen: number | undefined;
+  /** version of the entry just before when it is a change (after a snapshot the next change is checked anyway) */
+  let prevChange: number | null = null;
   /** why and where the scan stopped before EOF */
   let stop: { offset: number; why: string } | null = null;
 
@@ -227,14 +252,16 @@ function scanV1(fd: number, path: string, onEntry: (e: ScannedEntry, header: V1H
       break;
     }
     let pragmaOnly = false;
-    if (type === TYPE_CHANGE && length < PRAGMA_PROBE_LIMIT) {
+    if (type === TYPE_CHANGE && (length < PRAGMA_PROBE_LIMIT || pragmaMatters(prevChange, version))) {
       try {
-        pragmaOnly = isPragmaOnly(decodeStatements(win.read(pos + V1_ENTRY_HEADER_SIZE, length)));
+        const at = pos + V1_ENTRY_HEADER_SIZE;
+        pragmaOnly = isPragmaOnly(length <= SCAN_WINDOW ? decodeStatements(win.read(at, length)) : statementsAt(fd, at, length));
       } catch {
         // invalid UTF-8 is reported by read(); for planning it is simply not a PRAGMA batch
       }
     }
     onEntry({ offset: pos, end, version, kind: type === TYPE_CHANGE ? 'change' : 'snapshot', pragmaOnly }, header);
+    prevChange = type === TYPE_CHANGE ? version : null;
     count++;
     lastVersionSeen = version;
     if (version === header.version) {
@@ -344,6 +371,8 @@ export class V1Reader implements BackupReader {
       throw new BackupError(`${path}: no acknowledged entry at offset ${from}`, path, from);
     }
     const win = new WindowReader(fd, end);
+    // the scan's rule (pragmaMatters): a change that does not move past the entry before is decoded at any size
+    let prevChange: number | null = null;
     for (let pos = from; pos < end; ) {
       const eh = win.read(pos, V1_ENTRY_HEADER_SIZE);
       const length = eh.length === V1_ENTRY_HEADER_SIZE ? eh.readUInt32BE(0) : -1;
@@ -359,13 +388,15 @@ export class V1Reader implements BackupReader {
         );
       }
       let pragmaOnly = false;
-      if (type === TYPE_CHANGE && length < PRAGMA_PROBE_LIMIT) {
+      if (type === TYPE_CHANGE && (length < PRAGMA_PROBE_LIMIT || pragmaMatters(prevChange, version))) {
         try {
-          pragmaOnly = isPragmaOnly(decodeStatements(win.read(pos + V1_ENTRY_HEADER_SIZE, length)));
+          const at = pos + V1_ENTRY_HEADER_SIZE;
+          pragmaOnly = isPragmaOnly(length <= SCAN_WINDOW ? decodeStatements(win.read(at, length)) : statementsAt(fd, at, length));
         } catch {
           // invalid UTF-8 is reported by read(); for planning it is simply not a PRAGMA batch
         }
       }
+      prevChange = type === TYPE_CHANGE ? version : null;
       if (visit({ kind: type === TYPE_CHANGE ? 'change' : 'snapshot', version, offset: pos, pragmaOnly }) === false) return;
       pos = next;
     }

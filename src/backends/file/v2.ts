@@ -6,6 +6,7 @@
  */
 export {
   changePayloadLength,
+  changeStatementsAt,
   decodeChangePayload,
   encodeChangeRecord,
   encodeChangeRecordInto,

@@ -35,7 +35,10 @@ export const CHUNK = 1 << 20;
 /** The hot-path record buffer starts here, grows for big batches and falls back after a huge one. */
 export const SCRATCH_INITIAL = 64 << 10;
 export const SCRATCH_KEEP = 1 << 20;
-/** Change payloads below this are decoded during a scan to tell PRAGMA-only batches apart. */
+/**
+ * Change payloads below this are always decoded during a scan to tell PRAGMA-only batches apart (inspect
+ * shows them); larger ones only where the answer matters (versions.ts, pragmaMatters).
+ */
 export const PRAGMA_PROBE_MAX = 256;
 const TWO_32 = 0x1_0000_0000;
 
@@ -121,6 +124,38 @@ export function encodeChangeRecord(version: number, statements: readonly string[
   const buf = out && out.length >= total ? out : Buffer.allocUnsafe(total);
   encodeChangeRecordInto(buf, version, statements, payloadLen);
   return buf.subarray(0, total);
+}
+
+/**
+ * The statements of a change payload of `length` bytes at `at`, decoded one at a time through `read`
+ * (positioned reads of exactly n bytes), for payloads too large to hold at once. Each length is checked
+ * against what remains before anything is allocated; the stray-bytes check runs when iterated to the end.
+ */
+export function* changeStatementsAt(read: (buf: Buffer, n: number, pos: number) => void, at: number, length: number): Generator<string> {
+  if (length < 4) throw new Error(`change payload of ${length} bytes cannot hold its statement count`);
+  const u32 = Buffer.allocUnsafe(4);
+  read(u32, 4, at);
+  const count = u32.readUInt32BE(0);
+  if (count > (length - 4) / 4) throw new Error(`change payload claims ${count} statements but has only ${length} bytes`);
+  let off = 4;
+  for (let i = 0; i < count; i++) {
+    if (length - off < 4) throw new Error(`statement ${i} length runs past the end of the payload`);
+    read(u32, 4, at + off);
+    const n = u32.readUInt32BE(0);
+    off += 4;
+    if (n > length - off) throw new Error(`statement ${i} claims ${n} bytes but only ${length - off} remain`);
+    const b = Buffer.allocUnsafe(n);
+    read(b, n, at + off);
+    let text: string;
+    try {
+      text = utf8.decode(b);
+    } catch {
+      throw new Error(`statement ${i} is not valid UTF-8`);
+    }
+    off += n;
+    yield text;
+  }
+  if (off !== length) throw new Error(`${length - off} stray bytes after the last statement`);
 }
 
 /**

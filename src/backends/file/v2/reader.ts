@@ -3,8 +3,8 @@ import { crc32 } from 'node:zlib';
 import type { BackupReader, BackupStats, HeaderVisitor, HeaderWalkOptions } from '../../backend.js';
 import { BackupError, type Entry, type EntryHeader, type Problem, type SnapshotEntry } from '../../../engine/entries.js';
 import { fsyncDir, writeFully } from '../fsutil.js';
-import { isPragmaOnly } from '../../../engine/versions.js';
-import { CHUNK, decodeChangePayload, FILE_HEADER_LEN, parseRecordHeader, PRAGMA_PROBE_MAX, RECORD_HEADER_LEN, RECORD_OVERHEAD, TYPE_CHANGE, TYPE_SNAPSHOT, TYPE_SNAPSHOT_PART } from './codec.js';
+import { isPragmaOnly, pragmaMatters } from '../../../engine/versions.js';
+import { changeStatementsAt, CHUNK, decodeChangePayload, FILE_HEADER_LEN, parseRecordHeader, PRAGMA_PROBE_MAX, RECORD_HEADER_LEN, RECORD_OVERHEAD, TYPE_CHANGE, TYPE_SNAPSHOT, TYPE_SNAPSHOT_PART } from './codec.js';
 import { Grouper } from './group.js';
 import { asBackupError, readFully } from './io.js';
 import { checkFileHeader, scanRecords, type RecordInfo, type ScanResult } from './scan.js';
@@ -226,19 +226,25 @@ export class V2Reader implements BackupReader {
     this.checkOpen();
     if (from < FILE_HEADER_LEN || from > end) throw this.changedError(from, `offset ${from} is outside the records`);
     let o = from;
+    // the scan's rule (pragmaMatters): a change that does not move past the record before is decoded at any size
+    let prev: number | null = null;
     while (o < end) {
       if (end - o < RECORD_OVERHEAD) throw this.changedError(o, 'a record cut short');
       const h = parseRecordHeader(this.ahead.get(o, RECORD_HEADER_LEN));
       if (typeof h === 'string') throw this.changedError(o, h);
       if (h.length > end - o - RECORD_OVERHEAD) throw this.changedError(o, 'a record longer than the data');
       let pragmaOnly = false;
-      if (h.type === TYPE_CHANGE && h.length < PRAGMA_PROBE_MAX) {
+      if (h.type === TYPE_CHANGE && (h.length < PRAGMA_PROBE_MAX || pragmaMatters(prev, h.version))) {
+        const at = o + RECORD_HEADER_LEN;
         try {
-          pragmaOnly = isPragmaOnly(decodeChangePayload(this.ahead.get(o + RECORD_HEADER_LEN, h.length)));
+          pragmaOnly = isPragmaOnly(
+            h.length <= CHUNK ? decodeChangePayload(this.ahead.get(at, h.length)) : changeStatementsAt((b, n, p) => readFully(this.fd, b, n, p), at, h.length),
+          );
         } catch {
           // read() reports it; the scan already refused such a record
         }
       }
+      prev = h.type === TYPE_CHANGE ? h.version : null;
       const rec: RecordInfo = { offset: o, type: h.type, version: h.version, length: h.length, pragmaOnly, parts: h.type === TYPE_SNAPSHOT ? h.keyId : 0 };
       o += RECORD_OVERHEAD + h.length;
       if (!visit(rec)) break;

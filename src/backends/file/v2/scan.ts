@@ -1,7 +1,8 @@
 import { crc32 } from 'node:zlib';
 import { BackupError, type Problem } from '../../../engine/entries.js';
-import { isPragmaOnly } from '../../../engine/versions.js';
+import { isPragmaOnly, pragmaMatters } from '../../../engine/versions.js';
 import {
+  changeStatementsAt,
   CHUNK,
   decodeChangePayload,
   FILE_HEADER_LEN,
@@ -107,6 +108,8 @@ export function scanRecords(fd: number, size: number, path: string, onRecord?: (
     message: `cut ${size - o} bytes at offset ${o}: ${why} (an append that never completed)`,
   });
 
+  /** version of the change record just before, null when that is not known to be the previous entry */
+  let prev: number | null = null;
   let o = FILE_HEADER_LEN;
   while (o < size) {
     if (size - o < RECORD_OVERHEAD) {
@@ -121,16 +124,22 @@ export function scanRecords(fd: number, size: number, path: string, onRecord?: (
       const reason = unsupportedReason(h);
       if (reason !== null) {
         unsupported ??= unsupportedError(path, o, reason);
-      } else if (h.type === TYPE_CHANGE && h.length < PRAGMA_PROBE_MAX) {
+      } else if (h.type === TYPE_CHANGE && (h.length < PRAGMA_PROBE_MAX || pragmaMatters(prev, h.version))) {
         try {
-          pragmaOnly = isPragmaOnly(decodeChangePayload(win.ahead(o + RECORD_HEADER_LEN, h.length)));
+          const at = o + RECORD_HEADER_LEN;
+          pragmaOnly = isPragmaOnly(
+            h.length <= win.capacity ? decodeChangePayload(win.ahead(at, h.length)) : changeStatementsAt((b, n, p) => readFully(fd, b, n, p), at, h.length),
+          );
         } catch (e) {
           // the checksum vouches for these bytes, so the writer itself produced them: still unusable
           corrupt.push({ kind: 'corrupt', offset: o, message: `change record at offset ${o} does not decode: ${(e as Error).message}` });
           o += RECORD_OVERHEAD + h.length;
+          prev = null;
           continue;
         }
       }
+      // after a snapshot (or its parts, which grouping may drop) the next change is checked in any case
+      prev = h.type === TYPE_CHANGE && reason === null ? h.version : null;
       if (h.type !== TYPE_SNAPSHOT_PART) wholeRecords++;
       onRecord?.({ offset: o, type: h.type, version: h.version, length: h.length, pragmaOnly, parts: h.type === TYPE_SNAPSHOT ? h.keyId : 0 });
       o += RECORD_OVERHEAD + h.length;
@@ -152,6 +161,7 @@ export function scanRecords(fd: number, size: number, path: string, onRecord?: (
         message: `corrupt record at offset ${o}: ${why}; ${next - o} bytes skipped up to the next valid record at offset ${next}`,
       });
       o = next;
+      prev = null;
       continue;
     }
     // the header checksum vouches for the length, so the record's extent is known even though its payload is bad
@@ -162,6 +172,7 @@ export function scanRecords(fd: number, size: number, path: string, onRecord?: (
     }
     corrupt.push({ kind: 'corrupt', offset: o, message: `corrupt record at offset ${o} (version ${c.h.version}): ${c.why}` });
     o = end;
+    prev = null;
   }
   return { wholeRecords, corrupt, torn, unsupported, validEnd: torn ? torn.offset : size, recordsValidated: validated };
 }
