@@ -68,6 +68,18 @@ function restoredDump(s: Setup): { dump: string; head: number } {
   }
 }
 
+/** The torn tail a reader finds at the end of the backup, or null. */
+function tornTail(s: Setup): { offset: number; bytes: number } | null {
+  const reader = openReader(s.url, s.dir);
+  try {
+    const p = reader.problems().find((x) => x.kind === 'torn-tail');
+    const m = p ? /^cut (\d+) bytes at offset (\d+)/.exec(p.message) : null;
+    return m ? { bytes: Number(m[1]), offset: Number(m[2]) } : null;
+  } finally {
+    reader.close();
+  }
+}
+
 /** Sends transactions until one is not answered continue; returns how many were committed and the failure. */
 async function writeUntilRefused(s: Setup, wl: Workload, max: number, size: number): Promise<{ committed: number; detail: string | null }> {
   for (let i = 0; i < max; i++) {
@@ -116,18 +128,35 @@ describe('disk faults', () => {
     writeFileSync(join(s.fs.dir, 'filler'), Buffer.alloc(Math.max(0, free - 800_000)));
     const r = await writeUntilRefused(s, Workload.fromDb(s.node.dbPath, 5), 100, 120_000);
     assert.ok(r.detail !== null);
+    assert.match(r.detail!, /ENOSPC|no space/i, r.detail!);
+    let cuts = 0;
     for (let attempt = 0; attempt < 3; attempt++) {
+      const torn = tornTail(s);
+      const seen = s.node.logs.length;
+      let refused: string | null = null;
       try {
         await s.node.boot();
         // a boot that succeeded must have every committed write backed up
         await s.node.stop();
-      } catch {
+      } catch (e) {
         // refused: the node did not commit the refused write
+        refused = (e as Error).message;
+      }
+      const logs = s.node.logs.slice(seen).map((l) => l.message);
+      if (refused !== null) assert.match(refused, /ENOSPC|no space/i, `attempt ${attempt}: refused for the full disk, not for anything else`);
+      if (torn !== null) {
+        // the plugin opens the backup before it answers anything: the torn tail it found is cut, and said so
+        assert.ok(
+          logs.some((m) => m.includes(`repaired the backup on open: cut ${torn.bytes} bytes at offset ${torn.offset}`)),
+          `attempt ${attempt}: the torn tail (${torn.bytes} bytes at ${torn.offset}) was not cut at start; plugin log: ${logs.join(' | ')}`,
+        );
+        cuts++;
       }
       const got = restoredDump(s);
       assert.equal(got.head, s.node.dataVersion());
       assert.equal(got.dump, dump(s.node.dbPath));
     }
+    assert.ok(cuts > 0, 'a write refused for the full disk left a torn tail, which a start cut');
   });
 
   test('the destination is read-only at start-up (a mount that came back ro): every write refused with the reason; rw again: continues', { timeout: 120_000 }, async (t) => {

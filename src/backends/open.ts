@@ -71,7 +71,9 @@ function openFileReader(path: string): BackupReader {
   if (detectFormat(path) !== 'v2') return V1Reader.open(path);
   let segmented = false;
   try {
-    segmented = discoverSegments(path).segments.length > 1;
+    const set = discoverSegments(path, { allowTornLast: true });
+    // a torn last segment is the segmented reader's to report, even after a single complete file
+    segmented = set.segments.length > 1 || set.tornLast !== null;
   } catch (e) {
     // a damaged first file header is V2Reader's to describe, with its usual message; a broken set is not
     const firstHeader = e instanceof BackupError && e.path === path && (e.offset === 0 || e.offset === undefined);

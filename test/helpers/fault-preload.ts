@@ -1,12 +1,14 @@
 /**
  * Fault injection for the compaction swap, from outside the product: loaded into the real plugin with
- * NODE_OPTIONS=--import=<this file's URL> (faults.ts's faultEnv), it wraps node:fs in the compaction worker thread
- * only, and makes exactly one call fail with EIO. Nothing of this is in src/: production code has no seam.
+ * NODE_OPTIONS=--import=<this file's URL> (faults.ts's faultEnv), it wraps node:fs and makes exactly one call fail
+ * with EIO, in the compaction worker thread unless the spec names the main thread. Nothing of this is in src/: production code has no seam.
  *
  * The spec is read from the file named by CLNVAULT_FAULT_FILE each time counting starts, so a test can
  * re-arm it between compactions without restarting the plugin:
  *   {"from": "rename", "at": N}      the Nth counted call after the rename of <backup>.compacting fails
  *   {"from": "rename", "call": "fsyncSync", "at": N}   the Nth fsyncSync after the rename fails
+ *   {"from": "segment", "thread": "main", "call": "writeSync", "at": 1}
+ *                                    the writer's first write into a segment file it has just created fails
  *   {"from": "compacting", "at": N}  the Nth counted call from the creation of <backup>.compacting on fails
  *                                    (the creation itself is call 1): every step of building and swapping
  *   {"at": 0}                         nothing fails
@@ -18,7 +20,9 @@ import { syncBuiltinESMExports } from 'node:module';
 import { isMainThread } from 'node:worker_threads';
 
 interface Spec {
-  from?: 'rename' | 'compacting';
+  from?: 'rename' | 'compacting' | 'segment';
+  /** the thread whose calls fail: the compaction worker (default) or the plugin's main thread (the writer) */
+  thread?: 'worker' | 'main';
   /** count only the calls of this function (default: every counted call) */
   call?: string;
   at: number;
@@ -28,9 +32,11 @@ interface Spec {
 
 const FILE = process.env.CLNVAULT_FAULT_FILE;
 /** the calls counted: every one that touches names, descriptors or durability (not the bulk reads and writes) */
-const COUNTED = ['openSync', 'closeSync', 'fsyncSync', 'fdatasyncSync', 'rmSync', 'unlinkSync', 'ftruncateSync', 'linkSync', 'renameSync', 'fstatSync'] as const;
+const COUNTED = ['openSync', 'closeSync', 'fsyncSync', 'fdatasyncSync', 'rmSync', 'unlinkSync', 'ftruncateSync', 'linkSync', 'renameSync', 'fstatSync', 'writeSync'] as const;
+const SEGMENT_FILE = /\.seg-[0-9a-f]{8}-\d+$/;
+const THREAD = isMainThread ? 'main' : 'worker';
 
-if (!isMainThread && FILE !== undefined) {
+if (FILE !== undefined) {
   const real = new Map<string, (...a: unknown[]) => unknown>();
   for (const name of COUNTED) real.set(name, (fs as unknown as Record<string, (...a: unknown[]) => unknown>)[name]!.bind(fs));
   let armed: Spec | null = null;
@@ -46,13 +52,16 @@ if (!isMainThread && FILE !== undefined) {
   const start = (from: Spec['from']): void => {
     armed = null;
     const s = readSpec();
-    armed = s !== null && (s.from ?? 'rename') === from ? s : null;
+    armed = s !== null && (s.from ?? 'rename') === from && (s.thread ?? 'worker') === THREAD ? s : null;
     count = 0;
   };
   const wrap = (name: (typeof COUNTED)[number]) => {
     const f = real.get(name)!;
     return (...args: unknown[]): unknown => {
-      if (name === 'openSync' && typeof args[0] === 'string' && args[0].endsWith('.compacting') && args[1] === 'wx') start('compacting');
+      if (name === 'openSync' && typeof args[0] === 'string' && args[1] === 'wx') {
+        if (args[0].endsWith('.compacting')) start('compacting');
+        else if (SEGMENT_FILE.test(args[0])) start('segment');
+      }
       if (armed !== null && (armed.call === undefined || armed.call === name) && ++count === armed.at) {
         const current = readSpec();
         const stale = current === null || current.nonce !== armed.nonce;

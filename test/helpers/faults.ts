@@ -4,7 +4,8 @@ import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 const PRELOAD = new URL('./fault-preload.js', import.meta.url);
 
 export interface FaultSpec {
-  from?: 'rename' | 'compacting';
+  from?: 'rename' | 'compacting' | 'segment';
+  thread?: 'worker' | 'main';
   /** count only the calls of this node:fs function */
   call?: string;
   /** the Nth counted fs call fails; 0: none */

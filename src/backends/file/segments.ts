@@ -214,9 +214,18 @@ function createSegment(path: string, header: SegmentHeader): void {
   try {
     writeFully(fd, encodeSegmentHeader(header), 0);
     fdatasyncSync(fd);
-  } finally {
+  } catch (e) {
+    // a file without its header must not stay: readers would take it for the next segment (ENOSPC, EIO)
     closeSync(fd);
+    try {
+      unlinkSync(path);
+      fsyncDir(path);
+    } catch {
+      // what is left is a last segment holding no record, which every reader and the writer pass over
+    }
+    throw e;
   }
+  closeSync(fd);
   fsyncDir(path);
 }
 
@@ -573,10 +582,14 @@ export class SegmentedReader implements BackupReader {
     readonly createdMs: number,
     /** a chunked snapshot's parts may be spread over several segments: records are grouped across them */
     private readonly grouped: { entries: number; head: number; corrupt: Problem[]; dangling: Problem | null },
+    /** a last segment file without its header, passed over (reported as a torn tail) */
+    private readonly tornLast: string | null = null,
   ) {}
 
   static open(path: string): SegmentedReader {
-    const set = discoverSegments(path);
+    // the writer's rule: a last segment whose header never reached the disk holds no record (a crash or a
+    // full disk while it was being started); it is passed over, not taken for damage
+    const set = discoverSegments(path, { allowTornLast: true });
     const readers: V2Reader[] = [];
     const bases: number[] = [];
     const sizes: number[] = [];
@@ -617,7 +630,7 @@ export class SegmentedReader implements BackupReader {
       for (const r of readers) r.close();
       throw e;
     }
-    return new SegmentedReader(path, readers, bases, sizes, set.first.backupId, set.first.createdMs, { entries, head, corrupt: g.corrupt, dangling: g.dangling() });
+    return new SegmentedReader(path, readers, bases, sizes, set.first.backupId, set.first.createdMs, { entries, head, corrupt: g.corrupt, dangling: g.dangling() }, set.tornLast);
   }
 
   get segmentCount(): number {
@@ -723,6 +736,16 @@ export class SegmentedReader implements BackupReader {
     });
     out.push(...this.grouped.corrupt);
     if (this.grouped.dangling) out.push(this.grouped.dangling);
+    if (this.tornLast !== null) {
+      const last = this.readers.length - 1;
+      out.push({
+        kind: 'torn-tail',
+        offset: this.bases[last]! + this.sizes[last]!,
+        message:
+          `${this.tornLast}: a segment without its header (a crash or a full disk while it was being started); it holds ` +
+          `no record and is passed over (the plugin removes it when it next opens the backup)`,
+      });
+    }
     return out.sort((a, b) => a.offset - b.offset);
   }
 
