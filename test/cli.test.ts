@@ -43,7 +43,8 @@ describe('dispatcher', () => {
     for (const c of ['init', 'restore', 'inspect', 'verify', 'status', 'demo']) assert.match(h.stdout, new RegExp(`^  ${c} `, 'm'));
     const none = await runCli([]);
     assert.equal(none.code, 2);
-    assert.match(none.stdout, /Usage: clnvault <command>/);
+    assert.match(none.stderr, /Usage: clnvault <command>/);
+    assert.equal(none.stdout, '', 'a usage error writes nothing on stdout');
     const bad = await runCli(['frobnicate']);
     assert.equal(bad.code, 2);
     assert.match(bad.stderr, /unknown command "frobnicate"/);

@@ -31,8 +31,13 @@ function usage(): string {
 async function main(argv: string[]): Promise<number> {
   const [name, ...rest] = argv;
   if (name === undefined || name === '--help' || name === '-h' || name === 'help') {
+    // asked for: stdout, exit 0; no command at all is a usage error: stderr, exit 2 (scripts read stdout)
+    if (name === undefined) {
+      err(usage());
+      return EXIT.usage;
+    }
     out(usage());
-    return name === undefined ? EXIT.usage : EXIT.ok;
+    return EXIT.ok;
   }
   if (name === '--version' || name === '-V') {
     const pkg = JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as { version: string };
