@@ -122,6 +122,17 @@ describe('npm pack, npm install -g, and the installed commands', { timeout: 300_
     assert.ok(packedFiles.some((f) => f.startsWith('contrib/systemd/')), 'the systemd units ship with the package');
     const strays = packedFiles.filter((f) => /^(test|bench|src|dist\/test|dist\/bench)\//.test(f) || f.includes('fixtures'));
     assert.deepEqual(strays, []);
+    assert.ok(!packedFiles.includes('clnvault'), 'the reckless stopper stays in the repository');
+  });
+
+  test("the repository's top-level `clnvault` (reckless's test run) refuses with the way to install", async () => {
+    // reckless runs the entry point named after the plugin once, with no arguments, and installs only if it
+    // exits 0 or keeps running: this must exit non-zero, quickly, and say why and what to do instead
+    const r = await run(join(REPO_ROOT, 'clnvault'), [], { timeoutMs: 10_000 });
+    assert.equal(r.code, 1, show(r));
+    assert.match(r.stderr, /cannot be installed with reckless/);
+    assert.match(r.stderr, /important-plugin=/);
+    assert.match(r.stderr, /npm install -g/);
   });
 
   test('both commands are npm bin links into the installed package', () => {
