@@ -30,6 +30,10 @@ export interface NodeOptions {
   lightningd: string;
   /** extra environment for lightningd and so its plugins */
   env?: NodeJS.ProcessEnv;
+  /** the db_write plugin loaded with important-plugin= (default: clnvault's built entry); null: none */
+  importantPlugin?: string | null;
+  /** more lightningd options */
+  args?: string[];
 }
 
 export class LightningNode {
@@ -73,10 +77,14 @@ export class LightningNode {
       `--alias=${this.name}`,
       '--disable-plugin=bcli',
       `--plugin=${BACKEND}`,
-      `--important-plugin=${CLNVAULT_PLUGIN}`,
+      ...(this.opts.importantPlugin === null ? [] : [`--important-plugin=${this.opts.importantPlugin ?? CLNVAULT_PLUGIN}`]),
+      ...(this.opts.args ?? []),
     ];
+    const env: NodeJS.ProcessEnv = { ...process.env, CLNVAULT_E2E_CHAIN: this.opts.chainDir, ...(this.opts.env ?? {}) };
+    // set by node --test for its children; the backend takes it to mean "loaded as a test file"
+    delete env.NODE_TEST_CONTEXT;
     const child = spawn(this.opts.lightningd, args, {
-      env: { ...process.env, CLNVAULT_E2E_CHAIN: this.opts.chainDir, ...(this.opts.env ?? {}) },
+      env,
       stdio: ['ignore', 'ignore', 'pipe'],
     });
     let stderr = '';
