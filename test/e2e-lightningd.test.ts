@@ -276,10 +276,19 @@ function suite(lightningd: string): void {
     };
     await waitFor('channel normal on both sides', async () => (await normal(a.node, bobId)) && (await normal(b.node, aliceId)));
 
-    const pay = async (from: LightningNode, to: LightningNode, label: string, msat: number): Promise<void> => {
+    const pay = async (from: LightningNode, to: LightningNode, label: string, msat: number, attempts = 1): Promise<void> => {
       const { bolt11 } = await to.rpc<{ bolt11: string }>('invoice', { amount_msat: msat, label, description: label });
-      const r = await from.rpc<{ status: string }>('pay', { bolt11 }, 60_000);
-      assert.equal(r.status, 'complete', `${label}: ${JSON.stringify(r)}`);
+      for (let k = 1; ; k++) {
+        try {
+          const r = await from.rpc<{ status: string }>('pay', { bolt11 }, 60_000);
+          assert.equal(r.status, 'complete', `${label}: ${JSON.stringify(r)}`);
+          return;
+        } catch (e) {
+          // 205: no route; xpay keeps what failed attempts taught it about the channel's liquidity
+          if (k >= attempts || (e as { code?: number }).code !== 205) throw e;
+          await sleep(1000);
+        }
+      }
     };
     for (let i = 0; i < 3; i++) {
       await pay(a.node, b.node, `a2b-${i}`, 10_000_000 + i);
@@ -312,8 +321,10 @@ function suite(lightningd: string): void {
     await waitFor('channel normal again, no HTLC pending', async () => (await normal(a.node, bobId)) && (await normal(b.node, aliceId)), 120_000);
     await Promise.race([Promise.all(inflight), sleep(60_000, true)]);
     // the channel still works, both ways
-    await pay(a.node, b.node, 'after-restore-a2b', 3_000_000);
-    await pay(b.node, a.node, 'after-restore-b2a', 2_000_000);
+    // small amounts, a few tries: the payments that failed at the kill may have left xpay believing the
+    // channel holds less than it does (seen: "layer xpay says max is 2000003msat")
+    await pay(a.node, b.node, 'after-restore-a2b', 300_000, 5);
+    await pay(b.node, a.node, 'after-restore-b2a', 200_000, 5);
     console.log(`[e2e-lightningd] payments completed among those in flight at the kill: ${started}/6`);
     await stopForComparison(b.node, b.url);
     await stopForComparison(a.node, a.url);
