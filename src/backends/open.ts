@@ -6,6 +6,7 @@ import { createV1, isV1, V1Reader, V1Writer } from './file/v1.js';
 import { createV2, isV2, V2Reader } from './file/v2.js';
 import { discoverSegments, SegmentedReader, SegmentedWriter } from './file/segments.js';
 import { parseBackupUrl, UrlError } from './url.js';
+import { isPostgresUrl, openPgReader, openPgWriter } from './postgres/index.js';
 import { listHistory } from '../compact/files.js';
 import { planBackup } from '../engine/plan.js';
 import { serialDiff } from '../engine/versions.js';
@@ -14,6 +15,7 @@ import { serialDiff } from '../engine/versions.js';
 
 function filePathOf(url: string, cwd: string): string {
   const u = parseBackupUrl(url, cwd);
+  if (u.scheme === 'postgresql') throw new UrlError(`${url.replace(/:[^:@/]*@/, ':***@')} is a PostgreSQL backup, not a file`);
   if (u.scheme !== 'file') {
     throw new UrlError(`${url}: socket: backups are not supported by this version of clnvault yet; use a file: URL`);
   }
@@ -58,11 +60,13 @@ export function backupPath(url: string, cwd: string): string {
 
 /** `segmentBytes`: the size limit of a v2 backup's segment files (backup.lock's "segment_bytes"). */
 export function openWriter(url: string, cwd: string, opts: { segmentBytes?: number } = {}): BackupWriter {
+  if (isPostgresUrl(url)) return openPgWriter(url, cwd);
   const path = filePathOf(url, cwd);
   return detectFormat(path) === 'v2' ? SegmentedWriter.open(path, opts) : V1Writer.open(path);
 }
 
 export function openReader(url: string, cwd: string): BackupReader {
+  if (isPostgresUrl(url)) return openPgReader(url, cwd);
   return openFileReader(filePathOf(url, cwd));
 }
 
@@ -88,6 +92,7 @@ function openFileReader(path: string): BackupReader {
  * what each file holds, so the user sees which versions can still be restored.
  */
 export function openReaderAt(url: string, cwd: string, version: number): BackupReader {
+  if (isPostgresUrl(url)) return openPgReader(url, cwd);
   const path = filePathOf(url, cwd);
   const held: string[] = [];
   let newest: number | null = null;

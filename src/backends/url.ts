@@ -10,7 +10,8 @@ import { isAbsolute, resolve } from 'node:path';
  */
 export type BackupUrl =
   | { scheme: 'file'; url: string; path: string }
-  | { scheme: 'socket'; url: string };
+  | { scheme: 'socket'; url: string }
+  | { scheme: 'postgresql'; url: string };
 
 export class UrlError extends Error {
   constructor(message: string) {
@@ -26,8 +27,10 @@ export function parseBackupUrl(url: string, cwd: string): BackupUrl {
   const scheme = colon > 0 ? url.slice(0, colon).toLowerCase() : '';
   if (scheme === 'file') return { scheme: 'file', url, path: filePath(url, url.slice(colon + 1), cwd) };
   if (scheme === 'socket') return { scheme: 'socket', url };
+  if (scheme === 'postgresql' || scheme === 'postgres') return { scheme: 'postgresql', url };
   throw new UrlError(
-    `no backend for ${JSON.stringify(url)}: the URL must start with file: (e.g. file:///mnt/backup/clnvault.bkp)`,
+    `no backend for ${JSON.stringify(url)}: the URL must start with file: (e.g. file:///mnt/backup/clnvault.bkp) ` +
+      `or postgresql: (postgresql://user@host/dbname?backup=NAME)`,
   );
 }
 

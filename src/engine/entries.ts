@@ -38,7 +38,7 @@ export interface EntryHeader {
   pragmaOnly: boolean;
 }
 
-export type BackupFormat = 'v1' | 'v2';
+export type BackupFormat = 'v1' | 'v2' | 'postgresql';
 
 /** A problem found while reading a backup, always with the byte offset where it was found. */
 export interface Problem {

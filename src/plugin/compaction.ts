@@ -33,6 +33,8 @@ import { shareStdout, type RpcId } from './output.js';
  */
 
 export interface ReopenableWriter extends BackupWriter {
+  /** only the file formats are compacted by rewriting the file */
+  readonly format: 'v1' | 'v2';
   reopen(): void;
   endOffset(): number;
 }

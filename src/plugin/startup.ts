@@ -2,6 +2,7 @@ import { existsSync, readdirSync, rmSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 import type { BackupWriter } from '../backends/backend.js';
 import { backupPath, openWriter } from '../backends/open.js';
+import { isPostgresUrl } from '../backends/postgres/url.js';
 import { readSegmentBytes } from '../backends/file/segments.js';
 import { readBackupLock } from '../engine/backup-lock.js';
 import { DB_NAME, readDataVersion, snapshotDatabase } from '../engine/live-db.js';
@@ -52,7 +53,8 @@ export async function prepareBackup(cwd: string): Promise<Startup> {
   // Re-baseline temp files are named after the backup so that only this backup's leftovers are removed:
   // the writer lock we hold means any such file belongs to a start-up killed mid-snapshot, and each would
   // otherwise stay forever (a full copy of the database, on what is often a small backup disk).
-  const file = backupPath(lock.backend_url, cwd);
+  // A PostgreSQL backup has no directory of its own: its re-baseline scratch file goes in the network directory.
+  const file = isPostgresUrl(lock.backend_url) ? join(cwd, 'clnvault-postgresql') : backupPath(lock.backend_url, cwd);
   const prefix = `.${basename(file)}.rebaseline-`;
   removeLeftovers(dirname(file), prefix);
 

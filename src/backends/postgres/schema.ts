@@ -1,0 +1,135 @@
+import type { ClientBase } from 'pg';
+
+/**
+ * The tables, in the schema `clnvault`. `schema_version` records which migrations ran; each release
+ * appends migrations and never edits a published one, so `clnvault init` (or any later release's) brings
+ * an older database up to date in place.
+ *
+ * Isolation between nodes is row-level security keyed on the backup's owner role: a node's role sees and
+ * touches only the rows of backups it created (docs/postgresql.md has the GRANTs).
+ */
+
+export const SCHEMA = 'clnvault';
+/** advisory-lock class for "one writer per backup"; the object id is the backup's id */
+export const WRITER_LOCK_CLASS = 0x636c6e76; // 'clnv'
+/** advisory-lock class for "one compaction per backup" */
+export const COMPACT_LOCK_CLASS = 0x636c6e63; // 'clnc'
+/** snapshot bytes are stored in rows of this size: never the whole database in one value or in memory */
+export const CHUNK_BYTES = 1 << 20;
+export const KIND_CHANGE = 0;
+export const KIND_SNAPSHOT = 1;
+
+const MIGRATIONS: readonly string[] = [
+  // 1: first release
+  `CREATE TABLE clnvault.backups (
+     id serial PRIMARY KEY,
+     name text NOT NULL UNIQUE,
+     owner name NOT NULL DEFAULT current_user,
+     created_at timestamptz NOT NULL DEFAULT now()
+   );
+   -- seq orders a backup's entries (the file order of the file formats); a snapshot written by compaction
+   -- shares the seq of the last entry it covers and sorts after it (kind 1 > 0), so the order stays right
+   -- while both exist, before the superseded rows are deleted.
+   CREATE TABLE clnvault.entries (
+     backup_id integer NOT NULL REFERENCES clnvault.backups(id) ON DELETE CASCADE,
+     seq bigint NOT NULL,
+     kind smallint NOT NULL CHECK (kind IN (0, 1)),
+     version bigint NOT NULL CHECK (version >= 0 AND version < 4294967296),
+     pragma_only boolean NOT NULL DEFAULT false,
+     statements text[],
+     bytes bigint NOT NULL,
+     chunks integer NOT NULL DEFAULT 0,
+     created_at timestamptz NOT NULL DEFAULT now(),
+     PRIMARY KEY (backup_id, seq, kind),
+     CHECK ((kind = 0) = (statements IS NOT NULL))
+   );
+   -- The version rule in the database too: lightningd bumps data_version with every transaction, so two
+   -- stored transactions of one backup never share it. PRAGMA-only batches repeat the version they follow,
+   -- and a snapshot shares the version of the last change it covers, hence the partial index.
+   CREATE UNIQUE INDEX entries_one_per_version ON clnvault.entries (backup_id, version) WHERE kind = 0 AND NOT pragma_only;
+   CREATE TABLE clnvault.snapshot_chunks (
+     backup_id integer NOT NULL,
+     seq bigint NOT NULL,
+     kind smallint NOT NULL DEFAULT 1 CHECK (kind = 1),
+     chunk integer NOT NULL,
+     data bytea NOT NULL,
+     PRIMARY KEY (backup_id, seq, chunk),
+     FOREIGN KEY (backup_id, seq, kind) REFERENCES clnvault.entries(backup_id, seq, kind) ON DELETE CASCADE
+   );
+   ALTER TABLE clnvault.backups ENABLE ROW LEVEL SECURITY;
+   ALTER TABLE clnvault.entries ENABLE ROW LEVEL SECURITY;
+   ALTER TABLE clnvault.snapshot_chunks ENABLE ROW LEVEL SECURITY;
+   CREATE POLICY own_backups ON clnvault.backups USING (owner = current_user) WITH CHECK (owner = current_user);
+   -- the subquery sees only the caller's own backups (the policy above applies to it)
+   CREATE POLICY own_entries ON clnvault.entries USING (backup_id IN (SELECT id FROM clnvault.backups));
+   CREATE POLICY own_chunks ON clnvault.snapshot_chunks USING (backup_id IN (SELECT id FROM clnvault.backups));
+   -- Node roles are members of clnvault_node (docs/postgresql.md); without that role only the owner uses the tables.
+   DO $$ BEGIN
+     IF EXISTS (SELECT FROM pg_roles WHERE rolname = 'clnvault_node') THEN
+       GRANT USAGE ON SCHEMA clnvault TO clnvault_node;
+       GRANT SELECT ON clnvault.schema_version TO clnvault_node;
+       GRANT SELECT, INSERT, DELETE ON clnvault.backups, clnvault.entries, clnvault.snapshot_chunks TO clnvault_node;
+       GRANT USAGE ON SEQUENCE clnvault.backups_id_seq TO clnvault_node;
+     END IF;
+   END $$;`,
+];
+
+export const SCHEMA_VERSION = MIGRATIONS.length;
+
+export class PgSchemaError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'PgSchemaError';
+  }
+}
+
+/** The schema version the database holds, 0 when clnvault's tables do not exist yet. */
+export async function schemaVersion(c: ClientBase): Promise<number> {
+  const t = await c.query(`SELECT to_regclass('clnvault.schema_version') IS NOT NULL AS present`);
+  if (!t.rows[0].present) return 0;
+  const r = await c.query(`SELECT coalesce(max(version), 0) AS v FROM clnvault.schema_version`);
+  return Number(r.rows[0].v);
+}
+
+/** Refuses a database this release cannot use, naming the fix. */
+export async function checkSchema(c: ClientBase, where: string): Promise<void> {
+  const v = await schemaVersion(c);
+  if (v === 0) {
+    throw new PgSchemaError(`${where} has no clnvault tables: create the backup first with 'clnvault init ${where}'`);
+  }
+  if (v < SCHEMA_VERSION) {
+    throw new PgSchemaError(
+      `${where} holds clnvault schema version ${v}, this release needs ${SCHEMA_VERSION}: run 'clnvault init' of this ` +
+        `release once with a role that owns the clnvault schema (it migrates in place)`,
+    );
+  }
+  if (v > SCHEMA_VERSION) {
+    throw new PgSchemaError(`${where} holds clnvault schema version ${v}, newer than this release knows (${SCHEMA_VERSION}): upgrade clnvault`);
+  }
+}
+
+/**
+ * Creates or migrates the schema in one transaction, serialised by a transaction-level advisory lock
+ * so that two `clnvault init` running at once do not both create it.
+ */
+export async function migrate(c: ClientBase): Promise<{ from: number; to: number }> {
+  await c.query('BEGIN');
+  try {
+    await c.query('SELECT pg_advisory_xact_lock($1, 0)', [WRITER_LOCK_CLASS]);
+    await c.query(`CREATE SCHEMA IF NOT EXISTS ${SCHEMA}`);
+    await c.query(`CREATE TABLE IF NOT EXISTS clnvault.schema_version (version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())`);
+    const from = await schemaVersion(c);
+    if (from > SCHEMA_VERSION) {
+      throw new PgSchemaError(`the database holds clnvault schema version ${from}, newer than this release knows (${SCHEMA_VERSION}): upgrade clnvault`);
+    }
+    for (let v = from + 1; v <= SCHEMA_VERSION; v++) {
+      await c.query(MIGRATIONS[v - 1]!);
+      await c.query('INSERT INTO clnvault.schema_version(version) VALUES ($1)', [v]);
+    }
+    await c.query('COMMIT');
+    return { from, to: SCHEMA_VERSION };
+  } catch (e) {
+    await c.query('ROLLBACK').catch(() => undefined);
+    throw e;
+  }
+}

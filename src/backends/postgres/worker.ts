@@ -1,0 +1,435 @@
+import { open } from 'node:fs/promises';
+import { parentPort, workerData } from 'node:worker_threads';
+import type { Client as PgClient, ClientConfig } from 'pg';
+import type { HeaderRow, HeadInfo, PgReply, PgRequest, PgWorkerData } from './protocol.js';
+import { CHUNK_BYTES, checkSchema, COMPACT_LOCK_CLASS, KIND_CHANGE, KIND_SNAPSHOT, migrate, SCHEMA_VERSION, schemaVersion, WRITER_LOCK_CLASS } from './schema.js';
+import { isConnectionError, nextDelay } from './retry.js';
+
+/**
+ * The thread that owns one PostgreSQL connection. The synchronous side posts a request and sleeps on
+ * an Atomics word; this thread runs the query on its own event loop, posts the reply on the port and
+ * wakes it. Because this event loop keeps running while the plugin's main thread is blocked in read(2),
+ * the connection stays serviced between db_writes.
+ *
+ * `pg` is imported here only, so a plugin writing to a file: URL never loads it.
+ */
+
+const data = workerData as PgWorkerData;
+const flag = new Int32Array(data.sab);
+let Client: typeof import('pg').Client;
+let importError: string | null = null;
+try {
+  Client = (await import('pg')).default.Client;
+} catch (e) {
+  importError = `cannot load the PostgreSQL client library 'pg' (${(e as Error).message}): reinstall clnvault with its dependencies`;
+}
+
+const INSERT_CHANGE =
+  'INSERT INTO clnvault.entries (backup_id, seq, kind, version, pragma_only, statements, bytes) VALUES ($1, $2, 0, $3, $4, $5, $6)';
+
+class Refused extends Error {}
+
+let client: PgClient | null = null;
+let backupId: number | null = null;
+/** writer state: the session holds the writer lock; `pendingDrop` is a rewind waiting for its replacement */
+let writer: { nextSeq: number; head: HeadInfo; pendingDrop: number | null } | null = null;
+let readerOpen = false;
+let compactLock = false;
+
+function config(): ClientConfig {
+  return {
+    connectionString: data.connectionString,
+    application_name: data.applicationName,
+    connectionTimeoutMillis: data.timeoutMs,
+    query_timeout: data.timeoutMs,
+    keepAlive: true,
+  };
+}
+
+function where(): string {
+  return `backup ${JSON.stringify(data.backup)}`;
+}
+
+function dropClient(): void {
+  const c = client;
+  client = null;
+  if (c !== null) {
+    c.removeAllListeners('error');
+    c.on('error', () => undefined);
+    c.end().catch(() => undefined);
+  }
+}
+
+async function connect(): Promise<PgClient> {
+  if (client !== null) return client;
+  const c = new Client(config());
+  // a connection dropped while idle must not crash the thread; the next query finds out and reconnects
+  c.on('error', () => {
+    if (client === c) client = null;
+  });
+  try {
+    await c.connect();
+  } catch (e) {
+    c.end().catch(() => undefined);
+    throw e;
+  }
+  client = c;
+  return c;
+}
+
+async function lookupBackup(c: PgClient): Promise<number> {
+  if (backupId !== null) return backupId;
+  await checkSchema(c, 'the database');
+  const r = await c.query('SELECT id FROM clnvault.backups WHERE name = $1', [data.backup]);
+  if (r.rows.length === 0) {
+    throw new Refused(
+      `the database has no ${where()} that this role can see: create it with 'clnvault init' (as the role the node connects ` +
+        `with), or check the backup= name and the user in the URL`,
+    );
+  }
+  backupId = Number(r.rows[0].id);
+  return backupId;
+}
+
+async function readHead(c: PgClient, id: number): Promise<HeadInfo> {
+  const r = await c.query(
+    'SELECT seq, kind, version FROM clnvault.entries WHERE backup_id = $1 ORDER BY seq DESC, kind DESC LIMIT 1',
+    [id],
+  );
+  if (r.rows.length === 0) return { empty: true, head: 0, headIsSnapshot: false, nextSeq: 1 };
+  const row = r.rows[0];
+  return { empty: false, head: Number(row.version), headIsSnapshot: Number(row.kind) === KIND_SNAPSHOT, nextSeq: Number(row.seq) + 1 };
+}
+
+async function takeWriterLock(c: PgClient, id: number): Promise<boolean> {
+  const r = await c.query('SELECT pg_try_advisory_lock($1, $2) AS ok', [WRITER_LOCK_CLASS, id]);
+  return r.rows[0].ok === true;
+}
+
+async function holderOf(c: PgClient, id: number): Promise<string> {
+  try {
+    const r = await c.query(
+      `SELECT a.application_name, a.client_addr::text AS addr, a.pid, a.backend_start FROM pg_locks l
+         JOIN pg_stat_activity a ON a.pid = l.pid
+        WHERE l.locktype = 'advisory' AND l.classid = $1::bigint::oid AND l.objid = $2::bigint::oid AND l.objsubid = 2 AND l.granted`,
+      [WRITER_LOCK_CLASS, id],
+    );
+    if (r.rows.length === 0) return '';
+    const h = r.rows[0];
+    return ` (held by ${h.application_name || 'a session'}${h.addr ? ` from ${h.addr}` : ''}, server pid ${h.pid}, since ${new Date(h.backend_start).toISOString()})`;
+  } catch {
+    return '';
+  }
+}
+
+/**
+ * Runs `fn` on a live connection, reconnecting after connection loss with growing pauses until the
+ * deadline; then gives up, so that the hook answers (with a refusal) instead of hanging lightningd.
+ * `onReconnect` restores session state (the writer lock) before `fn` is retried.
+ */
+async function withRetry<T>(fn: (c: PgClient, retry: boolean) => Promise<T>, onReconnect?: (c: PgClient) => Promise<void>): Promise<T> {
+  const deadline = Date.now() + data.timeoutMs;
+  let attempt = 0;
+  let lastError: unknown = null;
+  for (;;) {
+    let c: PgClient;
+    try {
+      const fresh = client === null;
+      c = await connect();
+      if (fresh && attempt > 0 && onReconnect) await onReconnect(c);
+      return await fn(c, attempt > 0);
+    } catch (e) {
+      lastError = e;
+      if (!isConnectionError(e)) throw e;
+      dropClient();
+      const left = deadline - Date.now();
+      if (left <= 0) {
+        throw new Error(
+          `lost the connection to PostgreSQL and could not get it back within ${Math.round(data.timeoutMs / 1000)} s ` +
+            `("remote_timeout" in backup.lock): ${(lastError as Error).message}`,
+        );
+      }
+      await new Promise((r) => setTimeout(r, Math.min(nextDelay(attempt), left)));
+      attempt++;
+    }
+  }
+}
+
+async function relock(c: PgClient): Promise<void> {
+  // The old session may not be gone on the server yet (a half-open TCP connection): its lock then is
+  // still held, which counts as a connection problem to wait out, not as another writer, until the deadline.
+  if (!(await takeWriterLock(c, backupId!))) {
+    const e = new Error(`the writer lock of ${where()} is still held by another session${await holderOf(c, backupId!)}`);
+    (e as { retryable?: boolean }).retryable = true;
+    throw e;
+  }
+}
+
+async function insertChange(c: PgClient, seq: number, req: { version: number; statements: readonly string[]; pragmaOnly: boolean }, bytes: number): Promise<void> {
+  // named: parsed once per connection, then each write is one Bind/Execute/Sync round trip in autocommit
+  await c.query({ name: 'clnvault_append', text: INSERT_CHANGE, values: [backupId, seq, req.version, req.pragmaOnly, req.statements, bytes] });
+}
+
+function statementBytes(statements: readonly string[]): number {
+  let n = 0;
+  for (const s of statements) n += Buffer.byteLength(s, 'utf8');
+  return n;
+}
+
+async function append(req: { version: number; statements: readonly string[]; pragmaOnly: boolean }): Promise<number> {
+  const w = writer!;
+  const seq = w.nextSeq;
+  const bytes = statementBytes(req.statements);
+  await withRetry(async (c, retry) => {
+    if (retry) {
+      // the write in flight when the connection broke either committed or did not: look before writing again
+      const r = await c.query('SELECT version FROM clnvault.entries WHERE backup_id = $1 AND seq = $2 AND kind = 0', [backupId, seq]);
+      if (r.rows.length > 0) {
+        if (Number(r.rows[0].version) !== req.version) throw new Refused(`entry ${seq} of ${where()} holds another version: another writer?`);
+        return;
+      }
+    }
+    if (w.pendingDrop === null) {
+      await insertChange(c, seq, req, bytes);
+      return;
+    }
+    // rewind: the never-committed version goes and its replacement comes in one transaction
+    await c.query('BEGIN');
+    try {
+      await c.query('DELETE FROM clnvault.entries WHERE backup_id = $1 AND seq >= $2', [backupId, w.pendingDrop]);
+      await insertChange(c, seq, req, bytes);
+      await c.query('COMMIT');
+    } catch (e) {
+      await c.query('ROLLBACK').catch(() => undefined);
+      throw e;
+    }
+  }, relock);
+  w.pendingDrop = null;
+  w.nextSeq = seq + 1;
+  w.head = { empty: false, head: req.version, headIsSnapshot: false, nextSeq: w.nextSeq };
+  return bytes;
+}
+
+/**
+ * The head after removing the trailing entries of the head version. The removal itself waits for the
+ * replacement, so that both happen in one transaction (see append); a close() before that performs it.
+ */
+async function dropHead(): Promise<HeadInfo> {
+  const w = writer!;
+  if (w.head.empty) return w.head;
+  const below = w.pendingDrop ?? w.nextSeq;
+  const r = await withRetry((c) =>
+    c.query(
+      `SELECT seq, kind, version FROM clnvault.entries WHERE backup_id = $1 AND seq < $3 AND version <> $2
+        ORDER BY seq DESC, kind DESC LIMIT 1`,
+      [backupId, w.head.head, below],
+    ), relock);
+  const row = r.rows[0];
+  w.pendingDrop = row === undefined ? 0 : Number(row.seq) + 1;
+  w.head = row === undefined
+    ? { empty: true, head: 0, headIsSnapshot: false, nextSeq: w.nextSeq }
+    : { empty: false, head: Number(row.version), headIsSnapshot: Number(row.kind) === KIND_SNAPSHOT, nextSeq: w.nextSeq };
+  return w.head;
+}
+
+/** A rewind that no replacement followed (the plugin stops): applied on its own. */
+async function flushDrop(): Promise<void> {
+  const w = writer;
+  if (w === null || w.pendingDrop === null || client === null) return;
+  await client.query('DELETE FROM clnvault.entries WHERE backup_id = $1 AND seq >= $2', [backupId, w.pendingDrop]);
+  w.pendingDrop = null;
+}
+
+/** Streams the SQLite file into chunk rows inside one transaction: memory holds one chunk at a time. */
+async function storeSnapshot(c: PgClient, seq: number, version: number, path: string): Promise<number> {
+  const fh = await open(path, 'r');
+  try {
+    const size = (await fh.stat()).size;
+    const chunks = Math.ceil(size / CHUNK_BYTES);
+    await c.query('BEGIN');
+    try {
+      await c.query(
+        'INSERT INTO clnvault.entries (backup_id, seq, kind, version, pragma_only, statements, bytes, chunks) VALUES ($1, $2, 1, $3, false, NULL, $4, $5)',
+        [backupId, seq, version, size, chunks],
+      );
+      const buf = Buffer.allocUnsafe(CHUNK_BYTES);
+      for (let i = 0; i < chunks; i++) {
+        const want = Math.min(CHUNK_BYTES, size - i * CHUNK_BYTES);
+        let got = 0;
+        while (got < want) {
+          const { bytesRead } = await fh.read(buf, got, want - got, i * CHUNK_BYTES + got);
+          if (bytesRead === 0) throw new Error(`${path} shrank while it was being stored`);
+          got += bytesRead;
+        }
+        await c.query('INSERT INTO clnvault.snapshot_chunks (backup_id, seq, chunk, data) VALUES ($1, $2, $3, $4)', [backupId, seq, i, buf.subarray(0, want)]);
+      }
+      await c.query('COMMIT');
+    } catch (e) {
+      await c.query('ROLLBACK').catch(() => undefined);
+      throw e;
+    }
+    return size;
+  } finally {
+    await fh.close();
+  }
+}
+
+async function snapshotTo(seq: number, chunks: number, path: string): Promise<void> {
+  const c = client!;
+  const fh = await open(path, 'wx', 0o600);
+  try {
+    let pos = 0;
+    for (let i = 0; i < chunks; i++) {
+      const r = await c.query({
+        text: 'SELECT data FROM clnvault.snapshot_chunks WHERE backup_id = $1 AND seq = $2 AND chunk = $3',
+        values: [backupId, seq, i],
+      });
+      if (r.rows.length === 0) throw new Error(`chunk ${i} of the snapshot at entry ${seq} of ${where()} is missing`);
+      const b = r.rows[0].data as Buffer;
+      await fh.write(b, 0, b.length, pos);
+      pos += b.length;
+    }
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+}
+
+async function handle(req: PgRequest): Promise<unknown> {
+  if (importError !== null) throw new Error(importError);
+  switch (req.op) {
+    case 'create': {
+      const c = await connect();
+      const v = await schemaVersion(c);
+      const migrated = v === SCHEMA_VERSION ? null : await migrate(c);
+      try {
+        const r = await c.query('INSERT INTO clnvault.backups (name) VALUES ($1) RETURNING id', [data.backup]);
+        backupId = Number(r.rows[0].id);
+      } catch (e) {
+        if ((e as { code?: string }).code === '23505') {
+          throw new Refused(`the database already holds a ${where()}; choose another backup= name, or restore from that one`);
+        }
+        throw e;
+      }
+      return { migrated };
+    }
+    case 'migrate': {
+      const c = await connect();
+      return (await schemaVersion(c)) === SCHEMA_VERSION ? null : migrate(c);
+    }
+    case 'drop': {
+      const c = await connect();
+      await c.query('DELETE FROM clnvault.backups WHERE name = $1', [data.backup]);
+      backupId = null;
+      return null;
+    }
+    case 'openWriter': {
+      const c = await withRetry((c) => Promise.resolve(c));
+      const id = await lookupBackup(c);
+      if (!(await takeWriterLock(c, id))) {
+        throw new Refused(
+          `${where()} is already being written by another clnvault plugin${await holderOf(c, id)}: one node, one writer. ` +
+            `Stop the other node (or point this one at its own backup= name)`,
+        );
+      }
+      const head = await readHead(c, id);
+      writer = { nextSeq: head.nextSeq, head, pendingDrop: null };
+      return head;
+    }
+    case 'append':
+      return append(req);
+    case 'dropHead':
+      return dropHead();
+    case 'snapshot': {
+      if (req.seq !== undefined) {
+        // compaction: placed at the seq of the last entry it covers, sorting after it
+        const c = await connect();
+        await lookupBackup(c);
+        return storeSnapshot(c, req.seq, req.version, req.path);
+      }
+      const w = writer!;
+      if (w.pendingDrop !== null) throw new Refused('internal: a snapshot cannot follow a rewind');
+      const seq = w.nextSeq;
+      const size = await withRetry((c) => storeSnapshot(c, seq, req.version, req.path), relock);
+      w.nextSeq = seq + 1;
+      w.head = { empty: false, head: req.version, headIsSnapshot: true, nextSeq: w.nextSeq };
+      return size;
+    }
+    case 'openReader': {
+      const c = await withRetry((c) => Promise.resolve(c));
+      // one consistent view for the reader's whole life, however the plugin or a compaction writes meanwhile
+      await c.query('BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY');
+      readerOpen = true;
+      await lookupBackup(c);
+      return null;
+    }
+    case 'headers': {
+      const r = await client!.query({
+        text: 'SELECT seq, kind, version, pragma_only, bytes, chunks FROM clnvault.entries WHERE backup_id = $1 ORDER BY seq, kind',
+        values: [backupId],
+        rowMode: 'array',
+      });
+      return r.rows.map((x): HeaderRow => ({
+        seq: Number(x[0]),
+        kind: Number(x[1]) as 0 | 1,
+        version: Number(x[2]),
+        pragmaOnly: x[3] as boolean,
+        bytes: Number(x[4]),
+        chunks: Number(x[5]),
+      }));
+    }
+    case 'changes': {
+      const r = await client!.query({
+        text: `SELECT seq, statements FROM clnvault.entries WHERE backup_id = $1 AND kind = ${KIND_CHANGE} AND seq >= $2 ORDER BY seq LIMIT $3`,
+        values: [backupId, req.fromSeq, req.limit],
+        rowMode: 'array',
+      });
+      return r.rows.map((x) => [Number(x[0]), x[1] as string[]]);
+    }
+    case 'snapshotTo':
+      await snapshotTo(req.seq, req.chunks, req.path);
+      return null;
+    case 'tryCompactLock': {
+      const c = await connect();
+      const id = await lookupBackup(c);
+      const r = await c.query('SELECT pg_try_advisory_lock($1, $2) AS ok', [COMPACT_LOCK_CLASS, id]);
+      compactLock = r.rows[0].ok === true;
+      return compactLock;
+    }
+    case 'deleteSuperseded': {
+      // one transaction: the entries the committed snapshot covers (and their chunks, by cascade)
+      const c = client!;
+      const r = await c.query(
+        `DELETE FROM clnvault.entries WHERE backup_id = $1 AND (seq < $2 OR (seq = $2 AND kind = ${KIND_CHANGE}))`,
+        [backupId, req.seq],
+      );
+      return r.rowCount ?? 0;
+    }
+    case 'close': {
+      await flushDrop().catch(() => undefined);
+      const c = client;
+      client = null;
+      if (c !== null) {
+        if (readerOpen) await c.query('ROLLBACK').catch(() => undefined);
+        await c.end().catch(() => undefined);
+      }
+      return null;
+    }
+  }
+}
+
+function reply(r: PgReply): void {
+  data.port.postMessage(r);
+  Atomics.store(flag, 0, 1);
+  Atomics.notify(flag, 0);
+}
+
+parentPort!.on('message', (msg: { id: number; req: PgRequest }) => {
+  handle(msg.req).then(
+    (value) => reply({ id: msg.id, ok: true, value }),
+    (e: unknown) => {
+      const err = e as Error & { code?: string };
+      reply({ id: msg.id, ok: false, message: err instanceof Error ? err.message : String(e), ...(typeof err.code === 'string' ? { code: err.code } : {}) });
+    },
+  );
+});
