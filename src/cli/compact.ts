@@ -4,6 +4,8 @@ import { DEFAULT_SEGMENT_BYTES, parseSegmentBytes } from '../backends/file/segme
 import { DEFAULT_COMPACTION } from '../compact/config.js';
 import { isReopenable } from '../plugin/compaction.js';
 import { CliError, err, EXIT, out, parse, printJson, type Command } from './common.js';
+import { compactPg } from '../backends/postgres/compact.js';
+import { isPostgresUrl, redact } from '../backends/postgres/url.js';
 
 const help = `Usage: clnvault compact [--history K] [--segment-bytes N] [--json] URL
 
@@ -14,7 +16,9 @@ the same database and the plugin can still rewind its newest write.
 This is for a backup no plugin is writing (node stopped, or a copy). While the
 plugin of a running node holds the backup, compact refuses: use
 'lightning-cli backup-compact' instead, which compacts online without pausing the
-node's writes. The new backup is built beside the old one and renamed over it; an
+node's writes. A postgresql: backup is the exception: it is compacted inside the
+database (a snapshot row committed, then the rows it covers deleted in one
+transaction) while the plugin keeps writing; --history and --segment-bytes do not apply. The new backup is built beside the old one and renamed over it; an
 interruption leaves the old backup untouched (leftovers are removed by the next run).
 
 Options:
@@ -59,6 +63,18 @@ export const compactCommand: Command = {
       } catch (e) {
         throw new CliError((e as Error).message, EXIT.usage);
       }
+    }
+    if (isPostgresUrl(url)) {
+      const r = compactPg(url, { log: err });
+      if (values.json) printJson(r);
+      else if (!r.compacted) out(`${redact(url)}: nothing to compact (${r.before.entries} entries, ${r.before.bytes} bytes)`);
+      else {
+        out(
+          `Compacted ${redact(url)}: ${r.before.entries} entries / ${r.before.bytes} bytes -> ${r.after.entries} entries / ` +
+            `${r.after.bytes} bytes (snapshot at version ${r.snapshotVersion}, head version ${r.after.head})`,
+        );
+      }
+      return EXIT.ok;
     }
     const path = backupPath(url, process.cwd());
     // Holding the writer lock for the whole run is what makes this safe: a plugin cannot start writing

@@ -7,8 +7,11 @@ import type { BackupFormat } from '../engine/entries.js';
 import { DB_NAME, snapshotDatabase } from '../engine/live-db.js';
 import { nodeRunning } from '../engine/node-running.js';
 import { CliError, EXIT, out, parse, type Command } from './common.js';
+import { createPgBackup, isPostgresUrl, migratePgSchema, openPgWriter } from '../backends/postgres/index.js';
+import { redact } from '../backends/postgres/url.js';
+import { tmpdir } from 'node:os';
 
-const help = `Usage: clnvault init [--lightning-dir DIR] [--format v1|v2] [--segment-bytes N] [--no-rebaseline] URL
+const help = `Usage: clnvault init [--lightning-dir DIR] [--format v1|v2] [--segment-bytes N] [--no-rebaseline] [--schema-only] URL
 
 Creates a new backup at URL. With --lightning-dir (the network directory, where
 lightningd.sqlite3 lives, e.g. ~/.lightning/bitcoin) it also writes DIR/backup.lock,
@@ -21,6 +24,9 @@ any process holds DIR/lightningd.sqlite3 open. Nothing is left behind on failure
 URL forms: file:///abs/path/backup.bkp, or file:name.bkp (relative to DIR with
 --lightning-dir, as the plugin reads it, else to the current directory). The
 backup's directory must exist (mount the backup disk first).
+postgresql://[user[:password]@]host[:port]/dbname?backup=NAME (or postgres://):
+creates clnvault's tables when missing and the backup NAME, owned by the
+connecting role (see docs/postgresql.md); --format and --segment-bytes do not apply.
 
 Options:
   --lightning-dir DIR  network directory of the node (writes DIR/backup.lock)
@@ -28,6 +34,8 @@ Options:
                        plugin's format, readable by the Python backup plugin too
   --segment-bytes N    v2: split the backup into files of at most N bytes (default 3758096384,
                        under FAT32's 4 GiB limit); recorded in backup.lock for the plugin
+  --schema-only        postgresql: create or migrate clnvault's tables only (the database
+                       administrator's one-time step; the backup= name is not used)
   --no-rebaseline      record in backup.lock that the plugin must refuse to start when the
                        node's DB is ahead of the backup instead of snapshotting it
   -h, --help           this help
@@ -48,6 +56,7 @@ export const initCommand: Command = {
       format: { type: 'string' },
       'no-rebaseline': { type: 'boolean' },
       'segment-bytes': { type: 'string' },
+      'schema-only': { type: 'boolean' },
     }, { min: 1, max: 1, names: 'one backup URL' });
     if (values.help) {
       out(help);
@@ -64,6 +73,16 @@ export const initCommand: Command = {
       } catch (e) {
         throw new CliError((e as Error).message, EXIT.usage);
       }
+    }
+    const pg = isPostgresUrl(url);
+    if (values['schema-only']) {
+      if (!pg) throw new CliError('--schema-only is for postgresql: URLs (it creates clnvault\'s tables)', EXIT.usage);
+      const m = migratePgSchema(url);
+      out(m === null ? 'clnvault\'s tables are up to date' : `Created clnvault's tables (schema version ${m.from} -> ${m.to})`);
+      return EXIT.ok;
+    }
+    if (pg && (values.format !== undefined || segmentBytes !== undefined)) {
+      throw new CliError('--format and --segment-bytes are for file backups; a postgresql: backup has its own layout', EXIT.usage);
     }
     const cwd = process.cwd();
     const netDir = typeof values['lightning-dir'] === 'string' ? resolve(values['lightning-dir']) : null;
@@ -94,11 +113,20 @@ export const initCommand: Command = {
     // backup.lock keeps the URL as given and the plugin resolves a relative one against the network
     // directory, so init must create the file there too, or the lock would name another file.
     const base = netDir ?? cwd;
-    const path = createBackup(url, base, format);
+    let undoPg: (() => void) | null = null;
+    let path: string;
+    if (pg) {
+      const created = createPgBackup(url);
+      undoPg = created.undo;
+      path = created.target.display;
+      if (created.migrated) out(`Created clnvault's tables in the database (schema version ${created.migrated.from} -> ${created.migrated.to})`);
+    } else {
+      path = createBackup(url, base, format);
+    }
     try {
       if (dbPath !== null) {
         out(`Found an existing database at ${dbPath}, initializing the backup with a snapshot`);
-        const tmp = join(dirname(backupPath(url, base)), `.clnvault-init-${process.pid}.sqlite3`);
+        const tmp = join(pg ? tmpdir() : dirname(backupPath(url, base)), `.clnvault-init-${process.pid}.sqlite3`);
         try {
           let version: number;
           try {
@@ -109,13 +137,13 @@ export const initCommand: Command = {
                 `this user. Nothing was created`,
             );
           }
-          const writer = openWriter(url, base, segmentBytes === undefined ? {} : { segmentBytes });
+          const writer = pg ? openPgWriter(url, null) : openWriter(url, base, segmentBytes === undefined ? {} : { segmentBytes });
           try {
             writer.appendSnapshotFile(version, tmp);
           } finally {
             writer.close();
           }
-          out(`Successfully written initial snapshot (data_version ${version}) to ${url}`);
+          out(`Successfully written initial snapshot (data_version ${version}) to ${redact(url)}`);
         } finally {
           rmSync(tmp, { force: true });
           rmSync(`${tmp}-journal`, { force: true });
@@ -133,13 +161,17 @@ export const initCommand: Command = {
       }
     } catch (e) {
       // Never leave a half-made backup: the user would later think it holds their node.
+      if (undoPg !== null) {
+        undoPg();
+        throw e;
+      }
       rmSync(path, { force: true });
       for (const f of listSegmentFiles(path)) rmSync(f.path, { force: true });
       rmSync(`${path}.writer`, { force: true });
       throw e;
     }
-    rmSync(`${path}.writer`, { force: true });
-    out(`Initialized backup backend ${url} (format ${format}), you can now start Core Lightning`);
+    if (!pg) rmSync(`${path}.writer`, { force: true });
+    out(`Initialized backup backend ${redact(url)} (${pg ? 'PostgreSQL' : `format ${format}`}), you can now start Core Lightning`);
     return EXIT.ok;
   },
 };

@@ -6,7 +6,8 @@ import { V1Reader } from '../backends/file/v1.js';
 import { V2Reader } from '../backends/file/v2.js';
 import { SegmentedReader } from '../backends/file/segments.js';
 import { backupPath, openReader } from '../backends/open.js';
-import type { EntryHeader, Problem } from '../engine/entries.js';
+import { isPostgresUrl, redact } from '../backends/postgres/url.js';
+import type { BackupFormat, EntryHeader, Problem } from '../engine/entries.js';
 import { planBackup, type Planner } from '../engine/plan.js';
 import { CliError, EXIT, out, parse, printJson, progressReporter, type Command } from './common.js';
 import { formatBytes } from './verify.js';
@@ -44,7 +45,7 @@ interface Duplicate {
 
 export interface InspectReport {
   location: string;
-  format: 'v1' | 'v2';
+  format: BackupFormat;
   fileBytes: number;
   /** bytes of acknowledged data (the rest, if any, is a torn tail or orphans) */
   bytes: number;
@@ -84,15 +85,17 @@ export const inspectCommand: Command = {
     const url = positionals[0]!;
     let path: string;
     try {
-      path = backupPath(url, process.cwd());
+      path = isPostgresUrl(url) ? redact(url) : backupPath(url, process.cwd());
     } catch (e) {
       throw new CliError((e as Error).message, EXIT.usage);
     }
-    if (!existsSync(path)) throw new CliError(`backup file ${path} does not exist (is the backup disk mounted?); check the URL`, EXIT.usage);
-    try {
-      accessSync(path, constants.R_OK);
-    } catch (e) {
-      throw new CliError(`cannot read ${path}: ${(e as Error).message}`, EXIT.usage);
+    if (!isPostgresUrl(url)) {
+      if (!existsSync(path)) throw new CliError(`backup file ${path} does not exist (is the backup disk mounted?); check the URL`, EXIT.usage);
+      try {
+        accessSync(path, constants.R_OK);
+      } catch (e) {
+        throw new CliError(`cannot read ${path}: ${(e as Error).message}`, EXIT.usage);
+      }
     }
     let reader: BackupReader;
     try {
@@ -132,7 +135,7 @@ export function inspectBackup(reader: BackupReader, path: string, showProgress: 
   const report: InspectReport = {
     location: st.location,
     format: st.format,
-    fileBytes: statSync(path).size,
+    fileBytes: reader.format === 'postgresql' ? st.bytes : statSync(path).size,
     bytes: st.bytes,
     head: st.head,
     entries: st.entries,

@@ -4,6 +4,7 @@ import { homedir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { backupPath, openReader } from '../backends/open.js';
+import { isPostgresUrl, redact } from '../backends/postgres/url.js';
 import { lockPath, readBackupLock, type BackupLock } from '../engine/backup-lock.js';
 import { DB_NAME } from '../engine/live-db.js';
 import { nodeRunning } from '../engine/node-running.js';
@@ -112,16 +113,17 @@ async function status(dir: string): Promise<StatusReport> {
   } catch (e) {
     throw new CliError((e as Error).message, EXIT.usage);
   }
-  r.lock = { ...lock, path: lockPath(dir) };
+  r.lock = { ...lock, backend_url: redact(lock.backend_url), path: lockPath(dir) };
 
   let path: string;
+  const pg = isPostgresUrl(lock.backend_url);
   try {
     // relative file: URLs are relative to the network directory, where the plugin runs
-    path = backupPath(lock.backend_url, dir);
+    path = pg ? redact(lock.backend_url) : backupPath(lock.backend_url, dir);
   } catch (e) {
     return set('no-backup', false, `${lockPath(dir)} names an unusable backup URL: ${(e as Error).message}`);
   }
-  if (!existsSync(path)) {
+  if (!pg && !existsSync(path)) {
     return set(
       'no-backup',
       false,
@@ -131,13 +133,13 @@ async function status(dir: string): Promise<StatusReport> {
   }
   let head: number;
   let headKind: 'change' | 'snapshot' | null = null;
-  const absUrl = pathToFileURL(path).href;
+  const absUrl = pg ? path : pathToFileURL(path).href;
   try {
     const reader = openReader(lock.backend_url, dir);
     try {
       const st = reader.stats();
       head = st.head;
-      r.backup = { url: lock.backend_url, path, format: st.format, head, headKind: null, entries: st.entries, bytes: st.bytes };
+      r.backup = { url: pg ? path : lock.backend_url, path, format: st.format, head, headKind: null, entries: st.entries, bytes: st.bytes };
       // a walk, not a list: only the newest entry's kind is needed
       reader.forEachHeader((h) => {
         headKind = h.kind;

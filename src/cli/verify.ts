@@ -4,6 +4,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import type { BackupReader } from '../backends/backend.js';
 import { backupPath, openReader } from '../backends/open.js';
+import { isPostgresUrl, redact } from '../backends/postgres/url.js';
 import type { Problem } from '../engine/entries.js';
 import { DB_NAME, readDataVersion } from '../engine/live-db.js';
 import { nodeRunning } from '../engine/node-running.js';
@@ -127,14 +128,15 @@ async function drill(
   };
 
   let path: string;
+  const pg = isPostgresUrl(url);
   try {
-    path = backupPath(url, process.cwd());
+    path = pg ? redact(url) : backupPath(url, process.cwd());
   } catch (e) {
     throw new CouldNotRun((e as Error).message);
   }
-  if (!existsSync(path)) throw new CouldNotRun(`backup file ${path} does not exist (is the backup disk mounted?); check the URL`);
+  if (!pg && !existsSync(path)) throw new CouldNotRun(`backup file ${path} does not exist (is the backup disk mounted?); check the URL`);
   try {
-    accessSync(path, constants.R_OK);
+    if (!pg) accessSync(path, constants.R_OK);
   } catch (e) {
     throw new CouldNotRun(`cannot read the backup ${path}: ${(e as Error).message}; run verify as a user who can read it`);
   }
