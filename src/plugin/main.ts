@@ -77,7 +77,12 @@ async function main(): Promise<void> {
         return;
       case 'backup-compact': {
         // answered by the compaction worker when it is done; only a refusal is answered here
-        const why = compaction === null ? `the backup is not open: ${startup.error ?? 'unknown error'}` : compaction.start(rid);
+        const why =
+          startup.writer?.format === 'postgresql'
+            ? "a postgresql: backup is compacted inside the database while this plugin writes: run 'clnvault compact <backup-url>'"
+            : compaction === null
+              ? `the backup is not open: ${startup.error ?? 'unknown error'}`
+              : compaction.start(rid);
         if (why !== null) sendError(rid, -32000, why);
         return;
       }

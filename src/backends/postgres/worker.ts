@@ -134,10 +134,12 @@ async function withRetry<T>(fn: (c: PgClient, retry: boolean) => Promise<T>, onR
   for (;;) {
     let c: PgClient;
     try {
+      // a new session (after a failure, or because the old one died while idle) holds no lock yet, and a
+      // write may have been in flight when the old one went
       const fresh = client === null;
       c = await connect();
-      if (fresh && attempt > 0 && onReconnect) await onReconnect(c);
-      return await fn(c, attempt > 0);
+      if (fresh && onReconnect) await onReconnect(c);
+      return await fn(c, attempt > 0 || fresh);
     } catch (e) {
       lastError = e;
       if (!isConnectionError(e)) throw e;

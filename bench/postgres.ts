@@ -1,0 +1,182 @@
+/**
+ * The PostgreSQL destination's hot path, against a real server this bench starts (test/helpers/postgres.ts:
+ * initdb in a temp dir, fsync on, loopback TCP with a password):
+ *
+ * 1. hook latency: db_write round trips through the real plugin process (FIFOs, as lightningd drives it)
+ *    beside the floor of the same server measured in the same run: PostgreSQL's own single-row INSERT commit
+ *    (a prepared INSERT of a row of the same size, autocommit, over its own connection from this process).
+ *    Rounds alternate floor and plugin, so both see the same load. Target: hook p50 within 1.2x the floor's.
+ * 2. twenty nodes writing at once: twenty plugin processes, each driven by its own thread, into one
+ *    database: aggregate writes/s and p99 per node.
+ *
+ *   node dist/bench/postgres.js [--n N] [--rounds R] [--nodes K] [--per-node N] [--bytes B]
+ */
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { loadavg, tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
+import { isMainThread, parentPort, Worker, workerData } from 'node:worker_threads';
+import pg from 'pg';
+import { FifoDriver } from './driver.js';
+import { batch } from './plugin.js';
+import { fmtUs, summarize, type Summary } from './stats.js';
+import { findPgBin, PG_DB, PgServer } from '../test/helpers/postgres.js';
+import { runCli } from '../test/helpers/cli.js';
+
+interface NodeJob {
+  netDir: string;
+  n: number;
+  warmup: number;
+  bytes: number;
+}
+
+/** One plugin, driven synchronously (this runs in a worker thread when several nodes write at once). */
+function drive(job: NodeJob): { lat: number[]; elapsedS: number } {
+  const d = new FifoDriver(job.netDir);
+  try {
+    const m = d.call(`{"jsonrpc":"2.0","id":"cln:getmanifest#1","method":"getmanifest","params":{"allow-deprecated-apis":false}}\n\n`, 'cln:getmanifest#1');
+    if (!m.includes('db_write')) throw new Error(`bad manifest: ${m}`);
+    const lat: number[] = [];
+    let t0 = process.hrtime.bigint();
+    for (let dv = 1; dv <= job.n; dv++) {
+      if (dv === job.warmup + 1) t0 = process.hrtime.bigint();
+      const id = `cln:db_write#${dv + 20}`;
+      const msg = Buffer.from(`${JSON.stringify({ jsonrpc: '2.0', id, method: 'db_write', params: { data_version: dv, writes: batch(dv, job.bytes) } })}\n\n`);
+      const s = process.hrtime.bigint();
+      const reply = d.call(msg, id);
+      if (!reply.includes('"continue"')) throw new Error(`db_write refused: ${reply}`);
+      if (dv > job.warmup) lat.push(Number(process.hrtime.bigint() - s) / 1000);
+    }
+    return { lat, elapsedS: Number(process.hrtime.bigint() - t0) / 1e9 };
+  } finally {
+    void d.close();
+  }
+}
+
+if (!isMainThread) {
+  parentPort!.postMessage(drive(workerData as NodeJob));
+}
+
+async function newNode(server: PgServer, root: string, name: string): Promise<string> {
+  await server.createNodeRole(name, `pw-${name}`);
+  const netDir = join(root, name);
+  mkdirSync(netDir);
+  const url = server.url(name, `pw-${name}`, name);
+  const r = await runCli(['init', url], { cwd: root });
+  if (r.code !== 0) throw new Error(`init failed: ${r.stderr}`);
+  writeFileSync(join(netDir, 'backup.lock'), JSON.stringify({ backend_url: url }));
+  return netDir;
+}
+
+/** PostgreSQL's own commit latency: prepared single-row INSERT in autocommit, same row size, same server. */
+async function floor(server: PgServer, n: number, bytes: number): Promise<number[]> {
+  const c = new pg.Client({ connectionString: `postgresql://postgres:${'super-secret'}@127.0.0.1:${server.port}/${PG_DB}` });
+  await c.connect();
+  await c.query('CREATE TABLE IF NOT EXISTS bench_floor (id bigserial PRIMARY KEY, k bigint NOT NULL, v text[] NOT NULL)');
+  const lat: number[] = [];
+  for (let i = 0; i < n; i++) {
+    const v = batch(i + 1, bytes);
+    const s = process.hrtime.bigint();
+    await c.query({ name: 'floor', text: 'INSERT INTO bench_floor (k, v) VALUES ($1, $2)', values: [i, v] });
+    lat.push(Number(process.hrtime.bigint() - s) / 1000);
+  }
+  await c.end();
+  return lat;
+}
+
+function runNodes(jobs: NodeJob[]): Promise<Array<{ lat: number[]; elapsedS: number }>> {
+  const self = fileURLToPath(import.meta.url);
+  return Promise.all(
+    jobs.map(
+      (job) =>
+        new Promise<{ lat: number[]; elapsedS: number }>((resolve, reject) => {
+          const w = new Worker(self, { workerData: job });
+          w.once('message', resolve);
+          w.once('error', reject);
+        }),
+    ),
+  );
+}
+
+export interface PgBenchResult {
+  floorUs: Summary;
+  hookUs: Summary;
+  ratioP50: number;
+  many: { nodes: number; writesPerSec: number; p99PerNodeUs: { min: number; median: number; max: number } };
+  load: number[];
+}
+
+export async function benchPostgres(opts: { n: number; rounds: number; nodes: number; perNode: number; bytes: number }): Promise<PgBenchResult> {
+  const server = await PgServer.start();
+  const root = mkdtempSync(join(tmpdir(), 'clnvault-pgbench-'));
+  try {
+    await server.adminSetup();
+    const a = await runCli(['init', '--schema-only', server.url('clnvault_admin', 'admin-secret', 'unused')]);
+    if (a.code !== 0) throw new Error(a.stderr);
+    const floorLat: number[] = [];
+    const hookLat: number[] = [];
+    const load = [loadavg()[0]!];
+    for (let r = 0; r < opts.rounds; r++) {
+      floorLat.push(...(await floor(server, opts.n, opts.bytes)));
+      const nd = await newNode(server, root, `single${r}`);
+      hookLat.push(...drive({ netDir: nd, n: opts.n + 50, warmup: 50, bytes: opts.bytes }).lat);
+    }
+    load.push(loadavg()[0]!);
+    const jobs: NodeJob[] = [];
+    for (let i = 0; i < opts.nodes; i++) jobs.push({ netDir: await newNode(server, root, `many${i}`), n: opts.perNode + 20, warmup: 20, bytes: opts.bytes });
+    const t0 = process.hrtime.bigint();
+    const res = await runNodes(jobs);
+    const wall = Number(process.hrtime.bigint() - t0) / 1e9;
+    load.push(loadavg()[0]!);
+    const p99s = res.map((x) => summarize(x.lat).p99).sort((x, y) => x - y);
+    const floorUs = summarize(floorLat);
+    const hookUs = summarize(hookLat);
+    return {
+      floorUs,
+      hookUs,
+      ratioP50: hookUs.p50 / floorUs.p50,
+      many: {
+        nodes: opts.nodes,
+        // includes each plugin's start-up and warm-up: a lower bound of the steady rate
+        writesPerSec: (opts.nodes * (opts.perNode + 20)) / wall,
+        p99PerNodeUs: { min: p99s[0]!, median: p99s[Math.floor(p99s.length / 2)]!, max: p99s[p99s.length - 1]! },
+      },
+      load,
+    };
+  } finally {
+    await server.stop();
+    rmSync(root, { recursive: true, force: true });
+  }
+}
+
+if (isMainThread && process.argv[1] === fileURLToPath(import.meta.url)) {
+  const { values } = parseArgs({
+    options: {
+      n: { type: 'string', default: '1000' },
+      rounds: { type: 'string', default: '3' },
+      nodes: { type: 'string', default: '20' },
+      'per-node': { type: 'string', default: '300' },
+      bytes: { type: 'string', default: '1024' },
+    },
+  });
+  if (findPgBin() === null) {
+    console.error('PostgreSQL binaries missing (apt-get install postgresql)');
+    process.exit(2);
+  }
+  const r = await benchPostgres({
+    n: Number(values.n),
+    rounds: Number(values.rounds),
+    nodes: Number(values.nodes),
+    perNode: Number(values['per-node']),
+    bytes: Number(values.bytes),
+  });
+  console.log(`PostgreSQL destination, ${values.bytes}-byte batches, load ${r.load.map((l) => l.toFixed(2)).join(' -> ')}`);
+  console.log(`  floor: single-row INSERT commit  p50 ${fmtUs(r.floorUs.p50)}  p99 ${fmtUs(r.floorUs.p99)}`);
+  console.log(`  plugin hook (db_write round trip) p50 ${fmtUs(r.hookUs.p50)}  p99 ${fmtUs(r.hookUs.p99)}  -> p50 ${r.ratioP50.toFixed(2)}x the floor (target <= 1.20x)`);
+  console.log(
+    `  ${r.many.nodes} nodes at once: ${Math.round(r.many.writesPerSec)} writes/s in total; p99 per node ` +
+      `min ${fmtUs(r.many.p99PerNodeUs.min)} median ${fmtUs(r.many.p99PerNodeUs.median)} max ${fmtUs(r.many.p99PerNodeUs.max)}`,
+  );
+  console.log(JSON.stringify(r));
+}

@@ -1,0 +1,127 @@
+/**
+ * PostgreSQL SIGKILLed (postmaster and backends, as a crash) while the plugin writes, then restarted:
+ * nothing acknowledged is lost, and the write in flight either lands (the plugin reconnects within
+ * "remote_timeout" and checks before writing again) or is refused (the node stops without committing);
+ * never acknowledged and lost. The backup restores to exactly the node's database after each round.
+ */
+import assert from 'node:assert/strict';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { SimNode } from '../src/sim/lightningd.js';
+import { runCli, show } from './helpers/cli.js';
+import { dump } from './helpers/sqlite.js';
+import { PG_SKIP, PgServer } from './helpers/postgres.js';
+
+let server: PgServer;
+const dirs: string[] = [];
+
+async function setUp(name: string, remoteTimeout: number): Promise<{ dir: string; netDir: string; url: string }> {
+  const dir = mkdtempSync(join(tmpdir(), 'clnvault-pgcrash-'));
+  dirs.push(dir);
+  const netDir = join(dir, 'regtest');
+  mkdirSync(netDir);
+  await server.createNodeRole(name, `pw-${name}`);
+  const url = server.url(name, `pw-${name}`, name);
+  const init = await runCli(['init', '--lightning-dir', netDir, url], { cwd: dir });
+  assert.equal(init.code, 0, show(init));
+  const lock = JSON.parse(readFileSync(join(netDir, 'backup.lock'), 'utf8')) as Record<string, unknown>;
+  writeFileSync(join(netDir, 'backup.lock'), JSON.stringify({ ...lock, remote_timeout: remoteTimeout }));
+  return { dir, netDir, url };
+}
+
+async function restoredEqualsNode(dir: string, url: string, node: SimNode): Promise<void> {
+  const dest = join(dir, `restored-${Date.now()}`);
+  mkdirSync(dest);
+  const r = await runCli(['restore', url, dest], { cwd: dir });
+  assert.equal(r.code, 0, show(r));
+  assert.equal(dump(join(dest, 'lightningd.sqlite3')), dump(node.dbPath));
+}
+
+const tx = (i: number): string[] => [`INSERT INTO vars (name, intval) VALUES ('crash-${i}', ${i})`];
+
+describe('PostgreSQL killed mid-write', { skip: PG_SKIP }, () => {
+  before(async () => {
+    server = await PgServer.start();
+    await server.adminSetup();
+    const r = await runCli(['init', '--schema-only', server.url('clnvault_admin', 'admin-secret', 'unused')]);
+    assert.equal(r.code, 0, show(r));
+  });
+  after(async () => {
+    await server?.stop();
+    for (const d of dirs) rmSync(d, { recursive: true, force: true });
+  });
+
+  it('SIGKILL and restart within remote_timeout: the write in flight lands, nothing acknowledged is lost', { timeout: 300_000 }, async () => {
+    const { dir, url } = await setUp('crash_back', 60);
+    const node = new SimNode({ netDir: join(dir, 'regtest'), hookSafetyTimeoutMs: 120_000 });
+    await node.boot();
+    let n = 0;
+    for (let round = 0; round < 5; round++) {
+      for (let k = 0; k < 20; k++) assert.equal((await node.transaction(tx(n++))).answered, 'continue');
+      // the write goes out, and the server dies some microseconds to milliseconds into it
+      const inFlight = node.transaction(tx(n++));
+      await new Promise((r) => setTimeout(r, round));
+      await server.kill();
+      await new Promise((r) => setTimeout(r, 500));
+      await server.run();
+      const res = await inFlight;
+      assert.equal(res.answered, 'continue', `round ${round}: ${JSON.stringify(res)}\n${node.stderr.slice(-2000)}`);
+      for (let k = 0; k < 5; k++) assert.equal((await node.transaction(tx(n++))).answered, 'continue');
+      await restoredEqualsNode(dir, url, node);
+    }
+    await node.stop();
+    assert.deepEqual(node.violations, []);
+    await restoredEqualsNode(dir, url, node);
+  });
+
+  it('the session killed while idle: the next write reconnects, takes the writer lock again, and lands', { timeout: 120_000 }, async () => {
+    const { dir, url } = await setUp('idle_kill', 30);
+    const node = new SimNode({ netDir: join(dir, 'regtest'), hookSafetyTimeoutMs: 60_000 });
+    await node.boot();
+    let n = 0;
+    for (let k = 0; k < 5; k++) assert.equal((await node.transaction(tx(n++))).answered, 'continue');
+    const admin = await server.superClient();
+    const lockHolders = async (): Promise<number> =>
+      Number((await admin.query(`SELECT count(*) AS n FROM pg_locks WHERE locktype = 'advisory' AND classid = 1668050550 AND granted`)).rows[0].n);
+    try {
+      assert.equal(lockHolders.length, 0);
+      assert.equal(await lockHolders(), 1);
+      const killed = await admin.query(`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'idle_kill'`);
+      assert.equal(killed.rowCount, 1);
+      for (let i = 0; i < 50 && (await lockHolders()) > 0; i++) await new Promise((r) => setTimeout(r, 50));
+      assert.equal(await lockHolders(), 0);
+      assert.equal((await node.transaction(tx(n++))).answered, 'continue');
+      // the new session holds the lock again: one writer per backup still holds
+      assert.equal(await lockHolders(), 1);
+    } finally {
+      await admin.end();
+    }
+    await node.stop();
+    await restoredEqualsNode(dir, url, node);
+  });
+
+  it('server down longer than remote_timeout: the write is refused (never hangs), and the restarted node is in step', { timeout: 300_000 }, async () => {
+    const { dir, url } = await setUp('crash_gone', 2);
+    const node = new SimNode({ netDir: join(dir, 'regtest'), hookSafetyTimeoutMs: 120_000 });
+    await node.boot();
+    let n = 0;
+    for (let k = 0; k < 20; k++) assert.equal((await node.transaction(tx(n++))).answered, 'continue');
+    const inFlight = node.transaction(tx(n++));
+    await server.kill();
+    const t0 = Date.now();
+    const res = await inFlight;
+    const waited = Date.now() - t0;
+    assert.equal(res.answered, 'error', JSON.stringify(res));
+    assert.match((res as { detail: string }).detail, /could not get it back within 2 s/);
+    assert.ok(waited < 30_000, `refused after ${waited} ms`);
+    await server.run();
+    // lightningd died without committing; restarted, it carries on from its own database
+    await node.stop();
+    await node.boot();
+    for (let k = 0; k < 5; k++) assert.equal((await node.transaction(tx(n++))).answered, 'continue');
+    await node.stop();
+    await restoredEqualsNode(dir, url, node);
+  });
+});
