@@ -16,6 +16,13 @@ import { PG_SKIP, PgServer } from './helpers/postgres.js';
 
 let server: PgServer;
 const dirs: string[] = [];
+/** stopped in after() too, so that a failed assertion does not leave a plugin process holding the test open */
+const nodes: SimNode[] = [];
+function newNode(netDir: string, hookSafetyTimeoutMs: number): SimNode {
+  const n = new SimNode({ netDir, hookSafetyTimeoutMs });
+  nodes.push(n);
+  return n;
+}
 
 async function setUp(name: string, remoteTimeout: number): Promise<{ dir: string; netDir: string; url: string }> {
   const dir = mkdtempSync(join(tmpdir(), 'clnvault-pgcrash-'));
@@ -49,13 +56,14 @@ describe('PostgreSQL killed mid-write', { skip: PG_SKIP }, () => {
     assert.equal(r.code, 0, show(r));
   });
   after(async () => {
+    for (const n of nodes) await n.stop().catch(() => undefined);
     await server?.stop();
     for (const d of dirs) rmSync(d, { recursive: true, force: true });
   });
 
   it('SIGKILL and restart within remote_timeout: the write in flight lands, nothing acknowledged is lost', { timeout: 300_000 }, async () => {
     const { dir, url } = await setUp('crash_back', 60);
-    const node = new SimNode({ netDir: join(dir, 'regtest'), hookSafetyTimeoutMs: 120_000 });
+    const node = newNode(join(dir, 'regtest'), 120_000);
     await node.boot();
     let n = 0;
     for (let round = 0; round < 5; round++) {
@@ -78,7 +86,7 @@ describe('PostgreSQL killed mid-write', { skip: PG_SKIP }, () => {
 
   it('the session killed while idle: the next write reconnects, takes the writer lock again, and lands', { timeout: 120_000 }, async () => {
     const { dir, url } = await setUp('idle_kill', 30);
-    const node = new SimNode({ netDir: join(dir, 'regtest'), hookSafetyTimeoutMs: 60_000 });
+    const node = newNode(join(dir, 'regtest'), 60_000);
     await node.boot();
     let n = 0;
     for (let k = 0; k < 5; k++) assert.equal((await node.transaction(tx(n++))).answered, 'continue');
@@ -104,7 +112,7 @@ describe('PostgreSQL killed mid-write', { skip: PG_SKIP }, () => {
 
   it('server down longer than remote_timeout: the write is refused (never hangs), and the restarted node is in step', { timeout: 300_000 }, async () => {
     const { dir, url } = await setUp('crash_gone', 2);
-    const node = new SimNode({ netDir: join(dir, 'regtest'), hookSafetyTimeoutMs: 120_000 });
+    const node = newNode(join(dir, 'regtest'), 120_000);
     await node.boot();
     let n = 0;
     for (let k = 0; k < 20; k++) assert.equal((await node.transaction(tx(n++))).answered, 'continue');

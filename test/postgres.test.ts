@@ -44,12 +44,15 @@ async function replayed(url: string, transcripts: string[]): Promise<{ dir: stri
   assert.match(init.stdout, /Database does not exist yet/);
   assert.doesNotMatch(init.stdout, /pw-/, 'the password must not be printed');
   const node = new SimNode({ netDir, hookSafetyTimeoutMs: 60_000 });
-  for (const [i, t] of transcripts.entries()) {
-    if (i > 0) await node.restart();
-    const r = await node.replay(join(CLN, t));
-    assert.equal(r.failure, undefined, `replay of ${t} failed: ${JSON.stringify(r.failure)}`);
+  try {
+    for (const [i, t] of transcripts.entries()) {
+      if (i > 0) await node.restart();
+      const r = await node.replay(join(CLN, t));
+      assert.equal(r.failure, undefined, `replay of ${t} failed: ${JSON.stringify(r.failure)}\n${node.stderr.slice(-2000)}`);
+    }
+  } finally {
+    await node.stop();
   }
-  await node.stop();
   assert.deepEqual(node.violations, []);
   return { dir, netDir };
 }

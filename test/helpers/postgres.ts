@@ -104,7 +104,7 @@ export class PgServer {
     const p = this.proc;
     if (p === null) return;
     this.proc = null;
-    const exited = new Promise((r) => p.once('exit', r));
+    const exited = p.exitCode !== null || p.signalCode !== null ? Promise.resolve() : new Promise((r) => p.once('exit', r));
     try {
       process.kill(-p.pid!, 'SIGKILL');
     } catch {
@@ -118,7 +118,7 @@ export class PgServer {
   async stop(): Promise<void> {
     const p = this.proc;
     this.proc = null;
-    if (p !== null && p.exitCode === null) {
+    if (p !== null && p.exitCode === null && p.signalCode === null) {
       const exited = new Promise((r) => p.once('exit', r));
       p.kill('SIGINT'); // fast shutdown
       await exited;

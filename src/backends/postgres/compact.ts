@@ -3,7 +3,6 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { BackupReader } from '../backend.js';
 import type { EntryHeader } from '../../engine/entries.js';
-import { planRestore } from '../../engine/plan.js';
 import { restoreBackup } from '../../restore/restore.js';
 import { PgBridge } from './bridge.js';
 import { PgReader } from './reader.js';
@@ -45,7 +44,6 @@ export function compactPg(url: string, opts: { tmpDir?: string; netDir?: string 
     }
     reader = PgReader.open(target, timeout);
     const before = reader.stats();
-    const headers = reader.headers();
     const result: PgCompactStats = {
       compacted: false,
       before: { entries: before.entries, bytes: before.bytes, head: before.head },
@@ -53,28 +51,30 @@ export function compactPg(url: string, opts: { tmpDir?: string; netDir?: string 
       snapshotVersion: null,
       deleted: 0,
     };
-    const cut = coveredPrefix(headers);
+    const cut = coveredPrefix(reader, before.head);
     // nothing to gain: no entries, or the prefix is a single snapshot already
-    if (cut < 0 || (cut === 0 && headers[0]!.kind === 'snapshot')) return result;
-    const covered = headers.slice(0, cut + 1);
+    if (cut === null || (cut.count === 1 && cut.last.kind === 'snapshot')) return result;
+    const last = cut.last;
+    /** entries are (seq, kind) in the database; a header's offset is seq * 2 + kind */
+    const lastSeq = Math.floor(last.offset / 2);
+    const r = reader;
     const prefixReader: BackupReader = {
-      format: reader.format,
-      location: reader.location,
-      headers: () => covered,
-      read: (h) => reader!.read(h),
+      format: r.format,
+      location: r.location,
+      forEachHeader: (visit, o) => r.forEachHeader((h) => (h.offset > last.offset ? false : visit(h)), o),
+      read: (h) => r.read(h),
       problems: () => [],
       stats: () => before,
       close: () => undefined,
     };
-    const last = covered[covered.length - 1]!;
     if (last.kind === 'snapshot') {
       // a newer snapshot (a re-baseline) already supersedes what precedes it: only the deletion is left
-      result.deleted = control.call<number>({ op: 'deleteSuperseded', seq: last.offset }, null);
+      result.deleted = control.call<number>({ op: 'deleteSuperseded', seq: lastSeq }, null);
       result.compacted = result.deleted > 0;
       result.snapshotVersion = last.version;
     } else {
-      result.snapshotVersion = storeCoveringSnapshot(control, prefixReader, join(scratch, 'snapshot.sqlite3'), last, opts.log);
-      result.deleted = control.call<number>({ op: 'deleteSuperseded', seq: last.offset }, null);
+      result.snapshotVersion = storeCoveringSnapshot(control, prefixReader, join(scratch, 'snapshot.sqlite3'), lastSeq, opts.log);
+      result.deleted = control.call<number>({ op: 'deleteSuperseded', seq: lastSeq }, null);
       result.compacted = true;
     }
     reader.close();
@@ -89,21 +89,27 @@ export function compactPg(url: string, opts: { tmpDir?: string; netDir?: string 
   }
 }
 
-function storeCoveringSnapshot(control: PgBridge, prefix: BackupReader, db: string, last: EntryHeader, log?: (msg: string) => void): number {
+function storeCoveringSnapshot(control: PgBridge, prefix: BackupReader, db: string, seq: number, log?: (msg: string) => void): number {
   const restored = restoreBackup(prefix, db);
-  log?.(`restored the history up to entry ${last.offset} (version ${restored.head}) into a scratch database`);
-  control.call({ op: 'snapshot', version: restored.head, path: db, seq: last.offset }, null);
+  log?.(`restored the history up to entry ${seq} (version ${restored.head}) into a scratch database`);
+  control.call({ op: 'snapshot', version: restored.head, path: db, seq }, null);
   return restored.head;
 }
 
 /**
- * Index of the last entry the snapshot may cover: everything before the trailing run of entries of the
- * head version (the plugin may still rewind those). -1 when there is nothing before it.
+ * The last entry the snapshot may cover: the one before the trailing run of entries of the head version
+ * (the plugin may still rewind those), with the number of entries up to it. null when there is none.
  */
-export function coveredPrefix(headers: readonly EntryHeader[]): number {
-  if (headers.length === 0) return -1;
-  const head = planRestore(headers).head;
-  let i = headers.length - 1;
-  while (i >= 0 && headers[i]!.version === head) i--;
-  return i;
+export function coveredPrefix(reader: BackupReader, head: number): { last: EntryHeader; count: number } | null {
+  let last: EntryHeader | null = null;
+  let count = 0;
+  let n = 0;
+  reader.forEachHeader((h) => {
+    n++;
+    if (h.version !== head) {
+      last = h;
+      count = n;
+    }
+  });
+  return last === null ? null : { last, count };
 }

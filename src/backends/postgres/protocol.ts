@@ -41,7 +41,9 @@ export type PgRequest =
   | { op: 'dropHead' }
   | { op: 'snapshot'; version: number; path: string; seq?: number }
   | { op: 'openReader' }
-  | { op: 'headers' }
+  | { op: 'headers'; from: number; limit: number }
+  | { op: 'stats' }
+  | { op: 'entryRow'; seq: number; kind: 0 | 1 }
   | { op: 'changes'; fromSeq: number; limit: number }
   | { op: 'snapshotTo'; seq: number; chunks: number; path: string }
   | { op: 'tryCompactLock' }

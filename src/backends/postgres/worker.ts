@@ -366,19 +366,26 @@ async function handle(req: PgRequest): Promise<unknown> {
       return null;
     }
     case 'headers': {
+      // one page, in order, from the entry whose offset (seq * 2 + kind) is `from`
       const r = await client!.query({
-        text: 'SELECT seq, kind, version, pragma_only, bytes, chunks FROM clnvault.entries WHERE backup_id = $1 ORDER BY seq, kind',
-        values: [backupId],
+        text: `SELECT seq, kind, version, pragma_only, bytes, chunks FROM clnvault.entries
+                WHERE backup_id = $1 AND seq * 2 + kind >= $2 ORDER BY seq, kind LIMIT $3`,
+        values: [backupId, req.from, req.limit],
         rowMode: 'array',
       });
-      return r.rows.map((x): HeaderRow => ({
-        seq: Number(x[0]),
-        kind: Number(x[1]) as 0 | 1,
-        version: Number(x[2]),
-        pragmaOnly: x[3] as boolean,
-        bytes: Number(x[4]),
-        chunks: Number(x[5]),
-      }));
+      return r.rows.map(toHeaderRow);
+    }
+    case 'entryRow': {
+      const r = await client!.query({
+        text: 'SELECT seq, kind, version, pragma_only, bytes, chunks FROM clnvault.entries WHERE backup_id = $1 AND seq = $2 AND kind = $3',
+        values: [backupId, req.seq, req.kind],
+        rowMode: 'array',
+      });
+      return r.rows.length === 0 ? null : toHeaderRow(r.rows[0]);
+    }
+    case 'stats': {
+      const r = await client!.query('SELECT count(*) AS n, coalesce(sum(bytes), 0) AS b FROM clnvault.entries WHERE backup_id = $1', [backupId]);
+      return { entries: Number(r.rows[0].n), bytes: Number(r.rows[0].b) };
     }
     case 'changes': {
       const r = await client!.query({
@@ -418,6 +425,10 @@ async function handle(req: PgRequest): Promise<unknown> {
       return null;
     }
   }
+}
+
+function toHeaderRow(x: unknown[]): HeaderRow {
+  return { seq: Number(x[0]), kind: Number(x[1]) as 0 | 1, version: Number(x[2]), pragmaOnly: x[3] as boolean, bytes: Number(x[4]), chunks: Number(x[5]) };
 }
 
 function reply(r: PgReply): void {
