@@ -43,7 +43,11 @@ export function parsePgUrl(url: string): PgTarget {
     const key = eq >= 0 ? part.slice(0, eq) : part;
     if (key === 'backup') {
       if (backup !== null) throw new PgUrlError(`${redact(url)} names the backup twice; give one backup=NAME`);
-      backup = decodeURIComponent(eq >= 0 ? part.slice(eq + 1) : '');
+      try {
+        backup = decodeURIComponent(eq >= 0 ? part.slice(eq + 1) : '');
+      } catch {
+        throw new PgUrlError(`${redact(url)}: backup= holds a malformed %-escape`);
+      }
     } else {
       kept.push(part);
     }
