@@ -103,7 +103,7 @@ export interface PgBenchResult {
   floorUs: Summary;
   hookUs: Summary;
   ratioP50: number;
-  many: { nodes: number; writesPerSec: number; p99PerNodeUs: { min: number; median: number; max: number } };
+  many: { nodes: number; writesPerSec: number; wallWritesPerSec: number; p99PerNodeUs: { min: number; median: number; max: number } };
   load: number[];
 }
 
@@ -138,8 +138,10 @@ export async function benchPostgres(opts: { n: number; rounds: number; nodes: nu
       ratioP50: hookUs.p50 / floorUs.p50,
       many: {
         nodes: opts.nodes,
-        // includes each plugin's start-up and warm-up: a lower bound of the steady rate
-        writesPerSec: (opts.nodes * (opts.perNode + 20)) / wall,
+        // measured writes over the longest node's measured span (after its start-up and warm-up)
+        writesPerSec: (opts.nodes * opts.perNode) / Math.max(...res.map((x) => x.elapsedS)),
+        // everything, start-up and warm-up of twenty plugins included, over the wall-clock time
+        wallWritesPerSec: (opts.nodes * (opts.perNode + 20)) / wall,
         p99PerNodeUs: { min: p99s[0]!, median: p99s[Math.floor(p99s.length / 2)]!, max: p99s[p99s.length - 1]! },
       },
       load,
@@ -175,7 +177,7 @@ if (isMainThread && process.argv[1] === fileURLToPath(import.meta.url)) {
   console.log(`  floor: single-row INSERT commit  p50 ${fmtUs(r.floorUs.p50)}  p99 ${fmtUs(r.floorUs.p99)}`);
   console.log(`  plugin hook (db_write round trip) p50 ${fmtUs(r.hookUs.p50)}  p99 ${fmtUs(r.hookUs.p99)}  -> p50 ${r.ratioP50.toFixed(2)}x the floor (target <= 1.20x)`);
   console.log(
-    `  ${r.many.nodes} nodes at once: ${Math.round(r.many.writesPerSec)} writes/s in total; p99 per node ` +
+    `  ${r.many.nodes} nodes at once: ${Math.round(r.many.writesPerSec)} writes/s in total (${Math.round(r.many.wallWritesPerSec)}/s with start-ups); p99 per node ` +
       `min ${fmtUs(r.many.p99PerNodeUs.min)} median ${fmtUs(r.many.p99PerNodeUs.median)} max ${fmtUs(r.many.p99PerNodeUs.max)}`,
   );
   console.log(JSON.stringify(r));
