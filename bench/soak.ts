@@ -54,4 +54,6 @@ for (const r of reports) {
   divergences += r.divergences.length;
 }
 console.log(`\n${reports.reduce((a, r) => a + r.trials, 0)} trials, ${divergences} divergences, seed ${seed}, ${secs.toFixed(0)} s`);
+// the restore-and-compare checks run in this process (the plugins, which compact, are children): its peak, for the record
+console.log(`peak RSS of the soak process (its restores and checks): ${(process.resourceUsage().maxRSS / 1024).toFixed(0)} MiB`);
 process.exitCode = divergences === 0 ? 0 : 1;

@@ -43,6 +43,9 @@ export function isReopenable(w: BackupWriter): w is ReopenableWriter {
   return typeof (w as Partial<ReopenableWriter>).reopen === 'function' && typeof (w as Partial<ReopenableWriter>).endOffset === 'function';
 }
 
+/** the compaction worker's young generation (V8 nursery), MiB */
+const COMPACT_YOUNG_GEN_MB = 3;
+
 export interface WorkerData {
   sab: SharedArrayBuffer;
   path: string;
@@ -149,7 +152,14 @@ export class PluginCompaction {
         this.shared = true;
         // loaded on first use: most starts never compact, and the module adds to start-up time
         const { Worker } = createRequire(import.meta.url)('node:worker_threads') as typeof import('node:worker_threads');
-        this.worker = new Worker(new URL('./compact-worker.js', import.meta.url), { workerData: data });
+        // A small young generation: the replay allocates a few KB per entry and drops it at once, and V8
+        // would otherwise grow the worker's nursery to tens of MiB (plugin peak 141-159 MiB on a 1 GiB
+        // compaction; 126 MiB with 8, 113 MiB with 3), for a few % more CPU in scavenges in a worker that
+        // runs at nice 10 anyway (docs/compaction.md, "Memory"; bench/compact.ts prints the peak).
+        this.worker = new Worker(new URL('./compact-worker.js', import.meta.url), {
+          workerData: data,
+          resourceLimits: { maxYoungGenerationSizeMb: COMPACT_YOUNG_GEN_MB },
+        });
         // idle workers must not keep the plugin alive once stdin closes
         this.worker.unref();
       }
