@@ -1,7 +1,15 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { closeSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { listHeaders, type BackupReader } from '../src/backends/backend.js';
+import { V1Reader } from '../src/backends/file/v1.js';
+import { createV2, encodeChangeRecord, V2Reader } from '../src/backends/file/v2.js';
+import { writeFully } from '../src/backends/file/fsutil.js';
 import type { EntryHeader } from '../src/engine/entries.js';
-import { Planner, planRestore } from '../src/engine/plan.js';
+import { planBackup, Planner, planRestore, walkPlan, type RestorePlan } from '../src/engine/plan.js';
+import { FIXTURES } from './helpers/fixtures.js';
 import { serialDiff, u32 } from '../src/engine/versions.js';
 
 /**
@@ -123,4 +131,77 @@ test('planner: a long increasing history is one segment, whatever its length', (
   const at = p.plan(1234);
   assert.equal(at.end, 1234);
   assert.equal(at.head, 1234);
+});
+
+// ---------------------------------------------------------------------------------------------------
+// Readers plan during their open scan (saving a walk): that plan must be the walk's.
+
+function samePlan(reader: BackupReader, what: string, beforeDamage = false): void {
+  const opened = planBackup(reader, { beforeDamage });
+  const walked = walkPlan(reader, { beforeDamage });
+  const hs = listHeaders(reader, { beforeDamage });
+  const strip = (p: RestorePlan): Omit<RestorePlan, 'cursor'> => {
+    const { cursor: _c, ...rest } = p;
+    return rest;
+  };
+  assert.deepEqual(strip(opened.plan()), strip(walked.plan()), what);
+  assert.equal(opened.entries, hs.length, `${what}: entries`);
+  const ref = reference(hs);
+  assert.equal(opened.plan().head, ref.head, `${what}: head`);
+  for (const h of hs.slice(0, 30)) {
+    assert.deepEqual(strip(opened.plan(h.version)), strip(walked.plan(h.version)), `${what} at ${h.version}`);
+  }
+}
+
+test('planner: the plan readers make while opening equals the plan of a walk (v1 reference files, v2 with rewinds and damage)', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'clnvault-plan-'));
+  try {
+    let files = 0;
+    for (const set of readdirSync(join(FIXTURES, 'reference-backups'))) {
+      const d = join(FIXTURES, 'reference-backups', set);
+      if (!statSync(d).isDirectory()) continue;
+      // backup-after-crash.dbak: orphans after the acknowledged head, which the plan must not count
+      for (const f of readdirSync(d).filter((n) => n.endsWith('.dbak'))) {
+        const r = V1Reader.open(join(d, f));
+        files++;
+        try {
+          samePlan(r, `${set}/${f}`);
+        } finally {
+          r.close();
+        }
+      }
+    }
+    assert.ok(files >= 6, `only ${files} reference files found`);
+    // v2 records written as they are (a writer never leaves stale entries; the reference's files do)
+    const versions = [1, 2, 3, 3, 4, 2, 3, 4, 5, 5, 6, 7, 4, 5, 6, 7, 8];
+    const path = join(dir, 'rewinds.v2');
+    createV2(path);
+    const recs = versions.map((v, i) => encodeChangeRecord(v, i === 9 ? ['PRAGMA foreign_keys = ON;'] : [`INSERT INTO t VALUES (${i})`]));
+    const fd = openSync(path, 'r+');
+    writeFully(fd, Buffer.concat(recs), statSync(path).size);
+    closeSync(fd);
+    const r = V2Reader.open(path);
+    try {
+      samePlan(r, 'v2 rewinds');
+      assert.equal(planBackup(r).plan().stale, reference(listHeaders(r)).dropped.reduce((a, b) => a + b, 0));
+    } finally {
+      r.close();
+    }
+    // damage in the middle: both plan the entries before it (salvage), and both refuse without asking
+    const bytes = readFileSync(path);
+    const at = 64 + recs.slice(0, 8).reduce((n, b) => n + b.length, 0) + 35;
+    bytes[at] = bytes[at]! ^ 0xff;
+    writeFileSync(join(dir, 'damaged.v2'), bytes);
+    const d = V2Reader.open(join(dir, 'damaged.v2'));
+    try {
+      assert.throws(() => planBackup(d), /is damaged/);
+      assert.throws(() => walkPlan(d), /is damaged/);
+      samePlan(d, 'v2 damaged', true);
+      assert.equal(planBackup(d, { beforeDamage: true }).entries, 8);
+    } finally {
+      d.close();
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 });

@@ -153,6 +153,16 @@ export class Planner {
     if (h.kind === 'snapshot') sn.push(i, h.offset, v, 0);
   }
 
+  /** An independent copy (v1 keeps the plan as of its acknowledged head while it scans orphans after it). */
+  clone(): Planner {
+    const c = new Planner();
+    c.n = this.n;
+    for (const [from, to] of [[this.segs, c.segs], [this.snaps, c.snaps]] as const) {
+      for (let t = 0; t < from.n; t++) to.push(from.first[t]!, from.count[t]!, from.v0[t]!, from.step[t]!);
+    }
+    return c;
+  }
+
   /** Which of the entries in [start, end) are kept (not stale), for increasing indices. */
   kept(start: number, end: number): KeptCursor {
     return new KeptCursor(this.segs, start, end);
@@ -209,11 +219,23 @@ export class Planner {
   }
 }
 
+/** A reader that planned during its open scan (v1, v2, segmented v2): one walk over the file saved. */
+interface PlansAtOpen {
+  plannedAtOpen(opts: { beforeDamage?: boolean }): Planner;
+}
+
 /**
- * Plans from the reader's headers in one streaming pass. Throws what the reader's walk throws (a
- * damaged record, unless `beforeDamage`).
+ * Plans from the reader's headers in one streaming pass, or takes the plan its open scan made. Throws
+ * what the reader's walk throws (a damaged record, unless `beforeDamage`).
  */
 export function planBackup(reader: BackupReader, opts: HeaderWalkOptions = {}): Planner {
+  const at = (reader as Partial<PlansAtOpen>).plannedAtOpen;
+  if (typeof at === 'function') return at.call(reader, { beforeDamage: opts.beforeDamage === true });
+  return walkPlan(reader, opts);
+}
+
+/** The plan from a walk of the headers (readers without a plan of their own; tests compare both). */
+export function walkPlan(reader: BackupReader, opts: HeaderWalkOptions = {}): Planner {
   const p = new Planner();
   reader.forEachHeader((h) => p.push(h), { beforeDamage: opts.beforeDamage === true });
   return p;

@@ -7,6 +7,7 @@ import { BackupError, type Entry, type EntryHeader, type Problem } from '../../e
 import { lockPath } from '../../engine/backup-lock.js';
 import { fsyncDir, writeFully } from './fsutil.js';
 import { isValidDataVersion } from '../../engine/versions.js';
+import { Planner } from '../../engine/plan.js';
 import {
   changePayloadLength,
   damagedError,
@@ -581,7 +582,7 @@ export class SegmentedReader implements BackupReader {
     readonly backupId: Buffer,
     readonly createdMs: number,
     /** a chunked snapshot's parts may be spread over several segments: records are grouped across them */
-    private readonly grouped: { entries: number; head: number; corrupt: Problem[]; dangling: Problem | null },
+    private readonly grouped: { entries: number; head: number; corrupt: Problem[]; dangling: Problem | null; planner: Planner },
     /** a last segment file without its header, passed over (reported as a torn tail) */
     private readonly tornLast: string | null = null,
   ) {}
@@ -595,19 +596,25 @@ export class SegmentedReader implements BackupReader {
     const sizes: number[] = [];
     // records are grouped across the segments as each segment's scan goes, so nothing per record is kept
     const g = new Grouper();
+    // planned on the way, as V2Reader does: the entries before the first damage in any segment
+    const planner = new Planner();
+    let damaged = false;
     let entries = 0;
     let head = 0;
     try {
       let base = 0;
       for (const seg of set.segments) {
         const b = base;
-        const r = V2Reader.open(seg.path, (rec) => {
+        const r = V2Reader.open(seg.path, (rec, damagedBefore) => {
           const e = g.push({ ...rec, offset: rec.offset + b });
           if (e) {
             entries++;
             head = e.version;
+            damaged ||= damagedBefore || g.corrupt.length > 0;
+            if (!damaged) planner.push(e);
           }
         });
+        if (r.rawProblems().some((p) => p.kind === 'corrupt')) damaged = true;
         readers.push(r);
         bases.push(base);
         const end = r.validEnd;
@@ -630,7 +637,7 @@ export class SegmentedReader implements BackupReader {
       for (const r of readers) r.close();
       throw e;
     }
-    return new SegmentedReader(path, readers, bases, sizes, set.first.backupId, set.first.createdMs, { entries, head, corrupt: g.corrupt, dangling: g.dangling() }, set.tornLast);
+    return new SegmentedReader(path, readers, bases, sizes, set.first.backupId, set.first.createdMs, { entries, head, corrupt: g.corrupt, dangling: g.dangling(), planner }, set.tornLast);
   }
 
   get segmentCount(): number {
@@ -660,7 +667,13 @@ export class SegmentedReader implements BackupReader {
     return this.grouped.dangling ? this.grouped.dangling.offset : this.bases[last]! + this.sizes[last]!;
   }
 
-  forEachHeader(visit: HeaderVisitor, opts: HeaderWalkOptions = {}): void {
+  /** The plan the open scan made (what planBackup would compute with a walk); throws on damage unless beforeDamage. */
+  plannedAtOpen(opts: { beforeDamage?: boolean } = {}): Planner {
+    this.refuseDamage(opts);
+    return this.grouped.planner;
+  }
+
+  private refuseDamage(opts: { beforeDamage?: boolean }): Problem[] {
     const bad = this.damage();
     if (bad.length > 0 && !opts.beforeDamage) {
       // damage inside a segment is reported by that segment's reader: its file and local offset
@@ -670,6 +683,11 @@ export class SegmentedReader implements BackupReader {
       }
       throw damagedError(this.location, bad);
     }
+    return bad;
+  }
+
+  forEachHeader(visit: HeaderVisitor, opts: HeaderWalkOptions = {}): void {
+    const bad = this.refuseDamage(opts);
     // salvage stops at the first damage: nothing after it may be replayed
     const stop = bad.length > 0 ? Math.min(this.end(), bad[0]!.offset) : this.end();
     this.walk(opts.from ?? FILE_HEADER_LEN, stop, (e) => {

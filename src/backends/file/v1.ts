@@ -13,6 +13,7 @@ import {
 import { BackupError } from '../../engine/entries.js';
 import type { Entry, EntryHeader, Problem } from '../../engine/entries.js';
 import { isPragmaOnly, isValidDataVersion, pragmaMatters } from '../../engine/versions.js';
+import { Planner } from '../../engine/plan.js';
 import type { BackupReader, BackupStats, BackupWriter, HeaderVisitor, HeaderWalkOptions } from '../backend.js';
 import { assertStillNamed, fsyncDir, writeFully } from './fsutil.js';
 import { WriterLock } from './writer-lock.js';
@@ -341,6 +342,7 @@ export class V1Reader implements BackupReader {
     readonly location: string,
     fd: number,
     private readonly scan: ScanResult,
+    private readonly planner: Planner,
   ) {
     this.fd = fd;
   }
@@ -349,12 +351,25 @@ export class V1Reader implements BackupReader {
     checkIsFile(path);
     const fd = openOrThrow(path, constants.O_RDONLY);
     try {
-      // the scan keeps nothing per entry; forEachHeader walks the acknowledged entries again
-      return new V1Reader(path, fd, scanV1(fd, path, () => {}));
+      // The scan keeps nothing per entry (forEachHeader walks the acknowledged entries again) but plans
+      // on the way. Orphans after the acknowledged head are scanned too, so the plan is kept as of the
+      // last entry carrying the head's version (a copy is a few segments).
+      const planner = new Planner();
+      let acked = new Planner();
+      const scan = scanV1(fd, path, (e, header) => {
+        planner.push({ kind: e.kind, version: e.version, offset: e.offset, pragmaOnly: e.pragmaOnly });
+        if (e.version === header.version) acked = planner.clone();
+      });
+      return new V1Reader(path, fd, scan, acked);
     } catch (e) {
       closeSync(fd);
       throw e;
     }
+  }
+
+  /** The plan the open scan made, up to the acknowledged head (what planBackup would compute with a walk). */
+  plannedAtOpen(): Planner {
+    return this.planner;
   }
 
   /** The header as found on disk (its offsets may be wrong in files written by the reference). */

@@ -5,6 +5,7 @@ import { BackupError, type Entry, type EntryHeader, type Problem, type SnapshotE
 import { fsyncDir, writeFully } from '../fsutil.js';
 import { isPragmaOnly, pragmaMatters } from '../../../engine/versions.js';
 import { changeStatementsAt, CHUNK, decodeChangePayload, FILE_HEADER_LEN, parseRecordHeader, PRAGMA_PROBE_MAX, RECORD_HEADER_LEN, RECORD_OVERHEAD, TYPE_CHANGE, TYPE_SNAPSHOT, TYPE_SNAPSHOT_PART } from './codec.js';
+import { Planner } from '../../../engine/plan.js';
 import { Grouper } from './group.js';
 import { asBackupError, readFully } from './io.js';
 import { checkFileHeader, scanRecords, type RecordInfo, type ScanResult } from './scan.js';
@@ -148,7 +149,7 @@ export class V2Reader implements BackupReader {
     readonly location: string,
     private readonly fd: number,
     private readonly scan: ScanResult,
-    private readonly grouped: { entries: number; head: number; corrupt: Problem[]; dangling: Problem | null },
+    private readonly grouped: { entries: number; head: number; corrupt: Problem[]; dangling: Problem | null; planner: Planner },
     readonly backupId: Buffer,
     readonly createdMs: number,
     size: number,
@@ -158,9 +159,10 @@ export class V2Reader implements BackupReader {
 
   /**
    * Opens and checks every record (the full checksum scan), keeping counts and problems, nothing per
-   * record. `onRecord` sees every valid record (SegmentedReader groups records across its files).
+   * record, and plans a restore on the way (the entries before the first damage), which saves a walk.
+   * `onRecord` sees every valid record (SegmentedReader groups records across its files).
    */
-  static open(path: string, onRecord?: (r: RecordInfo) => void): V2Reader {
+  static open(path: string, onRecord?: (r: RecordInfo, damagedBefore: boolean) => void): V2Reader {
     let fd: number;
     try {
       fd = openSync(path, 'r');
@@ -172,22 +174,31 @@ export class V2Reader implements BackupReader {
       const size = fstatSync(fd).size;
       const info = checkFileHeader(fd, size, path);
       const g = new Grouper();
+      const planner = new Planner();
       let entries = 0;
       let head = 0;
-      const scan = scanRecords(fd, size, path, (r) => {
-        onRecord?.(r);
+      const scan = scanRecords(fd, size, path, (r, damagedBefore) => {
+        onRecord?.(r, damagedBefore);
         const e = g.push(r);
         if (e) {
           entries++;
           head = e.version;
+          if (!damagedBefore && g.corrupt.length === 0) planner.push(e);
         }
       });
       if (scan.unsupported) throw scan.unsupported;
-      return new V2Reader(path, fd, scan, { entries, head, corrupt: g.corrupt, dangling: g.dangling() }, info.backupId, info.createdMs, size);
+      return new V2Reader(path, fd, scan, { entries, head, corrupt: g.corrupt, dangling: g.dangling(), planner }, info.backupId, info.createdMs, size);
     } catch (e) {
       closeSync(fd);
       throw asBackupError(e, path, 'cannot read the backup');
     }
+  }
+
+  /** The plan the open scan made (what planBackup would compute with a walk); throws on damage unless beforeDamage. */
+  plannedAtOpen(opts: { beforeDamage?: boolean } = {}): Planner {
+    const damage = this.damage();
+    if (damage.length > 0 && !opts.beforeDamage) throw damagedError(this.location, damage);
+    return this.grouped.planner;
   }
 
   /** Debug figure for tests and `inspect`: how many records the scan checked. */

@@ -94,8 +94,9 @@ export interface ScanResult {
 /**
  * The forward scan: validates every record from the file header on (see docs/format-v2.md, "Recovery"),
  * handing each valid record to `onRecord` and keeping none: memory does not grow with the file.
+ * `damagedBefore`: a damaged record was found earlier in the scan.
  */
-export function scanRecords(fd: number, size: number, path: string, onRecord?: (r: RecordInfo) => void): ScanResult {
+export function scanRecords(fd: number, size: number, path: string, onRecord?: (r: RecordInfo, damagedBefore: boolean) => void): ScanResult {
   const win = new FileWindow(fd, size, CHUNK);
   let wholeRecords = 0;
   const corrupt: Problem[] = [];
@@ -141,7 +142,7 @@ export function scanRecords(fd: number, size: number, path: string, onRecord?: (
       // after a snapshot (or its parts, which grouping may drop) the next change is checked in any case
       prev = h.type === TYPE_CHANGE && reason === null ? h.version : null;
       if (h.type !== TYPE_SNAPSHOT_PART) wholeRecords++;
-      onRecord?.({ offset: o, type: h.type, version: h.version, length: h.length, pragmaOnly, parts: h.type === TYPE_SNAPSHOT ? h.keyId : 0 });
+      onRecord?.({ offset: o, type: h.type, version: h.version, length: h.length, pragmaOnly, parts: h.type === TYPE_SNAPSHOT ? h.keyId : 0 }, corrupt.length > 0);
       o += RECORD_OVERHEAD + h.length;
       continue;
     }
