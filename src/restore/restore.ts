@@ -73,8 +73,8 @@ export function restoreBackup(reader: BackupReader, dest: string, opts: RestoreO
   const force = opts.force === true;
   checkDestination(path, force);
 
-  // Pass 1 walks the headers to plan (memory bounded whatever the backup's size); pass 2 walks them
-  // again from the start entry and replays.
+  // The plan comes from the reader's open scan (or a walk of the headers), in memory bounded whatever
+  // the backup's size; then one walk from the start entry replays (docs/restore.md, "How").
   let planner: Planner;
   try {
     planner = planBackup(reader, { beforeDamage: opts.stopAtDamage === true });
