@@ -3,8 +3,9 @@ import { dirname } from 'node:path';
 import { BackupError, type BackupFormat } from '../engine/entries.js';
 import type { BackupReader, BackupWriter } from './backend.js';
 import { createV1, isV1, V1Reader, V1Writer } from './file/v1.js';
-import { createV2, isV2, V2Reader } from './file/v2.js';
-import { discoverSegments, SegmentedReader, SegmentedWriter } from './file/segments.js';
+import { createV2, FILE_HEADER_LEN, isV2, RECORD_HEADER_LEN, RECORD_MAGIC, V2Reader } from './file/v2.js';
+import { crc32 } from 'node:zlib';
+import { discoverSegments, listSegmentFiles, SegmentedReader, SegmentedWriter } from './file/segments.js';
 import { parseBackupUrl, UrlError } from './url.js';
 import { isPostgresUrl, openPgReader, openPgWriter } from './postgres/index.js';
 import { listHistory } from '../compact/files.js';
@@ -45,6 +46,8 @@ export function detectFormat(path: string): BackupFormat {
     const n = readSync(fd, head, 0, 8, 0);
     if (n === 8 && isV2(head)) return 'v2';
     if (n >= 4 && isV1(head, st.size)) return 'v1';
+    // a v2 file whose header magic is damaged: its first record still says what it is (magic and header checksum)
+    if (v2RecordAt(fd, FILE_HEADER_LEN)) return 'v2';
     throw new BackupError(
       `${path} is not a clnvault or reference backup file (${st.size} bytes, unrecognised first bytes ${head.subarray(0, n).toString('hex')})`,
       path,
@@ -82,6 +85,15 @@ function openFileReader(path: string): BackupReader {
     // a damaged first file header is V2Reader's to describe, with its usual message; a broken set is not
     const firstHeader = e instanceof BackupError && e.path === path && (e.offset === 0 || e.offset === undefined);
     if (!firstHeader) throw e;
+    // which segment files belong to it is written in that header: reading only the first file would lose the rest
+    const segs = listSegmentFiles(path);
+    if (segs.length > 0) {
+      throw new BackupError(
+        `${(e as Error).message}; and ${segs.length} segment file(s) (${segs[0]!.path}…) lie beside it, which a damaged first ` +
+          `header cannot be matched with. Keep every file; restore from another copy of the backup`,
+        path,
+      );
+    }
   }
   return segmented ? SegmentedReader.open(path) : V2Reader.open(path);
 }
@@ -142,4 +154,11 @@ export function createBackup(url: string, cwd: string, format: BackupFormat): st
   if (format === 'v2') createV2(path);
   else createV1(path);
   return path;
+}
+
+/** A v2 record header (magic and header checksum right) at `at`: what identifies a v2 file whose file header is damaged. */
+function v2RecordAt(fd: number, at: number): boolean {
+  const h = Buffer.alloc(RECORD_HEADER_LEN);
+  if (readSync(fd, h, 0, RECORD_HEADER_LEN, at) !== RECORD_HEADER_LEN) return false;
+  return h.readUInt32BE(0) === RECORD_MAGIC && crc32(h.subarray(0, 28)) === h.readUInt32BE(28);
 }

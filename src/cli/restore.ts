@@ -70,6 +70,18 @@ export const restoreCommand: Command = {
             (r.dropped > 0 ? `, ${r.dropped} stale entries skipped` : '') +
             ` in ${(r.elapsedMs / 1000).toFixed(1)}s; integrity_check ok, no foreign key violations`,
         );
+        for (const c of r.cut) {
+          // a crash leaves exactly this, but so does a copy cut short: never leave it unsaid
+          out(
+            `NOTE: left out ${c.bytes !== null ? `${c.bytes} byte(s) ` : ''}at offset ${c.offset}, the end of the backup (${c.message}); ` +
+              `restored up to data_version ${r.head}, its newest complete entry. After a crash this is the unacknowledged ` +
+              `last write (normal); if this backup is a copy that was cut short, newer transactions are missing: restore from a complete copy`,
+          );
+        }
+        for (const d of r.damage ?? []) {
+          if (d.offset === r.stoppedAtDamage?.offset) continue;
+          out(`WARNING: the backup is damaged at offset ${d.offset} (${d.message}); restored without it: re-create the backup with 'clnvault init'`);
+        }
         if (r.stoppedAtDamage) {
           out(
             `WARNING: stopped before damage at offset ${r.stoppedAtDamage.offset} (${r.stoppedAtDamage.message}): ` +

@@ -45,6 +45,8 @@ export interface Problem {
   kind: 'torn-tail' | 'corrupt' | 'orphan';
   offset: number;
   message: string;
+  /** torn-tail and orphan: how many bytes at `offset` are not part of the backup (a restore leaves them out) */
+  bytes?: number;
 }
 
 export class BackupError extends Error {

@@ -3,7 +3,7 @@ import { closeSync, existsSync, fsyncSync, linkSync, openSync, renameSync, rmSyn
 import { dirname, join, resolve } from 'node:path';
 import type { BackupReader } from '../backends/backend.js';
 import { fsyncDir } from '../backends/file/fsutil.js';
-import type { EntryHeader } from '../engine/entries.js';
+import type { EntryHeader, Problem } from '../engine/entries.js';
 import { planBackup, type Planner, type RestorePlan } from '../engine/plan.js';
 import { isValidDataVersion, serialDiff } from '../engine/versions.js';
 import { Replayer, ReplayError } from './replay.js';
@@ -33,6 +33,15 @@ export interface RestoreResult {
   snapshotVersion: number | null;
   /** set when stopAtDamage cut the restore short: the first damaged record */
   stoppedAtDamage?: { offset: number; message: string };
+  /** with stopAtDamage: every damaged place in the backup (stoppedAtDamage, and damage that cut nothing, e.g. a v2 file header) */
+  damage?: Array<{ offset: number; message: string }>;
+  /**
+   * What the backup holds after its last complete entry and the restore therefore left out: a torn tail
+   * (an append cut short, by a crash or by a truncated copy), unfinished snapshot parts, v1 orphans. Empty
+   * when nothing was left out. A crash leaves one such record, which is normal, but a copy cut short looks
+   * the same, so it is always reported, with the version the restore stopped at (`head`).
+   */
+  cut: Array<{ kind: Problem['kind']; offset: number; bytes: number | null; message: string }>;
   /** stale entries in the backup (superseded by a later entry with the same or a lower version), skipped */
   dropped: number;
   elapsedMs: number;
@@ -183,6 +192,9 @@ export function restoreBackup(reader: BackupReader, dest: string, opts: RestoreO
       { cause: e },
     );
   }
+  // the damage that ended the history: a damaged v2 file header (offset 0) ends nothing, every record
+  // checks itself and the walk goes on past it (V2Reader.forEachHeader)
+  const cutBy = opts.stopAtDamage ? damage.find((p) => !(reader.format === 'v2' && p.offset === 0)) : undefined;
   if (opts.onProgress) opts.onProgress({ applied, total: plan.applied, bytes: doneBytes + (replayer?.chars ?? 0) });
   return {
     path,
@@ -191,7 +203,12 @@ export function restoreBackup(reader: BackupReader, dest: string, opts: RestoreO
     statements: doneStatements + (replayer?.statements ?? 0),
     snapshotVersion,
     dropped,
-    ...(opts.stopAtDamage && damage.length > 0 ? { stoppedAtDamage: { offset: damage[0]!.offset, message: damage[0]!.message } } : {}),
+    ...(cutBy ? { stoppedAtDamage: { offset: cutBy.offset, message: cutBy.message } } : {}),
+    ...(opts.stopAtDamage && damage.length > 0 ? { damage: damage.map((p) => ({ offset: p.offset, message: p.message })) } : {}),
+    cut: reader
+      .problems()
+      .filter((p) => p.kind !== 'corrupt')
+      .map((p) => ({ kind: p.kind, offset: p.offset, bytes: p.bytes ?? null, message: p.message })),
     elapsedMs: performance.now() - started,
     integrity: 'ok',
     foreignKeyViolations: 0,

@@ -753,7 +753,10 @@ export class SegmentedReader implements BackupReader {
       for (const p of r.rawProblems()) out.push({ ...p, offset: p.offset + this.bases[i]!, message: i === 0 ? p.message : `${r.location}: ${p.message}` });
     });
     out.push(...this.grouped.corrupt);
-    if (this.grouped.dangling) out.push(this.grouped.dangling);
+    if (this.grouped.dangling) {
+      const last = this.readers.length - 1;
+      out.push({ ...this.grouped.dangling, bytes: this.bases[last]! + this.sizes[last]! - this.grouped.dangling.offset });
+    }
     if (this.tornLast !== null) {
       const last = this.readers.length - 1;
       out.push({

@@ -291,6 +291,7 @@ function scanV1(fd: number, path: string, onEntry: (e: ScannedEntry, header: V1H
     problems.push({
       kind: 'orphan',
       offset: ackEnd,
+      bytes: (stop ? stop.offset : size) - ackEnd,
       message:
         `${orphans} complete entr${orphans === 1 ? 'y' : 'ies'} after the acknowledged head (version ` +
         `${header.version}) were written but never recorded in the header (a crash between the entry and ` +
@@ -301,6 +302,7 @@ function scanV1(fd: number, path: string, onEntry: (e: ScannedEntry, header: V1H
     problems.push({
       kind: 'torn-tail',
       offset: stop.offset,
+      bytes: size - stop.offset,
       message: `${size - stop.offset} unacknowledged byte(s) at the end of the file: ${stop.why}`,
     });
   }

@@ -13,6 +13,12 @@ import { BackupError } from '../../../engine/entries.js';
 
 export const FILE_MAGIC = Buffer.from('CLNVAULT', 'ascii');
 export const FORMAT_VERSION = 2;
+/** The oldest format version this clnvault still reads. */
+export const MIN_FORMAT_VERSION = 2;
+
+export function isReadableVersion(v: number): boolean {
+  return v >= MIN_FORMAT_VERSION && v <= FORMAT_VERSION;
+}
 export const FILE_HEADER_LEN = 64;
 /** 'CVR1' */
 export const RECORD_MAGIC = 0x43565231;

@@ -8,7 +8,7 @@ import { changeStatementsAt, CHUNK, decodeChangePayload, FILE_HEADER_LEN, parseR
 import { Planner } from '../../../engine/plan.js';
 import { Grouper } from './group.js';
 import { asBackupError, readFully } from './io.js';
-import { checkFileHeader, scanRecords, type RecordInfo, type ScanResult } from './scan.js';
+import { readFileHeader, scanRecords, type RecordInfo, type ScanResult } from './scan.js';
 
 /**
  * The v2 reader: one full forward scan at open (every record checked, nothing per record kept), then
@@ -153,6 +153,12 @@ export class V2Reader implements BackupReader {
     readonly backupId: Buffer,
     readonly createdMs: number,
     size: number,
+    /**
+     * A damaged file header (magic or checksum): the header holds nothing a restore needs (every record
+     * checks itself), so the records are still read, but the backup is reported damaged and a restore
+     * needs --stop-at-damage (docs/format-v2.md, "File header"). It cuts no history.
+     */
+    readonly headerDamage: Problem | null = null,
   ) {
     this.ahead = new ReadAhead(fd, size);
   }
@@ -172,7 +178,7 @@ export class V2Reader implements BackupReader {
     }
     try {
       const size = fstatSync(fd).size;
-      const info = checkFileHeader(fd, size, path);
+      const { info, damage } = readFileHeader(fd, size, path);
       const g = new Grouper();
       const planner = new Planner();
       let entries = 0;
@@ -187,7 +193,18 @@ export class V2Reader implements BackupReader {
         }
       });
       if (scan.unsupported) throw scan.unsupported;
-      return new V2Reader(path, fd, scan, { entries, head, corrupt: g.corrupt, dangling: g.dangling(), planner }, info.backupId, info.createdMs, size);
+      const headerDamage: Problem | null =
+        damage === null
+          ? null
+          : {
+              kind: 'corrupt',
+              offset: 0,
+              message:
+                `the ${FILE_HEADER_LEN}-byte file header is damaged (${damage}); every record carries its own checksums, so the ` +
+                `${scan.recordsValidated} record(s) after it were read and checked without it. 'clnvault restore --stop-at-damage' ` +
+                `restores them; then re-create the backup with 'clnvault init'`,
+            };
+      return new V2Reader(path, fd, scan, { entries, head, corrupt: g.corrupt, dangling: g.dangling(), planner }, info.backupId, info.createdMs, size, headerDamage);
     } catch (e) {
       closeSync(fd);
       throw asBackupError(e, path, 'cannot read the backup');
@@ -217,7 +234,9 @@ export class V2Reader implements BackupReader {
   forEachHeader(visit: HeaderVisitor, opts: HeaderWalkOptions = {}): void {
     this.checkOpen();
     const { damage, end } = this.bounds();
-    if (damage.length > 0 && !opts.beforeDamage) throw damagedError(this.location, damage);
+    if (!opts.beforeDamage && (damage.length > 0 || this.headerDamage)) {
+      throw damagedError(this.location, this.headerDamage ? [this.headerDamage, ...damage] : damage);
+    }
     // with beforeDamage: only entries that end before the first damaged record
     const stop = damage.length > 0 ? Math.min(end, damage[0]!.offset) : end;
     const g = new WalkGrouper((o, why) => this.changedError(o, why));
@@ -367,7 +386,8 @@ export class V2Reader implements BackupReader {
   problems(): Problem[] {
     const g = this.grouped;
     const all = [...this.scan.corrupt, ...g.corrupt];
-    if (g.dangling) all.push(g.dangling);
+    if (this.headerDamage) all.push(this.headerDamage);
+    if (g.dangling) all.push({ ...g.dangling, bytes: this.scan.validEnd - g.dangling.offset });
     if (this.scan.torn) all.push(this.scan.torn);
     return all.sort((a, b) => a.offset - b.offset);
   }

@@ -7,6 +7,8 @@ import {
   decodeChangePayload,
   FILE_HEADER_LEN,
   FORMAT_VERSION,
+  isReadableVersion,
+  MIN_FORMAT_VERSION,
   isV2,
   MAGIC_BYTES,
   parseRecordHeader,
@@ -106,6 +108,7 @@ export function scanRecords(fd: number, size: number, path: string, onRecord?: (
   const tornAt = (o: number, why: string): Problem => ({
     kind: 'torn-tail',
     offset: o,
+    bytes: size - o,
     message: `cut ${size - o} bytes at offset ${o}: ${why} (an append that never completed)`,
   });
 
@@ -181,9 +184,16 @@ export function scanRecords(fd: number, size: number, path: string, onRecord?: (
 export interface FileHeaderInfo {
   backupId: Buffer;
   createdMs: number;
+  /** format version the header states (2, or 3 from segment seals on) */
+  version: number;
 }
 
-export function checkFileHeader(fd: number, size: number, path: string): FileHeaderInfo {
+/**
+ * The file header, or why it cannot be trusted. `damage` is set when the magic or the header checksum is
+ * wrong: the fields are then as read, unverified. Everything else this clnvault cannot use (a newer
+ * version, unknown flags, a header too short) is thrown: there is nothing a rescue could do about it.
+ */
+export function readFileHeader(fd: number, size: number, path: string): { info: FileHeaderInfo; damage: string | null } {
   if (size < FILE_HEADER_LEN) {
     throw new BackupError(
       `${path} is not a usable clnvault v2 backup: it has ${size} bytes, less than the ${FILE_HEADER_LEN}-byte file header` +
@@ -194,19 +204,20 @@ export function checkFileHeader(fd: number, size: number, path: string): FileHea
   }
   const h = Buffer.allocUnsafe(FILE_HEADER_LEN);
   readFully(fd, h, FILE_HEADER_LEN, 0);
-  if (!isV2(h)) throw new BackupError(`${path} is not a clnvault v2 backup: the file does not start with 'CLNVAULT'`, path, 0);
   const version = h.readUInt16BE(8);
+  const info: FileHeaderInfo = { backupId: Buffer.from(h.subarray(16, 32)), createdMs: readU64(h, 32), version };
+  if (!isV2(h)) return { info, damage: `the file does not start with 'CLNVAULT'` };
   if (crc32(h.subarray(0, 60)) !== h.readUInt32BE(60)) {
-    throw new BackupError(
-      `${path}: the file header checksum (offset 60) does not match: the header is damaged` +
-        (version !== FORMAT_VERSION ? `, or it is format version ${version} from a newer clnvault` : ''),
-      path,
-      60,
-    );
+    return {
+      info,
+      damage:
+        `the file header checksum (offset 60) does not match: the header is damaged` +
+        (!isReadableVersion(version) ? `, or it is format version ${version} from a newer clnvault` : ''),
+    };
   }
-  if (version !== FORMAT_VERSION) {
+  if (!isReadableVersion(version)) {
     throw new BackupError(
-      `${path} uses clnvault format version ${version}; this clnvault reads version ${FORMAT_VERSION}` +
+      `${path} uses clnvault format version ${version}; this clnvault reads versions ${MIN_FORMAT_VERSION} to ${FORMAT_VERSION}` +
         (version > FORMAT_VERSION ? ': upgrade clnvault' : ''),
       path,
       8,
@@ -224,7 +235,17 @@ export function checkFileHeader(fd: number, size: number, path: string): FileHea
       12,
     );
   }
-  return { backupId: Buffer.from(h.subarray(16, 32)), createdMs: readU64(h, 32) };
+  return { info, damage: null };
+}
+
+/** The header check of a writer: a damaged header is refused (a rescue reads such a file; nothing appends to it). */
+export function checkFileHeader(fd: number, size: number, path: string): FileHeaderInfo {
+  const { info, damage } = readFileHeader(fd, size, path);
+  if (damage !== null) {
+    if (damage.startsWith('the file does not start')) throw new BackupError(`${path} is not a clnvault v2 backup: ${damage}`, path, 0);
+    throw new BackupError(`${path}: ${damage}`, path, 60);
+  }
+  return info;
 }
 
 /** Header of the record that ends exactly at `end`, found through its trailer; null when the chain is broken. */
