@@ -16,7 +16,7 @@ import { crc32 } from 'node:zlib';
 import { after, describe, test } from 'node:test';
 import { backupPath, createBackup, openReader } from '../src/backends/open.js';
 import { listSegmentFiles, readSegmentHeader, SegmentedReader, SegmentedWriter, segmentPath } from '../src/backends/file/segments.js';
-import { encodeChangeRecord, FILE_HEADER_LEN, V2Reader } from '../src/backends/file/v2.js';
+import { encodeChangeRecord, FILE_HEADER_LEN, SEAL_RECORD_LEN, V2Reader } from '../src/backends/file/v2.js';
 import { listHistory } from '../src/compact/files.js';
 import { BackupError } from '../src/engine/entries.js';
 import { snapshotDatabase } from '../src/engine/live-db.js';
@@ -387,11 +387,17 @@ describe('segments: files', () => {
     }
     // segment 3 gone while 4 exists
     unlinkSync(segs[2]!.path);
-    for (const f of [open, openW]) {
-      assert.throws(
-        f,
-        (e: unknown) => e instanceof BackupError && e.message.includes(segs[2]!.path) && e.message.includes(segs[3]!.path) && /missing/.test(e.message),
-      );
+    const gap = (e: unknown): boolean =>
+      e instanceof BackupError && e.message.includes(segs[2]!.path) && e.message.includes(segs[3]!.path) && /missing/.test(e.message);
+    assert.throws(openW, gap);
+    // a reader reports it as damage (inspect and verify exit 1, issue 10 item 2) and refuses to list past it
+    const r = openReader(url, '/');
+    try {
+      const p = r.problems().find((q) => q.kind === 'corrupt')!;
+      assert.ok(gap(new BackupError(p.message, path)), p.message);
+      assert.throws(() => listHeaders(r), gap);
+    } finally {
+      r.close();
     }
     renameSync(keep, segs[2]!.path);
     open();
@@ -428,7 +434,8 @@ describe('segments: files', () => {
       let v = 0;
       while (w.segmentFiles()[0]!.bytes < limit - 600) w.appendChange(++v, stmt(v));
       // fill the first segment to 10 bytes short of the limit with version v+1...
-      const room = limit - w.segmentFiles()[0]!.bytes - 10;
+      // (a segment keeps SEAL_RECORD_LEN bytes for the seal that ends it when the next one starts)
+      const room = limit - SEAL_RECORD_LEN - w.segmentFiles()[0]!.bytes - 10;
       const pad = 'y'.repeat(room - 40 - 8 - `INSERT INTO t VALUES (${v + 1}, '')`.length);
       const big = [`INSERT INTO t VALUES (${v + 1}, '${pad}')`];
       assert.equal(encodeChangeRecord(v + 1, big).length, room);

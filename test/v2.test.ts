@@ -136,7 +136,7 @@ test('round trip: every kind of content survives write, reopen and read; byte la
   // file header, field by field
   const fh = readFileSync(path);
   assert.equal(fh.subarray(0, 8).toString('ascii'), 'CLNVAULT');
-  assert.equal(fh.readUInt16BE(8), 2);
+  assert.equal(fh.readUInt16BE(8), 3); // format 3: segment seals (docs/format-v2.md, "Segments")
   assert.equal(fh.readUInt16BE(10), 64);
   assert.equal(fh.readUInt32BE(12), 0);
   assert.ok(!fh.subarray(16, 32).equals(Buffer.alloc(16)), 'random backup id');
@@ -650,9 +650,9 @@ test('bad input is refused with a BackupError naming the path (and offset), with
   both(/file flags 0x4 .*newer clnvault/, 12);
   // a newer format version
   const ver = Buffer.from(file);
-  ver.writeUInt16BE(3, 8);
+  ver.writeUInt16BE(4, 8);
   put(reheader(ver));
-  both(/format version 3.*upgrade clnvault/, 8);
+  both(/format version 4.*upgrade clnvault/, 8);
 
   // records with flags this version cannot handle, in the middle and as the newest record
   for (const [k, flag, what] of [

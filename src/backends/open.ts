@@ -5,7 +5,7 @@ import type { BackupReader, BackupWriter } from './backend.js';
 import { createV1, isV1, V1Reader, V1Writer } from './file/v1.js';
 import { createV2, FILE_HEADER_LEN, isV2, RECORD_HEADER_LEN, RECORD_MAGIC, V2Reader } from './file/v2.js';
 import { crc32 } from 'node:zlib';
-import { discoverSegments, listSegmentFiles, SegmentedReader, SegmentedWriter } from './file/segments.js';
+import { discoverSegments, listSegmentFiles, sealOf, SegmentedReader, SegmentedWriter } from './file/segments.js';
 import { parseBackupUrl, UrlError } from './url.js';
 import { isPostgresUrl, openPgReader, openPgWriter } from './postgres/index.js';
 import { listHistory } from '../compact/files.js';
@@ -30,6 +30,8 @@ export function detectFormat(path: string): BackupFormat {
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code;
     if (code === 'ENOENT') {
+      const missing = missingFirstFile(path);
+      if (missing !== null) throw new BackupError(missing, path);
       throw new BackupError(
         `backup file ${path} does not exist (is the backup disk mounted?); create it with 'clnvault init <url>'`,
         path,
@@ -78,9 +80,9 @@ function openFileReader(path: string): BackupReader {
   if (detectFormat(path) !== 'v2') return V1Reader.open(path);
   let segmented = false;
   try {
-    const set = discoverSegments(path, { allowTornLast: true });
-    // a torn last segment is the segmented reader's to report, even after a single complete file
-    segmented = set.segments.length > 1 || set.tornLast !== null;
+    const set = discoverSegments(path, { allowTornLast: true, lenient: true });
+    // a first file that ends with a seal, or a gap, is a set with files missing: the segmented reader reports it
+    segmented = set.segments.length > 1 || set.gap !== null || set.tornLast !== null || sealOf(path) !== null;
   } catch (e) {
     // a damaged first file header is V2Reader's to describe, with its usual message; a broken set is not
     const firstHeader = e instanceof BackupError && e.path === path && (e.offset === 0 || e.offset === undefined);
@@ -161,4 +163,21 @@ function v2RecordAt(fd: number, at: number): boolean {
   const h = Buffer.alloc(RECORD_HEADER_LEN);
   if (readSync(fd, h, 0, RECORD_HEADER_LEN, at) !== RECORD_HEADER_LEN) return false;
   return h.readUInt32BE(0) === RECORD_MAGIC && crc32(h.subarray(0, 28)) === h.readUInt32BE(28);
+}
+
+/**
+ * When the backup's first file `path` is absent but segment files of it lie beside it: why that is a
+ * damaged backup (the first file holds the oldest records and says which set is current), else null.
+ */
+export function missingFirstFile(path: string): string | null {
+  if (existsSync(path)) return null;
+  const segs = listSegmentFiles(path);
+  if (segs.length === 0) return null;
+  return (
+    `the backup's first file ${path} is missing, but ${segs.length} of its segment file(s) exist (${segs
+      .slice(0, 3)
+      .map((s) => s.path)
+      .join(', ')}${segs.length > 3 ? ', …' : ''}): the backup is incomplete and cannot be restored without it. ` +
+    `Find ${path} (a backup is that file and every .seg-* file beside it) and copy it back`
+  );
 }

@@ -5,7 +5,7 @@ import type { BackupReader } from '../backends/backend.js';
 import { V1Reader } from '../backends/file/v1.js';
 import { V2Reader } from '../backends/file/v2.js';
 import { SegmentedReader } from '../backends/file/segments.js';
-import { backupPath, openReader } from '../backends/open.js';
+import { backupPath, missingFirstFile, openReader } from '../backends/open.js';
 import { isPostgresUrl, redact } from '../backends/postgres/url.js';
 import type { BackupFormat, EntryHeader, Problem } from '../engine/entries.js';
 import { planBackup, type Planner } from '../engine/plan.js';
@@ -90,6 +90,9 @@ export const inspectCommand: Command = {
       throw new CliError((e as Error).message, EXIT.usage);
     }
     if (!isPostgresUrl(url)) {
+      // segment files without their first file: a damaged backup (exit 1), not a wrong URL
+      const missingFirst = missingFirstFile(path);
+      if (missingFirst !== null) throw new CliError(missingFirst, EXIT.failed);
       if (!existsSync(path)) throw new CliError(`backup file ${path} does not exist (is the backup disk mounted?); check the URL`, EXIT.usage);
       try {
         accessSync(path, constants.R_OK);

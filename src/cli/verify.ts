@@ -3,7 +3,7 @@ import { accessSync, constants, existsSync, mkdtempSync, rmSync, statSync } from
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import type { BackupReader } from '../backends/backend.js';
-import { backupPath, openReader } from '../backends/open.js';
+import { backupPath, missingFirstFile, openReader } from '../backends/open.js';
 import { isPostgresUrl, redact } from '../backends/postgres/url.js';
 import type { Problem } from '../engine/entries.js';
 import { DB_NAME, readDataVersion } from '../engine/live-db.js';
@@ -133,6 +133,13 @@ async function drill(
     path = pg ? redact(url) : backupPath(url, process.cwd());
   } catch (e) {
     throw new CouldNotRun((e as Error).message);
+  }
+  // segment files without their first file: the drill ran and the backup is damaged (exit 1)
+  const missingFirst = pg ? null : missingFirstFile(path);
+  if (missingFirst !== null) {
+    say(missingFirst);
+    fail(`the backup cannot be read: ${missingFirst}`);
+    return;
   }
   if (!pg && !existsSync(path)) throw new CouldNotRun(`backup file ${path} does not exist (is the backup disk mounted?); check the URL`);
   try {

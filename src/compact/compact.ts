@@ -3,7 +3,17 @@ import { closeSync, fdatasyncSync, fstatSync, linkSync, openSync, readSync, rena
 import { crc32 } from 'node:zlib';
 import { fsyncDir, writeFully } from '../backends/file/fsutil.js';
 import { writeV1Header, V1_ENTRY_HEADER_SIZE, V1_HEADER_SIZE } from '../backends/file/v1.js';
-import { FILE_HEADER_LEN, RECORD_HEADER_LEN, RECORD_MAGIC, RECORD_OVERHEAD, RECORD_TRAILER_LEN, TYPE_SNAPSHOT, TYPE_SNAPSHOT_PART } from '../backends/file/v2.js';
+import {
+  encodeSealRecord,
+  FILE_HEADER_LEN,
+  RECORD_HEADER_LEN,
+  RECORD_MAGIC,
+  RECORD_OVERHEAD,
+  RECORD_TRAILER_LEN,
+  SEAL_RECORD_LEN,
+  TYPE_SNAPSHOT,
+  TYPE_SNAPSHOT_PART,
+} from '../backends/file/v2.js';
 import { BackupError, type BackupFormat } from '../engine/entries.js';
 import type { FileIdentity } from './sync.js';
 export { identityOf } from './sync.js';
@@ -263,6 +273,7 @@ export function compactFile(path: string, hooks: CompactHooks, opts: CompactOpti
     const tracker = new TailTracker(format);
     let oldSet = -1;
     let newSet = -1;
+    let backupId: Buffer | null = null;
     let at: number;
     if (format === 'v2') {
       const header = Buffer.allocUnsafe(FILE_HEADER_LEN);
@@ -272,6 +283,7 @@ export function compactFile(path: string, hooks: CompactHooks, opts: CompactOpti
       // the rename below switches the whole set of segments at once (docs/format-v2.md, "Segments")
       const fresh = withNewSetId(header);
       newSet = fresh.readUInt32BE(44);
+      backupId = Buffer.from(fresh.subarray(16, 32));
       writeFully(out, fresh, 0);
       at = FILE_HEADER_LEN;
     } else {
@@ -281,7 +293,8 @@ export function compactFile(path: string, hooks: CompactHooks, opts: CompactOpti
     // v2 with a size limit: records go on in new segment files of the new set (named for it, so invisible
     // to the live backup until the rename); a record never spans two files, and a snapshot larger than a
     // segment is chunked into part records (docs/format-v2.md, "Chunked snapshots")
-    const limit = format === 'v2' && opts.segmentBytes !== undefined ? opts.segmentBytes : null;
+    // room for the seal that ends every segment but the last (the new set is written with seals)
+    const limit = format === 'v2' && opts.segmentBytes !== undefined ? opts.segmentBytes - SEAL_RECORD_LEN : null;
     cur = out;
     if (snapshotVersion !== null) {
       const size = statSync(scratch).size;
@@ -297,10 +310,12 @@ export function compactFile(path: string, hooks: CompactHooks, opts: CompactOpti
     }
     // a function declaration: the snapshot above starts segments with it too
     function startSegment(): void {
+      const index = extras.length + 2;
+      // "segment `index` follows": the new set is invisible until the rename, so the order of files does not matter here
+      writeFully(cur!, encodeSealRecord({ next: index, setId: newSet, backupId: backupId! }), at);
       fdatasyncSync(cur!);
       if (cur !== out) closeSync(cur!);
       cur = null;
-      const index = extras.length + 2;
       const p = segmentPath(path, newSet, index);
       const first = readSegmentHeader(outPath);
       extras.push(p);

@@ -1,4 +1,4 @@
-import { closeSync, fdatasyncSync, fstatSync, openSync, readdirSync, readFileSync, readSync, statSync, unlinkSync } from 'node:fs';
+import { closeSync, fdatasyncSync, fstatSync, ftruncateSync, openSync, readdirSync, readFileSync, readSync, statSync, unlinkSync } from 'node:fs';
 import { randomBytes } from '../../engine/random.js';
 import { basename, dirname, join } from 'node:path';
 import { crc32 } from 'node:zlib';
@@ -15,9 +15,13 @@ import {
   FILE_HEADER_LEN,
   Grouper,
   isV2,
+  FORMAT_VERSION,
   RECORD_OVERHEAD,
+  SEAL_RECORD_LEN,
+  sealAtEnd,
   snapshotEntry,
   TYPE_SNAPSHOT,
+  type Seal,
   TYPE_SNAPSHOT_PART,
   V2Reader,
   V2Writer,
@@ -65,10 +69,14 @@ export interface SegmentHeader {
   /** 0 in a first segment (and in every file written before segments existed), >= 2 in a later one */
   index: number;
   setId: number;
+  /** format version: 3 (segments sealed) for new backups, 2 for a set an older clnvault started */
+  version: number;
 }
 
 export function encodeSegmentHeader(h: SegmentHeader): Buffer {
   const b = encodeFileHeader(h.backupId, h.createdMs);
+  // a set keeps one version: a version-2 set goes on without seals, as it was started
+  b.writeUInt16BE(h.version, 8);
   b.writeUInt32BE(h.index, SEG_INDEX_AT);
   b.writeUInt32BE(h.setId, SEG_SET_AT);
   b.writeUInt32BE(crc32(b.subarray(0, 60)), 60);
@@ -80,6 +88,8 @@ export function withNewSetId(header: Buffer): Buffer {
   const b = Buffer.from(header);
   let id = 0;
   while (id === 0 || id === b.readUInt32BE(SEG_SET_AT)) id = randomBytes(4).readUInt32BE(0);
+  // a new set is written with seals (this version's rules) even when the old one was not
+  b.writeUInt16BE(FORMAT_VERSION, 8);
   b.writeUInt32BE(0, SEG_INDEX_AT);
   b.writeUInt32BE(id, SEG_SET_AT);
   b.writeUInt32BE(crc32(b.subarray(0, 60)), 60);
@@ -109,6 +119,7 @@ export function readSegmentHeader(path: string): SegmentHeader {
       createdMs: h.readUInt32BE(32) * 0x1_0000_0000 + h.readUInt32BE(36),
       index: h.readUInt32BE(SEG_INDEX_AT),
       setId: h.readUInt32BE(SEG_SET_AT),
+      version: h.readUInt16BE(8),
     };
   } finally {
     closeSync(fd);
@@ -151,7 +162,10 @@ export interface SegmentSet {
  * mix two backups. `allowTornLast`: the writer's open, where a last segment whose header never reached
  * the disk (a crash while starting it, before anything was appended) is a leftover, not damage.
  */
-export function discoverSegments(base: string, opts: { allowTornLast?: boolean } = {}): SegmentSet & { tornLast: string | null } {
+export function discoverSegments(
+  base: string,
+  opts: { allowTornLast?: boolean; lenient?: boolean } = {},
+): SegmentSet & { tornLast: string | null; gap: { missing: string; later: string } | null } {
   const first = readSegmentHeader(base);
   if (first.index !== 0) {
     throw new BackupError(
@@ -163,10 +177,16 @@ export function discoverSegments(base: string, opts: { allowTornLast?: boolean }
   const mine = listSegmentFiles(base).filter((f) => f.setId === first.setId);
   const segments: SegmentFile[] = [{ path: base, index: 1 }];
   let tornLast: string | null = null;
+  let gap: { missing: string; later: string } | null = null;
   for (let i = 0; i < mine.length; i++) {
     const f = mine[i]!;
     const want = segments.length + 1;
     if (f.index !== want) {
+      // a reader reports it as damage and reads what precedes it (a restore then refuses, or stops there when asked)
+      if (opts.lenient) {
+        gap = { missing: segmentPath(base, first.setId, want), later: f.path };
+        break;
+      }
       throw new BackupError(
         `${base}: segment ${want} (${segmentPath(base, first.setId, want)}) is missing, but ${f.path} exists: the backup is ` +
           `incomplete and cannot be read past segment ${want - 1}. Restore the missing file, or run 'clnvault verify'`,
@@ -201,7 +221,59 @@ export function discoverSegments(base: string, opts: { allowTornLast?: boolean }
     }
     segments.push({ path: f.path, index: want });
   }
-  return { first, segments, tornLast };
+  return { first, segments, tornLast, gap };
+}
+
+/** The seal at the end of segment file `path` (O(1)), or null. */
+export function sealOf(path: string): Seal | null {
+  const fd = openSync(path, 'r');
+  try {
+    return sealAtEnd(fd, fstatSync(fd).size);
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/** Bytes of records in segment file `path`: its size without the header and without a seal. */
+function dataBytes(path: string): number {
+  return statSync(path).size - FILE_HEADER_LEN - (sealOf(path) ? SEAL_RECORD_LEN : 0);
+}
+
+/**
+ * Takes the seal off the end of `path` (durably): its successor is about to be removed, and a sealed
+ * segment without a successor would read as a backup with files missing.
+ */
+function unseal(path: string): void {
+  const fd = openSync(path, 'r+');
+  try {
+    const size = fstatSync(fd).size;
+    if (!sealAtEnd(fd, size)) return;
+    ftruncateSync(fd, size - SEAL_RECORD_LEN);
+    fdatasyncSync(fd);
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/**
+ * Removes the last segment file `path` of a set whose previous segment is `prev`, in an order where a
+ * crash at any step leaves a readable set: its records go first (an empty last segment after a sealed
+ * one is the normal state right after a roll-over), then the seal of `prev` (an unsealed segment followed
+ * by an empty one is a roll-over that never completed), then the file.
+ */
+function removeSegmentFile(path: string, prev: string): void {
+  const fd = openSync(path, 'r+');
+  try {
+    if (fstatSync(fd).size > FILE_HEADER_LEN) {
+      ftruncateSync(fd, FILE_HEADER_LEN);
+      fdatasyncSync(fd);
+    }
+  } finally {
+    closeSync(fd);
+  }
+  unseal(prev);
+  unlinkSync(path);
+  fsyncDir(path);
 }
 
 /** Starts segment `index`: exclusive create, header, fdatasync, then the directory entry made durable. */
@@ -347,7 +419,18 @@ export class SegmentedWriter implements BackupWriter {
     this.segments = set.segments;
     this.before = 0;
     this.beforeEntries = null;
-    for (const s of this.segments.slice(0, -1)) this.before += statSync(s.path).size - FILE_HEADER_LEN;
+    const last = this.segments[this.segments.length - 1]!;
+    const seal = sealOf(last.path);
+    if (seal) {
+      // the newest segment never ends with a seal: the segment it names was lost or not copied
+      const missing = segmentPath(this.location, this.header.setId, seal.next);
+      throw new BackupError(
+        `${this.location}: segment ${seal.next} (${missing}) is missing: ${last.path} ends with a seal saying it follows. ` +
+          `The backup is incomplete; refusing to write after the gap. Restore the missing file, or run 'clnvault inspect ${this.location}'`,
+        missing,
+      );
+    }
+    for (const s of this.segments.slice(0, -1)) this.before += dataBytes(s.path);
     this.openLast();
     // an empty last segment (a crash right after starting it) holds nothing: step back so head() and
     // dropHead() see the newest record without special cases
@@ -365,9 +448,9 @@ export class SegmentedWriter implements BackupWriter {
   private removeLast(): void {
     const seg = this.segments.pop()!;
     this.cur.close();
-    unlinkSync(seg.path);
-    fsyncDir(seg.path);
-    this.before -= statSync(this.segments[this.segments.length - 1]!.path).size - FILE_HEADER_LEN;
+    const prev = this.segments[this.segments.length - 1]!;
+    removeSegmentFile(seg.path, prev.path);
+    this.before -= dataBytes(prev.path);
     this.beforeEntries = null;
     this.openLast();
   }
@@ -376,15 +459,28 @@ export class SegmentedWriter implements BackupWriter {
     const index = this.segments.length + 1;
     const path = segmentPath(this.location, this.header.setId, index);
     createSegment(path, { ...this.header, index });
-    this.before += this.cur.endOffset() - FILE_HEADER_LEN;
+    const data = this.cur.endOffset() - FILE_HEADER_LEN;
+    // only now that the next segment is durable: a sealed segment without a successor means files are missing
+    if (this.sealing) this.cur.appendSeal({ next: index, setId: this.header.setId, backupId: this.header.backupId });
+    this.before += data;
     if (this.beforeEntries !== null) this.beforeEntries += this.cur.stats().entries;
     this.cur.close();
     this.segments.push({ path, index });
     this.cur = V2Writer.open(path, {}, borrowed(this.lock));
   }
 
+  /** A set written with seals (format 3): every segment but the newest ends with one. */
+  private get sealing(): boolean {
+    return this.header.version >= 3;
+  }
+
+  /** Room for records in a segment: its seal, written when the next one starts, must fit too. */
+  private get limit(): number {
+    return this.segmentBytes - (this.sealing ? SEAL_RECORD_LEN : 0);
+  }
+
   private fits(bytes: number): boolean {
-    return this.cur.endOffset() + bytes <= this.segmentBytes || this.cur.isEmpty();
+    return this.cur.endOffset() + bytes <= this.limit || this.cur.isEmpty();
   }
 
   /** Compaction swapped a new set in: switch to it under the lock this writer already holds. */
@@ -466,13 +562,13 @@ export class SegmentedWriter implements BackupWriter {
     let parts = 0;
     try {
       const size = fstatSync(src).size;
-      const fresh = this.segmentBytes - FILE_HEADER_LEN - RECORD_OVERHEAD;
+      const fresh = this.limit - FILE_HEADER_LEN - RECORD_OVERHEAD;
       // no tiny parts at the end of a nearly full segment
-      const minPart = Math.min(1 << 20, Math.floor(this.segmentBytes / 8));
+      const minPart = Math.min(1 << 20, Math.floor(this.limit / 8));
       let done = 0;
       for (;;) {
         const rest = size - done;
-        const room = this.segmentBytes - this.cur.endOffset() - RECORD_OVERHEAD;
+        const room = this.limit - this.cur.endOffset() - RECORD_OVERHEAD;
         if (rest <= room) {
           this.cur.appendSnapshotSlice(TYPE_SNAPSHOT, version, parts, src, done, rest, dbPath);
           break;
@@ -503,8 +599,7 @@ export class SegmentedWriter implements BackupWriter {
       this.cur.close();
       while (this.segments.length > segsBefore) {
         const seg = this.segments.pop()!;
-        unlinkSync(seg.path);
-        fsyncDir(seg.path);
+        removeSegmentFile(seg.path, this.segments[this.segments.length - 1]!.path);
       }
       // the open cuts the remaining parts, now an unfinished snapshot at the end of the last segment
       this.load();
@@ -541,7 +636,7 @@ export class SegmentedWriter implements BackupWriter {
       let n = 0;
       for (const seg of this.segments.slice(0, -1)) {
         // an earlier segment may end with parts whose final record is in the next one: keep them
-        const w = V2Writer.open(seg.path, { keepParts: true }, borrowed(this.lock));
+        const w = V2Writer.open(seg.path, { keepParts: true, sealed: true }, borrowed(this.lock));
         try {
           n += w.stats().entries;
         } finally {
@@ -585,12 +680,17 @@ export class SegmentedReader implements BackupReader {
     private readonly grouped: { entries: number; head: number; corrupt: Problem[]; dangling: Problem | null; planner: Planner },
     /** a last segment file without its header, passed over (reported as a torn tail) */
     private readonly tornLast: string | null = null,
+    /** a segment missing, unsealed or sealed for another set: damage of the set, not of one file */
+    private readonly setProblems: Problem[] = [],
   ) {}
 
   static open(path: string): SegmentedReader {
     // the writer's rule: a last segment whose header never reached the disk holds no record (a crash or a
-    // full disk while it was being started); it is passed over, not taken for damage
-    const set = discoverSegments(path, { allowTornLast: true });
+    // full disk while it was being started); it is passed over, not taken for damage. A gap in the names
+    // is damage, reported with what precedes it readable (lenient)
+    const set = discoverSegments(path, { allowTornLast: true, lenient: true });
+    const segs = set.segments.slice();
+    const setProblems: Problem[] = [];
     const readers: V2Reader[] = [];
     const bases: number[] = [];
     const sizes: number[] = [];
@@ -602,8 +702,14 @@ export class SegmentedReader implements BackupReader {
     let entries = 0;
     let head = 0;
     try {
+      // a roll-over that never completed (the next segment is created before the previous one is sealed):
+      // an empty newest segment after an unsealed one holds nothing and is not part of the backup
+      const n = segs.length;
+      if (n > 1 && statSync(segs[n - 1]!.path).size === FILE_HEADER_LEN && !sealOf(segs[n - 2]!.path)) segs.pop();
+      const sealedSet = set.first.version >= 3;
       let base = 0;
-      for (const seg of set.segments) {
+      for (let i = 0; i < segs.length; i++) {
+        const seg = segs[i]!;
         const b = base;
         const r = V2Reader.open(seg.path, (rec, damagedBefore) => {
           const e = g.push({ ...rec, offset: rec.offset + b });
@@ -617,9 +723,9 @@ export class SegmentedReader implements BackupReader {
         if (r.rawProblems().some((p) => p.kind === 'corrupt')) damaged = true;
         readers.push(r);
         bases.push(base);
-        const end = r.validEnd;
-        sizes.push(end);
-        if (seg !== set.segments[set.segments.length - 1]) {
+        // a seal is not data: walks, sizes and global offsets leave it out
+        sizes.push(r.dataEnd);
+        if (i < segs.length - 1) {
           const torn = r.rawProblems().find((p) => p.kind === 'torn-tail');
           if (torn) {
             // the writer only starts a segment once the previous one is complete and durable
@@ -630,14 +736,43 @@ export class SegmentedReader implements BackupReader {
               torn.offset,
             );
           }
+          const s = r.seal;
+          if (sealedSet && !s) {
+            setProblems.push({
+              kind: 'corrupt',
+              offset: base + r.dataEnd,
+              message:
+                `${seg.path} does not end with its seal, yet segment ${i + 2} (${segs[i + 1]!.path}) follows: its end is missing ` +
+                `(cut, or replaced by an older copy of the file)`,
+            });
+          } else if (s && (s.next !== i + 2 || s.setId !== set.first.setId || !s.backupId.equals(set.first.backupId))) {
+            setProblems.push({
+              kind: 'corrupt',
+              offset: base + r.dataEnd,
+              message: `${seg.path} ends with the seal of another set or backup (segment ${s.next} of set ${hex8(s.setId)} follows it, not segment ${i + 2} of set ${hex8(set.first.setId)})`,
+            });
+          }
         }
-        base += end - FILE_HEADER_LEN;
+        base += r.dataEnd - FILE_HEADER_LEN;
+      }
+      // where the records of the first missing segment would start (global offset): everything before it reads
+      const end = base + FILE_HEADER_LEN;
+      const lastSeg = segs[segs.length - 1]!;
+      const lastSeal = readers[readers.length - 1]!.seal;
+      const advice =
+        `the backup is incomplete: restore refuses it, or restores what precedes the gap with --stop-at-damage. ` +
+        `Find the missing file(s) (a backup is ${basename(path)} and every ${basename(path)}.seg-* file beside it) and copy them back`;
+      if (set.gap) {
+        setProblems.push({ kind: 'corrupt', offset: end, message: `segment ${segs.length + 1} (${set.gap.missing}) is missing, but ${set.gap.later} exists: ${advice}` });
+      } else if (lastSeal) {
+        const missing = segmentPath(path, set.first.setId, lastSeal.next);
+        setProblems.push({ kind: 'corrupt', offset: end, message: `segment ${lastSeal.next} (${missing}) is missing: ${lastSeg.path} ends with a seal saying it follows; ${advice}` });
       }
     } catch (e) {
       for (const r of readers) r.close();
       throw e;
     }
-    return new SegmentedReader(path, readers, bases, sizes, set.first.backupId, set.first.createdMs, { entries, head, corrupt: g.corrupt, dangling: g.dangling(), planner }, set.tornLast);
+    return new SegmentedReader(path, readers, bases, sizes, set.first.backupId, set.first.createdMs, { entries, head, corrupt: g.corrupt, dangling: g.dangling(), planner }, set.tornLast, setProblems);
   }
 
   get segmentCount(): number {
@@ -659,6 +794,7 @@ export class SegmentedReader implements BackupReader {
       for (const p of r.rawProblems()) if (p.kind === 'corrupt') out.push({ ...p, offset: p.offset + this.bases[i]! });
     });
     out.push(...this.grouped.corrupt);
+    out.push(...this.setProblems);
     return out.sort((a, b) => a.offset - b.offset);
   }
 
@@ -752,6 +888,7 @@ export class SegmentedReader implements BackupReader {
     this.readers.forEach((r, i) => {
       for (const p of r.rawProblems()) out.push({ ...p, offset: p.offset + this.bases[i]!, message: i === 0 ? p.message : `${r.location}: ${p.message}` });
     });
+    out.push(...this.setProblems);
     out.push(...this.grouped.corrupt);
     if (this.grouped.dangling) {
       const last = this.readers.length - 1;
@@ -810,12 +947,14 @@ export class SegmentedSource {
     // the writer may be starting a segment right now: a header not yet written is not a segment yet
     const set = discoverSegments(this.base, { allowTornLast: true });
     for (let i = this.fds.length; i < set.segments.length; i++) this.fds.push(openSync(set.segments[i]!.path, 'r'));
-    // every segment but the last is final; the last may still grow
+    // every segment but the last is final; the last may still grow. A seal is not data: the virtual file
+    // (global offsets) leaves it out, as the writer and the reader do
     let base = 0;
     this.bases = [];
     this.ends = [];
     for (let i = 0; i < this.fds.length; i++) {
-      const size = fstatSync(this.fds[i]!).size;
+      let size = fstatSync(this.fds[i]!).size;
+      if (sealAtEnd(this.fds[i]!, size)) size -= SEAL_RECORD_LEN;
       this.bases.push(base);
       this.ends.push(base + size);
       base += size - FILE_HEADER_LEN;
@@ -842,7 +981,9 @@ export class SegmentedSource {
       let i = this.fds.length - 1;
       while (i > 0 && this.bases[i]! + FILE_HEADER_LEN > g) i--;
       const local = g - this.bases[i]!;
-      const avail = i < this.fds.length - 1 ? this.ends[i]! - g : Infinity;
+      // bounded for the last segment too: once the writer moves on, a seal follows its data, and new data
+      // is found by refreshing (which also learns of the new segments)
+      const avail = this.ends[i]! - g;
       const want = Math.min(n - done, avail);
       const r = want > 0 ? readSync(this.fds[i]!, buf, done, want, local) : 0;
       if (r <= 0) {

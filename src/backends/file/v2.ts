@@ -21,11 +21,17 @@ export {
   RECORD_MAGIC,
   RECORD_OVERHEAD,
   RECORD_TRAILER_LEN,
+  SEAL_RECORD_LEN,
   TYPE_CHANGE,
+  TYPE_SEAL,
   TYPE_SNAPSHOT,
   TYPE_SNAPSHOT_PART,
+  MIN_FORMAT_VERSION,
+  encodeSealRecord,
+  decodeSealRecord,
+  type Seal,
 } from './v2/codec.js';
-export { type RecordInfo } from './v2/scan.js';
+export { sealAtEnd, type RecordInfo } from './v2/scan.js';
 export { Grouper, groupRecords, type GroupedEntry, type Grouping } from './v2/group.js';
 export { createV2, V2Writer, type V2OpenStats, type V2WriterOptions } from './v2/writer.js';
 export { damagedError, snapshotEntry, V2Reader, WalkGrouper, type WalkedEntry } from './v2/reader.js';

@@ -12,7 +12,11 @@ import { BackupError } from '../../../engine/entries.js';
  */
 
 export const FILE_MAGIC = Buffer.from('CLNVAULT', 'ascii');
-export const FORMAT_VERSION = 2;
+/**
+ * 3: segment seals (TYPE_SEAL). A version-2 file reads as before; a version-3 file is refused by an older
+ * clnvault ("upgrade clnvault") rather than read without the seal rule (docs/format-v2.md, "Segments").
+ */
+export const FORMAT_VERSION = 3;
 /** The oldest format version this clnvault still reads. */
 export const MIN_FORMAT_VERSION = 2;
 
@@ -32,6 +36,15 @@ export const TYPE_SNAPSHOT = 2;
  * last slice, whose header field at offset 12 says how many parts precede it (docs/format-v2.md).
  */
 export const TYPE_SNAPSHOT_PART = 3;
+/**
+ * The last record of a segment that is not the last of its set: "segment `next` of set `setId` of backup
+ * `backupId` follows". Written (durably) only once the next segment exists, so a segment that ends with
+ * one and has no successor is a backup with files missing, and the newest segment never ends with one.
+ * Payload: u32 next index, u32 set id, 16-byte backup id. Version field: 0.
+ */
+export const TYPE_SEAL = 4;
+export const SEAL_PAYLOAD_LEN = 24;
+export const SEAL_RECORD_LEN = 40 + SEAL_PAYLOAD_LEN;
 /** Reserved for later versions; this one writes neither and refuses to read records that use them. */
 export const FLAG_DEFLATE = 0x01;
 export const FLAG_ENCRYPTED = 0x02;
@@ -219,7 +232,7 @@ export function parseRecordHeader(b: Buffer): RecordHeader | string {
 /** Why this clnvault cannot use a well-formed record, or null when it can. */
 export function unsupportedReason(h: RecordHeader): string | null {
   const what: string[] = [];
-  if (h.type !== TYPE_CHANGE && h.type !== TYPE_SNAPSHOT && h.type !== TYPE_SNAPSHOT_PART) what.push(`record type ${h.type}`);
+  if (h.type !== TYPE_CHANGE && h.type !== TYPE_SNAPSHOT && h.type !== TYPE_SNAPSHOT_PART && h.type !== TYPE_SEAL) what.push(`record type ${h.type}`);
   if (h.flags & FLAG_DEFLATE) what.push('a deflate-compressed payload');
   if (h.flags & FLAG_ENCRYPTED) what.push('an encrypted payload');
   if (h.flags & ~(FLAG_DEFLATE | FLAG_ENCRYPTED)) what.push(`unknown flag bits 0x${(h.flags & 0xfc).toString(16)}`);
@@ -237,3 +250,32 @@ export function unsupportedError(path: string, offset: number, reason: string): 
   );
 }
 
+
+export interface Seal {
+  /** index of the segment that follows (2 for the one after the first file) */
+  next: number;
+  setId: number;
+  backupId: Buffer;
+}
+
+/** A whole seal record (header, payload, trailer). */
+export function encodeSealRecord(s: Seal): Buffer {
+  if (s.backupId.length !== 16) throw new RangeError('backup id must be 16 bytes');
+  const b = Buffer.alloc(SEAL_RECORD_LEN);
+  b.writeUInt32BE(s.next, RECORD_HEADER_LEN);
+  b.writeUInt32BE(s.setId, RECORD_HEADER_LEN + 4);
+  s.backupId.copy(b, RECORD_HEADER_LEN + 8);
+  encodeRecordHeader(b, TYPE_SEAL, 0, SEAL_PAYLOAD_LEN, crc32(b.subarray(RECORD_HEADER_LEN, RECORD_HEADER_LEN + SEAL_PAYLOAD_LEN)));
+  writeU64(b, SEAL_PAYLOAD_LEN, RECORD_HEADER_LEN + SEAL_PAYLOAD_LEN);
+  return b;
+}
+
+/** The seal in a whole seal record `b` (SEAL_RECORD_LEN bytes), or null when `b` is not one. */
+export function decodeSealRecord(b: Buffer): Seal | null {
+  if (b.length !== SEAL_RECORD_LEN) return null;
+  const h = parseRecordHeader(b);
+  if (typeof h === 'string' || h.type !== TYPE_SEAL || h.length !== SEAL_PAYLOAD_LEN) return null;
+  const p = b.subarray(RECORD_HEADER_LEN, RECORD_HEADER_LEN + SEAL_PAYLOAD_LEN);
+  if (crc32(p) !== h.payloadCrc || readU64(b, RECORD_HEADER_LEN + SEAL_PAYLOAD_LEN) !== SEAL_PAYLOAD_LEN) return null;
+  return { next: p.readUInt32BE(0), setId: p.readUInt32BE(4), backupId: Buffer.from(p.subarray(8, 24)) };
+}

@@ -228,7 +228,7 @@ export class V2Reader implements BackupReader {
   }
 
   private bounds(): WalkBounds {
-    return { damage: this.damage(), end: this.grouped.dangling ? this.grouped.dangling.offset : this.scan.validEnd };
+    return { damage: this.damage(), end: this.grouped.dangling ? this.grouped.dangling.offset : this.dataEnd };
   }
 
   forEachHeader(visit: HeaderVisitor, opts: HeaderWalkOptions = {}): void {
@@ -301,6 +301,16 @@ export class V2Reader implements BackupReader {
   /** End of the last valid record. */
   get validEnd(): number {
     return this.scan.validEnd;
+  }
+
+  /** The seal that ends this segment file ("segment `next` follows"), or null. */
+  get seal(): ScanResult['seal'] {
+    return this.scan.seal;
+  }
+
+  /** End of the last record that holds data: validEnd without a seal record. */
+  get dataEnd(): number {
+    return this.scan.seal ? this.scan.seal.offset : this.scan.validEnd;
   }
 
   read(h: EntryHeader): Entry {
@@ -387,14 +397,14 @@ export class V2Reader implements BackupReader {
     const g = this.grouped;
     const all = [...this.scan.corrupt, ...g.corrupt];
     if (this.headerDamage) all.push(this.headerDamage);
-    if (g.dangling) all.push({ ...g.dangling, bytes: this.scan.validEnd - g.dangling.offset });
+    if (g.dangling) all.push({ ...g.dangling, bytes: this.dataEnd - g.dangling.offset });
     if (this.scan.torn) all.push(this.scan.torn);
     return all.sort((a, b) => a.offset - b.offset);
   }
 
   stats(): BackupStats {
     const g = this.grouped;
-    return { format: 'v2', location: this.location, head: g.head, entries: g.entries, bytes: g.dangling ? g.dangling.offset : this.scan.validEnd };
+    return { format: 'v2', location: this.location, head: g.head, entries: g.entries, bytes: g.dangling ? g.dangling.offset : this.dataEnd };
   }
 
   close(): void {

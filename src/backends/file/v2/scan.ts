@@ -21,6 +21,11 @@ import {
   TYPE_CHANGE,
   TYPE_SNAPSHOT,
   TYPE_SNAPSHOT_PART,
+  TYPE_SEAL,
+  SEAL_PAYLOAD_LEN,
+  SEAL_RECORD_LEN,
+  decodeSealRecord,
+  type Seal,
   unsupportedError,
   unsupportedReason,
   type RecordHeader,
@@ -91,6 +96,8 @@ export interface ScanResult {
   /** end of the last good record (the file size when nothing is torn) */
   validEnd: number;
   recordsValidated: number;
+  /** the segment seal that ends the file (docs/format-v2.md, "Segments"), if any; not in `records` */
+  seal: (Seal & { offset: number }) | null;
 }
 
 /**
@@ -105,6 +112,7 @@ export function scanRecords(fd: number, size: number, path: string, onRecord?: (
   let torn: Problem | null = null;
   let unsupported: BackupError | null = null;
   let validated = 0;
+  let seal: (Seal & { offset: number }) | null = null;
   const tornAt = (o: number, why: string): Problem => ({
     kind: 'torn-tail',
     offset: o,
@@ -142,6 +150,22 @@ export function scanRecords(fd: number, size: number, path: string, onRecord?: (
           continue;
         }
       }
+      if (h.type === TYPE_SEAL) {
+        const s = h.length === SEAL_PAYLOAD_LEN ? decodeSealRecord(Buffer.from(win.ahead(o, SEAL_RECORD_LEN))) : null;
+        if (s !== null && o + SEAL_RECORD_LEN === size) {
+          seal = { ...s, offset: o };
+        } else {
+          // a seal is written last and nothing after it: anything else means the file was tampered with or mixed up
+          corrupt.push({
+            kind: 'corrupt',
+            offset: o,
+            message: s === null ? `the segment seal record at offset ${o} is malformed` : `the segment seal record at offset ${o} is followed by ${size - o - SEAL_RECORD_LEN} more bytes; a seal is always the last record of its file`,
+          });
+        }
+        o += RECORD_OVERHEAD + h.length;
+        prev = null;
+        continue;
+      }
       // after a snapshot (or its parts, which grouping may drop) the next change is checked in any case
       prev = h.type === TYPE_CHANGE && reason === null ? h.version : null;
       if (h.type !== TYPE_SNAPSHOT_PART) wholeRecords++;
@@ -178,7 +202,7 @@ export function scanRecords(fd: number, size: number, path: string, onRecord?: (
     o = end;
     prev = null;
   }
-  return { wholeRecords, corrupt, torn, unsupported, validEnd: torn ? torn.offset : size, recordsValidated: validated };
+  return { wholeRecords, corrupt, torn, unsupported, validEnd: torn ? torn.offset : size, recordsValidated: validated, seal };
 }
 
 export interface FileHeaderInfo {
@@ -269,3 +293,11 @@ export function checkLastRecord(fd: number, size: number): { start: number; h: R
   return { start: rec.start, h: c.h };
 }
 
+
+/** The seal record that ends the file, checked (O(1): the last SEAL_RECORD_LEN bytes), or null. */
+export function sealAtEnd(fd: number, size: number): Seal | null {
+  if (size - FILE_HEADER_LEN < SEAL_RECORD_LEN) return null;
+  const b = Buffer.allocUnsafe(SEAL_RECORD_LEN);
+  readFully(fd, b, SEAL_RECORD_LEN, size - SEAL_RECORD_LEN);
+  return decodeSealRecord(b);
+}

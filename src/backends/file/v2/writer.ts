@@ -21,6 +21,10 @@ import {
   TYPE_CHANGE,
   TYPE_SNAPSHOT,
   TYPE_SNAPSHOT_PART,
+  TYPE_SEAL,
+  SEAL_RECORD_LEN,
+  encodeSealRecord,
+  type Seal,
   unsupportedError,
   unsupportedReason,
   writeU64,
@@ -91,6 +95,11 @@ export interface V2WriterOptions {
    * parts continue in the next segment); by default they are an unfinished snapshot and are cut.
    */
   keepParts?: boolean;
+  /**
+   * Accept a file that ends with a segment seal (for counting its entries): it is never appended to. By
+   * default a sealed file is refused: a later segment follows it, so appending here would bury records.
+   */
+  sealed?: boolean;
 }
 
 export class V2Writer implements BackupWriter {
@@ -108,6 +117,8 @@ export class V2Writer implements BackupWriter {
   private entryCount: number | null = null;
   private failed: Error | null = null;
   private closed = false;
+  /** ends with a segment seal: nothing may be appended */
+  private sealed = false;
 
   /** the open file's inode, cached for the per-append check that the path still names it */
   private identity: FileIdentity | null = null;
@@ -151,6 +162,10 @@ export class V2Writer implements BackupWriter {
       if (last) {
         const reason = unsupportedReason(last.h);
         if (reason !== null) throw unsupportedError(path, last.start, reason);
+        if (last.h.type === TYPE_SEAL) {
+          if (!options.sealed) throw sealedError(path);
+          w.sealed = true;
+        }
         w.openStats.path = 'fast';
         w.openStats.recordsValidated = 1;
         // a broken chain just before the newest record means damage: let the full scan say where
@@ -175,6 +190,10 @@ export class V2Writer implements BackupWriter {
         ftruncateSync(fd, scan.torn.offset);
         fdatasyncSync(fd);
         w.repairs.push(scan.torn);
+      }
+      if (scan.seal) {
+        if (!options.sealed) throw sealedError(path);
+        w.sealed = true;
       }
       w.end = scan.validEnd;
       w.entryCount = scan.wholeRecords;
@@ -334,6 +353,24 @@ export class V2Writer implements BackupWriter {
     if (this.entryCount !== null && type === TYPE_SNAPSHOT) this.entryCount++;
   }
 
+  /**
+   * Ends this segment: "segment `s.next` follows". Called only once that segment exists durably, so that
+   * a sealed segment without a successor always means files are missing (docs/format-v2.md, "Segments").
+   * Durable on return; the writer accepts no more appends.
+   */
+  appendSeal(s: Seal): void {
+    this.checkUsable();
+    const at = this.end;
+    try {
+      writeFully(this.fd, encodeSealRecord(s), at);
+      fdatasyncSync(this.fd);
+    } catch (e) {
+      throw this.fail(e, at);
+    }
+    this.end = at + SEAL_RECORD_LEN;
+    this.sealed = true;
+  }
+
   repaired(): Problem[] {
     return this.repairs.slice();
   }
@@ -472,7 +509,7 @@ export class V2Writer implements BackupWriter {
     while (at > FILE_HEADER_LEN) {
       const rec = recordEndingAt(win, at);
       if (!rec) return n + scanRecords(this.fd, at, this.location).wholeRecords;
-      if (rec.h.type !== TYPE_SNAPSHOT_PART) n++;
+      if (rec.h.type !== TYPE_SNAPSHOT_PART && rec.h.type !== TYPE_SEAL) n++;
       at = rec.start;
     }
     return n;
@@ -490,6 +527,7 @@ export class V2Writer implements BackupWriter {
 
   private checkUsable(): void {
     if (this.closed) throw new BackupError(`${this.location}: the writer is closed`, this.location);
+    if (this.sealed) throw sealedError(this.location);
     if (this.failed) {
       throw new BackupError(
         `${this.location}: an earlier write failed (${this.failed.message}); reopen the backup before writing again`,
@@ -512,3 +550,11 @@ export class V2Writer implements BackupWriter {
   }
 }
 
+
+function sealedError(path: string): BackupError {
+  return new BackupError(
+    `${path} ends with a segment seal: a later segment of its backup follows it, so nothing may be appended here. ` +
+      `Open the backup by the URL of its first file; if the later segments are missing, run 'clnvault inspect' on it`,
+    path,
+  );
+}
