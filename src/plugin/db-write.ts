@@ -1,5 +1,6 @@
 import type { BackupWriter } from '../backends/backend.js';
 import { decideFirst, decideNext, isPragmaOnly, isValidDataVersion, type Decision } from '../engine/versions.js';
+import { rebaselineInHook, type DeferredRebaseline } from './rebaseline.js';
 
 /**
  * The db_write hook: check the version against the backup, make the batch durable, and only then let
@@ -30,6 +31,8 @@ export class DbWriteHandler {
     private readonly log: (level: 'info' | 'warn' | 'error', msg: string) => void,
     /** fills the placeholders of refusal messages, so the operator gets the exact command to run */
     private readonly context: { url: string | null; netDir: string } = { url: null, netDir: '.' },
+    /** a re-baseline deferred from start-up to the first write (src/plugin/rebaseline.ts), and who to tell when done */
+    private deferred: { rebaseline: DeferredRebaseline; done: (r: { from: number; to: number }) => void } | null = null,
   ) {}
 
   handle(params: unknown): HookOutcome {
@@ -50,6 +53,25 @@ export class DbWriteHandler {
       );
     }
     const statements = writes as string[];
+    if (this.deferred !== null) {
+      const { rebaseline, done } = this.deferred;
+      try {
+        const to = rebaselineInHook(this.writer, rebaseline);
+        this.deferred = null;
+        done({ from: rebaseline.from, to });
+        this.log(
+          'warn',
+          `re-baselined: the node's database was at version ${to} but the backup only at ${rebaseline.from}; stored a snapshot ` +
+            `of its committed state (read while lightningd waited in this hook) so the backup is complete again`,
+        );
+      } catch (e) {
+        return this.refuse(
+          `the node's database is ahead of the backup and could not be snapshotted into it (${(e as Error).message}); ` +
+            `lightningd stops without committing this write and the next start tries again. If this repeats, stop lightningd ` +
+            `and re-create the backup with 'clnvault init'`,
+        );
+      }
+    }
     const t0 = process.hrtime.bigint();
     let decision: Decision;
     if (this.last === null) {

@@ -24,10 +24,13 @@ async function main(): Promise<void> {
     compaction = new PluginCompaction(startup.writer, process.cwd(), config, (level, msg) => log(level, `clnvault: ${msg}`));
     startup.writer = compaction.writer;
   }
-  const handler = new DbWriteHandler(startup.writer, startup.error, (level, msg) => log(level, `clnvault: ${msg}`), {
-    url: startup.url,
-    netDir: process.cwd(),
-  });
+  const handler = new DbWriteHandler(
+    startup.writer,
+    startup.error,
+    (level, msg) => log(level, `clnvault: ${msg}`),
+    { url: startup.url, netDir: process.cwd() },
+    startup.deferredRebaseline ? { rebaseline: startup.deferredRebaseline, done: (r) => (startup.rebaselined = r) } : null,
+  );
   let pendingLogs: Startup['logs'] | null = startup.logs;
 
   const dispatch = (buf: Buffer, start: number, end: number): void => {

@@ -7,11 +7,13 @@ import { readSegmentBytes } from '../backends/file/segments.js';
 import { readBackupLock } from '../engine/backup-lock.js';
 import { DB_NAME, readDataVersion, snapshotDatabase } from '../engine/live-db.js';
 import { serialDiff } from '../engine/versions.js';
+import { isWalDatabase, type DeferredRebaseline } from './rebaseline.js';
 
 /**
  * Everything that happens before the plugin answers getmanifest. lightningd sends db_write calls
- * before init, so the destination must be open by then; and since lightningd has not opened its
- * database yet, this is the one moment the plugin can read it safely.
+ * before init, so the destination must be open by then. A re-baseline is only prepared here and taken in
+ * the first db_write hook (src/plugin/rebaseline.ts): lightningd kills a plugin that takes over 120 s to
+ * answer getmanifest and init, and a big snapshot to a slow disk can take longer.
  */
 
 export interface StartupLog {
@@ -26,11 +28,13 @@ export interface Startup {
   logs: StartupLog[];
   rebaselined: { from: number; to: number } | null;
   url: string | null;
+  /** the node is ahead and the snapshot is taken in the first db_write hook (src/plugin/rebaseline.ts) */
+  deferredRebaseline: DeferredRebaseline | null;
 }
 
 export async function prepareBackup(cwd: string): Promise<Startup> {
   const logs: StartupLog[] = [];
-  const out: Startup = { writer: null, error: null, logs, rebaselined: null, url: null };
+  const out: Startup = { writer: null, error: null, logs, rebaselined: null, url: null, deferredRebaseline: null };
   let lock;
   try {
     lock = readBackupLock(cwd);
@@ -77,6 +81,25 @@ export async function prepareBackup(cwd: string): Promise<Startup> {
       message:
         `the node's database (version ${node}) is ahead of the backup (version ${head}) and re-baselining is ` +
         `disabled in backup.lock: the first database write will be refused`,
+    });
+    return out;
+  }
+  // lightningd kills a plugin that takes over 120 s to answer getmanifest and init, and a snapshot of a big
+  // database to a slow disk can take longer: it is taken in the first db_write hook, which has no timer
+  // (rollback-journal databases, lightningd's default; a WAL database is snapshotted here, as before)
+  let wal = true;
+  try {
+    wal = isWalDatabase(dbPath);
+  } catch {
+    // unreadable header: the snapshot below says what is wrong
+  }
+  if (!wal) {
+    out.deferredRebaseline = { dbPath, from: head, node };
+    logs.push({
+      level: 'warn',
+      message:
+        `the node's database (version ${node}) is ahead of the backup (version ${head}) (writes committed after plugins ` +
+        `stopped, or the node ran without clnvault): re-baselining at the first database write`,
     });
     return out;
   }
