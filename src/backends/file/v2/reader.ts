@@ -214,7 +214,9 @@ export class V2Reader implements BackupReader {
   /** The plan the open scan made (what planBackup would compute with a walk); throws on damage unless beforeDamage. */
   plannedAtOpen(opts: { beforeDamage?: boolean } = {}): Planner {
     const damage = this.damage();
-    if (damage.length > 0 && !opts.beforeDamage) throw damagedError(this.location, damage);
+    if (!opts.beforeDamage && (damage.length > 0 || this.headerDamage)) {
+      throw damagedError(this.location, this.headerDamage ? [this.headerDamage, ...damage] : damage);
+    }
     return this.grouped.planner;
   }
 
