@@ -117,6 +117,60 @@ describe('PostgreSQL destination', { skip: PG_SKIP }, () => {
     assert.doesNotMatch(i.stdout + s.stdout + v.stdout + c.stdout, /pw-/, 'passwords stay out of reports');
   });
 
+  it('compaction while the plugin writes: no write waits for it or is refused, and the restore equals the node', { timeout: 240_000 }, async () => {
+    const { url } = await nodeRole('livecompact');
+    const { dir, netDir } = await replayed(url, ['session-channels/hooks.jsonl']);
+    const node = new SimNode({ netDir, hookSafetyTimeoutMs: 60_000 });
+    let n = 0;
+    try {
+      await node.boot();
+      const compaction = runCli(['compact', '--json', url], { cwd: dir });
+      let done = false;
+      void compaction.then(() => (done = true));
+      let during = 0;
+      while (!done) {
+        assert.equal((await node.transaction([`INSERT INTO vars (name, intval) VALUES ('live-${n++}', 1)`])).answered, 'continue');
+        during++;
+      }
+      const c = await compaction;
+      assert.equal(c.code, 0, show(c));
+      assert.equal((JSON.parse(c.stdout) as { compacted: boolean }).compacted, true);
+      assert.ok(during > 0);
+      for (let k = 0; k < 5; k++) assert.equal((await node.transaction([`INSERT INTO vars (name, intval) VALUES ('live-${n++}', 2)`])).answered, 'continue');
+    } finally {
+      await node.stop();
+    }
+    assert.deepEqual(node.violations, []);
+    assert.equal(await restoreDump(dir, url), dump(node.dbPath));
+  });
+
+  it('re-baseline at plugin start stores a multi-chunk snapshot (3 MiB blob, 1 MiB rows) that restores exactly', { timeout: 240_000 }, async () => {
+    const { url } = await nodeRole('rebaseline');
+    const { dir, netDir } = await replayed(url, ['session-basic/hooks.jsonl']);
+    const node = new SimNode({ netDir, hookSafetyTimeoutMs: 60_000 });
+    // committed without the hook (what lightningd does after plugins stopped): the node is now ahead
+    node.commitWithoutHook(["INSERT INTO vars (name, blobval) VALUES ('pg-big', randomblob(3145728))"]);
+    try {
+      await node.boot();
+      assert.match(node.stderr + JSON.stringify(node.logs), /re-baselined/);
+      assert.equal((await node.transaction(["INSERT INTO vars (name, intval) VALUES ('pg-after', 1)"])).answered, 'continue');
+    } finally {
+      await node.stop();
+    }
+    const admin = await server.superClient();
+    try {
+      const chunks = await admin.query(
+        `SELECT count(*) AS n, max(octet_length(data)) AS m FROM clnvault.snapshot_chunks c JOIN clnvault.backups b ON b.id = c.backup_id WHERE b.name = $1`,
+        [new URL(url).searchParams.get('backup')],
+      );
+      assert.ok(Number(chunks.rows[0].n) >= 4, `chunks: ${JSON.stringify(chunks.rows)}`);
+      assert.equal(Number(chunks.rows[0].m), 1 << 20);
+    } finally {
+      await admin.end();
+    }
+    assert.equal(await restoreDump(dir, url), dump(node.dbPath));
+  });
+
   it('the version rule holds in the database: a second transaction with the same data_version is rejected', async () => {
     const { role, url } = await nodeRole('unique');
     const dir = scratch();
