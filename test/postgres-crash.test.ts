@@ -132,4 +132,28 @@ describe('PostgreSQL killed mid-write', { skip: PG_SKIP }, () => {
     await node.stop();
     await restoredEqualsNode(dir, url, node);
   });
+
+  it('server down when the plugin starts: start-up ends within the bound and every write is refused, naming the cause', { timeout: 120_000 }, async () => {
+    const { dir, url } = await setUp('start_down', 2);
+    const node = newNode(join(dir, 'regtest'), 60_000);
+    await node.boot();
+    assert.equal((await node.transaction(tx(0))).answered, 'continue');
+    await node.stop();
+    await server.kill();
+    try {
+      const t0 = Date.now();
+      await node.start();
+      const res = await node.transaction(tx(1));
+      assert.equal(res.answered, 'error');
+      assert.match((res as { detail: string }).detail, /cannot start the backup|could not get it back within 2 s/);
+      assert.ok(Date.now() - t0 < 30_000);
+      await node.stop();
+    } finally {
+      await server.run();
+    }
+    await node.boot();
+    assert.equal((await node.transaction(tx(2))).answered, 'continue');
+    await node.stop();
+    await restoredEqualsNode(dir, url, node);
+  });
 });

@@ -29,6 +29,8 @@ const INSERT_CHANGE =
 
 class Refused extends Error {}
 
+const START_BUDGET_MS = 45_000;
+
 let client: PgClient | null = null;
 let backupId: number | null = null;
 /** writer state: the session holds the writer lock; `pendingDrop` is a rewind waiting for its replacement */
@@ -127,8 +129,12 @@ async function holderOf(c: PgClient, id: number): Promise<string> {
  * deadline; then gives up, so that the hook answers (with a refusal) instead of hanging lightningd.
  * `onReconnect` restores session state (the writer lock) before `fn` is retried.
  */
-async function withRetry<T>(fn: (c: PgClient, retry: boolean) => Promise<T>, onReconnect?: (c: PgClient) => Promise<void>): Promise<T> {
-  const deadline = Date.now() + data.timeoutMs;
+async function withRetry<T>(
+  fn: (c: PgClient, retry: boolean) => Promise<T>,
+  onReconnect?: (c: PgClient) => Promise<void>,
+  budgetMs: number = data.timeoutMs,
+): Promise<T> {
+  const deadline = Date.now() + budgetMs;
   let attempt = 0;
   let lastError: unknown = null;
   for (;;) {
@@ -147,7 +153,7 @@ async function withRetry<T>(fn: (c: PgClient, retry: boolean) => Promise<T>, onR
       const left = deadline - Date.now();
       if (left <= 0) {
         throw new Error(
-          `lost the connection to PostgreSQL and could not get it back within ${Math.round(data.timeoutMs / 1000)} s ` +
+          `lost the connection to PostgreSQL and could not get it back within ${Math.round(budgetMs / 1000)} s ` +
             `("remote_timeout" in backup.lock): ${(lastError as Error).message}`,
         );
       }
@@ -326,7 +332,9 @@ async function handle(req: PgRequest): Promise<unknown> {
       return null;
     }
     case 'openWriter': {
-      const c = await withRetry((c) => Promise.resolve(c));
+      // The plugin opens its writer before answering getmanifest, and lightningd gives up on a plugin after
+      // --plugin-timeout (60 s): a longer wait would lose the log line saying why the node did not start.
+      const c = await withRetry((c) => Promise.resolve(c), undefined, Math.min(data.timeoutMs, START_BUDGET_MS));
       const id = await lookupBackup(c);
       if (!(await takeWriterLock(c, id))) {
         throw new Refused(
