@@ -114,6 +114,9 @@ export function compactFile(path: string, hooks: CompactHooks, opts: CompactOpti
   const format = opts.format;
   const debris = removeDebris(path);
   if (debris.length > 0) hooks.log('info', `compaction: removed ${debris.length} file(s) left by an interrupted compaction: ${debris.join(', ')}`);
+  // a compaction that failed after its rename never pruned: history must not pile up over such failures
+  const oldHistory = pruneHistory(path, opts.history);
+  if (oldHistory.length > 0) hooks.log('info', `compaction: removed old history left by an earlier compaction: ${oldHistory.join(', ')}`);
   const truncations0 = hooks.truncations();
   const first = firstEntryOffset(format);
   // v2: the backup may be segmented; it is walked as one virtual file (global offsets, as the writer's end)
@@ -145,6 +148,8 @@ export function compactFile(path: string, hooks: CompactHooks, opts: CompactOpti
   let outBefore = 0;
   /** set at the rename: from then on the new set is the live backup and nothing of it may be removed */
   let renamed = false;
+  /** set in the catch: the error being thrown is the one reported */
+  let failing = false;
   let db: Database.Database | null = null;
   let replayer: Replayer | null = null;
   const outPath = compactingPath(path);
@@ -438,6 +443,7 @@ export function compactFile(path: string, hooks: CompactHooks, opts: CompactOpti
       caughtUp: finalEnd - caughtFrom,
     };
   } catch (e) {
+    failing = true;
     try {
       (replayer as Replayer | null)?.abandon();
       (db as Database.Database | null)?.close();
@@ -480,12 +486,29 @@ export function compactFile(path: string, hooks: CompactHooks, opts: CompactOpti
       path,
     );
   } finally {
+    let closeError: Error | null = null;
+    const close = (fn: () => void): void => {
+      try {
+        fn();
+      } catch (e) {
+        closeError ??= e as Error;
+      }
+    };
     // a swap that failed after they were opened
-    for (const fd of oldFds.splice(0)) closeSync(fd);
-    if (cur !== null && cur !== out) closeSync(cur);
-    if (out !== null) closeSync(out);
-    if (source) source.close();
-    else closeSync(src);
+    for (const fd of oldFds.splice(0)) close(() => closeSync(fd));
+    if (cur !== null && cur !== out) close(() => closeSync(cur!));
+    if (out !== null) close(() => closeSync(out!));
+    if (source) close(() => source.close());
+    else close(() => closeSync(src));
+    // a failure already being thrown keeps its message (and was reported); otherwise a close that failed
+    // after the rename is a failure after the rename like any other
+    if (closeError !== null && !failing) {
+      if (renamed) {
+        hooks.failedAfterSwap(afterSwapMessage(path, closeError));
+        throw new BackupError(`compaction of ${path} replaced the backup, then failed: ${(closeError as Error).message}. ${AFTER_SWAP_FIX}`, path);
+      }
+      throw new BackupError(`compaction of ${path} failed: ${(closeError as Error).message}`, path);
+    }
   }
 }
 
