@@ -1,7 +1,8 @@
 /**
  * Crash soak, short version (the long one: `npm run soak -- --trials N`). The real plugin is SIGKILLed
  * mid-append, the node dies between hook answer and commit, both at once, during start-up and during
- * re-baseline, with online compaction running in the plugin; after each fault the backup is restored and
+ * re-baseline, with online compaction running in the plugin; compactions get an I/O error at one of their
+ * fs calls, or run back to back with no write between; after each fault the backup is restored and
  * compared with the simulator's DB. The only acceptable number of divergences is zero.
  */
 import assert from 'node:assert/strict';
@@ -24,6 +25,7 @@ function assertNoDivergence(r: SoakReport, trials: number): void {
   assert.ok(r.aheadByOne > 0, 'the backup was never seen one uncommitted batch ahead');
   assert.ok(r.rebaselines > 0, 'no re-baseline ran');
   assert.ok(r.compactions + r.killedCompacting > 0, 'online compaction never ran');
+  assert.ok(r.repeatedCompactions > 0, 'no compactions ran back to back');
 }
 
 // The two runs spend most of their time waiting for fdatasync and process start-up: run them side by side.
@@ -45,6 +47,7 @@ test(`crash soak, v2: ${TRIALS_V2} trials, recorded CLN traffic then generated b
   // one pwrite cannot be torn by SIGKILL, but a power cut can tear it: those tails must have been cut
   assert.ok(r.powerCuts > 0 && r.tailRepairs > 0, 'no torn tail was ever produced and repaired');
   assert.ok(r.aheadAfterKill > 0, 'no kill landed between the write and the answer');
+  assert.ok(r.ioErrorsBeforeRename > 0 && r.ioErrorsAfterRename > 0, 'EIO never landed on both sides of a compaction\'s rename');
 });
 
 test(`crash soak, v1 (the reference format): ${TRIALS_V1} trials`, { timeout: 600_000 }, async () => {

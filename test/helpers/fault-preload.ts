@@ -12,7 +12,7 @@
  *   {"from": "compacting", "at": N}  the Nth counted call from the creation of <backup>.compacting on fails
  *                                    (the creation itself is call 1): every step of building and swapping
  *   {"at": 0}                         nothing fails
- * When it fires it writes `<file>.fired` (the call and its argument), which tells a test that counts up N
+ * When it fires it writes `<file>.fired` (the call, its argument, and whether the rename had happened), which tells a test that counts up N
  * when it has gone past the last call.
  */
 import fs from 'node:fs';
@@ -41,6 +41,8 @@ if (FILE !== undefined) {
   for (const name of COUNTED) real.set(name, (fs as unknown as Record<string, (...a: unknown[]) => unknown>)[name]!.bind(fs));
   let armed: Spec | null = null;
   let count = 0;
+  /** whether this thread's current compaction has renamed its new file over the backup */
+  let renamed = false;
   const readSpec = (): Spec | null => {
     try {
       const s = JSON.parse(fs.readFileSync(FILE, 'utf8')) as Spec;
@@ -59,7 +61,10 @@ if (FILE !== undefined) {
     const f = real.get(name)!;
     return (...args: unknown[]): unknown => {
       if (name === 'openSync' && typeof args[0] === 'string' && args[1] === 'wx') {
-        if (args[0].endsWith('.compacting')) start('compacting');
+        if (args[0].endsWith('.compacting')) {
+          renamed = false;
+          start('compacting');
+        }
         else if (SEGMENT_FILE.test(args[0])) start('segment');
       }
       if (armed !== null && (armed.call === undefined || armed.call === name) && ++count === armed.at) {
@@ -67,14 +72,17 @@ if (FILE !== undefined) {
         const stale = current === null || current.nonce !== armed.nonce;
         armed = null;
         if (stale) return f(...args);
-        fs.writeFileSync(`${FILE}.fired`, JSON.stringify({ call: name, arg: typeof args[0] === 'string' ? args[0] : null }));
+        fs.writeFileSync(`${FILE}.fired`, JSON.stringify({ call: name, arg: typeof args[0] === 'string' ? args[0] : null, afterRename: renamed }));
         const e = Object.assign(new Error(`EIO: i/o error (injected), ${name}`), { code: 'EIO', errno: -5, syscall: name });
         // Linux frees the descriptor even when close reports an error
         if (name === 'closeSync') f(...args);
         throw e;
       }
       const r = f(...args);
-      if (name === 'renameSync' && typeof args[0] === 'string' && args[0].endsWith('.compacting')) start('rename');
+      if (name === 'renameSync' && typeof args[0] === 'string' && args[0].endsWith('.compacting')) {
+        renamed = true;
+        start('rename');
+      }
       return r;
     };
   };

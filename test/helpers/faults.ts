@@ -25,7 +25,14 @@ export function armFault(specFile: string, spec: FaultSpec): void {
 }
 
 /** The call that failed since the last armFault, or null when the fault did not fire. */
-export function faultFired(specFile: string): { call: string; arg: string | null } | null {
+export interface FaultFired {
+  call: string;
+  arg: string | null;
+  /** the compaction had renamed its new file over the backup when the call failed */
+  afterRename: boolean;
+}
+
+export function faultFired(specFile: string): FaultFired | null {
   const f = `${specFile}.fired`;
-  return existsSync(f) ? (JSON.parse(readFileSync(f, 'utf8')) as { call: string; arg: string | null }) : null;
+  return existsSync(f) ? (JSON.parse(readFileSync(f, 'utf8')) as FaultFired) : null;
 }

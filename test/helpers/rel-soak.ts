@@ -35,6 +35,7 @@ import { dataVersionBump, SimDb } from '../../src/sim/db.js';
 import { SimNode, type DbWriteResult } from '../../src/sim/lightningd.js';
 import { Prng, Workload, type WorkBatch } from '../../src/sim/workload.js';
 import { rpc } from './compact-sim.js';
+import { armFault, faultEnv, faultFired } from './faults.js';
 import { dump } from './sqlite.js';
 
 export const FAULTS = [
@@ -47,6 +48,8 @@ export const FAULTS = [
   'kill-idle',
   'kill-startup',
   'kill-rebaseline',
+  'io-error-swap',
+  'compact-repeat',
 ] as const;
 export type Fault = (typeof FAULTS)[number];
 
@@ -106,6 +109,12 @@ export interface SoakReport {
   /** online compactions that completed, and SIGKILLs that landed while one was running */
   compactions: number;
   killedCompacting: number;
+  /** io-error-swap: EIO injected into a compaction before its rename, after it, or not reached */
+  ioErrorsBeforeRename: number;
+  ioErrorsAfterRename: number;
+  ioErrorsNotReached: number;
+  /** compact-repeat: compactions run back to back with no write between */
+  repeatedCompactions: number;
 }
 
 type Batch = { kind: 'tx' | 'pragma'; writes: string[] };
@@ -135,6 +144,10 @@ export async function runSoak(opts: SoakOptions): Promise<SoakReport> {
     powerCuts: 0,
     compactions: 0,
     killedCompacting: 0,
+    ioErrorsBeforeRename: 0,
+    ioErrorsAfterRename: 0,
+    ioErrorsNotReached: 0,
+    repeatedCompactions: 0,
   };
   const perNode = opts.trialsPerNode ?? 400;
   let trial = 0;
@@ -159,6 +172,8 @@ class SoakNode {
   readonly backupPath = join(this.dir, 'backup', 'node.bkp');
   readonly backupUrl = pathToFileURL(this.backupPath).href;
   readonly node: SimNode;
+  /** the I/O fault spec the plugin's preload reads (test/helpers/fault-preload.ts) */
+  readonly faultSpec = join(this.dir, 'fault.json');
   private readonly rng: Prng;
   private wl!: Workload;
   private wlSeed: number;
@@ -188,6 +203,7 @@ class SoakNode {
       hookSafetyTimeoutMs: 60_000,
       exitGraceMs: 10_000,
       onLog: (e) => this.onLog(e.message),
+      env: faultEnv(this.faultSpec),
     });
     rep.nodes++;
   }
@@ -219,7 +235,8 @@ class SoakNode {
     else if (/^clnvault: compaction done/.test(msg)) {
       this.compacting = false;
       this.rep.compactions++;
-    } else if (/repaired the backup on open/.test(msg)) this.rep.tailRepairs++;
+    } else if (/^clnvault: compaction of .* failed|^clnvault: compaction: nothing to compact/.test(msg)) this.compacting = false;
+    else if (/repaired the backup on open/.test(msg)) this.rep.tailRepairs++;
     else if (/was never committed by lightningd: removed it/.test(msg)) this.rep.rewinds++;
     else if (/^clnvault: re-baselined/.test(msg)) this.rep.rebaselines++;
   }
@@ -396,6 +413,12 @@ class SoakNode {
         await this.bootWithKill(this.rng.int(0, 120));
         break;
       }
+      case 'io-error-swap':
+        await this.ioErrorInCompaction();
+        break;
+      case 'compact-repeat':
+        await this.compactRepeatedly();
+        break;
       case 'kill-rebaseline': {
         // a clean stop that commits after plugins have exited (CLN 5859): the DB is ahead of the backup
         await node.stop();
@@ -410,6 +433,88 @@ class SoakNode {
       }
     }
     this.checkSettled(fault);
+  }
+
+  /**
+   * One EIO at a random fs call of a compaction (half the time counted from the creation of the new file,
+   * half from its rename, where the steps are few), while writes go on. Before the rename the compaction
+   * fails and the backup is unchanged; after it the plugin must refuse the next write (lightningd stops),
+   * and either way nothing acknowledged may be lost (checkSettled, then the restart's checks).
+   */
+  private async ioErrorInCompaction(): Promise<void> {
+    await this.waitCompactionIdle();
+    const afterRename = this.rng.next() < 0.5;
+    armFault(this.faultSpec, afterRename ? { from: 'rename', at: this.rng.int(1, 12) } : { from: 'compacting', at: Math.round(this.rng.logUniform(1, 300)) });
+    const answer = this.compactNow();
+    let refused = false;
+    for (let k = this.rng.int(0, 6); k > 0 && !refused; k--) {
+      for (const b of this.wl.next().batches) {
+        const r = await this.send(b);
+        if (r.answered !== 'continue') {
+          refused = true;
+          break;
+        }
+      }
+    }
+    const failed = await answer;
+    const f = faultFired(this.faultSpec);
+    armFault(this.faultSpec, { at: 0 });
+    if (f === null) {
+      this.rep.ioErrorsNotReached++;
+      if (failed !== null && this.node.state === 'running') {
+        this.diverge('io-error-swap', `a compaction without a fault failed: ${failed}`);
+      }
+      return;
+    }
+    if (f.afterRename) this.rep.ioErrorsAfterRename++;
+    else this.rep.ioErrorsBeforeRename++;
+    if (this.node.state !== 'running' || failed === null) return;
+    // the compaction failed and lightningd still runs: the next write shows what the plugin decided
+    const w = this.wl.next().batches.find((b) => b.kind === 'tx')!;
+    const r = await this.send(w);
+    if (f.afterRename && r.answered === 'continue') {
+      this.diverge('io-error-swap', `EIO at ${f.call} after the rename (${failed}): a later write was acknowledged instead of refused`);
+    } else if (!f.afterRename && r.answered !== 'continue') {
+      this.diverge('io-error-swap', `EIO at ${f.call} before the rename (${failed}): the backup was unchanged, yet a later write was refused: ${detailOf(r)}`);
+    }
+  }
+
+  /** Two or three backup-compact in a row with no write between: each must succeed, and the backup equal the DB. */
+  private async compactRepeatedly(): Promise<void> {
+    await this.waitCompactionIdle();
+    const k = this.rng.int(2, 3);
+    for (let i = 0; i < k; i++) {
+      const failed = await this.compactNow();
+      if (failed !== null) {
+        this.diverge('compact-repeat', `compaction ${i + 1} of ${k} in a row, no write between, failed: ${failed}`);
+        return;
+      }
+      this.rep.repeatedCompactions++;
+    }
+    this.rep.checks++;
+    const got = this.restoreDump();
+    if ('error' in got) return this.diverge('compact-repeat', `restore after ${k} compactions in a row failed: ${got.error}`);
+    const db = dump(this.node.dbPath);
+    if (got.dump !== db) this.diverge('compact-repeat', `after ${k} compactions in a row: restored version ${got.head}, node at ${this.node.dataVersion()}\n${firstDiff(db, got.dump)}`);
+  }
+
+  /**
+   * backup-compact, run to its end: null when it succeeded, else the error. A compaction already running
+   * (an earlier request whose worker had not logged its start yet) is waited for, and the request repeated.
+   */
+  private async compactNow(): Promise<string | null> {
+    for (let tries = 0; ; tries++) {
+      const r = await rpc(this.node, 'backup-compact', {}, 120_000).catch((e: Error) => ({ error: { message: e.message } }));
+      if (r.error === undefined) return null;
+      const why = JSON.stringify(r.error);
+      if (!/already running/.test(why) || tries >= 600 || !this.node.pluginAlive) return why;
+      await sleep(50);
+    }
+  }
+
+  /** A compaction started earlier (automatic, or a request) is let finish, so a new request is not refused. */
+  private async waitCompactionIdle(): Promise<void> {
+    for (let w = 0; w < 3000 && this.compacting && this.node.pluginAlive; w++) await sleep(10);
   }
 
   private async kill(): Promise<void> {
@@ -610,6 +715,7 @@ export function progress(r: SoakReport): string {
     `${r.committed} batches committed, ${r.killedInHook} plugins killed inside a hook, ${r.tailRepairs} tails repaired, ` +
     `${r.rewinds} rewinds, ${r.rebaselines} re-baselines, ${r.aheadByOne} checks one batch ahead ` +
     `(${r.aheadAfterKill} after a kill), ${r.powerCuts} power cuts, ${r.compactions} online compactions ` +
-    `(${r.killedCompacting} kills during one)`
+    `(${r.killedCompacting} kills during one), ${r.repeatedCompactions} back to back; EIO in a compaction: ` +
+    `${r.ioErrorsBeforeRename} before its rename, ${r.ioErrorsAfterRename} after, ${r.ioErrorsNotReached} past its last call`
   );
 }
