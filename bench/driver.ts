@@ -34,7 +34,7 @@ export class FifoDriver {
     const childIn = openSync(fin, 'r');
     const childOut = openSync(fout, 'w');
     this.spawnedAt = process.hrtime.bigint();
-    this.child = spawn(command[0]!, command.slice(1), { cwd: netDir, stdio: [childIn, childOut, 'inherit'] });
+    this.child = spawn(command[0]!, command.slice(1), { cwd: netDir, env: { ...process.env, LIGHTNINGD_PLUGIN: '1' }, stdio: [childIn, childOut, 'inherit'] });
     closeSync(childIn);
     closeSync(childOut);
   }

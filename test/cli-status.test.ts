@@ -80,10 +80,12 @@ describe('clnvault status', () => {
     assert.equal(r.code, 0, show(r));
     assert.equal(firstLine(r), `in step: the node and the backup are both at data_version ${s.v}; nothing to do`);
     const j = JSON.parse((await status(s.net, true)).stdout);
-    assert.deepEqual(Object.keys(j).sort(), ['backup', 'lightningDir', 'lock', 'message', 'node', 'ok', 'running', 'state']);
+    assert.deepEqual(Object.keys(j).sort(), ['backup', 'lightningDir', 'lock', 'message', 'node', 'ok', 'running', 'runningEvidence', 'state']);
     assert.equal(j.state, 'in-step');
     assert.equal(j.ok, true);
-    assert.equal(j.running, null);
+    // a boolean as the text says "not running" (issue 10 item 9), never null
+    assert.equal(j.running, false);
+    assert.equal(j.runningEvidence, null);
     assert.deepEqual(j.lock, { backend_url: s.url, path: join(s.net, 'backup.lock') });
     assert.deepEqual(j.backup, { url: s.url, path: s.bkp, format: 'v2', head: s.v, headKind: 'snapshot', entries: 1, bytes: j.backup.bytes });
     assert.deepEqual(j.node, { db: s.db, dataVersion: s.v });
@@ -151,7 +153,8 @@ describe('clnvault status', () => {
       assert.equal(running.code, 1, show(running));
       const j = JSON.parse(running.stdout);
       assert.equal(j.state, 'not-backing-up');
-      assert.match(j.running, /lightningd answers on/);
+      assert.equal(j.running, true);
+      assert.match(j.runningEvidence, /lightningd answers on/);
       assert.match(j.message, /the plugin is not loaded or died. Check 'lightning-cli plugin list'/);
     } finally {
       await new Promise((resolve) => server.close(resolve));

@@ -152,13 +152,15 @@ describe('inspect', () => {
     assert.match(bad.stdout, /Damaged: a restore would refuse it/);
   });
 
-  test('could not run: no such file, not a backup, not a URL (exit 2)', async () => {
+  test('could not run: no such file, not a backup, an unknown scheme (exit 2)', async () => {
     const d = area.dir();
     writeFileSync(join(d, 'junk.bin'), Buffer.alloc(4096, 7));
     for (const [arg, re] of [
       [url(join(d, 'none.bkp')), /none\.bkp does not exist \(is the backup disk mounted\?\)/],
       [url(join(d, 'junk.bin')), /junk\.bin is not a clnvault or reference backup file/],
-      [join(d, 'junk.bin'), /must start with file:/],
+      // a plain path is taken as the file it names (issue 10 item 7); an unknown scheme is bad usage
+      [join(d, 'junk.bin'), /junk\.bin is not a clnvault or reference backup file/],
+      ['ftp://host/junk.bin', /no backend for "ftp:\/\/host\/junk\.bin": give a file: URL/],
     ] as Array<[string, RegExp]>) {
       const r = await runCli(['inspect', arg]);
       assert.equal(r.code, 2, show(r));

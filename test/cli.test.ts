@@ -124,7 +124,7 @@ describe('init', () => {
       [['init', '--format', 'v3', url(join(d, 'n.bkp'))], 2, /--format must be v1 or v2/],
       [['init', url(join(d, 'exists.bkp'))], 1, /exists\.bkp already exists/],
       [['init', url(join(d, 'nodir/n.bkp'))], 1, /directory .*nodir does not exist; create it \(or mount the backup disk\)/],
-      [['init', 'ftp://host/n.bkp'], 1, /must start with file:/],
+      [['init', 'ftp://host/n.bkp'], 2, /no backend for "ftp:\/\/host\/n\.bkp": give a file: URL/],
       [['init', '--lightning-dir', join(d, 'nope'), url(join(d, 'n.bkp'))], 1, /is not a directory/],
       [['init', '--lightning-dir', locked, url(join(d, 'n.bkp'))], 1, /backup\.lock already exists \(it points to file:\/\/\/elsewhere\.bkp\)/],
     ];
@@ -209,7 +209,12 @@ describe('restore', () => {
     const forced = await runCli(['restore', '--force', bkp, join(d, 'other.sqlite3')]);
     assert.equal(forced.code, 0, show(forced));
     assert.equal(dataVersion(join(d, 'other.sqlite3')), 21);
-    assert.deepEqual(readdirSync(d).sort(), ['lightningd.sqlite3', 'other.sqlite3'], 'no temp file left beside them');
+    const names = readdirSync(d).sort();
+    assert.equal(names.length, 3, `no temp file left beside them: ${names.join(', ')}`);
+    assert.deepEqual(names.slice(0, 2), ['lightningd.sqlite3', 'other.sqlite3']);
+    // the replaced file is kept (issue 10 item 1)
+    assert.match(names[2]!, /^other\.sqlite3\.replaced-\d{8}T\d{6}Z$/);
+    assert.equal(readFileSync(join(d, names[2]!), 'utf8'), 'keep me');
   });
 
   test('--to-version stops at a chosen version, and says which versions exist when it cannot', async () => {
@@ -241,9 +246,15 @@ describe('restore', () => {
     assertOneLineError(missing, 1, /backup file .*gone\.bkp does not exist \(is the backup disk mounted\?\)/);
   });
 
-  test('progress: plain lines on stderr when not a terminal', async () => {
+  test('progress: none when stderr is not a terminal; plain lines there with --progress; --quiet prints nothing on success', async () => {
+    const silent = await runCli(['restore', url(join(afterRewind, 'backup.dbak')), area.dir()]);
+    assert.equal(silent.code, 0, show(silent));
+    assert.equal(silent.stderr, '', 'a cron job must not get mail for progress');
+    const quiet = await runCli(['restore', '--quiet', url(join(afterRewind, 'backup.dbak')), area.dir()]);
+    assert.equal(quiet.code, 0, show(quiet));
+    assert.equal(quiet.stderr + quiet.stdout, '');
     const d = area.dir();
-    const r = await runCli(['restore', url(join(afterRewind, 'backup.dbak')), d]);
+    const r = await runCli(['restore', '--progress', url(join(afterRewind, 'backup.dbak')), d]);
     assert.equal(r.code, 0, show(r));
     assert.doesNotMatch(r.stderr, /[\r\x1b]/, 'no carriage returns or escape sequences in a log');
     assert.match(r.stderr, /^restoring 23\/23 entries \(100%\), \d+ entries\/s, ETA 0s$/m);

@@ -174,6 +174,10 @@ function suite(lightningd: string): void {
       const outs = (await node.rpc<{ outputs: { status: string }[] }>('listfunds')).outputs;
       return outs.length >= 2 && outs.every((o) => o.status === 'confirmed');
     });
+    // the plugin asked lightningd's listconfigs how it was loaded (issue 10 item 14): --important-plugin on
+    // the command line, so no warning, only the debug line
+    assert.match(node.log(), /clnvault: loaded with important-plugin= \(cmdline\), per listconfigs/);
+    assert.doesNotMatch(node.log(), /clnvault: loaded with plugin=|make sure this plugin is loaded|listconfigs failed/);
     await stopForComparison(node, url);
     const dv = await restoreMatches(node, url);
     assert.ok(dv > 100, `data_version ${dv}: the traffic must have reached the database`);

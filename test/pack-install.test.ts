@@ -158,7 +158,8 @@ describe('npm pack, npm install -g, and the installed commands', { timeout: 300_
   test('clnvault-plugin, started through its bin link, answers getmanifest over real pipes', async () => {
     const dir = join(scratch, 'manifest-node');
     mkdirSync(dir);
-    const child = spawn(bin('clnvault-plugin'), [], { cwd: dir, stdio: ['pipe', 'pipe', 'pipe'] });
+    // LIGHTNINGD_PLUGIN=1: what lightningd sets for its plugins (without it the plugin only prints how to load it)
+    const child = spawn(bin('clnvault-plugin'), [], { cwd: dir, env: { ...process.env, LIGHTNINGD_PLUGIN: '1' }, stdio: ['pipe', 'pipe', 'pipe'] });
     let stdout = '';
     let stderr = '';
     child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));

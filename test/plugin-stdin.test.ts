@@ -32,7 +32,7 @@ describe('plugin stdin', () => {
     execFileSync('mkfifo', [fifo]);
     const rfd = openSync(fifo, constants.O_RDONLY | constants.O_NONBLOCK);
     const wfd = openSync(fifo, constants.O_WRONLY);
-    const child = spawn(PLUGIN, [], { cwd: dir, stdio: [rfd, 'pipe', 'pipe'] });
+    const child = spawn(PLUGIN, [], { cwd: dir, env: { ...process.env, LIGHTNINGD_PLUGIN: '1' }, stdio: [rfd, 'pipe', 'pipe'] });
     // spawn() clears O_NONBLOCK on the child's stdio, and the flag lives on the open file description the
     // two processes share: a libuv pipe handle on our copy (never read from) sets it again for both.
     const nonblocking = new Socket({ fd: rfd, readable: false, writable: false });

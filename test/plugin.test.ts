@@ -325,24 +325,4 @@ describe('version rules', () => {
   });
 });
 
-describe('important-plugin check', () => {
-  const PLUGIN_PATH = new URL('../src/plugin/main.js', import.meta.url).pathname;
-  for (const [line, re] of [
-    [`plugin=${PLUGIN_PATH}`, /^warn: clnvault: loaded with plugin= .*not important-plugin=/],
-    [`important-plugin=${PLUGIN_PATH}`, null],
-    ['', /^info: clnvault: make sure this plugin is loaded with important-plugin=/],
-  ] as const) {
-    it(`config ${line ? `"${line.split('=')[0]}="` : 'without the plugin'}: ${re ? 'says so' : 'stays quiet'}`, async () => {
-      const { dir } = netDir();
-      writeFileSync(join(dir, 'config'), `network=regtest\n${line}\nlog-level=debug\n`);
-      const p = await started(dir);
-      await p.call('cln:init#2', 'init', { options: {}, configuration: { 'lightning-dir': dir, network: 'regtest', startup: true } });
-      const st = await p.call('cli:status', 'clnvault-status', {});
-      assert.ok(st.result);
-      const logs = p.logs();
-      if (re) assert.ok(logs.some((l) => re.test(l)), logs.join('\n'));
-      else assert.ok(!logs.some((l) => /important-plugin/.test(l)), logs.join('\n'));
-      await p.close();
-    });
-  }
-});
+// the important-plugin check (listconfigs, and its config-file fallback): test/plugin-importance.test.ts

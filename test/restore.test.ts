@@ -245,7 +245,13 @@ test('an existing destination is refused without force and left untouched; force
   const r = restoreWith(V2Reader.open(backup), dest, { force: true });
   assert.equal(r.head, 2);
   assert.equal(dataVersion(dest), 2);
-  assert.deepEqual(readdirSync(dir), ['lightningd.sqlite3']);
+  // the replaced file is kept beside it, never deleted (issue 10 item 1)
+  const names = readdirSync(dir).sort();
+  assert.equal(names.length, 2, names.join(', '));
+  assert.equal(names[0], 'lightningd.sqlite3');
+  assert.match(names[1]!, /^lightningd\.sqlite3\.replaced-\d{8}T\d{6}Z$/);
+  assert.equal(read(join(dir, names[1]!)), 'precious');
+  assert.equal(r.replaced?.keptAs, join(dir, names[1]!));
 });
 
 test('a leftover -journal next to a missing destination is refused: SQLite would play it into the restore', () => {

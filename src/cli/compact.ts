@@ -3,7 +3,7 @@ import { compactFile, identityOf } from '../compact/compact.js';
 import { DEFAULT_SEGMENT_BYTES, parseSegmentBytes } from '../backends/file/segments.js';
 import { DEFAULT_COMPACTION } from '../compact/config.js';
 import { isReopenable } from '../plugin/compaction.js';
-import { CliError, err, EXIT, out, parse, printJson, type Command } from './common.js';
+import { CliError, COMMON_OPTIONS_HELP, err, EXIT, out, outputMode, parse, printJson, type Command } from './common.js';
 import { compactPg } from '../backends/postgres/compact.js';
 import { isPostgresUrl, redact } from '../backends/postgres/url.js';
 
@@ -27,10 +27,19 @@ Options:
   --segment-bytes N
                 v2: the compacted backup's files hold at most N bytes, the rest going to
                 segment files <file>.seg-* (default ${DEFAULT_SEGMENT_BYTES}, under FAT32's 4 GiB)
-  --json        print the result as JSON ({"before":{...},"after":{...}})
+  --json        print the result as JSON ({"before":{...},"after":{...}, "result": "compacted",
+                "nothing-to-gain" or "nothing-to-compact", ...})
+${COMMON_OPTIONS_HELP}
   -h, --help    this help
 
-Exit codes: 0 compacted (or nothing to do), 1 refused or failed (backup unchanged), 2 bad usage.
+The sizes before and after are printed. When the compacted backup would not be smaller
+(a small backup whose snapshot outweighs the entries it replaces), it is thrown away
+before the swap and compact says "nothing to gain" (exit 0, backup unchanged).
+
+URL is a file: URL (file:///mnt/usb/clnvault.bkp) or a plain path.
+
+Exit codes: 0 compacted (or nothing to gain / to do), 1 refused or failed (backup unchanged),
+2 bad usage.
 
 Example:
   clnvault compact file:///mnt/usb/clnvault.bkp`;
@@ -94,20 +103,40 @@ export const compactCommand: Command = {
           exclusive: (fn) => fn(() => undefined),
           // the error is reported as this command's failure; no writer outlives the command
           failedAfterSwap: () => undefined,
-          log: (_level, message) => err(message),
+          // its progress lines are shown as progress is (a terminal, or --progress); --quiet drops all info
+          log: (level, message) => {
+            const progress = /^compaction: (replayed|writing the snapshot)/.test(message);
+            if (level !== 'info') err(message);
+            else if (progress ? (outputMode.progress ?? process.stderr.isTTY === true) : !outputMode.quiet) err(message);
+          },
         },
-        { format: writer.format, history, segmentBytes },
+        // never swap in a file that is not smaller: a small backup's snapshot can outweigh its entries
+        { format: writer.format, history, segmentBytes, onlyIfSmaller: true },
       );
-      if (values.json) printJson(outcome.stats);
-      else if (!outcome.compacted) out(`${path}: nothing to compact (${outcome.stats.before.version_count} entries, ${outcome.stats.before.backupsize} bytes)`);
-      else {
-        const s = outcome.stats;
-        out(
+      const s = outcome.stats;
+      let message: string;
+      if (outcome.noGain) {
+        message =
+          `${path}: nothing to gain: compacted it would be ${outcome.noGain.wouldBeBytes} bytes, not less than its ` +
+          `${s.before.backupsize} bytes (${s.before.version_count} entries); left unchanged`;
+      } else if (!outcome.compacted) {
+        message = `${path}: nothing to compact (${s.before.version_count} entries, ${s.before.backupsize} bytes, already a snapshot and the newest version)`;
+      } else {
+        message =
           `Compacted ${path}: ${s.before.version_count} entries / ${s.before.backupsize} bytes -> ` +
-            `${s.after.version_count} entries / ${s.after.backupsize} bytes (head version ${outcome.head})` +
-            (outcome.historyFile ? `; the previous backup is kept as ${outcome.historyFile}` : ''),
-        );
+          `${s.after.version_count} entries / ${s.after.backupsize} bytes (head version ${outcome.head})` +
+          (outcome.historyFile ? `; the previous backup is kept as ${outcome.historyFile}` : '');
       }
+      if (values.json) {
+        printJson({
+          ...s,
+          ok: true,
+          result: outcome.compacted ? 'compacted' : outcome.noGain ? 'nothing-to-gain' : 'nothing-to-compact',
+          message,
+          path,
+          ...(outcome.noGain ? { wouldBeBytes: outcome.noGain.wouldBeBytes } : {}),
+        });
+      } else out(message);
     } finally {
       writer.close();
     }

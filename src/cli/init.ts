@@ -1,15 +1,18 @@
 import { existsSync, rmSync, statSync } from 'node:fs';
-import { dirname, join, resolve } from 'node:path';
+import { dirname, join } from 'node:path';
 import { backupPath, createBackup, openWriter } from '../backends/open.js';
 import { lockPath, readBackupLock, writeBackupLock, type BackupLock } from '../engine/backup-lock.js';
 import { listSegmentFiles, parseSegmentBytes } from '../backends/file/segments.js';
 import type { BackupFormat } from '../engine/entries.js';
 import { DB_NAME, snapshotDatabase } from '../engine/live-db.js';
 import { nodeRunning } from '../engine/node-running.js';
-import { CliError, EXIT, out, parse, type Command } from './common.js';
 import { createPgBackup, isPostgresUrl, migratePgSchema, openPgWriter } from '../backends/postgres/index.js';
 import { redact } from '../backends/postgres/url.js';
 import { tmpdir } from 'node:os';
+import { cliUrl } from '../backends/url.js';
+import { CliError, COMMON_OPTIONS_HELP, EXIT, info, out, parse, type Command } from './common.js';
+import { resolveNetworkDir } from './lightning-dir.js';
+import { backupAccessProblem, giveTo, ownerOf, type Owner } from './ownership.js';
 
 const help = `Usage: clnvault init [--lightning-dir DIR] [--format v1|v2] [--segment-bytes N] [--no-rebaseline] [--schema-only] URL
 
@@ -17,12 +20,21 @@ Creates a new backup at URL. With --lightning-dir (the network directory, where
 lightningd.sqlite3 lives, e.g. ~/.lightning/bitcoin) it also writes DIR/backup.lock,
 which tells the plugin where to write, and, if the node already has a database,
 stores a consistent snapshot of it (SQLite's online backup API) as the backup's start.
+lightningd's base directory (~/.lightning) is accepted too: its one network directory
+is used (init says which); with several, init refuses and lists them. Without
+--lightning-dir no backup.lock is written (the last line says so).
+
+The files init creates belong to the owner of the network directory (lightningd runs
+as that user): run as root, init gives them to that user; otherwise it prints the
+chown to run. It warns when the backup is on the same filesystem as the database (it
+would die with the disk it should protect).
 
 The node must be stopped: init refuses when lightningd answers on DIR/lightning-rpc or
 any process holds DIR/lightningd.sqlite3 open. Nothing is left behind on failure.
 
-URL forms: file:///abs/path/backup.bkp, or file:name.bkp (relative to DIR with
---lightning-dir, as the plugin reads it, else to the current directory). The
+URL forms: file:///abs/path/backup.bkp, a plain path, or file:name.bkp (relative to
+DIR with --lightning-dir, as the plugin reads it, else to the current directory).
+file://host/path (two slashes) is refused: "host" would not be part of the path. The
 backup's directory must exist (mount the backup disk first).
 postgresql://[user[:password]@]host[:port]/dbname?backup=NAME (or postgres://):
 creates clnvault's tables when missing and the backup NAME, owned by the
@@ -38,6 +50,7 @@ Options:
                        administrator's one-time step; the backup= name is not used)
   --no-rebaseline      record in backup.lock that the plugin must refuse to start when the
                        node's DB is ahead of the backup instead of snapshotting it
+${COMMON_OPTIONS_HELP}
   -h, --help           this help
 
 Exit codes: 0 created, 1 refused or failed (nothing left behind), 2 bad usage.
@@ -62,7 +75,7 @@ export const initCommand: Command = {
       out(help);
       return EXIT.ok;
     }
-    const url = positionals[0]!;
+    const url = cliUrl(positionals[0]!, process.cwd());
     const format = ((values.format as string | undefined) ?? 'v2') as BackupFormat;
     if (format !== 'v1' && format !== 'v2') throw new CliError(`--format must be v1 or v2, not ${JSON.stringify(values.format)}`, EXIT.usage);
     let segmentBytes: number | undefined;
@@ -85,13 +98,15 @@ export const initCommand: Command = {
       throw new CliError('--format and --segment-bytes are for file backups; a postgresql: backup has its own layout', EXIT.usage);
     }
     const cwd = process.cwd();
-    const netDir = typeof values['lightning-dir'] === 'string' ? resolve(values['lightning-dir']) : null;
+    let netDir: string | null = null;
+    if (typeof values['lightning-dir'] === 'string') {
+      const nd = resolveNetworkDir(values['lightning-dir']);
+      netDir = nd.dir;
+      if (nd.note) out(nd.note);
+    }
 
     let dbPath: string | null = null;
     if (netDir !== null) {
-      if (!existsSync(netDir) || !statSync(netDir).isDirectory()) {
-        throw new CliError(`--lightning-dir ${netDir} is not a directory (give the network directory, e.g. ~/.lightning/bitcoin)`);
-      }
       if (existsSync(lockPath(netDir))) {
         let where = '';
         try {
@@ -116,16 +131,19 @@ export const initCommand: Command = {
     let undoPg: (() => void) | null = null;
     let path: string;
     if (pg) {
-      const created = createPgBackup(url);
-      undoPg = created.undo;
-      path = created.target.display;
-      if (created.migrated) out(`Created clnvault's tables in the database (schema version ${created.migrated.from} -> ${created.migrated.to})`);
+      const made = createPgBackup(url);
+      undoPg = made.undo;
+      path = made.target.display;
+      if (made.migrated) info(`Created clnvault's tables in the database (schema version ${made.migrated.from} -> ${made.migrated.to})`);
     } else {
       path = createBackup(url, base, format);
     }
+    // files to give to the node's user (none for a postgresql: backup but backup.lock)
+    const created: string[] = pg ? [] : [path];
+    const owner: Owner | null = netDir !== null ? ownerOf(netDir) : null;
     try {
       if (dbPath !== null) {
-        out(`Found an existing database at ${dbPath}, initializing the backup with a snapshot`);
+        info(`Found an existing database at ${dbPath}, initializing the backup with a snapshot`);
         const tmp = join(pg ? tmpdir() : dirname(backupPath(url, base)), `.clnvault-init-${process.pid}.sqlite3`);
         try {
           let version: number;
@@ -143,24 +161,27 @@ export const initCommand: Command = {
           } finally {
             writer.close();
           }
-          out(`Successfully written initial snapshot (data_version ${version}) to ${redact(url)}`);
+          info(`Successfully written initial snapshot (data_version ${version}) to ${path}`);
         } finally {
           rmSync(tmp, { force: true });
           rmSync(`${tmp}-journal`, { force: true });
         }
       } else if (netDir !== null) {
-        out('Database does not exist yet, created an empty backup file');
+        info(`Database does not exist yet, created an empty backup file ${path}`);
       } else {
-        out('Created an empty backup file');
+        info(`Created an empty backup file ${path}`);
       }
+      if (!pg) for (const seg of listSegmentFiles(path)) created.push(seg.path);
       if (netDir !== null) {
         const lock: BackupLock = values['no-rebaseline'] ? { backend_url: url, rebaseline: false } : { backend_url: url };
         if (segmentBytes !== undefined) lock.segment_bytes = segmentBytes;
         writeBackupLock(netDir, lock);
-        out(`Wrote ${lockPath(netDir)}`);
+        created.push(lockPath(netDir));
+        info(`Wrote ${lockPath(netDir)}`);
       }
     } catch (e) {
       // Never leave a half-made backup: the user would later think it holds their node.
+      if (netDir !== null && created.includes(lockPath(netDir))) rmSync(lockPath(netDir), { force: true });
       if (undoPg !== null) {
         undoPg();
         throw e;
@@ -168,10 +189,48 @@ export const initCommand: Command = {
       rmSync(path, { force: true });
       for (const f of listSegmentFiles(path)) rmSync(f.path, { force: true });
       rmSync(`${path}.writer`, { force: true });
+      if (netDir !== null && created.includes(lockPath(netDir))) rmSync(lockPath(netDir), { force: true });
       throw e;
     }
     if (!pg) rmSync(`${path}.writer`, { force: true });
-    out(`Initialized backup backend ${redact(url)} (${pg ? 'PostgreSQL' : `format ${format}`}), you can now start Core Lightning`);
+
+    let ready = true;
+    if (owner !== null) {
+      const given = giveTo(created, owner);
+      if (given.hint) (given.done ? info : out)(given.done ? given.hint : `WARNING: ${given.hint}`);
+      if (!given.done) ready = false;
+      const access = given.done && !pg ? backupAccessProblem(path, owner) : null;
+      if (access) {
+        ready = false;
+        out(`WARNING: ${access}: the plugin could not write the backup. Fix it (e.g. 'chown ${owner.uid}:${owner.gid} ${dirname(path)}') before starting lightningd`);
+      }
+      const same = !pg && sameFilesystem(path, netDir!);
+      if (same) {
+        out(
+          `WARNING: the backup ${path} is on the same filesystem as the database (${netDir}): a failed disk takes both. ` +
+            `Put it on another disk (a USB disk, another drive, a network mount)`,
+        );
+      }
+    }
+    if (netDir === null) {
+      out(
+        `Initialized backup ${path} (${pg ? 'PostgreSQL' : `format ${format}`}), but wrote no backup.lock (no --lightning-dir): the plugin does not ` +
+          `know about this backup. Write {"backend_url": "${redact(url)}"} to <network dir>/backup.lock, or run init with --lightning-dir`,
+      );
+    } else if (ready) {
+      out(`Initialized backup backend ${redact(url)} (${path}, ${pg ? 'PostgreSQL' : `format ${format}`}), you can now start Core Lightning`);
+    } else {
+      out(`Initialized backup backend ${redact(url)} (${path}, ${pg ? 'PostgreSQL' : `format ${format}`}); fix the WARNING above before starting Core Lightning`);
+    }
     return EXIT.ok;
   },
 };
+
+/** st_dev of the backup's directory against the network directory's (the database lives there). */
+function sameFilesystem(backup: string, netDir: string): boolean {
+  try {
+    return statSync(dirname(backup)).dev === statSync(netDir).dev;
+  } catch {
+    return false;
+  }
+}

@@ -9,10 +9,10 @@ import { backupPath, missingFirstFile, openReader } from '../backends/open.js';
 import { isPostgresUrl, redact } from '../backends/postgres/url.js';
 import type { BackupFormat, EntryHeader, Problem } from '../engine/entries.js';
 import { planBackup, type Planner } from '../engine/plan.js';
-import { CliError, EXIT, out, parse, printJson, progressReporter, type Command } from './common.js';
+import { CliError, COMMON_OPTIONS_HELP, EXIT, out, parse, printJson, progressReporter, type Command } from './common.js';
 import { formatBytes } from './verify.js';
 
-const help = `Usage: clnvault inspect [--json] URL
+const help = `Usage: clnvault inspect [--json] [--quiet|--progress] URL
 
 Describes the backup at URL without changing it: format, head version, number of
 entries, size, snapshots and their versions, the range of versions a restore can
@@ -26,7 +26,10 @@ at the next start. 'clnvault status' compares the two.
 
 Options:
   --json       print the result as JSON on stdout
+${COMMON_OPTIONS_HELP}
   -h, --help   this help
+
+URL is a file: URL (file:///mnt/usb/clnvault.bkp) or a plain path.
 
 Exit codes: 0 readable and undamaged (a torn tail, the unacknowledged end of an
 append cut short by a crash, is not damage), 1 damaged (acknowledged entries
@@ -66,6 +69,8 @@ export interface InspectReport {
   /** entries read back in full (statements decoded, snapshots copied and, for v2, every checksum verified) */
   entriesChecked: number;
   damaged: boolean;
+  /** false when the damage kept the entries from being listed (then changes, snapshots and versions are unknown) */
+  entriesListed: boolean;
   v1Header?: ReturnType<V1Reader['header']>;
   v2?: { backupId: string; created: string };
   /** only for a backup split into several segment files, in order (the first is the file the URL names) */
@@ -112,8 +117,13 @@ export const inspectCommand: Command = {
     } finally {
       reader.close();
     }
-    if (values.json) printJson(report);
-    else printReport(report);
+    if (values.json) {
+      printJson({
+        ok: !report.damaged,
+        message: report.damaged ? `${report.location} is damaged` : `${report.location} is readable and undamaged`,
+        ...report,
+      });
+    } else printReport(report);
     return report.damaged ? EXIT.failed : EXIT.ok;
   },
 };
@@ -152,6 +162,7 @@ export function inspectBackup(reader: BackupReader, path: string, showProgress: 
     problems,
     entriesChecked: 0,
     damaged: false,
+    entriesListed: planner !== null,
   };
   if (reader instanceof V1Reader) report.v1Header = reader.header();
   if (reader instanceof V2Reader) report.v2 = { backupId: reader.backupId.toString('hex'), created: new Date(reader.createdMs).toISOString() };
@@ -263,8 +274,18 @@ function checkEntry(reader: BackupReader, h: EntryHeader, i: number, report: Ins
 
 function printReport(r: InspectReport): void {
   out(`${r.location}: clnvault backup, format ${r.format}${r.format === 'v1' ? " (the reference plugin's)" : ''}`);
-  out(`  head version   ${r.head}` + (r.headEntry ? ` (newest entry: ${r.headEntry.kind} at offset ${r.headEntry.offset})` : ' (empty backup)'));
-  out(`  entries        ${r.entries} (${r.changes} changes, ${r.snapshots.length} snapshots), ${r.entriesChecked} read back and checked`);
+  // headEntry is null both for an empty backup and for one whose entries could not be listed (damaged)
+  const headNote = r.headEntry
+    ? ` (newest entry: ${r.headEntry.kind} at offset ${r.headEntry.offset})`
+    : r.entriesListed
+      ? ' (empty backup)'
+      : ' (as the file says; its entries could not be listed because of the damage below)';
+  out(`  head version   ${r.head}${headNote}`);
+  out(
+    r.entriesListed
+      ? `  entries        ${r.entries} (${r.changes} changes, ${r.snapshots.length} snapshots), ${r.entriesChecked} read back and checked`
+      : `  entries        ${r.entries} counted, none read back: the damage below stops the listing`,
+  );
   out(`  size           ${formatBytes(r.bytes)} of data` + (r.fileBytes !== r.bytes ? `, file ${formatBytes(r.fileBytes)}` : ''));
   if (r.segments) {
     out(`  segments       ${r.segments.length} files:`);

@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 import { readFileSync } from 'node:fs';
-import { CliError, err, EXIT, out, type Command } from './common.js';
+import { err, EXIT, exitCodeOf, failureJson, out, printJson, type Command } from './common.js';
 import { demoCommand } from './demo.js';
 import { initCommand } from './init.js';
 import { inspectCommand } from './inspect.js';
@@ -54,7 +54,8 @@ async function main(argv: string[]): Promise<number> {
   try {
     return await cmd.run(rest);
   } catch (e) {
-    const code = e instanceof CliError ? e.exitCode : EXIT.failed;
+    const code = exitCodeOf(e);
+    if (rest.includes('--json')) printJson(failureJson(cmd.name, e));
     err(`clnvault ${cmd.name}: ${(e as Error).message}`);
     if (debug && e instanceof Error && e.stack) err(e.stack);
     return code;

@@ -1,20 +1,35 @@
-import { openReader, openReaderAt } from '../backends/open.js';
+import { existsSync } from 'node:fs';
+import { dirname } from 'node:path';
+import { backupPath, openReader, openReaderAt } from '../backends/open.js';
+import { nodeRunning, writerLockHeld } from '../engine/node-running.js';
 import { resolveDestination, restoreBackup } from '../restore/restore.js';
-import { EXIT, out, parse, parseVersionArg, printJson, progressReporter, type Command } from './common.js';
+import { CliError, COMMON_OPTIONS_HELP, EXIT, info, out, parse, parseVersionArg, printJson, progressReporter, type Command } from './common.js';
 
-const help = `Usage: clnvault restore [--force] [--to-version N] [--stop-at-damage] [--json] URL DEST
+const help = `Usage: clnvault restore [--force [--allow-older]] [--to-version N] [--stop-at-damage] [--json] URL DEST
 
 Rebuilds lightningd.sqlite3 from the backup at URL. DEST is a file, or a directory
 (then DEST/lightningd.sqlite3). The database is built beside DEST, checked
 (integrity_check, foreign_key_check, data_version == the backup's head), fsynced and
 only then renamed into place, so DEST never holds a partial database.
 
-The backup's format (clnvault v2, or the reference plugin's v1 .bkp/.dbak files) is
-detected from its content. Stale entries that the reference plugin's rewind bug left
-in v1 files are recognised and skipped.
+URL is a file: URL (file:///mnt/usb/clnvault.bkp) or a plain path. The backup's format
+(clnvault v2, or the reference plugin's v1 .bkp/.dbak files) is detected from its
+content. Stale entries that the reference plugin's rewind bug left in v1 files are
+recognised and skipped.
+
+Restore always refuses while lightningd runs in DEST's directory (its lightning-rpc
+answers, or a process holds the database open), and --force also while a plugin holds
+the backup's writer lock (a running node writes to it): a database replaced under a
+running node is overwritten or, worse, run on stale. A restore into a new file from a
+backup in use is allowed (a drill, as verify does).
 
 Options:
-  --force          replace an existing DEST (otherwise restore refuses)
+  --force          replace an existing DEST. The old file is kept beside it as
+                   DEST.replaced-<time> (with its -journal, if any). Refuses when DEST's
+                   data_version is newer than the restored one
+  --allow-older    with --force: replace DEST even when it is newer than the backup (or its
+                   data_version cannot be read). A node started on an older database
+                   broadcasts revoked states: only when DEST is known to be wrong
   --to-version N   stop at data_version N (point in time), if the backup still holds that
                    history; says which versions are available when it does not
   --stop-at-damage a damaged (v2: checksum-failing) record normally makes restore refuse;
@@ -24,10 +39,10 @@ Options:
                    transaction after the damage, so never start a node on it while a
                    better copy (the node's own database, another backup) exists
   --json           print the result as JSON on stdout
+${COMMON_OPTIONS_HELP}
   -h, --help       this help
 
-Progress goes to stderr: a bar with rate and ETA on a terminal, plain lines otherwise.
-Exit codes: 0 restored and checked, 1 failed (DEST untouched), 2 bad usage.
+Exit codes: 0 restored and checked, 1 failed or refused (DEST untouched), 2 bad usage.
 
 Example (node stopped, its database lost):
   clnvault restore file:///mnt/usb/clnvault.bkp ~/.lightning/bitcoin/`;
@@ -39,6 +54,7 @@ export const restoreCommand: Command = {
   async run(argv) {
     const { values, positionals } = parse('restore', argv, {
       force: { type: 'boolean' },
+      'allow-older': { type: 'boolean' },
       'to-version': { type: 'string' },
       json: { type: 'boolean' },
       'stop-at-damage': { type: 'boolean' },
@@ -47,29 +63,57 @@ export const restoreCommand: Command = {
       out(help);
       return EXIT.ok;
     }
+    if (values['allow-older'] && !values.force) {
+      throw new CliError('--allow-older only makes sense with --force (it allows replacing a newer database)', EXIT.usage);
+    }
     const [url, destArg] = positionals as [string, string];
     const toVersion = parseVersionArg('--to-version', values['to-version'] as string | undefined);
     const dest = resolveDestination(destArg);
+    const file = backupPath(url, process.cwd());
+    if (!existsSync(file)) {
+      // not "create it with clnvault init": a new, empty backup is never what a restore needs
+      throw new CliError(
+        `backup file ${file} does not exist (is the backup disk mounted?); check the URL ${JSON.stringify(url)}. Nothing was written to ${dest}`,
+      );
+    }
+    const running = await nodeRunning(dirname(dest), dest);
+    if (running) {
+      throw new CliError(`lightningd seems to be running (${running}); stop it before restoring into ${dest}. Nothing was written`);
+    }
+    // Replacing a database from a backup a plugin is writing means that node is running on it (perhaps on
+    // another machine sharing the disk). A copy into a new file stays allowed: that is what a drill does.
+    if (values.force && writerLockHeld(file)) {
+      throw new CliError(
+        `the backup ${file} is held by a writer (the clnvault plugin of a running lightningd, or 'clnvault compact'): ` +
+          `a node is still using it, and --force would replace a database under it. Stop that lightningd first; nothing ` +
+          `was written to ${dest}`,
+      );
+    }
     // --to-version may need a pre-compaction copy of the backup (history)
     const reader = toVersion === undefined ? openReader(url, process.cwd()) : openReaderAt(url, process.cwd(), toVersion);
     const progress = progressReporter('restoring', 'entries');
     try {
       const r = restoreBackup(reader, dest, {
         force: values.force === true,
+        ...(values['allow-older'] === true ? { allowOlder: true } : {}),
         ...(toVersion !== undefined ? { toVersion } : {}),
         ...(values['stop-at-damage'] === true ? { stopAtDamage: true } : {}),
         onProgress: (p) => progress.update(p.applied, p.total),
       });
       progress.finish();
+      const message =
+        `Restored ${r.path} at data_version ${r.head}: ${r.applied} entries` +
+        (r.snapshotVersion !== null ? ` (from the snapshot at version ${r.snapshotVersion})` : '') +
+        (r.dropped > 0 ? `, ${r.dropped} stale entries skipped` : '') +
+        ` in ${(r.elapsedMs / 1000).toFixed(1)}s; integrity_check ok, no foreign key violations; from the backup ${reader.location}`;
+      const replacedLine = r.replaced
+        ? `The database it replaced (data_version ${r.replaced.dataVersion ?? `unknown: ${r.replaced.readError}`}) is kept as ${r.replaced.keptAs}`
+        : null;
       if (values.json) {
-        printJson({ ok: true, ...r });
+        printJson({ ok: true, result: 'restored', message, backup: reader.location, ...r });
       } else {
-        out(
-          `Restored ${r.path} at data_version ${r.head}: ${r.applied} entries` +
-            (r.snapshotVersion !== null ? ` (from the snapshot at version ${r.snapshotVersion})` : '') +
-            (r.dropped > 0 ? `, ${r.dropped} stale entries skipped` : '') +
-            ` in ${(r.elapsedMs / 1000).toFixed(1)}s; integrity_check ok, no foreign key violations`,
-        );
+        info(message);
+        if (replacedLine) out(replacedLine);
         for (const c of r.cut) {
           // a crash leaves exactly this, but so does a copy cut short: never leave it unsaid
           out(

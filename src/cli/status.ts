@@ -1,7 +1,7 @@
 import Database from '../engine/sqlite.js';
 import { existsSync, statSync } from 'node:fs';
 import { homedir } from 'node:os';
-import { join, resolve } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { backupPath, openReader } from '../backends/open.js';
 import { isPostgresUrl, redact } from '../backends/postgres/url.js';
@@ -9,7 +9,9 @@ import { lockPath, readBackupLock, type BackupLock } from '../engine/backup-lock
 import { DB_NAME } from '../engine/live-db.js';
 import { nodeRunning } from '../engine/node-running.js';
 import { serialDiff } from '../engine/versions.js';
-import { CliError, EXIT, out, parse, printJson, type Command } from './common.js';
+import { CliError, COMMON_OPTIONS_HELP, EXIT, out, parse, printJson, type Command } from './common.js';
+import { resolveNetworkDir } from './lightning-dir.js';
+import { backupAccessProblem, canAccess, ownerOf } from './ownership.js';
 
 const help = `Usage: clnvault status [--lightning-dir DIR] [--json]
 
@@ -25,10 +27,16 @@ data_version of DIR/lightningd.sqlite3 (read-only; safe while lightningd runs).
                      backup.lock says "rebaseline": false)
   node behind        the node's database lost committed transactions: do NOT start
                      lightningd on it; the line gives the restore command
+  no access          the node's user (the owner of DIR, as lightningd runs) cannot read
+                     backup.lock or read and write the backup: the line gives the chown
+
+DIR may also be lightningd's base directory (~/.lightning): its one network directory
+is used (status says which).
 
 Options:
   --lightning-dir DIR  the node's network directory (default ~/.lightning/bitcoin)
-  --json               print the result as JSON on stdout
+  --json               print the result as JSON on stdout ("running" is true or false)
+${COMMON_OPTIONS_HELP}
   -h, --help           this help
 
 Exit codes: 0 in step, or will be at the next start without help; 1 action needed
@@ -48,6 +56,7 @@ type State =
   | 'no-lock'
   | 'no-backup'
   | 'backup-damaged'
+  | 'no-access'
   | 'not-backing-up';
 
 export interface StatusReport {
@@ -56,7 +65,10 @@ export interface StatusReport {
   /** the one line */
   message: string;
   lightningDir: string;
-  running: string | null;
+  /** is lightningd using this directory (lightning-rpc answers, or a process holds the database open)? */
+  running: boolean;
+  /** what showed it running, null when not running */
+  runningEvidence: string | null;
   lock: (BackupLock & { path: string }) | null;
   backup: { url: string; path: string; format: string; head: number; headKind: 'change' | 'snapshot' | null; entries: number; bytes: number } | null;
   node: { db: string; dataVersion: number } | null;
@@ -72,16 +84,24 @@ export const statusCommand: Command = {
       out(help);
       return EXIT.ok;
     }
-    const dir = resolve(typeof values['lightning-dir'] === 'string' ? values['lightning-dir'] : join(homedir(), '.lightning', 'bitcoin'));
-    if (!existsSync(dir) || !statSync(dir).isDirectory()) {
-      throw new CliError(`${dir} is not a directory; pass --lightning-dir with the node's network directory (e.g. ~/.lightning/bitcoin)`, EXIT.usage);
+    const given = resolve(typeof values['lightning-dir'] === 'string' ? values['lightning-dir'] : join(homedir(), '.lightning', 'bitcoin'));
+    if (!existsSync(given) || !statSync(given).isDirectory()) {
+      throw new CliError(`${given} is not a directory; pass --lightning-dir with the node's network directory (e.g. ~/.lightning/bitcoin)`, EXIT.usage);
+    }
+    let dir: string;
+    try {
+      const nd = resolveNetworkDir(given);
+      dir = nd.dir;
+      if (nd.note && !values.json) out(nd.note);
+    } catch (e) {
+      throw new CliError((e as Error).message, EXIT.usage);
     }
     const r = await status(dir);
     if (values.json) printJson(r);
     else {
       out(r.message);
-      if (r.backup) out(`  backup  ${r.backup.url} (${r.backup.format}, head version ${r.backup.head}, ${r.backup.entries} entries)`);
-      if (r.node) out(`  node    ${r.node.db} (data_version ${r.node.dataVersion}${r.running ? `; running: ${r.running}` : '; lightningd not running'})`);
+      if (r.backup) out(`  backup  ${r.backup.path} (${r.backup.url}; ${r.backup.format}, head version ${r.backup.head}, ${r.backup.entries} entries)`);
+      if (r.node) out(`  node    ${r.node.db} (data_version ${r.node.dataVersion}${r.running ? `; running: ${r.runningEvidence}` : '; lightningd not running'})`);
     }
     return r.ok ? EXIT.ok : EXIT.failed;
   },
@@ -89,8 +109,9 @@ export const statusCommand: Command = {
 
 async function status(dir: string): Promise<StatusReport> {
   const dbPath = join(dir, DB_NAME);
-  const r: StatusReport = { state: 'in-step', ok: true, message: '', lightningDir: dir, running: null, lock: null, backup: null, node: null };
-  r.running = await nodeRunning(dir, dbPath);
+  const r: StatusReport = { state: 'in-step', ok: true, message: '', lightningDir: dir, running: false, runningEvidence: null, lock: null, backup: null, node: null };
+  r.runningEvidence = await nodeRunning(dir, dbPath);
+  r.running = r.runningEvidence !== null;
   const set = (state: State, ok: boolean, message: string): StatusReport => {
     r.state = state;
     r.ok = ok;
@@ -129,6 +150,22 @@ async function status(dir: string): Promise<StatusReport> {
       false,
       `the backup file ${path} (from ${lockPath(dir)}) does not exist: is the backup disk mounted? Mount it before ` +
         `starting lightningd; if the backup is lost, stop lightningd, remove backup.lock and run 'clnvault init' again`,
+    );
+  }
+  // The plugin runs as lightningd's user (the network directory's owner), not as whoever runs status:
+  // a backup root can read may be one the plugin cannot open.
+  const owner = ownerOf(dir);
+  const lockSt = statSync(lockPath(dir));
+  const access = [
+    ...(canAccess(lockSt, owner, 'r') ? [] : [`the node's user (uid ${owner.uid}) cannot read ${lockPath(dir)} (owner uid ${lockSt.uid}, mode ${(lockSt.mode & 0o777).toString(8)})`]),
+    ...[backupAccessProblem(path, owner)].filter((p): p is string => p !== null),
+  ];
+  if (access.length > 0) {
+    return set(
+      'no-access',
+      false,
+      `the plugin cannot use the backup: ${access.join('; ')}. lightningd runs as the owner of ${dir}: run ` +
+        `'chown ${owner.uid}:${owner.gid} ${path} ${lockPath(dir)}' (and make ${dirname(path)} writable by that user) before starting lightningd`,
     );
   }
   let head: number;

@@ -10,10 +10,10 @@ import { DB_NAME, readDataVersion } from '../engine/live-db.js';
 import { nodeRunning } from '../engine/node-running.js';
 import { serialDiff } from '../engine/versions.js';
 import { restoreBackup, type RestoreResult } from '../restore/restore.js';
-import { CliError, EXIT, out, parse, printJson, progressReporter, type Command } from './common.js';
+import { CliError, COMMON_OPTIONS_HELP, EXIT, info, out, parse, printJson, progressReporter, type Command } from './common.js';
 import { compareDatabases, type Comparison } from './db-compare.js';
 
-const help = `Usage: clnvault verify [--against PATH] [--json] [--keep] [--tmp-dir DIR] URL
+const help = `Usage: clnvault verify [--against PATH] [--json] [--keep] [--tmp-dir DIR] [--quiet|--progress] URL
 
 A restore drill: restores the backup at URL into a temporary directory, runs the
 checks a real restore runs (every record readable and its checksum right for v2,
@@ -33,13 +33,16 @@ Options:
   --keep           keep the temporary directory (restored copies) and print where it is
   --tmp-dir DIR    where to make the temporary directory (default: the system's tmp dir);
                    needs room for about twice the database
+${COMMON_OPTIONS_HELP}
   -h, --help       this help
 
 Exit codes: 0 pass, 1 mismatch or damaged backup (the drill ran and failed),
 2 could not run (bad usage, backup or database missing or unreadable).
 
-Example (a daily drill from cron; mail on a non-zero exit):
-  clnvault verify file:///mnt/usb/clnvault.bkp --against ~/.lightning/bitcoin`;
+URL is a file: URL (file:///mnt/usb/clnvault.bkp) or a plain path (/mnt/usb/clnvault.bkp).
+
+Example (a daily drill from cron: silent on PASS, so cron mails only a failure):
+  clnvault verify --quiet file:///mnt/usb/clnvault.bkp --against ~/.lightning/bitcoin`;
 
 /** The drill could not run; distinct from a drill that ran and failed. */
 class CouldNotRun extends CliError {
@@ -94,7 +97,8 @@ export const verifyCommand: Command = {
       if (!(e instanceof CouldNotRun)) throw e;
       report.result = 'error';
       report.message = e.message;
-      if (json) printJson(report);
+      // printed by the dispatcher, in the shape every command's --json failure has
+      e.json = { ...report };
       throw e;
     } finally {
       if (scratch.dir !== null) {
@@ -105,7 +109,8 @@ export const verifyCommand: Command = {
     if (json) printJson(report);
     else {
       if (report.kept) out(`restored copies kept in ${report.kept}`);
-      out(`${report.ok ? 'PASS' : 'FAIL'}: ${report.message}`);
+      if (report.ok) info(`PASS: ${report.message}`);
+      else out(`FAIL: ${report.message}`);
     }
     return report.ok ? EXIT.ok : EXIT.failed;
   },
@@ -119,7 +124,7 @@ async function drill(
 ): Promise<void> {
   const json = values.json === true;
   const say = (line: string): void => {
-    if (!json) out(line);
+    if (!json) info(line);
   };
   const fail = (message: string): void => {
     report.result = 'mismatch';

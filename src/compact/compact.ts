@@ -65,6 +65,12 @@ export interface CompactOptions {
   history: number;
   /** v2: the new backup's files hold at most this many bytes (more go to segment files); absent: one file */
   segmentBytes?: number;
+  /**
+   * Swap only when the new backup is smaller than the old one (compared just before the rename, with
+   * everything built): otherwise it is thrown away and the outcome says `noGain`. A small backup's
+   * snapshot can outweigh the entries it replaces.
+   */
+  onlyIfSmaller?: boolean;
 }
 
 export interface CompactStats {
@@ -83,6 +89,15 @@ export interface CompactOutcome {
   elapsedMs: number;
   /** bytes appended by the writer while compaction ran, carried over */
   caughtUp: number;
+  /** set when onlyIfSmaller kept the old backup: the size the compacted one would have had */
+  noGain?: { wouldBeBytes: number };
+}
+
+/** onlyIfSmaller: the built file is not smaller; the catch below cleans up and reports it as no gain. */
+class NoGain extends Error {
+  constructor(readonly outcome: CompactOutcome) {
+    super('no gain');
+  }
 }
 
 /** Entries kept back before they are applied, so a rewind in a reference (v1) file can still drop them. */
@@ -373,6 +388,18 @@ export function compactFile(path: string, hooks: CompactHooks, opts: CompactOpti
       if (e < copied) throw new Aborted(`the backup shrank from ${copied} to ${e} bytes meanwhile`);
       copy(e);
       finalEnd = e;
+      if (opts.onlyIfSmaller && outBefore + at >= e) {
+        throw new NoGain({
+          stats: { before: { backupsize: e, version_count: before.version_count }, after: { version_count: before.version_count, backupsize: e } },
+          compacted: false,
+          snapshotVersion: null,
+          head: tracker.last ?? headVersion,
+          historyFile: null,
+          elapsedMs: performance.now() - started,
+          caughtUp: 0,
+          noGain: { wouldBeBytes: outBefore + at },
+        });
+      }
       if (format === 'v1') writeFully(out!, tracker.v1Header(at), 0);
       fdatasyncSync(cur!);
       if (cur !== out) fdatasyncSync(out!);
@@ -478,6 +505,10 @@ export function compactFile(path: string, hooks: CompactHooks, opts: CompactOpti
     }
     rmSync(scratch, { force: true });
     rmSync(`${scratch}-journal`, { force: true });
+    if (e instanceof NoGain) {
+      hooks.log('info', `compaction: nothing to gain (the compacted backup would be ${e.outcome.noGain!.wouldBeBytes} bytes, not less than ${e.outcome.stats.before.backupsize}); the backup is unchanged`);
+      return e.outcome;
+    }
     const why = e instanceof Aborted ? `${e.message}; the backup is unchanged, run the compaction again` : (e as Error).message;
     throw new BackupError(
       renamed

@@ -1,3 +1,4 @@
+import Database from './sqlite.js';
 import { existsSync, readdirSync, readFileSync, readlinkSync, realpathSync } from 'node:fs';
 import { connect } from 'node:net';
 import { join } from 'node:path';
@@ -68,4 +69,30 @@ function processHolding(file: string): { pid: number; name: string } | null {
     }
   }
   return null;
+}
+
+/**
+ * Does a process hold the backup's writer lock (`<backup>.writer`, see backends/file/writer-lock.ts)?
+ * The holder keeps an EXCLUSIVE SQLite lock on that side file for its whole life, so a read-only
+ * connection that cannot read it means a writer (normally the plugin of a running lightningd) is there.
+ * Read-only on purpose: probing must not create the side file on a backup disk that may be read-only.
+ */
+export function writerLockHeld(backupFile: string): boolean {
+  const side = `${backupFile}.writer`;
+  if (!existsSync(side)) return false;
+  let db: Database.Database;
+  try {
+    db = new Database(side, { readonly: true, fileMustExist: true, timeout: 0 });
+  } catch {
+    return false;
+  }
+  try {
+    db.prepare('SELECT count(*) FROM sqlite_master').get();
+    return false;
+  } catch (e) {
+    const code = (e as { code?: string }).code ?? '';
+    return code.startsWith('SQLITE_BUSY') || code.startsWith('SQLITE_LOCKED');
+  } finally {
+    db.close();
+  }
 }

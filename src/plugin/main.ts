@@ -1,11 +1,13 @@
 #!/usr/bin/env node
 import { isAscii, isUtf8 } from 'node:buffer';
+import { resolve } from 'node:path';
 import { DbWriteHandler } from './db-write.js';
 import { log, sendContinue, sendError, sendResult, type RpcId } from './output.js';
-import { prepareBackup, type Startup } from './startup.js';
+import { prepareBackup, runByHandText, startedByLightningd, type Startup } from './startup.js';
 import { manifest, statusResult } from './manifest.js';
 import { serveStdin } from './stdin.js';
-import { detectImportance } from './importance.js';
+import { MessageChannel, receiveMessageOnPort, Worker, type MessagePort } from 'node:worker_threads';
+import type { LogLevel } from './output.js';
 import { isReopenable, PluginCompaction } from './compaction.js';
 import { readCompactionConfig } from '../compact/config.js';
 
@@ -15,6 +17,11 @@ import { readCompactionConfig } from '../compact/config.js';
  */
 
 async function main(): Promise<void> {
+  if (!startedByLightningd()) {
+    process.stderr.write(`${runByHandText(resolve(process.argv[1] ?? 'clnvault-plugin'))}\n`);
+    process.exitCode = 2;
+    return;
+  }
   const startup = await prepareBackup(process.cwd());
   // Online compaction: every write goes through the wrapper, which coordinates with the worker thread.
   let compaction: PluginCompaction | null = null;
@@ -34,6 +41,7 @@ async function main(): Promise<void> {
   let pendingLogs: Startup['logs'] | null = startup.logs;
 
   const dispatch = (buf: Buffer, start: number, end: number): void => {
+    if (importancePort !== null) drainImportance();
     let msg: { id?: unknown; method?: unknown; params?: unknown };
     // toString() would turn bytes that are not UTF-8 into U+FFFD: a statement backed up that way differs
     // from the one lightningd commits, so a db_write must be refused rather than stored mangled
@@ -128,17 +136,43 @@ function onInit(params: unknown): void {
         'Please remove it from your configuration. The destination is now determined by the `backup.lock` file in the lightning directory',
     );
   }
-  const netDir = p?.configuration?.['lightning-dir'];
-  const { importance, where } = detectImportance(typeof netDir === 'string' ? netDir : undefined);
-  if (importance === 'plain') {
-    log(
-      'warn',
-      `clnvault: loaded with plugin= (${where}), not important-plugin=: if this plugin dies, lightningd keeps ` +
-        'running and committing without a backup. Change it to important-plugin=',
-    );
-  } else if (importance === 'unknown') {
-    log('info', 'clnvault: make sure this plugin is loaded with important-plugin=..., so that lightningd stops if it dies');
+  startImportanceCheck(p?.configuration ?? {});
+}
+
+/** Where the importance worker's answer arrives; polled (the main thread's event loop does not run). */
+let importancePort: MessagePort | null = null;
+
+/** Asks lightningd's listconfigs whether we were loaded with important-plugin= (importance.ts), in a worker. */
+function startImportanceCheck(configuration: Record<string, unknown>): void {
+  if (importancePort !== null) return;
+  const { port1, port2 } = new MessageChannel();
+  const lightningDir = configuration['lightning-dir'];
+  const rpcFile = configuration['rpc-file'];
+  try {
+    const worker = new Worker(new URL('./importance-worker.js', import.meta.url), {
+      workerData: {
+        port: port2,
+        rpcFile: typeof rpcFile === 'string' ? rpcFile : undefined,
+        lightningDir: typeof lightningDir === 'string' ? lightningDir : process.cwd(),
+        self: process.argv[1] ?? '',
+      },
+      transferList: [port2],
+    });
+    worker.unref();
+  } catch (e) {
+    log('info', `clnvault: could not check how this plugin was loaded (${(e as Error).message}); make sure it is loaded with important-plugin=`);
+    return;
   }
+  importancePort = port1;
+}
+
+function drainImportance(): void {
+  const m = receiveMessageOnPort(importancePort!);
+  if (m === undefined) return;
+  importancePort!.close();
+  importancePort = null;
+  const l = (m.message as { log: { level: LogLevel; message: string } | null }).log;
+  if (l) log(l.level, l.message);
 }
 
 main().catch((e) => {

@@ -136,3 +136,26 @@ function removeLeftovers(dir: string, prefix: string): void {
   }
   for (const n of names) if (n.startsWith(prefix)) rmSync(join(dir, n), { force: true });
 }
+
+/**
+ * lightningd sets LIGHTNINGD_PLUGIN=1 in its environment before starting plugins (plugins_init in
+ * lightningd/plugin.c), so every plugin it runs inherits it. Without it the file was run by hand: taking
+ * the writer lock or re-baselining then would act on a node that is not asking for it, so say what this
+ * is and touch nothing.
+ */
+export function startedByLightningd(env: NodeJS.ProcessEnv = process.env): boolean {
+  return env.LIGHTNINGD_PLUGIN === '1';
+}
+
+export function runByHandText(self: string): string {
+  return [
+    'clnvault-plugin: this is the clnvault plugin for Core Lightning; lightningd runs it, not you.',
+    'It was started without LIGHTNINGD_PLUGIN=1 (which lightningd sets for its plugins), so it did nothing:',
+    'no backup.lock was read, no lock taken, no snapshot made.',
+    '',
+    'To load it, add this line to the lightningd config (e.g. ~/.lightning/config) and restart lightningd:',
+    `  important-plugin=${self}`,
+    "Set the backup up first, with lightningd stopped: 'clnvault init --lightning-dir ~/.lightning/bitcoin file:///mnt/usb/clnvault.bkp'.",
+    "To check a backup by hand, use 'clnvault status', 'clnvault inspect' or 'clnvault verify'.",
+  ].join('\n');
+}

@@ -1,5 +1,5 @@
 import Database from 'better-sqlite3';
-import { closeSync, existsSync, fsyncSync, linkSync, openSync, renameSync, rmSync, statSync } from 'node:fs';
+import { accessSync, closeSync, constants, existsSync, fsyncSync, linkSync, openSync, renameSync, rmSync, statSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import type { BackupReader } from '../backends/backend.js';
 import { fsyncDir } from '../backends/file/fsutil.js';
@@ -9,8 +9,13 @@ import { isValidDataVersion, serialDiff } from '../engine/versions.js';
 import { Replayer, ReplayError } from './replay.js';
 
 export interface RestoreOptions {
-  /** replace an existing destination */
+  /** replace an existing destination (kept as `<dest>.replaced-<time>`) */
   force?: boolean;
+  /**
+   * With force: allow replacing a database whose data_version is newer than the restored one. Never
+   * implied by force: a stale database under a node broadcasts revoked states.
+   */
+  allowOlder?: boolean;
   /** point-in-time: stop after the newest kept entry with version <= toVersion */
   toVersion?: number;
   /**
@@ -42,6 +47,8 @@ export interface RestoreResult {
    * the same, so it is always reported, with the version the restore stopped at (`head`).
    */
   cut: Array<{ kind: Problem['kind']; offset: number; bytes: number | null; message: string }>;
+  /** set when force replaced an existing file: where the old one was kept, and its data_version if readable */
+  replaced?: { keptAs: string; dataVersion: number | null; readError?: string };
   /** stale entries in the backup (superseded by a later entry with the same or a lower version), skipped */
   dropped: number;
   elapsedMs: number;
@@ -100,6 +107,22 @@ export function restoreBackup(reader: BackupReader, dest: string, opts: RestoreO
   const dropped = full.stale;
   if (opts.toVersion !== undefined) checkToVersion(reader, full, opts.toVersion);
   const plan = opts.toVersion === undefined ? full : planner.plan(opts.toVersion);
+  const existing = force ? existingVersion(path) : null;
+  if (existing !== null && existing.dataVersion === null && !existing.notADatabase && !opts.allowOlder) {
+    throw new RestoreError(
+      `cannot read the data_version of ${path} (${existing.readError}), so restore cannot tell whether the backup's ` +
+        `version ${plan.head} is older than it. If you are sure it must be replaced, pass --allow-older as well (it is ` +
+        `kept as ${path}.replaced-<time>). Nothing was written`,
+    );
+  }
+  if (existing !== null && existing.dataVersion !== null && serialDiff(plan.head, existing.dataVersion) < 0 && !opts.allowOlder) {
+    throw new RestoreError(
+      `refusing to go backwards: ${path} is at data_version ${existing.dataVersion}, newer than the backup's ` +
+        `${plan.head}${opts.toVersion !== undefined ? ` (--to-version ${opts.toVersion})` : ''}. A node started on the older database ` +
+        `would broadcast revoked states. If you are sure ${path} is wrong, pass --allow-older as well (it is kept as ` +
+        `${path}.replaced-<time>). Nothing was written`,
+    );
+  }
 
   const tmp = `${path}.clnvault-tmp-${process.pid}`;
   removeFiles(tmp);
@@ -113,6 +136,7 @@ export function restoreBackup(reader: BackupReader, dest: string, opts: RestoreO
   let doneBytes = 0;
   let lastProgress = performance.now();
   let current = null as EntryHeader | null;
+  let keptAs: string | null = null;
   try {
     const applies = plan.cursor();
     let index = plan.start;
@@ -171,7 +195,7 @@ export function restoreBackup(reader: BackupReader, dest: string, opts: RestoreO
     db.close();
     db = null;
     fsyncFile(tmp);
-    place(tmp, path, force);
+    keptAs = place(tmp, path, force);
   } catch (e) {
     replayer?.abandon();
     try {
@@ -181,6 +205,14 @@ export function restoreBackup(reader: BackupReader, dest: string, opts: RestoreO
     }
     removeFiles(tmp);
     if (e instanceof RestoreError) throw e;
+    // The destination failing (permissions, a read-only or full disk) says nothing about the backup.
+    if (isDestinationError(e, tmp, path)) {
+      throw new RestoreError(
+        `restore into ${path} failed writing ${dirname(path)}: ${destinationProblem(dirname(path), e)}. Nothing was written ` +
+          `to ${path}; the backup ${reader.location} was read without error up to there`,
+        { cause: e },
+      );
+    }
     let what: string;
     if (e instanceof ReplayError) what = `at entry ${e.message}`;
     else if (e instanceof CheckError) what = `its final check: ${e.message}`;
@@ -209,6 +241,9 @@ export function restoreBackup(reader: BackupReader, dest: string, opts: RestoreO
       .problems()
       .filter((p) => p.kind !== 'corrupt')
       .map((p) => ({ kind: p.kind, offset: p.offset, bytes: p.bytes ?? null, message: p.message })),
+    ...(keptAs !== null
+      ? { replaced: { keptAs, dataVersion: existing?.dataVersion ?? null, ...(existing?.readError ? { readError: existing.readError } : {}) } }
+      : {}),
     elapsedMs: performance.now() - started,
     integrity: 'ok',
     foreignKeyViolations: 0,
@@ -224,6 +259,11 @@ function checkDestination(path: string, force: boolean): void {
     dirOk = false;
   }
   if (!dirOk) throw new RestoreError(`cannot restore into ${path}: the directory ${dir} does not exist; create it first`);
+  try {
+    accessSync(dir, constants.W_OK | constants.X_OK);
+  } catch (e) {
+    throw new RestoreError(`cannot restore into ${path}: ${destinationProblem(dir, e)}. Nothing was written`);
+  }
   if (force) return;
   if (existsSync(path)) {
     throw new RestoreError(`destination ${path} exists; move it aside or pass --force`);
@@ -236,6 +276,27 @@ function checkDestination(path: string, force: boolean): void {
       );
     }
   }
+}
+
+const DEST_FS_CODES = ['EACCES', 'EPERM', 'EROFS', 'ENOSPC', 'EDQUOT'];
+const DEST_SQLITE_CODES = ['SQLITE_READONLY', 'SQLITE_FULL', 'SQLITE_CANTOPEN', 'SQLITE_PERM'];
+
+function isDestinationError(e: unknown, tmp: string, path: string): boolean {
+  const err = e as NodeJS.ErrnoException;
+  if (typeof err?.code !== 'string') return false;
+  if (DEST_FS_CODES.includes(err.code)) return err.path === undefined || err.path.startsWith(tmp) || err.path.startsWith(path);
+  // SQLite only ever writes the temp database here (the backup is read through node:fs)
+  return DEST_SQLITE_CODES.some((c) => err.code!.startsWith(c));
+}
+
+function destinationProblem(dir: string, e: unknown): string {
+  const code = (e as NodeJS.ErrnoException).code ?? '';
+  if (code === 'EROFS' || code.startsWith('SQLITE_READONLY')) return `${dir} is on a read-only filesystem (remount it read-write)`;
+  if (code === 'ENOSPC' || code === 'EDQUOT' || code.startsWith('SQLITE_FULL')) return `no space left in ${dir} (free some, or restore elsewhere)`;
+  if (code === 'EACCES' || code === 'EPERM' || code.startsWith('SQLITE_CANTOPEN') || code.startsWith('SQLITE_PERM')) {
+    return `this user (uid ${process.getuid?.() ?? '?'}) may not write in ${dir} (${(e as Error).message}); run restore as its owner, or fix its permissions`;
+  }
+  return (e as Error).message;
 }
 
 function refuseCorruption(reader: BackupReader): void {
@@ -323,10 +384,59 @@ function fsyncFile(path: string): void {
   }
 }
 
-/** Puts the finished file under its final name atomically; without force, never over an existing file. */
-function place(tmp: string, path: string, force: boolean): void {
+/** The data_version of a database about to be replaced; null (with why) when it cannot be read. */
+function existingVersion(path: string): { dataVersion: number | null; readError?: string; notADatabase?: boolean } | null {
+  if (!existsSync(path)) return null;
+  try {
+    const db = new Database(path, { readonly: true, fileMustExist: true, timeout: 5000 });
+    try {
+      const hasVars = db.prepare(`SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'vars'`).get() !== undefined;
+      if (!hasVars) return { dataVersion: 0 };
+      const row = db.prepare(`SELECT intval FROM vars WHERE name = 'data_version'`).get() as { intval: number | bigint | null } | undefined;
+      return { dataVersion: row?.intval === undefined || row.intval === null ? 0 : Number(row.intval) };
+    } finally {
+      db.close();
+    }
+  } catch (e) {
+    // Not an SQLite file at all (SQLITE_NOTADB): no version to go backwards from; it is kept aside all
+    // the same. Anything else (a hot journal, a lock, no permission) leaves its version unknown.
+    if ((e as { code?: string }).code === 'SQLITE_NOTADB') return { dataVersion: null, readError: (e as Error).message, notADatabase: true };
+    return { dataVersion: null, readError: (e as Error).message };
+  }
+}
+
+/** `lightningd.sqlite3.replaced-20261204T140102Z` (a counter added if that name is taken). */
+function replacedName(path: string): string {
+  const stamp = new Date().toISOString().replace(/[-:]/g, '').replace(/\.\d+Z$/, 'Z');
+  let name = `${path}.replaced-${stamp}`;
+  for (let i = 2; existsSync(name) || SIDE_SUFFIXES.some((s) => existsSync(name + s)); i++) name = `${path}.replaced-${stamp}-${i}`;
+  return name;
+}
+
+/**
+ * Puts the finished file under its final name atomically; without force, never over an existing file.
+ * With force the old file keeps a second name first (a hard link, so DEST never goes missing; a rename
+ * where links are unsupported), with its journal beside it, and the directory is fsynced: a replaced
+ * database must survive a power cut as surely as the new one. Returns the name the old file was kept as.
+ */
+function place(tmp: string, path: string, force: boolean): string | null {
+  let keptAs: string | null = null;
   if (force) {
-    for (const suffix of SIDE_SUFFIXES) rmSync(path + suffix, { force: true });
+    if (existsSync(path)) {
+      keptAs = replacedName(path);
+      try {
+        linkSync(path, keptAs);
+      } catch (e) {
+        const code = (e as NodeJS.ErrnoException).code;
+        if (code !== 'EPERM' && code !== 'ENOTSUP' && code !== 'EOPNOTSUPP' && code !== 'ENOSYS' && code !== 'EXDEV') throw e;
+        renameSync(path, keptAs);
+      }
+      // a hot journal belongs to the old file: it goes with it, never replayed into the new one
+      for (const suffix of SIDE_SUFFIXES) if (existsSync(path + suffix)) renameSync(path + suffix, keptAs + suffix);
+      fsyncDir(path);
+    } else {
+      for (const suffix of SIDE_SUFFIXES) rmSync(path + suffix, { force: true });
+    }
     renameSync(tmp, path);
   } else {
     // link() fails if the name exists, so a file created while we replayed is never replaced.
@@ -360,6 +470,7 @@ function place(tmp: string, path: string, force: boolean): void {
       { cause: e },
     );
   }
+  return keptAs;
 }
 
 function removeFiles(path: string): void {

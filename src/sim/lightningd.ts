@@ -527,7 +527,8 @@ export class SimNode {
     if (!existsSync(this.pluginPath)) throw new Error(`plugin not found: ${this.pluginPath} (not built yet?)`);
     const child = spawn(this.pluginPath, [], {
       cwd: this.netDir,
-      env: { ...process.env, ...(this.opts.env ?? {}) },
+      // what lightningd sets for every plugin it starts (plugins_init, lightningd/plugin.c)
+      env: { ...process.env, LIGHTNINGD_PLUGIN: '1', ...(this.opts.env ?? {}) },
       stdio: ['pipe', 'pipe', 'pipe'],
     });
     let onExit!: () => void;

@@ -36,7 +36,7 @@ export class PluginProc {
   exit: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
 
   constructor(cwd: string, env: NodeJS.ProcessEnv = {}) {
-    this.child = spawn(PLUGIN, [], { cwd, env: { ...process.env, ...env }, stdio: ['pipe', 'pipe', 'pipe'] });
+    this.child = spawn(PLUGIN, [], { cwd, env: { ...process.env, LIGHTNINGD_PLUGIN: '1', ...env }, stdio: ['pipe', 'pipe', 'pipe'] });
     this.child.stdout.setEncoding('utf8');
     this.child.stdout.on('data', (d: string) => {
       this.buf += d;
