@@ -1,6 +1,7 @@
 import { existsSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { backupPath, openReader, openReaderAt } from '../backends/open.js';
+import { isPostgresUrl, redact } from '../backends/postgres/url.js';
 import { nodeRunning, writerLockHeld } from '../engine/node-running.js';
 import { resolveDestination, restoreBackup } from '../restore/restore.js';
 import { CliError, COMMON_OPTIONS_HELP, EXIT, info, out, parse, parseVersionArg, printJson, progressReporter, type Command } from './common.js';
@@ -69,8 +70,10 @@ export const restoreCommand: Command = {
     const [url, destArg] = positionals as [string, string];
     const toVersion = parseVersionArg('--to-version', values['to-version'] as string | undefined);
     const dest = resolveDestination(destArg);
-    const file = backupPath(url, process.cwd());
-    if (!existsSync(file)) {
+    const pg = isPostgresUrl(url);
+    // a postgresql: backup has no file: it is checked when it is opened
+    const file = pg ? redact(url) : backupPath(url, process.cwd());
+    if (!pg && !existsSync(file)) {
       // not "create it with clnvault init": a new, empty backup is never what a restore needs
       throw new CliError(
         `backup file ${file} does not exist (is the backup disk mounted?); check the URL ${JSON.stringify(url)}. Nothing was written to ${dest}`,
@@ -82,7 +85,7 @@ export const restoreCommand: Command = {
     }
     // Replacing a database from a backup a plugin is writing means that node is running on it (perhaps on
     // another machine sharing the disk). A copy into a new file stays allowed: that is what a drill does.
-    if (values.force && writerLockHeld(file)) {
+    if (values.force && !pg && writerLockHeld(file)) {
       throw new CliError(
         `the backup ${file} is held by a writer (the clnvault plugin of a running lightningd, or 'clnvault compact'): ` +
           `a node is still using it, and --force would replace a database under it. Stop that lightningd first; nothing ` +
