@@ -32,8 +32,11 @@ for (;;) {
       pos += sep - start;
       fdatasyncSync(out);
       writeSync(1, `{"jsonrpc":"2.0","id":${JSON.stringify(msg.id)},"result":{"result":"continue"}}\n\n`);
+    } else if (msg.method === 'getmanifest') {
+      // lightningd requires "options" and "rpcmethods" (bench/e2e.ts runs this under a real lightningd)
+      writeSync(1, `{"jsonrpc":"2.0","id":${JSON.stringify(msg.id)},"result":{"options":[],"rpcmethods":[],"hooks":[{"name":"db_write"}],"dynamic":false}}\n\n`);
     } else {
-      writeSync(1, `{"jsonrpc":"2.0","id":${JSON.stringify(msg.id)},"result":{"hooks":[{"name":"db_write"}],"dynamic":false}}\n\n`);
+      writeSync(1, `{"jsonrpc":"2.0","id":${JSON.stringify(msg.id)},"result":{}}\n\n`);
     }
     start = from = sep + 2;
   }

@@ -72,7 +72,12 @@ function call(method: string, p: Params): unknown {
 
 function send(obj: unknown): void {
   const buf = Buffer.from(JSON.stringify(obj) + '\n\n');
-  for (let off = 0; off < buf.length; ) off += writeSync(1, buf, off);
+  try {
+    for (let off = 0; off < buf.length; ) off += writeSync(1, buf, off);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'EPIPE') process.exit(0); // lightningd is gone
+    throw e;
+  }
 }
 
 const splitter = new MessageSplitter();
