@@ -154,7 +154,14 @@ async function main(): Promise<void> {
 }
 
 async function cleanup(): Promise<void> {
-  for (const n of nodes.values()) await n.stop().catch(() => n.kill());
+  // every node is stopped or killed whatever happens to the others: none may outlive the bench
+  for (const n of nodes.values()) {
+    try {
+      await n.stop();
+    } catch {
+      await n.kill().catch(() => n.proc?.kill('SIGKILL'));
+    }
+  }
   rmSync(root, { recursive: true, force: true });
   if (backupRoot !== null) rmSync(backupRoot, { recursive: true, force: true });
 }

@@ -177,7 +177,13 @@ export class LightningNode {
     const pid = this.proc?.pid;
     if (pid === undefined) return [];
     const out: number[] = [];
-    for (const t of readdirSync(`/proc/${pid}/task`)) {
+    let tasks: string[];
+    try {
+      tasks = readdirSync(`/proc/${pid}/task`);
+    } catch {
+      return out; // lightningd already exited
+    }
+    for (const t of tasks) {
       try {
         for (const c of readFileSync(`/proc/${pid}/task/${t}/children`, 'utf8').trim().split(/\s+/)) if (c) out.push(Number(c));
       } catch {
