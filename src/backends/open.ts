@@ -11,16 +11,38 @@ import { isPostgresUrl, openPgReader, openPgWriter } from './postgres/index.js';
 import { listHistory } from '../compact/files.js';
 import { planBackup } from '../engine/plan.js';
 import { serialDiff } from '../engine/versions.js';
+import { SocketWriter } from './socket/writer.js';
+import { openSocketReader } from './socket/reader.js';
+import { parseSocketUrl } from './socket/url.js';
 
-/** Picks the backend from the URL scheme, and for files the format from the file's first bytes (never its name). */
+/**
+ * Picks the destination from the URL scheme (file: or socket:), and for files the format from the
+ * file's first bytes (never its name). Each destination lives in its own folder under backends/.
+ */
+
+export type Destination = 'file' | 'socket' | 'postgresql';
+
+export function destinationOf(url: string, cwd: string): Destination {
+  return parseBackupUrl(url, cwd).scheme;
+}
 
 function filePathOf(url: string, cwd: string): string {
   const u = parseBackupUrl(url, cwd);
   if (u.scheme === 'postgresql') throw new UrlError(`${url.replace(/:[^:@/]*@/, ':***@')} is a PostgreSQL backup, not a file`);
   if (u.scheme !== 'file') {
-    throw new UrlError(`${url}: socket: backups are not supported by this version of clnvault yet; use a file: URL`);
+    throw new UrlError(
+      `${url} is a socket: URL, and this needs the backup file itself: run it on the server, against its file: URL`,
+    );
   }
   return u.path;
+}
+
+/**
+ * Where temporary copies of the database (snapshots on their way into the backup) go: beside a backup
+ * file (same disk, known to be mounted); the network directory for a remote backup.
+ */
+export function scratchDir(url: string, cwd: string): string {
+  return destinationOf(url, cwd) === 'file' ? dirname(filePathOf(url, cwd)) : cwd;
 }
 
 export function detectFormat(path: string): BackupFormat {
@@ -63,15 +85,25 @@ export function backupPath(url: string, cwd: string): string {
   return filePathOf(url, cwd);
 }
 
-/** `segmentBytes`: the size limit of a v2 backup's segment files (backup.lock's "segment_bytes"). */
-export function openWriter(url: string, cwd: string, opts: { segmentBytes?: number } = {}): BackupWriter {
+export interface WriterOptions {
+  /** the size limit of a v2 backup's segment files (backup.lock's "segment_bytes") */
+  segmentBytes?: number;
+  /** remote destinations: how long an outage is ridden out before a write fails (backup.lock's "remote_timeout") */
+  remoteTimeoutMs?: number;
+  /** remote destinations report reconnections here */
+  log?: (level: 'info' | 'warn' | 'error', message: string) => void;
+}
+
+export function openWriter(url: string, cwd: string, opts: WriterOptions = {}): BackupWriter {
   if (isPostgresUrl(url)) return openPgWriter(url, cwd);
+  if (destinationOf(url, cwd) === 'socket') return SocketWriter.open(url, { ...opts, cwd });
   const path = filePathOf(url, cwd);
   return detectFormat(path) === 'v2' ? SegmentedWriter.open(path, opts) : V1Writer.open(path);
 }
 
 export function openReader(url: string, cwd: string): BackupReader {
   if (isPostgresUrl(url)) return openPgReader(url, cwd);
+  if (destinationOf(url, cwd) === 'socket') return openSocketReader(url, { cwd });
   return openFileReader(filePathOf(url, cwd));
 }
 
@@ -107,6 +139,7 @@ function openFileReader(path: string): BackupReader {
  */
 export function openReaderAt(url: string, cwd: string, version: number): BackupReader {
   if (isPostgresUrl(url)) return openPgReader(url, cwd);
+  if (destinationOf(url, cwd) === 'socket') return socketReaderAt(url, cwd, version);
   const path = filePathOf(url, cwd);
   const held: string[] = [];
   let newest: number | null = null;
@@ -139,8 +172,35 @@ export function openReaderAt(url: string, cwd: string, version: number): BackupR
   );
 }
 
+/** A server's RESTORE streams its whole backup; compacted-away versions exist only in the server's history files. */
+function socketReaderAt(url: string, cwd: string, version: number): BackupReader {
+  const reader = openSocketReader(url, { cwd });
+  try {
+    const plan = planBackup(reader).plan();
+    const oldest = plan.oldest;
+    if (oldest !== null && serialDiff(version, oldest) >= 0 && serialDiff(version, plan.head) <= 0) return reader;
+    throw new BackupError(
+      oldest === null
+        ? `version ${version} is not available: the server's backup is empty`
+        : `version ${version} is not available from the server, which holds versions ${oldest} to ${plan.head}; ` +
+            `for older ones restore on the server from its file: URL, which also sees the pre-compaction copies`,
+      url,
+    );
+  } catch (e) {
+    reader.close();
+    throw e;
+  }
+}
+
 /** Creates a new, empty backup. Refuses when the file exists; the directory must exist (a missing mount must not be papered over). */
 export function createBackup(url: string, cwd: string, format: BackupFormat): string {
+  if (destinationOf(url, cwd) === 'socket') {
+    parseSocketUrl(url, cwd);
+    throw new UrlError(
+      `${url}: a socket: backup is created on the server ('clnvault init file:///path/backup.bkp' there, then ` +
+        `'clnvault server file:///path/backup.bkp HOST:PORT')`,
+    );
+  }
   const path = filePathOf(url, cwd);
   if (existsSync(path)) {
     throw new BackupError(`${path} already exists; choose another file name or remove it if it is not needed`, path);
@@ -180,4 +240,9 @@ export function missingFirstFile(path: string): string | null {
       .join(', ')}${segs.length > 3 ? ', …' : ''}): the backup is incomplete and cannot be restored without it. ` +
     `Find ${path} (a backup is that file and every .seg-* file beside it) and copy it back`
   );
+}
+
+/** True for a URL whose backup is not a local file (no path to stat, check or lock). */
+export function isRemoteUrl(url: string): boolean {
+  return /^(socket|clnvault|postgres|postgresql):/i.test(url);
 }

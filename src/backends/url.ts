@@ -32,10 +32,11 @@ export function parseBackupUrl(url: string, cwd: string): BackupUrl {
   const colon = m[1]!.length;
   const scheme = m[1]!.toLowerCase();
   if (scheme === 'file') return { scheme: 'file', url, path: filePath(url, url.slice(colon + 1), cwd) };
-  if (scheme === 'socket') return { scheme: 'socket', url };
+  // clnvault://NAME@HOST:PORT is the same protocol inside TLS with a per-node key: the socket destination's too
+  if (scheme === 'socket' || scheme === 'clnvault') return { scheme: 'socket', url };
   if (scheme === 'postgresql' || scheme === 'postgres') return { scheme: 'postgresql', url };
   throw new UrlError(
-    `no backend for ${JSON.stringify(url)}: give a file: URL (e.g. file:///mnt/backup/clnvault.bkp), a postgresql: URL ` +
+    `no backend for ${JSON.stringify(url)}: give a file: URL (e.g. file:///mnt/backup/clnvault.bkp), socket:HOST:PORT or clnvault://NODE@HOST:PORT (docs/remote.md), a postgresql: URL ` +
       `(postgresql://user@host/dbname?backup=NAME) or a plain path` +
       (url.slice(colon + 1).startsWith('//') ? '' : ` (for a file whose name holds a colon, write ./${url})`),
   );

@@ -1,6 +1,6 @@
 import { existsSync, rmSync, statSync } from 'node:fs';
 import { dirname, join } from 'node:path';
-import { backupPath, createBackup, openWriter } from '../backends/open.js';
+import { backupPath, createBackup, destinationOf, openWriter } from '../backends/open.js';
 import { lockPath, readBackupLock, writeBackupLock, type BackupLock } from '../engine/backup-lock.js';
 import { listSegmentFiles, parseSegmentBytes } from '../backends/file/segments.js';
 import type { BackupFormat } from '../engine/entries.js';
@@ -39,6 +39,9 @@ backup's directory must exist (mount the backup disk first).
 postgresql://[user[:password]@]host[:port]/dbname?backup=NAME (or postgres://):
 creates clnvault's tables when missing and the backup NAME, owned by the
 connecting role (see docs/postgresql.md); --format and --segment-bytes do not apply.
+socket:HOST:PORT[?proxy=socks5:PHOST:PPORT] names a backup on a server (clnvault
+server or backup-cli server, see docs/remote.md): the server's file is created there;
+init here checks the server answers, sends the snapshot and writes backup.lock.
 
 Options:
   --lightning-dir DIR  network directory of the node (writes DIR/backup.lock)
@@ -128,6 +131,7 @@ export const initCommand: Command = {
     // backup.lock keeps the URL as given and the plugin resolves a relative one against the network
     // directory, so init must create the file there too, or the lock would name another file.
     const base = netDir ?? cwd;
+    if (destinationOf(url, base) === 'socket') return initRemote(url, netDir, dbPath, values['no-rebaseline'] === true);
     let undoPg: (() => void) | null = null;
     let path: string;
     if (pg) {
@@ -233,4 +237,38 @@ function sameFilesystem(backup: string, netDir: string): boolean {
   } catch {
     return false;
   }
+}
+/** socket: the backup file lives on the server; here only the snapshot is sent and backup.lock written. */
+async function initRemote(url: string, netDir: string | null, dbPath: string | null, noRebaseline: boolean): Promise<number> {
+  const writer = openWriter(url, netDir ?? process.cwd(), { log: (_l, m) => out(m) });
+  try {
+    out(`Connected to ${url}: the server's backup is at version ${writer.head()} (${writer.stats().entries} entries)`);
+    if (dbPath !== null) {
+      if (!writer.isEmpty()) {
+        throw new CliError(
+          `the server's backup at ${url} is not empty (version ${writer.head()}); create a fresh one on the server ('clnvault init file:///path/new.bkp' and serve that) before initializing a node with an existing database`,
+        );
+      }
+      out(`Found an existing database at ${dbPath}, initializing the backup with a snapshot`);
+      const tmp = join(netDir!, `.clnvault-init-${process.pid}.sqlite3`);
+      try {
+        const version = await snapshotDatabase(dbPath, tmp);
+        writer.appendSnapshotFile(version, tmp);
+        out(`Successfully written initial snapshot (data_version ${version}) to ${url}`);
+      } finally {
+        rmSync(tmp, { force: true });
+        rmSync(`${tmp}-journal`, { force: true });
+      }
+    } else if (netDir !== null) {
+      out('Database does not exist yet');
+    }
+  } finally {
+    writer.close();
+  }
+  if (netDir !== null) {
+    writeBackupLock(netDir, noRebaseline ? { backend_url: url, rebaseline: false } : { backend_url: url });
+    out(`Wrote ${lockPath(netDir)}`);
+  }
+  out(`Initialized backup backend ${url}, you can now start Core Lightning`);
+  return EXIT.ok;
 }

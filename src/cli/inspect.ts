@@ -5,8 +5,8 @@ import type { BackupReader } from '../backends/backend.js';
 import { V1Reader } from '../backends/file/v1.js';
 import { V2Reader } from '../backends/file/v2.js';
 import { SegmentedReader } from '../backends/file/segments.js';
-import { backupPath, missingFirstFile, openReader } from '../backends/open.js';
-import { isPostgresUrl, redact } from '../backends/postgres/url.js';
+import { backupPath, isRemoteUrl, missingFirstFile, openReader } from '../backends/open.js';
+import { redact } from '../backends/postgres/url.js';
 import type { BackupFormat, EntryHeader, Problem } from '../engine/entries.js';
 import { planBackup, type Planner } from '../engine/plan.js';
 import { CliError, COMMON_OPTIONS_HELP, EXIT, out, parse, printJson, progressReporter, type Command } from './common.js';
@@ -90,11 +90,11 @@ export const inspectCommand: Command = {
     const url = positionals[0]!;
     let path: string;
     try {
-      path = isPostgresUrl(url) ? redact(url) : backupPath(url, process.cwd());
+      path = isRemoteUrl(url) ? redact(url) : backupPath(url, process.cwd());
     } catch (e) {
       throw new CliError((e as Error).message, EXIT.usage);
     }
-    if (!isPostgresUrl(url)) {
+    if (!isRemoteUrl(url)) {
       // segment files without their first file: a damaged backup (exit 1), not a wrong URL
       const missingFirst = missingFirstFile(path);
       if (missingFirst !== null) throw new CliError(missingFirst, EXIT.failed);
@@ -148,7 +148,8 @@ export function inspectBackup(reader: BackupReader, path: string, showProgress: 
   const report: InspectReport = {
     location: st.location,
     format: st.format,
-    fileBytes: reader.format === 'postgresql' ? st.bytes : statSync(path).size,
+    // a remote backup has no local file (socket: ones were fetched into a scratch copy): its size is the reader's
+    fileBytes: isRemoteUrl(path) ? st.bytes : statSync(path).size,
     bytes: st.bytes,
     head: st.head,
     entries: st.entries,

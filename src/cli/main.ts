@@ -8,8 +8,9 @@ import { restoreCommand } from './restore.js';
 import { compactCommand } from './compact.js';
 import { statusCommand } from './status.js';
 import { verifyCommand } from './verify.js';
+import { serverCommand } from './server.js';
 
-const commands: Command[] = [initCommand, restoreCommand, inspectCommand, verifyCommand, statusCommand, demoCommand, compactCommand];
+const commands: Command[] = [initCommand, restoreCommand, inspectCommand, verifyCommand, statusCommand, demoCommand, compactCommand, serverCommand];
 
 function usage(): string {
   const width = Math.max(...commands.map((c) => c.name.length));

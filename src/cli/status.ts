@@ -3,8 +3,8 @@ import { existsSync, statSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
-import { backupPath, openReader } from '../backends/open.js';
-import { isPostgresUrl, redact } from '../backends/postgres/url.js';
+import { backupPath, isRemoteUrl, openReader } from '../backends/open.js';
+import { redact } from '../backends/postgres/url.js';
 import { lockPath, readBackupLock, type BackupLock } from '../engine/backup-lock.js';
 import { DB_NAME } from '../engine/live-db.js';
 import { nodeRunning } from '../engine/node-running.js';
@@ -137,7 +137,8 @@ async function status(dir: string): Promise<StatusReport> {
   r.lock = { ...lock, backend_url: redact(lock.backend_url), path: lockPath(dir) };
 
   let path: string;
-  const pg = isPostgresUrl(lock.backend_url);
+  // no local file to check: a PostgreSQL or socket:/clnvault:// backup
+  const pg = isRemoteUrl(lock.backend_url);
   try {
     // relative file: URLs are relative to the network directory, where the plugin runs
     path = pg ? redact(lock.backend_url) : backupPath(lock.backend_url, dir);

@@ -3,8 +3,8 @@ import { accessSync, constants, existsSync, mkdtempSync, rmSync, statSync } from
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import type { BackupReader } from '../backends/backend.js';
-import { backupPath, missingFirstFile, openReader } from '../backends/open.js';
-import { isPostgresUrl, redact } from '../backends/postgres/url.js';
+import { backupPath, isRemoteUrl, missingFirstFile, openReader } from '../backends/open.js';
+import { redact } from '../backends/postgres/url.js';
 import type { Problem } from '../engine/entries.js';
 import { DB_NAME, readDataVersion } from '../engine/live-db.js';
 import { nodeRunning } from '../engine/node-running.js';
@@ -133,7 +133,8 @@ async function drill(
   };
 
   let path: string;
-  const pg = isPostgresUrl(url);
+  // no local file to check: a PostgreSQL or socket:/clnvault:// backup
+  const pg = isRemoteUrl(url);
   try {
     path = pg ? redact(url) : backupPath(url, process.cwd());
   } catch (e) {

@@ -3,7 +3,7 @@ import { isAscii, isUtf8 } from 'node:buffer';
 import { resolve } from 'node:path';
 import { DbWriteHandler } from './db-write.js';
 import { log, sendContinue, sendError, sendResult, type RpcId } from './output.js';
-import { prepareBackup, runByHandText, startedByLightningd, type Startup } from './startup.js';
+import { prepareBackup, runByHandText, setRemoteLog, startedByLightningd, type Startup } from './startup.js';
 import { manifest, statusResult } from './manifest.js';
 import { serveStdin } from './stdin.js';
 import { MessageChannel, receiveMessageOnPort, Worker, type MessagePort } from 'node:worker_threads';
@@ -79,6 +79,7 @@ async function main(): Promise<void> {
         if (pendingLogs) {
           for (const l of pendingLogs) log(l.level, `clnvault: ${l.message}`);
           pendingLogs = null;
+          setRemoteLog((level, message) => log(level, `clnvault: ${message}`));
         }
         return;
       case 'init':

@@ -1,8 +1,9 @@
 import { existsSync, readdirSync, rmSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 import type { BackupWriter } from '../backends/backend.js';
-import { backupPath, openWriter } from '../backends/open.js';
+import { backupPath, isRemoteUrl, openWriter } from '../backends/open.js';
 import { isPostgresUrl } from '../backends/postgres/url.js';
+import { remoteTimeoutMs } from '../backends/postgres/timeout.js';
 import { readSegmentBytes } from '../backends/file/segments.js';
 import { readBackupLock } from '../engine/backup-lock.js';
 import { DB_NAME, readDataVersion, snapshotDatabase } from '../engine/live-db.js';
@@ -32,6 +33,15 @@ export interface Startup {
   deferredRebaseline: DeferredRebaseline | null;
 }
 
+/**
+ * A remote destination reports reconnections while the plugin runs; until getmanifest is answered they
+ * wait in `logs`, then main.ts routes them to lightningd's log through this.
+ */
+let remoteLog: ((level: StartupLog['level'], message: string) => void) | null = null;
+export function setRemoteLog(f: (level: StartupLog['level'], message: string) => void): void {
+  remoteLog = f;
+}
+
 export async function prepareBackup(cwd: string): Promise<Startup> {
   const logs: StartupLog[] = [];
   const out: Startup = { writer: null, error: null, logs, rebaselined: null, url: null, deferredRebaseline: null };
@@ -41,7 +51,14 @@ export async function prepareBackup(cwd: string): Promise<Startup> {
     out.url = lock.backend_url;
     const seg = readSegmentBytes(cwd);
     if (seg.problem) logs.push({ level: 'warn', message: seg.problem });
-    out.writer = openWriter(lock.backend_url, cwd, { segmentBytes: seg.segmentBytes });
+    // one reading of "remote_timeout" for every remote destination
+    const remoteTimeout = remoteTimeoutMs(cwd);
+    if (remoteTimeout.problem && isRemoteUrl(lock.backend_url)) logs.push({ level: 'warn', message: remoteTimeout.problem });
+    out.writer = openWriter(lock.backend_url, cwd, {
+      segmentBytes: seg.segmentBytes,
+      remoteTimeoutMs: remoteTimeout.ms,
+      log: (level, message) => (remoteLog ?? ((l, m) => logs.push({ level: l, message: m })))(level, message),
+    });
   } catch (e) {
     out.error = (e as Error).message;
     logs.push({ level: 'error', message: `cannot start the backup: ${out.error}` });
@@ -58,7 +75,11 @@ export async function prepareBackup(cwd: string): Promise<Startup> {
   // the writer lock we hold means any such file belongs to a start-up killed mid-snapshot, and each would
   // otherwise stay forever (a full copy of the database, on what is often a small backup disk).
   // A PostgreSQL backup has no directory of its own: its re-baseline scratch file goes in the network directory.
-  const file = isPostgresUrl(lock.backend_url) ? join(cwd, 'clnvault-postgresql') : backupPath(lock.backend_url, cwd);
+  const file = isPostgresUrl(lock.backend_url)
+    ? join(cwd, 'clnvault-postgresql')
+    : isRemoteUrl(lock.backend_url)
+      ? join(cwd, 'clnvault-remote')
+      : backupPath(lock.backend_url, cwd);
   const prefix = `.${basename(file)}.rebaseline-`;
   removeLeftovers(dirname(file), prefix);
 

@@ -1,0 +1,203 @@
+import { RefusedError, type Conn } from './conn.js';
+import { openConnection } from './connect.js';
+import { PKT, packet, packetName, parseMetadata, parseU32, ProtocolError, type Metadata } from './protocol.js';
+import { sendSnapshotFile } from './snapshot.js';
+import type { SocketUrl } from './url.js';
+
+/**
+ * The client side of one backup on a socket server, with the reference client's flows (metadata,
+ * change, snapshot, rewind) and what the reference lacks: a deadline on everything, reconnection with
+ * backoff within that deadline, and an exact "did my write land?" check after a reconnect.
+ */
+
+export { RefusedError };
+
+/** Packets the server sends outside a restore are ACK/NACK/METADATA/COMPACT_RES: small. */
+const MAX_REPLY = 16 << 20;
+const FIRST_BACKOFF_MS = 250;
+const MAX_BACKOFF_MS = 5_000;
+/** one attempt's wait for an answer; shorter than the whole budget so a hung server gets a reconnect */
+const ATTEMPT_MS = 15_000;
+const START_BUDGET_MS = 45_000;
+
+export type Note = { level: 'info' | 'warn' | 'error'; message: string };
+
+export class SocketSession {
+  private conn: Conn | null = null;
+  meta: Metadata | null = null;
+  readonly notes: Note[] = [];
+
+  constructor(
+    readonly url: SocketUrl,
+    /** "remote_timeout": how long one operation may take, reconnects included, before it fails */
+    readonly budgetMs: number,
+  ) {}
+
+  private async connect(deadline: number): Promise<Conn> {
+    const left = Math.max(1, deadline - Date.now());
+    const conn = await openConnection(this.url, Math.min(left, ATTEMPT_MS));
+    try {
+      await conn.write(packet(PKT.REQ_METADATA), Math.min(left, ATTEMPT_MS));
+      const r = await conn.readPacket(Math.min(left, ATTEMPT_MS), Math.min(left, ATTEMPT_MS), MAX_REPLY);
+      if (r === null) throw new ProtocolError(`${conn.peer}: connection closed before METADATA`);
+      if (r.type !== PKT.METADATA) throw new RefusedError(`${conn.peer}: answered REQ_METADATA with ${packetName(r.type)}; is this a backup server?`);
+      this.meta = parseMetadata(r.payload);
+    } catch (e) {
+      conn.close();
+      throw e;
+    }
+    this.conn = conn;
+    return conn;
+  }
+
+  drop(): void {
+    this.conn?.close();
+    this.conn = null;
+  }
+
+  /**
+   * Runs `attempt` on a live connection, reconnecting with backoff until `budgetMs` has passed.
+   * `before` is the server's state before the operation; after a reconnect, `landed` decides from the
+   * fresh METADATA whether the lost attempt already took effect, and `same` whether it did not.
+   */
+  async withRetry<T>(
+    what: string,
+    attempt: (conn: Conn, deadline: number) => Promise<T>,
+    afterReconnect?: (m: Metadata) => 'landed' | 'resend' | string,
+    landedResult?: () => T,
+    budgetMs = this.budgetMs,
+  ): Promise<T> {
+    const start = Date.now();
+    const deadline = start + budgetMs;
+    let delay = FIRST_BACKOFF_MS;
+    let tries = 0;
+    let lastError: Error | null = null;
+    for (;;) {
+      tries++;
+      try {
+        let conn = this.conn;
+        if (conn === null) {
+          conn = await this.connect(deadline);
+          if (lastError !== null) {
+            this.notes.push({ level: 'warn', message: `reconnected to ${conn.peer} after ${((Date.now() - start) / 1000).toFixed(1)} s (${lastError.message})` });
+            if (afterReconnect) {
+              const d = afterReconnect(this.meta!);
+              if (d === 'landed') return landedResult!();
+              if (d !== 'resend') throw new RefusedError(d);
+            }
+          }
+        }
+        return await attempt(conn, deadline);
+      } catch (e) {
+        const err = e as Error;
+        this.drop();
+        if (err instanceof RefusedError) throw err;
+        lastError = err;
+        const left = deadline - Date.now();
+        if (left <= 0 || tries > 10_000) {
+          throw new Error(
+            `${what}: the backup server ${formatUrl(this.url)} could not be reached within remote_timeout ` +
+              `(${Math.round(budgetMs / 1000)} s, ${tries} attempt(s)); last error: ${err.message}`,
+          );
+        }
+        if (tries === 1) this.notes.push({ level: 'warn', message: `${what}: ${err.message}; reconnecting (giving up after ${Math.round(left / 1000)} s)` });
+        await new Promise((r) => setTimeout(r, Math.min(delay, Math.max(0, left))));
+        delay = Math.min(delay * 2, MAX_BACKOFF_MS);
+      }
+    }
+  }
+
+  /**
+   * At start-up the plugin has not answered getmanifest yet, and lightningd gives up on a plugin after
+   * its --plugin-timeout (60 s): waiting longer would lose the log line that says why. The first
+   * connection therefore waits at most START_BUDGET_MS even with a larger remote_timeout.
+   */
+  async open(): Promise<Metadata> {
+    return this.withRetry('connecting', async () => this.meta!, undefined, undefined, Math.min(this.budgetMs, START_BUDGET_MS));
+  }
+
+  /** Sends a ready CHANGE packet; resolves with the server's version once it ACKed. */
+  async change(version: number, pkt: Buffer): Promise<number> {
+    const before = { ...this.meta! };
+    return this.withRetry(
+      `sending version ${version}`,
+      async (conn, deadline) => {
+        await conn.write(pkt, attemptMs(deadline));
+        return this.expectAck(conn, attemptMs(deadline), version, before);
+      },
+      (m) => this.landedOrResend(m, version, before),
+      () => version,
+    );
+  }
+
+  /** Streams a SNAPSHOT of the SQLite file `path`. */
+  async snapshot(version: number, path: string): Promise<number> {
+    const before = { ...this.meta! };
+    return this.withRetry(
+      `sending the snapshot of version ${version}`,
+      async (conn, deadline) => {
+        // each chunk gets its own deadline: a large snapshot over Tor takes as long as it takes
+        await sendSnapshotFile(conn, version, path, ATTEMPT_MS);
+        // the server inflates and fdatasyncs the whole database before it answers
+        return this.expectAck(conn, Math.max(attemptMs(deadline), 4 * ATTEMPT_MS), version, before);
+      },
+      (m) => this.landedOrResend(m, version, before),
+      () => version,
+    );
+  }
+
+  /** REWIND to `target` (the version before the head); the server answers ACK or NACK. */
+  async rewind(target: number): Promise<Metadata> {
+    return this.withRetry(`rewinding to version ${target}`, async (conn, deadline) => {
+      await conn.write(u32(PKT.REWIND, target), attemptMs(deadline));
+      const r = await conn.readPacket(attemptMs(deadline), attemptMs(deadline), MAX_REPLY);
+      if (r === null) throw new ProtocolError(`${conn.peer}: connection closed before the answer to REWIND`);
+      if (r.type === PKT.NACK) {
+        throw new RefusedError(`the server refused to rewind to version ${target} (it is at version ${parseU32(r.type, r.payload)})`);
+      }
+      if (r.type !== PKT.ACK) throw new RefusedError(`${conn.peer}: answered REWIND with ${packetName(r.type)}`);
+      // the ACK carries the new version but not the entry count: ask, so a later reconnect check is exact
+      await conn.write(packet(PKT.REQ_METADATA), attemptMs(deadline));
+      const m = await conn.readPacket(attemptMs(deadline), attemptMs(deadline), MAX_REPLY);
+      if (m === null || m.type !== PKT.METADATA) throw new ProtocolError(`${conn.peer}: no METADATA after REWIND`);
+      this.meta = parseMetadata(m.payload);
+      return this.meta;
+    });
+  }
+
+  private async expectAck(conn: Conn, timeoutMs: number, version: number, before: Metadata): Promise<number> {
+    const r = await conn.readPacket(timeoutMs, timeoutMs, MAX_REPLY);
+    if (r === null) throw new ProtocolError(`${conn.peer}: connection closed before the ACK of version ${version}`);
+    if (r.type === PKT.NACK) {
+      const at = r.payload.length === 4 ? r.payload.readUInt32BE(0) : null;
+      throw new RefusedError(`the server refused version ${version}${at === null ? '' : ` (it holds up to version ${at})`}`);
+    }
+    if (r.type !== PKT.ACK) throw new RefusedError(`${conn.peer}: answered version ${version} with ${packetName(r.type)} instead of ACK`);
+    this.meta = { protocol: before.protocol, version, prevVersion: before.version, versionCount: before.versionCount + 1 };
+    return version;
+  }
+
+  private landedOrResend(m: Metadata, version: number, before: Metadata): 'landed' | 'resend' | string {
+    if (m.version === (version >>> 0) && m.versionCount === before.versionCount + 1) return 'landed';
+    if (m.version === before.version && m.versionCount === before.versionCount) return 'resend';
+    return (
+      `after reconnecting, the server holds version ${m.version} (${m.versionCount} entries), but before sending version ` +
+      `${version} it held ${before.version} (${before.versionCount} entries): another client wrote to this backup`
+    );
+  }
+}
+
+function attemptMs(deadline: number): number {
+  return Math.max(1, Math.min(deadline - Date.now(), ATTEMPT_MS));
+}
+
+function u32(type: number, v: number): Buffer {
+  const p = Buffer.alloc(4);
+  p.writeUInt32BE(v >>> 0);
+  return packet(type, p);
+}
+
+
+export function formatUrl(u: SocketUrl): string {
+  return u.url;
+}

@@ -1,0 +1,92 @@
+import { existsSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { fileURLToPath } from 'node:url';
+import type { MessagePort, Worker } from 'node:worker_threads';
+import type { Metadata } from './protocol.js';
+import type { Note } from './session.js';
+import type { SocketUrl } from './url.js';
+
+/**
+ * Synchronous calls into the socket worker (worker.ts): post a request, sleep on a shared flag with
+ * Atomics.wait, take the answer with receiveMessageOnPort. This keeps BackupWriter/BackupReader
+ * synchronous for every destination, which the plugin's blocking stdin loop and the CLI rely on.
+ */
+
+export interface WorkerSetup {
+  url: SocketUrl;
+  budgetMs: number;
+  port: MessagePort;
+  flag: SharedArrayBuffer;
+}
+
+export type WorkerRequest =
+  | { op: 'open' }
+  | { op: 'change'; version: number; packet: Uint8Array }
+  | { op: 'snapshot'; version: number; path: string }
+  | { op: 'rewind'; target: number }
+  | { op: 'download'; dest: string }
+  | { op: 'close' };
+
+export type WorkerReply =
+  | { ok: true; meta: Metadata | null; entries?: number; bytes?: number; notes?: Note[] }
+  | { ok: false; error: string; refused: boolean; notes?: Note[] };
+
+/**
+ * The plugin's entry is bundled into dist/src/plugin/main.js, so this module's URL may be the bundle's;
+ * the worker file stays at dist/src/backends/socket/worker.js either way.
+ */
+function workerPath(): string {
+  for (const rel of ['./worker.js', '../backends/socket/worker.js']) {
+    const p = fileURLToPath(new URL(rel, import.meta.url));
+    if (existsSync(p)) return p;
+  }
+  throw new Error(`cannot find the socket worker (worker.js) next to ${fileURLToPath(import.meta.url)}; reinstall clnvault`);
+}
+
+export class SyncWorker {
+  private readonly worker: Worker;
+  private readonly port: MessagePort;
+  private readonly flag = new Int32Array(new SharedArrayBuffer(4));
+  private readonly wt: typeof import('node:worker_threads');
+
+  constructor(
+    url: SocketUrl,
+    budgetMs: number,
+    private readonly onNote: (n: Note) => void,
+  ) {
+    // loaded lazily: file: destinations (and the plugin's start-up) never pay for worker_threads
+    this.wt = createRequire(import.meta.url)('node:worker_threads') as typeof import('node:worker_threads');
+    const { port1, port2 } = new this.wt.MessageChannel();
+    this.port = port1;
+    const setup: WorkerSetup = { url, budgetMs, port: port2, flag: this.flag.buffer as SharedArrayBuffer };
+    this.worker = new this.wt.Worker(workerPath(), { workerData: setup, transferList: [port2] });
+    this.worker.unref();
+    this.port.unref();
+  }
+
+  /**
+   * Blocks until the worker answers. `maxMs` is a backstop only (the worker enforces remote_timeout
+   * itself); it guards against a worker that died without answering.
+   */
+  call(req: WorkerRequest, maxMs: number, transfer: ArrayBuffer[] = []): WorkerReply {
+    Atomics.store(this.flag, 0, 0);
+    this.port.postMessage(req, transfer);
+    const end = Date.now() + maxMs;
+    for (;;) {
+      const left = end - Date.now();
+      if (left <= 0) {
+        return { ok: false, refused: false, error: `the socket worker did not answer within ${Math.round(maxMs / 1000)} s` };
+      }
+      if (Atomics.wait(this.flag, 0, 0, left) !== 'timed-out' || Atomics.load(this.flag, 0) === 1) break;
+    }
+    const m = this.wt.receiveMessageOnPort(this.port);
+    if (m === undefined) return { ok: false, refused: false, error: 'the socket worker woke without an answer' };
+    const r = m.message as WorkerReply;
+    for (const n of r.notes ?? []) this.onNote(n);
+    return r;
+  }
+
+  terminate(): void {
+    void this.worker.terminate();
+  }
+}

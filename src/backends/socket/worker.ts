@@ -1,0 +1,54 @@
+import { parentPort, workerData, type MessagePort } from 'node:worker_threads';
+import { downloadBackup } from './download.js';
+import { SocketSession } from './session.js';
+import type { SocketUrl } from './url.js';
+import type { WorkerReply, WorkerRequest, WorkerSetup } from './sync.js';
+
+/**
+ * The network half of a socket: destination. The main thread is synchronous (the plugin blocks in
+ * read(2) on stdin between hooks), so it posts one request and sleeps on a shared flag; this thread does
+ * the asynchronous I/O and wakes it with the answer.
+ */
+
+const setup = workerData as WorkerSetup;
+const port: MessagePort = setup.port;
+const flag = new Int32Array(setup.flag);
+let session: SocketSession | null = null;
+
+function reply(r: WorkerReply): void {
+  port.postMessage(r);
+  Atomics.store(flag, 0, 1);
+  Atomics.notify(flag, 0);
+}
+
+async function handle(req: WorkerRequest, url: SocketUrl): Promise<WorkerReply> {
+  switch (req.op) {
+    case 'open': {
+      session = new SocketSession(url, setup.budgetMs);
+      return { ok: true, meta: await session.open() };
+    }
+    case 'change':
+      await session!.change(req.version, Buffer.from(req.packet.buffer, req.packet.byteOffset, req.packet.byteLength));
+      return { ok: true, meta: session!.meta! };
+    case 'snapshot':
+      await session!.snapshot(req.version, req.path);
+      return { ok: true, meta: session!.meta! };
+    case 'rewind':
+      return { ok: true, meta: await session!.rewind(req.target) };
+    case 'download': {
+      const d = await downloadBackup(url, req.dest, setup.budgetMs);
+      return { ok: true, meta: d.meta, entries: d.entries, bytes: d.bytes };
+    }
+    case 'close':
+      session?.drop();
+      return { ok: true, meta: null };
+  }
+}
+
+port.on('message', (req: WorkerRequest) => {
+  handle(req, setup.url).then(
+    (r) => reply({ ...r, notes: session?.notes.splice(0) ?? [] }),
+    (e: Error) => reply({ ok: false, error: e.message, refused: e.name === 'RefusedError', notes: session?.notes.splice(0) ?? [] }),
+  );
+});
+parentPort?.unref();

@@ -1,0 +1,126 @@
+import type { BackupStats, BackupWriter } from '../backend.js';
+import { BackupError, type Problem } from '../../engine/entries.js';
+import { changePacket, type Metadata } from './protocol.js';
+import type { Note } from './session.js';
+import { SyncWorker, type WorkerReply } from './sync.js';
+import { parseSocketUrl } from './url.js';
+
+/**
+ * A backup held by a socket server (`backup-cli server` or `clnvault server`). Each call returns once
+ * the server acknowledged, i.e. (for clnvault server) once the entry is fdatasynced on its disk. A call
+ * that cannot complete within remote_timeout throws, and the plugin refuses the write: lightningd stops
+ * without committing, instead of hanging forever inside the hook as with the reference.
+ */
+
+export const DEFAULT_REMOTE_TIMEOUT_MS = 60_000;
+
+export interface SocketWriterOptions {
+  /** relative key files (clnvault: URLs) resolve against this: the network directory for the plugin */
+  cwd?: string;
+  remoteTimeoutMs?: number;
+  log?: (level: 'info' | 'warn' | 'error', message: string) => void;
+}
+
+export class SocketWriter implements BackupWriter {
+  /** the protocol carries the reference's entries; the server stores them in whatever format its file has */
+  readonly format = 'v1' as const;
+  private meta: Metadata;
+  private snapshotHead = false;
+  private closed = false;
+
+  private constructor(
+    readonly location: string,
+    private readonly worker: SyncWorker,
+    private readonly budgetMs: number,
+  ) {
+    this.meta = { protocol: 1, version: 0, prevVersion: 0, versionCount: 0 };
+  }
+
+  static open(url: string, opts: SocketWriterOptions = {}): SocketWriter {
+    const u = parseSocketUrl(url, opts.cwd);
+    const budgetMs = opts.remoteTimeoutMs ?? DEFAULT_REMOTE_TIMEOUT_MS;
+    const log = opts.log ?? (() => {});
+    const worker = new SyncWorker(u, budgetMs, (n: Note) => log(n.level, n.message));
+    const w = new SocketWriter(url, worker, budgetMs);
+    try {
+      w.meta = w.check(worker.call({ op: 'open' }, budgetMs + 10_000), 'connecting to the backup server')!;
+    } catch (e) {
+      worker.terminate();
+      throw e;
+    }
+    return w;
+  }
+
+  private check(r: WorkerReply, what: string): Metadata | null {
+    if (r.ok) return r.meta;
+    const advice = r.refused
+      ? ''
+      : `. Check that the server (clnvault server or backup-cli server) is running and reachable from this machine ` +
+        `(tunnel, Tor, firewall), then start lightningd again; "remote_timeout" in backup.lock (seconds, now ` +
+        `${Math.round(this.budgetMs / 1000)}) sets how long an outage is ridden out before the node is stopped`;
+    throw new BackupError(`${this.location}: ${what} failed: ${r.error}${advice}`, this.location);
+  }
+
+  private usable(): void {
+    if (this.closed) throw new BackupError(`${this.location}: the connection to the backup server was closed`, this.location);
+  }
+
+  head(): number {
+    return this.meta.version;
+  }
+
+  isEmpty(): boolean {
+    return this.meta.version === 0 && this.meta.versionCount === 0;
+  }
+
+  /**
+   * The protocol does not say what the head entry is; only a snapshot sent by this writer is known to be
+   * one. A rewind over an unknown snapshot is refused by clnvault server (NACK), so this errs safely.
+   */
+  headIsSnapshot(): boolean {
+    return this.snapshotHead;
+  }
+
+  repaired(): Problem[] {
+    return [];
+  }
+
+  appendChange(version: number, statements: readonly string[]): number {
+    this.usable();
+    let pkt: Buffer;
+    try {
+      pkt = changePacket(version, statements);
+    } catch (e) {
+      throw new BackupError(`${this.location}: ${(e as Error).message}`, this.location);
+    }
+    this.meta = this.check(this.worker.call({ op: 'change', version, packet: pkt }, this.budgetMs + 10_000), `sending version ${version}`)!;
+    this.snapshotHead = false;
+    return pkt.length;
+  }
+
+  appendSnapshotFile(version: number, dbPath: string): void {
+    this.usable();
+    // a snapshot may take long to send; the worker bounds each chunk, this is only the backstop
+    this.meta = this.check(this.worker.call({ op: 'snapshot', version, path: dbPath }, 24 * 3600_000), `sending the snapshot of version ${version}`)!;
+    this.snapshotHead = true;
+  }
+
+  dropHead(): number {
+    this.usable();
+    if (this.snapshotHead) throw new BackupError(`${this.location}: the newest entry is a snapshot, which is never rewound`, this.location);
+    const target = this.meta.prevVersion;
+    this.meta = this.check(this.worker.call({ op: 'rewind', target }, this.budgetMs + 10_000), `rewinding to version ${target}`)!;
+    return this.meta.version;
+  }
+
+  stats(): BackupStats {
+    return { format: this.format, location: this.location, head: this.meta.version, entries: this.meta.versionCount, bytes: 0 };
+  }
+
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.worker.call({ op: 'close' }, 5_000);
+    this.worker.terminate();
+  }
+}
