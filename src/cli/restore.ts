@@ -1,7 +1,7 @@
 import { existsSync } from 'node:fs';
 import { dirname } from 'node:path';
-import { backupPath, openReader, openReaderAt } from '../backends/open.js';
-import { isPostgresUrl, redact } from '../backends/postgres/url.js';
+import { backupPath, isRemoteUrl, openReader, openReaderAt } from '../backends/open.js';
+import { redact } from '../backends/postgres/url.js';
 import { nodeRunning, writerLockHeld } from '../engine/node-running.js';
 import { resolveDestination, restoreBackup } from '../restore/restore.js';
 import { CliError, COMMON_OPTIONS_HELP, EXIT, info, out, parse, parseVersionArg, printJson, progressReporter, type Command } from './common.js';
@@ -70,7 +70,8 @@ export const restoreCommand: Command = {
     const [url, destArg] = positionals as [string, string];
     const toVersion = parseVersionArg('--to-version', values['to-version'] as string | undefined);
     const dest = resolveDestination(destArg);
-    const pg = isPostgresUrl(url);
+    // no local file: a PostgreSQL or socket:/clnvault:// backup
+    const pg = isRemoteUrl(url);
     // a postgresql: backup has no file: it is checked when it is opened
     const file = pg ? redact(url) : backupPath(url, process.cwd());
     if (!pg && !existsSync(file)) {
