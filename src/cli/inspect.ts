@@ -200,7 +200,8 @@ export function inspectBackup(reader: BackupReader, path: string, showProgress: 
     }
     report.duplicates = dups.list();
   }
-  report.damaged = report.problems.some((p) => p.kind === 'corrupt');
+  // a whole last record failing its checksum may be damage: never call that undamaged
+  report.damaged = report.problems.some((p) => p.kind === 'corrupt' || p.suspect === true);
   report.problems.sort((a, b) => a.offset - b.offset);
   return report;
 }

@@ -5,6 +5,7 @@ import { redact } from '../backends/postgres/url.js';
 import { nodeRunning, writerLockHeld } from '../engine/node-running.js';
 import { resolveDestination, restoreBackup } from '../restore/restore.js';
 import { CliError, COMMON_OPTIONS_HELP, EXIT, info, out, parse, parseVersionArg, printJson, progressReporter, type Command } from './common.js';
+import { suspectAdvice } from './verify.js';
 
 const help = `Usage: clnvault restore [--force [--allow-older]] [--to-version N] [--stop-at-damage] [--json] URL DEST
 
@@ -33,7 +34,9 @@ Options:
                    broadcasts revoked states: only when DEST is known to be wrong
   --to-version N   stop at data_version N (point in time), if the backup still holds that
                    history; says which versions are available when it does not
-  --stop-at-damage a damaged (v2: checksum-failing) record normally makes restore refuse;
+  --stop-at-damage a damaged (v2: checksum-failing) record normally makes restore refuse,
+                   and so does a last record that is whole but fails its checksum (a
+                   crash while writing it, or damage: restore cannot tell which);
                    with this, restore stops just before the first damaged record and
                    builds the database as of the last good version (it says which).
                    Only for when nothing better exists: that database lacks every
@@ -95,6 +98,13 @@ export const restoreCommand: Command = {
     }
     // --to-version may need a pre-compaction copy of the backup (history)
     const reader = toVersion === undefined ? openReader(url, process.cwd()) : openReaderAt(url, process.cwd(), toVersion);
+    if (values['stop-at-damage'] !== true) {
+      const suspect = reader.problems().find((p) => p.suspect === true);
+      if (suspect !== undefined) {
+        reader.close();
+        throw new CliError(`${suspectAdvice(suspect)}. Nothing was written to ${dest}`);
+      }
+    }
     const progress = progressReporter('restoring', 'entries');
     try {
       const r = restoreBackup(reader, dest, {

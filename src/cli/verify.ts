@@ -72,6 +72,15 @@ interface VerifyReport {
   kept: string | null;
 }
 
+/** What to say about a last record that is whole but fails its checksum (Problem.suspect). */
+export function suspectAdvice(p: { offset: number; message: string }): string {
+  return (
+    `the backup's last record, at offset ${p.offset}, is complete in length but fails its checksum (${p.message}). ` +
+    `If lightningd or its plugin crashed while writing it, that write was never acknowledged and leaving it out is right ` +
+    `('clnvault restore --stop-at-damage' does); otherwise the backup is damaged and a restore would silently be older than it should`
+  );
+}
+
 export const verifyCommand: Command = {
   name: 'verify',
   summary: 'restore drill: restore to a temp dir, check, compare with the live database',
@@ -200,6 +209,11 @@ async function drill(
     const corrupt = problems.filter((p) => p.kind === 'corrupt');
     if (corrupt.length > 0) {
       fail(`the backup is damaged (${corrupt.length} corrupt record(s), first at offset ${corrupt[0]!.offset}); restore from another copy and re-create this backup`);
+      return;
+    }
+    const suspect = problems.find((p) => p.suspect === true);
+    if (suspect !== undefined) {
+      fail(`${suspectAdvice(suspect)}; if the node is running, the plugin has already cut such an append when it started and this is damage: re-create the backup with 'clnvault init' (lightningd stopped)`);
       return;
     }
 

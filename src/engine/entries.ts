@@ -47,6 +47,12 @@ export interface Problem {
   message: string;
   /** torn-tail and orphan: how many bytes at `offset` are not part of the backup (a restore leaves them out) */
   bytes?: number;
+  /**
+   * torn-tail only: the last record's whole length is present and its header checksum holds, but its
+   * payload's does not. An append cut by a crash can leave that, and so can a flipped byte in a backup's
+   * newest record (its only one, after init): no reader can tell which, so the commands say so and stop.
+   */
+  suspect?: boolean;
 }
 
 export class BackupError extends Error {

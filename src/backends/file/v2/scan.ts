@@ -195,7 +195,15 @@ export function scanRecords(fd: number, size: number, path: string, onRecord?: (
     // the header checksum vouches for the length, so the record's extent is known even though its payload is bad
     const end = o + RECORD_OVERHEAD + c.h.length;
     if (end === size) {
-      torn = tornAt(o, c.why);
+      torn = {
+        kind: 'torn-tail',
+        offset: o,
+        bytes: size - o,
+        suspect: true,
+        message:
+          `cut ${size - o} bytes at offset ${o}: the last record (version ${c.h.version}) is complete in length but fails its check (${c.why}): ` +
+          `an append cut short by a crash, or a damaged record`,
+      };
       break;
     }
     corrupt.push({ kind: 'corrupt', offset: o, message: `corrupt record at offset ${o} (version ${c.h.version}): ${c.why}` });
