@@ -6,7 +6,8 @@ import { log, sendContinue, sendError, sendResult, type RpcId } from './output.j
 import { prepareBackup, runByHandText, setRemoteLog, startedByLightningd, type Startup } from './startup.js';
 import { manifest, statusResult } from './manifest.js';
 import { serveStdin } from './stdin.js';
-import { MessageChannel, receiveMessageOnPort, Worker, type MessagePort } from 'node:worker_threads';
+import { createRequire } from 'node:module';
+import type { MessagePort } from 'node:worker_threads';
 import type { LogLevel } from './output.js';
 import { isReopenable, PluginCompaction } from './compaction.js';
 import { readCompactionConfig } from '../compact/config.js';
@@ -146,6 +147,8 @@ let importancePort: MessagePort | null = null;
 /** Asks lightningd's listconfigs whether we were loaded with important-plugin= (importance.ts), in a worker. */
 function startImportanceCheck(configuration: Record<string, unknown>): void {
   if (importancePort !== null) return;
+  // loaded here, after start-up: worker_threads costs every lightningd boot a few ms otherwise
+  const { MessageChannel, Worker } = workerThreads();
   const { port1, port2 } = new MessageChannel();
   const lightningDir = configuration['lightning-dir'];
   const rpcFile = configuration['rpc-file'];
@@ -167,8 +170,13 @@ function startImportanceCheck(configuration: Record<string, unknown>): void {
   importancePort = port1;
 }
 
+let wt: typeof import('node:worker_threads') | null = null;
+function workerThreads(): typeof import('node:worker_threads') {
+  return (wt ??= createRequire(import.meta.url)('node:worker_threads') as typeof import('node:worker_threads'));
+}
+
 function drainImportance(): void {
-  const m = receiveMessageOnPort(importancePort!);
+  const m = workerThreads().receiveMessageOnPort(importancePort!);
   if (m === undefined) return;
   importancePort!.close();
   importancePort = null;

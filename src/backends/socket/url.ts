@@ -1,4 +1,12 @@
-import { isIP } from 'node:net';
+import { createRequire } from 'node:module';
+
+/**
+ * node:net, loaded only when a socket URL is parsed: this module is in the plugin's bundle, and most
+ * plugins back up to a file (start-up time is paid on every lightningd boot).
+ */
+function isIP(host: string): number {
+  return (createRequire(import.meta.url)('node:net') as typeof import('node:net')).isIP(host);
+}
 import { isAbsolute, resolve } from 'node:path';
 import { UrlError } from '../url.js';
 
