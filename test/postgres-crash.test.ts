@@ -84,15 +84,23 @@ describe('PostgreSQL killed mid-write', { skip: PG_SKIP }, () => {
     await restoredEqualsNode(dir, url, node);
   });
 
-  it('the session killed while idle: the next write reconnects, takes the writer lock again, and lands', { timeout: 120_000 }, async () => {
+  it('the session killed while idle: the next write reconnects, takes the writer lease again, and lands', { timeout: 120_000 }, async () => {
     const { dir, url } = await setUp('idle_kill', 30);
     const node = newNode(join(dir, 'regtest'), 60_000);
     await node.boot();
     let n = 0;
     for (let k = 0; k < 5; k++) assert.equal((await node.transaction(tx(n++))).answered, 'continue');
     const admin = await server.superClient();
+    // the writer lease (src/backends/postgres/lease.ts) names a live session of this backup's role
     const lockHolders = async (): Promise<number> =>
-      Number((await admin.query(`SELECT count(*) AS n FROM pg_locks WHERE locktype = 'advisory' AND classid = 1668050550 AND granted`)).rows[0].n);
+      Number(
+        (
+          await admin.query(
+            `SELECT count(*) AS n FROM clnvault.backups b JOIN pg_stat_activity a ON a.pid = b.writer_pid AND a.backend_start = b.writer_started
+              WHERE b.name = 'idle_kill' AND a.usename = 'idle_kill'`,
+          )
+        ).rows[0].n,
+      );
     try {
       assert.equal(lockHolders.length, 0);
       assert.equal(await lockHolders(), 1);

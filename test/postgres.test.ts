@@ -225,4 +225,51 @@ describe('PostgreSQL destination', { skip: PG_SKIP }, () => {
     assert.match(db, /pg-four/);
     assert.doesNotMatch(db, /pg-two/);
   });
+
+  it("another role cannot hold or take a backup's writer or compaction lease; a SIGKILLed holder does not block the next start", { timeout: 120_000 }, async () => {
+    const victim = await nodeRole('leasevictim');
+    const hostile = await nodeRole('leasehostile');
+    const dir = scratch();
+    const netDir = join(dir, 'regtest');
+    mkdirSync(netDir);
+    const init = await runCli(['init', '--lightning-dir', netDir, victim.url], { cwd: dir });
+    assert.equal(init.code, 0, show(init));
+    const admin = await server.superClient();
+    const victimId = Number((await admin.query(`SELECT id FROM clnvault.backups WHERE owner = $1`, [victim.role])).rows[0].id);
+    await admin.end();
+    // the hostile role knows the id (ids are a sequence) and holds every advisory lock an earlier release
+    // used for it, and tries the lease columns directly: none of it reaches the victim's row
+    const h = new pg.Client({ connectionString: `postgresql://${hostile.role}:pw-${hostile.role}@127.0.0.1:${server.port}/${PG_DB}` });
+    await h.connect();
+    try {
+      for (const cls of [0x636c6e76, 0x636c6e63]) assert.equal((await h.query('SELECT pg_try_advisory_lock($1, $2) AS ok', [cls, victimId])).rows[0].ok, true);
+      assert.equal((await h.query('UPDATE clnvault.backups SET writer_pid = pg_backend_pid(), compact_pid = pg_backend_pid() WHERE id = $1', [victimId])).rowCount, 0);
+      await h.query('BEGIN');
+      assert.equal((await h.query('SELECT id FROM clnvault.backups WHERE id = $1 FOR UPDATE', [victimId])).rowCount, 0);
+      await h.query('ROLLBACK');
+      await assert.rejects(h.query('UPDATE clnvault.backups SET owner = current_user, writer_pid = 1 WHERE id = $1', [victimId]), /permission denied/);
+
+      const first = new SimNode({ netDir, hookSafetyTimeoutMs: 60_000 });
+      await first.boot();
+      assert.equal((await first.transaction(["INSERT INTO vars (name, intval) VALUES ('lease-one', 1)"])).answered, 'continue');
+      // compaction of the victim's backup is not blocked by the hostile role either
+      const compact = await runCli(['compact', victim.url], { cwd: dir });
+      assert.equal(compact.code, 0, show(compact));
+      // a holder that dies without a word (SIGKILL: no release) does not keep the next start out
+      await first.killPlugin('SIGKILL');
+      const second = new SimNode({ netDir, hookSafetyTimeoutMs: 60_000 });
+      try {
+        await second.boot();
+        assert.equal((await second.transaction(["INSERT INTO vars (name, intval) VALUES ('lease-two', 2)"])).answered, 'continue');
+      } finally {
+        await second.stop();
+      }
+      await first.stop().catch(() => undefined);
+    } finally {
+      await h.end();
+    }
+    const db = await restoreDump(dir, victim.url);
+    assert.match(db, /lease-one/);
+    assert.match(db, /lease-two/);
+  });
 });

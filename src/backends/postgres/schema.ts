@@ -10,10 +10,11 @@ import type { ClientBase } from 'pg';
  */
 
 export const SCHEMA = 'clnvault';
-/** advisory-lock class for "one writer per backup"; the object id is the backup's id */
-export const WRITER_LOCK_CLASS = 0x636c6e76; // 'clnv'
-/** advisory-lock class for "one compaction per backup" */
-export const COMPACT_LOCK_CLASS = 0x636c6e63; // 'clnc'
+/**
+ * transaction-level advisory lock serialising `clnvault init`'s migrations (only; the one-writer and
+ * one-compaction rules are leases in the backup's row, lease.ts, which no other role can take)
+ */
+export const MIGRATE_LOCK_CLASS = 0x636c6e76; // 'clnv'
 /** snapshot bytes are stored in rows of this size: never the whole database in one value or in memory */
 export const CHUNK_BYTES = 1 << 20;
 export const KIND_CHANGE = 0;
@@ -72,6 +73,18 @@ const MIGRATIONS: readonly string[] = [
        GRANT USAGE ON SEQUENCE clnvault.backups_id_seq TO clnvault_node;
      END IF;
    END $$;`,
+  // 2: one writer (and one compaction) per backup as a lease in the backup's row (lease.ts) instead of an
+  // advisory lock, which any role could take for another's backup. UPDATE is granted on these columns only.
+  `ALTER TABLE clnvault.backups
+     ADD COLUMN writer_pid integer,
+     ADD COLUMN writer_started timestamptz,
+     ADD COLUMN compact_pid integer,
+     ADD COLUMN compact_started timestamptz;
+   DO $$ BEGIN
+     IF EXISTS (SELECT FROM pg_roles WHERE rolname = 'clnvault_node') THEN
+       GRANT UPDATE (writer_pid, writer_started, compact_pid, compact_started) ON clnvault.backups TO clnvault_node;
+     END IF;
+   END $$;`,
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.length;
@@ -115,7 +128,7 @@ export async function checkSchema(c: ClientBase, where: string): Promise<void> {
 export async function migrate(c: ClientBase): Promise<{ from: number; to: number }> {
   await c.query('BEGIN');
   try {
-    await c.query('SELECT pg_advisory_xact_lock($1, 0)', [WRITER_LOCK_CLASS]);
+    await c.query('SELECT pg_advisory_xact_lock($1, 0)', [MIGRATE_LOCK_CLASS]);
     await c.query(`CREATE SCHEMA IF NOT EXISTS ${SCHEMA}`);
     await c.query(`CREATE TABLE IF NOT EXISTS clnvault.schema_version (version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())`);
     const from = await schemaVersion(c);

@@ -2,7 +2,8 @@ import { open } from 'node:fs/promises';
 import { parentPort, workerData } from 'node:worker_threads';
 import type { Client as PgClient, ClientConfig } from 'pg';
 import type { HeaderRow, HeadInfo, PgReply, PgRequest, PgWorkerData } from './protocol.js';
-import { CHUNK_BYTES, checkSchema, COMPACT_LOCK_CLASS, KIND_CHANGE, KIND_SNAPSHOT, migrate, SCHEMA_VERSION, schemaVersion, WRITER_LOCK_CLASS } from './schema.js';
+import { CHUNK_BYTES, checkSchema, KIND_CHANGE, KIND_SNAPSHOT, migrate, SCHEMA_VERSION, schemaVersion } from './schema.js';
+import { describeHolder, releaseLease, takeLease } from './lease.js';
 import { isConnectionError, nextDelay } from './retry.js';
 
 /**
@@ -103,25 +104,10 @@ async function readHead(c: PgClient, id: number): Promise<HeadInfo> {
   return { empty: false, head: Number(row.version), headIsSnapshot: Number(row.kind) === KIND_SNAPSHOT, nextSeq: Number(row.seq) + 1 };
 }
 
-async function takeWriterLock(c: PgClient, id: number): Promise<boolean> {
-  const r = await c.query('SELECT pg_try_advisory_lock($1, $2) AS ok', [WRITER_LOCK_CLASS, id]);
-  return r.rows[0].ok === true;
-}
-
-async function holderOf(c: PgClient, id: number): Promise<string> {
-  try {
-    const r = await c.query(
-      `SELECT a.application_name, a.client_addr::text AS addr, a.pid, a.backend_start FROM pg_locks l
-         JOIN pg_stat_activity a ON a.pid = l.pid
-        WHERE l.locktype = 'advisory' AND l.classid = $1::bigint::oid AND l.objid = $2::bigint::oid AND l.objsubid = 2 AND l.granted`,
-      [WRITER_LOCK_CLASS, id],
-    );
-    if (r.rows.length === 0) return '';
-    const h = r.rows[0];
-    return ` (held by ${h.application_name || 'a session'}${h.addr ? ` from ${h.addr}` : ''}, server pid ${h.pid}, since ${new Date(h.backend_start).toISOString()})`;
-  } catch {
-    return '';
-  }
+/** The writer lease (lease.ts): '' when this session now holds it, else who does. */
+async function takeWriterLease(c: PgClient, id: number): Promise<string | null> {
+  const r = await takeLease(c, id, 'writer');
+  return r.ok ? null : describeHolder(r.holder);
 }
 
 /**
@@ -166,8 +152,9 @@ async function withRetry<T>(
 async function relock(c: PgClient): Promise<void> {
   // The old session may not be gone on the server yet (a half-open TCP connection): its lock then is
   // still held, which counts as a connection problem to wait out, not as another writer, until the deadline.
-  if (!(await takeWriterLock(c, backupId!))) {
-    const e = new Error(`the writer lock of ${where()} is still held by another session${await holderOf(c, backupId!)}`);
+  const held = await takeWriterLease(c, backupId!);
+  if (held !== null) {
+    const e = new Error(`the writer lease of ${where()} is still held by another session${held}`);
     (e as { retryable?: boolean }).retryable = true;
     throw e;
   }
@@ -336,9 +323,10 @@ async function handle(req: PgRequest): Promise<unknown> {
       // --plugin-timeout (60 s): a longer wait would lose the log line saying why the node did not start.
       const c = await withRetry((c) => Promise.resolve(c), undefined, Math.min(data.timeoutMs, START_BUDGET_MS));
       const id = await lookupBackup(c);
-      if (!(await takeWriterLock(c, id))) {
+      const held = await takeWriterLease(c, id);
+      if (held !== null) {
         throw new Refused(
-          `${where()} is already being written by another clnvault plugin${await holderOf(c, id)}: one node, one writer. ` +
+          `${where()} is already being written by another clnvault plugin${held}: one node, one writer. ` +
             `Stop the other node (or point this one at its own backup= name)`,
         );
       }
@@ -409,8 +397,7 @@ async function handle(req: PgRequest): Promise<unknown> {
     case 'tryCompactLock': {
       const c = await connect();
       const id = await lookupBackup(c);
-      const r = await c.query('SELECT pg_try_advisory_lock($1, $2) AS ok', [COMPACT_LOCK_CLASS, id]);
-      compactLock = r.rows[0].ok === true;
+      compactLock = (await takeLease(c, id, 'compact')).ok;
       return compactLock;
     }
     case 'deleteSuperseded': {
@@ -426,6 +413,11 @@ async function handle(req: PgRequest): Promise<unknown> {
       await flushDrop().catch(() => undefined);
       const c = client;
       client = null;
+      if (c !== null && backupId !== null && !readerOpen) {
+        // the session's end frees a lease anyway; giving it back says so at once
+        if (writer !== null) await releaseLease(c, backupId, 'writer').catch(() => undefined);
+        if (compactLock) await releaseLease(c, backupId, 'compact').catch(() => undefined);
+      }
       if (c !== null) {
         if (readerOpen) await c.query('ROLLBACK').catch(() => undefined);
         await c.end().catch(() => undefined);

@@ -6,9 +6,9 @@ import type { HeadInfo, HeaderRow } from './protocol.js';
 import type { PgTarget } from './url.js';
 
 /**
- * The plugin's writer for a PostgreSQL destination. Holding it means holding the session-level
- * advisory lock of the backup (taken at open, released when the session ends), so a second plugin on
- * the same backup is refused at start-up. Each appendChange is one INSERT in autocommit: it returns
+ * The plugin's writer for a PostgreSQL destination. Holding it means holding the backup's writer
+ * lease (lease.ts: taken at open, free once this session ends), so a second plugin on the same backup
+ * is refused at start-up. Each appendChange is one INSERT in autocommit: it returns
  * only after the server reported COMMIT, with whatever durability the server is configured for
  * (docs/postgresql.md).
  */
