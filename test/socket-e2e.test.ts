@@ -7,7 +7,9 @@ import assert from 'node:assert/strict';
 import { readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
-import { PKT } from '../src/backends/socket/protocol.js';
+import { once } from 'node:events';
+import { createServer } from 'node:net';
+import { metadataPacket, packet, PKT, u32Packet } from '../src/backends/socket/protocol.js';
 import { SimNode } from '../src/sim/lightningd.js';
 import { FIXTURES } from './helpers/fixtures.js';
 import { runCli, scratchArea } from './helpers/cli.js';
@@ -165,5 +167,74 @@ describe('socket: through a SOCKS5 proxy', () => {
     assert.ok(proxy.requests.length >= 3);
     for (const r of proxy.requests) assert.deepEqual(r, { atyp: 3, host: onion, port });
     proxy.close();
+  });
+});
+
+describe('socket: compaction through the protocol (backup-compact)', () => {
+  it('clnvault server answers COMPACT with NACK: the RPC says where compaction runs, the backup is unchanged, writes go on', { timeout: 60_000 }, async () => {
+    const fileUrl = await serverFile('v2');
+    const { proc, port } = await startServer(fileUrl);
+    const netDir = area.dir();
+    writeFileSync(join(netDir, 'backup.lock'), JSON.stringify({ backend_url: `socket:127.0.0.1:${port}`, remote_timeout: 5 }));
+    const plugin = new PluginProc(netDir);
+    const calls = recordedCalls();
+    const half = Math.floor(calls.length / 2);
+    for (let i = 0; i < half; i++) assert.deepEqual((await plugin.call(`w${i}`, 'db_write', calls[i])).result, { result: 'continue' });
+    const r = await plugin.call('c', 'backup-compact', {});
+    assert.ok(r.error, JSON.stringify(r));
+    assert.match(r.error.message, /does not compact over the protocol \(it answered NACK\).*clnvault compact FILE_URL.*the backup is unchanged/);
+    for (let i = half; i < calls.length; i++) assert.deepEqual((await plugin.call(`w${i}`, 'db_write', calls[i])).result, { result: 'continue' });
+    await plugin.close();
+    assert.match(proc.out, /asked for compaction.*answered NACK/);
+    assert.equal(await restoreDump(`socket:127.0.0.1:${port}`), readFileSync(join(REF, 'expected.dump.sql'), 'utf8'));
+    await proc.kill();
+  });
+
+  it('a server that compacts (as backup-cli server does) answers COMPACT_RES: the RPC returns its statistics, and the entry count it reports afterwards is the one the client checks against', { timeout: 60_000 }, async () => {
+    // a minimal server of the reference's shape: ACK to CHANGE, COMPACT_RES (JSON) to COMPACT, after
+    // which it holds fewer entries, as a compacted file does
+    let meta = { protocol: 1, version: 0, prevVersion: 0, versionCount: 0 };
+    const seen: number[] = [];
+    const srv = createServer((c) => {
+      let buf = Buffer.alloc(0);
+      c.on('data', (d: Buffer) => {
+        buf = Buffer.concat([buf, d]);
+        const { packets, rest } = parsePackets(buf);
+        buf = buf.subarray(buf.length - rest);
+        for (const p of packets) {
+          seen.push(p.type);
+          if (p.type === PKT.REQ_METADATA) c.write(metadataPacket(meta));
+          else if (p.type === PKT.CHANGE) {
+            const v = p.payload.readUInt32BE(0);
+            meta = { protocol: 1, version: v, prevVersion: meta.version, versionCount: meta.versionCount + 1 };
+            c.write(u32Packet(PKT.ACK, v));
+          } else if (p.type === PKT.COMPACT) {
+            const before = meta.versionCount;
+            meta = { ...meta, versionCount: 2 };
+            c.write(packet(PKT.COMPACT_RES, Buffer.from(JSON.stringify({ before: { version_count: before }, after: { version_count: 2 } }))));
+          }
+        }
+      });
+      c.on('error', () => {});
+    });
+    srv.listen(0, '127.0.0.1');
+    await once(srv, 'listening');
+    const port = (srv.address() as { port: number }).port;
+    try {
+      const netDir = area.dir();
+      writeFileSync(join(netDir, 'backup.lock'), JSON.stringify({ backend_url: `socket:127.0.0.1:${port}`, remote_timeout: 5 }));
+      const plugin = new PluginProc(netDir);
+      const calls = recordedCalls().slice(0, 6);
+      for (const [i, c] of calls.slice(0, 4).entries()) assert.deepEqual((await plugin.call(`w${i}`, 'db_write', c)).result, { result: 'continue' });
+      const r = await plugin.call('c', 'backup-compact', {});
+      assert.deepEqual(r.result, { before: { version_count: 4 }, after: { version_count: 2 } }, JSON.stringify(r));
+      for (const [i, c] of calls.slice(4).entries()) assert.deepEqual((await plugin.call(`x${i}`, 'db_write', c)).result, { result: 'continue' });
+      await plugin.close();
+      // COMPACT was followed by a fresh REQ_METADATA: the count the client checks a lost write against is the compacted one
+      const at = seen.indexOf(PKT.COMPACT);
+      assert.equal(seen[at + 1], PKT.REQ_METADATA, JSON.stringify(seen));
+    } finally {
+      srv.close();
+    }
   });
 });

@@ -4,14 +4,15 @@
  * the server's version rules, and connections that misbehave.
  */
 import assert from 'node:assert/strict';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { deflateSync } from 'node:zlib';
 import { after, describe, it } from 'node:test';
 import { parseSocketUrl } from '../src/backends/socket/url.js';
 import { changePacket, packet, PKT, u32Packet } from '../src/backends/socket/protocol.js';
 import { FIXTURES } from './helpers/fixtures.js';
-import { runCli, scratchArea } from './helpers/cli.js';
+import { CLI, runCli, scratchArea } from './helpers/cli.js';
 import { killAllPlugins, PluginProc } from './helpers/plugin-proc.js';
 import { decoded, killAllServers, parsePackets, RawClient, Relay, startServer } from './helpers/socket-rig.js';
 import { dump } from './helpers/sqlite.js';
@@ -151,6 +152,35 @@ describe("clnvault's client sends what the reference client sent", () => {
   });
 });
 
+/**
+ * A host name that resolves only to ::1, through the real resolver (getaddrinfo, /etc/hosts): the plugin
+ * and the CLI run in a mount namespace of their own where /etc/hosts is a file of the test's. Needs
+ * unshare(1) and the right to mount (root or CAP_SYS_ADMIN); elsewhere the test says why it skips.
+ */
+const V6_NAME = 'clnvault-v6only.test';
+let hostsPath: string | null = null;
+function hostsFile(): string {
+  if (hostsPath === null) {
+    hostsPath = join(area.dir(), 'hosts');
+    writeFileSync(hostsPath, `::1 ${V6_NAME}\n`);
+  }
+  return hostsPath;
+}
+function withV6Name(hosts: string): string[] {
+  return ['unshare', '-m', 'sh', '-c', 'mount --bind "$0" /etc/hosts && exec "$@"', hosts];
+}
+const V6_NAME_SKIP: string | false = (() => {
+  if (!existsSync('/proc/net/if_inet6') || !readFileSync('/proc/net/if_inet6', 'utf8').includes('00000000000000000000000000000001')) {
+    return 'no IPv6 loopback (::1) on this machine';
+  }
+  const [cmd, ...args] = withV6Name(hostsFile());
+  const probe = spawnSync(cmd!, [...args, 'getent', 'ahosts', V6_NAME], { encoding: 'utf8' });
+  if (probe.error !== undefined || probe.status !== 0 || !/^::1\s/m.test(probe.stdout)) {
+    return `cannot give a process a private /etc/hosts (unshare -m, mount --bind: ${probe.error?.message ?? probe.stderr.trim()}); needs root or CAP_SYS_ADMIN`;
+  }
+  return false;
+})();
+
 describe('IPv6', () => {
   it('server on [::1], plugin and restore with socket:[::1]:PORT', async () => {
     const dir = area.dir();
@@ -168,6 +198,28 @@ describe('IPv6', () => {
     const r = await runCli(['restore', `socket:[::1]:${port}`, dest]);
     assert.equal(r.code, 0, r.stderr);
     assert.equal(dump(dest), readFileSync(join(REF, 'expected.dump.sql'), 'utf8'));
+  });
+
+  it('a host NAME that resolves only to ::1 (no IPv4 address at all): plugin and restore connect over IPv6', { skip: V6_NAME_SKIP }, async () => {
+    const dir = area.dir();
+    const fileUrl = `file://${join(dir, 'srv.bkp')}`;
+    assert.equal((await runCli(['init', fileUrl])).code, 0);
+    // the server listens on ::1 only: a client that asked for IPv4 (as the reference did) finds nothing
+    const { port, proc } = await startServer(fileUrl, 0, [], undefined, '::1');
+    const netDir = area.dir();
+    const url = `socket:${V6_NAME}:${port}`;
+    writeFileSync(join(netDir, 'backup.lock'), JSON.stringify({ backend_url: url, remote_timeout: 5 }));
+    const plugin = new PluginProc(netDir, {}, withV6Name(hostsFile()));
+    for (const [i, c] of recordedCalls().entries()) assert.deepEqual((await plugin.call(`w${i}`, 'db_write', c)).result, { result: 'continue' }, plugin.stderr);
+    await plugin.close();
+    assert.match(proc.out, /connection \d+ from ::1:/);
+    const dest = join(area.dir(), 'restored.sqlite3');
+    const r = spawnSync(withV6Name(hostsFile())[0]!, [...withV6Name(hostsFile()).slice(1), process.execPath, CLI, 'restore', url, dest], { encoding: 'utf8' });
+    assert.equal(r.status, 0, r.stderr);
+    assert.equal(dump(dest), readFileSync(join(REF, 'expected.dump.sql'), 'utf8'));
+    // and outside that namespace the name does not resolve at all: the test is not passing by accident
+    const outside = await runCli(['inspect', url], { timeoutMs: 30_000 });
+    assert.notEqual(outside.code, 0);
   });
 
   it('a server told to listen beyond loopback says loudly that the protocol has no authentication', async () => {

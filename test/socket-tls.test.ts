@@ -155,4 +155,55 @@ describe('clnvault server --dir: many nodes, one key each', () => {
     assert.ok(await garbage.closedWithin(5000), 'garbage was not dropped');
     silent.close();
   });
+
+  it('the server SIGKILLed mid-write and restarted on the same port: the plugin reconnects (TLS again), nothing acknowledged is lost, nothing doubled', { timeout: 120_000 }, async () => {
+    const dir = area.dir();
+    const key = await addNode(dir, 'alice');
+    let { proc, port } = await nodesServer(dir);
+    const url = `clnvault://alice@127.0.0.1:${port}`;
+    const netDir = nodeDir(key, url);
+    writeFileSync(join(netDir, 'backup.lock'), JSON.stringify({ backend_url: url, remote_timeout: 30 }));
+    const plugin = new PluginProc(netDir);
+    await plugin.call('m', 'getmanifest', {});
+    const calls = recordedCalls();
+    for (const [i, c] of calls.entries()) {
+      plugin.request(`w${i}`, 'db_write', c);
+      if (i % 4 === 2) {
+        // killed while the write is on its way or being stored: it may or may not have landed
+        await new Promise((r) => setTimeout(r, (i * 3) % 7));
+        await proc.kill('SIGKILL');
+        await new Promise((r) => setTimeout(r, 300));
+        proc = new ServerProc('', 0, [], undefined, undefined, ['--dir', dir, '--listen', `127.0.0.1:${port}`]);
+        await proc.ready;
+      }
+      const r = await plugin.reply(`w${i}`, 40_000);
+      assert.deepEqual(r.result, { result: 'continue' }, JSON.stringify(r));
+    }
+    await plugin.close();
+    assert.ok(plugin.logs().some((l) => /reconnected to 127\.0\.0\.1/.test(l)), plugin.logs().join('\n'));
+    const out = await restore(url, netDir);
+    assert.equal(out.code, 0, out.stderr);
+    assert.equal(dump(out.dest), readFileSync(join(REF, 'expected.dump.sql'), 'utf8'));
+    await proc.kill();
+  });
+
+  it('the server down longer than remote_timeout: the write is refused within the bound, naming what to do', { timeout: 60_000 }, async () => {
+    const dir = area.dir();
+    const key = await addNode(dir, 'alice');
+    const { proc, port } = await nodesServer(dir);
+    const url = `clnvault://alice@127.0.0.1:${port}`;
+    const netDir = nodeDir(key, url);
+    writeFileSync(join(netDir, 'backup.lock'), JSON.stringify({ backend_url: url, remote_timeout: 2 }));
+    const plugin = new PluginProc(netDir);
+    const calls = recordedCalls();
+    assert.deepEqual((await plugin.call('w0', 'db_write', calls[0])).result, { result: 'continue' });
+    await proc.kill('SIGKILL');
+    const t0 = Date.now();
+    const r = await plugin.call('w1', 'db_write', calls[1]);
+    const took = Date.now() - t0;
+    assert.ok(r.error, JSON.stringify(r));
+    assert.match(r.error.message, /could not be reached within remote_timeout \(2 s/);
+    assert.ok(took >= 1500 && took < 20_000, `refused after ${took} ms`);
+    await plugin.close();
+  });
 });

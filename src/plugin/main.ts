@@ -89,6 +89,23 @@ async function main(): Promise<void> {
         compaction?.onInit();
         return;
       case 'backup-compact': {
+        const remote = startup.writer as { compactRemote?: () => string } | null;
+        if (typeof remote?.compactRemote === 'function') {
+          // a socket: server compacts its own file (the reference answers with its statistics, clnvault server refuses)
+          try {
+            const text = remote.compactRemote();
+            let stats: unknown = text;
+            try {
+              stats = JSON.parse(text);
+            } catch {
+              // not JSON: passed on as the server sent it
+            }
+            sendResult(rid, stats);
+          } catch (e) {
+            sendError(rid, -32000, (e as Error).message);
+          }
+          return;
+        }
         // answered by the compaction worker when it is done; only a refusal is answered here
         const why =
           startup.writer?.format === 'postgresql'

@@ -35,8 +35,10 @@ export class PluginProc {
   private waiters: Array<() => void> = [];
   exit: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
 
-  constructor(cwd: string, env: NodeJS.ProcessEnv = {}) {
-    this.child = spawn(PLUGIN, [], { cwd, env: { ...process.env, LIGHTNINGD_PLUGIN: '1', ...env }, stdio: ['pipe', 'pipe', 'pipe'] });
+  /** `wrap`: a command that runs the plugin (the plugin's path is appended), e.g. to give it its own mount namespace */
+  constructor(cwd: string, env: NodeJS.ProcessEnv = {}, wrap: string[] = []) {
+    const [cmd, ...args] = [...wrap, PLUGIN];
+    this.child = spawn(cmd!, args, { cwd, env: { ...process.env, LIGHTNINGD_PLUGIN: '1', ...env }, stdio: ['pipe', 'pipe', 'pipe'] });
     this.child.stdout.setEncoding('utf8');
     this.child.stdout.on('data', (d: string) => {
       this.buf += d;

@@ -165,6 +165,37 @@ export class SocketSession {
     });
   }
 
+  /**
+   * COMPACT: the reference server compacts its file and answers COMPACT_RES with its statistics (JSON);
+   * clnvault server answers NACK (it compacts with `clnvault compact` on the server). The entry count
+   * changes with a compaction, so the metadata is fetched again: the landed-or-resend check after a
+   * later reconnect compares against it. Resent after a lost connection: compacting twice does no harm.
+   */
+  async compact(): Promise<string> {
+    return this.withRetry(
+      'compacting',
+      async (conn, deadline) => {
+        await conn.write(packet(PKT.COMPACT), attemptMs(deadline));
+        // the reference compacts synchronously before it answers: as long as the whole budget
+        const r = await conn.readPacket(Math.max(1, deadline - Date.now()), attemptMs(deadline), MAX_REPLY);
+        if (r === null) throw new ProtocolError(`${conn.peer}: connection closed before the answer to COMPACT`);
+        await conn.write(packet(PKT.REQ_METADATA), attemptMs(deadline));
+        const m = await conn.readPacket(attemptMs(deadline), attemptMs(deadline), MAX_REPLY);
+        if (m === null || m.type !== PKT.METADATA) throw new RefusedError(`${conn.peer}: no METADATA after COMPACT`);
+        this.meta = parseMetadata(m.payload);
+        if (r.type === PKT.NACK) {
+          throw new RefusedError(
+            `the backup server does not compact over the protocol (it answered NACK): clnvault server compacts with ` +
+              `'clnvault compact FILE_URL' run on the server while it is stopped (docs/remote.md); the backup is unchanged`,
+          );
+        }
+        if (r.type !== PKT.COMPACT_RES) throw new RefusedError(`${conn.peer}: answered COMPACT with ${packetName(r.type)}`);
+        return r.payload.toString('utf8');
+      },
+      () => 'resend',
+    );
+  }
+
   private async expectAck(conn: Conn, timeoutMs: number, version: number, before: Metadata): Promise<number> {
     const r = await conn.readPacket(timeoutMs, timeoutMs, MAX_REPLY);
     if (r === null) throw new ProtocolError(`${conn.peer}: connection closed before the ACK of version ${version}`);

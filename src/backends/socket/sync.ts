@@ -25,10 +25,11 @@ export type WorkerRequest =
   | { op: 'snapshot'; version: number; path: string }
   | { op: 'rewind'; target: number }
   | { op: 'download'; dest: string }
+  | { op: 'compact' }
   | { op: 'close' };
 
 export type WorkerReply =
-  | { ok: true; meta: Metadata | null; entries?: number; bytes?: number; notes?: Note[] }
+  | { ok: true; meta: Metadata | null; entries?: number; bytes?: number; text?: string; notes?: Note[] }
   | { ok: false; error: string; refused: boolean; notes?: Note[] };
 
 /**
@@ -48,6 +49,8 @@ export class SyncWorker {
   private readonly port: MessagePort;
   private readonly flag = new Int32Array(new SharedArrayBuffer(4));
   private readonly wt: typeof import('node:worker_threads');
+  /** set when a call gave up waiting: the worker's late answer would be taken for the next call's */
+  private broken: string | null = null;
 
   constructor(
     url: SocketUrl,
@@ -69,13 +72,16 @@ export class SyncWorker {
    * itself); it guards against a worker that died without answering.
    */
   call(req: WorkerRequest, maxMs: number, transfer: ArrayBuffer[] = []): WorkerReply {
+    if (this.broken !== null) return { ok: false, refused: true, error: this.broken };
     Atomics.store(this.flag, 0, 0);
     this.port.postMessage(req, transfer);
     const end = Date.now() + maxMs;
     for (;;) {
       const left = end - Date.now();
       if (left <= 0) {
-        return { ok: false, refused: false, error: `the socket worker did not answer within ${Math.round(maxMs / 1000)} s` };
+        this.broken = `the socket worker did not answer within ${Math.round(maxMs / 1000)} s; the connection is given up`;
+        this.terminate();
+        return { ok: false, refused: false, error: this.broken };
       }
       if (Atomics.wait(this.flag, 0, 0, left) !== 'timed-out' || Atomics.load(this.flag, 0) === 1) break;
     }

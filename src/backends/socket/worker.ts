@@ -39,6 +39,10 @@ async function handle(req: WorkerRequest, url: SocketUrl): Promise<WorkerReply> 
       const d = await downloadBackup(url, req.dest, setup.budgetMs);
       return { ok: true, meta: d.meta, entries: d.entries, bytes: d.bytes };
     }
+    case 'compact': {
+      const text = await session!.compact();
+      return { ok: true, meta: session!.meta!, text };
+    }
     case 'close':
       session?.drop();
       return { ok: true, meta: null };

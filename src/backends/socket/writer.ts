@@ -113,6 +113,20 @@ export class SocketWriter implements BackupWriter {
     return this.meta.version;
   }
 
+  /**
+   * `backup-compact` for a socket: backup: the server compacts (the reference answers with its statistics
+   * as JSON text) or refuses (clnvault server: NACK); either way the answer is the server's.
+   */
+  compactRemote(): string {
+    this.usable();
+    const r = this.worker.call({ op: 'compact' }, this.budgetMs + 10_000);
+    if (r.ok) {
+      this.meta = r.meta ?? this.meta;
+      return r.text ?? '';
+    }
+    throw new BackupError(`${this.location}: compaction failed: ${r.error}`, this.location);
+  }
+
   stats(): BackupStats {
     return { format: this.format, location: this.location, head: this.meta.version, entries: this.meta.versionCount, bytes: 0 };
   }
