@@ -9,8 +9,9 @@ import { compactCommand } from './compact.js';
 import { statusCommand } from './status.js';
 import { verifyCommand } from './verify.js';
 import { serverCommand } from './server.js';
+import { keygenCommand } from './keygen.js';
 
-const commands: Command[] = [initCommand, restoreCommand, inspectCommand, verifyCommand, statusCommand, demoCommand, compactCommand, serverCommand];
+const commands: Command[] = [initCommand, restoreCommand, inspectCommand, verifyCommand, statusCommand, demoCommand, compactCommand, serverCommand, keygenCommand];
 
 function usage(): string {
   const width = Math.max(...commands.map((c) => c.name.length));

@@ -34,6 +34,8 @@ export interface NodeOptions {
   importantPlugin?: string | null;
   /** more lightningd options */
   args?: string[];
+  /** written to lightningd's stdin, then closed (what --hsm-passphrase reads); default: no stdin */
+  stdin?: string;
 }
 
 export class LightningNode {
@@ -85,8 +87,9 @@ export class LightningNode {
     delete env.NODE_TEST_CONTEXT;
     const child = spawn(this.opts.lightningd, args, {
       env,
-      stdio: ['ignore', 'ignore', 'pipe'],
+      stdio: [this.opts.stdin === undefined ? 'ignore' : 'pipe', 'ignore', 'pipe'],
     });
+    if (this.opts.stdin !== undefined) child.stdin!.end(this.opts.stdin);
     let stderr = '';
     child.stderr!.setEncoding('utf8').on('data', (d: string) => (stderr += d));
     this.proc = child;
