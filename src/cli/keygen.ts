@@ -14,6 +14,9 @@ inspect and compact. Without a key file, an encrypted backup's key comes from th
 own hsm_secret (its BIP39 words restore it); a key file is needed when hsm_secret is
 encrypted (lightningd --hsm-passphrase), or to keep the backup key apart from the node's.
 
+The plugin reads the key file as lightningd's user: run keygen as that user, or chown
+the file to it (it must stay mode 0600: a key file others can read is refused).
+
 Keep a copy of the key file away from the backups (another machine, or printed on
 paper: it is a short text file). Without it an encrypted backup cannot be restored;
 with it and the backup, anyone can read the node's database.

@@ -3,7 +3,7 @@ import { KEY_BYTES, KeyError, makeKey, type BackupKey } from './base.js';
 
 /**
  * A key from a passphrase through scrypt (memory-hard: a thief who copies the backup pays memory, not
- * just CPU, for every guess). The default costs 64 MiB and about 0.16 s on a 2020s x86 core (measured), an estimated
+ * just CPU, for every guess). The default costs 64 MiB and about 0.19 s of CPU on an AMD EPYC vCPU (bench/keys.ts), an estimated
  * 1 s on a Raspberry Pi 4; N = 2^16, r = 8, p = 1 (128 * N * r bytes = 64 MiB).
  * The parameters come back from the backup's header, which a hostile server can alter: they are bounded
  * here (altered ones only give a wrong key, which authentication then refuses, but must not make the
