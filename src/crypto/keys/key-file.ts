@@ -94,7 +94,12 @@ export function writeKeyFile(path: string): BackupKey {
     throw new KeyError(`${path}: writing the key file failed (${(e as Error).message}); it was removed, try again with room on the disk`);
   }
   closeSync(fd);
-  syncDir(dirname(path));
+  try {
+    syncDir(dirname(path));
+  } catch (e) {
+    // the file is complete and synced; only its directory entry may not be on disk yet
+    throw new KeyError(`${path} was written but its directory could not be synced (${(e as Error).message}); check the disk, then run 'sync'`);
+  }
   return key;
 }
 
