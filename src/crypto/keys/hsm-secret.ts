@@ -7,8 +7,10 @@ import { bip39Seed, canonicalMnemonic, checkPassphrase, MAX_MNEMONIC_CHARS, node
  * The three hsm_secret layouts Core Lightning v26.06.6 reads (common/hsm_secret.c, told apart by size
  * alone, as lightningd does):
  *   32 bytes            the secret itself (nodes made before v25.12)
- *   73 bytes            that secret encrypted under a passphrase (--encrypted-hsm / --hsm-passphrase):
- *                       libsodium secretstream header 24 + 32 + tag 17; unreadable without the passphrase
+ *   73 bytes            that secret encrypted under a passphrase (--encrypted-hsm, before v25.12; v26 reads it
+ *                       with --hsm-passphrase but no longer makes it: on a new node that option gives words
+ *                       with a passphrase, on a 32-byte file it leaves the file as it is): libsodium
+ *                       secretstream header 24 + 32 + tag 17; unreadable without the passphrase
  *   anything else > 32  32 bytes that are zero when the seed has no BIP39 passphrase, else SHA-256 of the
  *                       64-byte BIP39 seed; then the words (ASCII, single spaces, no newline)
  */
