@@ -12,9 +12,11 @@ import { tmpdir } from 'node:os';
 import { cliUrl } from '../backends/url.js';
 import { CliError, COMMON_OPTIONS_HELP, EXIT, info, out, parse, type Command } from './common.js';
 import { resolveNetworkDir } from './lightning-dir.js';
+import { initMulti } from './init-multi.js';
 import { backupAccessProblem, giveTo, ownerOf, type Owner } from './ownership.js';
 
 const help = `Usage: clnvault init [--lightning-dir DIR] [--format v1|v2] [--segment-bytes N] [--no-rebaseline] [--schema-only] URL
+       clnvault init --lightning-dir DIR [--ack all|K] URL URL...
 
 Creates a new backup at URL. With --lightning-dir (the network directory, where
 lightningd.sqlite3 lives, e.g. ~/.lightning/bitcoin) it also writes DIR/backup.lock,
@@ -43,8 +45,14 @@ socket:HOST:PORT[?proxy=socks5:PHOST:PPORT] names a backup on a server (clnvault
 server or backup-cli server, see docs/remote.md): the server's file is created there;
 init here checks the server answers, sends the snapshot and writes backup.lock.
 
+Several URLs (up to 8): every destination is created (a socket: server's backup
+must be empty), one snapshot of the node's database is sent to each, and backup.lock
+lists them as "destinations" with "ack" (docs/destinations.md): the plugin lets
+lightningd commit a write once K of them hold it (default all).
+
 Options:
   --lightning-dir DIR  network directory of the node (writes DIR/backup.lock)
+  --ack all|K          several URLs: how many destinations must hold each write (default all)
   --format v1|v2       v2 (default): clnvault's checksummed format. v1: the reference
                        plugin's format, readable by the Python backup plugin too
   --segment-bytes N    v2: split the backup into files of at most N bytes (default 3758096384,
@@ -73,7 +81,8 @@ export const initCommand: Command = {
       'no-rebaseline': { type: 'boolean' },
       'segment-bytes': { type: 'string' },
       'schema-only': { type: 'boolean' },
-    }, { min: 1, max: 1, names: 'one backup URL' });
+      ack: { type: 'string' },
+    }, { min: 1, max: 8, names: 'one backup URL (or several, with --lightning-dir)' });
     if (values.help) {
       out(help);
       return EXIT.ok;
@@ -89,6 +98,17 @@ export const initCommand: Command = {
       } catch (e) {
         throw new CliError((e as Error).message, EXIT.usage);
       }
+    }
+    if (positionals.length > 1 || values.ack !== undefined) {
+      const a = values.ack === undefined || values.ack === 'all' ? 'all' : /^\d+$/.test(String(values.ack)) ? Number(values.ack) : NaN;
+      if (Number.isNaN(a)) throw new CliError(`--ack must be "all" or a whole number, not ${JSON.stringify(values.ack)}`, EXIT.usage);
+      const netDir = typeof values['lightning-dir'] === 'string' ? resolveNetworkDir(values['lightning-dir']).dir : null;
+      return initMulti(
+        positionals.map((p) => cliUrl(p, process.cwd())),
+        netDir,
+        a as 'all' | number,
+        { format, ...(segmentBytes !== undefined ? { segmentBytes } : {}), noRebaseline: values['no-rebaseline'] === true },
+      );
     }
     const pg = isPostgresUrl(url);
     if (values['schema-only']) {

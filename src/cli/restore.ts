@@ -6,8 +6,13 @@ import { nodeRunning, writerLockHeld } from '../engine/node-running.js';
 import { resolveDestination, restoreBackup } from '../restore/restore.js';
 import { CliError, COMMON_OPTIONS_HELP, EXIT, info, out, parse, parseVersionArg, printJson, progressReporter, type Command } from './common.js';
 import { suspectAdvice } from './verify.js';
+import { pathToFileURL } from 'node:url';
+import { readBackupLock } from '../engine/backup-lock.js';
+import { resolveNetworkDir } from './lightning-dir.js';
+import { pickDestination, probeDestinations } from './destinations.js';
 
 const help = `Usage: clnvault restore [--force [--allow-older]] [--to-version N] [--stop-at-damage] [--json] URL DEST
+       clnvault restore --lightning-dir DIR [--destination URL|INDEX] [options] DEST
 
 Rebuilds lightningd.sqlite3 from the backup at URL. DEST is a file, or a directory
 (then DEST/lightningd.sqlite3). The database is built beside DEST, checked
@@ -18,6 +23,11 @@ URL is a file: URL (file:///mnt/usb/clnvault.bkp) or a plain path. The backup's 
 (clnvault v2, or the reference plugin's v1 .bkp/.dbak files) is detected from its
 content. Stale entries that the reference plugin's rewind bug left in v1 files are
 recognised and skipped.
+
+With --lightning-dir instead of URL, the backup is one of DIR/backup.lock's
+destinations: the most advanced one that can be read (several destinations,
+docs/destinations.md), or the one --destination names (its URL as in backup.lock,
+or its index from 0). Restore prints which one it used and why.
 
 Restore always refuses while lightningd runs in DEST's directory (its lightning-rpc
 answers, or a process holds the database open), and --force also while a plugin holds
@@ -42,6 +52,8 @@ Options:
                    Only for when nothing better exists: that database lacks every
                    transaction after the damage, so never start a node on it while a
                    better copy (the node's own database, another backup) exists
+  --lightning-dir DIR  take the backup from DIR/backup.lock (see above)
+  --destination URL|INDEX  with --lightning-dir: restore from this destination
   --json           print the result as JSON on stdout
 ${COMMON_OPTIONS_HELP}
   -h, --help       this help
@@ -62,7 +74,9 @@ export const restoreCommand: Command = {
       'to-version': { type: 'string' },
       json: { type: 'boolean' },
       'stop-at-damage': { type: 'boolean' },
-    }, { min: 2, max: 2, names: 'a backup URL and a destination' });
+      'lightning-dir': { type: 'string' },
+      destination: { type: 'string' },
+    }, { min: 1, max: 2, names: 'a backup URL and a destination (or only the destination, with --lightning-dir)' });
     if (values.help) {
       out(help);
       return EXIT.ok;
@@ -70,7 +84,23 @@ export const restoreCommand: Command = {
     if (values['allow-older'] && !values.force) {
       throw new CliError('--allow-older only makes sense with --force (it allows replacing a newer database)', EXIT.usage);
     }
-    const [url, destArg] = positionals as [string, string];
+    let url: string;
+    let destArg: string;
+    let chosen: string | null = null;
+    if (typeof values['lightning-dir'] === 'string') {
+      if (positionals.length !== 1) throw new CliError('with --lightning-dir give only DEST (the backup comes from backup.lock)', EXIT.usage);
+      const netDir = resolveNetworkDir(values['lightning-dir']).dir;
+      const pick = pickDestination(probeDestinations(readBackupLock(netDir), netDir), values.destination as string | undefined);
+      destArg = positionals[0]!;
+      // relative file: URLs in backup.lock are relative to the network directory
+      url = isRemoteUrl(pick.probe.rawUrl) ? pick.probe.rawUrl : pathToFileURL(backupPath(pick.probe.rawUrl, netDir)).href;
+      chosen = `restoring from destination [${pick.probe.index}] ${pick.probe.url}: ${pick.why}`;
+    } else {
+      if (values.destination !== undefined) throw new CliError('--destination needs --lightning-dir (it picks one of backup.lock\'s destinations)', EXIT.usage);
+      if (positionals.length !== 2) throw new CliError("expected a backup URL and a destination; see 'clnvault restore --help'", EXIT.usage);
+      [url, destArg] = positionals as [string, string];
+    }
+    if (chosen !== null && !values.json) info(chosen);
     const toVersion = parseVersionArg('--to-version', values['to-version'] as string | undefined);
     const dest = resolveDestination(destArg);
     // no local file: a PostgreSQL or socket:/clnvault:// backup
@@ -124,7 +154,7 @@ export const restoreCommand: Command = {
         ? `The database it replaced (data_version ${r.replaced.dataVersion ?? `unknown: ${r.replaced.readError}`}) is kept as ${r.replaced.keptAs}`
         : null;
       if (values.json) {
-        printJson({ ok: true, result: 'restored', message, backup: reader.location, ...r });
+        printJson({ ok: true, result: 'restored', message, backup: reader.location, ...(chosen !== null ? { chosen } : {}), ...r });
       } else {
         info(message);
         if (replacedLine) out(replacedLine);

@@ -11,6 +11,7 @@ import { nodeRunning } from '../engine/node-running.js';
 import { serialDiff } from '../engine/versions.js';
 import { CliError, COMMON_OPTIONS_HELP, EXIT, out, parse, printJson, type Command } from './common.js';
 import { resolveNetworkDir } from './lightning-dir.js';
+import { probeDestinations } from './destinations.js';
 import { backupAccessProblem, canAccess, ownerOf } from './ownership.js';
 
 const help = `Usage: clnvault status [--lightning-dir DIR] [--json]
@@ -18,6 +19,9 @@ const help = `Usage: clnvault status [--lightning-dir DIR] [--json]
 Says in one line whether the node's database and its backup are in step, and what
 to do if they are not. Reads DIR/backup.lock, the backup's head version and the
 data_version of DIR/lightningd.sqlite3 (read-only; safe while lightningd runs).
+With several destinations ("destinations" in backup.lock) each one is read and listed
+with its head version (or why it cannot be read); the verdict is about the most
+advanced readable one.
 
   in step            same version: nothing to do
   backup one ahead   lightningd stopped between backing up a transaction and committing
@@ -72,6 +76,9 @@ export interface StatusReport {
   lock: (BackupLock & { path: string }) | null;
   backup: { url: string; path: string; format: string; head: number; headKind: 'change' | 'snapshot' | null; entries: number; bytes: number } | null;
   node: { db: string; dataVersion: number } | null;
+  /** several destinations: each one's head; the verdict above is about the most advanced readable one */
+  destinations?: Array<{ index: number; url: string; head: number | null; behind: number | null; error: string | null }>;
+  ack?: 'all' | number;
 }
 
 export const statusCommand: Command = {
@@ -102,6 +109,12 @@ export const statusCommand: Command = {
       out(r.message);
       if (r.backup) out(`  backup  ${r.backup.path} (${r.backup.url}; ${r.backup.format}, head version ${r.backup.head}, ${r.backup.entries} entries)`);
       if (r.node) out(`  node    ${r.node.db} (data_version ${r.node.dataVersion}${r.running ? `; running: ${r.runningEvidence}` : '; lightningd not running'})`);
+      for (const d of r.destinations ?? []) {
+        out(
+          `  [${d.index}] ${d.url}: ${d.error !== null ? `UNREADABLE: ${d.error}` : `version ${d.head}${d.behind ? `, ${d.behind} behind the most advanced` : ''}`}`,
+        );
+      }
+      if (r.destinations) out(`  ack     ${r.ack} of ${r.destinations.length} (a running plugin says more: lightning-cli clnvault-status)`);
     }
     return r.ok ? EXIT.ok : EXIT.failed;
   },
@@ -134,7 +147,26 @@ async function status(dir: string): Promise<StatusReport> {
   } catch (e) {
     throw new CliError((e as Error).message, EXIT.usage);
   }
-  r.lock = { ...lock, backend_url: redact(lock.backend_url), path: lockPath(dir) };
+  r.lock = {
+    ...lock,
+    backend_url: redact(lock.backend_url),
+    ...(lock.destinations ? { destinations: lock.destinations.map(redact) } : {}),
+    path: lockPath(dir),
+  };
+  if (lock.destinations !== undefined) {
+    // several destinations: each is read; the verdict below is about the most advanced one
+    const probes = probeDestinations(lock, dir);
+    r.ack = lock.ack ?? 'all';
+    const best = probes.filter((p) => p.head !== null && p.error === null).sort((a, b) => serialDiff(b.head!, a.head!))[0];
+    r.destinations = probes.map((p) => ({
+      index: p.index,
+      url: p.url,
+      head: p.head,
+      behind: p.head === null || best === undefined ? null : Math.max(0, serialDiff(best.head!, p.head)),
+      error: p.error,
+    }));
+    if (best !== undefined) lock = { ...lock, backend_url: best.rawUrl };
+  }
 
   let path: string;
   // no local file to check: a PostgreSQL or socket:/clnvault:// backup

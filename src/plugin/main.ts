@@ -2,7 +2,9 @@
 import { isAscii, isUtf8 } from 'node:buffer';
 import { resolve } from 'node:path';
 import { DbWriteHandler } from './db-write.js';
-import { log, sendContinue, sendError, sendResult, type RpcId } from './output.js';
+import { log, sendContinue, sendError, sendNotification, sendResult, type RpcId } from './output.js';
+import { MultiWriter } from '../backends/multi/writer.js';
+import { DESTINATION_NOTIFICATION } from './manifest.js';
 import { prepareBackup, runByHandText, setRemoteLog, startedByLightningd, type Startup } from './startup.js';
 import { manifest, statusResult } from './manifest.js';
 import { serveStdin } from './stdin.js';
@@ -40,9 +42,24 @@ async function main(): Promise<void> {
     startup.deferredRebaseline ? { rebaseline: startup.deferredRebaseline, done: (r) => (startup.rebaselined = r) } : null,
   );
   let pendingLogs: Startup['logs'] | null = startup.logs;
+  const multi = startup.writer instanceof MultiWriter ? startup.writer : null;
+  // the lanes' news (logs, a destination falling behind or back) is taken at each message: this
+  // thread's event loop does not run; notifications wait until lightningd has read the manifest
+  const pollMulti = (): void => {
+    if (multi === null || pendingLogs !== null) return;
+    multi.drain();
+    for (const c of multi.healthChanges()) {
+      sendNotification(DESTINATION_NOTIFICATION, { ...c.report, event: c.healthy ? 'recovered' : 'behind', k: multi.k });
+      log(
+        c.healthy ? 'info' : 'warn',
+        `clnvault: destination ${c.report.url} ${c.healthy ? 'recovered: it holds every acknowledged write again' : `fell behind (${c.report.state})`}`,
+      );
+    }
+  };
 
   const dispatch = (buf: Buffer, start: number, end: number): void => {
     if (importancePort !== null) drainImportance();
+    pollMulti();
     let msg: { id?: unknown; method?: unknown; params?: unknown };
     // toString() would turn bytes that are not UTF-8 into U+FFFD: a statement backed up that way differs
     // from the one lightningd commits, so a db_write must be refused rather than stored mangled
@@ -73,6 +90,7 @@ async function main(): Promise<void> {
           : handler.refuse(`a db_write message (${end - start} bytes) that is not valid UTF-8: its statements cannot be stored exactly`);
         if (r.ok) sendContinue(rid);
         else sendError(rid, -32000, r.message);
+        pollMulti();
         return;
       }
       case 'getmanifest':
@@ -110,7 +128,9 @@ async function main(): Promise<void> {
         const why =
           startup.writer?.format === 'postgresql'
             ? "a postgresql: backup is compacted inside the database while this plugin writes: run 'clnvault compact <backup-url>'"
-            : compaction === null
+            : multi !== null
+              ? "online compaction is not available with several destinations yet: compact each file destination with 'clnvault compact URL' while lightningd is stopped"
+              : compaction === null
               ? `the backup is not open: ${startup.error ?? 'unknown error'}`
               : compaction.start(rid);
         if (why !== null) sendError(rid, -32000, why);

@@ -1,5 +1,9 @@
 import type { DbWriteHandler } from './db-write.js';
 import type { Startup } from './startup.js';
+import { MultiWriter } from '../backends/multi/writer.js';
+
+/** Sent when a destination falls behind or recovers (several destinations, docs/destinations.md). */
+export const DESTINATION_NOTIFICATION = 'clnvault_destination';
 
 /** What the plugin registers. `dynamic: false`: started later, it would miss every earlier write. */
 export function manifest(): unknown {
@@ -15,7 +19,8 @@ export function manifest(): unknown {
       {
         name: 'clnvault-status',
         usage: '',
-        description: 'Show the state of the clnvault backup: destination, format, head version, writes, latency.',
+        description:
+          'Show the state of the clnvault backup: destination(s), format, head version, writes, latency; with several destinations, each one\'s acknowledged version, lag, ack latency p50/p99, bytes, errors and last error.',
       },
       {
         name: 'backup-compact',
@@ -25,6 +30,7 @@ export function manifest(): unknown {
       },
     ],
     subscriptions: [],
+    notifications: [{ method: DESTINATION_NOTIFICATION }],
     hooks: [{ name: 'db_write' }],
     dynamic: false,
   };
@@ -48,5 +54,6 @@ export function statusResult(startup: Startup, handler: DbWriteHandler): unknown
     rewinds_this_run: handler.stats.rewinds,
     rebaselined: startup.rebaselined,
     error: startup.error,
+    ...(w instanceof MultiWriter ? { ack_required: w.k, destinations: w.reports() } : {}),
   };
 }

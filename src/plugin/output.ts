@@ -73,3 +73,8 @@ export type LogLevel = 'debug' | 'info' | 'warn' | 'error';
 export function log(level: LogLevel, message: string): void {
   writeAll(`{"jsonrpc":"2.0","method":"log","params":{"level":"${level}","message":${JSON.stringify(message)}}}\n\n`);
 }
+
+/** A custom notification (declared in the manifest's "notifications"): other plugins may subscribe to it. */
+export function sendNotification(method: string, params: unknown): void {
+  writeAll(`{"jsonrpc":"2.0","method":${JSON.stringify(method)},"params":${JSON.stringify(params)}}\n\n`);
+}

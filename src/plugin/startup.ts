@@ -5,7 +5,8 @@ import { backupPath, isRemoteUrl, openWriter } from '../backends/open.js';
 import { isPostgresUrl } from '../backends/postgres/url.js';
 import { remoteTimeoutMs } from '../backends/postgres/timeout.js';
 import { readSegmentBytes } from '../backends/file/segments.js';
-import { readBackupLock } from '../engine/backup-lock.js';
+import { ackCount, parseListen, readBackupLock, type BackupLock } from '../engine/backup-lock.js';
+import { MultiWriter } from '../backends/multi/writer.js';
 import { DB_NAME, readDataVersion, snapshotDatabase } from '../engine/live-db.js';
 import { serialDiff } from '../engine/versions.js';
 import { isWalDatabase, type DeferredRebaseline } from './rebaseline.js';
@@ -53,12 +54,18 @@ export async function prepareBackup(cwd: string): Promise<Startup> {
     if (seg.problem) logs.push({ level: 'warn', message: seg.problem });
     // one reading of "remote_timeout" for every remote destination
     const remoteTimeout = remoteTimeoutMs(cwd);
-    if (remoteTimeout.problem && isRemoteUrl(lock.backend_url)) logs.push({ level: 'warn', message: remoteTimeout.problem });
-    out.writer = openWriter(lock.backend_url, cwd, {
-      segmentBytes: seg.segmentBytes,
-      remoteTimeoutMs: remoteTimeout.ms,
-      log: (level, message) => (remoteLog ?? ((l, m) => logs.push({ level: l, message: m })))(level, message),
-    });
+    const anyRemote = (lock.destinations ?? [lock.backend_url]).some((u) => isRemoteUrl(u));
+    if (remoteTimeout.problem && anyRemote) logs.push({ level: 'warn', message: remoteTimeout.problem });
+    const log = (level: StartupLog['level'], message: string): void =>
+      (remoteLog ?? ((l, m) => logs.push({ level: l, message: m })))(level, message);
+    out.writer =
+      lock.destinations !== undefined
+        ? openMulti(lock, cwd, seg.segmentBytes, remoteTimeout.ms, log)
+        : openWriter(lock.backend_url, cwd, {
+            segmentBytes: seg.segmentBytes,
+            remoteTimeoutMs: remoteTimeout.ms,
+            log,
+          });
   } catch (e) {
     out.error = (e as Error).message;
     logs.push({ level: 'error', message: `cannot start the backup: ${out.error}` });
@@ -75,7 +82,9 @@ export async function prepareBackup(cwd: string): Promise<Startup> {
   // the writer lock we hold means any such file belongs to a start-up killed mid-snapshot, and each would
   // otherwise stay forever (a full copy of the database, on what is often a small backup disk).
   // A PostgreSQL backup has no directory of its own: its re-baseline scratch file goes in the network directory.
-  const file = isPostgresUrl(lock.backend_url)
+  const file = lock.destinations !== undefined
+    ? join(cwd, 'clnvault-destinations')
+    : isPostgresUrl(lock.backend_url)
     ? join(cwd, 'clnvault-postgresql')
     : isRemoteUrl(lock.backend_url)
       ? join(cwd, 'clnvault-remote')
@@ -146,6 +155,34 @@ export async function prepareBackup(cwd: string): Promise<Startup> {
     rmSync(`${tmp}-journal`, { force: true });
   }
   return out;
+}
+
+/** Several destinations (backup.lock "destinations"): src/backends/multi/. */
+function openMulti(
+  lock: BackupLock,
+  cwd: string,
+  segmentBytes: number | undefined,
+  remoteTimeoutMs: number,
+  log: (level: StartupLog['level'], message: string) => void,
+): MultiWriter {
+  // snapshot copies a killed plugin left behind (each a full copy of the database)
+  removeLeftovers(cwd, '.clnvault-destinations-');
+  const m = MultiWriter.open(lock.destinations!, {
+    cwd,
+    k: ackCount(lock),
+    remoteTimeoutMs,
+    ...(segmentBytes !== undefined ? { segmentBytes } : {}),
+    log,
+    dbPath: join(cwd, DB_NAME),
+    monitor: {
+      ...(lock.metrics !== undefined ? { metrics: parseListen(lock.metrics)! } : {}),
+      ...(lock.metrics_textfile !== undefined ? { textfile: lock.metrics_textfile } : {}),
+      ...(lock.heartbeat_url !== undefined ? { heartbeatUrl: lock.heartbeat_url } : {}),
+      ...(lock.heartbeat_interval !== undefined ? { heartbeatIntervalS: lock.heartbeat_interval } : {}),
+    },
+  });
+  log('info', `${lock.destinations!.length} destinations, each write acknowledged once ${ackCount(lock)} of them hold it`);
+  return m;
 }
 
 function removeLeftovers(dir: string, prefix: string): void {

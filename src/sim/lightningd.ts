@@ -457,6 +457,11 @@ export class SimNode {
     });
   }
 
+  /** One of the plugin's RPC methods, as `lightning-cli METHOD` would call it. */
+  rpc(method: string, params: unknown = {}, timeoutMs = 30_000): Promise<JsonRpcMessage> {
+    return this.call(method, params, timeoutMs);
+  }
+
   /** A request other than db_write; rejects if the plugin dies first or does not answer in time. */
   private call(method: string, params: unknown, timeoutMs: number): Promise<JsonRpcMessage> {
     const proc = this.proc;

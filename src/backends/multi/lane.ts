@@ -1,0 +1,256 @@
+import { workerData, type MessagePort } from 'node:worker_threads';
+import type { BackupWriter } from '../backend.js';
+import { openWriter } from '../open.js';
+import { serialDiff } from '../../engine/versions.js';
+import { applyChange, applySnapshot, ForeignError, GapError, removeQuietly } from './apply.js';
+import {
+  ackSlot,
+  attachShared,
+  DestState,
+  F,
+  fSlot,
+  nowMs,
+  recordLatency,
+  ring,
+  snapSlot,
+  type LaneNote,
+  type LaneOp,
+  type SharedBlock,
+} from './shared.js';
+
+/**
+ * One destination of a set, in its own thread: it takes every write the main thread hands it, in order,
+ * acknowledges each through shared memory once its writer returned (durable), and when the destination
+ * is unreachable keeps the writes in a bounded queue and replays them when it is back (catch-up). A queue
+ * that outgrows its bound, or a destination found behind, rolled back or replaced, asks the main thread
+ * for a snapshot of the node's database (re-seed) and drops writes until it arrives: everything before
+ * the snapshot is in it.
+ */
+
+export interface LaneSetup {
+  index: number;
+  n: number;
+  url: string;
+  cwd: string;
+  segmentBytes?: number;
+  remoteTimeoutMs: number;
+  shared: { ints: SharedArrayBuffer; f: SharedArrayBuffer };
+  port: MessagePort;
+  /** the version this destination was last known to hold (backup state file), to detect a rollback */
+  knownHead: number | null;
+  /** start in NeedsSnapshot (a local destination whose write failed on the main thread) */
+  needSnapshot: boolean;
+  maxQueueBytes: number;
+}
+
+const setup = workerData as LaneSetup;
+const port = setup.port;
+const s: SharedBlock = attachShared(setup.n, setup.shared);
+const i = setup.index;
+
+let writer: BackupWriter | null = null;
+let queue: Array<Extract<LaneOp, { t: 'change' | 'snapshot' }>> = [];
+let queuedBytes = 0;
+let state: DestState = DestState.Opening;
+/** the head this destination held after its last acknowledged write: a reopened one below it was rolled back */
+let expectHead: number | null = setup.knownHead;
+let closing = false;
+let retryMs = 250;
+let retryTimer: NodeJS.Timeout | null = null;
+let downSince: number | null = null;
+
+function note(n: LaneNote): void {
+  port.postMessage(n);
+  ring(s);
+}
+
+function log(level: 'info' | 'warn' | 'error', message: string, error?: string): void {
+  note({ t: 'log', level, message: `destination ${setup.url}: ${message}`, ...(error !== undefined ? { error } : {}) });
+}
+
+function setState(st: DestState): void {
+  state = st;
+  s.f[fSlot(i, F.STATE)] = st;
+}
+
+function setQueued(): void {
+  s.f[fSlot(i, F.QUEUED)] = queue.length;
+}
+
+function opBytes(op: LaneOp): number {
+  if (op.t !== 'change') return 0;
+  let b = 64;
+  for (const st of op.statements) b += st.length;
+  return b;
+}
+
+function dropQueue(): void {
+  for (const op of queue) if (op.t === 'snapshot') removeQuietly(op.path);
+  queue = [];
+  queuedBytes = 0;
+  setQueued();
+}
+
+function needSnapshot(why: string, level: 'warn' | 'error'): void {
+  dropQueue();
+  setState(DestState.NeedsSnapshot);
+  Atomics.store(s.ints, snapSlot(s.n, i), 1);
+  log(level, `${why}; it is re-seeded with a snapshot of the node's database at the next database write, and is not counted for acknowledgements until then`);
+}
+
+function refuse(why: string): void {
+  dropQueue();
+  setState(DestState.Refused);
+  s.f[fSlot(i, F.UNTRUSTED_SEEN)] = 1;
+  log('error', `NOT TRUSTED: ${why}. It takes no more writes in this run; check what happened to it, move it aside and re-create it (docs/destinations.md)`);
+}
+
+function onOp(op: LaneOp): void {
+  if (op.t === 'close') {
+    closing = true;
+    if (retryTimer !== null) clearTimeout(retryTimer);
+    dropQueue();
+    try {
+      writer?.close();
+    } catch {
+      // closing after a failure: nothing more to save
+    }
+    writer = null;
+    note({ t: 'closed' });
+    port.close();
+    return;
+  }
+  if (state === DestState.Refused) {
+    if (op.t === 'snapshot') removeQuietly(op.path);
+    return;
+  }
+  if (state === DestState.NeedsSnapshot) {
+    // everything before the snapshot is in it; the snapshot starts a new queue
+    if (op.t === 'change') return;
+    setState(writer === null ? DestState.Down : DestState.CatchingUp);
+  }
+  queue.push(op);
+  queuedBytes += opBytes(op);
+  setQueued();
+  if (queuedBytes > setup.maxQueueBytes) {
+    needSnapshot(`${queue.length} writes (${queuedBytes} bytes) waited while it was unreachable, more than it may keep in memory`, 'warn');
+    return;
+  }
+  pump();
+}
+
+function pump(): void {
+  if (writer === null || closing) return;
+  while (queue.length > 0) {
+    const op = queue[0]!;
+    try {
+      let bytes = 0;
+      if (op.t === 'change') bytes = applyChange(writer, op.version, op.statements, op.repeat);
+      else {
+        applySnapshot(writer, op.version, op.path);
+        removeQuietly(op.path);
+        s.f[fSlot(i, F.HEAD_SNAPSHOT)] = 1;
+      }
+      if (op.t === 'change') s.f[fSlot(i, F.HEAD_SNAPSHOT)] = 0;
+      queue.shift();
+      queuedBytes -= opBytes(op);
+      expectHead = writer.head();
+      s.f[fSlot(i, F.HEAD)] = expectHead;
+      s.f[fSlot(i, F.BYTES)]! += bytes;
+      s.f[fSlot(i, F.WRITES)]! += 1;
+      s.f[fSlot(i, F.LAST_OP_AT)] = op.at;
+      recordLatency(s, i, (nowMs() - op.at) * 1000);
+      Atomics.store(s.ints, ackSlot(i), op.seq);
+      ring(s);
+    } catch (e) {
+      onFailure(e as Error);
+      return;
+    }
+  }
+  setQueued();
+  if (state !== DestState.Live) {
+    setState(DestState.Live);
+    if (downSince !== null) {
+      log('info', `caught up after ${Math.round((Date.now() - downSince) / 1000)} s: holds version ${expectHead} again, like the others`);
+      downSince = null;
+    }
+  }
+}
+
+function onFailure(e: Error): void {
+  if (e instanceof GapError) return needSnapshot(e.message, 'warn');
+  if (e instanceof ForeignError) return refuse(e.message);
+  s.f[fSlot(i, F.ERRORS)]! += 1;
+  const first = state !== DestState.Down;
+  setState(DestState.Down);
+  downSince ??= Date.now();
+  if (first) log('warn', `a write failed (${e.message}); retrying in the background while the other destinations take the writes`, e.message);
+  else note({ t: 'log', level: 'info', message: '', error: e.message });
+  try {
+    writer?.close();
+  } catch {
+    // the connection is already gone
+  }
+  writer = null;
+  scheduleOpen();
+}
+
+function scheduleOpen(): void {
+  if (closing || retryTimer !== null) return;
+  retryTimer = setTimeout(() => {
+    retryTimer = null;
+    open();
+  }, retryMs);
+  retryMs = Math.min(retryMs * 2, 5000);
+}
+
+function open(): void {
+  const firstOpen = state === DestState.Opening;
+  let w: BackupWriter;
+  try {
+    w = openWriter(setup.url, setup.cwd, {
+      segmentBytes: setup.segmentBytes,
+      remoteTimeoutMs: setup.remoteTimeoutMs,
+      log: (level, message) => log(level, message),
+    });
+  } catch (e) {
+    const msg = (e as Error).message;
+    s.f[fSlot(i, F.ERRORS)]! += 1;
+    if (firstOpen) {
+      note({ t: 'open-failed', error: msg });
+      log('warn', `cannot be opened (${msg}); retrying in the background`, msg);
+      setState(DestState.Down);
+      downSince ??= Date.now();
+    } else note({ t: 'log', level: 'info', message: '', error: msg });
+    scheduleOpen();
+    return;
+  }
+  writer = w;
+  retryMs = 250;
+  const head = w.head();
+  const empty = w.isEmpty();
+  s.f[fSlot(i, F.HEAD)] = head;
+  s.f[fSlot(i, F.HEAD_SNAPSHOT)] = w.headIsSnapshot() ? 1 : 0;
+  for (const p of w.repaired()) log('warn', `repaired on open: ${p.message}`);
+  let trusted = true;
+  if (expectHead !== null && (empty || serialDiff(head, expectHead) < 0)) {
+    trusted = false;
+    s.f[fSlot(i, F.UNTRUSTED_SEEN)] = 1;
+    const was = `it held version ${expectHead}, and now holds ${empty ? 'nothing' : `version ${head}`}`;
+    if (firstOpen) note({ t: 'opened', head, empty, headIsSnapshot: w.headIsSnapshot(), format: w.format, trusted });
+    needSnapshot(`ROLLED BACK OR REPLACED BY AN OLDER COPY: ${was}. Its contents are not trusted`, 'error');
+    return;
+  }
+  if (firstOpen) note({ t: 'opened', head, empty, headIsSnapshot: w.headIsSnapshot(), format: w.format, trusted });
+  if (setup.needSnapshot && firstOpen) {
+    needSnapshot('its last write on the main thread failed', 'warn');
+    return;
+  }
+  if (state === DestState.NeedsSnapshot) return;
+  if (!firstOpen) log('info', `reachable again at version ${head}; replaying ${queue.length} queued write(s)`);
+  setState(queue.length > 0 || !firstOpen ? DestState.CatchingUp : DestState.Live);
+  pump();
+}
+
+port.on('message', onOp);
+open();

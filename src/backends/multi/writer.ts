@@ -1,0 +1,626 @@
+import { copyFileSync, existsSync, linkSync, rmSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import type { MessagePort, Worker } from 'node:worker_threads';
+import type { BackupStats, BackupWriter } from '../backend.js';
+import { BackupError, type BackupFormat, type Problem } from '../../engine/entries.js';
+import { isRemoteUrl, openWriter } from '../open.js';
+import { redact } from '../postgres/url.js';
+import { serialDiff, u32 } from '../../engine/versions.js';
+import { applyChange, applySnapshot, ForeignError, GapError } from './apply.js';
+import type { LaneSetup } from './lane.js';
+import {
+  ackSlot,
+  allocShared,
+  attachShared,
+  bellSlot,
+  DestState,
+  F,
+  fSlot,
+  G,
+  gSlot,
+  isHealthy,
+  nowMs,
+  recordLatency,
+  reportOf,
+  snapSlot,
+  type DestReport,
+  type LaneNote,
+  type LaneOp,
+  type SharedBlock,
+} from './shared.js';
+import { readDestState, STATE_FILE, writeDestState } from './state.js';
+import { takeLiveSnapshot } from './reseed.js';
+
+/**
+ * Several destinations behind the one BackupWriter interface (docs/destinations.md). A write is handed
+ * to every remote destination's lane (a worker thread each, lane.ts) first, then appended to the local
+ * files on this thread meanwhile, then this thread sleeps on shared memory until k destinations hold it
+ * or remote_timeout passes: then it throws, and the hook refuses the write (lightningd stops without
+ * committing). A local file whose write fails is handed to a lane, which retries and catches up like a
+ * remote one.
+ */
+
+export interface MultiOptions {
+  cwd: string;
+  k: number;
+  remoteTimeoutMs: number;
+  segmentBytes?: number;
+  log: (level: 'info' | 'warn' | 'error', message: string) => void;
+  /** the node's database, snapshotted (inside a hook) to re-seed a destination */
+  dbPath: string;
+  /** settings for the monitor thread (metrics, heartbeat); the state file is always kept */
+  monitor?: MonitorConfig;
+  /** a lane's in-memory queue bound before it asks for a re-seed instead */
+  maxQueueBytes?: number;
+  /** how long start-up waits for unreachable destinations before going on without them (when k others answered) */
+  openGraceMs?: number;
+}
+
+export interface MonitorConfig {
+  metrics?: { host: string; port: number };
+  textfile?: string;
+  heartbeatUrl?: string;
+  heartbeatIntervalS?: number;
+}
+
+interface Dest {
+  url: string;
+  shown: string;
+  local: BackupWriter | null;
+  lane: { worker: Worker; port: MessagePort } | null;
+  opened: boolean;
+  trusted: boolean;
+  lastError: string | null;
+  /** healthy as last told to the notification listener (null: nothing said yet) */
+  toldHealthy: boolean | null;
+}
+
+export interface HealthChange {
+  report: DestReport;
+  healthy: boolean;
+}
+
+const DEFAULT_MAX_QUEUE_BYTES = 64 * 1024 * 1024;
+
+let wtModule: typeof import('node:worker_threads') | null = null;
+function wt(): typeof import('node:worker_threads') {
+  return (wtModule ??= createRequire(import.meta.url)('node:worker_threads') as typeof import('node:worker_threads'));
+}
+
+/** lane.js / monitor.js beside this module, or (from the plugin bundle in dist/src/plugin/) under ../backends, ../metrics */
+function workerFile(candidates: string[]): string {
+  for (const rel of candidates) {
+    const p = fileURLToPath(new URL(rel, import.meta.url));
+    if (existsSync(p)) return p;
+  }
+  throw new Error(`cannot find ${candidates[0]} next to ${fileURLToPath(import.meta.url)}; reinstall clnvault`);
+}
+
+export class MultiWriter implements BackupWriter {
+  format: BackupFormat;
+  readonly location: string;
+  private readonly s: SharedBlock;
+  private readonly sharedBuf: { ints: SharedArrayBuffer; f: SharedArrayBuffer };
+  private readonly dests: Dest[];
+  private seq = 0;
+  private logical = 0;
+  private empty = true;
+  private snapshotHead = false;
+  private monitor: Worker | null = null;
+  private monitorPort: MessagePort | null = null;
+  private readonly statePath: string;
+  private scratchN = 0;
+  private closed = false;
+
+  private constructor(
+    urls: string[],
+    private readonly opts: MultiOptions,
+  ) {
+    this.sharedBuf = allocShared(urls.length);
+    this.s = attachShared(urls.length, this.sharedBuf);
+    this.dests = urls.map((url) => ({
+      url,
+      shown: redact(url),
+      local: null,
+      lane: null,
+      opened: false,
+      trusted: true,
+      lastError: null,
+      toldHealthy: null,
+    }));
+    this.location = this.dests.map((d) => d.shown).join(' + ');
+    this.format = 'v2';
+    this.statePath = join(opts.cwd, STATE_FILE);
+    this.s.f[gSlot(this.s.n, G.K)] = opts.k;
+    this.s.f[gSlot(this.s.n, G.N)] = urls.length;
+    for (let i = 0; i < urls.length; i++) this.s.f[fSlot(i, F.STATE)] = DestState.Opening;
+  }
+
+  static open(urls: string[], opts: MultiOptions): MultiWriter {
+    const m = new MultiWriter(urls, opts);
+    try {
+      m.openAll();
+    } catch (e) {
+      m.close();
+      throw e;
+    }
+    return m;
+  }
+
+  private openAll(): void {
+    const known = readDestState(this.statePath, this.opts.log);
+    // remote ones first: they connect in their threads while the local files open here
+    for (let i = 0; i < this.dests.length; i++) {
+      if (isRemoteUrl(this.dests[i]!.url)) this.startLane(i, known[this.dests[i]!.url] ?? null, false);
+    }
+    for (let i = 0; i < this.dests.length; i++) {
+      const d = this.dests[i]!;
+      if (isRemoteUrl(d.url)) continue;
+      try {
+        const w = openWriter(d.url, this.opts.cwd, { segmentBytes: this.opts.segmentBytes });
+        d.local = w;
+        d.opened = true;
+        if (i === 0) this.format = w.format;
+        const knownHead = known[d.url];
+        this.setFigures(i, w);
+        if (knownHead !== undefined && (w.isEmpty() || serialDiff(w.head(), knownHead) < 0)) {
+          this.s.f[fSlot(i, F.UNTRUSTED_SEEN)] = 1;
+          this.opts.log(
+            'error',
+            `destination ${d.shown}: ROLLED BACK OR REPLACED BY AN OLDER COPY: it held version ${knownHead} and now holds ` +
+              `${w.isEmpty() ? 'nothing' : `version ${w.head()}`}. Its contents are not trusted; it is re-seeded with a snapshot`,
+          );
+          d.trusted = false;
+          this.demote(i, true);
+        } else {
+          this.s.f[fSlot(i, F.STATE)] = DestState.Live;
+          for (const p of w.repaired()) this.opts.log('warn', `destination ${d.shown}: repaired on open: ${p.message}`);
+        }
+      } catch (e) {
+        d.lastError = (e as Error).message;
+        this.opts.log('warn', `destination ${d.shown}: cannot be opened (${d.lastError}); retrying in the background`);
+        this.startLane(i, known[d.url] ?? null, false);
+      }
+    }
+    this.waitForOpens();
+    let best: number | null = null;
+    for (let i = 0; i < this.dests.length; i++) {
+      const d = this.dests[i]!;
+      if (!d.opened || !d.trusted) continue;
+      if (this.s.f[fSlot(i, F.STATE)] === DestState.NeedsSnapshot) continue;
+      const emptyHere = d.local !== null ? d.local.isEmpty() : this.laneEmpty[i] === true;
+      if (emptyHere) continue;
+      const h = this.s.f[fSlot(i, F.HEAD)]!;
+      if (best === null || serialDiff(h, best) > 0) best = h;
+    }
+    if (best !== null) {
+      this.logical = best;
+      this.empty = false;
+      this.snapshotHead = this.dests.some(
+        (d, i) => d.opened && d.trusted && this.s.f[fSlot(i, F.HEAD)] === best && this.s.f[fSlot(i, F.HEAD_SNAPSHOT)] === 1,
+      );
+    }
+    const opened = this.dests.filter((d) => d.opened && d.trusted).length;
+    if (opened < this.opts.k) {
+      this.opts.log(
+        'warn',
+        `only ${opened} of ${this.dests.length} destinations could be opened and trusted, and ${this.opts.k} must hold each write: ` +
+          `writes are refused until enough of them are back`,
+      );
+    }
+    this.s.f[gSlot(this.s.n, G.HEAD)] = this.logical;
+    this.s.f[gSlot(this.s.n, G.HEAD_AT)] = Date.now();
+    for (let i = 0; i < this.dests.length; i++) this.s.f[fSlot(i, F.LAST_OP_AT)] = Date.now();
+    this.startMonitor();
+  }
+
+  private laneEmpty: boolean[] = [];
+
+  private setFigures(i: number, w: BackupWriter): void {
+    this.s.f[fSlot(i, F.HEAD)] = w.head();
+    this.s.f[fSlot(i, F.HEAD_SNAPSHOT)] = w.headIsSnapshot() ? 1 : 0;
+  }
+
+  private startLane(i: number, knownHead: number | null, needSnapshot: boolean): void {
+    const d = this.dests[i]!;
+    const { MessageChannel, Worker } = wt();
+    const { port1, port2 } = new MessageChannel();
+    const setup: LaneSetup = {
+      index: i,
+      n: this.s.n,
+      url: d.url,
+      cwd: this.opts.cwd,
+      remoteTimeoutMs: this.opts.remoteTimeoutMs,
+      shared: this.sharedBuf,
+      port: port2,
+      knownHead,
+      needSnapshot,
+      maxQueueBytes: this.opts.maxQueueBytes ?? DEFAULT_MAX_QUEUE_BYTES,
+      ...(this.opts.segmentBytes !== undefined ? { segmentBytes: this.opts.segmentBytes } : {}),
+    };
+    const worker = new Worker(workerFile(['./lane.js', '../backends/multi/lane.js']), { workerData: setup, transferList: [port2] });
+    worker.unref();
+    // a lane that dies stops acknowledging, which the hook's wait for k already handles
+    worker.on('error', () => {});
+    port1.unref();
+    d.lane = { worker, port: port1 };
+  }
+
+  /** A local file whose write failed (or that is not trusted) goes to a lane that retries and catches up. */
+  private demote(i: number, needSnapshot: boolean): void {
+    const d = this.dests[i]!;
+    try {
+      d.local?.close();
+    } catch {
+      // its disk failed: the lane reopens it
+    }
+    d.local = null;
+    this.s.f[fSlot(i, F.STATE)] = needSnapshot ? DestState.NeedsSnapshot : DestState.Down;
+    if (needSnapshot) Atomics.store(this.s.ints, snapSlot(this.s.n, i), 1);
+    this.startLane(i, null, needSnapshot);
+  }
+
+  /** Start-up: every lane answers (opened or failed), or k destinations answered and the grace period passed. */
+  private waitForOpens(): void {
+    const start = Date.now();
+    const grace = this.opts.openGraceMs ?? Math.min(this.opts.remoteTimeoutMs, 15_000);
+    const hard = this.opts.remoteTimeoutMs + 10_000;
+    const bell = bellSlot(this.s.n);
+    for (;;) {
+      const b = Atomics.load(this.s.ints, bell);
+      this.drain();
+      const pending = this.dests.filter((d) => d.lane !== null && !d.opened && d.lastError === null).length;
+      const ready = this.dests.filter((d) => d.opened && d.trusted).length;
+      const waited = Date.now() - start;
+      if (pending === 0 || (ready >= this.opts.k && waited >= grace) || waited >= hard) return;
+      Atomics.wait(this.s.ints, bell, b, 200);
+    }
+  }
+
+  private startMonitor(): void {
+    const { Worker, MessageChannel } = wt();
+    const { port1, port2 } = new MessageChannel();
+    try {
+      this.monitor = new Worker(workerFile(['../../metrics/monitor.js', '../metrics/monitor.js']), {
+        workerData: {
+          n: this.s.n,
+          urls: this.dests.map((d) => d.url),
+          shown: this.dests.map((d) => d.shown),
+          shared: this.sharedBuf,
+          statePath: this.statePath,
+          config: this.opts.monitor ?? {},
+          port: port2,
+        },
+        transferList: [port2],
+      });
+      this.monitor.unref();
+      this.monitor.on('error', () => {});
+      port1.unref();
+      this.monitorPort = port1;
+    } catch (e) {
+      this.opts.log('warn', `could not start the monitor thread (metrics, heartbeat, progress file): ${(e as Error).message}`);
+    }
+  }
+
+  /**
+   * Takes what the lanes said (logs, errors, late opens). Called by the plugin at every message it
+   * handles: this thread's event loop does not run, so nothing arrives otherwise.
+   */
+  drain(): void {
+    const { receiveMessageOnPort } = wt();
+    for (let m; this.monitorPort !== null && (m = receiveMessageOnPort(this.monitorPort)) !== undefined; ) {
+      const l = m.message as { level: 'info' | 'warn' | 'error'; message: string };
+      this.opts.log(l.level, l.message);
+    }
+    for (let i = 0; i < this.dests.length; i++) {
+      const d = this.dests[i]!;
+      if (d.lane === null) continue;
+      for (;;) {
+        const m = receiveMessageOnPort(d.lane.port);
+        if (m === undefined) break;
+        const n = m.message as LaneNote;
+        if (n.t === 'opened') {
+          d.opened = true;
+          d.trusted = n.trusted;
+          this.laneEmpty[i] = n.empty;
+        } else if (n.t === 'open-failed') d.lastError = n.error;
+        else if (n.t === 'log') {
+          if (n.error !== undefined) d.lastError = n.error;
+          if (n.message !== '') this.opts.log(n.level, n.message);
+        }
+      }
+    }
+  }
+
+  /** Destinations whose health changed since the last call (for the plugin's notification). */
+  healthChanges(): HealthChange[] {
+    const out: HealthChange[] = [];
+    for (let i = 0; i < this.dests.length; i++) {
+      const d = this.dests[i]!;
+      if (this.s.f[fSlot(i, F.STATE)] === DestState.Opening) continue;
+      const healthy = isHealthy(this.s, i);
+      if (d.toldHealthy === null ? !healthy : d.toldHealthy !== healthy) out.push({ report: this.report(i), healthy });
+      d.toldHealthy = healthy;
+    }
+    return out;
+  }
+
+  report(i: number): DestReport {
+    return reportOf(this.s, i, this.dests[i]!.shown, this.dests[i]!.lastError);
+  }
+
+  reports(): DestReport[] {
+    return this.dests.map((_, i) => this.report(i));
+  }
+
+  get k(): number {
+    return this.opts.k;
+  }
+
+  head(): number {
+    return this.logical;
+  }
+
+  isEmpty(): boolean {
+    return this.empty;
+  }
+
+  headIsSnapshot(): boolean {
+    return this.snapshotHead;
+  }
+
+  repaired(): Problem[] {
+    return [];
+  }
+
+  appendChange(version: number, statements: readonly string[]): number {
+    this.usable();
+    const repeat = !this.empty && version === this.logical;
+    this.reseedIfAsked();
+    const seq = this.nextSeq();
+    const at = nowMs();
+    const op: LaneOp = { t: 'change', seq, version, statements, rewind: false, repeat, at };
+    for (const d of this.dests) if (d.lane !== null) d.lane.port.postMessage(op);
+    let held = 0;
+    let bytes = 0;
+    for (let i = 0; i < this.dests.length; i++) {
+      const d = this.dests[i]!;
+      if (d.local === null) continue;
+      try {
+        const n = applyChange(d.local, version, statements, repeat);
+        bytes = n;
+        held++;
+        this.localDone(i, d.local, n, at);
+      } catch (e) {
+        this.localFailed(i, e as Error, version);
+      }
+    }
+    this.waitFor(seq, held, `version ${version}`);
+    this.logical = version;
+    this.empty = false;
+    this.snapshotHead = false;
+    this.s.f[gSlot(this.s.n, G.HEAD)] = version;
+    this.s.f[gSlot(this.s.n, G.HEAD_AT)] = Date.now();
+    return bytes;
+  }
+
+  appendSnapshotFile(version: number, dbPath: string): void {
+    this.usable();
+    const seq = this.nextSeq();
+    const at = nowMs();
+    // `dbPath` may be the live database (read under a lock the caller holds only until we return): the
+    // lanes get their own copy, one hard link each, removed by the lane once stored
+    const lanes = this.dests.map((d, i) => (d.lane !== null ? i : -1)).filter((i) => i >= 0);
+    if (lanes.length > 0) {
+      const tmp = this.scratch();
+      try {
+        copyFileSync(dbPath, tmp);
+        for (const i of lanes) {
+          const p = `${tmp}.d${i}`;
+          linkSync(tmp, p);
+          Atomics.store(this.s.ints, snapSlot(this.s.n, i), 0);
+          this.dests[i]!.lane!.port.postMessage({ t: 'snapshot', seq, version, path: p, at } satisfies LaneOp);
+        }
+      } finally {
+        rmSync(tmp, { force: true });
+      }
+    }
+    let held = 0;
+    for (let i = 0; i < this.dests.length; i++) {
+      const d = this.dests[i]!;
+      if (d.local === null) continue;
+      try {
+        applySnapshot(d.local, version, dbPath);
+        held++;
+        this.localDone(i, d.local, 0, at);
+      } catch (e) {
+        this.localFailed(i, e as Error, version);
+      }
+    }
+    this.waitFor(seq, held, `the snapshot of version ${version}`);
+    this.logical = version;
+    this.empty = false;
+    this.snapshotHead = true;
+    this.s.f[gSlot(this.s.n, G.HEAD)] = version;
+    this.s.f[gSlot(this.s.n, G.HEAD_AT)] = Date.now();
+  }
+
+  /**
+   * The hook calls this before storing the replacement of a write the node never committed; each
+   * destination drops that entry itself when the replacement reaches it (apply.ts), so here it only
+   * moves the head the hook sees.
+   */
+  dropHead(): number {
+    this.usable();
+    if (this.snapshotHead) throw new BackupError(`${this.location}: the newest entry is a snapshot, which is never rewound`, this.location);
+    this.logical = u32(this.logical - 1);
+    return this.logical;
+  }
+
+  stats(): BackupStats {
+    let bytes = 0;
+    for (let i = 0; i < this.dests.length; i++) bytes += this.s.f[fSlot(i, F.BYTES)]!;
+    return { format: this.format, location: this.location, head: this.logical, entries: 0, bytes };
+  }
+
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    for (const d of this.dests) {
+      try {
+        d.local?.close();
+      } catch {
+        // closing: nothing more to save
+      }
+    }
+    const lanes = this.dests.filter((d) => d.lane !== null);
+    for (const d of lanes) d.lane!.port.postMessage({ t: 'close' } satisfies LaneOp);
+    // a lane may be inside a write: give it a moment to finish and close its destination cleanly
+    const end = Date.now() + 3000;
+    const { receiveMessageOnPort } = wt();
+    const closed = new Set<Dest>();
+    while (closed.size < lanes.length && Date.now() < end) {
+      const b = Atomics.load(this.s.ints, bellSlot(this.s.n));
+      for (const d of lanes) {
+        for (;;) {
+          const m = receiveMessageOnPort(d.lane!.port);
+          if (m === undefined) break;
+          if ((m.message as LaneNote).t === 'closed') closed.add(d);
+        }
+      }
+      if (closed.size < lanes.length) Atomics.wait(this.s.ints, bellSlot(this.s.n), b, 100);
+    }
+    for (const d of lanes) void d.lane!.worker.terminate();
+    void this.monitor?.terminate();
+    try {
+      writeDestState(this.statePath, this.heldVersions(readDestState(this.statePath, () => {})));
+    } catch (e) {
+      this.opts.log('warn', `could not write ${this.statePath}: ${(e as Error).message}`);
+    }
+  }
+
+  /** What each destination is known to hold, for the state file (kept as before for one that is not trusted now). */
+  heldVersions(before: Record<string, number>): Record<string, number> {
+    const out: Record<string, number> = { ...before };
+    for (let i = 0; i < this.dests.length; i++) {
+      const st = this.s.f[fSlot(i, F.STATE)]!;
+      if (st === DestState.Opening || st === DestState.NeedsSnapshot || st === DestState.Refused) continue;
+      out[this.dests[i]!.url] = this.s.f[fSlot(i, F.HEAD)]!;
+    }
+    return out;
+  }
+
+  private usable(): void {
+    if (this.closed) throw new BackupError(`${this.location}: closed`, this.location);
+  }
+
+  private nextSeq(): number {
+    this.seq = (this.seq + 1) | 0;
+    return this.seq;
+  }
+
+  private scratch(): string {
+    return join(this.opts.cwd, `.clnvault-destinations-${process.pid}-${++this.scratchN}.sqlite3`);
+  }
+
+  private localDone(i: number, w: BackupWriter, bytes: number, at: number): void {
+    const f = this.s.f;
+    f[fSlot(i, F.HEAD)] = w.head();
+    f[fSlot(i, F.HEAD_SNAPSHOT)] = w.headIsSnapshot() ? 1 : 0;
+    f[fSlot(i, F.BYTES)]! += bytes;
+    f[fSlot(i, F.WRITES)]! += 1;
+    f[fSlot(i, F.LAST_OP_AT)] = at;
+    recordLatency(this.s, i, (nowMs() - at) * 1000);
+  }
+
+  private localFailed(i: number, e: Error, version: number): void {
+    const d = this.dests[i]!;
+    d.lastError = e.message;
+    this.s.f[fSlot(i, F.ERRORS)]! += 1;
+    if (e instanceof ForeignError) {
+      this.s.f[fSlot(i, F.UNTRUSTED_SEEN)] = 1;
+      this.opts.log('error', `destination ${d.shown}: NOT TRUSTED: ${e.message}. It takes no more writes in this run`);
+      try {
+        d.local?.close();
+      } catch {
+        // already failing
+      }
+      d.local = null;
+      this.s.f[fSlot(i, F.STATE)] = DestState.Refused;
+      return;
+    }
+    const gap = e instanceof GapError;
+    this.opts.log(
+      'warn',
+      `destination ${d.shown}: could not store version ${version} (${e.message}); ` +
+        (gap ? 'it is re-seeded with a snapshot' : 'retrying in the background while the others take the writes'),
+    );
+    this.demote(i, gap);
+  }
+
+  /** Sleeps until `k` destinations hold op `seq` (`held` of them local, already done), or throws at remote_timeout. */
+  private waitFor(seq: number, held: number, what: string): void {
+    const k = this.opts.k;
+    if (held >= k) return;
+    const ints = this.s.ints;
+    const bell = bellSlot(this.s.n);
+    const deadline = Date.now() + this.opts.remoteTimeoutMs;
+    for (;;) {
+      const b = Atomics.load(ints, bell);
+      let n = held;
+      for (let i = 0; i < this.dests.length; i++) {
+        if (this.dests[i]!.lane !== null && ((Atomics.load(ints, ackSlot(i)) - seq) | 0) >= 0) n++;
+      }
+      if (n >= k) return;
+      const left = deadline - Date.now();
+      if (left <= 0) {
+        this.drain();
+        this.s.f[gSlot(this.s.n, G.REFUSED)]! += 1;
+        const why = this.dests
+          .map((d, i) => {
+            const acked = d.lane === null ? d.local !== null : ((Atomics.load(ints, ackSlot(i)) - seq) | 0) >= 0;
+            const st = this.report(i).state;
+            const what = acked ? 'holds it' : st === 'live' ? 'no answer' : st;
+            return `${d.shown}: ${what}${!acked && d.lastError !== null ? ` (${d.lastError})` : ''}`;
+          })
+          .join('; ');
+        throw new BackupError(
+          `only ${n} of ${this.dests.length} destinations hold ${what} after ${Math.round(this.opts.remoteTimeoutMs / 1000)} s and ` +
+            `"ack" requires ${k}: ${why}. Bring a destination back, or lower "ack" in backup.lock, then start lightningd again`,
+          this.location,
+        );
+      }
+      Atomics.wait(ints, bell, b, left);
+    }
+  }
+
+  /** A lane asked for a snapshot: taken here, inside the hook, where the database file holds exactly the committed state. */
+  private reseedIfAsked(): void {
+    const ints = this.s.ints;
+    const want: number[] = [];
+    for (let i = 0; i < this.dests.length; i++) {
+      if (this.dests[i]!.lane !== null && Atomics.load(ints, snapSlot(this.s.n, i)) === 1) want.push(i);
+    }
+    if (want.length === 0) return;
+    const tmp = this.scratch();
+    try {
+      const version = takeLiveSnapshot(this.opts.dbPath, tmp);
+      const seq = this.nextSeq();
+      const at = nowMs();
+      for (const i of want) {
+        const p = `${tmp}.d${i}`;
+        linkSync(tmp, p);
+        Atomics.store(ints, snapSlot(this.s.n, i), 0);
+        this.dests[i]!.lane!.port.postMessage({ t: 'snapshot', seq, version, path: p, at } satisfies LaneOp);
+      }
+      this.opts.log('info', `re-seeding ${want.map((i) => this.dests[i]!.shown).join(', ')} with a snapshot of the node's database at version ${version}`);
+    } catch (e) {
+      // not this write's concern: k other destinations may still hold it; tried again at the next write
+      this.opts.log('warn', `could not snapshot ${this.opts.dbPath} to re-seed a destination: ${(e as Error).message}; trying again at the next write`);
+    } finally {
+      rmSync(tmp, { force: true });
+    }
+  }
+}
