@@ -12,8 +12,12 @@ import { serialDiff } from '../engine/versions.js';
 import { restoreBackup, type RestoreResult } from '../restore/restore.js';
 import { CliError, COMMON_OPTIONS_HELP, EXIT, info, out, parse, printJson, progressReporter, type Command } from './common.js';
 import { compareDatabases, type Comparison } from './db-compare.js';
+import { pathToFileURL } from 'node:url';
+import { destinationsOf, readBackupLock } from '../engine/backup-lock.js';
+import { resolveNetworkDir } from './lightning-dir.js';
 
 const help = `Usage: clnvault verify [--against PATH] [--json] [--keep] [--tmp-dir DIR] [--quiet|--progress] URL
+       clnvault verify --lightning-dir DIR [--json] [--keep] [--tmp-dir DIR] [--quiet|--progress]
 
 A restore drill: restores the backup at URL into a temporary directory, runs the
 checks a real restore runs (every record readable and its checksum right for v2,
@@ -27,7 +31,13 @@ lightningd runs. The backup may legitimately be ahead of the node (a transaction
 backed up before lightningd commits it): verify then also restores the backup at the
 node's data_version and compares that.
 
+With --lightning-dir instead of URL, every destination in DIR/backup.lock is drilled
+in turn against DIR's database (several destinations, docs/destinations.md); it
+passes only when each one does (a destination that is behind the node fails: it would
+restore an older database).
+
 Options:
+  --lightning-dir DIR  drill each of DIR/backup.lock's destinations against DIR
   --against PATH   the node's lightningd.sqlite3, or its network directory
   --json           print the result as JSON on stdout
   --keep           keep the temporary directory (restored copies) and print where it is
@@ -91,11 +101,19 @@ export const verifyCommand: Command = {
       json: { type: 'boolean' },
       keep: { type: 'boolean' },
       'tmp-dir': { type: 'string' },
-    }, { min: 1, max: 1, names: 'one backup URL' });
+      'lightning-dir': { type: 'string' },
+    }, { min: 0, max: 1, names: 'one backup URL (or --lightning-dir)' });
     if (values.help) {
       out(help);
       return EXIT.ok;
     }
+    if (typeof values['lightning-dir'] === 'string') {
+      if (positionals.length > 0 || values.against !== undefined) {
+        throw new CliError('--lightning-dir drills the destinations of its backup.lock against its database: give no URL and no --against', EXIT.usage);
+      }
+      return verifyEach(values, async (url, v, report, scratch) => drill(url, v, report, scratch));
+    }
+    if (positionals.length !== 1) throw new CliError("expected one backup URL; see 'clnvault verify --help'", EXIT.usage);
     const url = positionals[0]!;
     const json = values.json === true;
     const report: VerifyReport = { result: 'error', ok: false, url, message: '', backup: null, restore: null, against: null, kept: null };
@@ -124,6 +142,44 @@ export const verifyCommand: Command = {
     return report.ok ? EXIT.ok : EXIT.failed;
   },
 };
+
+type Drill = (url: string, values: Record<string, string | boolean | undefined>, report: VerifyReport, scratch: { dir: string | null }) => Promise<void>;
+
+/** --lightning-dir: one drill per destination of backup.lock, each against the node's database. */
+async function verifyEach(values: Record<string, string | boolean | undefined>, run: Drill): Promise<number> {
+  const netDir = resolveNetworkDir(String(values['lightning-dir'])).dir;
+  const lock = readBackupLock(netDir);
+  const reports: VerifyReport[] = [];
+  const urls = destinationsOf(lock);
+  for (const [i, raw] of urls.entries()) {
+    const url = isRemoteUrl(raw) ? raw : pathToFileURL(backupPath(raw, netDir)).href;
+    const report: VerifyReport = { result: 'error', ok: false, url: redact(raw), message: '', backup: null, restore: null, against: null, kept: null };
+    const scratch: { dir: string | null } = { dir: null };
+    if (values.json !== true) info(`[${i}] ${redact(raw)}`);
+    try {
+      await run(url, { ...values, against: netDir }, report, scratch);
+    } catch (e) {
+      if (!(e instanceof CliError)) throw e;
+      report.result = 'error';
+      report.message = e.message;
+    } finally {
+      if (scratch.dir !== null) {
+        if (values.keep) report.kept = scratch.dir;
+        else rmSync(scratch.dir, { recursive: true, force: true });
+      }
+    }
+    reports.push(report);
+    if (values.json !== true) {
+      if (report.ok) info(`[${i}] PASS: ${report.message}`);
+      else out(`[${i}] ${redact(raw)}: FAIL: ${report.message}`);
+    }
+  }
+  const ok = reports.every((r) => r.ok);
+  if (values.json === true) printJson({ ok, destinations: reports });
+  else if (ok) info(`PASS: all ${reports.length} destinations`);
+  else out(`FAIL: ${reports.filter((r) => !r.ok).length} of ${reports.length} destinations failed the drill`);
+  return ok ? EXIT.ok : reports.some((r) => r.result === 'mismatch') ? EXIT.failed : EXIT.usage;
+}
 
 async function drill(
   url: string,
