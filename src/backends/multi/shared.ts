@@ -168,7 +168,7 @@ export function reportOf(s: SharedBlock, i: number, url: string, lastError: stri
 
 /** Messages on a destination lane's port. */
 export type LaneOp =
-  | { t: 'change'; seq: number; version: number; statements: readonly string[]; rewind: boolean; repeat: boolean; at: number }
+  | { t: 'change'; seq: number; version: number; statements: readonly string[]; repeat: boolean; at: number }
   | { t: 'snapshot'; seq: number; version: number; path: string; at: number }
   | { t: 'close' };
 

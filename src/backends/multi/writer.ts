@@ -381,7 +381,7 @@ export class MultiWriter implements BackupWriter {
     this.reseedIfAsked();
     const seq = this.nextSeq();
     const at = nowMs();
-    const op: LaneOp = { t: 'change', seq, version, statements, rewind: false, repeat, at };
+    const op: LaneOp = { t: 'change', seq, version, statements, repeat, at };
     for (const d of this.dests) if (d.lane !== null) d.lane.port.postMessage(op);
     let held = 0;
     let bytes = 0;
