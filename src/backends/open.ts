@@ -3,7 +3,8 @@ import { dirname } from 'node:path';
 import { BackupError, type BackupFormat } from '../engine/entries.js';
 import type { BackupReader, BackupWriter } from './backend.js';
 import { createV1, isV1, V1Reader, V1Writer } from './file/v1.js';
-import { createV2, FILE_HEADER_LEN, isV2, RECORD_HEADER_LEN, RECORD_MAGIC, V2Reader } from './file/v2.js';
+import { createV2, FILE_HEADER_LEN, isV2, RECORD_HEADER_LEN, RECORD_MAGIC, V2Reader, type FileEncryption } from './file/v2.js';
+import type { KeyLike } from '../crypto/backup-crypt.js';
 import { crc32 } from 'node:zlib';
 import { discoverSegments, listSegmentFiles, sealOf, SegmentedReader, SegmentedWriter } from './file/segments.js';
 import { parseBackupUrl, UrlError } from './url.js';
@@ -92,13 +93,26 @@ export interface WriterOptions {
   remoteTimeoutMs?: number;
   /** remote destinations report reconnections here */
   log?: (level: 'info' | 'warn' | 'error', message: string) => void;
+  /** the key of an encrypted backup (docs/encryption.md): required for one, refused for anything else */
+  key?: KeyLike | null;
+}
+
+/** Encryption is implemented for file: v2 backups; elsewhere it is refused rather than silently dropped. */
+export function encryptionNotYet(url: string): UrlError {
+  return new UrlError(
+    `${url.replace(/:[^:@/]*@/, ':***@')}: encrypted backups are not supported yet for this destination (only file: backups in format v2); ` +
+      `remote destinations would store the records in clear`,
+  );
 }
 
 export function openWriter(url: string, cwd: string, opts: WriterOptions = {}): BackupWriter {
+  if (opts.key && (isPostgresUrl(url) || destinationOf(url, cwd) !== 'file')) throw encryptionNotYet(url);
   if (isPostgresUrl(url)) return openPgWriter(url, cwd);
   if (destinationOf(url, cwd) === 'socket') return SocketWriter.open(url, { ...opts, cwd });
   const path = filePathOf(url, cwd);
-  return detectFormat(path) === 'v2' ? SegmentedWriter.open(path, opts) : V1Writer.open(path);
+  if (detectFormat(path) === 'v2') return SegmentedWriter.open(path, opts);
+  if (opts.key) throw new BackupError(`${path} is a reference (v1) backup, which cannot be encrypted, but a key was given: refusing to write it`, path);
+  return V1Writer.open(path);
 }
 
 export function openReader(url: string, cwd: string): BackupReader {
@@ -193,7 +207,9 @@ function socketReaderAt(url: string, cwd: string, version: number): BackupReader
 }
 
 /** Creates a new, empty backup. Refuses when the file exists; the directory must exist (a missing mount must not be papered over). */
-export function createBackup(url: string, cwd: string, format: BackupFormat): string {
+export function createBackup(url: string, cwd: string, format: BackupFormat, enc: FileEncryption | null = null): string {
+  if (enc && destinationOf(url, cwd) !== 'file') throw encryptionNotYet(url);
+  if (enc && format !== 'v2') throw new UrlError('--format v1 cannot be encrypted: the reference format has no place for it; use --format v2');
   if (destinationOf(url, cwd) === 'socket') {
     parseSocketUrl(url, cwd);
     throw new UrlError(
@@ -213,7 +229,7 @@ export function createBackup(url: string, cwd: string, format: BackupFormat): st
     isDir = false;
   }
   if (!isDir) throw new BackupError(`directory ${dir} does not exist; create it (or mount the backup disk) first`, path);
-  if (format === 'v2') createV2(path);
+  if (format === 'v2') createV2(path, enc);
   else createV1(path);
   return path;
 }

@@ -1,4 +1,7 @@
-import { backupPath, openWriter } from '../backends/open.js';
+import { backupPath, detectFormat, openWriter } from '../backends/open.js';
+import { existsSync } from 'node:fs';
+import { readSegmentHeader } from '../backends/file/segments.js';
+import { FILE_FLAG_ENCRYPTED } from '../backends/file/v2.js';
 import { compactFile, identityOf } from '../compact/compact.js';
 import { DEFAULT_SEGMENT_BYTES, parseSegmentBytes } from '../backends/file/segments.js';
 import { DEFAULT_COMPACTION } from '../compact/config.js';
@@ -86,6 +89,9 @@ export const compactCommand: Command = {
       return EXIT.ok;
     }
     const path = backupPath(url, process.cwd());
+    if (existsSync(path) && detectFormat(path) === 'v2' && readSegmentHeader(path).flags! & FILE_FLAG_ENCRYPTED) {
+      throw new CliError(`${path} is an encrypted backup: compacting encrypted backups is not supported yet (docs/encryption.md)`);
+    }
     // Holding the writer lock for the whole run is what makes this safe: a plugin cannot start writing
     // meanwhile, and opening it as a writer refuses while a plugin writes.
     const writer = openWriter(url, process.cwd(), { segmentBytes });

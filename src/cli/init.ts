@@ -1,6 +1,8 @@
 import { existsSync, rmSync, statSync } from 'node:fs';
-import { dirname, join } from 'node:path';
-import { backupPath, createBackup, destinationOf, openWriter } from '../backends/open.js';
+import { dirname, join, resolve } from 'node:path';
+import { keyFromHsmSecret, keyFromKeyFile, writeKeyFile, type BackupKey } from '../crypto/keys.js';
+import { keyKindCode, type KeyKindName } from '../crypto/records.js';
+import { backupPath, createBackup, destinationOf, encryptionNotYet, openWriter } from '../backends/open.js';
 import { lockPath, readBackupLock, writeBackupLock, type BackupLock } from '../engine/backup-lock.js';
 import { listSegmentFiles, parseSegmentBytes } from '../backends/file/segments.js';
 import type { BackupFormat } from '../engine/entries.js';
@@ -15,7 +17,8 @@ import { resolveNetworkDir } from './lightning-dir.js';
 import { initMulti } from './init-multi.js';
 import { backupAccessProblem, giveTo, ownerOf, type Owner } from './ownership.js';
 
-const help = `Usage: clnvault init [--lightning-dir DIR] [--format v1|v2] [--segment-bytes N] [--no-rebaseline] [--schema-only] URL
+const help = `Usage: clnvault init [--lightning-dir DIR] [--format v1|v2] [--segment-bytes N] [--no-rebaseline] [--schema-only]
+                     [--encrypt [--key-file PATH]] URL
        clnvault init --lightning-dir DIR [--ack all|K] URL URL...
 
 Creates a new backup at URL. With --lightning-dir (the network directory, where
@@ -61,6 +64,12 @@ Options:
                        administrator's one-time step; the backup= name is not used)
   --no-rebaseline      record in backup.lock that the plugin must refuse to start when the
                        node's DB is ahead of the backup instead of snapshotting it
+  --encrypt            encrypt every record (AES-256-GCM, docs/encryption.md). The key is
+                       derived from the node's seed (DIR/hsm_secret, so --lightning-dir is
+                       needed) unless --key-file is given. file: URLs in format v2 only
+  --key-file PATH      with --encrypt: use this key file (made with 'clnvault keygen PATH';
+                       created here when it does not exist). Keep a copy away from the node:
+                       without it the backup cannot be restored
 ${COMMON_OPTIONS_HELP}
   -h, --help           this help
 
@@ -82,6 +91,8 @@ export const initCommand: Command = {
       'segment-bytes': { type: 'string' },
       'schema-only': { type: 'boolean' },
       ack: { type: 'string' },
+      encrypt: { type: 'boolean' },
+      'key-file': { type: 'string' },
     }, { min: 1, max: 8, names: 'one backup URL (or several, with --lightning-dir)' });
     if (values.help) {
       out(help);
@@ -98,6 +109,9 @@ export const initCommand: Command = {
       } catch (e) {
         throw new CliError((e as Error).message, EXIT.usage);
       }
+    }
+    if ((positionals.length > 1 || values.ack !== undefined) && values.encrypt === true) {
+      throw new CliError('--encrypt with several destinations is not supported yet (docs/encryption.md): give one URL', EXIT.usage);
     }
     if (positionals.length > 1 || values.ack !== undefined) {
       const a = values.ack === undefined || values.ack === 'all' ? 'all' : /^\d+$/.test(String(values.ack)) ? Number(values.ack) : NaN;
@@ -127,6 +141,16 @@ export const initCommand: Command = {
       netDir = nd.dir;
       if (nd.note) out(nd.note);
     }
+    const encrypt = values.encrypt === true;
+    const keyFile = typeof values['key-file'] === 'string' ? resolve(cwd, values['key-file']) : null;
+    if (keyFile !== null && !encrypt) throw new CliError('--key-file goes with --encrypt', EXIT.usage);
+    if (encrypt) {
+      if (format !== 'v2') throw new CliError('--format v1 cannot be encrypted: the reference format has no place for it; use --format v2', EXIT.usage);
+      if (pg || destinationOf(url, netDir ?? cwd) !== 'file') throw new CliError(encryptionNotYet(url).message, EXIT.usage);
+      if (keyFile === null && netDir === null) {
+        throw new CliError("--encrypt derives the key from the node's hsm_secret, which needs --lightning-dir DIR; or give --key-file PATH", EXIT.usage);
+      }
+    }
 
     let dbPath: string | null = null;
     if (netDir !== null) {
@@ -154,16 +178,39 @@ export const initCommand: Command = {
     if (destinationOf(url, base) === 'socket') return initRemote(url, netDir, dbPath, values['no-rebaseline'] === true);
     let undoPg: (() => void) | null = null;
     let path: string;
+    let key: BackupKey | null = null;
+    let keyMade = false;
     if (pg) {
       const made = createPgBackup(url);
       undoPg = made.undo;
       path = made.target.display;
       if (made.migrated) info(`Created clnvault's tables in the database (schema version ${made.migrated.from} -> ${made.migrated.to})`);
     } else {
-      path = createBackup(url, base, format);
+      // the key first: a node without hsm_secret (or one encrypted with --encrypted-hsm) fails before any file is made
+      if (encrypt) {
+        try {
+          if (keyFile !== null) {
+            keyMade = !existsSync(keyFile);
+            key = keyMade ? writeKeyFile(keyFile) : keyFromKeyFile(keyFile);
+          } else {
+            key = keyFromHsmSecret(join(netDir!, 'hsm_secret'));
+          }
+        } catch (e) {
+          throw new CliError(`cannot get the encryption key: ${(e as Error).message}. Nothing was created`);
+        }
+      }
+      try {
+        path = createBackup(url, base, format, key ? { kind: keyKindCode(key.kind as KeyKindName), fingerprint: Buffer.from(key.fingerprint, 'hex') } : null);
+      } catch (e) {
+        if (keyMade) rmSync(keyFile!, { force: true });
+        throw e;
+      }
+      if (key) info(`Encrypting with ${keyFile !== null ? `the key file ${keyFile}${keyMade ? ' (created now: keep a copy away from the node, the backup cannot be restored without it)' : ''}` : "the node's seed (hsm_secret)"}, key fingerprint ${key.fingerprint}`);
     }
     // files to give to the node's user (none for a postgresql: backup but backup.lock)
     const created: string[] = pg ? [] : [path];
+    // the plugin runs as the node's user and reads the key file at every start
+    if (keyMade) created.push(keyFile!);
     const owner: Owner | null = netDir !== null ? ownerOf(netDir) : null;
     try {
       if (dbPath !== null) {
@@ -179,7 +226,7 @@ export const initCommand: Command = {
                 `this user. Nothing was created`,
             );
           }
-          const writer = pg ? openPgWriter(url, null) : openWriter(url, base, segmentBytes === undefined ? {} : { segmentBytes });
+          const writer = pg ? openPgWriter(url, null) : openWriter(url, base, { key, ...(segmentBytes === undefined ? {} : { segmentBytes }) });
           try {
             writer.appendSnapshotFile(version, tmp);
           } finally {
@@ -199,6 +246,7 @@ export const initCommand: Command = {
       if (netDir !== null) {
         const lock: BackupLock = values['no-rebaseline'] ? { backend_url: url, rebaseline: false } : { backend_url: url };
         if (segmentBytes !== undefined) lock.segment_bytes = segmentBytes;
+        if (key) lock.encrypt = keyFile !== null ? { key_file: keyFile } : { key: 'hsm_secret' };
         writeBackupLock(netDir, lock);
         created.push(lockPath(netDir));
         info(`Wrote ${lockPath(netDir)}`);
@@ -211,6 +259,7 @@ export const initCommand: Command = {
         throw e;
       }
       rmSync(path, { force: true });
+      if (keyMade) rmSync(keyFile!, { force: true });
       for (const f of listSegmentFiles(path)) rmSync(f.path, { force: true });
       rmSync(`${path}.writer`, { force: true });
       if (netDir !== null && created.includes(lockPath(netDir))) rmSync(lockPath(netDir), { force: true });

@@ -11,8 +11,12 @@ import type { BackupFormat, EntryHeader, Problem } from '../engine/entries.js';
 import { planBackup, type Planner } from '../engine/plan.js';
 import { CliError, COMMON_OPTIONS_HELP, EXIT, out, parse, printJson, progressReporter, type Command } from './common.js';
 import { formatBytes } from './verify.js';
+import { KEY_OPTIONS, KEY_OPTIONS_HELP, keyFromOptions } from './key-options.js';
+import { authJson, encryptionOf, unlockAndAuthenticate, type AuthResult } from '../crypto/authenticate.js';
+import { describeKey } from '../crypto/backup-crypt.js';
+import type { FileEncryption } from '../backends/file/v2/codec.js';
 
-const help = `Usage: clnvault inspect [--json] [--quiet|--progress] URL
+const help = `Usage: clnvault inspect [--json] [--quiet|--progress] [--hsm-secret PATH | --mnemonic-file PATH | --key-file PATH] URL
 
 Describes the backup at URL without changing it: format, head version, number of
 entries, size, snapshots and their versions, the range of versions a restore can
@@ -24,8 +28,15 @@ Whether the newest entry was committed by the node is known only to the node: if
 lightningd stopped between backing it up and committing it, the plugin removes it
 at the next start. 'clnvault status' compares the two.
 
+An encrypted backup (docs/encryption.md) is described without its key too: that it is
+encrypted, the key's kind and fingerprint, sizes, versions and snapshots (record
+headers are not encrypted). With its key every record is also decrypted and
+authenticated, with the chain between them, and the newest authenticated version and
+its time are shown.
+
 Options:
   --json       print the result as JSON on stdout
+${KEY_OPTIONS_HELP}
 ${COMMON_OPTIONS_HELP}
   -h, --help   this help
 
@@ -75,6 +86,8 @@ export interface InspectReport {
   v2?: { backupId: string; created: string };
   /** only for a backup split into several segment files, in order (the first is the file the URL names) */
   segments?: { index: number; file: string; bytes: number }[];
+  /** an encrypted backup: its key as the header says, and what the key (if given) authenticated */
+  encryption?: { keyKind: string; keyFingerprint: string; keyGiven: boolean; authenticated: Record<string, unknown> | null };
 }
 
 export const inspectCommand: Command = {
@@ -82,7 +95,7 @@ export const inspectCommand: Command = {
   summary: 'describe a backup: versions, snapshots, stale entries, damage',
   help,
   async run(argv) {
-    const { values, positionals } = parse('inspect', argv, { json: { type: 'boolean' } }, { min: 1, max: 1, names: 'one backup URL' });
+    const { values, positionals } = parse('inspect', argv, { json: { type: 'boolean' }, ...KEY_OPTIONS }, { min: 1, max: 1, names: 'one backup URL' });
     if (values.help) {
       out(help);
       return EXIT.ok;
@@ -111,9 +124,19 @@ export const inspectCommand: Command = {
     } catch (e) {
       throw new CliError((e as Error).message, EXIT.usage);
     }
+    const key = keyFromOptions(values);
     let report: InspectReport;
     try {
-      report = inspectBackup(reader, path, values.json !== true);
+      const enc = encryptionOf(reader);
+      let auth: AuthResult | null = null;
+      if (enc !== null && key !== null) {
+        try {
+          auth = unlockAndAuthenticate(reader, key);
+        } catch (e) {
+          throw new CliError((e as Error).message, EXIT.failed);
+        }
+      }
+      report = inspectBackup(reader, path, values.json !== true, enc === null ? undefined : { enc, auth });
     } finally {
       reader.close();
     }
@@ -133,9 +156,18 @@ export const INSPECT_LIST_MAX = 10_000;
 /** How far back (in entries) a repeated version is looked for; rewinds in a node's backup are a few entries deep. */
 const DUPLICATE_WINDOW = 1 << 14;
 
-export function inspectBackup(reader: BackupReader, path: string, showProgress: boolean): InspectReport {
+export function inspectBackup(
+  reader: BackupReader,
+  path: string,
+  showProgress: boolean,
+  /** an encrypted backup: its header's key description and, with the key, the authentication pass */
+  encrypted?: { enc: FileEncryption; auth: AuthResult | null },
+): InspectReport {
   const st = reader.stats();
   const problems = reader.problems();
+  // without the key the records' payloads cannot be read back: headers only
+  const readBack = !encrypted || encrypted.auth !== null;
+  if (encrypted?.auth?.problem) problems.push(encrypted.auth.problem);
   let planner: Planner | null = null;
   try {
     planner = planBackup(reader);
@@ -165,6 +197,10 @@ export function inspectBackup(reader: BackupReader, path: string, showProgress: 
     damaged: false,
     entriesListed: planner !== null,
   };
+  if (encrypted) {
+    const d = describeKey(encrypted.enc);
+    report.encryption = { keyKind: d.kind, keyFingerprint: d.fingerprint, keyGiven: encrypted.auth !== null, authenticated: encrypted.auth ? authJson(encrypted.auth) : null };
+  }
   if (reader instanceof V1Reader) report.v1Header = reader.header();
   if (reader instanceof V2Reader) report.v2 = { backupId: reader.backupId.toString('hex'), created: new Date(reader.createdMs).toISOString() };
   if (reader instanceof SegmentedReader) {
@@ -190,7 +226,8 @@ export function inspectBackup(reader: BackupReader, path: string, showProgress: 
         if (!kept.applies(i) && report.stale.length < INSPECT_LIST_MAX) report.stale.push({ version: h.version, offset: h.offset });
         dups.push(h, i);
         report.headEntry = { kind: h.kind, version: h.version, offset: h.offset };
-        scratch = checkEntry(reader, h, i, report, scratch);
+        if (readBack) scratch = checkEntry(reader, h, i, report, scratch);
+        else if (h.kind === 'snapshot' && report.snapshots.length < INSPECT_LIST_MAX) report.snapshots.push({ version: h.version, offset: h.offset, bytes: null });
         i++;
         progress?.update(i, plan.entries);
       });
@@ -288,6 +325,15 @@ function printReport(r: InspectReport): void {
       ? `  entries        ${r.entries} (${r.changes} changes, ${r.snapshots.length} snapshots), ${r.entriesChecked} read back and checked`
       : `  entries        ${r.entries} counted, none read back: the damage below stops the listing`,
   );
+  if (r.encryption) {
+    const e = r.encryption;
+    out(`  encrypted      yes: ${e.keyKind} key, fingerprint ${e.keyFingerprint}`);
+    if (!e.keyGiven) out('  authenticated  not checked: records are listed from their headers; give the key to decrypt and authenticate them');
+    else if (e.authenticated) {
+      const a = e.authenticated;
+      out(`  authenticated  ${a.records} records; newest authenticated version ${a.newestVersion ?? 'none'}${a.newestWrittenAt ? `, written at ${a.newestWrittenAt}` : ''}`);
+    }
+  }
   out(`  size           ${formatBytes(r.bytes)} of data` + (r.fileBytes !== r.bytes ? `, file ${formatBytes(r.fileBytes)}` : ''));
   if (r.segments) {
     out(`  segments       ${r.segments.length} files:`);

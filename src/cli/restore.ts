@@ -10,8 +10,11 @@ import { pathToFileURL } from 'node:url';
 import { readBackupLock } from '../engine/backup-lock.js';
 import { resolveNetworkDir } from './lightning-dir.js';
 import { pickDestination, probeDestinations } from './destinations.js';
+import { KEY_OPTIONS, KEY_OPTIONS_HELP, keyFromOptions } from './key-options.js';
+import { authJson, newestLine, unlockAndAuthenticate, type AuthResult } from '../crypto/authenticate.js';
 
-const help = `Usage: clnvault restore [--force [--allow-older]] [--to-version N] [--stop-at-damage] [--json] URL DEST
+const help = `Usage: clnvault restore [--force [--allow-older]] [--to-version N] [--stop-at-damage] [--json]
+                        [--hsm-secret PATH | --mnemonic-file PATH | --key-file PATH] URL DEST
        clnvault restore --lightning-dir DIR [--destination URL|INDEX] [options] DEST
 
 Rebuilds lightningd.sqlite3 from the backup at URL. DEST is a file, or a directory
@@ -55,6 +58,11 @@ Options:
   --lightning-dir DIR  take the backup from DIR/backup.lock (see above)
   --destination URL|INDEX  with --lightning-dir: restore from this destination
   --json           print the result as JSON on stdout
+${KEY_OPTIONS_HELP}
+                   Every record of an encrypted backup is authenticated, and the chain
+                   between them, before anything is written; restore then prints the
+                   newest authenticated version and when it was written (a stale copy,
+                   e.g. served by a hostile server, shows an old time)
 ${COMMON_OPTIONS_HELP}
   -h, --help       this help
 
@@ -76,6 +84,7 @@ export const restoreCommand: Command = {
       'stop-at-damage': { type: 'boolean' },
       'lightning-dir': { type: 'string' },
       destination: { type: 'string' },
+      ...KEY_OPTIONS,
     }, { min: 1, max: 2, names: 'a backup URL and a destination (or only the destination, with --lightning-dir)' });
     if (values.help) {
       out(help);
@@ -103,6 +112,7 @@ export const restoreCommand: Command = {
     if (chosen !== null && !values.json) info(chosen);
     const toVersion = parseVersionArg('--to-version', values['to-version'] as string | undefined);
     const dest = resolveDestination(destArg);
+    const key = keyFromOptions(values);
     // no local file: a PostgreSQL or socket:/clnvault:// backup
     const pg = isRemoteUrl(url);
     // a postgresql: backup has no file: it is checked when it is opened
@@ -135,6 +145,17 @@ export const restoreCommand: Command = {
         throw new CliError(`${suspectAdvice(suspect)}. Nothing was written to ${dest}`);
       }
     }
+    let auth: AuthResult | null;
+    try {
+      auth = unlockAndAuthenticate(reader, key);
+    } catch (e) {
+      reader.close();
+      throw new CliError(`${(e as Error).message}. Nothing was written to ${dest}`);
+    }
+    if (auth?.problem) {
+      reader.close();
+      throw new CliError(`${reader.location}: ${auth.problem.message}. Nothing was written to ${dest}`);
+    }
     const progress = progressReporter('restoring', 'entries');
     try {
       const r = restoreBackup(reader, dest, {
@@ -154,9 +175,10 @@ export const restoreCommand: Command = {
         ? `The database it replaced (data_version ${r.replaced.dataVersion ?? `unknown: ${r.replaced.readError}`}) is kept as ${r.replaced.keptAs}`
         : null;
       if (values.json) {
-        printJson({ ok: true, result: 'restored', message, backup: reader.location, ...(chosen !== null ? { chosen } : {}), ...r });
+        printJson({ ok: true, result: 'restored', message, backup: reader.location, ...(chosen !== null ? { chosen } : {}), ...r, ...(auth ? { authenticated: authJson(auth) } : {}) });
       } else {
         info(message);
+        if (auth) out(`Encrypted backup: ${newestLine(auth)} (${auth.records} records authenticated). If that is older than you expect, this copy is stale`);
         if (replacedLine) out(replacedLine);
         for (const c of r.cut) {
           // a crash leaves exactly this, but so does a copy cut short: never leave it unsaid

@@ -15,8 +15,11 @@ import { compareDatabases, type Comparison } from './db-compare.js';
 import { pathToFileURL } from 'node:url';
 import { destinationsOf, readBackupLock } from '../engine/backup-lock.js';
 import { resolveNetworkDir } from './lightning-dir.js';
+import { KEY_OPTIONS, KEY_OPTIONS_HELP, keyFromOptions } from './key-options.js';
+import { authJson, newestLine, unlockAndAuthenticate, type AuthResult } from '../crypto/authenticate.js';
 
-const help = `Usage: clnvault verify [--against PATH] [--json] [--keep] [--tmp-dir DIR] [--quiet|--progress] URL
+const help = `Usage: clnvault verify [--against PATH] [--json] [--keep] [--tmp-dir DIR] [--quiet|--progress]
+                       [--hsm-secret PATH | --mnemonic-file PATH | --key-file PATH] URL
        clnvault verify --lightning-dir DIR [--json] [--keep] [--tmp-dir DIR] [--quiet|--progress]
 
 A restore drill: restores the backup at URL into a temporary directory, runs the
@@ -43,6 +46,10 @@ Options:
   --keep           keep the temporary directory (restored copies) and print where it is
   --tmp-dir DIR    where to make the temporary directory (default: the system's tmp dir);
                    needs room for about twice the database
+${KEY_OPTIONS_HELP}
+                   An encrypted backup needs its key: every record is decrypted and
+                   authenticated, with the chain between them; the newest authenticated
+                   version and its time are shown
 ${COMMON_OPTIONS_HELP}
   -h, --help       this help
 
@@ -77,6 +84,8 @@ interface VerifyReport {
   url: string;
   message: string;
   backup: { format: string; location: string; head: number; entries: number; bytes: number; problems: Problem[] } | null;
+  /** an encrypted backup: what its key authenticated */
+  authenticated?: Record<string, unknown>;
   restore: Omit<RestoreResult, 'path'> | null;
   against: Against | null;
   kept: string | null;
@@ -102,6 +111,7 @@ export const verifyCommand: Command = {
       keep: { type: 'boolean' },
       'tmp-dir': { type: 'string' },
       'lightning-dir': { type: 'string' },
+      ...KEY_OPTIONS,
     }, { min: 0, max: 1, names: 'one backup URL (or --lightning-dir)' });
     if (values.help) {
       out(help);
@@ -218,6 +228,7 @@ async function drill(
   } catch (e) {
     throw new CouldNotRun(`cannot read the backup ${path}: ${(e as Error).message}; run verify as a user who can read it`);
   }
+  const key = keyFromOptions(values);
   let livePath: string | null = null;
   if (typeof values.against === 'string') {
     livePath = resolve(values.against);
@@ -262,6 +273,21 @@ async function drill(
     report.backup = { format: st.format, location: st.location, head: st.head, entries: st.entries, bytes: st.bytes, problems };
     say(`backup ${st.location}: format ${st.format}, ${st.entries} entries, head version ${st.head}, ${formatBytes(st.bytes)}`);
     for (const p of problems) say(`  ${p.kind} at offset ${p.offset}: ${p.message}`);
+    let auth: AuthResult | null;
+    try {
+      auth = unlockAndAuthenticate(reader, key);
+    } catch (e) {
+      fail(`the backup cannot be read: ${(e as Error).message}`);
+      return;
+    }
+    if (auth) {
+      report.authenticated = authJson(auth);
+      say(`encrypted: ${auth.records} records authenticated; ${newestLine(auth)}`);
+      if (auth.problem) {
+        problems.push(auth.problem);
+        say(`  corrupt at offset ${auth.problem.offset}: ${auth.problem.message}`);
+      }
+    }
     const corrupt = problems.filter((p) => p.kind === 'corrupt');
     if (corrupt.length > 0) {
       fail(`the backup is damaged (${corrupt.length} corrupt record(s), first at offset ${corrupt[0]!.offset}); restore from another copy and re-create this backup`);

@@ -27,6 +27,11 @@ export interface BackupLock {
   /** a dead-man's switch: HTTP GET this URL every heartbeat_interval seconds while every destination is healthy */
   heartbeat_url?: string;
   heartbeat_interval?: number;
+  /**
+   * The backup is encrypted (docs/encryption.md) and this is where the plugin finds its key at start-up:
+   * {"key": "hsm_secret"} (the node's seed, hsm_secret in the network directory) or {"key_file": PATH}.
+   */
+  encrypt?: EncryptSetting;
 }
 
 /** Most destinations one backup.lock may list (each remote one is a worker thread and a connection). */
@@ -42,6 +47,8 @@ export function ackCount(lock: BackupLock): number {
   const n = destinationsOf(lock).length;
   return lock.ack === undefined || lock.ack === 'all' ? n : lock.ack;
 }
+
+export type EncryptSetting = { key: 'hsm_secret' } | { key_file: string };
 
 export const LOCK_NAME = 'backup.lock';
 
@@ -141,6 +148,7 @@ export function readBackupLock(dir: string): BackupLock {
     }
     lock.heartbeat_interval = v;
   }
+  if (obj.encrypt !== undefined) lock.encrypt = parseEncrypt(path, obj.encrypt);
   return lock;
 }
 
@@ -170,6 +178,17 @@ export function parseListen(s: string): { host: string; port: number } | null {
   return { host: m[1] ?? m[2]!, port };
 }
 
+/** A bad "encrypt" stops the plugin: guessing could mean writing plaintext to an encrypted backup, or no key. */
+function parseEncrypt(path: string, v: unknown): EncryptSetting {
+  const o = v as Record<string, unknown>;
+  if (typeof v === 'object' && v !== null && !Array.isArray(v)) {
+    const keys = Object.keys(o);
+    if (keys.length === 1 && o.key === 'hsm_secret') return { key: 'hsm_secret' };
+    if (keys.length === 1 && typeof o.key_file === 'string' && o.key_file.length > 0) return { key_file: o.key_file };
+  }
+  throw new LockFileError(`${path}: "encrypt" must be {"key": "hsm_secret"} or {"key_file": "/path/to/key"}, not ${JSON.stringify(v)}`);
+}
+
 /** Written the way Python's json.dumps writes it, atomically (temp file, fsync, rename, fsync dir). */
 export function writeBackupLock(dir: string, lock: BackupLock, opts: { overwrite?: boolean } = {}): void {
   const path = lockPath(dir);
@@ -181,6 +200,7 @@ export function writeBackupLock(dir: string, lock: BackupLock, opts: { overwrite
   if (lock.segment_bytes !== undefined) parts.push(`"segment_bytes": ${lock.segment_bytes}`);
   if (lock.destinations !== undefined) parts.push(`"destinations": [${lock.destinations.map((u) => JSON.stringify(u)).join(', ')}]`);
   if (lock.ack !== undefined) parts.push(`"ack": ${JSON.stringify(lock.ack)}`);
+  if (lock.encrypt !== undefined) parts.push(`"encrypt": ${JSON.stringify(lock.encrypt).replace(/":/g, '": ')}`);
   const text = `{${parts.join(', ')}}`;
   const tmp = `${path}.tmp-${process.pid}`;
   const fd = openSync(tmp, 'wx', 0o600);

@@ -44,6 +44,8 @@ export function statusResult(startup: Startup, handler: DbWriteHandler): unknown
     destination: startup.url,
     location: w?.location ?? null,
     format: w?.format ?? null,
+    encrypted: startup.encryption !== null,
+    key_fingerprint: startup.encryption?.fingerprint ?? null,
     head_version: s?.head ?? null,
     entries: s?.entries ?? null,
     backup_bytes: s?.bytes ?? null,

@@ -7,6 +7,7 @@ import { remoteTimeoutMs } from '../backends/postgres/timeout.js';
 import { readSegmentBytes } from '../backends/file/segments.js';
 import { ackCount, parseListen, readBackupLock, type BackupLock } from '../engine/backup-lock.js';
 import { MultiWriter } from '../backends/multi/writer.js';
+import { keyFromLock } from '../crypto/lock-key.js';
 import { DB_NAME, readDataVersion, snapshotDatabase } from '../engine/live-db.js';
 import { serialDiff } from '../engine/versions.js';
 import { isWalDatabase, type DeferredRebaseline } from './rebaseline.js';
@@ -32,6 +33,8 @@ export interface Startup {
   url: string | null;
   /** the node is ahead and the snapshot is taken in the first db_write hook (src/plugin/rebaseline.ts) */
   deferredRebaseline: DeferredRebaseline | null;
+  /** an encrypted backup: the key's fingerprint (never the key) */
+  encryption: { fingerprint: string } | null;
 }
 
 /**
@@ -45,7 +48,7 @@ export function setRemoteLog(f: (level: StartupLog['level'], message: string) =>
 
 export async function prepareBackup(cwd: string): Promise<Startup> {
   const logs: StartupLog[] = [];
-  const out: Startup = { writer: null, error: null, logs, rebaselined: null, url: null, deferredRebaseline: null };
+  const out: Startup = { writer: null, error: null, logs, rebaselined: null, url: null, deferredRebaseline: null, encryption: null };
   let lock;
   try {
     lock = readBackupLock(cwd);
@@ -58,10 +61,17 @@ export async function prepareBackup(cwd: string): Promise<Startup> {
     if (remoteTimeout.problem && anyRemote) logs.push({ level: 'warn', message: remoteTimeout.problem });
     const log = (level: StartupLog['level'], message: string): void =>
       (remoteLog ?? ((l, m) => logs.push({ level: l, message: m })))(level, message);
+    // the key before the first db_write (which comes before init): without it nothing is written at all
+    const key = lock.encrypt ? keyFromLock(cwd, lock.encrypt) : null;
+    if (key) out.encryption = { fingerprint: key.fingerprint };
+    if (key && lock.destinations !== undefined) {
+      throw new Error('"encrypt" with several "destinations" is not supported yet (docs/encryption.md): list one destination, or drop "encrypt"');
+    }
     out.writer =
       lock.destinations !== undefined
         ? openMulti(lock, cwd, seg.segmentBytes, remoteTimeout.ms, log)
         : openWriter(lock.backend_url, cwd, {
+            key,
             segmentBytes: seg.segmentBytes,
             remoteTimeoutMs: remoteTimeout.ms,
             log,
@@ -75,7 +85,7 @@ export async function prepareBackup(cwd: string): Promise<Startup> {
   for (const p of writer.repaired()) logs.push({ level: 'warn', message: `repaired the backup on open: ${p.message}` });
   logs.push({
     level: 'info',
-    message: `backing up to ${writer.location} (format ${writer.format}, head version ${writer.head()})`,
+    message: `backing up to ${writer.location} (format ${writer.format}${out.encryption ? `, encrypted, key ${out.encryption.fingerprint}` : ''}, head version ${writer.head()})`,
   });
 
   // Re-baseline temp files are named after the backup so that only this backup's leftovers are removed:

@@ -1,4 +1,6 @@
 import { closeSync, fdatasyncSync, fstatSync, ftruncateSync, openSync, readdirSync, readFileSync, readSync, statSync, unlinkSync } from 'node:fs';
+import { cryptFor, type KeyLike } from '../../crypto/backup-crypt.js';
+import { encOverhead, type RecordCrypt } from '../../crypto/records.js';
 import { randomBytes } from '../../engine/random.js';
 import { basename, dirname, join } from 'node:path';
 import { crc32 } from 'node:zlib';
@@ -10,6 +12,7 @@ import { isValidDataVersion } from '../../engine/versions.js';
 import { Planner } from '../../engine/plan.js';
 import {
   changePayloadLength,
+  FILE_FLAG_ENCRYPTED,
   damagedError,
   encodeFileHeader,
   FILE_HEADER_LEN,
@@ -27,6 +30,8 @@ import {
   V2Writer,
   WalkGrouper,
   type WalkedEntry,
+  type FileEncryption,
+  type RecordInfo,
 } from './v2.js';
 import { WriterLock } from './writer-lock.js';
 
@@ -71,12 +76,17 @@ export interface SegmentHeader {
   setId: number;
   /** format version: 3 (segments sealed) for new backups, 2 for a set an older clnvault started */
   version: number;
+  /** file flags and bytes 48..59 (an encrypted backup's key description): every segment repeats them */
+  flags?: number;
+  ext?: Buffer;
 }
 
 export function encodeSegmentHeader(h: SegmentHeader): Buffer {
   const b = encodeFileHeader(h.backupId, h.createdMs);
   // a set keeps one version: a version-2 set goes on without seals, as it was started
   b.writeUInt16BE(h.version, 8);
+  if (h.flags !== undefined) b.writeUInt32BE(h.flags, 12);
+  if (h.ext) h.ext.copy(b, 48);
   b.writeUInt32BE(h.index, SEG_INDEX_AT);
   b.writeUInt32BE(h.setId, SEG_SET_AT);
   b.writeUInt32BE(crc32(b.subarray(0, 60)), 60);
@@ -120,6 +130,8 @@ export function readSegmentHeader(path: string): SegmentHeader {
       index: h.readUInt32BE(SEG_INDEX_AT),
       setId: h.readUInt32BE(SEG_SET_AT),
       version: h.readUInt16BE(8),
+      flags: h.readUInt32BE(12),
+      ext: Buffer.from(h.subarray(48, 60)),
     };
   } finally {
     closeSync(fd);
@@ -339,6 +351,8 @@ function borrowed(lock: WriterLock): WriterLock {
 export interface SegmentedWriterOptions {
   segmentBytes?: number;
   fullCheck?: boolean;
+  /** the key of an encrypted backup (required for one, refused for a plain one) */
+  key?: KeyLike | null;
 }
 
 /**
@@ -360,13 +374,31 @@ export class SegmentedWriter implements BackupWriter {
    * (its V2Writer refuses) nor start the next segment after it, which would bury a torn tail mid-backup.
    */
   private failed: Error | null = null;
+  /** an encrypted backup's record cipher, shared by its segments: the chain runs across them */
+  private crypt: RecordCrypt | null = null;
 
   private constructor(
     readonly location: string,
     private readonly lock: WriterLock,
     readonly segmentBytes: number,
     private readonly fullCheck: boolean,
+    private readonly key: KeyLike | null,
   ) {}
+
+  /** true when the backup is encrypted (its records are written through a RecordCrypt) */
+  get encrypted(): boolean {
+    return this.crypt !== null;
+  }
+
+  /** the fingerprint of the key an encrypted backup is written with */
+  get keyFingerprint(): string | null {
+    return this.crypt?.fingerprint ?? null;
+  }
+
+  /** Record bytes an encrypted record adds, at most (0 for a plain backup): size checks count them. */
+  private get encExtra(): number {
+    return this.crypt ? encOverhead(TYPE_SNAPSHOT) : 0;
+  }
 
   static open(path: string, opts: SegmentedWriterOptions = {}): SegmentedWriter {
     const limit = opts.segmentBytes ?? DEFAULT_SEGMENT_BYTES;
@@ -384,7 +416,7 @@ export class SegmentedWriter implements BackupWriter {
     }
     // nothing else is read before the lock is held: another writer could be starting a segment
     const lock = WriterLock.acquire(path);
-    const w = new SegmentedWriter(path, lock, limit, opts.fullCheck ?? false);
+    const w = new SegmentedWriter(path, lock, limit, opts.fullCheck ?? false, opts.key ?? null);
     try {
       w.load();
     } catch (e) {
@@ -405,7 +437,7 @@ export class SegmentedWriter implements BackupWriter {
     } catch (e) {
       // a damaged first file header: the v2 writer's open says what is wrong and what to do, as it always did
       if (e instanceof BackupError && e.path === this.location && (e.offset === 0 || e.offset === undefined)) {
-        V2Writer.open(this.location, { fullCheck: this.fullCheck }, borrowed(this.lock)).close();
+        V2Writer.open(this.location, { fullCheck: this.fullCheck, crypt: this.crypt }, borrowed(this.lock)).close();
       }
       throw e;
     }
@@ -416,6 +448,10 @@ export class SegmentedWriter implements BackupWriter {
       this.repairs.push({ kind: 'torn-tail', offset: 0, message: `removed ${set.tornLast}: a segment whose header never reached the disk` });
     }
     this.header = set.first;
+    const flags = set.first.flags ?? 0;
+    const enc = flags & FILE_FLAG_ENCRYPTED ? { kind: set.first.ext![0]!, fingerprint: set.first.ext!.subarray(4, 12) } : null;
+    // once per writer: a reopen after compaction keeps the session (its counter goes on)
+    this.crypt ??= cryptFor(this.location, enc, set.first.backupId, this.key, true);
     this.segments = set.segments;
     this.before = 0;
     this.beforeEntries = null;
@@ -439,7 +475,7 @@ export class SegmentedWriter implements BackupWriter {
 
   private openLast(): void {
     const seg = this.segments[this.segments.length - 1]!;
-    const w = V2Writer.open(seg.path, { fullCheck: this.fullCheck }, borrowed(this.lock));
+    const w = V2Writer.open(seg.path, { fullCheck: this.fullCheck, crypt: this.crypt }, borrowed(this.lock));
     for (const p of w.repaired()) this.repairs.push({ ...p, offset: p.offset + this.before });
     this.cur = w;
   }
@@ -466,7 +502,7 @@ export class SegmentedWriter implements BackupWriter {
     if (this.beforeEntries !== null) this.beforeEntries += this.cur.stats().entries;
     this.cur.close();
     this.segments.push({ path, index });
-    this.cur = V2Writer.open(path, {}, borrowed(this.lock));
+    this.cur = V2Writer.open(path, { crypt: this.crypt }, borrowed(this.lock));
   }
 
   /** A set written with seals (format 3): every segment but the newest ends with one. */
@@ -530,10 +566,10 @@ export class SegmentedWriter implements BackupWriter {
   appendChange(version: number, statements: readonly string[]): number {
     this.checkUsable();
     // UTF-8 never takes more than 3 bytes per UTF-16 unit: an exact size is computed only near the limit
-    let bound = RECORD_OVERHEAD + 4;
+    let bound = RECORD_OVERHEAD + this.encExtra + 4;
     for (let i = 0; i < statements.length; i++) bound += 4 + 3 * statements[i]!.length;
     try {
-      if (!this.fits(bound) && !this.fits(RECORD_OVERHEAD + changePayloadLength(statements))) this.startNext();
+      if (!this.fits(bound) && !this.fits(RECORD_OVERHEAD + this.encExtra + changePayloadLength(statements))) this.startNext();
       return this.cur.appendChange(version, statements);
     } catch (e) {
       // a bad argument changed nothing on disk
@@ -562,13 +598,13 @@ export class SegmentedWriter implements BackupWriter {
     let parts = 0;
     try {
       const size = fstatSync(src).size;
-      const fresh = this.limit - FILE_HEADER_LEN - RECORD_OVERHEAD;
+      const fresh = this.limit - FILE_HEADER_LEN - RECORD_OVERHEAD - this.encExtra;
       // no tiny parts at the end of a nearly full segment
       const minPart = Math.min(1 << 20, Math.floor(this.limit / 8));
       let done = 0;
       for (;;) {
         const rest = size - done;
-        const room = this.limit - this.cur.endOffset() - RECORD_OVERHEAD;
+        const room = this.limit - this.cur.endOffset() - RECORD_OVERHEAD - this.encExtra;
         if (rest <= room) {
           this.cur.appendSnapshotSlice(TYPE_SNAPSHOT, version, parts, src, done, rest, dbPath);
           break;
@@ -636,7 +672,7 @@ export class SegmentedWriter implements BackupWriter {
       let n = 0;
       for (const seg of this.segments.slice(0, -1)) {
         // an earlier segment may end with parts whose final record is in the next one: keep them
-        const w = V2Writer.open(seg.path, { keepParts: true, sealed: true }, borrowed(this.lock));
+        const w = V2Writer.open(seg.path, { keepParts: true, sealed: true, crypt: this.crypt }, borrowed(this.lock));
         try {
           n += w.stats().entries;
         } finally {
@@ -777,6 +813,35 @@ export class SegmentedReader implements BackupReader {
 
   get segmentCount(): number {
     return this.readers.length;
+  }
+
+  /** what the first file's header says about the key of an encrypted backup; null for a plain one */
+  get encryption(): FileEncryption | null {
+    return this.readers[0]!.encryption;
+  }
+
+  setCrypt(crypt: RecordCrypt | null): void {
+    for (const r of this.readers) r.setCrypt(crypt);
+  }
+
+  /** Every data record across the segments in order (global offsets), up to the first damage. */
+  forEachRecord(visit: (reader: V2Reader, rec: RecordInfo, offset: number) => void): void {
+    const d = this.damage();
+    const stop = d.length > 0 ? d[0]!.offset : Infinity;
+    for (let i = 0; i < this.readers.length; i++) {
+      const base = this.bases[i]!;
+      if (base + FILE_HEADER_LEN >= stop) break;
+      const r = this.readers[i]!;
+      r.walkRecords(FILE_HEADER_LEN, Math.min(this.sizes[i]!, stop - base), (rec) => {
+        visit(r, rec, rec.offset + base);
+        return true;
+      });
+    }
+  }
+
+  firstDamage(): number | null {
+    const d = this.damage();
+    return d.length > 0 ? d[0]!.offset : null;
   }
 
   segmentFiles(): { path: string; index: number; bytes: number }[] {

@@ -15,6 +15,8 @@ export {
   FILE_MAGIC,
   FLAG_DEFLATE,
   FLAG_ENCRYPTED,
+  FILE_FLAG_ENCRYPTED,
+  type FileEncryption,
   FORMAT_VERSION,
   isV2,
   RECORD_HEADER_LEN,

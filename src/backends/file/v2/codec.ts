@@ -48,6 +48,21 @@ export const SEAL_RECORD_LEN = 40 + SEAL_PAYLOAD_LEN;
 /** Reserved for later versions; this one writes neither and refuses to read records that use them. */
 export const FLAG_DEFLATE = 0x01;
 export const FLAG_ENCRYPTED = 0x02;
+/**
+ * With FLAG_ENCRYPTED: the change batch is PRAGMA-only. Scans and restore plans need that without the key
+ * (docs/format-v2.md, "Versions"); it is authenticated with the record (docs/encryption.md).
+ */
+export const FLAG_PRAGMA_ONLY = 0x04;
+/** File flag: every data record is encrypted (docs/encryption.md); bytes 48..59 say with which key. */
+export const FILE_FLAG_ENCRYPTED = 0x01;
+
+/** What an encrypted backup's file header says about its key (readable without it). */
+export interface FileEncryption {
+  /** 1 node seed, 2 key file, 3 passphrase */
+  kind: number;
+  /** 8 bytes: the key's fingerprint (16 hex digits), not the key */
+  fingerprint: Buffer;
+}
 
 /** Upper bound for every read and copy buffer, so memory never grows with the size of a record. */
 export const CHUNK = 1 << 20;
@@ -81,24 +96,29 @@ export function readU64(buf: Buffer, at: number): number {
   return buf.readUInt32BE(at) * TWO_32 + buf.readUInt32BE(at + 4);
 }
 
-export function encodeFileHeader(backupId: Buffer, createdMs: number): Buffer {
+export function encodeFileHeader(backupId: Buffer, createdMs: number, enc: FileEncryption | null = null): Buffer {
   if (backupId.length !== 16) throw new RangeError('backup id must be 16 bytes');
   const h = Buffer.alloc(FILE_HEADER_LEN);
   FILE_MAGIC.copy(h, 0);
   h.writeUInt16BE(FORMAT_VERSION, 8);
   h.writeUInt16BE(FILE_HEADER_LEN, 10);
-  h.writeUInt32BE(0, 12);
+  h.writeUInt32BE(enc ? FILE_FLAG_ENCRYPTED : 0, 12);
   backupId.copy(h, 16);
   writeU64(h, createdMs, 32);
+  if (enc) {
+    if (enc.fingerprint.length !== 8) throw new RangeError('key fingerprint must be 8 bytes');
+    h[48] = enc.kind;
+    enc.fingerprint.copy(h, 52);
+  }
   h.writeUInt32BE(crc32(h.subarray(0, 60)), 60);
   return h;
 }
 
 /** Fills bytes 0..31 of `buf` with a record header. */
-export function encodeRecordHeader(buf: Buffer, type: number, version: number, payloadLen: number, payloadCrc: number, parts = 0): void {
+export function encodeRecordHeader(buf: Buffer, type: number, version: number, payloadLen: number, payloadCrc: number, parts = 0, flags = 0): void {
   buf.writeUInt32BE(RECORD_MAGIC, 0);
   buf[4] = type;
-  buf[5] = 0;
+  buf[5] = flags;
   buf.writeUInt16BE(0, 6);
   buf.writeUInt32BE(version, 8);
   // a snapshot record's count of preceding part records; reserved (0) in every other type
@@ -122,18 +142,24 @@ export function changePayloadLength(statements: readonly string[]): number {
  */
 export function encodeChangeRecordInto(buf: Buffer, version: number, statements: readonly string[], payloadLen: number): number {
   const end = RECORD_HEADER_LEN + payloadLen;
-  buf.writeUInt32BE(statements.length, RECORD_HEADER_LEN);
-  let off = RECORD_HEADER_LEN + 4;
+  encodeChangePayloadAt(buf, RECORD_HEADER_LEN, statements, payloadLen);
+  encodeRecordHeader(buf, TYPE_CHANGE, version, payloadLen, crc32(buf.subarray(RECORD_HEADER_LEN, end)));
+  writeU64(buf, payloadLen, end);
+  return end + RECORD_TRAILER_LEN;
+}
+
+/** Writes a change payload (`payloadLen` bytes, from changePayloadLength) into `buf` at `at`. */
+export function encodeChangePayloadAt(buf: Buffer, at: number, statements: readonly string[], payloadLen: number): void {
+  const end = at + payloadLen;
+  buf.writeUInt32BE(statements.length, at);
+  let off = at + 4;
   for (let i = 0; i < statements.length; i++) {
     const n = buf.write(statements[i]!, off + 4, end - off - 4, 'utf8');
     buf.writeUInt32BE(n, off);
     off += 4 + n;
   }
   // byteLength and write must agree, or every later length in the record would be off
-  if (off !== end) throw new Error(`change record encoding mismatch: ${off - RECORD_HEADER_LEN} bytes written, ${payloadLen} expected`);
-  encodeRecordHeader(buf, TYPE_CHANGE, version, payloadLen, crc32(buf.subarray(RECORD_HEADER_LEN, end)));
-  writeU64(buf, payloadLen, end);
-  return end + RECORD_TRAILER_LEN;
+  if (off !== end) throw new Error(`change record encoding mismatch: ${off - at} bytes written, ${payloadLen} expected`);
 }
 
 /** A complete change record; written into `out` (and a view of it returned) when `out` is big enough. */
@@ -230,12 +256,16 @@ export function parseRecordHeader(b: Buffer): RecordHeader | string {
 }
 
 /** Why this clnvault cannot use a well-formed record, or null when it can. */
-export function unsupportedReason(h: RecordHeader): string | null {
+export function unsupportedReason(h: RecordHeader, encrypted = false): string | null {
   const what: string[] = [];
   if (h.type !== TYPE_CHANGE && h.type !== TYPE_SNAPSHOT && h.type !== TYPE_SNAPSHOT_PART && h.type !== TYPE_SEAL) what.push(`record type ${h.type}`);
   if (h.flags & FLAG_DEFLATE) what.push('a deflate-compressed payload');
-  if (h.flags & FLAG_ENCRYPTED) what.push('an encrypted payload');
-  if (h.flags & ~(FLAG_DEFLATE | FLAG_ENCRYPTED)) what.push(`unknown flag bits 0x${(h.flags & 0xfc).toString(16)}`);
+  // an encrypted backup: every data record is encrypted, seals never are (docs/encryption.md)
+  const wantEnc = encrypted && h.type !== TYPE_SEAL;
+  if (!wantEnc && h.flags & FLAG_ENCRYPTED) what.push('an encrypted payload');
+  if (wantEnc && !(h.flags & FLAG_ENCRYPTED)) what.push('a plaintext record in an encrypted backup');
+  const known = FLAG_DEFLATE | FLAG_ENCRYPTED | (wantEnc && h.type === TYPE_CHANGE ? FLAG_PRAGMA_ONLY : 0);
+  if (h.flags & ~known) what.push(`unknown flag bits 0x${(h.flags & ~known & 0xff).toString(16)}`);
   // offset 12 of a snapshot record holds its part count; elsewhere it is still reserved
   if (h.reserved16 !== 0 || (h.keyId !== 0 && h.type !== TYPE_SNAPSHOT)) what.push('reserved header fields');
   return what.length === 0 ? null : what.join(', ');

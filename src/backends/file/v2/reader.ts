@@ -9,6 +9,8 @@ import { Planner } from '../../../engine/plan.js';
 import { Grouper } from './group.js';
 import { asBackupError, readFully } from './io.js';
 import { readFileHeader, scanRecords, type RecordInfo, type ScanResult } from './scan.js';
+import { FLAG_ENCRYPTED, FLAG_PRAGMA_ONLY, type FileEncryption } from './codec.js';
+import { AuthError, parsePrefix, prefixLen, TAG_LEN, type Prefix, type RecordCrypt } from '../../../crypto/records.js';
 
 /**
  * The v2 reader: one full forward scan at open (every record checked, nothing per record kept), then
@@ -144,6 +146,8 @@ export class V2Reader implements BackupReader {
   private closed = false;
   /** the entry the current walk last visited, so read() of it needs no second look at the file */
   private lastWalked: WalkedEntry | null = null;
+  /** an encrypted backup's cipher, once a key was given (setCrypt) */
+  private crypt: RecordCrypt | null = null;
 
   private constructor(
     readonly location: string,
@@ -159,8 +163,61 @@ export class V2Reader implements BackupReader {
      * needs --stop-at-damage (docs/format-v2.md, "File header"). It cuts no history.
      */
     readonly headerDamage: Problem | null = null,
+    /** what the file header says about the key of an encrypted backup; null for a plain one */
+    readonly encryption: FileEncryption | null = null,
   ) {
     this.ahead = new ReadAhead(fd, size);
+  }
+
+  /** Decrypt with `crypt` from now on (an encrypted backup, after its key was checked: src/crypto/backup-crypt.ts). */
+  setCrypt(crypt: RecordCrypt | null): void {
+    this.crypt = crypt;
+  }
+
+  private needKey(offset: number): RecordCrypt {
+    if (!this.crypt) {
+      throw new BackupError(`${this.location} is an encrypted backup: reading its records needs its key`, this.location, offset);
+    }
+    return this.crypt;
+  }
+
+  private authFailed(r: RecordInfo, why: string): BackupError {
+    return new BackupError(`${this.location}: the record at offset ${r.offset} (version ${r.version}) fails authentication: ${why}`, this.location, r.offset);
+  }
+
+  /**
+   * Reads, decrypts and authenticates the record `r` of an encrypted backup without keeping its plaintext
+   * (bounded memory); returns its prefix and tag for the chain check.
+   */
+  authenticateRecord(r: RecordInfo): { prefix: Prefix; tag: Buffer } {
+    const crypt = this.needKey(r.offset);
+    const p = prefixLen(r.type);
+    if (r.length < p + TAG_LEN) throw this.authFailed(r, `its payload of ${r.length} bytes is shorter than an encrypted record's frame`);
+    const at = r.offset + RECORD_HEADER_LEN;
+    const prefixBuf = Buffer.allocUnsafe(p);
+    readFully(this.fd, prefixBuf, p, at);
+    const tag = Buffer.allocUnsafe(TAG_LEN);
+    readFully(this.fd, tag, TAG_LEN, at + r.length - TAG_LEN);
+    const d = crypt.decipher(this.meta(r), prefixBuf);
+    d.setAuthTag(tag);
+    const ctLen = r.length - p - TAG_LEN;
+    const chunk = Buffer.allocUnsafe(Math.min(CHUNK, Math.max(1, ctLen)));
+    for (let done = 0; done < ctLen; ) {
+      const n = Math.min(chunk.length, ctLen - done);
+      readFully(this.fd, chunk, n, at + p + done);
+      d.update(chunk.subarray(0, n));
+      done += n;
+    }
+    try {
+      d.final();
+    } catch {
+      throw this.authFailed(r, 'wrong key, or the record was damaged or forged');
+    }
+    return { prefix: parsePrefix(prefixBuf, r.type), tag };
+  }
+
+  private meta(r: RecordInfo): { type: number; flags: number; version: number; parts: number } {
+    return { type: r.type, flags: FLAG_ENCRYPTED | (r.type === TYPE_CHANGE && r.pragmaOnly ? FLAG_PRAGMA_ONLY : 0), version: r.version, parts: r.parts };
   }
 
   /**
@@ -191,7 +248,7 @@ export class V2Reader implements BackupReader {
           head = e.version;
           if (!damagedBefore && g.corrupt.length === 0) planner.push(e);
         }
-      });
+      }, info.encryption !== null);
       if (scan.unsupported) throw scan.unsupported;
       const headerDamage: Problem | null =
         damage === null
@@ -204,7 +261,7 @@ export class V2Reader implements BackupReader {
                 `${scan.recordsValidated} record(s) after it were read and checked without it. 'clnvault restore --stop-at-damage' ` +
                 `restores them; then re-create the backup with 'clnvault init'`,
             };
-      return new V2Reader(path, fd, scan, { entries, head, corrupt: g.corrupt, dangling: g.dangling(), planner }, info.backupId, info.createdMs, size, headerDamage);
+      return new V2Reader(path, fd, scan, { entries, head, corrupt: g.corrupt, dangling: g.dangling(), planner }, info.backupId, info.createdMs, size, headerDamage, info.encryption);
     } catch (e) {
       closeSync(fd);
       throw asBackupError(e, path, 'cannot read the backup');
@@ -251,6 +308,25 @@ export class V2Reader implements BackupReader {
   }
 
   /**
+   * Every data record (no seal) in file order, up to the first damage: the encrypted backup's chain check
+   * (src/crypto/authenticate.ts). `visit` gets the record and its offset.
+   */
+  forEachRecord(visit: (reader: V2Reader, rec: RecordInfo, offset: number) => void): void {
+    const damage = this.damage();
+    const stop = damage.length > 0 ? Math.min(this.dataEnd, damage[0]!.offset) : this.dataEnd;
+    this.walkRecords(FILE_HEADER_LEN, stop, (rec) => {
+      visit(this, rec, rec.offset);
+      return true;
+    });
+  }
+
+  /** Where the first damage is, or null (forEachRecord stops there). */
+  firstDamage(): number | null {
+    const d = this.damage();
+    return d.length > 0 ? d[0]!.offset : null;
+  }
+
+  /**
    * Visits the valid records in [from, end), headers only (a small change's payload is decoded to tell
    * PRAGMA batches apart, as the scan does). `from` must be a record's offset. Returns where it stopped.
    */
@@ -266,7 +342,9 @@ export class V2Reader implements BackupReader {
       if (typeof h === 'string') throw this.changedError(o, h);
       if (h.length > end - o - RECORD_OVERHEAD) throw this.changedError(o, 'a record longer than the data');
       let pragmaOnly = false;
-      if (h.type === TYPE_CHANGE && (h.length < PRAGMA_PROBE_MAX || pragmaMatters(prev, h.version))) {
+      if (this.encryption !== null) {
+        pragmaOnly = h.type === TYPE_CHANGE && (h.flags & FLAG_PRAGMA_ONLY) !== 0;
+      } else if (h.type === TYPE_CHANGE && (h.length < PRAGMA_PROBE_MAX || pragmaMatters(prev, h.version))) {
         const at = o + RECORD_HEADER_LEN;
         try {
           pragmaOnly = isPragmaOnly(
@@ -356,10 +434,18 @@ export class V2Reader implements BackupReader {
       rec = Buffer.allocUnsafe(total);
       readFully(this.fd, rec, total, r.offset);
     }
-    const payload = rec.subarray(RECORD_HEADER_LEN, total);
+    let payload = rec.subarray(RECORD_HEADER_LEN, total);
     const hh = parseRecordHeader(rec);
     if (typeof hh === 'string' || hh.length !== r.length || crc32(payload) !== hh.payloadCrc) {
       throw new BackupError(`${this.location}: the change record at offset ${r.offset} changed or was damaged since it was scanned`, this.location, r.offset);
+    }
+    if (this.encryption !== null) {
+      try {
+        payload = this.needKey(r.offset).open(this.meta(r), payload).plain;
+      } catch (e) {
+        if (e instanceof AuthError) throw this.authFailed(r, 'wrong key, or the record was damaged or forged');
+        throw e;
+      }
     }
     let statements: string[];
     try {
@@ -370,8 +456,12 @@ export class V2Reader implements BackupReader {
     return { kind: 'change', version: r.version, offset: r.offset, statements };
   }
 
-  /** Streams the payload of the snapshot (part) record `r` to `out` at `outAt`, checking its CRC; memory stays bounded. */
-  copyRecordPayload(r: RecordInfo, out: number, outAt: number): void {
+  /**
+   * Streams the payload of the snapshot (part) record `r` to `out` at `outAt`, checking its CRC (and, encrypted,
+   * decrypting and authenticating it); memory stays bounded. Returns the bytes written.
+   */
+  copyRecordPayload(r: RecordInfo, out: number, outAt: number): number {
+    if (this.encryption !== null) return this.copyEncryptedPayload(r, out, outAt);
     this.checkOpen();
     const what = r.type === TYPE_SNAPSHOT_PART ? 'snapshot part record' : 'snapshot';
     const header = Buffer.allocUnsafe(RECORD_HEADER_LEN);
@@ -393,6 +483,38 @@ export class V2Reader implements BackupReader {
     if (crc !== hh.payloadCrc) {
       throw new BackupError(`${this.location}: the ${what} at offset ${r.offset} fails its checksum`, this.location, r.offset);
     }
+    return r.length;
+  }
+
+  private copyEncryptedPayload(r: RecordInfo, out: number, outAt: number): number {
+    const crypt = this.needKey(r.offset);
+    const p = prefixLen(r.type);
+    if (r.length < p + TAG_LEN) throw this.authFailed(r, `its payload of ${r.length} bytes is shorter than an encrypted record's frame`);
+    const at = r.offset + RECORD_HEADER_LEN;
+    const prefixBuf = Buffer.allocUnsafe(p);
+    readFully(this.fd, prefixBuf, p, at);
+    const tag = Buffer.allocUnsafe(TAG_LEN);
+    readFully(this.fd, tag, TAG_LEN, at + r.length - TAG_LEN);
+    const d = crypt.decipher(this.meta(r), prefixBuf);
+    d.setAuthTag(tag);
+    const ctLen = r.length - p - TAG_LEN;
+    const chunk = Buffer.allocUnsafe(Math.min(CHUNK, Math.max(1, ctLen)));
+    let written = 0;
+    for (let done = 0; done < ctLen; ) {
+      const n = Math.min(chunk.length, ctLen - done);
+      readFully(this.fd, chunk, n, at + p + done);
+      const plain = d.update(chunk.subarray(0, n));
+      writeFully(out, plain, outAt + written);
+      written += plain.length;
+      done += n;
+    }
+    try {
+      d.final();
+    } catch {
+      // the caller removes the output file: nothing unauthenticated is left behind
+      throw this.authFailed(r, 'wrong key, or the record was damaged or forged');
+    }
+    return written;
   }
 
   problems(): Problem[] {
@@ -449,10 +571,7 @@ export function snapshotEntry(
       }
       try {
         let at = 0;
-        for (const { reader, rec } of recs) {
-          reader.copyRecordPayload(rec, out, at);
-          at += rec.length;
-        }
+        for (const { reader, rec } of recs) at += reader.copyRecordPayload(rec, out, at);
         fsyncSync(out);
         closeSync(out);
       } catch (e) {

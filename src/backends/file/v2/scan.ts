@@ -29,6 +29,9 @@ import {
   unsupportedError,
   unsupportedReason,
   type RecordHeader,
+  FILE_FLAG_ENCRYPTED,
+  FLAG_PRAGMA_ONLY,
+  type FileEncryption,
 } from './codec.js';
 import { crcOfRange, FileWindow, readFully } from './io.js';
 
@@ -105,7 +108,14 @@ export interface ScanResult {
  * handing each valid record to `onRecord` and keeping none: memory does not grow with the file.
  * `damagedBefore`: a damaged record was found earlier in the scan.
  */
-export function scanRecords(fd: number, size: number, path: string, onRecord?: (r: RecordInfo, damagedBefore: boolean) => void): ScanResult {
+export function scanRecords(
+  fd: number,
+  size: number,
+  path: string,
+  onRecord?: (r: RecordInfo, damagedBefore: boolean) => void,
+  /** the file header says every data record is encrypted: payloads are ciphertext, PRAGMA-only is a flag */
+  encrypted = false,
+): ScanResult {
   const win = new FileWindow(fd, size, CHUNK);
   let wholeRecords = 0;
   const corrupt: Problem[] = [];
@@ -133,9 +143,11 @@ export function scanRecords(fd: number, size: number, path: string, onRecord?: (
     if (c.kind === 'ok') {
       const h = c.h;
       let pragmaOnly = false;
-      const reason = unsupportedReason(h);
+      const reason = unsupportedReason(h, encrypted);
       if (reason !== null) {
         unsupported ??= unsupportedError(path, o, reason);
+      } else if (encrypted) {
+        pragmaOnly = h.type === TYPE_CHANGE && (h.flags & FLAG_PRAGMA_ONLY) !== 0;
       } else if (h.type === TYPE_CHANGE && (h.length < PRAGMA_PROBE_MAX || pragmaMatters(prev, h.version))) {
         try {
           const at = o + RECORD_HEADER_LEN;
@@ -218,6 +230,10 @@ export interface FileHeaderInfo {
   createdMs: number;
   /** format version the header states (2, or 3 from segment seals on) */
   version: number;
+  /** set when the backup is encrypted: which key (docs/encryption.md) */
+  encryption: FileEncryption | null;
+  /** 0 in a first file, n >= 2 in segment n */
+  segmentIndex: number;
 }
 
 /**
@@ -237,7 +253,14 @@ export function readFileHeader(fd: number, size: number, path: string): { info: 
   const h = Buffer.allocUnsafe(FILE_HEADER_LEN);
   readFully(fd, h, FILE_HEADER_LEN, 0);
   const version = h.readUInt16BE(8);
-  const info: FileHeaderInfo = { backupId: Buffer.from(h.subarray(16, 32)), createdMs: readU64(h, 32), version };
+  const rawFlags = h.readUInt32BE(12);
+  const info: FileHeaderInfo = {
+    backupId: Buffer.from(h.subarray(16, 32)),
+    createdMs: readU64(h, 32),
+    version,
+    encryption: rawFlags & FILE_FLAG_ENCRYPTED ? { kind: h[48]!, fingerprint: Buffer.from(h.subarray(52, 60)) } : null,
+    segmentIndex: h.readUInt32BE(40),
+  };
   if (!isV2(h)) return { info, damage: `the file does not start with 'CLNVAULT'` };
   if (crc32(h.subarray(0, 60)) !== h.readUInt32BE(60)) {
     return {
@@ -260,7 +283,7 @@ export function readFileHeader(fd: number, size: number, path: string): { info: 
     throw new BackupError(`${path}: file header length ${headerLen} is not ${FILE_HEADER_LEN}`, path, 10);
   }
   const flags = h.readUInt32BE(12);
-  if (flags !== 0) {
+  if ((flags & ~FILE_FLAG_ENCRYPTED) !== 0) {
     throw new BackupError(
       `${path} has file flags 0x${flags.toString(16)} that this clnvault does not know: it was written by a newer clnvault; upgrade clnvault`,
       path,

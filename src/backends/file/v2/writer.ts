@@ -7,6 +7,7 @@ import { isValidDataVersion } from '../../../engine/versions.js';
 import { assertStillNamed, fsyncDir, identityOf, writeFully, type FileIdentity } from '../fsutil.js';
 import { WriterLock } from '../writer-lock.js';
 import {
+  encodeChangePayloadAt,
   changePayloadLength,
   CHUNK,
   encodeChangeRecordInto,
@@ -32,6 +33,9 @@ import {
 } from './codec.js';
 import { asBackupError, FileWindow } from './io.js';
 import { checkFileHeader, checkLastRecord, recordEndingAt, scanRecords } from './scan.js';
+import { isPragmaOnly } from '../../../engine/versions.js';
+import { encOverhead, LINK_LEN, prefixLen, type RecordCrypt } from '../../../crypto/records.js';
+import { FLAG_ENCRYPTED, FLAG_PRAGMA_ONLY, type FileEncryption } from './codec.js';
 
 /**
  * The v2 writer: creating a backup file and appending records to it. Every append is one write plus one
@@ -41,8 +45,8 @@ import { checkFileHeader, checkLastRecord, recordEndingAt, scanRecords } from '.
 // ---------------------------------------------------------------------------------------------------
 // Creating
 
-export function createV2(path: string): void {
-  const header = encodeFileHeader(randomBytes(16), Date.now());
+export function createV2(path: string, enc: FileEncryption | null = null): void {
+  const header = encodeFileHeader(randomBytes(16), Date.now(), enc);
   let fd: number;
   try {
     fd = openSync(path, 'wx', 0o600);
@@ -100,6 +104,11 @@ export interface V2WriterOptions {
    * default a sealed file is refused: a later segment follows it, so appending here would bury records.
    */
   sealed?: boolean;
+  /**
+   * The record cipher of an encrypted backup (required for one, refused for a plain one): every data
+   * record is encrypted and chained through it (docs/encryption.md).
+   */
+  crypt?: RecordCrypt | null;
 }
 
 export class V2Writer implements BackupWriter {
@@ -122,6 +131,8 @@ export class V2Writer implements BackupWriter {
 
   /** the open file's inode, cached for the per-append check that the path still names it */
   private identity: FileIdentity | null = null;
+  private crypt: RecordCrypt | null = null;
+  private firstSegment = true;
 
   private constructor(
     readonly location: string,
@@ -150,8 +161,17 @@ export class V2Writer implements BackupWriter {
       // nothing is read before the lock is held: another writer could be mid-append
       lock = heldLock ?? WriterLock.acquire(path);
       const size = fstatSync(fd).size;
-      checkFileHeader(fd, size, path);
+      const info = checkFileHeader(fd, size, path);
+      const encrypted = info.encryption !== null;
+      if (encrypted && !options.crypt) {
+        throw new BackupError(`${path} is an encrypted backup and no key was given: refusing to write to it without its key`, path, 12);
+      }
+      if (!encrypted && options.crypt) {
+        throw new BackupError(`${path} is not an encrypted backup, but a key was given (backup.lock says "encrypt"?): refusing to mix plaintext and encrypted records`, path, 12);
+      }
       const w = new V2Writer(path, fd, lock, [], { path: 'empty', recordsValidated: 0, headersWalked: 0 });
+      w.crypt = options.crypt ?? null;
+      w.firstSegment = info.segmentIndex === 0;
       w.end = size;
       if (size === FILE_HEADER_LEN) {
         w.entryCount = 0;
@@ -160,7 +180,7 @@ export class V2Writer implements BackupWriter {
       }
       const last = options.fullCheck ? null : checkLastRecord(fd, size);
       if (last) {
-        const reason = unsupportedReason(last.h);
+        const reason = unsupportedReason(last.h, encrypted);
         if (reason !== null) throw unsupportedError(path, last.start, reason);
         if (last.h.type === TYPE_SEAL) {
           if (!options.sealed) throw sealedError(path);
@@ -171,7 +191,7 @@ export class V2Writer implements BackupWriter {
         // a broken chain just before the newest record means damage: let the full scan say where
         if (w.loadTail(last) && (options.keepParts || w.cutDanglingParts())) return w;
       }
-      const scan = scanRecords(fd, size, path);
+      const scan = scanRecords(fd, size, path, undefined, encrypted);
       w.openStats.path = 'slow';
       w.openStats.recordsValidated += scan.recordsValidated;
       if (scan.unsupported) throw scan.unsupported;
@@ -217,7 +237,11 @@ export class V2Writer implements BackupWriter {
     this.groupCount = 0;
     this.headVersion = 0;
     this.lastType = 0;
-    if (this.end === FILE_HEADER_LEN) return true;
+    if (this.end === FILE_HEADER_LEN) {
+      // a later segment starts empty and goes on from the previous one's link, already in the cipher
+      if (this.crypt && this.firstSegment) this.crypt.link = Buffer.alloc(LINK_LEN);
+      return true;
+    }
     const win = new FileWindow(this.fd, this.end, SCRATCH_INITIAL);
     let rec = known;
     if (!rec) {
@@ -225,6 +249,7 @@ export class V2Writer implements BackupWriter {
       this.openStats.headersWalked++;
       if (!rec) return false;
     }
+    if (this.crypt && rec.h.type !== TYPE_SEAL) this.crypt.link = linkAt(win, rec.start, rec.h.type, rec.h.length);
     let groupStart = this.end;
     let groupCount = 0;
     if (rec.h.type === TYPE_CHANGE) {
@@ -281,7 +306,7 @@ export class V2Writer implements BackupWriter {
    */
   reopen(): void {
     this.checkUsable();
-    const next = V2Writer.open(this.location, {}, this.lock);
+    const next = V2Writer.open(this.location, { crypt: this.crypt }, this.lock);
     closeSync(this.fd);
     this.fd = next.fd;
     this.identity = null;
@@ -317,6 +342,10 @@ export class V2Writer implements BackupWriter {
    * as an unreadable source; the writer stays usable.
    */
   appendSnapshotSlice(type: number, version: number, parts: number, src: number, srcOff: number, len: number, srcPath: string): void {
+    this.appendSlice(type, version, parts, src, srcOff, len, srcPath);
+  }
+
+  private appendSlice(type: number, version: number, parts: number, src: number, srcOff: number, len: number, srcPath: string): void {
     this.checkUsable();
     if (!isValidDataVersion(version)) throw new RangeError(`data_version must be an unsigned 32-bit integer, not ${version}`);
     if (type !== TYPE_SNAPSHOT && type !== TYPE_SNAPSHOT_PART) throw new RangeError(`not a snapshot record type: ${type}`);
@@ -324,8 +353,14 @@ export class V2Writer implements BackupWriter {
     const header = Buffer.alloc(RECORD_HEADER_LEN);
     const chunk = Buffer.allocUnsafe(Math.min(CHUNK, Math.max(1, len)));
     let crc = 0;
+    const enc = this.crypt ? this.crypt.stream({ type, flags: FLAG_ENCRYPTED, version, parts: type === TYPE_SNAPSHOT ? parts : 0 }) : null;
+    const pre = enc ? enc.prefix.length : 0;
     try {
       writeFully(this.fd, header, at);
+      if (enc) {
+        crc = crc32(enc.prefix);
+        writeFully(this.fd, enc.prefix, at + RECORD_HEADER_LEN);
+      }
       for (let done = 0; done < len; ) {
         let n: number;
         try {
@@ -335,12 +370,21 @@ export class V2Writer implements BackupWriter {
           ftruncateSync(this.fd, at);
           throw new BackupError(`cannot read the snapshot source ${srcPath}: ${(e as Error).message}`, this.location, at);
         }
-        const part = chunk.subarray(0, n);
+        const part = enc ? enc.update(chunk.subarray(0, n)) : chunk.subarray(0, n);
         crc = crc32(part, crc);
-        writeFully(this.fd, part, at + RECORD_HEADER_LEN + done);
+        writeFully(this.fd, part, at + RECORD_HEADER_LEN + pre + done);
         done += n;
       }
-      this.sealRecord(header, at, type, version, len, crc, parts);
+      let stored = len;
+      if (enc) {
+        const tag = enc.finish();
+        crc = crc32(tag, crc);
+        writeFully(this.fd, tag, at + RECORD_HEADER_LEN + pre + len);
+        stored = len + encOverhead(type);
+      }
+      this.sealRecord(header, at, type, version, stored, crc, parts, enc ? FLAG_ENCRYPTED : 0);
+      this.crypt?.committed();
+      len = stored;
     } catch (e) {
       if (e instanceof BackupError) throw e;
       throw this.fail(e, at);
@@ -379,8 +423,8 @@ export class V2Writer implements BackupWriter {
    * Ends a record whose payload is already written at `at` + header: its header, its trailer, then one
    * fdatasync, so the record is durable (and readable) only once it is whole.
    */
-  private sealRecord(header: Buffer, at: number, type: number, version: number, len: number, crc: number, parts = 0): void {
-    encodeRecordHeader(header, type, version, len, crc, parts);
+  private sealRecord(header: Buffer, at: number, type: number, version: number, len: number, crc: number, parts = 0, flags = 0): void {
+    encodeRecordHeader(header, type, version, len, crc, parts, flags);
     writeFully(this.fd, header, at);
     const trailer = Buffer.allocUnsafe(RECORD_TRAILER_LEN);
     writeU64(trailer, len, 0);
@@ -392,10 +436,11 @@ export class V2Writer implements BackupWriter {
     this.checkUsable();
     if (!isValidDataVersion(version)) throw new RangeError(`data_version must be an unsigned 32-bit integer, not ${version}`);
     const payloadLen = changePayloadLength(statements);
-    const total = RECORD_OVERHEAD + payloadLen;
+    const total = RECORD_OVERHEAD + payloadLen + (this.crypt ? encOverhead(TYPE_CHANGE) : 0);
     if (total > this.scratch.length) this.scratch = Buffer.allocUnsafe(Math.max(total, this.scratch.length * 2));
     const buf = this.scratch;
-    encodeChangeRecordInto(buf, version, statements, payloadLen);
+    if (this.crypt) this.encryptChange(buf, version, statements, payloadLen);
+    else encodeChangeRecordInto(buf, version, statements, payloadLen);
     const at = this.end;
     try {
       writeFully(this.fd, buf.subarray(0, total), at);
@@ -404,6 +449,7 @@ export class V2Writer implements BackupWriter {
     } catch (e) {
       throw this.fail(e, at);
     }
+    this.crypt?.committed();
     if (buf.length > SCRATCH_KEEP) this.scratch = Buffer.allocUnsafe(SCRATCH_INITIAL);
     if (!(this.lastType === TYPE_CHANGE && this.headVersion === version && at > FILE_HEADER_LEN)) {
       this.groupStart = at;
@@ -417,7 +463,34 @@ export class V2Writer implements BackupWriter {
     return total;
   }
 
+  /** An encrypted change record in `buf` (header, prefix, ciphertext, tag, trailer). */
+  private encryptChange(buf: Buffer, version: number, statements: readonly string[], payloadLen: number): void {
+    const crypt = this.crypt!;
+    encodeChangePayloadAt(buf, RECORD_HEADER_LEN + prefixLen(TYPE_CHANGE), statements, payloadLen);
+    const flags = FLAG_ENCRYPTED | (isPragmaOnly(statements) ? FLAG_PRAGMA_ONLY : 0);
+    const stored = crypt.sealInPlace(buf, RECORD_HEADER_LEN, { type: TYPE_CHANGE, flags, version, parts: 0 }, payloadLen);
+    const end = RECORD_HEADER_LEN + stored;
+    encodeRecordHeader(buf, TYPE_CHANGE, version, stored, crc32(buf.subarray(RECORD_HEADER_LEN, end)), 0, flags);
+    writeU64(buf, stored, end);
+  }
+
   appendSnapshotFile(version: number, dbPath: string): void {
+    if (this.crypt) {
+      // one streamed, encrypted record (the same steps as a slice: prefix, chunks, tag)
+      this.checkUsable();
+      let src: number;
+      try {
+        src = openSync(dbPath, 'r');
+      } catch (e) {
+        throw new BackupError(`cannot read the snapshot source ${dbPath}: ${(e as Error).message}`, this.location);
+      }
+      try {
+        this.appendSnapshotSlice(TYPE_SNAPSHOT, version, 0, src, 0, fstatSync(src).size, dbPath);
+      } finally {
+        closeSync(src);
+      }
+      return;
+    }
     this.checkUsable();
     if (!isValidDataVersion(version)) throw new RangeError(`data_version must be an unsigned 32-bit integer, not ${version}`);
     let src: number;
@@ -557,4 +630,14 @@ function sealedError(path: string): BackupError {
       `Open the backup by the URL of its first file; if the later segments are missing, run 'clnvault inspect' on it`,
     path,
   );
+}
+
+/** The chain link of the record at `start` (docs/encryption.md): a snapshot's explicit link, else its tag. */
+function linkAt(win: FileWindow, start: number, type: number, length: number): Buffer {
+  const payload = start + RECORD_HEADER_LEN;
+  if (type === TYPE_SNAPSHOT && length >= prefixLen(TYPE_SNAPSHOT)) {
+    const l = Buffer.from(win.behind(payload + 48, LINK_LEN));
+    if (!l.equals(Buffer.alloc(LINK_LEN))) return l;
+  }
+  return Buffer.from(win.behind(payload + length - 16, 16));
 }
