@@ -7,7 +7,7 @@
  */
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { copyFileSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { copyFileSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -15,6 +15,14 @@ import { after, describe, it } from 'node:test';
 import { SimNode } from '../src/sim/lightningd.js';
 import { FIXTURES } from './helpers/fixtures.js';
 import { dump } from './helpers/sqlite.js';
+import { crc32 } from 'node:zlib';
+import { createV2, type FileEncryption } from '../src/backends/file/v2.js';
+import { SegmentedWriter } from '../src/backends/file/segments.js';
+import { openReader } from '../src/backends/open.js';
+import { unlockAndAuthenticate } from '../src/crypto/authenticate.js';
+import { keyKindCode } from '../src/crypto/records.js';
+import { writeKeyFile, type BackupKey } from '../src/crypto/keys.js';
+import { PluginProc } from './helpers/plugin-proc.js';
 
 const CLI = fileURLToPath(new URL('../src/cli/main.js', import.meta.url));
 const CLN = join(FIXTURES, 'cln-v26.06.6');
@@ -168,5 +176,268 @@ describe('encrypted: recorded CLN v26.06.6 traffic → plugin → clnvault resto
     assert.ok(files >= 3);
     // the needles do find the plaintext where it is: the check itself works
     assert.ok(findNeedles(readFileSync(join(CLN, 'session-basic/final.sqlite3')), sessionNeedles(['session-basic/hooks.jsonl'])).length > 100);
+  });
+});
+
+// ---------------------------------------------------------------------------------------------------
+// Tampering, at the byte level and at the record level
+
+function encOf(k: BackupKey): FileEncryption {
+  return { kind: keyKindCode(k.kind), fingerprint: Buffer.from(k.fingerprint, 'hex') };
+}
+
+function bump(v: number): string {
+  return `UPDATE vars SET intval = intval + 1 WHERE name = 'data_version' AND intval = ${v - 1}`;
+}
+
+/** A small encrypted backup of `n` versions (single file); returns each record's [offset, end). */
+function smallBackup(path: string, key: BackupKey, n: number): Array<[number, number]> {
+  createV2(path, encOf(key));
+  const w = SegmentedWriter.open(path, { key });
+  w.appendChange(1, ['CREATE TABLE vars (name TEXT, intval INTEGER)', "INSERT INTO vars VALUES ('data_version', 1)"]);
+  for (let v = 2; v <= n; v++) w.appendChange(v, [`INSERT INTO vars VALUES ('secret label ${v}', ${v})`, bump(v)]);
+  w.close();
+  return recordsOf(path);
+}
+
+function recordsOf(path: string): Array<[number, number]> {
+  const b = readFileSync(path);
+  const out: Array<[number, number]> = [];
+  for (let o = 64; o < b.length; ) {
+    const end = o + 40 + b.readUInt32BE(o + 20);
+    out.push([o, end]);
+    o = end;
+  }
+  return out;
+}
+
+/** Whether opening, authenticating and reading every entry of the backup at `path` reports anything. */
+function detected(path: string, key: BackupKey): boolean {
+  let reader: ReturnType<typeof openReader> | null = null;
+  try {
+    reader = openReader(`file://${path}`, '/');
+    if (reader.problems().length > 0) return true;
+    const auth = unlockAndAuthenticate(reader, key);
+    if (auth === null || auth.problem !== null) return true;
+    const r = reader;
+    r.forEachHeader((h) => {
+      r.read(h);
+    });
+    return false;
+  } catch {
+    return true;
+  } finally {
+    reader?.close();
+  }
+}
+
+/** A record whose bytes changed, with its checksums made right again: what a forger would do. */
+function fixChecksums(b: Buffer, start: number, end: number): void {
+  const len = end - start - 40;
+  b.writeUInt32BE(crc32(b.subarray(start + 32, start + 32 + len)), start + 24);
+  b.writeUInt32BE(crc32(b.subarray(start, start + 28)), start + 28);
+}
+
+describe('encrypted: tampering is detected', () => {
+  const dir = tmp('clnvault-enc-tamper-');
+  const key = writeKeyFile(join(dir, 'k1'));
+  const otherKey = writeKeyFile(join(dir, 'k2'));
+  const path = join(dir, 'b.bkp');
+  const recs = smallBackup(path, key, 4);
+  const good = readFileSync(path);
+
+  it('the untouched backup is not flagged (the check can pass)', () => {
+    assert.equal(detected(path, key), false);
+  });
+
+  it('flipping any single byte of the backup is detected', () => {
+    const t = join(dir, 'flip.bkp');
+    const missed: number[] = [];
+    for (let i = 0; i < good.length; i++) {
+      const b = Buffer.from(good);
+      b[i] ^= 0x01;
+      writeFileSync(t, b);
+      if (!detected(t, key)) missed.push(i);
+    }
+    assert.deepEqual(missed, [], `undetected flips at ${missed.join(', ')} of ${good.length} bytes`);
+  });
+
+  it('flipping any byte of a record payload with its checksums recomputed (a forgery) fails authentication', () => {
+    const t = join(dir, 'forged.bkp');
+    let tried = 0;
+    for (const [start, end] of recs) {
+      for (let i = start + 32; i < end - 8; i++) {
+        const b = Buffer.from(good);
+        b[i] ^= 0x80;
+        fixChecksums(b, start, end);
+        writeFileSync(t, b);
+        const reader = openReader(`file://${t}`, '/');
+        try {
+          assert.deepEqual(reader.problems(), [], 'the checksums are right again');
+          const auth = unlockAndAuthenticate(reader, key)!;
+          assert.ok(auth.problem, `forged byte ${i} passed authentication`);
+          assert.equal(auth.problem.offset, start);
+        } finally {
+          reader.close();
+        }
+        tried++;
+      }
+    }
+    assert.ok(tried > 200);
+  });
+
+  function restoreOf(bytes: Buffer, args: string[] = ['--key-file', join(dir, 'k1')]): ReturnType<typeof cli> & { dest: string } {
+    const d = mkdtempSync(join(dir, 'case-'));
+    const p = join(d, 'b.bkp');
+    writeFileSync(p, bytes);
+    const dest = join(d, 'out');
+    mkdirSync(dest);
+    return { ...cli(['restore', ...args, `file://${p}`, dest], d), dest };
+  }
+  const at = (k: number): Buffer => good.subarray(recs[k]![0], recs[k]![1]);
+  const head = good.subarray(0, 64);
+
+  function refused(r: ReturnType<typeof restoreOf>, offset: number, lastVersion: number | null, re: RegExp): void {
+    assert.equal(r.code, 1, r.stdout + r.stderr);
+    assert.match(r.stderr, new RegExp(`offset ${offset}\\b`));
+    assert.match(r.stderr, lastVersion === null ? /no record before it authenticated/ : new RegExp(`last authenticated version ${lastVersion}, written at \\d{4}-`));
+    assert.match(r.stderr, re);
+    assert.deepEqual(readdirSync(r.dest), [], 'nothing left behind');
+  }
+
+  it('a dropped record in the middle', () => {
+    const r = restoreOf(Buffer.concat([head, at(0), at(2), at(3)]));
+    refused(r, recs[1]![0], 1, /breaks the chain/);
+  });
+
+  it('two records swapped', () => {
+    const r = restoreOf(Buffer.concat([head, at(0), at(2), at(1), at(3)]));
+    refused(r, recs[1]![0], 1, /breaks the chain/);
+  });
+
+  it('a record replayed (duplicated)', () => {
+    const r = restoreOf(Buffer.concat([head, at(0), at(1), at(1), at(2), at(3)]));
+    refused(r, recs[2]![0], 2, /breaks the chain/);
+  });
+
+  it('the first record dropped', () => {
+    const r = restoreOf(Buffer.concat([head, at(1), at(2), at(3)]));
+    refused(r, 64, null, /breaks the chain/);
+  });
+
+  it('a record from another backup with the same key, and one from a backup with another key', () => {
+    const other = join(dir, 'other.bkp');
+    const orecs = smallBackup(other, key, 4);
+    const ob = readFileSync(other);
+    const spliced = Buffer.concat([head, at(0), ob.subarray(orecs[1]![0], orecs[1]![1]), at(2), at(3)]);
+    refused(restoreOf(spliced), recs[1]![0], 1, /fails authentication/);
+    const third = join(dir, 'third.bkp');
+    const trecs = smallBackup(third, otherKey, 4);
+    const tb = readFileSync(third);
+    refused(restoreOf(Buffer.concat([head, at(0), tb.subarray(trecs[1]![0], trecs[1]![1]), at(2), at(3)])), recs[1]![0], 1, /fails authentication/);
+  });
+
+  it('a dropped tail restores the authenticated prefix and says how new it is', () => {
+    const r = restoreOf(Buffer.concat([head, at(0), at(1), at(2)]));
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stdout, /at data_version 3/);
+    assert.match(r.stdout, /newest authenticated version 3, written at \d{4}-\d\d-\d\dT[\d:.]+Z \(3 records authenticated\)/);
+  });
+
+  it('wrong or missing key: one clear line, exit 1, nothing left behind', () => {
+    const none = restoreOf(good, []);
+    assert.equal(none.code, 1);
+    assert.match(none.stderr, /no key given.*encrypted with a key-file key \(fingerprint [0-9a-f]{16}\).*--key-file PATH/);
+    assert.equal(none.stderr.trim().split('\n').length, 1, none.stderr);
+    assert.deepEqual(readdirSync(none.dest), []);
+    const wrong = restoreOf(good, ['--key-file', join(dir, 'k2')]);
+    assert.equal(wrong.code, 1);
+    assert.match(wrong.stderr, new RegExp(`wrong key: the key given \\(key-file, fingerprint ${otherKey.fingerprint}\\) is not the backup's.*${key.fingerprint}`));
+    assert.equal(wrong.stderr.trim().split('\n').length, 1, wrong.stderr);
+    assert.deepEqual(readdirSync(wrong.dest), []);
+  });
+
+  it('inspect without the key: encrypted, key kind and fingerprint, sizes and versions; with it: authenticated', () => {
+    const plain = cli(['inspect', '--json', `file://${path}`], dir);
+    assert.equal(plain.code, 0, plain.stderr);
+    const j = JSON.parse(plain.stdout);
+    assert.equal(j.head, 4);
+    assert.equal(j.entries, 4);
+    assert.deepEqual(j.encryption, { keyKind: 'key-file', keyFingerprint: key.fingerprint, keyGiven: false, authenticated: null });
+    const keyed = cli(['inspect', '--key-file', join(dir, 'k1'), `file://${path}`], dir);
+    assert.equal(keyed.code, 0, keyed.stderr);
+    assert.match(keyed.stdout, /encrypted {6}yes: key-file key, fingerprint [0-9a-f]{16}/);
+    assert.match(keyed.stdout, /authenticated {2}4 records; newest authenticated version 4, written at/);
+    const v = cli(['verify', `file://${path}`], dir);
+    assert.equal(v.code, 1);
+    assert.match(v.stdout, /FAIL: the backup cannot be read:.*no key given/);
+    const vk = cli(['verify', '--key-file', join(dir, 'k1'), `file://${path}`], dir);
+    assert.equal(vk.code, 0, vk.stdout + vk.stderr);
+    assert.match(vk.stdout, /4 records authenticated; newest authenticated version 4/);
+  });
+
+  it('a rewind (the head dropped, the same version written again with other statements) and a new writer session keep the chain', () => {
+    const p = join(dir, 'rewind.bkp');
+    smallBackup(p, key, 3);
+    let w = SegmentedWriter.open(p, { key });
+    w.dropHead();
+    w.appendChange(3, ["INSERT INTO vars VALUES ('other', 3)", bump(3)]);
+    w.close();
+    w = SegmentedWriter.open(p, { key });
+    w.appendChange(4, ["INSERT INTO vars VALUES ('four', 4)", bump(4)]);
+    w.close();
+    assert.equal(detected(p, key), false);
+    const reader = openReader(`file://${p}`, '/');
+    try {
+      const auth = unlockAndAuthenticate(reader, key)!;
+      assert.equal(auth.records, 4);
+      assert.equal(auth.newestVersion, 4);
+      // three writer sessions, three salts: no (key, nonce) pair can repeat
+      const salts = new Set(recordsOf(p).map(([s]) => readFileSync(p).subarray(s + 32, s + 48).toString('hex')));
+      assert.equal(salts.size, 3);
+    } finally {
+      reader.close();
+    }
+  });
+});
+
+describe('encrypted: the plugin', () => {
+  it('refuses to start writing without its key, or with a lock that does not say encrypt; writes nothing', async () => {
+    const dir = tmp('clnvault-enc-plugin-');
+    const key = writeKeyFile(join(dir, 'k'));
+    const bkp = join(dir, 'b.bkp');
+    createV2(bkp, encOf(key));
+    const cases: Array<[unknown, RegExp]> = [
+      [{ key_file: join(dir, 'missing.key') }, /missing\.key/],
+      [undefined, /is an encrypted backup|no key given/],
+      [{ key: 'hsm_secret' }, /hsm_secret/],
+    ];
+    for (const [enc, re] of cases) {
+      writeFileSync(join(dir, 'backup.lock'), JSON.stringify({ backend_url: `file://${bkp}`, ...(enc ? { encrypt: enc } : {}) }));
+      const p = new PluginProc(dir);
+      assert.ok((await p.call('m', 'getmanifest', {})).result);
+      const r = await p.call('w', 'db_write', { data_version: 1, writes: ['CREATE TABLE secret_table (x)'] });
+      assert.ok(r.error, `refused: ${JSON.stringify(r)}`);
+      assert.match(r.error!.message, re);
+      await p.close();
+      assert.equal(statSync(bkp).size, 64, 'nothing written');
+    }
+  });
+
+  it('status says encrypted and the key fingerprint', async () => {
+    const dir = tmp('clnvault-enc-plugin-');
+    const key = writeKeyFile(join(dir, 'k'));
+    const bkp = join(dir, 'b.bkp');
+    createV2(bkp, encOf(key));
+    writeFileSync(join(dir, 'backup.lock'), JSON.stringify({ backend_url: `file://${bkp}`, encrypt: { key_file: join(dir, 'k') } }));
+    const p = new PluginProc(dir);
+    assert.ok((await p.call('m', 'getmanifest', {})).result);
+    const w = await p.call('w', 'db_write', { data_version: 1, writes: ['CREATE TABLE secret_table (x)'] });
+    assert.deepEqual(w.result, { result: 'continue' });
+    const s = (await p.call('s', 'clnvault-status', {})).result as Record<string, unknown>;
+    assert.equal(s.encrypted, true);
+    assert.equal(s.key_fingerprint, key.fingerprint);
+    await p.close();
+    assert.ok(!readFileSync(bkp).includes('secret_table'));
   });
 });
