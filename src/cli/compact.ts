@@ -1,5 +1,8 @@
 import { backupPath, detectFormat, openWriter } from '../backends/open.js';
-import { existsSync } from 'node:fs';
+import { existsSync, rmSync } from 'node:fs';
+import { resolve } from 'node:path';
+import { KEY_OPTIONS, KEY_OPTIONS_HELP, keyFromOptions } from './key-options.js';
+import { keyFromKeyFile, writeKeyFile, type BackupKey } from '../crypto/keys.js';
 import { readSegmentHeader } from '../backends/file/segments.js';
 import { FILE_FLAG_ENCRYPTED } from '../backends/file/v2.js';
 import { compactFile, identityOf } from '../compact/compact.js';
@@ -10,7 +13,8 @@ import { CliError, COMMON_OPTIONS_HELP, err, EXIT, out, outputMode, parse, print
 import { compactPg } from '../backends/postgres/compact.js';
 import { isPostgresUrl, redact } from '../backends/postgres/url.js';
 
-const help = `Usage: clnvault compact [--history K] [--segment-bytes N] [--json] URL
+const help = `Usage: clnvault compact [--history K] [--segment-bytes N] [--json]
+                        [--hsm-secret PATH | --mnemonic-file PATH | --key-file PATH] [--new-key-file PATH] URL
 
 Compacts the backup at URL: replaces it by a snapshot of the database just before
 its newest version, followed by the newest entries, so that it restores to exactly
@@ -32,6 +36,13 @@ Options:
                 segment files <file>.seg-* (default ${DEFAULT_SEGMENT_BYTES}, under FAT32's 4 GiB)
   --json        print the result as JSON ({"before":{...},"after":{...}, "result": "compacted",
                 "nothing-to-gain" or "nothing-to-compact", ...})
+${KEY_OPTIONS_HELP}
+                An encrypted backup needs its key: its records are decrypted to be replayed
+  --new-key-file PATH
+                rotate the key: the compacted backup is encrypted with the key in PATH
+                (created when it does not exist), every record re-encrypted, even when
+                there is nothing to compact. Then point backup.lock's "encrypt" at it.
+                History copies (--history) keep the old key: keep it while they exist
 ${COMMON_OPTIONS_HELP}
   -h, --help    this help
 
@@ -56,6 +67,8 @@ export const compactCommand: Command = {
       history: { type: 'string' },
       'segment-bytes': { type: 'string' },
       json: { type: 'boolean' },
+      'new-key-file': { type: 'string' },
+      ...KEY_OPTIONS,
     }, { min: 1, max: 1, names: 'one backup URL' });
     if (values.help) {
       out(help);
@@ -89,13 +102,25 @@ export const compactCommand: Command = {
       return EXIT.ok;
     }
     const path = backupPath(url, process.cwd());
-    if (existsSync(path) && detectFormat(path) === 'v2' && readSegmentHeader(path).flags! & FILE_FLAG_ENCRYPTED) {
-      throw new CliError(`${path} is an encrypted backup: compacting encrypted backups is not supported yet (docs/encryption.md)`);
-    }
+    const key = keyFromOptions(values);
+    const newKeyPath = typeof values['new-key-file'] === 'string' ? resolve(values['new-key-file']) : null;
+    const encrypted = existsSync(path) && detectFormat(path) === 'v2' && (readSegmentHeader(path).flags! & FILE_FLAG_ENCRYPTED) !== 0;
+    if (newKeyPath !== null && !encrypted) throw new CliError(`${path} is not an encrypted backup: --new-key-file rotates the key of an encrypted one`, EXIT.usage);
     // Holding the writer lock for the whole run is what makes this safe: a plugin cannot start writing
     // meanwhile, and opening it as a writer refuses while a plugin writes.
-    const writer = openWriter(url, process.cwd(), { segmentBytes });
+    const writer = openWriter(url, process.cwd(), { segmentBytes, key: encrypted ? key : null });
+    let newKey: BackupKey | null = null;
+    let keyMade = false;
     try {
+      if (newKeyPath !== null) {
+        try {
+          keyMade = !existsSync(newKeyPath);
+          newKey = keyMade ? writeKeyFile(newKeyPath) : keyFromKeyFile(newKeyPath);
+        } catch (e) {
+          throw new CliError(`cannot get the new key from --new-key-file ${newKeyPath}: ${(e as Error).message}; the backup is unchanged`);
+        }
+        if (newKey.fingerprint === key?.fingerprint) throw new CliError(`${newKeyPath} holds the backup's current key: nothing to rotate`, EXIT.usage);
+      }
       for (const p of writer.repaired()) err(`repaired on open: ${p.message}`);
       if (!isReopenable(writer)) throw new CliError(`${path}: this backup type cannot be compacted`);
       const file = identityOf(path);
@@ -117,8 +142,9 @@ export const compactCommand: Command = {
           },
         },
         // never swap in a file that is not smaller: a small backup's snapshot can outweigh its entries
-        { format: writer.format, history, segmentBytes, onlyIfSmaller: true },
+        { format: writer.format, history, segmentBytes, onlyIfSmaller: newKey === null, key: encrypted ? key : null, newKey },
       );
+      keyMade = false;
       const s = outcome.stats;
       let message: string;
       if (outcome.noGain) {
@@ -143,8 +169,17 @@ export const compactCommand: Command = {
           ...(outcome.noGain ? { wouldBeBytes: outcome.noGain.wouldBeBytes } : {}),
         });
       } else out(message);
+      if (newKey) {
+        out(
+          `The backup is now encrypted with the key in ${newKeyPath} (fingerprint ${newKey.fingerprint}). Set "encrypt": {"key_file": "${newKeyPath}"} ` +
+            `in the node's backup.lock before starting it; keep a copy of that key away from the node` +
+            (outcome.historyFile ? `. The history copy ${outcome.historyFile} is still encrypted with the old key` : ''),
+        );
+      }
     } finally {
       writer.close();
+      // a key file made for a rotation that did not happen is not left behind
+      if (keyMade && newKeyPath !== null) rmSync(newKeyPath, { force: true });
     }
     return EXIT.ok;
   },

@@ -1,6 +1,6 @@
 import { readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
-import { keyFromHsmSecret, keyFromKeyFile, keyFromMnemonic, type BackupKey } from '../crypto/keys.js';
+import { keyFromHsmSecret, keyFromKeyFile, keyFromMnemonicFile, type BackupKey } from '../crypto/keys.js';
 import { CliError, EXIT } from './common.js';
 
 /**
@@ -37,10 +37,9 @@ export function keyFromOptions(values: Record<string, string | boolean | undefin
       case 'key-file':
         return keyFromKeyFile(path);
       default: {
-        const words = readFileSync(path, 'utf8');
         const ppFile = values['mnemonic-passphrase-file'];
         const pass = typeof ppFile === 'string' ? readFileSync(resolve(ppFile), 'utf8').replace(/\r?\n$/, '') : env.CLNVAULT_MNEMONIC_PASSPHRASE;
-        return keyFromMnemonic(words, pass);
+        return keyFromMnemonicFile(path, pass);
       }
     }
   } catch (e) {

@@ -23,6 +23,9 @@ import { compactingPath, historyPath, pruneHistory, removeDebris, scratchPath } 
 import { releaseGently, removeGently } from './pacing.js';
 import { EntryWalker, firstEntryOffset, readFully, type EntryDesc, type ReadAt } from './scan.js';
 import { encodeSegmentHeader, listSegmentFiles, readSegmentHeader, SegmentedSource, segmentPath, withNewSetId } from '../backends/file/segments.js';
+import { encodeRecordHeader, FILE_FLAG_ENCRYPTED, FLAG_ENCRYPTED, writeU64 } from '../backends/file/v2/codec.js';
+import { cryptFor, type KeyLike } from '../crypto/backup-crypt.js';
+import { ChainCheck, encOverhead, keyKindCode, RecordCrypt, TAG_LEN, type KeyKindName } from '../crypto/records.js';
 
 /**
  * Compaction: replaces a backup by an equivalent, shorter one — a snapshot of the database at version V
@@ -71,6 +74,10 @@ export interface CompactOptions {
    * snapshot can outweigh the entries it replaces.
    */
   onlyIfSmaller?: boolean;
+  /** the key of an encrypted backup (required for one: the entries are decrypted to be replayed) */
+  key?: KeyLike | null;
+  /** key rotation (`clnvault compact --new-key-file`): the new backup is encrypted with this key, every record re-encrypted */
+  newKey?: KeyLike | null;
 }
 
 export interface CompactStats {
@@ -169,7 +176,25 @@ export function compactFile(path: string, hooks: CompactHooks, opts: CompactOpti
   let replayer: Replayer | null = null;
   const outPath = compactingPath(path);
   try {
-    const walker = new EntryWalker(readAt, path, format);
+    // an encrypted backup: the key is checked against the header before anything is read or made
+    let crypt: RecordCrypt | null = null;
+    let ncrypt: RecordCrypt | null = null;
+    if (format === 'v2') {
+      const h = Buffer.allocUnsafe(FILE_HEADER_LEN);
+      readAt(h, FILE_HEADER_LEN, 0);
+      const enc = h.readUInt32BE(12) & FILE_FLAG_ENCRYPTED ? { kind: h[48]!, fingerprint: Buffer.from(h.subarray(52, 60)) } : null;
+      crypt = cryptFor(path, enc, Buffer.from(h.subarray(16, 32)), opts.key, false);
+      if (opts.newKey) {
+        if (!crypt) throw new BackupError(`${path} is not an encrypted backup: there is no key to rotate`, path);
+        ncrypt = new RecordCrypt(opts.newKey.key, Buffer.from(h.subarray(16, 32)), opts.newKey.fingerprint);
+      }
+    } else if (opts.key || opts.newKey) {
+      throw new BackupError(`${path} is a reference (v1) backup, which is never encrypted`, path);
+    }
+    const walker = new EntryWalker(readAt, path, format, crypt);
+    // every record is chained to the one before (docs/encryption.md): one dropped or replaced in the old
+    // backup must not be baked into the snapshot, whose own chain would then look intact
+    const chain = crypt ? new ChainCheck() : null;
     hooks.log('info', `compaction of ${path} started: ${e0} bytes, format ${format}`);
 
     // --- 1. Replay every entry before the head group into the scratch database, in constant memory.
@@ -216,6 +241,16 @@ export function compactFile(path: string, hooks: CompactHooks, opts: CompactOpti
     for (let off = first; off < e0; ) {
       const d = walker.entryAt(off, e0);
       count++;
+      if (chain) {
+        for (const r of d.records ?? [d]) {
+          const c = walker.chainOf(r);
+          const why = chain.follows(c.prefix);
+          if (why !== null) {
+            throw new BackupError(`${path}: cannot compact: the record at offset ${r.offset} (version ${r.version}) breaks the chain: ${why}. Run 'clnvault verify' with the key; nothing was changed`, path, r.offset);
+          }
+          chain.accept(c.prefix, c.tag, r.version);
+        }
+      }
       // decoded only when a version does not move on, as the readers do
       let po: boolean | null = null;
       const pragma = (): boolean => (po ??= walker.pragmaOnly(d));
@@ -258,7 +293,8 @@ export function compactFile(path: string, hooks: CompactHooks, opts: CompactOpti
     const tailStart = hg < pending.length ? pending[hg]!.offset : e0;
     const headVersion = pending.length > 0 ? pending[pending.length - 1]!.version : 0;
     const alreadyCompact = tailStart === first || (applied === 1 && appliedSnapshotAtStart && stale === 0);
-    if (alreadyCompact) {
+    // a key rotation rewrites every record even when there is nothing to compact
+    if (alreadyCompact && !ncrypt) {
       (replayer as Replayer | null)?.finish();
       (db as Database.Database | null)?.close();
       db = null;
@@ -302,6 +338,12 @@ export function compactFile(path: string, hooks: CompactHooks, opts: CompactOpti
       // the same backup id and creation time: it is the same backup, only shorter. A new segment set id, so
       // the rename below switches the whole set of segments at once (docs/format-v2.md, "Segments")
       const fresh = withNewSetId(header);
+      if (ncrypt) {
+        // the new key's description, readable without it
+        fresh[48] = keyKindCode(opts.newKey!.kind as KeyKindName);
+        Buffer.from(opts.newKey!.fingerprint, 'hex').copy(fresh, 52);
+        fresh.writeUInt32BE(crc32(fresh.subarray(0, 60)), 60);
+      }
       newSet = fresh.readUInt32BE(44);
       backupId = Buffer.from(fresh.subarray(16, 32));
       writeFully(out, fresh, 0);
@@ -320,11 +362,21 @@ export function compactFile(path: string, hooks: CompactHooks, opts: CompactOpti
       const size = statSync(scratch).size;
       hooks.log('info', `compaction: writing the snapshot at version ${snapshotVersion} (${mib(size)} MiB)`);
       const start = at;
-      at = writeSnapshot(out, at, format, snapshotVersion, scratch, path, limit, (end) => {
+      const nextSegment = (end: number): { fd: number; at: number } => {
         at = end;
         startSegment();
         return { fd: cur!, at };
-      });
+      };
+      if (crypt) {
+        // the snapshot starts the new file's chain; without rotation the records copied after it keep their
+        // bytes, so the snapshot's link is what the first of them names as its predecessor
+        const w = ncrypt ?? new RecordCrypt(opts.key!.key, crypt.backupId, crypt.fingerprint);
+        w.link = Buffer.alloc(16);
+        const link = !ncrypt && tailStart < e0 ? Buffer.from(walker.chainOf(walker.recordAt(tailStart, e0)).prefix.prev) : null;
+        at = writeEncryptedSnapshot(out, at, snapshotVersion, scratch, limit, limit !== null ? nextSegment : null, w, link);
+      } else {
+        at = writeSnapshot(out, at, format, snapshotVersion, scratch, path, limit, nextSegment);
+      }
       tracker.add(snapshotVersion, start);
       removeGently(scratch);
     }
@@ -353,14 +405,14 @@ export function compactFile(path: string, hooks: CompactHooks, opts: CompactOpti
           const d = walker.recordAt(off, to);
           const pos = at + (d.offset - runFrom);
           if (pos + (d.end - d.offset) > limit && pos > FILE_HEADER_LEN) {
-            at = copyEntries(walker, readAt, cur!, runFrom, d.offset, at, tracker);
+            at = copyEntries(walker, readAt, cur!, runFrom, d.offset, at, tracker, ncrypt);
             runFrom = d.offset;
             startSegment();
           }
           off = d.end;
         }
       }
-      at = copyEntries(walker, readAt, cur!, runFrom, to, at, tracker);
+      at = copyEntries(walker, readAt, cur!, runFrom, to, at, tracker, ncrypt);
       copied = to;
     };
     copy(e0);
@@ -721,16 +773,22 @@ function writeChunkedSnapshot(out: number, at: number, version: number, dbPath: 
   }
 }
 
-/** Copies whole entries [from, to) of the live file to `at` in the new one; returns the new end. */
-function copyEntries(walker: EntryWalker, src: ReadAt, out: number, from: number, to: number, at: number, tracker: TailTracker): number {
+/**
+ * Copies whole entries [from, to) of the live file to `at` in the new one; returns the new end. With
+ * `reseal` (key rotation) each record is decrypted and encrypted again under the new key, chained anew;
+ * its size does not change.
+ */
+function copyEntries(walker: EntryWalker, src: ReadAt, out: number, from: number, to: number, at: number, tracker: TailTracker, reseal: RecordCrypt | null = null): number {
   const chunk = Buffer.allocUnsafe(COPY_CHUNK);
   const pace = paced(out);
   for (let off = from; off < to; ) {
     // record by record ([from, to) may split a chunked snapshot); its parts are not entries of their own
     const d = walker.recordAt(off, to);
     if (d.type !== TYPE_SNAPSHOT_PART) tracker.add(d.version, at + (d.offset - from));
+    if (reseal) resealRecord(walker, d, out, at + (d.offset - from), reseal);
     off = d.end;
   }
+  if (reseal) return at + (to - from);
   for (let done = 0; done < to - from; ) {
     const n = Math.min(COPY_CHUNK, to - from - done);
     src(chunk, n, from + done);
@@ -739,6 +797,104 @@ function copyEntries(walker: EntryWalker, src: ReadAt, out: number, from: number
     done += n;
   }
   return at + (to - from);
+}
+
+/** Writes the encrypted record `d` again at `at` of `fd`, under `crypt` (the new key), the same size. */
+function resealRecord(walker: EntryWalker, d: EntryDesc, fd: number, at: number, crypt: RecordCrypt): void {
+  const parts = d.type === TYPE_SNAPSHOT ? d.partCount! : 0;
+  const enc = crypt.stream({ type: d.type!, flags: d.flags!, version: d.version, parts });
+  let crc = crc32(enc.prefix);
+  writeFully(fd, enc.prefix, at + RECORD_HEADER_LEN);
+  let pos = at + RECORD_HEADER_LEN + enc.prefix.length;
+  walker.decryptChunks(d, (plain) => {
+    const c = enc.update(plain);
+    crc = crc32(c, crc);
+    writeFully(fd, c, pos);
+    pos += c.length;
+  });
+  const tag = enc.finish();
+  crc = crc32(tag, crc);
+  writeFully(fd, tag, pos);
+  const stored = pos + TAG_LEN - at - RECORD_HEADER_LEN;
+  if (stored !== d.length) throw new Error(`internal: a re-encrypted record is ${stored} bytes, not ${d.length}`);
+  const h = Buffer.alloc(RECORD_HEADER_LEN);
+  encodeRecordHeader(h, d.type!, d.version, stored, crc, parts, d.flags!);
+  const t = Buffer.allocUnsafe(RECORD_TRAILER_LEN);
+  writeU64(t, stored, 0);
+  writeFully(fd, t, at + RECORD_HEADER_LEN + stored);
+  writeFully(fd, h, at);
+  crypt.committed();
+}
+
+/**
+ * The scratch database as an encrypted snapshot at `at` (docs/encryption.md): one record, or with a segment
+ * `limit` part records chunked as writeChunkedSnapshot does. It starts the file's chain (prev zeros);
+ * `link`: what the record copied after it names as its predecessor (null: the snapshot's own tag).
+ */
+function writeEncryptedSnapshot(
+  out: number,
+  at: number,
+  version: number,
+  dbPath: string,
+  limit: number | null,
+  next: ((end: number) => { fd: number; at: number }) | null,
+  crypt: RecordCrypt,
+  link: Buffer | null,
+): number {
+  const src = openSync(dbPath, 'r');
+  try {
+    const size = fstatSync(src).size;
+    const chunk = Buffer.allocUnsafe(COPY_CHUNK);
+    // the larger of a part's and a final record's encryption overhead
+    const extra = encOverhead(TYPE_SNAPSHOT);
+    const minPart = limit === null ? 0 : Math.min(COPY_CHUNK, Math.floor(limit / 8));
+    let fd = out;
+    let pace = paced(fd);
+    let done = 0;
+    let parts = 0;
+    for (;;) {
+      const rest = size - done;
+      const room = limit === null ? Infinity : limit - at - RECORD_OVERHEAD - extra;
+      const last = rest <= room;
+      if (!last && next !== null && limit !== null && at > FILE_HEADER_LEN && ((parts === 0 && rest <= limit - FILE_HEADER_LEN - RECORD_OVERHEAD - extra) || room < minPart)) {
+        ({ fd, at } = next(at));
+        pace = paced(fd);
+        continue;
+      }
+      const len = last ? rest : room;
+      const type = last ? TYPE_SNAPSHOT : TYPE_SNAPSHOT_PART;
+      const enc = crypt.stream({ type, flags: FLAG_ENCRYPTED, version, parts: last ? parts : 0 }, { link: last ? link : null });
+      const pre = enc.prefix.length;
+      let crc = crc32(enc.prefix);
+      writeFully(fd, enc.prefix, at + RECORD_HEADER_LEN);
+      for (let n = 0; n < len; ) {
+        const r = readSync(src, chunk, 0, Math.min(COPY_CHUNK, len - n), done + n);
+        if (r <= 0) throw new Error(`${dbPath} shrank while it was copied`);
+        const c = enc.update(chunk.subarray(0, r));
+        crc = crc32(c, crc);
+        writeFully(fd, c, at + RECORD_HEADER_LEN + pre + n);
+        pace(r);
+        n += r;
+      }
+      const tag = enc.finish();
+      crc = crc32(tag, crc);
+      writeFully(fd, tag, at + RECORD_HEADER_LEN + pre + len);
+      const stored = pre + len + TAG_LEN;
+      const h = Buffer.alloc(RECORD_HEADER_LEN);
+      encodeRecordHeader(h, type, version, stored, crc, last ? parts : 0, FLAG_ENCRYPTED);
+      const t = Buffer.allocUnsafe(RECORD_TRAILER_LEN);
+      writeU64(t, stored, 0);
+      writeFully(fd, t, at + RECORD_HEADER_LEN + stored);
+      writeFully(fd, h, at);
+      crypt.committed();
+      at += RECORD_OVERHEAD + stored;
+      done += len;
+      if (last) return at;
+      parts++;
+    }
+  } finally {
+    closeSync(src);
+  }
 }
 
 /** What the v1 header must say about the new file, and the entry count for the result. */

@@ -13,7 +13,10 @@ import {
   TYPE_CHANGE,
   TYPE_SNAPSHOT,
   TYPE_SNAPSHOT_PART,
+  FLAG_ENCRYPTED,
 } from '../backends/file/v2.js';
+import { FLAG_PRAGMA_ONLY } from '../backends/file/v2/codec.js';
+import { AuthError, parsePrefix, prefixLen, TAG_LEN, type Prefix, type RecordCrypt } from '../crypto/records.js';
 import { V1_ENTRY_HEADER_SIZE, V1_HEADER_SIZE } from '../backends/file/v1.js';
 
 /**
@@ -46,6 +49,8 @@ export interface EntryDesc {
   partCount?: number;
   /** a chunked snapshot (from entryAt): its part records and final record, whose payloads make the database */
   records?: EntryDesc[];
+  /** v2: the record header's flags (encrypted backups: FLAG_ENCRYPTED, and FLAG_PRAGMA_ONLY on PRAGMA batches) */
+  flags?: number;
 }
 
 export function firstEntryOffset(format: BackupFormat): number {
@@ -74,6 +79,8 @@ export class EntryWalker {
     src: number | ReadAt,
     private readonly path: string,
     readonly format: BackupFormat,
+    /** an encrypted backup's cipher: payloads are decrypted and authenticated as they are read */
+    private readonly crypt: RecordCrypt | null = null,
   ) {
     this.readAt = typeof src === 'number' ? (buf, n, pos) => readFully(src, buf, n, pos) : src;
   }
@@ -144,7 +151,11 @@ export class EntryWalker {
     const partCount = type === TYPE_SNAPSHOT ? h.readUInt32BE(12) : 0;
     // offset 12 is a snapshot record's part count, reserved (0) in the other types
     const known = type === TYPE_CHANGE || type === TYPE_SNAPSHOT || type === TYPE_SNAPSHOT_PART;
-    if (!known || h[5] !== 0 || h.readUInt16BE(6) !== 0 || (type !== TYPE_SNAPSHOT && h.readUInt32BE(12) !== 0)) {
+    const flags = h[5]!;
+    const okFlags = this.crypt
+      ? (flags & FLAG_ENCRYPTED) !== 0 && (flags & ~(FLAG_ENCRYPTED | (type === TYPE_CHANGE ? FLAG_PRAGMA_ONLY : 0))) === 0
+      : flags === 0;
+    if (!known || !okFlags || h.readUInt16BE(6) !== 0 || (type !== TYPE_SNAPSHOT && h.readUInt32BE(12) !== 0)) {
       throw this.damaged(off, 'uses a type or flags this clnvault does not know (written by a newer clnvault?)');
     }
     if (length > limit - off - RECORD_OVERHEAD) throw this.damaged(off, `claims ${length} bytes, past the end of the data`);
@@ -153,12 +164,16 @@ export class EntryWalker {
     if (t.readUInt32BE(0) * TWO_32 + t.readUInt32BE(4) !== length) throw this.damaged(off, 'has a trailer that does not match its length');
     const payloadAt = off + RECORD_HEADER_LEN;
     let pragmaOnly = false;
-    if (type === TYPE_CHANGE && length < PRAGMA_PROBE_MAX) {
+    if (this.crypt) {
+      // the header says it (authenticated with the record); the payload is ciphertext
+      pragmaOnly = type === TYPE_CHANGE && (flags & FLAG_PRAGMA_ONLY) !== 0;
+      if (length < prefixLen(type) + TAG_LEN) throw this.damaged(off, 'is too short for an encrypted record');
+    } else if (type === TYPE_CHANGE && length < PRAGMA_PROBE_MAX) {
       const p = this.view(payloadAt, length, limit);
       if (crc32(p) !== crc) throw this.damaged(off, 'fails its payload checksum');
       pragmaOnly = isPragmaOnly(decodeChangePayload(p));
     }
-    return { offset: off, end, kind: type === TYPE_CHANGE ? 'change' : 'snapshot', version, pragmaOnly, payloadAt, length, crc, type, partCount };
+    return { offset: off, end, kind: type === TYPE_CHANGE ? 'change' : 'snapshot', version, pragmaOnly, payloadAt, length, crc, type, partCount, flags };
   }
 
   private v1At(off: number, limit: number): EntryDesc {
@@ -187,6 +202,7 @@ export class EntryWalker {
    */
   pragmaOnly(d: EntryDesc): boolean {
     if (d.kind !== 'change') return false;
+    if (this.crypt) return d.pragmaOnly;
     if (d.length < PRAGMA_PROBE_MAX) return d.pragmaOnly;
     try {
       // a record the window holds is checked (CRC) and decoded whole; a larger one statement by statement
@@ -199,9 +215,17 @@ export class EntryWalker {
 
   /** The statements of a change entry, checked. */
   statements(d: EntryDesc): string[] {
-    const p = Buffer.allocUnsafe(d.length);
+    let p: Buffer = Buffer.allocUnsafe(d.length);
     this.readAt(p, d.length, d.payloadAt);
     if (d.crc !== null && crc32(p) !== d.crc) throw this.damaged(d.offset, 'fails its payload checksum');
+    if (this.crypt) {
+      try {
+        p = this.crypt.open(this.meta(d), p).plain;
+      } catch (e) {
+        if (e instanceof AuthError) throw this.damaged(d.offset, `fails authentication (${e.message})`);
+        throw e;
+      }
+    }
     try {
       if (this.format === 'v2') return decodeChangePayload(p);
       return utf8.decode(p).split('\u0000');
@@ -216,6 +240,10 @@ export class EntryWalker {
       for (const r of d.records) this.snapshotChunks(r, sink);
       return;
     }
+    if (this.crypt) {
+      this.decryptChunks(d, sink);
+      return;
+    }
     const chunk = Buffer.allocUnsafe(Math.min(WINDOW, Math.max(1, d.length)));
     let crc = 0;
     for (let done = 0; done < d.length; ) {
@@ -227,5 +255,52 @@ export class EntryWalker {
       done += n;
     }
     if (d.crc !== null && crc !== d.crc) throw this.damaged(d.offset, 'fails its payload checksum');
+  }
+
+  /** The record's header fields its encryption authenticates. */
+  private meta(d: EntryDesc): { type: number; flags: number; version: number; parts: number } {
+    return { type: d.type!, flags: d.flags!, version: d.version, parts: d.type === TYPE_SNAPSHOT ? d.partCount! : 0 };
+  }
+
+  /** An encrypted record's prefix (salt, counter, time, prev, link) and tag, read without decrypting: for the chain. */
+  chainOf(d: EntryDesc): { prefix: Prefix; tag: Buffer } {
+    const p = prefixLen(d.type!);
+    const prefix = Buffer.allocUnsafe(p);
+    this.readAt(prefix, p, d.payloadAt);
+    const tag = Buffer.allocUnsafe(TAG_LEN);
+    this.readAt(tag, TAG_LEN, d.payloadAt + d.length - TAG_LEN);
+    return { prefix: parsePrefix(prefix, d.type!), tag };
+  }
+
+  /**
+   * Streams an encrypted record's plaintext to `sink`, checking its CRC and authenticating it (the sink
+   * may see plaintext before the tag is checked at the end: callers discard their output on a throw).
+   */
+  decryptChunks(d: EntryDesc, sink: (chunk: Buffer) => void): void {
+    const crypt = this.crypt!;
+    const p = prefixLen(d.type!);
+    const prefix = Buffer.allocUnsafe(p);
+    this.readAt(prefix, p, d.payloadAt);
+    const tag = Buffer.allocUnsafe(TAG_LEN);
+    this.readAt(tag, TAG_LEN, d.payloadAt + d.length - TAG_LEN);
+    let crc = crc32(prefix);
+    const dec = crypt.decipher(this.meta(d), prefix);
+    dec.setAuthTag(tag);
+    const ctLen = d.length - p - TAG_LEN;
+    const chunk = Buffer.allocUnsafe(Math.min(WINDOW, Math.max(1, ctLen)));
+    for (let done = 0; done < ctLen; ) {
+      const n = Math.min(chunk.length, ctLen - done);
+      this.readAt(chunk, n, d.payloadAt + p + done);
+      crc = crc32(chunk.subarray(0, n), crc);
+      sink(dec.update(chunk.subarray(0, n)));
+      done += n;
+    }
+    crc = crc32(tag, crc);
+    if (d.crc !== null && crc !== d.crc) throw this.damaged(d.offset, 'fails its payload checksum');
+    try {
+      dec.final();
+    } catch {
+      throw this.damaged(d.offset, 'fails authentication (wrong key, or damaged or forged)');
+    }
   }
 }

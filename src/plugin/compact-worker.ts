@@ -77,7 +77,12 @@ parentPort!.on('message', (req: WorkerRequest) => {
         failedAfterSwap: (message) => markFailed(v, message),
         log: (level, message) => log(level, `clnvault: ${message}`),
       },
-      { format: data.format, history: data.history, segmentBytes: data.segmentBytes },
+      {
+        format: data.format,
+        history: data.history,
+        segmentBytes: data.segmentBytes,
+        key: data.key ? { key: Buffer.from(data.key.key), kind: data.key.kind, fingerprint: data.key.fingerprint } : null,
+      },
     );
     Atomics.store(v.i32, RUNNING, 0);
     if (req.id !== null) sendResult(req.id, outcome.stats);

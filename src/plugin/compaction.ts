@@ -24,6 +24,7 @@ import { BackupError } from '../engine/entries.js';
 import { DB_NAME } from '../engine/live-db.js';
 import type { Problem } from '../engine/entries.js';
 import { shareStdout, type RpcId } from './output.js';
+import type { KeyLike } from '../crypto/backup-crypt.js';
 
 /**
  * The main thread's half of online compaction. The writer is wrapped so that every append and rewind
@@ -53,6 +54,8 @@ export interface WorkerData {
   history: number;
   /** v2: the writer's segment size, which the compacted backup keeps */
   segmentBytes?: number;
+  /** an encrypted backup's key (the worker decrypts to replay; never logged) */
+  key?: { key: Uint8Array; kind: string; fingerprint: string } | null;
 }
 
 export type WorkerRequest = { id: RpcId | null };
@@ -75,6 +78,7 @@ export class PluginCompaction {
     private readonly cwd: string,
     private readonly config: CompactionConfig,
     private readonly log: (level: 'info' | 'warn' | 'error', msg: string) => void,
+    private readonly key: KeyLike | null = null,
   ) {
     publishEnd(this.v, inner.endOffset());
     publishIdentity(this.v, identityOf(inner.location));
@@ -144,6 +148,7 @@ export class PluginCompaction {
           format: this.inner.format,
           history: this.config.history,
           segmentBytes: (this.inner as { segmentBytes?: number }).segmentBytes,
+          key: this.key ? { key: this.key.key, kind: this.key.kind, fingerprint: this.key.fingerprint } : null,
         };
         // From now on two threads write to fd 1: whole messages must not interleave. Until a worker
         // exists, replies skip the lock.

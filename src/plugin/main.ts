@@ -28,11 +28,10 @@ async function main(): Promise<void> {
   const startup = await prepareBackup(process.cwd());
   // Online compaction: every write goes through the wrapper, which coordinates with the worker thread.
   let compaction: PluginCompaction | null = null;
-  // online compaction of an encrypted backup is not implemented yet (it would copy records across chains)
-  if (startup.writer !== null && isReopenable(startup.writer) && startup.encryption === null) {
+  if (startup.writer !== null && isReopenable(startup.writer)) {
     const { config, problems } = readCompactionConfig(process.cwd());
     for (const p of problems) startup.logs.push({ level: 'warn', message: p });
-    compaction = new PluginCompaction(startup.writer, process.cwd(), config, (level, msg) => log(level, `clnvault: ${msg}`));
+    compaction = new PluginCompaction(startup.writer, process.cwd(), config, (level, msg) => log(level, `clnvault: ${msg}`), startup.encryption?.key ?? null);
     startup.writer = compaction.writer;
   }
   const handler = new DbWriteHandler(

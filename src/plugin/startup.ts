@@ -8,6 +8,7 @@ import { readSegmentBytes } from '../backends/file/segments.js';
 import { ackCount, parseListen, readBackupLock, type BackupLock } from '../engine/backup-lock.js';
 import { MultiWriter } from '../backends/multi/writer.js';
 import { keyFromLock } from '../crypto/lock-key.js';
+import type { BackupKey } from '../crypto/keys.js';
 import { DB_NAME, readDataVersion, snapshotDatabase } from '../engine/live-db.js';
 import { serialDiff } from '../engine/versions.js';
 import { isWalDatabase, type DeferredRebaseline } from './rebaseline.js';
@@ -33,8 +34,8 @@ export interface Startup {
   url: string | null;
   /** the node is ahead and the snapshot is taken in the first db_write hook (src/plugin/rebaseline.ts) */
   deferredRebaseline: DeferredRebaseline | null;
-  /** an encrypted backup: the key's fingerprint (never the key) */
-  encryption: { fingerprint: string } | null;
+  /** an encrypted backup: the key's fingerprint, and the key for the compaction worker (never logged) */
+  encryption: { fingerprint: string; key: BackupKey } | null;
 }
 
 /**
@@ -63,7 +64,7 @@ export async function prepareBackup(cwd: string): Promise<Startup> {
       (remoteLog ?? ((l, m) => logs.push({ level: l, message: m })))(level, message);
     // the key before the first db_write (which comes before init): without it nothing is written at all
     const key = lock.encrypt ? keyFromLock(cwd, lock.encrypt) : null;
-    if (key) out.encryption = { fingerprint: key.fingerprint };
+    if (key) out.encryption = { fingerprint: key.fingerprint, key };
     if (key && lock.destinations !== undefined) {
       throw new Error('"encrypt" with several "destinations" is not supported yet (docs/encryption.md): list one destination, or drop "encrypt"');
     }

@@ -450,7 +450,11 @@ export class SegmentedWriter implements BackupWriter {
     this.header = set.first;
     const flags = set.first.flags ?? 0;
     const enc = flags & FILE_FLAG_ENCRYPTED ? { kind: set.first.ext![0]!, fingerprint: set.first.ext!.subarray(4, 12) } : null;
-    // once per writer: a reopen after compaction keeps the session (its counter goes on)
+    // once per writer: a reopen after compaction keeps the session (its counter goes on); a file swapped in
+    // under another key (a rotation while this writer was open) is refused rather than written with the old one
+    if (this.crypt && enc && this.crypt.fingerprint !== enc.fingerprint.toString('hex')) {
+      throw new BackupError(`${this.location} is now encrypted with another key (fingerprint ${enc.fingerprint.toString('hex')}): reopen it with that key`, this.location, 52);
+    }
     this.crypt ??= cryptFor(this.location, enc, set.first.backupId, this.key, true);
     this.segments = set.segments;
     this.before = 0;
