@@ -164,6 +164,19 @@ describe('encrypted: recorded CLN v26.06.6 traffic → plugin → clnvault resto
       assert.equal(restoreDump(n).dump, readFileSync(join(CLN, expected), 'utf8'));
       const files = assertNoPlaintext(n.bkDir, sessionNeedles(transcripts));
       assert.ok(files >= 1);
+      if (name.startsWith('session-abort')) {
+        // clnvault status: says encrypted, and a backup.lock naming another key is caught before the node starts
+        const st = cli(['status', '--json', '--lightning-dir', n.netDir], n.dir);
+        const j = JSON.parse(st.stdout);
+        assert.equal(j.backup.encryption.keyKind, 'key-file', st.stdout);
+        assert.match(j.backup.encryption.keyFingerprint, /^[0-9a-f]{16}$/);
+        const other = join(n.dir, 'keys', 'other.key');
+        writeKeyFile(other);
+        writeFileSync(join(n.netDir, 'backup.lock'), JSON.stringify({ backend_url: n.url, encrypt: { key_file: other } }));
+        const bad = cli(['status', '--json', '--lightning-dir', n.netDir], n.dir);
+        assert.notEqual(bad.code, 0);
+        assert.equal(JSON.parse(bad.stdout).state, 'wrong-key', bad.stdout);
+      }
     });
   }
 

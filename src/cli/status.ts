@@ -6,6 +6,9 @@ import { pathToFileURL } from 'node:url';
 import { backupPath, isRemoteUrl, openReader } from '../backends/open.js';
 import { redact } from '../backends/postgres/url.js';
 import { lockPath, readBackupLock, type BackupLock } from '../engine/backup-lock.js';
+import { encryptionOf } from '../crypto/authenticate.js';
+import { describeKey } from '../crypto/backup-crypt.js';
+import { describeSetting, keyFromLock } from '../crypto/lock-key.js';
 import { DB_NAME } from '../engine/live-db.js';
 import { nodeRunning } from '../engine/node-running.js';
 import { serialDiff } from '../engine/versions.js';
@@ -60,6 +63,8 @@ type State =
   | 'no-lock'
   | 'no-backup'
   | 'backup-damaged'
+  /** backup.lock and the backup disagree about encryption, or the key it names is not the backup's */
+  | 'wrong-key'
   | 'no-access'
   | 'not-backing-up';
 
@@ -74,7 +79,17 @@ export interface StatusReport {
   /** what showed it running, null when not running */
   runningEvidence: string | null;
   lock: (BackupLock & { path: string }) | null;
-  backup: { url: string; path: string; format: string; head: number; headKind: 'change' | 'snapshot' | null; entries: number; bytes: number } | null;
+  backup: {
+    url: string;
+    path: string;
+    format: string;
+    head: number;
+    headKind: 'change' | 'snapshot' | null;
+    entries: number;
+    bytes: number;
+    /** an encrypted backup: the key its header names (docs/encryption.md) */
+    encryption?: { keyKind: string; keyFingerprint: string } | null;
+  } | null;
   node: { db: string; dataVersion: number } | null;
   /** several destinations: each one's head; the verdict above is about the most advanced readable one */
   destinations?: Array<{ index: number; url: string; head: number | null; behind: number | null; error: string | null }>;
@@ -107,7 +122,10 @@ export const statusCommand: Command = {
     if (values.json) printJson(r);
     else {
       out(r.message);
-      if (r.backup) out(`  backup  ${r.backup.path} (${r.backup.url}; ${r.backup.format}, head version ${r.backup.head}, ${r.backup.entries} entries)`);
+      if (r.backup) {
+        const e = r.backup.encryption;
+        out(`  backup  ${r.backup.path} (${r.backup.url}; ${r.backup.format}${e ? `, encrypted with a ${e.keyKind} key, fingerprint ${e.keyFingerprint}` : ''}, head version ${r.backup.head}, ${r.backup.entries} entries)`);
+      }
       if (r.node) out(`  node    ${r.node.db} (data_version ${r.node.dataVersion}${r.running ? `; running: ${r.runningEvidence}` : '; lightningd not running'})`);
       for (const d of r.destinations ?? []) {
         out(
@@ -216,6 +234,8 @@ async function status(dir: string): Promise<StatusReport> {
         headKind = h.kind;
       });
       r.backup.headKind = headKind;
+      const enc = encryptionOf(reader);
+      r.backup.encryption = enc ? { keyKind: describeKey(enc).kind, keyFingerprint: describeKey(enc).fingerprint } : null;
     } finally {
       reader.close();
     }
@@ -225,6 +245,25 @@ async function status(dir: string): Promise<StatusReport> {
       false,
       `the backup ${path} cannot be used: ${(e as Error).message}. Run 'clnvault inspect ${absUrl}' for details`,
     );
+  }
+
+  // the plugin refuses to start when backup.lock and the backup disagree about encryption or the key
+  const enc = r.backup?.encryption ?? null;
+  if (enc && !lock.encrypt) {
+    return set('wrong-key', false, `the backup ${path} is encrypted (${enc.keyKind} key, fingerprint ${enc.keyFingerprint}) but ${lockPath(dir)} has no "encrypt" setting: the plugin will refuse to write. Add "encrypt": {"key": "hsm_secret"} or {"key_file": "/path/to/key"}`);
+  }
+  if (!enc && lock.encrypt) {
+    return set('wrong-key', false, `${lockPath(dir)} says "encrypt" but the backup ${path} is not encrypted: the plugin will refuse to write. Remove "encrypt" from backup.lock, or start an encrypted backup with 'clnvault init --encrypt'`);
+  }
+  if (enc && lock.encrypt) {
+    try {
+      const k = keyFromLock(dir, lock.encrypt);
+      if (k.fingerprint !== enc.keyFingerprint) {
+        return set('wrong-key', false, `the key backup.lock names (${describeSetting(lock.encrypt)}, fingerprint ${k.fingerprint}) is not the backup's (fingerprint ${enc.keyFingerprint}): the plugin will refuse to write. Point "encrypt" in ${lockPath(dir)} at the backup's key`);
+      }
+    } catch (e) {
+      return set('wrong-key', false, `the plugin cannot read the key backup.lock names (${describeSetting(lock.encrypt)}): ${(e as Error).message}`);
+    }
   }
 
   if (!existsSync(dbPath)) {
