@@ -68,10 +68,17 @@ export interface PluginRun {
   rssKb: number;
 }
 
-async function startPlugin(dir: string, command?: readonly string[]): Promise<{ d: FifoDriver; nd: string; startupMs: number }> {
-  const nd = mkdtempSync(join(dir, 'nd-'));
+/** Makes the backup and backup.lock in a fresh network dir `nd` (default: an empty plain v2 backup). */
+export type Prepare = (nd: string) => void;
+
+function preparePlain(nd: string): void {
   createV2(join(nd, 'backup.bkp'));
   writeFileSync(join(nd, 'backup.lock'), JSON.stringify({ backend_url: `file://${join(nd, 'backup.bkp')}` }));
+}
+
+async function startPlugin(dir: string, command?: readonly string[], prepare: Prepare = preparePlain): Promise<{ d: FifoDriver; nd: string; startupMs: number }> {
+  const nd = mkdtempSync(join(dir, 'nd-'));
+  prepare(nd);
   const d = new FifoDriver(nd, command);
   const r = d.call(`{"jsonrpc":"2.0","id":"cln:getmanifest#1","method":"getmanifest","params":{"allow-deprecated-apis":false}}\n\n`, 'cln:getmanifest#1');
   const startupMs = Number(process.hrtime.bigint() - d.spawnedAt) / 1e6;
@@ -86,9 +93,9 @@ async function startPlugin(dir: string, command?: readonly string[]): Promise<{ 
  * cost reported separately as warmupCpuUsPerCall. Every size takes the same code path, so 1 KB calls
  * warm it up for 100 KB ones too, without writing gigabytes first.
  */
-export async function runPlugin(dir: string, bytes: number, n: number, warmup = 50, command?: readonly string[]): Promise<PluginRun> {
+export async function runPlugin(dir: string, bytes: number, n: number, warmup = 50, command?: readonly string[], prepare?: Prepare): Promise<PluginRun> {
   if (warmup >= n) throw new Error(`warm-up (${warmup}) must be shorter than the run (${n})`);
-  const { d, nd } = await startPlugin(dir, command);
+  const { d, nd } = await startPlugin(dir, command, prepare);
   const msgs: Buffer[] = [];
   const ids: string[] = [];
   for (let dv = 1; dv <= n; dv++) {

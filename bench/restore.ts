@@ -59,7 +59,7 @@ export interface RestoreBenchResult {
   runs: RestoreRun[];
 }
 
-const SCHEMA = [
+export const SCHEMA = [
   'CREATE TABLE vars (name TEXT, val TEXT, intval INTEGER, blobval BLOB, PRIMARY KEY (name))',
   `INSERT INTO vars (name, intval) VALUES ('data_version', 0)`,
   `INSERT INTO vars (name, intval) VALUES ('last_invoices_created_index', 0)`,
@@ -75,7 +75,7 @@ function hex(n: number, bytes: number): string {
 }
 
 /** Transaction `i` (data_version i+1): the shape of a CLN `invoice` batch, about 1 KB. */
-function invoiceBatch(i: number): string[] {
+export function invoiceBatch(i: number): string[] {
   const bolt11 = `lnbcrt${i}n1pj${hex(i * 2654435761, 122)}`;
   return [
     `UPDATE vars SET intval=${i} WHERE name='last_invoices_created_index';`,

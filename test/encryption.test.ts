@@ -345,11 +345,19 @@ describe('encrypted: tampering is detected', () => {
     const orecs = smallBackup(other, key, 4);
     const ob = readFileSync(other);
     const spliced = Buffer.concat([head, at(0), ob.subarray(orecs[1]![0], orecs[1]![1]), at(2), at(3)]);
-    refused(restoreOf(spliced), recs[1]![0], 1, /fails authentication/);
+    refused(restoreOf(spliced), recs[1]![0], 1, /fails authentication|breaks the chain/);
     const third = join(dir, 'third.bkp');
     const trecs = smallBackup(third, otherKey, 4);
     const tb = readFileSync(third);
-    refused(restoreOf(Buffer.concat([head, at(0), tb.subarray(trecs[1]![0], trecs[1]![1]), at(2), at(3)])), recs[1]![0], 1, /fails authentication/);
+    refused(restoreOf(Buffer.concat([head, at(0), tb.subarray(trecs[1]![0], trecs[1]![1]), at(2), at(3)])), recs[1]![0], 1, /fails authentication|breaks the chain/);
+  });
+
+  it('a forged record (checksums recomputed) is refused by restore with its offset and the last authenticated version', () => {
+    const b = Buffer.from(good);
+    const [start, end] = recs[2]!;
+    b[start + 32 + 60] ^= 0x01;
+    fixChecksums(b, start, end);
+    refused(restoreOf(b), start, 2, /fails authentication/);
   });
 
   it('a dropped tail restores the authenticated prefix and says how new it is', () => {

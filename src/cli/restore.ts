@@ -147,7 +147,8 @@ export const restoreCommand: Command = {
     }
     let auth: AuthResult | null;
     try {
-      auth = unlockAndAuthenticate(reader, key);
+      // the chain here; every record the restore applies is decrypted and authenticated as it is read
+      auth = unlockAndAuthenticate(reader, key, 'chain');
     } catch (e) {
       reader.close();
       throw new CliError(`${(e as Error).message}. Nothing was written to ${dest}`);

@@ -101,6 +101,11 @@ export class RecordCrypt {
   private readonly aad = Buffer.alloc(16 + 1 + 1 + 4 + 4 + SNAPSHOT_PREFIX_LEN);
   private readonly nonce = Buffer.alloc(12);
   private readonly keys = new Map<string, Buffer>();
+  /** the subkey asked for last: consecutive records nearly always come from the same session */
+  private lastSalt: Buffer | null = null;
+  /** the last record a reader decrypted and authenticated (for messages: "last authenticated version V") */
+  lastAuthenticated: { version: number; timeMs: number } | null = null;
+  private lastKey: Buffer | null = null;
 
   constructor(
     private readonly master: Buffer,
@@ -113,6 +118,7 @@ export class RecordCrypt {
   }
 
   private subkey(salt: Buffer): Buffer {
+    if (this.lastSalt !== null && salt.equals(this.lastSalt)) return this.lastKey!;
     const id = salt.toString('hex');
     let k = this.keys.get(id);
     if (!k) {
@@ -121,6 +127,8 @@ export class RecordCrypt {
       if (this.keys.size >= 4096) this.keys.clear();
       this.keys.set(id, k);
     }
+    this.lastSalt = Buffer.from(salt);
+    this.lastKey = k;
     return k;
   }
 
@@ -220,7 +228,7 @@ export class RecordCrypt {
   }
 
   /** Decrypts and authenticates a whole stored payload; throws AuthError. */
-  open(m: RecordMeta, stored: Buffer): { plain: Buffer; prefix: Prefix; tag: Buffer } {
+  open(m: RecordMeta, stored: Buffer): { plain: Buffer } {
     const p = prefixLen(m.type);
     if (stored.length < p + TAG_LEN) throw new AuthError(`an encrypted payload of ${stored.length} bytes is shorter than its ${p + TAG_LEN}-byte frame`);
     const d = this.decipher(m, stored.subarray(0, p));
@@ -232,16 +240,23 @@ export class RecordCrypt {
     } catch {
       throw new AuthError('authentication failed (wrong key, or the record was damaged or forged)');
     }
-    return { plain: a, prefix: parsePrefix(stored, m.type), tag };
+    return { plain: a };
   }
 
   /** A decipher for a streamed payload: `prefix` read first, the tag (last 16 bytes) set before final(). */
   decipher(m: RecordMeta, prefix: Buffer): DecipherGCM {
-    const pr = parsePrefix(prefix, m.type);
-    const d = nc().createDecipheriv('aes-256-gcm', this.subkey(pr.salt), this.setNonce(pr.counter), { authTagLength: TAG_LEN });
+    // the nonce is the stored counter's 8 bytes behind 4 zero bytes: copied, not parsed
+    this.nonce.writeUInt32BE(0, 0);
+    prefix.copy(this.nonce, 4, 16, 24);
+    const d = nc().createDecipheriv('aes-256-gcm', this.subkey(prefix.subarray(0, SALT_LEN)), this.nonce, { authTagLength: TAG_LEN });
     d.setAAD(this.setAad(m, prefix));
     return d;
   }
+}
+
+/** "last authenticated version V, written at T" for a message about the record after it. */
+export function lastAuthText(a: { version: number; timeMs: number } | null): string {
+  return a === null ? 'no record before it authenticated' : `last authenticated version ${a.version}, written at ${new Date(a.timeMs).toISOString()}`;
 }
 
 /** A chain check over the data records of a backup, in order (docs/encryption.md, "Chain"). */
@@ -264,5 +279,27 @@ export class ChainCheck {
     this.newestVersion = version;
     this.newestTimeMs = prefix.timeMs;
     this.records++;
+  }
+
+  /**
+   * The chain-only step over views of a stored record (no allocation): `prefixView` its prefix, `tagAt`
+   * a function giving its tag (read only when the link is the tag). Null when it follows, else why not.
+   */
+  step(type: number, version: number, prefixView: Buffer, tagAt: () => Buffer): string | null {
+    const why = this.followsRaw(prefixView.subarray(32, 48));
+    if (why !== null) return why;
+    const link = type === TYPE_SNAPSHOT ? prefixView.subarray(48, 64) : null;
+    if (link !== null && !link.equals(ZERO_LINK)) link.copy(this.expected);
+    else tagAt().copy(this.expected);
+    this.newestVersion = version;
+    this.records++;
+    return null;
+  }
+
+  private followsRaw(prev: Buffer): string | null {
+    if (prev.equals(this.expected)) return null;
+    return prev.equals(ZERO_LINK)
+      ? 'it starts a chain of its own (a record from another backup or an older file, or records before it are missing)'
+      : 'it does not follow the record before it (a record dropped, reordered, replayed, or taken from another backup)';
   }
 }

@@ -10,7 +10,7 @@ import { Grouper } from './group.js';
 import { asBackupError, readFully } from './io.js';
 import { readFileHeader, scanRecords, type RecordInfo, type ScanResult } from './scan.js';
 import { FLAG_ENCRYPTED, FLAG_PRAGMA_ONLY, type FileEncryption } from './codec.js';
-import { AuthError, parsePrefix, prefixLen, TAG_LEN, type Prefix, type RecordCrypt } from '../../../crypto/records.js';
+import { AuthError, lastAuthText, parsePrefix, prefixLen, TAG_LEN, type ChainCheck, type Prefix, type RecordCrypt } from '../../../crypto/records.js';
 
 /**
  * The v2 reader: one full forward scan at open (every record checked, nothing per record kept), then
@@ -182,7 +182,15 @@ export class V2Reader implements BackupReader {
   }
 
   private authFailed(r: RecordInfo, why: string): BackupError {
-    return new BackupError(`${this.location}: the record at offset ${r.offset} (version ${r.version}) fails authentication: ${why}`, this.location, r.offset);
+    return new BackupError(
+      `${this.location}: the record at offset ${r.offset} (version ${r.version}) fails authentication: ${why} (${lastAuthText(this.crypt?.lastAuthenticated ?? null)})`,
+      this.location,
+      r.offset,
+    );
+  }
+
+  private authenticated(r: RecordInfo, storedPayloadStart: Buffer): void {
+    this.crypt!.lastAuthenticated = { version: r.version, timeMs: storedPayloadStart.readUInt32BE(24) * 0x1_0000_0000 + storedPayloadStart.readUInt32BE(28) };
   }
 
   /**
@@ -213,7 +221,16 @@ export class V2Reader implements BackupReader {
     } catch {
       throw this.authFailed(r, 'wrong key, or the record was damaged or forged');
     }
+    this.authenticated(r, prefixBuf);
     return { prefix: parsePrefix(prefixBuf, r.type), tag };
+  }
+
+  /** The chain-only step for record `r` from its stored prefix and tag (not authenticated here), through the read-ahead window. */
+  chainStep(r: RecordInfo, chain: ChainCheck): string | null {
+    const p = prefixLen(r.type);
+    if (r.length < p + TAG_LEN) return `its payload of ${r.length} bytes is shorter than an encrypted record's frame`;
+    const at = r.offset + RECORD_HEADER_LEN;
+    return chain.step(r.type, r.version, this.ahead.get(at, p), () => this.ahead.get(at + r.length - TAG_LEN, TAG_LEN));
   }
 
   private meta(r: RecordInfo): { type: number; flags: number; version: number; parts: number } {
@@ -441,7 +458,9 @@ export class V2Reader implements BackupReader {
     }
     if (this.encryption !== null) {
       try {
-        payload = this.needKey(r.offset).open(this.meta(r), payload).plain;
+        const stored = payload;
+        payload = this.needKey(r.offset).open(this.meta(r), stored).plain;
+        this.authenticated(r, stored);
       } catch (e) {
         if (e instanceof AuthError) throw this.authFailed(r, 'wrong key, or the record was damaged or forged');
         throw e;
@@ -514,6 +533,7 @@ export class V2Reader implements BackupReader {
       // the caller removes the output file: nothing unauthenticated is left behind
       throw this.authFailed(r, 'wrong key, or the record was damaged or forged');
     }
+    this.authenticated(r, prefixBuf);
     return written;
   }
 

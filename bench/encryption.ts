@@ -1,0 +1,200 @@
+/**
+ * What encryption costs (issue 13, docs/encryption.md): db_write round trips through the real plugin
+ * with and without encryption at 1 KB and 100 KB (p50, p99, CPU per call), and restore throughput of an
+ * encrypted backup against the same backup in clear. Plain and encrypted runs alternate, round by round,
+ * so both see the same background load; the load average is printed beside the figures.
+ *
+ *   node dist/bench/encryption.js [--dir DIR] [--n1k N] [--n100k N] [--warmup N] [--rounds N] [--transactions N]
+ *
+ * Targets: encrypted p50 within 1.1x of plain at 1 KB; restore rate at least 0.8x of plain.
+ */
+import { spawnSync } from 'node:child_process';
+import { closeSync, mkdtempSync, openSync, readSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { loadavg, tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath, pathToFileURL } from 'node:url';
+import { parseArgs } from 'node:util';
+import { changePayloadLength, createV2, encodeChangeRecord, RECORD_HEADER_LEN, RECORD_OVERHEAD, TYPE_CHANGE, V2Reader } from '../src/backends/file/v2.js';
+import { encodeChangePayloadAt, encodeRecordHeader, FLAG_ENCRYPTED, FLAG_PRAGMA_ONLY, writeU64 } from '../src/backends/file/v2/codec.js';
+import { writeFully } from '../src/backends/file/fsutil.js';
+import { SegmentedReader } from '../src/backends/file/segments.js';
+import { encOverhead, keyKindCode, prefixLen, RecordCrypt } from '../src/crypto/records.js';
+import { unlockAndAuthenticate } from '../src/crypto/authenticate.js';
+import { keyFromKeyFile, writeKeyFile, type BackupKey } from '../src/crypto/keys.js';
+import { isPragmaOnly } from '../src/engine/versions.js';
+import { restoreBackup } from '../src/restore/restore.js';
+import { crc32 } from 'node:zlib';
+import { runPlugin, type PluginRun } from './plugin.js';
+import { invoiceBatch, SCHEMA } from './restore.js';
+import { fmtUs } from './stats.js';
+
+function prepareEncrypted(nd: string): void {
+  const key = writeKeyFile(join(nd, 'backup.key'));
+  createV2(join(nd, 'backup.bkp'), { kind: keyKindCode(key.kind), fingerprint: Buffer.from(key.fingerprint, 'hex') });
+  writeFileSync(join(nd, 'backup.lock'), JSON.stringify({ backend_url: `file://${join(nd, 'backup.bkp')}`, encrypt: { key_file: join(nd, 'backup.key') } }));
+}
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.floor((s.length - 1) / 2)]!;
+}
+
+interface Pair {
+  label: string;
+  plain: PluginRun[];
+  enc: PluginRun[];
+  load: number[];
+}
+
+async function hookBench(dir: string, n1k: number, n100k: number, warmup: number, rounds: number, say: (s: string) => void): Promise<Pair[]> {
+  const out: Pair[] = [];
+  for (const [label, bytes, n] of [['1 KB', 1024, n1k], ['100 KB', 100 * 1024, n100k]] as const) {
+    const pair: Pair = { label, plain: [], enc: [], load: [] };
+    for (let r = 0; r < rounds; r++) {
+      pair.load.push(loadavg()[0]!);
+      // alternate which goes first, so neither always runs on a warmer disk
+      const first = r % 2 === 0;
+      const a = await runPlugin(dir, bytes, warmup + n, warmup, undefined, first ? undefined : prepareEncrypted);
+      const b = await runPlugin(dir, bytes, warmup + n, warmup, undefined, first ? prepareEncrypted : undefined);
+      pair.plain.push(first ? a : b);
+      pair.enc.push(first ? b : a);
+    }
+    const p50p = median(pair.plain.map((x) => x.latencyUs.p50));
+    const p50e = median(pair.enc.map((x) => x.latencyUs.p50));
+    const cpup = median(pair.plain.map((x) => x.cpuUsPerCall));
+    const cpue = median(pair.enc.map((x) => x.cpuUsPerCall));
+    say(`\n${label} db_write (${n} calls after ${warmup} warm-up, median of ${rounds} alternating rounds; load ${pair.load.map((l) => l.toFixed(2)).join(', ')}):`);
+    say(`  plain      p50 ${fmtUs(p50p)}  p99 ${fmtUs(median(pair.plain.map((x) => x.latencyUs.p99)))}  CPU ${fmtUs(cpup)}/call`);
+    say(`  encrypted  p50 ${fmtUs(p50e)}  p99 ${fmtUs(median(pair.enc.map((x) => x.latencyUs.p99)))}  CPU ${fmtUs(cpue)}/call`);
+    say(`  ratio      p50 ${(p50e / p50p).toFixed(3)}x${label === '1 KB' ? ' (target <= 1.1x)' : ''}  CPU +${fmtUs(cpue - cpup)}/call`);
+    out.push(pair);
+  }
+  return out;
+}
+
+/**
+ * The restore bench's invoice batches as a backup, plain or encrypted (`master`: the writer's own record
+ * layout, V2Writer.encryptChange's steps), in big writes: a per-append fdatasync would only slow generation.
+ */
+export function generate(path: string, n: number, master: BackupKey | null): void {
+  createV2(path, master ? { kind: keyKindCode(master.kind), fingerprint: Buffer.from(master.fingerprint, 'hex') } : null);
+  const fd = openSync(path, 'r+');
+  const header = Buffer.alloc(64);
+  readSync(fd, header, 0, 64, 0);
+  // the backup id is in every record's AAD
+  const key = master ? new RecordCrypt(master.key, header.subarray(16, 32), master.fingerprint) : null;
+  let at = statSync(path).size;
+  let chunk: Buffer[] = [];
+  let bytes = 0;
+  const flush = (): void => {
+    const b = Buffer.concat(chunk, bytes);
+    writeFully(fd, b, at);
+    at += b.length;
+    chunk = [];
+    bytes = 0;
+  };
+  const add = (version: number, stmts: string[]): void => {
+    let rec: Buffer;
+    if (key === null) rec = encodeChangeRecord(version, stmts);
+    else {
+      const len = changePayloadLength(stmts);
+      rec = Buffer.allocUnsafe(RECORD_OVERHEAD + len + encOverhead(TYPE_CHANGE));
+      encodeChangePayloadAt(rec, RECORD_HEADER_LEN + prefixLen(TYPE_CHANGE), stmts, len);
+      const flags = FLAG_ENCRYPTED | (isPragmaOnly(stmts) ? FLAG_PRAGMA_ONLY : 0);
+      const stored = key.sealInPlace(rec, RECORD_HEADER_LEN, { type: TYPE_CHANGE, flags, version, parts: 0 }, len);
+      encodeRecordHeader(rec, TYPE_CHANGE, version, stored, crc32(rec.subarray(RECORD_HEADER_LEN, RECORD_HEADER_LEN + stored)), 0, flags);
+      writeU64(rec, stored, RECORD_HEADER_LEN + stored);
+      key.committed();
+    }
+    chunk.push(rec);
+    bytes += rec.length;
+    if (bytes >= 4 << 20) flush();
+  };
+  try {
+    add(1, SCHEMA);
+    for (let i = 1; i <= n; i++) add(i + 1, invoiceBatch(i));
+    flush();
+  } finally {
+    closeSync(fd);
+  }
+}
+
+interface ChildResult {
+  ms: number;
+  cpuMs: number;
+  head: number;
+}
+
+/** In the child: open (scan), authenticate (encrypted), plan, replay, checks; as `clnvault restore` does. */
+function child(backup: string, dest: string, keyPath: string | null): ChildResult {
+  const t0 = performance.now();
+  const c0 = process.cpuUsage();
+  const reader = keyPath ? SegmentedReader.open(backup) : V2Reader.open(backup);
+  try {
+    if (keyPath) {
+      const a = unlockAndAuthenticate(reader, keyFromKeyFile(keyPath), 'chain');
+      if (!a || a.problem) throw new Error(`authentication failed: ${a?.problem?.message}`);
+    }
+    const r = restoreBackup(reader, dest);
+    const cpu = process.cpuUsage(c0);
+    return { ms: performance.now() - t0, cpuMs: (cpu.user + cpu.system) / 1000, head: r.head };
+  } finally {
+    reader.close();
+  }
+}
+
+function restoreBench(dir: string, n: number, rounds: number, say: (s: string) => void): { plain: number; enc: number } {
+  const keyPath = join(dir, 'restore.key');
+  const key = writeKeyFile(keyPath);
+  const plainPath = join(dir, 'plain.bkp');
+  const encPath = join(dir, 'enc.bkp');
+  generate(plainPath, n, null);
+  generate(encPath, n, key);
+  const runs = { plain: [] as number[], enc: [] as number[], load: [] as number[] };
+  // tx per CPU-second too: on a loaded machine the wall-clock rate mostly measures the other processes
+  const cpu = { plain: [] as number[], enc: [] as number[] };
+  for (let r = 0; r < rounds; r++) {
+    runs.load.push(loadavg()[0]!);
+    for (const which of r % 2 === 0 ? (['plain', 'enc'] as const) : (['enc', 'plain'] as const)) {
+      const dest = join(dir, `restored-${which}.sqlite3`);
+      rmSync(dest, { force: true });
+      const args = [fileURLToPath(import.meta.url), '--child', which === 'plain' ? plainPath : encPath, dest, which === 'plain' ? '' : keyPath];
+      const c = spawnSync(process.execPath, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'] });
+      if (c.status !== 0) throw new Error(`restore child failed (${c.status})`);
+      const res = JSON.parse(c.stdout) as ChildResult;
+      if (res.head !== n + 1) throw new Error(`restored to ${res.head}, expected ${n + 1}`);
+      runs[which].push(n / (res.ms / 1000));
+      cpu[which].push(n / (res.cpuMs / 1000));
+      rmSync(dest, { force: true });
+    }
+  }
+  const plain = median(runs.plain);
+  const enc = median(runs.enc);
+  say(`\nrestore of ${n} invoice-shaped transactions (${(statSync(plainPath).size / 1e6).toFixed(1)} MB plain, ${(statSync(encPath).size / 1e6).toFixed(1)} MB encrypted), median of ${rounds} alternating rounds; load ${runs.load.map((l) => l.toFixed(2)).join(', ')}:`);
+  say(`  plain      ${Math.round(plain).toLocaleString('en-US')} tx/s   (runs: ${runs.plain.map((x) => Math.round(x)).join(', ')})`);
+  say(`  encrypted  ${Math.round(enc).toLocaleString('en-US')} tx/s   (runs: ${runs.enc.map((x) => Math.round(x)).join(', ')}; includes the authentication pass over every record)`);
+  say(`  ratio      ${(enc / plain).toFixed(3)}x wall-clock (target >= 0.8x)`);
+  const cp = median(cpu.plain);
+  const ce = median(cpu.enc);
+  say(`  per CPU-second: plain ${Math.round(cp).toLocaleString('en-US')} tx, encrypted ${Math.round(ce).toLocaleString('en-US')} tx: ${(ce / cp).toFixed(3)}x`);
+  return { plain, enc };
+}
+
+if (process.argv[1] !== undefined && import.meta.url === pathToFileURL(process.argv[1]).href && process.argv[2] === '--child') {
+  process.stdout.write(JSON.stringify(child(process.argv[3]!, process.argv[4]!, process.argv[5] || null)));
+} else if (process.argv[1] !== undefined && import.meta.url === pathToFileURL(process.argv[1]).href) {
+  const { values } = parseArgs({
+    options: { dir: { type: 'string' }, n1k: { type: 'string' }, n100k: { type: 'string' }, warmup: { type: 'string' }, rounds: { type: 'string' }, transactions: { type: 'string' } },
+  });
+  const dir = mkdtempSync(join(values.dir ?? tmpdir(), 'clnvault-bench-enc-'));
+  const say = (s: string): void => console.log(s);
+  try {
+    say(`bench/encryption.ts on ${dir} (uptime: ${spawnSync('uptime', { encoding: 'utf8' }).stdout.trim()})`);
+    const rounds = Number(values.rounds ?? 3);
+    await hookBench(dir, Number(values.n1k ?? 2000), Number(values.n100k ?? 300), Number(values.warmup ?? 3000), rounds, say);
+    restoreBench(dir, Number(values.transactions ?? 50_000), rounds, say);
+    say(`\n(uptime after: ${spawnSync('uptime', { encoding: 'utf8' }).stdout.trim()})`);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
