@@ -87,7 +87,8 @@ describe('clnvault status', () => {
     assert.equal(j.running, false);
     assert.equal(j.runningEvidence, null);
     assert.deepEqual(j.lock, { backend_url: s.url, path: join(s.net, 'backup.lock') });
-    assert.deepEqual(j.backup, { url: s.url, path: s.bkp, format: 'v2', head: s.v, headKind: 'snapshot', entries: 1, bytes: j.backup.bytes });
+    // encryption: null for a plain backup (docs/encryption.md)
+    assert.deepEqual(j.backup, { url: s.url, path: s.bkp, format: 'v2', head: s.v, headKind: 'snapshot', entries: 1, bytes: j.backup.bytes, encryption: null });
     assert.deepEqual(j.node, { db: s.db, dataVersion: s.v });
   });
 
@@ -227,9 +228,11 @@ describe('clnvault-status RPC (lightning-cli clnvault-status)', () => {
     await p.close();
     assert.deepEqual(Object.keys(st).sort(), [
       'backup_bytes', 'destination', 'entries', 'error', 'format', 'head_version', 'last_write_latency_us', 'last_write_version',
-      'location', 'ok', 'rebaselined', 'rewinds_this_run', 'bytes_written_this_run', 'writes_this_run',
+      'location', 'ok', 'rebaselined', 'rewinds_this_run', 'bytes_written_this_run', 'writes_this_run', 'encrypted', 'key_fingerprint',
     ].sort());
     assert.equal(st.ok, true);
+    assert.equal(st.encrypted, false);
+    assert.equal(st.key_fingerprint, null);
     assert.equal(st.destination, s.url);
     assert.equal(st.location, s.bkp);
     assert.equal(st.format, 'v2');

@@ -5,13 +5,14 @@
  * its backup and a `.dump` equal to the node's own database. How to run it: docs/e2e-lightningd.md.
  */
 import assert from 'node:assert/strict';
-import { copyFileSync, existsSync, mkdirSync, mkdtempSync, renameSync, rmSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { after, afterEach, test } from 'node:test';
 import Database from 'better-sqlite3';
 import { runCli, scratchArea, show } from './helpers/cli.js';
+import { FIXTURES } from './helpers/fixtures.js';
 import { dataVersion, dump } from './helpers/sqlite.js';
 import { initChain, mempoolSize, mine } from './e2e/chain.js';
 import { LightningNode, sleep, waitFor, waitPidsGone } from './e2e/node.js';
@@ -263,6 +264,48 @@ function suite(lightningd: string): void {
     await traffic(node, 'after', 10);
     await stopForComparison(node, url);
     await restoreMatches(node, url);
+  });
+
+  scenario('encrypted backup keyed by the node seed: traffic, SIGKILL, restart; restored from hsm_secret and from the seed words alone; no label in the backup', async ({ chain }) => {
+    const root = area.dir();
+    const dir = join(root, 'enc');
+    mkdirSync(join(dir, 'regtest'), { recursive: true });
+    // a seed lightningd v26.06.6 wrote (32 zero bytes, then its BIP39 words): the node runs on it
+    copyFileSync(join(FIXTURES, 'keys/mnemonic/hsm_secret'), join(dir, 'regtest', 'hsm_secret'));
+    const url = pathToFileURL(join(root, 'enc.bkp')).href;
+    const init = await runCli(['init', '--encrypt', '--lightning-dir', join(dir, 'regtest'), url]);
+    assert.equal(init.code, 0, show(init));
+    assert.match(init.stdout, /Encrypting with the node's seed \(hsm_secret\), key fingerprint [0-9a-f]{16}/);
+    const node = new LightningNode({ name: 'enc', dir, chainDir: chain, lightningd });
+    live.push(node);
+    await node.start();
+    await traffic(node, 'secret-label', 15);
+    const bg = backgroundTraffic(node, 'secret-load', 3);
+    await waitFor('traffic under way', async () => bg.count() >= 10);
+    await node.kill();
+    await bg.stop();
+    await node.start();
+    await traffic(node, 'after-crash', 5);
+    await stopForComparison(node, url);
+    const own = dump(node.db);
+    const words = join(root, 'words.txt');
+    writeFileSync(words, readFileSync(join(dir, 'regtest', 'hsm_secret')).subarray(32).toString('utf8'));
+    for (const keyArgs of [['--hsm-secret', join(dir, 'regtest', 'hsm_secret')], ['--mnemonic-file', words]]) {
+      const dest = area.dir();
+      const r = await runCli(['restore', ...keyArgs, url, dest]);
+      assert.equal(r.code, 0, show(r));
+      assert.match(r.stdout, /newest authenticated version \d+, written at/);
+      const restored = dump(join(dest, 'lightningd.sqlite3'));
+      if (restored !== own) assert.fail(`restored .dump (${keyArgs[0]}) differs from the node's database\n${firstDifference(restored, own)}`);
+    }
+    const noKey = await runCli(['restore', url, area.dir()]);
+    assert.equal(noKey.code, 1, show(noKey));
+    assert.match(noKey.stderr, /node-seed key.*--hsm-secret PATH/);
+    const bytes = readFileSync(join(root, 'enc.bkp'));
+    for (const needle of ['secret-label-3', 'secret-load-0-1', 'e2e secret-label', 'CREATE TABLE', 'invoices']) {
+      assert.equal(bytes.indexOf(needle), -1, `"${needle}" is in the encrypted backup`);
+    }
+    assert.ok(readFileSync(node.db).indexOf('secret-label-3') >= 0, 'the label is in the node database (the check can fail)');
   });
 
   scenario('two nodes, a channel, payments both ways, SIGKILL mid-payment, restore, channel still usable', async ({ chain, node: mk }) => {

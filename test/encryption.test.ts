@@ -524,3 +524,25 @@ describe('encrypted: compaction', () => {
     assertNoPlaintext(n.bkDir, sessionNeedles(['session-basic/hooks.jsonl', 'session-basic/hooks-restart.jsonl']));
   });
 });
+
+describe('encrypted: what is refused', () => {
+  it('--format v1 --encrypt, and remote destinations (not yet): refused before anything is made', () => {
+    const dir = tmp('clnvault-enc-refuse-');
+    const net = join(dir, 'net');
+    mkdirSync(net);
+    const v1 = cli(['init', '--encrypt', '--key-file', join(dir, 'k'), '--format', 'v1', `file://${join(dir, 'b.bkp')}`], dir);
+    assert.equal(v1.code, 2);
+    assert.match(v1.stderr, /--format v1 cannot be encrypted/);
+    for (const url of ['socket:127.0.0.1:9', 'clnvault://node@127.0.0.1:9', 'postgresql://u@127.0.0.1:9/db?backup=n']) {
+      const r = cli(['init', '--encrypt', '--key-file', join(dir, 'k'), '--lightning-dir', net, url], dir);
+      assert.equal(r.code, 2, `${url}: ${r.stderr}`);
+      assert.match(r.stderr, /encrypted backups are not supported yet for this destination/);
+    }
+    const noDir = cli(['init', '--encrypt', `file://${join(dir, 'c.bkp')}`], dir);
+    assert.equal(noDir.code, 2);
+    assert.match(noDir.stderr, /hsm_secret.*--lightning-dir/);
+    // nothing was made: no backup, no key file, no backup.lock
+    assert.deepEqual(readdirSync(dir).sort(), ['net']);
+    assert.deepEqual(readdirSync(net), []);
+  });
+});

@@ -13,6 +13,7 @@ import { CLN, PLUGIN } from './helpers/sim-fixtures.js';
 
 const TRIALS_V2 = Number(process.env.CLNVAULT_SOAK_TRIALS ?? 150);
 const TRIALS_V1 = Number(process.env.CLNVAULT_SOAK_TRIALS_V1 ?? 50);
+const TRIALS_ENC = Number(process.env.CLNVAULT_SOAK_TRIALS_ENC ?? 60);
 
 function assertNoDivergence(r: SoakReport, trials: number): void {
   const detail = r.divergences.map((d) => `trial ${d.trial} (${d.fault}): ${d.detail}`).join('\n\n');
@@ -48,6 +49,23 @@ test(`crash soak, v2: ${TRIALS_V2} trials, recorded CLN traffic then generated b
   assert.ok(r.powerCuts > 0 && r.tailRepairs > 0, 'no torn tail was ever produced and repaired');
   assert.ok(r.aheadAfterKill > 0, 'no kill landed between the write and the answer');
   assert.ok(r.ioErrorsBeforeRename > 0 && r.ioErrorsAfterRename > 0, 'EIO never landed on both sides of a compaction\'s rename');
+});
+
+test(`crash soak, v2 encrypted (docs/encryption.md): ${TRIALS_ENC} trials, every check authenticating the whole chain`, { timeout: 600_000 }, async () => {
+  const r = await runSoak({
+    trials: TRIALS_ENC,
+    seed: Number(process.env.CLNVAULT_SOAK_SEED ?? 1) + 13,
+    format: 'v2',
+    encrypt: true,
+    transcript: join(CLN, 'session-basic/hooks.jsonl'),
+    pluginPath: PLUGIN,
+    checkpointEvery: 20,
+    trialsPerNode: 60,
+    compactAtBytes: 1_500_000,
+    stopOnDivergence: true,
+  });
+  console.log(`# ${progress(r)}`);
+  assertNoDivergence(r, TRIALS_ENC);
 });
 
 test(`crash soak, v1 (the reference format): ${TRIALS_V1} trials`, { timeout: 600_000 }, async () => {

@@ -37,6 +37,9 @@ import { Prng, Workload, type WorkBatch } from '../../src/sim/workload.js';
 import { rpc } from './compact-sim.js';
 import { armFault, faultEnv, faultFired } from './faults.js';
 import { dump } from './sqlite.js';
+import { unlockAndAuthenticate } from '../../src/crypto/authenticate.js';
+import { keyKindCode } from '../../src/crypto/records.js';
+import { writeKeyFile, type BackupKey } from '../../src/crypto/keys.js';
 
 export const FAULTS = [
   'kill-mid-append',
@@ -75,6 +78,8 @@ export interface SoakOptions {
    * every few trials: kills then also land while the worker builds or swaps in the compacted file.
    */
   compactAtBytes?: number;
+  /** an encrypted backup (docs/encryption.md): a key file in backup.lock; every check authenticates the whole chain */
+  encrypt?: boolean;
 }
 
 export interface Divergence {
@@ -181,6 +186,7 @@ class SoakNode {
   private pending: Batch | null = null;
   private checkSeq = 0;
   private trial = 0;
+  private key: BackupKey | null = null;
 
   constructor(
     private readonly opts: SoakOptions,
@@ -189,8 +195,15 @@ class SoakNode {
   ) {
     mkdirSync(this.netDir, { recursive: true });
     mkdirSync(dirname(this.backupPath));
-    createBackup(this.backupUrl, this.dir, opts.format);
     const lock: Record<string, unknown> = { backend_url: this.backupUrl };
+    if (opts.encrypt) {
+      const keyPath = join(this.dir, 'soak.key');
+      this.key = writeKeyFile(keyPath);
+      createBackup(this.backupUrl, this.dir, opts.format, { kind: keyKindCode(this.key.kind), fingerprint: Buffer.from(this.key.fingerprint, 'hex') });
+      lock.encrypt = { key_file: keyPath };
+    } else {
+      createBackup(this.backupUrl, this.dir, opts.format);
+    }
     lock.compaction = opts.compactAtBytes ? { auto: true, min_bytes: opts.compactAtBytes, factor: 1, history: 1 } : { auto: false };
     writeFileSync(join(this.netDir, 'backup.lock'), JSON.stringify(lock));
     this.rng = new Prng(seed);
@@ -602,6 +615,11 @@ class SoakNode {
     const out = join(this.dir, `restored-${this.checkSeq++}.sqlite3`);
     const reader = openReader(this.backupUrl, this.dir);
     try {
+      if (this.key) {
+        // every record decrypted and authenticated, and the chain, before the restore
+        const a = unlockAndAuthenticate(reader, this.key, 'full');
+        if (a?.problem) return { error: `authentication: ${a.problem.message}` };
+      }
       const r = restoreBackup(reader, out);
       return { dump: dump(out), head: r.head };
     } catch (e) {
