@@ -196,7 +196,14 @@ export const initCommand: Command = {
             key = keyFromHsmSecret(join(netDir!, 'hsm_secret'));
           }
         } catch (e) {
-          throw new CliError(`cannot get the encryption key: ${(e as Error).message}. Nothing was created`);
+          // a brand-new node: lightningd's hsmd writes hsm_secret at its first start (docs/keys.md)
+          const fresh = keyFile === null && !existsSync(join(netDir!, 'hsm_secret'));
+          throw new CliError(
+            `cannot get the encryption key: ${(e as Error).message}. Nothing was created` +
+              (fresh
+                ? `. A new node has no hsm_secret until lightningd first starts: start it once without the plugin (or create the seed with lightning-hsmtool), then run this again; or use --key-file PATH`
+                : ''),
+          );
         }
       }
       try {
