@@ -59,8 +59,10 @@ Options:
   --destination URL|INDEX  with --lightning-dir: restore from this destination
   --json           print the result as JSON on stdout
 ${KEY_OPTIONS_HELP}
-                   Every record of an encrypted backup is authenticated, and the chain
-                   between them, before anything is written; restore then prints the
+                   The chain of an encrypted backup's records is checked first, every
+                   record applied is authenticated as it is read, and a failure leaves
+                   DEST untouched (the offset and the last authenticated version are
+                   named); restore then prints the
                    newest authenticated version and when it was written (a stale copy,
                    e.g. served by a hostile server, shows an old time)
 ${COMMON_OPTIONS_HELP}
