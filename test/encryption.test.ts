@@ -503,6 +503,12 @@ describe('encrypted: compaction', () => {
     assert.ok(readdirSync(n.bkDir).filter((f) => f.includes('.seg-')).length >= 2, readdirSync(n.bkDir).join(', '));
     assert.equal(restoreDump(n).dump, readFileSync(join(CLN, 'session-channels/final.dump.sql'), 'utf8'));
     assertNoPlaintext(n.bkDir, sessionNeedles(['session-channels/hooks.jsonl']));
+    // restore --lightning-dir takes the key backup.lock names
+    const dest = join(n.dir, 'from-lock');
+    mkdirSync(dest);
+    const r = cli(['restore', '--lightning-dir', n.netDir, dest], n.dir);
+    assert.equal(r.code, 0, r.stderr + r.stdout);
+    assert.equal(dump(join(dest, 'lightningd.sqlite3')), readFileSync(join(CLN, 'session-channels/final.dump.sql'), 'utf8'));
   });
 
   it('key rotation (compact --new-key-file): restores exactly with the new key; the old key no longer opens it; the node goes on with the new one', { timeout: 240_000 }, async () => {

@@ -11,6 +11,8 @@ import { readBackupLock } from '../engine/backup-lock.js';
 import { resolveNetworkDir } from './lightning-dir.js';
 import { pickDestination, probeDestinations } from './destinations.js';
 import { KEY_OPTIONS, KEY_OPTIONS_HELP, keyFromOptions } from './key-options.js';
+import { describeSetting, keyFromLock } from '../crypto/lock-key.js';
+import type { BackupKey } from '../crypto/keys.js';
 import { authJson, newestLine, unlockAndAuthenticate, type AuthResult } from '../crypto/authenticate.js';
 
 const help = `Usage: clnvault restore [--force [--allow-older]] [--to-version N] [--stop-at-damage] [--json]
@@ -55,7 +57,8 @@ Options:
                    Only for when nothing better exists: that database lacks every
                    transaction after the damage, so never start a node on it while a
                    better copy (the node's own database, another backup) exists
-  --lightning-dir DIR  take the backup from DIR/backup.lock (see above)
+  --lightning-dir DIR  take the backup from DIR/backup.lock (see above); an encrypted
+                   backup's key too (its "encrypt" setting), unless a key option is given
   --destination URL|INDEX  with --lightning-dir: restore from this destination
   --json           print the result as JSON on stdout
 ${KEY_OPTIONS_HELP}
@@ -98,10 +101,23 @@ export const restoreCommand: Command = {
     let url: string;
     let destArg: string;
     let chosen: string | null = null;
+    /** with --lightning-dir: the key backup.lock names, used when no key option is given */
+    let lockKey: (() => BackupKey) | null = null;
     if (typeof values['lightning-dir'] === 'string') {
       if (positionals.length !== 1) throw new CliError('with --lightning-dir give only DEST (the backup comes from backup.lock)', EXIT.usage);
       const netDir = resolveNetworkDir(values['lightning-dir']).dir;
-      const pick = pickDestination(probeDestinations(readBackupLock(netDir), netDir), values.destination as string | undefined);
+      const lock = readBackupLock(netDir);
+      if (lock.encrypt) {
+        const enc = lock.encrypt;
+        lockKey = () => {
+          try {
+            return keyFromLock(netDir, enc);
+          } catch (e) {
+            throw new CliError(`cannot read the key backup.lock names (${describeSetting(enc)}): ${(e as Error).message}; give the key with --hsm-secret, --mnemonic-file or --key-file`);
+          }
+        };
+      }
+      const pick = pickDestination(probeDestinations(lock, netDir), values.destination as string | undefined);
       destArg = positionals[0]!;
       // relative file: URLs in backup.lock are relative to the network directory
       url = isRemoteUrl(pick.probe.rawUrl) ? pick.probe.rawUrl : pathToFileURL(backupPath(pick.probe.rawUrl, netDir)).href;
@@ -114,7 +130,7 @@ export const restoreCommand: Command = {
     if (chosen !== null && !values.json) info(chosen);
     const toVersion = parseVersionArg('--to-version', values['to-version'] as string | undefined);
     const dest = resolveDestination(destArg);
-    const key = keyFromOptions(values);
+    const key = keyFromOptions(values) ?? lockKey?.() ?? null;
     // no local file: a PostgreSQL or socket:/clnvault:// backup
     const pg = isRemoteUrl(url);
     // a postgresql: backup has no file: it is checked when it is opened
