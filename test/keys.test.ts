@@ -166,7 +166,8 @@ describe('hsm_secret files clnvault cannot use', () => {
     const damaged = Buffer.concat([Buffer.alloc(32), Buffer.from(words.replace(/^board/, 'beard'))]);
     assert.match(keyError(() => keyFromHsmSecret(tmpFile('hsm_secret', damaged))), /word 1 \(counting from 1\) is not in the BIP39 English word list/);
     assert.match(keyError(() => keyFromHsmSecret(area.dir('adir'))), /is a directory/);
-    assert.match(keyError(() => keyFromHsmSecret(join(area.root, 'nope', 'hsm_secret'))), /no such file/);
+    assert.match(keyError(() => keyFromHsmSecret(join(area.root, 'nope', 'hsm_secret'))), /no such file.*until lightningd's first start.*or use a key file/);
+    assert.match(keyError(() => keyFromKeyFile(join(area.root, 'nope.key'))), /no such file \(expected a clnvault key file.*\); check the path$/);
   });
 });
 

@@ -5,13 +5,13 @@ import { KeyError } from './base.js';
  * Reads a small secret file whole, refusing anything larger than `max` before reading it: the path
  * comes from the operator or a config file, and may name a device, a directory or a huge file.
  */
-export function readSmallFile(path: string, max: number, what: string): { bytes: Buffer; stat: Stats } {
+export function readSmallFile(path: string, max: number, what: string, missingFix = 'check the path'): { bytes: Buffer; stat: Stats } {
   let fd: number;
   try {
     fd = openSync(path, 'r');
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code;
-    if (code === 'ENOENT') throw new KeyError(`${path}: no such file (expected ${what}); check the path`);
+    if (code === 'ENOENT') throw new KeyError(`${path}: no such file (expected ${what}); ${missingFix}`);
     if (code === 'EACCES' || code === 'EPERM') {
       throw new KeyError(`${path}: permission denied reading ${what}; run as its owner (the node's user) or as root`);
     }

@@ -93,7 +93,13 @@ function nodeSecretOf(bytes: Buffer, path: string, pass: string | undefined): Bu
 }
 
 function readHsmSecret(path: string): Buffer {
-  return readSmallFile(path, MAX_HSM_SECRET, 'a Core Lightning hsm_secret').bytes;
+  // on a new node the file appears only at lightningd's first start (hsmd writes it), after its plugins start
+  return readSmallFile(
+    path,
+    MAX_HSM_SECRET,
+    'a Core Lightning hsm_secret',
+    "check the path; a new node has none until lightningd's first start (or lightningd --recover=<words> writes it), or use a key file",
+  ).bytes;
 }
 
 function layoutOf(bytes: Buffer, path: string): HsmSecretLayout {
