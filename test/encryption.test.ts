@@ -360,6 +360,20 @@ describe('encrypted: tampering is detected', () => {
     refused(restoreOf(b), start, 2, /fails authentication/);
   });
 
+  it('a record in clear (from a plaintext backup) spliced in is damage at its offset, not "a newer clnvault"', () => {
+    const plainPath = join(dir, 'plain-src.bkp');
+    createV2(plainPath);
+    const pw = SegmentedWriter.open(plainPath);
+    pw.appendChange(2, ["INSERT INTO vars VALUES ('forged', 2)", bump(2)]);
+    pw.close();
+    const pb = readFileSync(plainPath);
+    const r = restoreOf(Buffer.concat([head, at(0), pb.subarray(64), at(2), at(3)]));
+    assert.equal(r.code, 1, r.stderr);
+    assert.match(r.stderr, new RegExp(`offset ${recs[1]![0]}\\b.*in clear in an encrypted backup`));
+    assert.doesNotMatch(r.stderr, /newer clnvault/);
+    assert.deepEqual(readdirSync(r.dest), []);
+  });
+
   it('a dropped tail restores the authenticated prefix and says how new it is', () => {
     const r = restoreOf(Buffer.concat([head, at(0), at(1), at(2)]));
     assert.equal(r.code, 0, r.stderr);

@@ -30,6 +30,7 @@ import {
   unsupportedReason,
   type RecordHeader,
   FILE_FLAG_ENCRYPTED,
+  FLAG_ENCRYPTED,
   FLAG_PRAGMA_ONLY,
   type FileEncryption,
 } from './codec.js';
@@ -143,6 +144,13 @@ export function scanRecords(
     if (c.kind === 'ok') {
       const h = c.h;
       let pragmaOnly = false;
+      if (encrypted && h.type !== TYPE_SEAL && (h.flags & FLAG_ENCRYPTED) === 0) {
+        // not a newer format: a record no writer of this backup made (inserted, or from a plaintext backup)
+        corrupt.push({ kind: 'corrupt', offset: o, message: `the record at offset ${o} (version ${h.version}) is in clear in an encrypted backup: it was inserted, or copied from another backup` });
+        o += RECORD_OVERHEAD + h.length;
+        prev = null;
+        continue;
+      }
       const reason = unsupportedReason(h, encrypted);
       if (reason !== null) {
         unsupported ??= unsupportedError(path, o, reason);
