@@ -26,7 +26,8 @@ export const STDOUT_MUTEX = 4;
 export const FAILED = 5;
 /** length in bytes of the UTF-8 message in the message area, written before FAILED is set */
 const FAILED_LEN = 6;
-const I32_SLOTS = 8;
+/** exported for the worker's shell (plugin/worker-shell.ts), which cannot import this module */
+export const I32_SLOTS = 8;
 /**
  * i64 slots (in their own view): end of the data the writer has made durable, and the identity (st_dev,
  * st_ino) of the file that end belongs to. All three change together, under the write mutex.
@@ -65,11 +66,18 @@ export function views(sab: SharedArrayBuffer): SharedViews {
  * A plain test-and-set lock. Critical sections are short (one append, or the final swap), so a few spins
  * usually suffice; after that Atomics.wait parks the thread. wait() re-checks the value atomically, so an
  * unlock between the failed CAS and the wait is never missed.
+ *
+ * `abandoned`, asked after each wait that timed out, says the only other thread that takes this lock is
+ * gone: a thread that died inside its critical section never unlocks. The lock is then taken over and
+ * false returned, so the caller can check what the dead thread may have left half done.
  */
-export function lock(a: Int32Array, i: number): void {
+export function lock(a: Int32Array, i: number, abandoned?: () => boolean): boolean {
   for (let spins = 0; ; spins++) {
-    if (Atomics.compareExchange(a, i, 0, 1) === 0) return;
-    if (spins > 64) Atomics.wait(a, i, 1, 50);
+    if (Atomics.compareExchange(a, i, 0, 1) === 0) return true;
+    if (spins > 64 && Atomics.wait(a, i, 1, 50) === 'timed-out' && abandoned !== undefined && abandoned()) {
+      Atomics.store(a, i, 1);
+      return false;
+    }
   }
 }
 

@@ -1,6 +1,6 @@
 import { readlinkSync } from 'node:fs';
 import { setPriority } from 'node:os';
-import { parentPort, workerData } from 'node:worker_threads';
+import { workerData } from 'node:worker_threads';
 import { compactFile } from '../compact/compact.js';
 import {
   committedEnd,
@@ -23,7 +23,9 @@ import { log, sendError, sendResult, shareStdout } from './output.js';
 /**
  * The compaction worker thread. It answers `backup-compact` and writes its progress to the plugin log
  * itself, straight to fd 1 under the stdout mutex: the main thread sits blocked in read(2) and would not
- * see a message from here until lightningd's next request.
+ * see a message from here until lightningd's next request. The thread's shell (worker-shell.ts) loads
+ * this module and calls handleRequest for each request; it answers for us if this module cannot load or
+ * the thread dies.
  */
 
 const data = workerData as WorkerData;
@@ -43,7 +45,7 @@ try {
   // no /proc/thread-self (not Linux): the worker runs at the plugin's priority, as it did
 }
 
-parentPort!.on('message', (req: WorkerRequest) => {
+export function handleRequest(req: WorkerRequest): void {
   try {
     const outcome = compactFile(
       data.path,
@@ -92,4 +94,4 @@ parentPort!.on('message', (req: WorkerRequest) => {
     log('error', `clnvault: ${message}`);
     if (req.id !== null) sendError(req.id, -32000, message);
   }
-});
+}

@@ -9,6 +9,7 @@ import {
   failure,
   GENERATION,
   lock,
+  markFailed,
   publishEnd,
   identityOf,
   publishIdentity,
@@ -18,13 +19,15 @@ import {
   unlock,
   views,
   WRITE_MUTEX,
+  type FileIdentity,
   type SharedViews,
 } from '../compact/sync.js';
 import { BackupError } from '../engine/entries.js';
 import { DB_NAME } from '../engine/live-db.js';
 import type { Problem } from '../engine/entries.js';
-import { shareStdout, type RpcId } from './output.js';
+import { sendError, shareStdout, type RpcId } from './output.js';
 import type { KeyLike } from '../crypto/backup-crypt.js';
+import { EXITED, WORKER_SHELL, WorkerLife, type ShellData } from './worker-shell.js';
 
 /**
  * The main thread's half of online compaction. The writer is wrapped so that every append and rewind
@@ -56,22 +59,32 @@ export interface WorkerData {
   segmentBytes?: number;
   /** an encrypted backup's key (the worker decrypts to replay; never logged) */
   key?: { key: Uint8Array; kind: string; fingerprint: string } | null;
+  shell: ShellData;
 }
 
 export type WorkerRequest = { id: RpcId | null };
 
 const CHECK_STEP = 16 * 1024 * 1024;
+/** how often, at most, a hook looks for the worker thread in /proc while a compaction runs */
+const PROBE_MS = 1000;
 
 export class PluginCompaction {
   readonly sab = createShared();
   private readonly v: SharedViews = views(this.sab);
   private gen = 0;
   private worker: Worker | null = null;
+  /** the current worker's life area (worker-shell.ts) */
+  private life: WorkerLife | null = null;
   /** true once a worker thread exists: from then on every write takes the mutex and publishes its end */
   shared = false;
   private nextCheck: number;
   private initDone = false;
   readonly writer: BackupWriter;
+  /** the request the running compaction answers (null: automatic), for when its worker died unheard */
+  private pendingId: RpcId | null = null;
+  private nextProbe = 0;
+  /** the file the writer holds open: what the backup's name must still point at after a worker died mid-swap */
+  private held: FileIdentity;
 
   constructor(
     private readonly inner: ReopenableWriter,
@@ -81,7 +94,8 @@ export class PluginCompaction {
     private readonly key: KeyLike | null = null,
   ) {
     publishEnd(this.v, inner.endOffset());
-    publishIdentity(this.v, identityOf(inner.location));
+    this.held = identityOf(inner.location);
+    publishIdentity(this.v, this.held);
     this.nextCheck = config.minBytes;
     this.writer = new SyncedWriter(inner, this);
   }
@@ -93,7 +107,8 @@ export class PluginCompaction {
       this.inner.reopen();
       this.gen = g;
       // the file this writer now holds (the worker published the same at its rename; this is the writer's word)
-      publishIdentity(this.v, identityOf(this.inner.location));
+      this.held = identityOf(this.inner.location);
+      publishIdentity(this.v, this.held);
     }
   }
 
@@ -104,7 +119,72 @@ export class PluginCompaction {
   }
 
   enter(): void {
-    lock(this.v.i32, WRITE_MUTEX);
+    if (!lock(this.v.i32, WRITE_MUTEX, () => this.workerDead())) this.takeOverFromDeadWorker();
+  }
+
+  /** Whether the current worker thread has ended (so holds no lock any more and answers nothing). */
+  private workerDead(): boolean {
+    return this.life !== null && this.life.ended();
+  }
+
+  /**
+   * The worker died holding the write mutex, i.e. inside a compaction's swap. If the backup's name still
+   * points at the file this writer holds, the rename did not happen and the backup is whole: go on. If it
+   * points elsewhere, the new file may not be durable under the name and the writer holds the old one:
+   * refuse every write from now on (lightningd stops without committing; a restart checks the backup).
+   */
+  private takeOverFromDeadWorker(): void {
+    let now: FileIdentity | null = null;
+    try {
+      now = identityOf(this.inner.location);
+    } catch {
+      now = null;
+    }
+    if (now === null || now.dev !== this.held.dev || now.ino !== this.held.ino) {
+      markFailed(
+        this.v,
+        `the compaction worker died while replacing the backup ${this.inner.location}; whether the replacement is durable is unknown, so no write is acknowledged any more: restart lightningd (the plugin checks the backup at start)`,
+      );
+    } else {
+      // whatever the dead worker published was about a file that never became the backup
+      publishIdentity(this.v, this.held);
+    }
+    this.log('error', `the compaction worker died while it held the backup's write lock; ${failure(this.v) === null ? 'the backup was not replaced, writes go on' : 'writes are refused'}`);
+  }
+
+  /**
+   * On every message from lightningd, cheap until a compaction runs: a worker that died with a request
+   * outstanding is found here (the only moment this thread runs), the request answered and RUNNING cleared.
+   */
+  poll(): void {
+    if (this.life === null || Atomics.load(this.v.i32, RUNNING) === 0) return;
+    let dead = this.life.state() === EXITED;
+    if (!dead) {
+      const now = Date.now();
+      if (now < this.nextProbe) return;
+      this.nextProbe = now + PROBE_MS;
+      dead = this.workerDead();
+    }
+    if (!dead) return;
+    const why = `the compaction worker died (${this.life.message() || 'its thread ended without a word, e.g. out of memory'}); run backup-compact again`;
+    // whoever clears RUNNING answers: the worker's shell may have answered already
+    if (Atomics.compareExchange(this.v.i32, RUNNING, 1, 0) !== 1) return;
+    this.log('error', why);
+    if (this.pendingId !== null) sendError(this.pendingId, -32000, why);
+  }
+
+  /**
+   * Drops a worker that cannot serve (loading failed, or its thread ended), so the next start makes a new
+   * one. One whose loading failed is told to quit rather than terminated: it may be writing a reply under
+   * the stdout lock this very moment, and a thread stopped there would never release it.
+   */
+  private reap(): void {
+    if (this.worker === null || this.life === null) return;
+    const state = this.life.state();
+    if (state === 0 && !this.life.ended()) return;
+    if (state !== EXITED) this.worker.postMessage({ quit: true });
+    this.worker = null;
+    this.life = null;
   }
 
   leave(truncated = false): void {
@@ -141,7 +221,9 @@ export class PluginCompaction {
       } finally {
         unlock(this.v.i32, WRITE_MUTEX);
       }
+      this.reap();
       if (this.worker === null) {
+        const life = new WorkerLife();
         const data: WorkerData = {
           sab: this.sab,
           path: this.inner.location,
@@ -149,10 +231,11 @@ export class PluginCompaction {
           history: this.config.history,
           segmentBytes: (this.inner as { segmentBytes?: number }).segmentBytes,
           key: this.key ? { key: this.key.key, kind: this.key.kind, fingerprint: this.key.fingerprint } : null,
+          shell: life.shellData(new URL('./compact-worker.js', import.meta.url)),
         };
         // From now on two threads write to fd 1: whole messages must not interleave. Until a worker
-        // exists, replies skip the lock.
-        shareStdout(this.v.i32, STDOUT_MUTEX);
+        // exists, replies skip the lock. A worker that died mid-message cannot release it.
+        shareStdout(this.v.i32, STDOUT_MUTEX, () => this.workerDead());
         // every later write publishes its own end
         this.shared = true;
         // loaded on first use: most starts never compact, and the module adds to start-up time
@@ -161,13 +244,20 @@ export class PluginCompaction {
         // would otherwise grow the worker's nursery to tens of MiB (plugin peak 141-159 MiB on a 1 GiB
         // compaction; 126 MiB with 8, 113 MiB with 3), for a few % more CPU in scavenges in a worker that
         // runs at nice 10 anyway (docs/compaction.md, "Memory"; bench/compact.ts prints the peak).
-        this.worker = new Worker(new URL('./compact-worker.js', import.meta.url), {
+        // the shell loads compact-worker.js and answers for it when it cannot (worker-shell.ts)
+        this.worker = new Worker(WORKER_SHELL, {
+          eval: true,
           workerData: data,
           resourceLimits: { maxYoungGenerationSizeMb: COMPACT_YOUNG_GEN_MB },
         });
+        // Only delivered if the event loop ever runs (a non-blocking stdin): without a listener, the
+        // worker's error would be thrown in this thread and end the plugin. poll() handles it instead.
+        this.worker.on('error', () => undefined);
         // idle workers must not keep the plugin alive once stdin closes
         this.worker.unref();
+        this.life = life;
       }
+      this.pendingId = id;
       const req: WorkerRequest = { id };
       this.worker.postMessage(req);
     } catch (e) {

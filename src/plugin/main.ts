@@ -60,6 +60,8 @@ async function main(): Promise<void> {
   const dispatch = (buf: Buffer, start: number, end: number): void => {
     if (importancePort !== null) drainImportance();
     pollMulti();
+    // a compaction worker that died with a request outstanding is only seen from here
+    compaction?.poll();
     let msg: { id?: unknown; method?: unknown; params?: unknown };
     // toString() would turn bytes that are not UTF-8 into U+FFFD: a statement backed up that way differs
     // from the one lightningd commits, so a db_write must be refused rather than stored mangled

@@ -10,17 +10,23 @@ const STDOUT = 1;
 /** Set when a compaction worker may also write: whole messages must not interleave on the pipe. */
 let outLock: Int32Array | null = null;
 let outSlot = 0;
+let outAbandoned: (() => boolean) | undefined;
 
-export function shareStdout(lockArray: Int32Array, slot: number): void {
+/** `abandoned`: the other writer is gone (a dead thread never releases the lock); taken over then. */
+export function shareStdout(lockArray: Int32Array, slot: number, abandoned?: () => boolean): void {
   outLock = lockArray;
   outSlot = slot;
+  outAbandoned = abandoned;
 }
 
 function writeAll(text: string): void {
   if (outLock === null) return writeLocked(text);
   const a = outLock;
   for (let spins = 0; Atomics.compareExchange(a, outSlot, 0, 1) !== 0; spins++) {
-    if (spins > 64) Atomics.wait(a, outSlot, 1, 50);
+    if (spins > 64 && Atomics.wait(a, outSlot, 1, 50) === 'timed-out' && outAbandoned?.() === true) {
+      Atomics.store(a, outSlot, 1);
+      break;
+    }
   }
   try {
     writeLocked(text);
