@@ -2,12 +2,17 @@
  * Online compaction of a big backup through the real plugin, while db_write calls keep arriving back to
  * back: compaction time, the plugin's peak memory, and the hook latency distribution before and during it.
  *
- *   node dist/bench/compact.js [--dir DIR] [--gib 1] [--keys 20000] [--value 1024]
+ *   node dist/bench/compact.js [--dir DIR] [--gib 1] [--keys 20000] [--value 1024] [--offline]
+ *
+ * --offline: `clnvault compact` (the CLI, a process of its own) on the same generated backup instead of the
+ * plugin; its peak memory (VmHWM, polled every 20 ms until it exits) and time.
  *
  * The backup is generated directly in the v2 format (invoice-sized datastore upserts over a bounded key
  * set, so the database stays small while the backup grows: what compaction is for). It is driven over
  * FIFOs with a blocking write-then-read loop, like lightningd's pipes.
  */
+import { spawn } from 'node:child_process';
+import { loadavg } from 'node:os';
 import { closeSync, fsyncSync, mkdtempSync, openSync, readSync, rmSync, statSync, writeFileSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -182,6 +187,57 @@ export async function benchCompact(opts: CompactBenchOptions = {}): Promise<Comp
   }
 }
 
+export interface OfflineCompactResult {
+  backupBytes: number;
+  records: number;
+  compactSec: number;
+  cpuSec: number;
+  peakRssKb: number;
+  result: unknown;
+}
+
+/** `clnvault compact` on a generated backup, in its own process; peak RSS polled from /proc. */
+export async function benchCompactOffline(opts: CompactBenchOptions = {}): Promise<OfflineCompactResult> {
+  const nd = mkdtempSync(join(opts.dir ?? tmpdir(), 'clnvault-bench-compact-'));
+  const backup = join(nd, 'backup.bkp');
+  try {
+    const records = generate(backup, Math.ceil((opts.gib ?? 1) * 1024 * 1024 * 1024), opts.keys ?? 20000, opts.value ?? 1024);
+    const backupBytes = statSync(backup).size;
+    const cli = fileURLToPath(new URL('../src/cli/main.js', import.meta.url));
+    const t0 = performance.now();
+    const child = spawn(process.execPath, [cli, 'compact', '--json', '--history', '0', `file://${backup}`], { stdio: ['ignore', 'pipe', 'inherit'] });
+    let stdout = '';
+    child.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d));
+    let peakRssKb = 0;
+    let cpuSec = 0;
+    const poll = setInterval(() => {
+      try {
+        const hwm = procKb(child.pid!, 'VmHWM');
+        // a process that is exiting has no VmHWM line any more
+        if (Number.isFinite(hwm)) peakRssKb = Math.max(peakRssKb, hwm);
+        const f = readFileText(`/proc/${child.pid}/stat`).split(') ')[1]!.split(' ');
+        const cpu = (Number(f[11]) + Number(f[12])) / 100;
+        if (Number.isFinite(cpu)) cpuSec = cpu;
+      } catch {
+        // exited between two polls
+      }
+    }, 20);
+    const code = await new Promise<number | null>((r) => child.on('close', r));
+    clearInterval(poll);
+    if (code !== 0) throw new Error(`clnvault compact exited ${code}`);
+    return { backupBytes, records, compactSec: (performance.now() - t0) / 1000, cpuSec, peakRssKb, result: JSON.parse(stdout) };
+  } finally {
+    rmSync(nd, { recursive: true, force: true });
+  }
+}
+
+export function printCompactOffline(r: OfflineCompactResult): void {
+  console.log(`clnvault compact of a ${(r.backupBytes / 1048576).toFixed(0)} MiB v2 backup (${r.records} records)`);
+  console.log(`  time:            ${r.compactSec.toFixed(1)} s wall, ${r.cpuSec.toFixed(1)} s CPU (last poll)`);
+  console.log(`  peak RSS:        ${(r.peakRssKb / 1024).toFixed(1)} MiB (VmHWM; SQLite's page cache of the scratch database is at most 16 MiB of it)`);
+  console.log(`  load average:    ${loadavg().map((l) => l.toFixed(2)).join(' ')}`);
+}
+
 function ms(us: number): string {
   return `${(us / 1000).toFixed(2)} ms`;
 }
@@ -194,16 +250,22 @@ export function printCompact(r: CompactBenchResult): void {
   console.log(`  hooks before:    p50 ${ms(r.baselineUs.p50)}, p99 ${ms(r.baselineUs.p99)}, max ${ms(r.baselineUs.max)} (1000 writes)`);
   console.log(`  plugin says:     ${r.doneLog.replace(/^clnvault: /, '')}`);
   console.log(`  hooks during:    p50 ${ms(r.duringUs.p50)}, p99 ${ms(r.duringUs.p99)}, max ${ms(r.duringUs.max)} (${r.hooksDuring} writes, back to back)`);
+  console.log(`  load average:    ${loadavg().map((l) => l.toFixed(2)).join(' ')}`);
 }
 
 if (process.argv[1] && fileURLToPath(import.meta.url) === process.argv[1]) {
-  const { values } = parseArgs({ options: { dir: { type: 'string' }, gib: { type: 'string' }, keys: { type: 'string' }, value: { type: 'string' } } });
+  const { values } = parseArgs({ options: { dir: { type: 'string' }, gib: { type: 'string' }, keys: { type: 'string' }, value: { type: 'string' }, offline: { type: 'boolean' } } });
   const opts: CompactBenchOptions = {};
   if (values.dir) opts.dir = values.dir;
   if (values.gib) opts.gib = Number(values.gib);
   if (values.keys) opts.keys = Number(values.keys);
   if (values.value) opts.value = Number(values.value);
-  benchCompact(opts).then(printCompact, (e) => {
+  if (values.offline) {
+    benchCompactOffline(opts).then(printCompactOffline, (e) => {
+      console.error(e);
+      process.exitCode = 1;
+    });
+  } else benchCompact(opts).then(printCompact, (e) => {
     console.error(e);
     process.exitCode = 1;
   });

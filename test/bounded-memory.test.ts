@@ -124,3 +124,26 @@ for (const format of ['v2', 'v1'] as const) {
     assert.deepEqual(rep.versionRange, { from: 1, to: ENTRIES });
   });
 }
+
+/**
+ * Compaction reads the backup as a stream too: `clnvault compact` of the same backups under the same heap
+ * cap (which also caps its worker thread: --max-old-space-size overrides resourceLimits). Then the
+ * compacted backup must restore to the same database.
+ */
+for (const format of ['v2', 'v1'] as const) {
+  test(`${format}: clnvault compact of ${ENTRIES.toLocaleString('en-US')} entries under a ${HEAP_MIB} MiB heap`, async () => {
+    const dir = area.dir();
+    const backup = format === 'v2' ? makeV2(dir) : makeV1(dir);
+    const url = `file://${backup}`;
+    const c = await runCapped(['compact', '--json', '--history', '0', url]);
+    assert.equal(c.code, 0, `compact under a ${HEAP_MIB} MiB heap: exit ${c.code}\n${c.stderr}`);
+    const res = JSON.parse(c.stdout) as { result: string; before: { version_count: number }; after: { version_count: number } };
+    assert.equal(res.result, 'compacted');
+    assert.equal(res.before.version_count, ENTRIES);
+    assert.ok(res.after.version_count < 10, `compacted to ${res.after.version_count} entries`);
+    const r = await runCapped(['restore', '--json', url, join(dir, 'compacted.sqlite3')]);
+    assert.equal(r.code, 0, `restore of the compacted backup: exit ${r.code}\n${r.stderr}`);
+    assert.equal((JSON.parse(r.stdout) as { head: number }).head, ENTRIES);
+    assert.equal(count(join(dir, 'compacted.sqlite3')), ENTRIES - 1);
+  });
+}

@@ -26,7 +26,7 @@ export const STDOUT_MUTEX = 4;
 export const FAILED = 5;
 /** length in bytes of the UTF-8 message in the message area, written before FAILED is set */
 const FAILED_LEN = 6;
-/** exported for the worker's shell (plugin/worker-shell.ts), which cannot import this module */
+/** exported for the worker's shell (plugin/compact-shell.ts), which imports node built-ins only */
 export const I32_SLOTS = 8;
 /**
  * i64 slots (in their own view): end of the data the writer has made durable, and the identity (st_dev,

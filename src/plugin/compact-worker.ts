@@ -23,7 +23,7 @@ import { log, sendError, sendResult, shareStdout } from './output.js';
 /**
  * The compaction worker thread. It answers `backup-compact` and writes its progress to the plugin log
  * itself, straight to fd 1 under the stdout mutex: the main thread sits blocked in read(2) and would not
- * see a message from here until lightningd's next request. The thread's shell (worker-shell.ts) loads
+ * see a message from here until lightningd's next request. The thread's shell (compact-shell.ts) loads
  * this module and calls handleRequest for each request; it answers for us if this module cannot load or
  * the thread dies.
  */

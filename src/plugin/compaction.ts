@@ -1,4 +1,5 @@
-import { statSync } from 'node:fs';
+import { existsSync, statSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
 import { join } from 'node:path';
 import { createRequire } from 'node:module';
 import type { Worker } from 'node:worker_threads';
@@ -27,7 +28,8 @@ import { DB_NAME } from '../engine/live-db.js';
 import type { Problem } from '../engine/entries.js';
 import { sendError, shareStdout, type RpcId } from './output.js';
 import type { KeyLike } from '../crypto/backup-crypt.js';
-import { EXITED, WORKER_SHELL, WorkerLife, type ShellData } from './worker-shell.js';
+import { leanCompactionHeap } from '../compact/heap.js';
+import { EXITED, WorkerLife, type ShellData } from './worker-life.js';
 
 /**
  * The main thread's half of online compaction. The writer is wrapped so that every append and rewind
@@ -73,7 +75,7 @@ export class PluginCompaction {
   private readonly v: SharedViews = views(this.sab);
   private gen = 0;
   private worker: Worker | null = null;
-  /** the current worker's life area (worker-shell.ts) */
+  /** the current worker's life area (worker-life.ts) */
   private life: WorkerLife | null = null;
   /** true once a worker thread exists: from then on every write takes the mutex and publishes its end */
   shared = false;
@@ -244,9 +246,15 @@ export class PluginCompaction {
         // would otherwise grow the worker's nursery to tens of MiB (plugin peak 141-159 MiB on a 1 GiB
         // compaction; 126 MiB with 8, 113 MiB with 3), for a few % more CPU in scavenges in a worker that
         // runs at nice 10 anyway (docs/compaction.md, "Memory"; bench/compact.ts prints the peak).
-        // the shell loads compact-worker.js and answers for it when it cannot (worker-shell.ts)
-        this.worker = new Worker(WORKER_SHELL, {
-          eval: true,
+        leanCompactionHeap();
+        // the shell loads compact-worker.js and answers for it when it cannot (worker-life.ts). Its own
+        // file is looked for first: a Worker whose file is missing fails in an event this thread never sees
+        // (a shell that exists but cannot load is caught by the start deadline instead).
+        const shell = new URL('./compact-shell.js', import.meta.url);
+        if (!existsSync(fileURLToPath(shell))) {
+          throw new Error(`${fileURLToPath(shell)} is missing; the plugin installation is damaged: reinstall clnvault`);
+        }
+        this.worker = new Worker(shell, {
           workerData: data,
           resourceLimits: { maxYoungGenerationSizeMb: COMPACT_YOUNG_GEN_MB },
         });
