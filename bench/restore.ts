@@ -2,7 +2,7 @@
  * Restore throughput on invoice-shaped transactions (~1 KB, 4 statements each, like lightningd's
  * `invoice` batches): generates a v2 backup in a temp dir, restores it, prints the rates.
  *
- *   node dist/bench/restore.js [--transactions N] [--runs N] [--keep]
+ *   node dist/bench/restore.js [--transactions N] [--runs N] [--keep] [--cpu-prof DIR]
  *
  * --runs restores the same backup N times (generated once) and prints every run, then the median: on a
  * shared VM single runs vary by +-20%.
@@ -29,6 +29,8 @@ export interface RestoreBenchOptions {
   /** restores of the same backup (default 1); the figures reported are the median run's (by wall time) */
   runs?: number;
   log?: (line: string) => void;
+  /** write a V8 CPU profile of each restoring process into this directory (node --cpu-prof) */
+  cpuProfDir?: string;
 }
 
 /** One timed restore. */
@@ -143,7 +145,8 @@ export async function benchRestore(opts: RestoreBenchOptions = {}): Promise<Rest
     for (let i = 0; i < (opts.runs ?? 1); i++) {
       rmSync(dest, { force: true });
       const load1 = loadavg()[0]!;
-      const child = spawnSync(process.execPath, [fileURLToPath(import.meta.url), '--child', backup, dest], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'] });
+      const prof = opts.cpuProfDir !== undefined ? ['--cpu-prof', `--cpu-prof-dir=${opts.cpuProfDir}`] : [];
+      const child = spawnSync(process.execPath, [...prof, fileURLToPath(import.meta.url), '--child', backup, dest], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'] });
       if (child.status !== 0) throw new Error(`the restore process failed (exit ${child.status}, signal ${child.signal})`);
       const c = JSON.parse(child.stdout) as ChildResult;
       if (c.head !== n + 1 || c.statements !== statements) {
@@ -230,11 +233,13 @@ if (process.argv[1] !== undefined && import.meta.url === pathToFileURL(process.a
     return i >= 0 ? Number(args[i + 1]) : undefined;
   };
   const transactions = num('--transactions');
+  const p = args.indexOf('--cpu-prof');
+  const cpuProfDir = p >= 0 ? args[p + 1] : undefined;
   const runs = num('--runs');
   if ([transactions, runs].some((x) => x !== undefined && !(Number.isInteger(x) && x > 0))) {
-    console.error('usage: node dist/bench/restore.js [--transactions N] [--runs N] [--keep]');
+    console.error('usage: node dist/bench/restore.js [--transactions N] [--runs N] [--keep] [--cpu-prof DIR]');
     process.exit(2);
   }
-  const r = await benchRestore({ transactions, runs, keep: args.includes('--keep'), log: (l) => console.log(l) });
+  const r = await benchRestore({ transactions, runs, keep: args.includes('--keep'), log: (l) => console.log(l), ...(cpuProfDir !== undefined ? { cpuProfDir } : {}) });
   console.log(format(r));
 }
