@@ -138,6 +138,7 @@ describe('several destinations: a local file and a clnvault server over TCP', ()
       metrics: `127.0.0.1:${metricsPort}`,
       heartbeat_url: `http://127.0.0.1:${hbPort}/ping`,
       heartbeat_interval: 1,
+      metrics_textfile: join(area.dir(), 'clnvault.prom'),
     });
     const node = await startNode(r.netDir);
     try {
@@ -157,6 +158,10 @@ describe('several destinations: a local file and a clnvault server over TCP', ()
       assert.match(text, new RegExp(`clnvault_destination_version\\{destination="${r.fileUrl.replace(/[/.]/g, '\\$&')}",index="0"\\} ${dv}\\n`));
       assert.match(text, /clnvault_destination_healthy\{destination="socket:127\.0\.0\.1:\d+",index="1"\} 1\n/);
       assert.match(text, /clnvault_ack_required 1\n/);
+      const lock = JSON.parse(readFileSync(join(r.netDir, 'backup.lock'), 'utf8')) as { metrics_textfile: string };
+      const tf = readFileSync(lock.metrics_textfile, 'utf8');
+      assert.match(tf, /# TYPE clnvault_destination_version gauge\n/);
+      assert.match(tf, /clnvault_destination_version\{destination="socket:127\.0\.0\.1:\d+",index="1"\} \d+\n/);
       assert.match(text, /clnvault_destination_ack_latency_seconds\{[^}]*quantile="0\.99"\} [0-9.e-]+\n/);
 
       // the server dies while writes flow: k=1 is still met by the file, every write is acknowledged
@@ -257,6 +262,39 @@ describe('several destinations: a local file and a clnvault server over TCP', ()
     } finally {
       if (node.state === 'running') await node.stop();
     }
+  });
+});
+
+describe('a local destination replaced by an older copy while the node was stopped', () => {
+  it('is detected at the next start from clnvault-destinations.json, not trusted, and re-seeded', { timeout: 90_000 }, async () => {
+    const r = await rig({ ack: 1, remote_timeout: 5 });
+    let node = await startNode(r.netDir);
+    await firstWrite(node);
+    await writes(node, 5, 'a');
+    await node.stop();
+    const local = r.fileUrl.slice('file://'.length);
+    copyFileSync(local, `${local}.old`);
+    node = await startNode(r.netDir);
+    await writes(node, 10, 'b');
+    await node.stop();
+    const held = JSON.parse(readFileSync(join(r.netDir, 'clnvault-destinations.json'), 'utf8')) as { destinations: Record<string, { held: number }> };
+    assert.equal(held.destinations[r.fileUrl]!.held, node.dataVersion());
+    copyFileSync(`${local}.old`, local);
+    node = await startNode(r.netDir);
+    try {
+      await until(node, 're-seeded', (x) => x[0]!.healthy && x[0]!.acked_version === node.dataVersion(), 'c', 30_000);
+      assert.ok(
+        node.logs.some((l) => l.level === 'error' && /ROLLED BACK OR REPLACED BY AN OLDER COPY: it held version \d+ and now holds version \d+/.test(l.message)),
+        node.logs.map((l) => l.message).join('\n'),
+      );
+      await writes(node, 2, 'd');
+      await until(node, 'both hold the last write', (x) => x.every((y) => y.acked_version === node.dataVersion()), 'e');
+    } finally {
+      await node.stop();
+    }
+    const want = dump(node.dbPath);
+    assert.equal(await restoreDump(r.fileUrl), want);
+    assert.equal(await restoreDump(r.serverUrl), want);
   });
 });
 
