@@ -16,7 +16,6 @@ import { prometheusText } from './prometheus.js';
 
 interface MonitorSetup {
   n: number;
-  urls: string[];
   shown: string[];
   shared: { ints: SharedArrayBuffer; f: SharedArrayBuffer };
   statePath: string;
@@ -35,7 +34,7 @@ function keepState(): void {
   for (let i = 0; i < setup.n; i++) {
     const st = s.f[fSlot(i, F.STATE)]!;
     if (st === DestState.Opening || st === DestState.NeedsSnapshot || st === DestState.Refused) continue;
-    held[setup.urls[i]!] = s.f[fSlot(i, F.HEAD)]!;
+    held[setup.shown[i]!] = s.f[fSlot(i, F.HEAD)]!;
   }
   const text = JSON.stringify(held);
   if (text === lastState) return;

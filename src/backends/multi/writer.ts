@@ -153,7 +153,7 @@ export class MultiWriter implements BackupWriter {
     const known = readDestState(this.statePath, this.opts.log);
     // remote ones first: they connect in their threads while the local files open here
     for (let i = 0; i < this.dests.length; i++) {
-      if (isRemoteUrl(this.dests[i]!.url)) this.startLane(i, known[this.dests[i]!.url] ?? null, false);
+      if (isRemoteUrl(this.dests[i]!.url)) this.startLane(i, known[this.dests[i]!.shown] ?? null, false);
     }
     for (let i = 0; i < this.dests.length; i++) {
       const d = this.dests[i]!;
@@ -163,7 +163,7 @@ export class MultiWriter implements BackupWriter {
         d.local = w;
         d.opened = true;
         if (i === 0) this.format = w.format;
-        const knownHead = known[d.url];
+        const knownHead = known[d.shown];
         this.setFigures(i, w);
         if (knownHead !== undefined && (w.isEmpty() || serialDiff(w.head(), knownHead) < 0)) {
           this.s.f[fSlot(i, F.UNTRUSTED_SEEN)] = 1;
@@ -181,7 +181,7 @@ export class MultiWriter implements BackupWriter {
       } catch (e) {
         d.lastError = (e as Error).message;
         this.opts.log('warn', `destination ${d.shown}: cannot be opened (${d.lastError}); retrying in the background`);
-        this.startLane(i, known[d.url] ?? null, false);
+        this.startLane(i, known[d.shown] ?? null, false);
       }
     }
     this.waitForOpens();
@@ -286,7 +286,6 @@ export class MultiWriter implements BackupWriter {
       this.monitor = new Worker(workerFile(['../../metrics/monitor.js', '../metrics/monitor.js']), {
         workerData: {
           n: this.s.n,
-          urls: this.dests.map((d) => d.url),
           shown: this.dests.map((d) => d.shown),
           shared: this.sharedBuf,
           statePath: this.statePath,
@@ -507,7 +506,7 @@ export class MultiWriter implements BackupWriter {
     for (let i = 0; i < this.dests.length; i++) {
       const st = this.s.f[fSlot(i, F.STATE)]!;
       if (st === DestState.Opening || st === DestState.NeedsSnapshot || st === DestState.Refused) continue;
-      out[this.dests[i]!.url] = this.s.f[fSlot(i, F.HEAD)]!;
+      out[this.dests[i]!.shown] = this.s.f[fSlot(i, F.HEAD)]!;
     }
     return out;
   }

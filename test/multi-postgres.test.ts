@@ -1,0 +1,90 @@
+/**
+ * Several destinations with a database among them: a local file, a `clnvault server` over TCP and a real
+ * PostgreSQL server (test/helpers/postgres.ts), ack 2. The socket server is SIGKILLed while writes flow
+ * (two destinations still hold each write), comes back and catches up; each of the three then restores
+ * to the node's database.
+ */
+import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { SimNode } from '../src/sim/lightningd.js';
+import { runCli, scratchArea, show } from './helpers/cli.js';
+import { killAllPlugins } from './helpers/plugin-proc.js';
+import { PG_SKIP, PgServer } from './helpers/postgres.js';
+import { killAllServers, startServer } from './helpers/socket-rig.js';
+import { dump } from './helpers/sqlite.js';
+
+const area = scratchArea('clnvault-multi-pg-');
+let server: PgServer;
+
+describe('several destinations: file + socket + postgresql, ack 2', { skip: PG_SKIP }, () => {
+  before(async () => {
+    server = await PgServer.start();
+    await server.adminSetup();
+    const r = await runCli(['init', '--schema-only', server.url('clnvault_admin', 'admin-secret', 'unused')]);
+    assert.equal(r.code, 0, show(r));
+  });
+  after(async () => {
+    killAllPlugins();
+    await killAllServers();
+    await server?.stop();
+    area.cleanup();
+  });
+
+  it('the server SIGKILLed while writes flow: file + PostgreSQL still make k=2, it catches up, all three restore to the node', { timeout: 120_000 }, async () => {
+    await server.createNodeRole('node_multi', 'pw-node_multi');
+    const pgUrl = server.url('node_multi', 'pw-node_multi', 'multi');
+    const netDir = area.dir();
+    const d = area.dir();
+    const serverUrl = `file://${join(d, 'server.bkp')}`;
+    assert.equal((await runCli(['init', serverUrl])).code, 0);
+    const srv = await startServer(serverUrl);
+    const socketUrl = `socket:127.0.0.1:${srv.port}`;
+    const fileUrl = `file://${join(d, 'local.bkp')}`;
+    const init = await runCli(['init', '--lightning-dir', netDir, '--ack', '2', fileUrl, socketUrl, pgUrl]);
+    assert.equal(init.code, 0, show(init));
+    assert.doesNotMatch(init.stdout + init.stderr, /pw-node_multi/, 'the password must not be printed');
+
+    const node = new SimNode({ netDir, hookSafetyTimeoutMs: 60_000 });
+    await node.start();
+    await node.init();
+    const tx = async (n: number, tag: string): Promise<void> => {
+      for (let i = 0; i < n; i++) assert.equal((await node.transaction([`INSERT INTO t(v) VALUES ('${tag}-${i}')`])).answered, 'continue');
+    };
+    const status = async (): Promise<Array<{ url: string; healthy: boolean; acked_version: number }>> =>
+      ((await node.rpc('clnvault-status')).result as { destinations: Array<{ url: string; healthy: boolean; acked_version: number }> }).destinations;
+    try {
+      const first = await node.dbWrite(1, [
+        'CREATE TABLE vars (name TEXT PRIMARY KEY, val TEXT, intval INTEGER)',
+        "INSERT INTO vars VALUES ('data_version', NULL, 1)",
+        'CREATE TABLE t (v TEXT)',
+      ]);
+      assert.equal(first.answered, 'continue', JSON.stringify(first));
+      await tx(10, 'a');
+      await srv.proc.kill('SIGKILL');
+      await tx(20, 'b');
+      const st = await status();
+      assert.doesNotMatch(JSON.stringify(st), /pw-node_multi/, 'the password must not reach the status');
+      await startServer(serverUrl, srv.port);
+      const end = Date.now() + 30_000;
+      for (let i = 0; ; i++) {
+        const s = await status();
+        if (s.every((x) => x.healthy && x.acked_version === node.dataVersion())) break;
+        assert.ok(Date.now() < end, `not caught up: ${JSON.stringify(s)}`);
+        await tx(1, `c${i}`);
+        await new Promise((r) => setTimeout(r, 100));
+      }
+    } finally {
+      await node.stop();
+    }
+    assert.doesNotMatch(readFileSync(join(netDir, 'clnvault-destinations.json'), 'utf8'), /pw-node_multi/, 'no password in the progress file');
+    const want = dump(node.dbPath);
+    for (const url of [fileUrl, socketUrl, pgUrl]) {
+      const dest = join(area.dir(), 'r.sqlite3');
+      const r = await runCli(['restore', url, dest]);
+      assert.equal(r.code, 0, show(r));
+      assert.equal(dump(dest), want, `restore from ${url.replace(/pw-[^@]*/, '***')}`);
+    }
+  });
+});
