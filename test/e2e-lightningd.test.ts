@@ -93,20 +93,24 @@ function suite(lightningd: string): void {
    */
   async function stopForComparison(node: LightningNode, url: string): Promise<void> {
     await node.stop();
-    const dv = committedVersion(node.db);
-    const head = await backupHead(url);
-    if (dv === head) return;
-    assert.ok(dv > head, `${node.name}: backup head ${head} after a clean stop, node data_version ${dv}`);
-    const st = await runCli(['status', '--json', '--lightning-dir', node.netDir]);
-    assert.equal((JSON.parse(st.stdout) as { state: string }).state, 'node-ahead', show(st));
-    console.log(`[e2e-lightningd] ${node.name}: committed after plugins stopped (CLN #5859): node ${dv}, backup ${head}; restarting to re-baseline`);
-    const logFrom = node.log().length;
-    await node.start();
-    // the snapshot is taken in the first db_write hook after the start
-    const rebaselined = new RegExp(`re-baselined: the node.s database was at version ${dv} but the backup only at ${head}`);
-    await waitFor('the re-baseline', async () => rebaselined.test(node.log().slice(logFrom)), 30_000);
-    await node.stop();
-    assert.equal(await backupHead(url), committedVersion(node.db), `${node.name}: still not in step after the re-baselining start`);
+    // lightningd may commit after it shut plugins down on any clean stop (CLN #5859), including the stop
+    // after a re-baselining start: each such start must re-baseline again, and the backup must end in step
+    for (let restarts = 0; ; restarts++) {
+      const dv = committedVersion(node.db);
+      const head = await backupHead(url);
+      if (dv === head) return;
+      assert.ok(dv > head, `${node.name}: backup head ${head} after a clean stop, node data_version ${dv}`);
+      assert.ok(restarts < 3, `${node.name}: still not in step after ${restarts} re-baselining starts (node ${dv}, backup ${head})`);
+      const st = await runCli(['status', '--json', '--lightning-dir', node.netDir]);
+      assert.equal((JSON.parse(st.stdout) as { state: string }).state, 'node-ahead', show(st));
+      console.log(`[e2e-lightningd] ${node.name}: committed after plugins stopped (CLN #5859): node ${dv}, backup ${head}; restarting to re-baseline`);
+      const logFrom = node.log().length;
+      await node.start();
+      // the snapshot is taken in the first db_write hook after the start
+      const rebaselined = new RegExp(`re-baselined: the node.s database was at version ${dv} but the backup only at ${head}`);
+      await waitFor('the re-baseline', async () => rebaselined.test(node.log().slice(logFrom)), 30_000);
+      await node.stop();
+    }
   }
 
   async function backupHead(url: string): Promise<number> {
