@@ -456,8 +456,13 @@ class SoakNode {
    */
   private async ioErrorInCompaction(): Promise<void> {
     await this.waitCompactionIdle();
-    const afterRename = this.rng.next() < 0.5;
-    armFault(this.faultSpec, afterRename ? { from: 'rename', at: this.rng.int(1, 12) } : { from: 'compacting', at: Math.round(this.rng.logUniform(1, 300)) });
+    // Half and half at random, except that a side no fault has landed on yet while the other has is chosen,
+    // with an early call for the side before the rename: the soak's coverage check must not depend on luck.
+    const { ioErrorsBeforeRename: before, ioErrorsAfterRename: after } = this.rep;
+    const catchUp = before === 0 && after > 0 ? 'before' : after === 0 && before > 0 ? 'after' : null;
+    const afterRename = catchUp === null ? this.rng.next() < 0.5 : catchUp === 'after';
+    const early = catchUp === 'before' ? this.rng.int(1, 8) : Math.round(this.rng.logUniform(1, 300));
+    armFault(this.faultSpec, afterRename ? { from: 'rename', at: this.rng.int(1, 12) } : { from: 'compacting', at: early });
     const answer = this.compactNow();
     let refused = false;
     for (let k = this.rng.int(0, 6); k > 0 && !refused; k--) {
