@@ -9,9 +9,9 @@
  * 2. twenty nodes writing at once: twenty plugin processes, each driven by its own thread, into one
  *    database: aggregate writes/s and p99 per node.
  *
- *   node dist/bench/postgres.js [--n N] [--rounds R] [--nodes K] [--per-node N] [--bytes B]
+ *   node dist/bench/postgres.js [--n N] [--rounds R] [--warmup W] [--nodes K] [--per-node N] [--bytes B]
  */
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -20,7 +20,7 @@ import { isMainThread, parentPort, Worker, workerData } from 'node:worker_thread
 import pg from 'pg';
 import { FifoDriver } from './driver.js';
 import { batch } from './plugin.js';
-import { fmtUs, summarize, type Summary } from './stats.js';
+import { fmtUs, procCpuNs, summarize, type Summary } from './stats.js';
 import { findPgBin, PG_DB, PgServer } from '../test/helpers/postgres.js';
 import { runCli } from '../test/helpers/cli.js';
 
@@ -31,24 +31,70 @@ interface NodeJob {
   bytes: number;
 }
 
+function startNode(netDir: string): FifoDriver {
+  const d = new FifoDriver(netDir);
+  const m = d.call(`{"jsonrpc":"2.0","id":"cln:getmanifest#1","method":"getmanifest","params":{"allow-deprecated-apis":false}}\n\n`, 'cln:getmanifest#1');
+  if (!m.includes('db_write')) throw new Error(`bad manifest: ${m}`);
+  return d;
+}
+
+/** `onMeasured`: called right before the first measured call and right after the last one */
+function loop(d: FifoDriver, job: NodeJob, onMeasured?: (edge: 'start' | 'end') => void): { lat: number[]; elapsedS: number } {
+  const lat: number[] = [];
+  let t0 = process.hrtime.bigint();
+  for (let dv = 1; dv <= job.n; dv++) {
+    const id = `cln:db_write#${dv + 20}`;
+    const msg = Buffer.from(`${JSON.stringify({ jsonrpc: '2.0', id, method: 'db_write', params: { data_version: dv, writes: batch(dv, job.bytes) } })}\n\n`);
+    if (dv === job.warmup + 1) {
+      onMeasured?.('start');
+      t0 = process.hrtime.bigint();
+    }
+    const s = process.hrtime.bigint();
+    const reply = d.call(msg, id);
+    if (!reply.includes('"continue"')) throw new Error(`db_write refused: ${reply}`);
+    if (dv > job.warmup) lat.push(Number(process.hrtime.bigint() - s) / 1000);
+  }
+  const elapsedS = Number(process.hrtime.bigint() - t0) / 1e9;
+  onMeasured?.('end');
+  return { lat, elapsedS };
+}
+
 /** One plugin, driven synchronously (this runs in a worker thread when several nodes write at once). */
 function drive(job: NodeJob): { lat: number[]; elapsedS: number } {
-  const d = new FifoDriver(job.netDir);
+  const d = startNode(job.netDir);
   try {
-    const m = d.call(`{"jsonrpc":"2.0","id":"cln:getmanifest#1","method":"getmanifest","params":{"allow-deprecated-apis":false}}\n\n`, 'cln:getmanifest#1');
-    if (!m.includes('db_write')) throw new Error(`bad manifest: ${m}`);
-    const lat: number[] = [];
-    let t0 = process.hrtime.bigint();
-    for (let dv = 1; dv <= job.n; dv++) {
-      if (dv === job.warmup + 1) t0 = process.hrtime.bigint();
-      const id = `cln:db_write#${dv + 20}`;
-      const msg = Buffer.from(`${JSON.stringify({ jsonrpc: '2.0', id, method: 'db_write', params: { data_version: dv, writes: batch(dv, job.bytes) } })}\n\n`);
-      const s = process.hrtime.bigint();
-      const reply = d.call(msg, id);
-      if (!reply.includes('"continue"')) throw new Error(`db_write refused: ${reply}`);
-      if (dv > job.warmup) lat.push(Number(process.hrtime.bigint() - s) / 1000);
-    }
-    return { lat, elapsedS: Number(process.hrtime.bigint() - t0) / 1e9 };
+    return loop(d, job);
+  } finally {
+    void d.close();
+  }
+}
+
+/**
+ * One plugin in this thread, with the CPU time per measured db_write of the plugin process and of the
+ * PostgreSQL backend serving its connection (/proc schedstat: barely moved by the machine's load).
+ */
+async function driveMeasured(server: PgServer, role: string, job: NodeJob): Promise<{ lat: number[]; pluginCpuUs: number; backendCpuUs: number }> {
+  const d = startNode(job.netDir);
+  try {
+    const admin = await server.superClient();
+    const r = await admin.query(`SELECT pid FROM pg_stat_activity WHERE usename = $1 AND application_name LIKE 'clnvault writer%'`, [role]);
+    await admin.end();
+    const backend = Number(r.rows[0]?.pid);
+    let p0 = 0;
+    let b0 = 0;
+    let pluginCpuUs = NaN;
+    let backendCpuUs = NaN;
+    const measured = job.n - job.warmup;
+    const out = loop(d, job, (edge) => {
+      if (edge === 'start') {
+        p0 = procCpuNs(d.pid);
+        b0 = procCpuNs(backend);
+      } else {
+        pluginCpuUs = (procCpuNs(d.pid) - p0) / 1000 / measured;
+        backendCpuUs = (procCpuNs(backend) - b0) / 1000 / measured;
+      }
+    });
+    return { lat: out.lat, pluginCpuUs, backendCpuUs };
   } finally {
     void d.close();
   }
@@ -70,19 +116,24 @@ async function newNode(server: PgServer, root: string, name: string): Promise<st
 }
 
 /** PostgreSQL's own commit latency: prepared single-row INSERT in autocommit, same row size, same server. */
-async function floor(server: PgServer, n: number, bytes: number): Promise<number[]> {
+async function floor(server: PgServer, n: number, bytes: number): Promise<{ lat: number[]; clientCpuUs: number; backendCpuUs: number }> {
   const c = new pg.Client({ connectionString: `postgresql://postgres:${'super-secret'}@127.0.0.1:${server.port}/${PG_DB}` });
   await c.connect();
   await c.query('CREATE TABLE IF NOT EXISTS bench_floor (id bigserial PRIMARY KEY, k bigint NOT NULL, v text[] NOT NULL)');
+  const backend = Number((await c.query('SELECT pg_backend_pid() AS pid')).rows[0].pid);
   const lat: number[] = [];
+  const b0 = procCpuNs(backend);
+  const c0 = process.cpuUsage();
   for (let i = 0; i < n; i++) {
     const v = batch(i + 1, bytes);
     const s = process.hrtime.bigint();
     await c.query({ name: 'floor', text: 'INSERT INTO bench_floor (k, v) VALUES ($1, $2)', values: [i, v] });
     lat.push(Number(process.hrtime.bigint() - s) / 1000);
   }
+  const cu = process.cpuUsage(c0);
+  const backendCpuUs = (procCpuNs(backend) - b0) / 1000 / n;
   await c.end();
-  return lat;
+  return { lat, clientCpuUs: (cu.user + cu.system) / n, backendCpuUs };
 }
 
 function runNodes(jobs: NodeJob[]): Promise<Array<{ lat: number[]; elapsedS: number }>> {
@@ -103,11 +154,16 @@ export interface PgBenchResult {
   floorUs: Summary;
   hookUs: Summary;
   ratioP50: number;
+  /** per round: the floor's and the hook's p50, and their ratio */
+  rounds: Array<{ floorP50: number; hookP50: number; ratio: number }>;
+  medianRatio: number;
+  /** CPU time per write (medians over the rounds), µs */
+  cpu: { floorClient: number; floorBackend: number; plugin: number; hookBackend: number };
   many: { nodes: number; writesPerSec: number; wallWritesPerSec: number; p99PerNodeUs: { min: number; median: number; max: number } };
   load: number[];
 }
 
-export async function benchPostgres(opts: { n: number; rounds: number; nodes: number; perNode: number; bytes: number }): Promise<PgBenchResult> {
+export async function benchPostgres(opts: { n: number; rounds: number; nodes: number; perNode: number; bytes: number; warmup: number }): Promise<PgBenchResult> {
   const server = await PgServer.start();
   const root = mkdtempSync(join(tmpdir(), 'clnvault-pgbench-'));
   try {
@@ -117,10 +173,18 @@ export async function benchPostgres(opts: { n: number; rounds: number; nodes: nu
     const floorLat: number[] = [];
     const hookLat: number[] = [];
     const load = [loadavg()[0]!];
+    const rounds: PgBenchResult['rounds'] = [];
+    const cpus: Array<PgBenchResult['cpu']> = [];
     for (let r = 0; r < opts.rounds; r++) {
-      floorLat.push(...(await floor(server, opts.n, opts.bytes)));
+      const f = await floor(server, opts.n, opts.bytes);
+      floorLat.push(...f.lat);
       const nd = await newNode(server, root, `single${r}`);
-      hookLat.push(...drive({ netDir: nd, n: opts.n + 50, warmup: 50, bytes: opts.bytes }).lat);
+      const h = await driveMeasured(server, `single${r}`, { netDir: nd, n: opts.n + opts.warmup, warmup: opts.warmup, bytes: opts.bytes });
+      hookLat.push(...h.lat);
+      const fp = summarize(f.lat).p50;
+      const hp = summarize(h.lat).p50;
+      rounds.push({ floorP50: fp, hookP50: hp, ratio: hp / fp });
+      cpus.push({ floorClient: f.clientCpuUs, floorBackend: f.backendCpuUs, plugin: h.pluginCpuUs, hookBackend: h.backendCpuUs });
     }
     load.push(loadavg()[0]!);
     const jobs: NodeJob[] = [];
@@ -136,6 +200,14 @@ export async function benchPostgres(opts: { n: number; rounds: number; nodes: nu
       floorUs,
       hookUs,
       ratioP50: hookUs.p50 / floorUs.p50,
+      rounds,
+      medianRatio: med(rounds.map((x) => x.ratio)),
+      cpu: {
+        floorClient: med(cpus.map((x) => x.floorClient)),
+        floorBackend: med(cpus.map((x) => x.floorBackend)),
+        plugin: med(cpus.map((x) => x.plugin)),
+        hookBackend: med(cpus.map((x) => x.hookBackend)),
+      },
       many: {
         nodes: opts.nodes,
         // measured writes over the longest node's measured span (after its start-up and warm-up)
@@ -152,6 +224,15 @@ export async function benchPostgres(opts: { n: number; rounds: number; nodes: nu
   }
 }
 
+function med(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.floor(s.length / 2)]!;
+}
+
+function uptime(): string {
+  return `load average ${loadavg().map((x) => x.toFixed(2)).join(', ')} (${readFileSync('/proc/loadavg', 'utf8').trim().split(' ')[3]} running/total tasks)`;
+}
+
 if (isMainThread && process.argv[1] === fileURLToPath(import.meta.url)) {
   const { values } = parseArgs({
     options: {
@@ -160,6 +241,8 @@ if (isMainThread && process.argv[1] === fileURLToPath(import.meta.url)) {
       nodes: { type: 'string', default: '20' },
       'per-node': { type: 'string', default: '300' },
       bytes: { type: 'string', default: '1024' },
+      // the plugin lives as long as the node; V8 tiers its per-call code up over the first few thousand calls
+      warmup: { type: 'string', default: '3000' },
     },
   });
   if (findPgBin() === null) {
@@ -172,10 +255,18 @@ if (isMainThread && process.argv[1] === fileURLToPath(import.meta.url)) {
     nodes: Number(values.nodes),
     perNode: Number(values['per-node']),
     bytes: Number(values.bytes),
+    warmup: Number(values.warmup),
   });
+  console.log(`uptime at the end: ${uptime()}`);
   console.log(`PostgreSQL destination, ${values.bytes}-byte batches, load ${r.load.map((l) => l.toFixed(2)).join(' -> ')}`);
   console.log(`  floor: single-row INSERT commit  p50 ${fmtUs(r.floorUs.p50)}  p99 ${fmtUs(r.floorUs.p99)}`);
-  console.log(`  plugin hook (db_write round trip) p50 ${fmtUs(r.hookUs.p50)}  p99 ${fmtUs(r.hookUs.p99)}  -> p50 ${r.ratioP50.toFixed(2)}x the floor (target <= 1.20x)`);
+  console.log(`  plugin hook (db_write round trip) p50 ${fmtUs(r.hookUs.p50)}  p99 ${fmtUs(r.hookUs.p99)}  -> p50 ${r.ratioP50.toFixed(2)}x the floor over all rounds (target <= 1.20x)`);
+  for (const [i, x] of r.rounds.entries()) console.log(`    round ${i + 1}: floor p50 ${fmtUs(x.floorP50)}, hook p50 ${fmtUs(x.hookP50)}: ${x.ratio.toFixed(2)}x`);
+  console.log(`  median of the rounds' ratios: ${r.medianRatio.toFixed(2)}x`);
+  console.log(
+    `  CPU per write (medians): floor client ${fmtUs(r.cpu.floorClient)} + its backend ${fmtUs(r.cpu.floorBackend)}; ` +
+      `plugin process ${fmtUs(r.cpu.plugin)} + its backend ${fmtUs(r.cpu.hookBackend)}`,
+  );
   console.log(
     `  ${r.many.nodes} nodes at once: ${Math.round(r.many.writesPerSec)} writes/s in total (${Math.round(r.many.wallWritesPerSec)}/s with start-ups); p99 per node ` +
       `min ${fmtUs(r.many.p99PerNodeUs.min)} median ${fmtUs(r.many.p99PerNodeUs.median)} max ${fmtUs(r.many.p99PerNodeUs.max)}`,

@@ -1,18 +1,27 @@
 /**
  * socket: hook latency over loopback, beside the server disk's own floor measured in the same run.
  *
- *   node dist/bench/socket.js [--n 3000] [--bytes 1024] [--nodes 10] [--dir DIR]
+ *   node dist/bench/socket.js [--n 3000] [--rounds 3] [--warmup 6000] [--bytes 1024] [--nodes 10] [--dir DIR]
  *
  * 1. floor: write+fdatasync of one record on the server's disk (what no server can beat);
  * 2. one node: the built plugin driven over FIFOs (as lightningd does), backup.lock socket:127.0.0.1:PORT,
  *    `clnvault server` storing into a v2 file on that disk; db_write latency as lightningd sees it;
  *    The same through clnvault's own mode (clnvault://, TLS-PSK, server --dir).
+ *    Rounds alternate floor, socket: and clnvault://, so all see the same load; the medians of the
+ *    rounds' p50s are compared. Beside each, the CPU time per db_write of the plugin process and of the
+ *    server process (all threads, /proc schedstat), a figure the machine's load barely moves.
+ *    A second floor, also in each round: a bare Node TCP server in its own process that appends each
+ *    packet to a file with fdatasync and answers 9 bytes, driven over loopback by this process. It is the
+ *    least any socket server costs on this machine (its TCP stack, its wake-ups, the disk), so the gap
+ *    between it and clnvault's path is what clnvault's code adds.
  * 3. N nodes at once through one `clnvault server --dir` (each its own key and backup, all on one disk):
  *    aggregate writes/s, p99 per node.
  */
 import { execFileSync, spawn } from 'node:child_process';
 import { once } from 'node:events';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { fdatasyncSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync, writeSync } from 'node:fs';
+import { connect, createServer } from 'node:net';
+import { changePacket } from '../src/backends/socket/protocol.js';
 import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -20,7 +29,7 @@ import { parseArgs } from 'node:util';
 import { createV2 } from '../src/backends/file/v2.js';
 import { FifoDriver } from './driver.js';
 import { batch, measureFloor } from './plugin.js';
-import { fmtUs, summarize, type Summary } from './stats.js';
+import { fmtUs, procCpuNs, summarize, type Summary } from './stats.js';
 
 const CLI = fileURLToPath(new URL('../src/cli/main.js', import.meta.url));
 const SELF = fileURLToPath(import.meta.url);
@@ -28,11 +37,16 @@ const SELF = fileURLToPath(import.meta.url);
 const { values } = parseArgs({
   options: {
     n: { type: 'string', default: '3000' },
+    rounds: { type: 'string', default: '3' },
+    // the plugin lives as long as the node; V8 tiers its per-call code up over the first few thousand calls
+    warmup: { type: 'string', default: '6000' },
     bytes: { type: 'string', default: '1024' },
     nodes: { type: 'string', default: '10' },
     dir: { type: 'string' },
     // internal: run one node against PORT and print its latencies as JSON
     'one-node': { type: 'string' },
+    // internal: the network+disk floor's server (a bare TCP server that appends and fdatasyncs each packet)
+    'echo-floor': { type: 'string' },
     node: { type: 'string' },
     key: { type: 'string' },
   },
@@ -41,7 +55,7 @@ const n = Number(values.n);
 const bytes = Number(values.bytes);
 
 /** `nodes` > 0: clnvault's own mode (server --dir with nodes n0, n1, ...); returns their keys */
-async function startServer(dir: string, nodes = 0): Promise<{ port: number; keys: string[]; kill: () => Promise<void> }> {
+async function startServer(dir: string, nodes = 0): Promise<{ port: number; pid: number; keys: string[]; kill: () => Promise<void> }> {
   const keys: string[] = [];
   let args: string[];
   if (nodes > 0) {
@@ -68,6 +82,7 @@ async function startServer(dir: string, nodes = 0): Promise<{ port: number; keys
   });
   return {
     port,
+    pid: child.pid!,
     keys,
     kill: async () => {
       child.kill('SIGTERM');
@@ -78,7 +93,79 @@ async function startServer(dir: string, nodes = 0): Promise<{ port: number; keys
 
 /** One node: warm-up calls (not counted), then `count` timed calls. */
 /** `node`: clnvault's own mode as that node (name and key); plain socket: otherwise */
-async function runNode(dir: string, port: number, count: number, warmup: number, node: { name: string; key: string } | null = null): Promise<{ lat: number[]; seconds: number }> {
+/** The network+disk floor's server: `--echo-floor FILE`; prints its port. */
+function echoFloorServer(file: string): void {
+  const fd = openSync(file, 'w');
+  let pos = 0;
+  const srv = createServer((s) => {
+    s.setNoDelay(true);
+    let buf: Buffer = Buffer.alloc(0);
+    s.on('data', (d: Buffer) => {
+      buf = buf.length === 0 ? d : Buffer.concat([buf, d]);
+      while (buf.length >= 5 && buf.length >= 5 + buf.readUInt32BE(1)) {
+        const len = 5 + buf.readUInt32BE(1);
+        writeSync(fd, buf, 0, len, pos);
+        pos += len;
+        fdatasyncSync(fd);
+        buf = buf.subarray(len);
+        const ack = Buffer.alloc(9);
+        ack[0] = 6;
+        ack.writeUInt32BE(4, 1);
+        s.write(ack);
+      }
+    });
+    s.on('error', () => {});
+  });
+  srv.listen(0, '127.0.0.1', () => process.stdout.write(`${(srv.address() as { port: number }).port}\n`));
+}
+
+/** Round trips of CHANGE-sized packets through the echo-floor server, with its CPU per packet. */
+async function measureNetFloor(dir: string, count: number): Promise<{ p50: number; serverCpuUs: number }> {
+  const child = spawn(process.execPath, [SELF, '--echo-floor', join(dir, 'echo-floor.bin')], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const port = await new Promise<number>((resolve, reject) => {
+    child.stdout.once('data', (d: Buffer) => resolve(Number(d.toString().trim())));
+    child.once('exit', () => reject(new Error('the echo-floor server exited')));
+  });
+  const sock = connect(port, '127.0.0.1');
+  sock.setNoDelay(true);
+  await once(sock, 'connect');
+  const pkt = changePacket(1, batch(1, bytes));
+  const lat: number[] = [];
+  let c0 = 0;
+  const warm = 200;
+  for (let i = 0; i < warm + count; i++) {
+    if (i === warm) c0 = procCpuNs(child.pid!);
+    const t = process.hrtime.bigint();
+    await new Promise<void>((resolve) => {
+      sock.once('data', () => resolve());
+      sock.write(pkt);
+    });
+    if (i >= warm) lat.push(Number(process.hrtime.bigint() - t) / 1000);
+  }
+  const serverCpuUs = (procCpuNs(child.pid!) - c0) / 1000 / count;
+  sock.destroy();
+  child.kill();
+  await once(child, 'exit');
+  rmSync(join(dir, 'echo-floor.bin'), { force: true });
+  return { p50: summarize(lat).p50, serverCpuUs };
+}
+
+interface NodeRun {
+  lat: number[];
+  seconds: number;
+  /** CPU time per measured db_write, µs: the plugin process, and the server process when its pid is given */
+  pluginCpuUs: number;
+  serverCpuUs: number;
+}
+
+async function runNode(
+  dir: string,
+  port: number,
+  count: number,
+  warmup: number,
+  node: { name: string; key: string } | null = null,
+  serverPid: number | null = null,
+): Promise<NodeRun> {
   const nd = mkdtempSync(join(dir, 'nd-'));
   if (node !== null) writeFileSync(join(nd, 'clnvault-remote.key'), node.key, { mode: 0o600 });
   const url = node === null ? `socket:127.0.0.1:${port}` : `clnvault://${node.name}@127.0.0.1:${port}`;
@@ -87,19 +174,37 @@ async function runNode(dir: string, port: number, count: number, warmup: number,
   d.call(`{"jsonrpc":"2.0","id":"m","method":"getmanifest","params":{}}\n\n`, 'm');
   const lat: number[] = [];
   let t0 = 0n;
+  let p0 = 0;
+  let s0 = 0;
   for (let dv = 1; dv <= warmup + count; dv++) {
-    if (dv === warmup + 1) t0 = process.hrtime.bigint();
     const id = `w${dv}`;
     const msg = Buffer.from(`${JSON.stringify({ jsonrpc: '2.0', id, method: 'db_write', params: { data_version: dv, writes: batch(dv, bytes) } })}\n\n`);
+    if (dv === warmup + 1) {
+      t0 = process.hrtime.bigint();
+      p0 = procCpuNs(d.pid);
+      s0 = serverPid === null ? 0 : procCpuNs(serverPid);
+    }
     const s = process.hrtime.bigint();
     const reply = d.call(msg, id);
     if (!reply.includes('"continue"')) throw new Error(`db_write refused: ${reply}`);
     if (dv > warmup) lat.push(Number(process.hrtime.bigint() - s) / 1000);
   }
   const seconds = Number(process.hrtime.bigint() - t0) / 1e9;
+  const pluginCpuUs = (procCpuNs(d.pid) - p0) / 1000 / count;
+  const serverCpuUs = serverPid === null ? NaN : (procCpuNs(serverPid) - s0) / 1000 / count;
   await d.close();
   rmSync(nd, { recursive: true, force: true });
-  return { lat, seconds };
+  return { lat, seconds, pluginCpuUs, serverCpuUs };
+}
+
+/** what `uptime` prints: the load the figures were measured under */
+function uptime(): string {
+  return `load average ${loadavg().map((x) => x.toFixed(2)).join(', ')} (${readFileSync('/proc/loadavg', 'utf8').trim().split(' ')[3]} running/total tasks)`;
+}
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.floor(s.length / 2)]!;
 }
 
 function line(name: string, s: Summary): string {
@@ -107,38 +212,59 @@ function line(name: string, s: Summary): string {
 }
 
 async function main(): Promise<void> {
+  if (values['echo-floor'] !== undefined) {
+    echoFloorServer(values['echo-floor']);
+    return;
+  }
   if (values['one-node'] !== undefined) {
     const node = values.node === undefined ? null : { name: values.node, key: values.key! };
-    const r = await runNode(values.dir!, Number(values['one-node']), n, 200, node);
+    const r = await runNode(values.dir!, Number(values['one-node']), n, Number(values.warmup), node);
     process.stdout.write(JSON.stringify(r));
     return;
   }
   const dir = values.dir ?? mkdtempSync(join(tmpdir(), 'clnvault-bench-socket-'));
   const nodes = Number(values.nodes);
-  console.log(`socket: bench, ${n} db_writes of ~${bytes} B per node, load average before: ${loadavg().map((x) => x.toFixed(2)).join(' ')}`);
-  const floor = measureFloor(dir, bytes + 64, Math.min(n, 2000));
-  const srv = await startServer(mkdtempSync(join(dir, 's-')));
-  const one = await runNode(dir, srv.port, n, 1000);
-  await srv.kill();
-  const tlsSrv = await startServer(mkdtempSync(join(dir, 't-')), 1);
-  const tlsRun = await runNode(dir, tlsSrv.port, n, 1000, { name: 'n0', key: tlsSrv.keys[0]! });
-  await tlsSrv.kill();
-  const floor2 = measureFloor(dir, bytes + 64, Math.min(n, 2000));
-  const s1 = summarize(one.lat);
-  console.log(line('floor: write+fdatasync, server disk (before)', floor.latencyUs));
-  console.log(line('floor: write+fdatasync, server disk (after)', floor2.latencyUs));
-  console.log(line('db_write via socket: to clnvault server', s1));
-  const s2 = summarize(tlsRun.lat);
-  console.log(line('db_write via clnvault:// (TLS-PSK) to server --dir', s2));
-  const floorP50 = Math.max(floor.latencyUs.p50, floor2.latencyUs.p50);
-  console.log(`clnvault:// p50 over the floor: ${fmtUs(s2.p50 - floorP50)}`);
-  console.log(`socket: p50 over the floor: ${fmtUs(s1.p50 - floorP50)} (target: within 150 µs; floor p50 = the larger of the two floor runs, ${fmtUs(floorP50)}; both are fdatasync-bound, so on a loaded VM the difference is within the disk's own noise and can come out negative)`);
+  const rounds = Number(values.rounds);
+  const warmup = Number(values.warmup);
+  console.log(`socket: bench, ${n} db_writes of ~${bytes} B per node after ${warmup} uncounted, ${rounds} rounds; uptime: ${uptime()}`);
+  const rows: Array<{ floor: number; floorCpu: number; net: { p50: number; serverCpuUs: number }; sock: NodeRun; tls: NodeRun }> = [];
+  for (let r = 0; r < rounds; r++) {
+    const f = measureFloor(dir, bytes + 64, Math.min(n, 2000));
+    const net = await measureNetFloor(dir, Math.min(n, 2000));
+    const srv = await startServer(mkdtempSync(join(dir, 's-')));
+    const sock = await runNode(dir, srv.port, n, warmup, null, srv.pid);
+    await srv.kill();
+    const tlsSrv = await startServer(mkdtempSync(join(dir, 't-')), 1);
+    const tls = await runNode(dir, tlsSrv.port, n, warmup, { name: 'n0', key: tlsSrv.keys[0]! }, tlsSrv.pid);
+    await tlsSrv.kill();
+    const f2 = measureFloor(dir, bytes + 64, Math.min(n, 2000));
+    const floor = Math.max(f.latencyUs.p50, f2.latencyUs.p50);
+    rows.push({ floor, floorCpu: (f.cpuUsPerOp + f2.cpuUsPerOp) / 2, net, sock, tls });
+    const s1 = summarize(sock.lat);
+    const s2 = summarize(tls.lat);
+    console.log(`round ${r + 1}: floor p50 ${fmtUs(floor)} (larger of the runs before and after; CPU ${fmtUs((f.cpuUsPerOp + f2.cpuUsPerOp) / 2)}/op)`);
+    console.log(`  network+disk floor (bare TCP server, append+fdatasync, ack): p50 ${fmtUs(net.p50)}, its CPU ${fmtUs(net.serverCpuUs)}/packet`);
+    console.log(`  ${line('db_write via socket: to clnvault server', s1)}  +${fmtUs(s1.p50 - floor)}  CPU/write plugin ${fmtUs(sock.pluginCpuUs)} server ${fmtUs(sock.serverCpuUs)}`);
+    console.log(`  ${line('db_write via clnvault:// (TLS-PSK)', s2)}  +${fmtUs(s2.p50 - floor)}  CPU/write plugin ${fmtUs(tls.pluginCpuUs)} server ${fmtUs(tls.serverCpuUs)}`);
+  }
+  const over = (k: 'sock' | 'tls'): number => median(rows.map((x) => summarize(x[k].lat).p50 - x.floor));
+  const cpu = (k: 'sock' | 'tls'): string =>
+    `plugin ${fmtUs(median(rows.map((x) => x[k].pluginCpuUs)))} + server ${fmtUs(median(rows.map((x) => x[k].serverCpuUs)))} ` +
+    `(the floor's write+fdatasync: ${fmtUs(median(rows.map((x) => x.floorCpu)))})`;
+  console.log(`median over ${rounds} rounds: socket: p50 over the floor ${fmtUs(over('sock'))} (target: within 150 µs); clnvault:// ${fmtUs(over('tls'))}`);
+  const overNet = (k: 'sock' | 'tls'): number => median(rows.map((x) => summarize(x[k].lat).p50 - x.net.p50));
+  console.log(
+    `  over the network+disk floor (median ${fmtUs(median(rows.map((x) => x.net.p50)))}, i.e. ${fmtUs(median(rows.map((x) => x.net.p50 - x.floor)))} over the disk floor ` +
+      `before any clnvault code runs): socket: ${fmtUs(overNet('sock'))}, clnvault:// ${fmtUs(overNet('tls'))}; the bare server's CPU per packet ${fmtUs(median(rows.map((x) => x.net.serverCpuUs)))}`,
+  );
+  console.log(`CPU time per db_write (medians; the load barely moves these): socket: ${cpu('sock')}; clnvault:// ${cpu('tls')}`);
+  console.log(`uptime after the single-node rounds: ${uptime()}`);
 
   const multi = await startServer(mkdtempSync(join(dir, 'm-')), nodes);
   const t0 = Date.now();
   const runs = await Promise.all(
     multi.keys.map(async (key, i) => {
-      const c = spawn(process.execPath, [SELF, '--one-node', String(multi.port), '--node', `n${i}`, '--key', key, '--n', String(Math.max(100, Math.floor(n / 5))), '--bytes', String(bytes), '--dir', dir], { stdio: ['ignore', 'pipe', 'inherit'] });
+      const c = spawn(process.execPath, [SELF, '--one-node', String(multi.port), '--node', `n${i}`, '--key', key, '--n', String(Math.max(100, Math.floor(n / 5))), '--warmup', '500', '--bytes', String(bytes), '--dir', dir], { stdio: ['ignore', 'pipe', 'inherit'] });
       let out = '';
       c.stdout.setEncoding('utf8');
       c.stdout.on('data', (d: string) => (out += d));
@@ -152,7 +278,7 @@ async function main(): Promise<void> {
   const p99s = runs.map((r) => summarize(r.lat).p99).sort((a, b) => a - b);
   console.log(`${nodes} nodes at once through one clnvault server --dir (clnvault://, each its own key and backup, one disk): ${(total / Math.max(...runs.map((r) => r.seconds))).toFixed(0)} writes/s aggregate over the slowest node's run (${wall.toFixed(1)} s wall incl. start-up)`);
   console.log(`  p99 per node: ${p99s.map(fmtUs).join(', ')}`);
-  console.log(`  p50 all nodes: ${fmtUs(summarize(runs.flatMap((r) => r.lat)).p50)}; load average after: ${loadavg().map((x) => x.toFixed(2)).join(' ')}`);
+  console.log(`  p50 all nodes: ${fmtUs(summarize(runs.flatMap((r) => r.lat)).p50)}; uptime after: ${uptime()}`);
   if (values.dir === undefined) rmSync(dir, { recursive: true, force: true });
 }
 

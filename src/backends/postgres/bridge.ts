@@ -2,7 +2,7 @@ import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
 import type { MessagePort, Worker } from 'node:worker_threads';
-import type { PgReply, PgRequest, PgWorkerData } from './protocol.js';
+import { PG_REPLY_IN_SAB, PG_REPLY_NONE, type PgReply, type PgRequest, type PgWorkerData } from './protocol.js';
 import type { PgTarget } from './url.js';
 
 /**
@@ -39,6 +39,7 @@ export class PgBridge {
   private readonly worker: Worker;
   private readonly port: MessagePort;
   private readonly flag: Int32Array;
+  private readonly fast = new Float64Array(new SharedArrayBuffer(2 * 8));
   private readonly receive: (port: MessagePort) => { message: PgReply } | undefined;
   private nextId = 1;
   private broken: string | null = null;
@@ -57,6 +58,7 @@ export class PgBridge {
     this.port = port1;
     const data: PgWorkerData = {
       sab,
+      fast: this.fast.buffer as SharedArrayBuffer,
       port: port2 as unknown as PgWorkerData['port'],
       connectionString: target.connectionString,
       backup: target.backup,
@@ -76,8 +78,8 @@ export class PgBridge {
     this.worker.postMessage({ id, req });
     const deadline = waitMs === null ? Infinity : Date.now() + waitMs;
     for (;;) {
-      // clear, then look, then sleep: the worker posts before it raises the flag, so a reply is never missed
-      Atomics.store(this.flag, 0, 0);
+      // clear, then look, then sleep: the worker posts (or fills `fast`) before it raises the flag, so a reply is never missed
+      if (Atomics.exchange(this.flag, 0, PG_REPLY_NONE) === PG_REPLY_IN_SAB && this.fast[0] === id) return this.fast[1] as T;
       const m = this.receive(this.port);
       if (m !== undefined) {
         const reply = m.message;
@@ -86,7 +88,7 @@ export class PgBridge {
         throw new PgBridgeError(reply.message, reply.code);
       }
       const left = deadline - Date.now();
-      if (left <= 0 || Atomics.wait(this.flag, 0, 0, left === Infinity ? undefined : left) === 'timed-out') {
+      if (left <= 0 || Atomics.wait(this.flag, 0, PG_REPLY_NONE, left === Infinity ? undefined : left) === 'timed-out') {
         this.broken = `no answer from the PostgreSQL connection within ${Math.round((waitMs ?? 0) / 1000)} s; giving up on it`;
         void this.worker.terminate();
         throw new PgBridgeError(this.broken);

@@ -4,8 +4,19 @@ import type { MessagePort } from 'node:worker_threads';
  * that owns the PostgreSQL connection. Every request gets exactly one reply, tagged with its id.
  */
 
+/** flag values (Int32 [0] of `sab`) */
+export const PG_REPLY_NONE = 0;
+export const PG_REPLY_ON_PORT = 1;
+/**
+ * a success whose value is a number (an append's byte count), in `fast` as [id, value]: no message, so
+ * the worker does not wake the synchronous side's idle event loop on each db_write, only its futex
+ */
+export const PG_REPLY_IN_SAB = 2;
+
 export interface PgWorkerData {
   sab: SharedArrayBuffer;
+  /** Float64 [request id, value] of a REPLY_IN_SAB answer */
+  fast: SharedArrayBuffer;
   port: MessagePort;
   connectionString: string;
   backup: string;

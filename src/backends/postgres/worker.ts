@@ -1,7 +1,7 @@
 import { open } from 'node:fs/promises';
 import { parentPort, workerData } from 'node:worker_threads';
 import type { Client as PgClient, ClientConfig } from 'pg';
-import type { HeaderRow, HeadInfo, PgReply, PgRequest, PgWorkerData } from './protocol.js';
+import { PG_REPLY_IN_SAB, PG_REPLY_ON_PORT, type HeaderRow, type HeadInfo, type PgReply, type PgRequest, type PgWorkerData } from './protocol.js';
 import { CHUNK_BYTES, checkSchema, KIND_CHANGE, KIND_SNAPSHOT, migrate, SCHEMA_VERSION, schemaVersion } from './schema.js';
 import { describeHolder, releaseLease, takeLease } from './lease.js';
 import { isConnectionError, nextDelay } from './retry.js';
@@ -17,6 +17,7 @@ import { isConnectionError, nextDelay } from './retry.js';
 
 const data = workerData as PgWorkerData;
 const flag = new Int32Array(data.sab);
+const fast = new Float64Array(data.fast);
 let Client: typeof import('pg').Client;
 let importError: string | null = null;
 try {
@@ -432,8 +433,15 @@ function toHeaderRow(x: unknown[]): HeaderRow {
 }
 
 function reply(r: PgReply): void {
-  data.port.postMessage(r);
-  Atomics.store(flag, 0, 1);
+  if (r.ok && typeof r.value === 'number') {
+    // written before the flag is raised (Atomics.store orders them), read after it is seen
+    fast[0] = r.id;
+    fast[1] = r.value;
+    Atomics.store(flag, 0, PG_REPLY_IN_SAB);
+  } else {
+    data.port.postMessage(r);
+    Atomics.store(flag, 0, PG_REPLY_ON_PORT);
+  }
   Atomics.notify(flag, 0);
 }
 

@@ -178,13 +178,24 @@ export class Conn {
   async write(buf: Buffer, timeoutMs: number): Promise<void> {
     if (this.failure) throw this.failure;
     if (this.socket.destroyed || this.ended) throw new ProtocolError(`${this.peer}: connection closed`);
+    let done: ((e?: Error | null) => void) | null = null;
+    let result: Error | null | undefined;
+    this.socket.write(buf, (e) => {
+      if (done !== null) done(e);
+      else result = e ?? null;
+    });
+    // the common case, a small packet on an idle socket: the kernel took it within write() (nothing left
+    // queued), so no timer and no wait; should it fail after all, the socket's error ends the read of the answer
+    if (this.socket.writableLength === 0 && result === undefined) return;
     await new Promise<void>((res, rej) => {
-      const t = setTimeout(() => rej(new TimeoutError(`${this.peer}: the peer did not take our data within the time limit`)), timeoutMs);
-      this.socket.write(buf, (e) => {
+      const finish = (e?: Error | null): void => {
         clearTimeout(t);
         if (e) rej(e);
         else res();
-      });
+      };
+      const t = setTimeout(() => rej(new TimeoutError(`${this.peer}: the peer did not take our data within the time limit`)), timeoutMs);
+      if (result !== undefined) finish(result);
+      else done = finish;
     });
   }
 

@@ -16,8 +16,20 @@ export interface WorkerSetup {
   url: SocketUrl;
   budgetMs: number;
   port: MessagePort;
+  /** Int32 [0]: REPLY_NONE until the worker answers, then REPLY_ON_PORT or REPLY_IN_SAB */
   flag: SharedArrayBuffer;
+  /** Float64 [protocol, version, prevVersion, versionCount]: the common answer, a plain success with metadata */
+  fast: SharedArrayBuffer;
 }
+
+export const REPLY_NONE = 0;
+/** the answer is a message on the port */
+export const REPLY_ON_PORT = 1;
+/**
+ * the answer is `{ ok: true, meta }` with the metadata in `fast`: no message, so the worker does not
+ * have to wake this thread's event loop (which is not even running) for each db_write; only the futex
+ */
+export const REPLY_IN_SAB = 2;
 
 export type WorkerRequest =
   | { op: 'open' }
@@ -48,6 +60,7 @@ export class SyncWorker {
   private readonly worker: Worker;
   private readonly port: MessagePort;
   private readonly flag = new Int32Array(new SharedArrayBuffer(4));
+  private readonly fast = new Float64Array(new SharedArrayBuffer(4 * 8));
   private readonly wt: typeof import('node:worker_threads');
   /** set when a call gave up waiting: the worker's late answer would be taken for the next call's */
   private broken: string | null = null;
@@ -61,7 +74,7 @@ export class SyncWorker {
     this.wt = createRequire(import.meta.url)('node:worker_threads') as typeof import('node:worker_threads');
     const { port1, port2 } = new this.wt.MessageChannel();
     this.port = port1;
-    const setup: WorkerSetup = { url, budgetMs, port: port2, flag: this.flag.buffer as SharedArrayBuffer };
+    const setup: WorkerSetup = { url, budgetMs, port: port2, flag: this.flag.buffer as SharedArrayBuffer, fast: this.fast.buffer as SharedArrayBuffer };
     this.worker = new this.wt.Worker(workerPath(), { workerData: setup, transferList: [port2] });
     this.worker.unref();
     this.port.unref();
@@ -73,7 +86,7 @@ export class SyncWorker {
    */
   call(req: WorkerRequest, maxMs: number, transfer: ArrayBuffer[] = []): WorkerReply {
     if (this.broken !== null) return { ok: false, refused: true, error: this.broken };
-    Atomics.store(this.flag, 0, 0);
+    Atomics.store(this.flag, 0, REPLY_NONE);
     this.port.postMessage(req, transfer);
     const end = Date.now() + maxMs;
     for (;;) {
@@ -83,7 +96,11 @@ export class SyncWorker {
         this.terminate();
         return { ok: false, refused: false, error: this.broken };
       }
-      if (Atomics.wait(this.flag, 0, 0, left) !== 'timed-out' || Atomics.load(this.flag, 0) === 1) break;
+      if (Atomics.wait(this.flag, 0, REPLY_NONE, left) !== 'timed-out' || Atomics.load(this.flag, 0) !== REPLY_NONE) break;
+    }
+    if (Atomics.load(this.flag, 0) === REPLY_IN_SAB) {
+      const f = this.fast;
+      return { ok: true, meta: { protocol: f[0]!, version: f[1]!, prevVersion: f[2]!, versionCount: f[3]! } };
     }
     const m = this.wt.receiveMessageOnPort(this.port);
     if (m === undefined) return { ok: false, refused: false, error: 'the socket worker woke without an answer' };
