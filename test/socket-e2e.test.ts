@@ -238,3 +238,40 @@ describe('socket: compaction through the protocol (backup-compact)', () => {
     }
   });
 });
+
+describe('socket: restore from a server that sends garbage', () => {
+  it('a SNAPSHOT that is not a zlib stream ends the restore at once with an error naming it (no hang, no crash)', { timeout: 60_000 }, async () => {
+    const srv = createServer((c) => {
+      let buf = Buffer.alloc(0);
+      c.on('data', (d: Buffer) => {
+        buf = Buffer.concat([buf, d]);
+        const { packets, rest } = parsePackets(buf);
+        buf = buf.subarray(buf.length - rest);
+        for (const p of packets) {
+          if (p.type === PKT.REQ_METADATA) c.write(metadataPacket({ protocol: 1, version: 7, prevVersion: 6, versionCount: 1 }));
+          else if (p.type === PKT.RESTORE) {
+            // 4 MiB claimed and sent, none of it zlib: more than the inflater buffers before it wants a drain
+            const body = Buffer.alloc(4 << 20, 0x5a);
+            const head = Buffer.alloc(9);
+            head[0] = PKT.SNAPSHOT;
+            head.writeUInt32BE(4 + body.length, 1);
+            head.writeUInt32BE(7, 5);
+            c.write(Buffer.concat([head, body]));
+          }
+        }
+      });
+      c.on('error', () => {});
+    });
+    srv.listen(0, '127.0.0.1');
+    await once(srv, 'listening');
+    const port = (srv.address() as { port: number }).port;
+    try {
+      const r = await runCli(['restore', `socket:127.0.0.1:${port}`, join(area.dir(), 'restored.sqlite3')], { timeoutMs: 50_000 });
+      assert.notEqual(r.code, 0);
+      assert.match(r.stderr, /the snapshot of version 7 is not a valid zlib stream/);
+      assert.doesNotMatch(r.stderr, /unhandled|at async/i);
+    } finally {
+      srv.close();
+    }
+  });
+});

@@ -84,10 +84,14 @@ async function receive(conn: Conn, fh: FileHandle): Promise<Downloaded> {
           size += d.length;
         });
         inflate.on('end', res);
-        inflate.on('error', rej);
+        inflate.on('error', (e) =>
+          rej(e instanceof ProtocolError ? e : new ProtocolError(`${conn.peer}: the snapshot of version ${version} is not a valid zlib stream (${e.message})`)),
+        );
       });
+      // a stream that fails half-way must end the download at once: it would never 'drain' again
+      done.catch(() => undefined);
       await conn.readStream(h.length - 4, READ_MS, 'a SNAPSHOT payload', async (chunk) => {
-        if (!inflate.write(chunk)) await new Promise((r) => inflate.once('drain', r));
+        if (!inflate.write(chunk)) await Promise.race([new Promise((r) => inflate.once('drain', r)), done]);
       });
       inflate.end();
       await done;
