@@ -8,6 +8,7 @@ import { createV2, encodeChangeRecord } from '../src/backends/file/v2.js';
 import { V1_ENTRY_HEADER_SIZE, V1_HEADER_SIZE, writeV1Header } from '../src/backends/file/v1.js';
 import { writeFully } from '../src/backends/file/fsutil.js';
 import { CLI, scratchArea } from './helpers/cli.js';
+import { seedOf } from './helpers/v2-bytes.js';
 
 /**
  * Restore, inspect and a point-in-time restore of a backup with far more entries than a small Node heap
@@ -54,7 +55,8 @@ function writeEntries(path: string, startAt: number, encode: (i: number) => Buff
 function makeV2(dir: string): string {
   const path = join(dir, 'big.v2');
   createV2(path);
-  writeEntries(path, statSync(path).size, (i) => encodeChangeRecord(i + 1, statementsOf(i)));
+  const seed = seedOf(path);
+  writeEntries(path, statSync(path).size, (i) => encodeChangeRecord(i + 1, statementsOf(i), undefined, seed));
   return path;
 }
 

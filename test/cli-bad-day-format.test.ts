@@ -204,6 +204,8 @@ test('files of the earlier format version 2 (no seals) still read, restore and a
     const out = Buffer.from(sealed ? b.subarray(0, b.length - 64) : b);
     out.writeUInt16BE(2, 8);
     out.writeUInt32BE(crc32(out.subarray(0, 60)), 60);
+    // and unseeded record header CRCs, as before format 4 (docs/format-v2.md, "Preallocation")
+    for (let o = 64; o < out.length; o += 40 + Number(out.readBigUInt64BE(o + 16))) out.writeUInt32BE(crc32(out.subarray(o, o + 28)), o + 28);
     writeFileSync(f, out);
   }
   const url = `file://${join(src, 'b.bkp')}`;

@@ -11,6 +11,7 @@ import type { EntryHeader } from '../src/engine/entries.js';
 import { planBackup, Planner, planRestore, walkPlan, type RestorePlan } from '../src/engine/plan.js';
 import { FIXTURES } from './helpers/fixtures.js';
 import { serialDiff, u32 } from '../src/engine/versions.js';
+import { seedOf } from './helpers/v2-bytes.js';
 
 /**
  * The planner keeps its stack as arithmetic segments instead of one object per entry. This checks it
@@ -176,7 +177,8 @@ test('planner: the plan readers make while opening equals the plan of a walk (v1
     const versions = [1, 2, 3, 3, 4, 2, 3, 4, 5, 5, 6, 7, 4, 5, 6, 7, 8];
     const path = join(dir, 'rewinds.v2');
     createV2(path);
-    const recs = versions.map((v, i) => encodeChangeRecord(v, i === 9 ? ['PRAGMA foreign_keys = ON;'] : [`INSERT INTO t VALUES (${i})`]));
+    const seed = seedOf(path);
+    const recs = versions.map((v, i) => encodeChangeRecord(v, i === 9 ? ['PRAGMA foreign_keys = ON;'] : [`INSERT INTO t VALUES (${i})`], undefined, seed));
     const fd = openSync(path, 'r+');
     writeFully(fd, Buffer.concat(recs), statSync(path).size);
     closeSync(fd);

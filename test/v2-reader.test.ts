@@ -10,7 +10,7 @@ import { closeSync, mkdtempSync, openSync, readSync, rmSync, truncateSync, write
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { BackupError, type ChangeEntry, type EntryHeader } from '../src/engine/entries.js';
-import { RECORD_OVERHEAD, V2Reader, createV2, encodeChangeRecord } from '../src/backends/file/v2.js';
+import { RECORD_OVERHEAD, V2Reader, createV2, encodeChangeRecord, recordSeedOf } from '../src/backends/file/v2.js';
 
 const work = mkdtempSync(join(tmpdir(), 'clnvault-v2-reader-'));
 test.after(() => rmSync(work, { recursive: true, force: true }));
@@ -48,9 +48,12 @@ function writeBackup(all: string[][]): string {
   createV2(path);
   const fd = openSync(path, 'r+');
   let at = 64;
+  const header = Buffer.alloc(64);
+  readSync(fd, header, 0, 64, 0);
+  const seed = recordSeedOf(header);
   try {
     all.forEach((stmts, i) => {
-      const rec = encodeChangeRecord(i + 1, stmts);
+      const rec = encodeChangeRecord(i + 1, stmts, undefined, seed);
       writeSync(fd, rec, 0, rec.length, at);
       at += rec.length;
     });

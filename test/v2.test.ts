@@ -17,6 +17,7 @@ import {
   encodeChangeRecord,
   encodeFileHeader,
   isV2,
+  recordSeedOf,
 } from '../src/backends/file/v2.js';
 
 const dirs: string[] = [];
@@ -95,7 +96,8 @@ function assertContents(path: string, exp: Expected[], dir: string): void {
 
 /** Builds a v2 file in memory from records, without a writer: fast, and independent of the writer code. */
 function buildFile(records: Buffer[]): Buffer {
-  return Buffer.concat([encodeFileHeader(Buffer.alloc(16, 7), 1_700_000_000_000), ...records]);
+  // format 3 (unseeded record CRCs, no reserve): what earlier clnvault versions wrote, still read and appended to
+  return Buffer.concat([encodeFileHeader(Buffer.alloc(16, 7), 1_700_000_000_000, null, 3), ...records]);
 }
 
 function recordBounds(file: Buffer): { start: number; end: number }[] {
@@ -136,7 +138,7 @@ test('round trip: every kind of content survives write, reopen and read; byte la
   // file header, field by field
   const fh = readFileSync(path);
   assert.equal(fh.subarray(0, 8).toString('ascii'), 'CLNVAULT');
-  assert.equal(fh.readUInt16BE(8), 3); // format 3: segment seals (docs/format-v2.md, "Segments")
+  assert.equal(fh.readUInt16BE(8), 4); // format 4: preallocation, seeded header CRCs (docs/format-v2.md, "Preallocation")
   assert.equal(fh.readUInt16BE(10), 64);
   assert.equal(fh.readUInt32BE(12), 0);
   assert.ok(!fh.subarray(16, 32).equals(Buffer.alloc(16)), 'random backup id');
@@ -223,7 +225,9 @@ test('round trip: every kind of content survives write, reopen and read; byte la
 
   assertContents(path, exp, dir);
   const r = V2Reader.open(path);
-  assert.deepEqual(r.stats(), { format: 'v2', location: path, head: 10_006, entries: exp.length, bytes: statSync(path).size });
+  // format 4: dropHead cleared the dropped records to zeros (reserved space now), it did not cut the file
+  assert.ok(r.reservedBytes > 0);
+  assert.deepEqual(r.stats(), { format: 'v2', location: path, head: 10_006, entries: exp.length, bytes: statSync(path).size - r.reservedBytes });
   const hs = listHeaders(r);
   r.close();
 
@@ -247,11 +251,14 @@ test('round trip: every kind of content survives write, reopen and read; byte la
   assert.equal(file.readUInt32BE(o + 12), 0);
   assert.equal(Number(file.readBigUInt64BE(o + 16)), payload.length, 'L');
   assert.equal(file.readUInt32BE(o + 24), crc32(payload), 'payload crc');
-  assert.equal(file.readUInt32BE(o + 28), crc32(file.subarray(o, o + 28)), 'header crc');
+  // seeded with the backup id and the set id (0 until the first compaction)
+  const seed = crc32(Buffer.concat([fh.subarray(16, 32), Buffer.alloc(4)])) || 1;
+  assert.equal(file.readUInt32BE(o + 28), crc32(file.subarray(o, o + 28), seed), 'header crc');
+  assert.notEqual(file.readUInt32BE(o + 28), crc32(file.subarray(o, o + 28)), 'not the unseeded crc of format 3');
   assert.ok(file.subarray(o + 32, o + 32 + payload.length).equals(payload), 'payload');
   assert.equal(Number(file.readBigUInt64BE(o + 32 + payload.length)), payload.length, 'trailer');
   assert.equal(hs[3]!.offset, o + 40 + payload.length, 'records are back to back');
-  assert.ok(encodeChangeRecord(2, tricky).equals(file.subarray(o, o + 40 + payload.length)));
+  assert.ok(encodeChangeRecord(2, tricky, undefined, seed).equals(file.subarray(o, o + 40 + payload.length)));
 
   // the snapshot record: type 2, raw database bytes as payload
   const s = hs.find((h) => h.kind === 'snapshot')!.offset;
@@ -580,7 +587,7 @@ test('a second writer (another process) is refused while the first holds the bac
   // a failed open releases the lock
   const bad = readFileSync(path);
   bad[64 + 10]! ^= 0xff;
-  writeFileSync(path, Buffer.concat([bad, encodeChangeRecord(3, ['y'])]));
+  writeFileSync(path, Buffer.concat([bad, encodeChangeRecord(3, ['y'], undefined, recordSeedOf(bad))]));
   catchBackupError(() => V2Writer.open(path, { fullCheck: true }));
   const again = V2Writer.open(path);
   again.close();
@@ -650,9 +657,9 @@ test('bad input is refused with a BackupError naming the path (and offset), with
   both(/file flags 0x4 .*newer clnvault/, 12);
   // a newer format version
   const ver = Buffer.from(file);
-  ver.writeUInt16BE(4, 8);
+  ver.writeUInt16BE(5, 8);
   put(reheader(ver));
-  both(/format version 4.*upgrade clnvault/, 8);
+  both(/format version 5.*upgrade clnvault/, 8);
 
   // records with flags this version cannot handle, in the middle and as the newest record
   for (const [k, flag, what] of [

@@ -41,6 +41,11 @@ export interface BackupWriter {
   dropHead(): number;
   stats(): BackupStats;
   close(): void;
+  /**
+   * Work that makes the next appends cheaper, done when no hook waits for it (a v2 file tops up its
+   * reserved space, docs/format-v2.md, "Preallocation"). Optional; true when it did anything.
+   */
+  prepare?(): boolean;
 }
 
 export interface HeaderWalkOptions {

@@ -3,7 +3,7 @@ import { dirname } from 'node:path';
 import { BackupError, type BackupFormat } from '../engine/entries.js';
 import type { BackupReader, BackupWriter } from './backend.js';
 import { createV1, isV1, V1Reader, V1Writer } from './file/v1.js';
-import { createV2, FILE_HEADER_LEN, isV2, RECORD_HEADER_LEN, RECORD_MAGIC, V2Reader, type FileEncryption } from './file/v2.js';
+import { createV2, FILE_HEADER_LEN, isV2, PREALLOC_VERSION, RECORD_HEADER_LEN, RECORD_MAGIC, recordSeedOf, V2Reader, type FileEncryption } from './file/v2.js';
 import type { KeyLike } from '../crypto/backup-crypt.js';
 import { crc32 } from 'node:zlib';
 import { discoverSegments, listSegmentFiles, sealOf, SegmentedReader, SegmentedWriter } from './file/segments.js';
@@ -238,7 +238,13 @@ export function createBackup(url: string, cwd: string, format: BackupFormat, enc
 function v2RecordAt(fd: number, at: number): boolean {
   const h = Buffer.alloc(RECORD_HEADER_LEN);
   if (readSync(fd, h, 0, RECORD_HEADER_LEN, at) !== RECORD_HEADER_LEN) return false;
-  return h.readUInt32BE(0) === RECORD_MAGIC && crc32(h.subarray(0, 28)) === h.readUInt32BE(28);
+  if (h.readUInt32BE(0) !== RECORD_MAGIC) return false;
+  const crc = crc32(h.subarray(0, 28));
+  if (crc === h.readUInt32BE(28)) return true;
+  // format 4: the header CRC is seeded with the ids in the file header, whose magic may be the damaged part
+  const fh = Buffer.alloc(FILE_HEADER_LEN);
+  if (readSync(fd, fh, 0, FILE_HEADER_LEN, 0) !== FILE_HEADER_LEN || fh.readUInt16BE(8) < PREALLOC_VERSION) return false;
+  return crc32(h.subarray(0, 28), recordSeedOf(fh)) === h.readUInt32BE(28);
 }
 
 /**

@@ -61,8 +61,10 @@ export interface InspectReport {
   location: string;
   format: BackupFormat;
   fileBytes: number;
-  /** bytes of acknowledged data (the rest, if any, is a torn tail or orphans) */
+  /** bytes of acknowledged data (the rest, if any, is reserved space, a torn tail or orphans) */
   bytes: number;
+  /** v2 format 4: zero bytes reserved after the data for the next records (in fileBytes, not in bytes) */
+  reservedBytes?: number;
   head: number;
   entries: number;
   changes: number;
@@ -202,11 +204,15 @@ export function inspectBackup(
     report.encryption = { keyKind: d.kind, keyFingerprint: d.fingerprint, keyGiven: encrypted.auth !== null, authenticated: encrypted.auth ? authJson(encrypted.auth) : null };
   }
   if (reader instanceof V1Reader) report.v1Header = reader.header();
-  if (reader instanceof V2Reader) report.v2 = { backupId: reader.backupId.toString('hex'), created: new Date(reader.createdMs).toISOString() };
+  if (reader instanceof V2Reader) {
+    report.v2 = { backupId: reader.backupId.toString('hex'), created: new Date(reader.createdMs).toISOString() };
+    report.reservedBytes = reader.reservedBytes;
+  }
   if (reader instanceof SegmentedReader) {
     report.v2 = { backupId: reader.backupId.toString('hex'), created: new Date(reader.createdMs).toISOString() };
     report.segments = reader.segmentFiles().map((s) => ({ index: s.index, file: s.path, bytes: statSync(s.path).size }));
     report.fileBytes = report.segments.reduce((n, s) => n + s.bytes, 0);
+    report.reservedBytes = reader.reservedBytes;
   }
 
   if (planner !== null) {
@@ -334,7 +340,11 @@ function printReport(r: InspectReport): void {
       out(`  authenticated  ${a.records} records; newest authenticated version ${a.newestVersion ?? 'none'}${a.newestWrittenAt ? `, written at ${a.newestWrittenAt}` : ''}`);
     }
   }
-  out(`  size           ${formatBytes(r.bytes)} of data` + (r.fileBytes !== r.bytes ? `, file ${formatBytes(r.fileBytes)}` : ''));
+  out(
+    `  size           ${formatBytes(r.bytes)} of data` +
+      (r.fileBytes !== r.bytes ? `, file ${formatBytes(r.fileBytes)}` : '') +
+      (r.reservedBytes ? ` (${formatBytes(r.reservedBytes)} of it reserved for the next records)` : ''),
+  );
   if (r.segments) {
     out(`  segments       ${r.segments.length} files:`);
     for (const s of r.segments) out(`    ${String(s.index).padStart(4)}  ${formatBytes(s.bytes).padStart(10)}  ${s.file}`);

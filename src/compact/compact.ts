@@ -6,6 +6,9 @@ import { writeV1Header, V1_ENTRY_HEADER_SIZE, V1_HEADER_SIZE } from '../backends
 import {
   encodeSealRecord,
   FILE_HEADER_LEN,
+  readU64,
+  recordSeedOf,
+  resealRecordHeader,
   RECORD_HEADER_LEN,
   RECORD_MAGIC,
   RECORD_OVERHEAD,
@@ -179,9 +182,13 @@ export function compactFile(path: string, hooks: CompactHooks, opts: CompactOpti
     // an encrypted backup: the key is checked against the header before anything is read or made
     let crypt: RecordCrypt | null = null;
     let ncrypt: RecordCrypt | null = null;
+    // format 4: every record header CRC is seeded with the set id; copies into the new set are re-sealed
+    let oldSeed = 0;
+    let newSeed = 0;
     if (format === 'v2') {
       const h = Buffer.allocUnsafe(FILE_HEADER_LEN);
       readAt(h, FILE_HEADER_LEN, 0);
+      oldSeed = recordSeedOf(h);
       const enc = h.readUInt32BE(12) & FILE_FLAG_ENCRYPTED ? { kind: h[48]!, fingerprint: Buffer.from(h.subarray(52, 60)) } : null;
       crypt = cryptFor(path, enc, Buffer.from(h.subarray(16, 32)), opts.key, false);
       if (opts.newKey) {
@@ -191,7 +198,7 @@ export function compactFile(path: string, hooks: CompactHooks, opts: CompactOpti
     } else if (opts.key || opts.newKey) {
       throw new BackupError(`${path} is a reference (v1) backup, which is never encrypted`, path);
     }
-    const walker = new EntryWalker(readAt, path, format, crypt);
+    const walker = new EntryWalker(readAt, path, format, crypt, oldSeed);
     // every record is chained to the one before (docs/encryption.md): one dropped or replaced in the old
     // backup must not be baked into the snapshot, whose own chain would then look intact
     const chain = crypt ? new ChainCheck() : null;
@@ -345,6 +352,7 @@ export function compactFile(path: string, hooks: CompactHooks, opts: CompactOpti
         fresh.writeUInt32BE(crc32(fresh.subarray(0, 60)), 60);
       }
       newSet = fresh.readUInt32BE(44);
+      newSeed = recordSeedOf(fresh);
       backupId = Buffer.from(fresh.subarray(16, 32));
       writeFully(out, fresh, 0);
       at = FILE_HEADER_LEN;
@@ -373,9 +381,9 @@ export function compactFile(path: string, hooks: CompactHooks, opts: CompactOpti
         const w = ncrypt ?? new RecordCrypt(opts.key!.key, crypt.backupId, crypt.fingerprint);
         w.link = Buffer.alloc(16);
         const link = !ncrypt && tailStart < e0 ? Buffer.from(walker.chainOf(walker.recordAt(tailStart, e0)).prefix.prev) : null;
-        at = writeEncryptedSnapshot(out, at, snapshotVersion, scratch, limit, limit !== null ? nextSegment : null, w, link);
+        at = writeEncryptedSnapshot(out, at, snapshotVersion, scratch, newSeed, limit, limit !== null ? nextSegment : null, w, link);
       } else {
-        at = writeSnapshot(out, at, format, snapshotVersion, scratch, path, limit, nextSegment);
+        at = writeSnapshot(out, at, format, snapshotVersion, scratch, path, newSeed, limit, nextSegment);
       }
       tracker.add(snapshotVersion, start);
       removeGently(scratch);
@@ -384,7 +392,7 @@ export function compactFile(path: string, hooks: CompactHooks, opts: CompactOpti
     function startSegment(): void {
       const index = extras.length + 2;
       // "segment `index` follows": the new set is invisible until the rename, so the order of files does not matter here
-      writeFully(cur!, encodeSealRecord({ next: index, setId: newSet, backupId: backupId! }), at);
+      writeFully(cur!, encodeSealRecord({ next: index, setId: newSet, backupId: backupId! }, newSeed), at);
       fdatasyncSync(cur!);
       if (cur !== out) closeSync(cur!);
       cur = null;
@@ -405,14 +413,14 @@ export function compactFile(path: string, hooks: CompactHooks, opts: CompactOpti
           const d = walker.recordAt(off, to);
           const pos = at + (d.offset - runFrom);
           if (pos + (d.end - d.offset) > limit && pos > FILE_HEADER_LEN) {
-            at = copyEntries(walker, readAt, cur!, runFrom, d.offset, at, tracker, ncrypt);
+            at = copyEntries(walker, readAt, cur!, runFrom, d.offset, at, tracker, oldSeed, newSeed, ncrypt);
             runFrom = d.offset;
             startSegment();
           }
           off = d.end;
         }
       }
-      at = copyEntries(walker, readAt, cur!, runFrom, to, at, tracker, ncrypt);
+      at = copyEntries(walker, readAt, cur!, runFrom, to, at, tracker, oldSeed, newSeed, ncrypt);
       copied = to;
     };
     copy(e0);
@@ -666,10 +674,11 @@ function writeSnapshot(
   version: number,
   dbPath: string,
   backup: string,
+  seed: number,
   limit: number | null = null,
   next: ((end: number) => { fd: number; at: number }) | null = null,
 ): number {
-  if (format === 'v2' && limit !== null && next !== null) return writeChunkedSnapshot(out, at, version, dbPath, limit, next);
+  if (format === 'v2' && limit !== null && next !== null) return writeChunkedSnapshot(out, at, version, dbPath, seed, limit, next);
   const src = openSync(dbPath, 'r');
   const pace = paced(out);
   try {
@@ -701,7 +710,7 @@ function writeSnapshot(
       h.writeUInt32BE(Math.floor(size / 0x1_0000_0000), 16);
       h.writeUInt32BE(size >>> 0, 20);
       h.writeUInt32BE(crc, 24);
-      h.writeUInt32BE(crc32(h.subarray(0, 28)), 28);
+      h.writeUInt32BE(crc32(h.subarray(0, 28), seed), 28);
       const t = Buffer.allocUnsafe(RECORD_TRAILER_LEN);
       t.writeUInt32BE(Math.floor(size / 0x1_0000_0000), 0);
       t.writeUInt32BE(size >>> 0, 4);
@@ -719,7 +728,7 @@ function writeSnapshot(
   }
 }
 
-function writeChunkedSnapshot(out: number, at: number, version: number, dbPath: string, limit: number, next: (end: number) => { fd: number; at: number }): number {
+function writeChunkedSnapshot(out: number, at: number, version: number, dbPath: string, seed: number, limit: number, next: (end: number) => { fd: number; at: number }): number {
   const src = openSync(dbPath, 'r');
   try {
     const size = fstatSync(src).size;
@@ -757,7 +766,7 @@ function writeChunkedSnapshot(out: number, at: number, version: number, dbPath: 
       h.writeUInt32BE(Math.floor(len / 0x1_0000_0000), 16);
       h.writeUInt32BE(len >>> 0, 20);
       h.writeUInt32BE(crc, 24);
-      h.writeUInt32BE(crc32(h.subarray(0, 28)), 28);
+      h.writeUInt32BE(crc32(h.subarray(0, 28), seed), 28);
       const t = Buffer.allocUnsafe(RECORD_TRAILER_LEN);
       t.writeUInt32BE(Math.floor(len / 0x1_0000_0000), 0);
       t.writeUInt32BE(len >>> 0, 4);
@@ -775,23 +784,51 @@ function writeChunkedSnapshot(out: number, at: number, version: number, dbPath: 
 
 /**
  * Copies whole entries [from, to) of the live file to `at` in the new one; returns the new end. With
- * `reseal` (key rotation) each record is decrypted and encrypted again under the new key, chained anew;
- * its size does not change.
+ * `reencrypt` (key rotation) each record is decrypted and encrypted again under the new key, chained anew;
+ * its size does not change. v2 headers are written for `newSeed`, the new set's record CRC seed.
  */
-function copyEntries(walker: EntryWalker, src: ReadAt, out: number, from: number, to: number, at: number, tracker: TailTracker, reseal: RecordCrypt | null = null): number {
+function copyEntries(
+  walker: EntryWalker,
+  src: ReadAt,
+  out: number,
+  from: number,
+  to: number,
+  at: number,
+  tracker: TailTracker,
+  oldSeed = 0,
+  newSeed = 0,
+  reencrypt: RecordCrypt | null = null,
+): number {
   const chunk = Buffer.allocUnsafe(COPY_CHUNK);
   const pace = paced(out);
   for (let off = from; off < to; ) {
     // record by record ([from, to) may split a chunked snapshot); its parts are not entries of their own
     const d = walker.recordAt(off, to);
     if (d.type !== TYPE_SNAPSHOT_PART) tracker.add(d.version, at + (d.offset - from));
-    if (reseal) resealRecord(walker, d, out, at + (d.offset - from), reseal);
+    if (reencrypt) reencryptRecord(walker, d, out, at + (d.offset - from), reencrypt, newSeed);
     off = d.end;
   }
-  if (reseal) return at + (to - from);
+  // each record was checked (header under oldSeed, then authenticated) and written whole, header for newSeed
+  if (reencrypt) return at + (to - from);
+  // v2 into another set (format 4): each header's CRC is re-sealed for the new set's seed, checked for the old one
+  // first, so that no damage is laundered; payloads and their CRCs are copied as they are (an encrypted
+  // record's authentication does not cover the header CRC: docs/encryption.md)
+  const reseal = walker.format === 'v2' && oldSeed !== newSeed;
+  let rec = from;
   for (let done = 0; done < to - from; ) {
-    const n = Math.min(COPY_CHUNK, to - from - done);
-    src(chunk, n, from + done);
+    let n = Math.min(COPY_CHUNK, to - from - done);
+    const lo = from + done;
+    // never cut a record header in two: it is re-sealed inside this chunk
+    if (reseal && rec < lo + n && rec + RECORD_HEADER_LEN > lo + n) n = rec - lo;
+    src(chunk, n, lo);
+    while (reseal && rec < lo + n) {
+      const i = rec - lo;
+      if (crc32(chunk.subarray(i, i + 28), oldSeed) !== chunk.readUInt32BE(i + 28)) {
+        throw new BackupError(`${walker.path}: cannot compact: the record at offset ${rec} changed while it was copied (header checksum)`, walker.path, rec);
+      }
+      resealRecordHeader(chunk, i, newSeed);
+      rec += RECORD_OVERHEAD + readU64(chunk, i + 16);
+    }
     writeFully(out, chunk.subarray(0, n), at + done);
     pace(n);
     done += n;
@@ -799,8 +836,8 @@ function copyEntries(walker: EntryWalker, src: ReadAt, out: number, from: number
   return at + (to - from);
 }
 
-/** Writes the encrypted record `d` again at `at` of `fd`, under `crypt` (the new key), the same size. */
-function resealRecord(walker: EntryWalker, d: EntryDesc, fd: number, at: number, crypt: RecordCrypt): void {
+/** Writes the encrypted record `d` again at `at` of `fd`, under `crypt` (the new key), the same size; its header for `seed`. */
+function reencryptRecord(walker: EntryWalker, d: EntryDesc, fd: number, at: number, crypt: RecordCrypt, seed: number): void {
   const parts = d.type === TYPE_SNAPSHOT ? d.partCount! : 0;
   const enc = crypt.stream({ type: d.type!, flags: d.flags!, version: d.version, parts });
   let crc = crc32(enc.prefix);
@@ -818,7 +855,7 @@ function resealRecord(walker: EntryWalker, d: EntryDesc, fd: number, at: number,
   const stored = pos + TAG_LEN - at - RECORD_HEADER_LEN;
   if (stored !== d.length) throw new Error(`internal: a re-encrypted record is ${stored} bytes, not ${d.length}`);
   const h = Buffer.alloc(RECORD_HEADER_LEN);
-  encodeRecordHeader(h, d.type!, d.version, stored, crc, parts, d.flags!);
+  encodeRecordHeader(h, d.type!, d.version, stored, crc, parts, d.flags!, seed);
   const t = Buffer.allocUnsafe(RECORD_TRAILER_LEN);
   writeU64(t, stored, 0);
   writeFully(fd, t, at + RECORD_HEADER_LEN + stored);
@@ -836,6 +873,7 @@ function writeEncryptedSnapshot(
   at: number,
   version: number,
   dbPath: string,
+  seed: number,
   limit: number | null,
   next: ((end: number) => { fd: number; at: number }) | null,
   crypt: RecordCrypt,
@@ -881,7 +919,7 @@ function writeEncryptedSnapshot(
       writeFully(fd, tag, at + RECORD_HEADER_LEN + pre + len);
       const stored = pre + len + TAG_LEN;
       const h = Buffer.alloc(RECORD_HEADER_LEN);
-      encodeRecordHeader(h, type, version, stored, crc, last ? parts : 0, FLAG_ENCRYPTED);
+      encodeRecordHeader(h, type, version, stored, crc, last ? parts : 0, FLAG_ENCRYPTED, seed);
       const t = Buffer.allocUnsafe(RECORD_TRAILER_LEN);
       writeU64(t, stored, 0);
       writeFully(fd, t, at + RECORD_HEADER_LEN + stored);

@@ -77,10 +77,12 @@ export class EntryWalker {
 
   constructor(
     src: number | ReadAt,
-    private readonly path: string,
+    readonly path: string,
     readonly format: BackupFormat,
     /** an encrypted backup's cipher: payloads are decrypted and authenticated as they are read */
     private readonly crypt: RecordCrypt | null = null,
+    /** v2: the record header CRC seed of the backup's set (recordSeedOf its first file's header; 0 before format 4) */
+    readonly seed = 0,
   ) {
     this.readAt = typeof src === 'number' ? (buf, n, pos) => readFully(src, buf, n, pos) : src;
   }
@@ -142,7 +144,7 @@ export class EntryWalker {
     if (limit - off < RECORD_OVERHEAD) throw this.damaged(off, `is cut short (${limit - off} bytes before the end)`);
     const h = this.view(off, RECORD_HEADER_LEN, limit);
     if (h.readUInt32BE(0) !== RECORD_MAGIC) throw this.damaged(off, 'has no record magic');
-    if (crc32(h.subarray(0, 28)) !== h.readUInt32BE(28)) throw this.damaged(off, 'fails its header checksum');
+    if (crc32(h.subarray(0, 28), this.seed) !== h.readUInt32BE(28)) throw this.damaged(off, 'fails its header checksum');
     const type = h[4]!;
     const version = h.readUInt32BE(8);
     const length = h.readUInt32BE(16) * TWO_32 + h.readUInt32BE(20);

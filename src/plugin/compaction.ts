@@ -388,6 +388,23 @@ class SyncedWriter implements BackupWriter {
     }
   }
 
+  prepare(): boolean {
+    const inner = this.inner as ReopenableWriter & { prepare?(): boolean };
+    if (typeof inner.prepare !== 'function') return false;
+    if (!this.pc.shared) return inner.prepare();
+    // under the mutex, in the file the name holds now: never into one that compaction swapped out
+    this.pc.enter();
+    try {
+      this.pc.checkWritable();
+      this.pc.sync();
+      return inner.prepare();
+    } catch {
+      return false;
+    } finally {
+      this.pc.leave();
+    }
+  }
+
   close(): void {
     this.inner.close();
   }

@@ -93,6 +93,9 @@ async function main(): Promise<void> {
         if (r.ok) sendContinue(rid);
         else sendError(rid, -32000, r.message);
         pollMulti();
+        // answered: lightningd is not waiting on us now, so the reserve ahead of the writer is topped up here
+        // (rarely: once per RESERVE_MIN..RESERVE_MAX bytes of records), never inside a hook's latency
+        startup.writer?.prepare?.();
         return;
       }
       case 'getmanifest':
@@ -107,6 +110,8 @@ async function main(): Promise<void> {
         onInit(msg.params);
         sendResult(rid, {});
         compaction?.onInit();
+        // the first db_write should already find reserved space
+        startup.writer?.prepare?.();
         return;
       case 'backup-compact': {
         const remote = startup.writer as { compactRemote?: () => string } | null;

@@ -1,4 +1,4 @@
-import { closeSync, fdatasyncSync, fstatSync, ftruncateSync, openSync, readdirSync, readFileSync, readSync, statSync, unlinkSync } from 'node:fs';
+import { closeSync, existsSync, fdatasyncSync, fstatSync, ftruncateSync, openSync, readdirSync, readFileSync, readSync, statSync, unlinkSync } from 'node:fs';
 import { cryptFor, type KeyLike } from '../../crypto/backup-crypt.js';
 import { encOverhead, type RecordCrypt } from '../../crypto/records.js';
 import { randomBytes } from '../../engine/random.js';
@@ -18,6 +18,8 @@ import {
   FILE_HEADER_LEN,
   Grouper,
   isV2,
+  PREALLOC_VERSION,
+  recordSeedOf,
   FORMAT_VERSION,
   RECORD_OVERHEAD,
   SEAL_RECORD_LEN,
@@ -240,10 +242,17 @@ export function discoverSegments(
 export function sealOf(path: string): Seal | null {
   const fd = openSync(path, 'r');
   try {
-    return sealAtEnd(fd, fstatSync(fd).size);
+    return sealAtEnd(fd, fstatSync(fd).size, seedOfFd(fd));
   } finally {
     closeSync(fd);
   }
+}
+
+/** The record header CRC seed of the open file `fd` (recordSeedOf its header; 0 for a header that cannot be read). */
+function seedOfFd(fd: number): number {
+  const h = Buffer.alloc(FILE_HEADER_LEN);
+  if (readSync(fd, h, 0, FILE_HEADER_LEN, 0) !== FILE_HEADER_LEN || !isV2(h)) return 0;
+  return recordSeedOf(h);
 }
 
 /** Bytes of records in segment file `path`: its size without the header and without a seal. */
@@ -259,7 +268,7 @@ function unseal(path: string): void {
   const fd = openSync(path, 'r+');
   try {
     const size = fstatSync(fd).size;
-    if (!sealAtEnd(fd, size)) return;
+    if (!sealAtEnd(fd, size, seedOfFd(fd))) return;
     ftruncateSync(fd, size - SEAL_RECORD_LEN);
     fdatasyncSync(fd);
   } finally {
@@ -479,7 +488,7 @@ export class SegmentedWriter implements BackupWriter {
 
   private openLast(): void {
     const seg = this.segments[this.segments.length - 1]!;
-    const w = V2Writer.open(seg.path, { fullCheck: this.fullCheck, crypt: this.crypt }, borrowed(this.lock));
+    const w = V2Writer.open(seg.path, { fullCheck: this.fullCheck, crypt: this.crypt, reserveLimit: this.limit }, borrowed(this.lock));
     for (const p of w.repaired()) this.repairs.push({ ...p, offset: p.offset + this.before });
     this.cur = w;
   }
@@ -506,7 +515,21 @@ export class SegmentedWriter implements BackupWriter {
     if (this.beforeEntries !== null) this.beforeEntries += this.cur.stats().entries;
     this.cur.close();
     this.segments.push({ path, index });
-    this.cur = V2Writer.open(path, { crypt: this.crypt }, borrowed(this.lock));
+    this.cur = V2Writer.open(path, { crypt: this.crypt, reserveLimit: this.limit }, borrowed(this.lock));
+  }
+
+  /**
+   * Tops up the reserved space after the newest record (format 4), off the hook path: see V2Writer.prepare.
+   * True when it wrote anything.
+   */
+  prepare(): boolean {
+    if (this.closed || this.failed) return false;
+    return this.cur.prepare();
+  }
+
+  /** Zero bytes reserved after the data in the newest segment (format 4). */
+  reservedBytes(): number {
+    return this.cur.reservedBytes();
   }
 
   /** A set written with seals (format 3): every segment but the newest ends with one. */
@@ -852,6 +875,11 @@ export class SegmentedReader implements BackupReader {
     return this.readers.map((r, i) => ({ path: r.location, index: i + 1, bytes: this.sizes[i]! }));
   }
 
+  /** Zero bytes reserved after the data in the newest segment (format 4): not data. */
+  get reservedBytes(): number {
+    return this.readers[this.readers.length - 1]!.reservedBytes;
+  }
+
   get recordsValidated(): number {
     return this.readers.reduce((n, r) => n + r.recordsValidated, 0);
   }
@@ -995,6 +1023,9 @@ export class SegmentedSource {
   private bases: number[] = [];
   private ends: number[] = [];
   private closed = false;
+  /** format 4: the newest segment's size includes reserved space, so its size does not say where it ends */
+  private prealloc = false;
+  private setId = 0;
 
   constructor(private readonly base: string) {
     this.refresh();
@@ -1015,6 +1046,8 @@ export class SegmentedSource {
   private refresh(): void {
     // the writer may be starting a segment right now: a header not yet written is not a segment yet
     const set = discoverSegments(this.base, { allowTornLast: true });
+    this.prealloc = set.first.version >= PREALLOC_VERSION;
+    this.setId = set.first.setId;
     for (let i = this.fds.length; i < set.segments.length; i++) this.fds.push(openSync(set.segments[i]!.path, 'r'));
     // every segment but the last is final; the last may still grow. A seal is not data: the virtual file
     // (global offsets) leaves it out, as the writer and the reader do
@@ -1023,11 +1056,23 @@ export class SegmentedSource {
     this.ends = [];
     for (let i = 0; i < this.fds.length; i++) {
       let size = fstatSync(this.fds[i]!).size;
-      if (sealAtEnd(this.fds[i]!, size)) size -= SEAL_RECORD_LEN;
+      const sealed = sealAtEnd(this.fds[i]!, size, seedOfFd(this.fds[i]!)) !== null;
+      if (sealed) size -= SEAL_RECORD_LEN;
       this.bases.push(base);
       this.ends.push(base + size);
       base += size - FILE_HEADER_LEN;
+      // format 4, a roll-over under way: the segment's reserve is not cut yet, so where the next one starts
+      // is not known; nothing in the next one is committed before the seal, so the view stops here
+      if (this.prealloc && !sealed && i < this.fds.length - 1) {
+        for (const fd of this.fds.splice(i + 1)) closeSync(fd);
+        break;
+      }
     }
+  }
+
+  /** Format 4: reading the newest known segment, whose end its size does not tell: has the writer moved on? */
+  private movedOn(): boolean {
+    return this.prealloc && existsSync(segmentPath(this.base, this.setId, this.fds.length + 1));
   }
 
   /** The first file's device and inode: which backup this source reads (compaction checks it). */
@@ -1045,6 +1090,8 @@ export class SegmentedSource {
   readAt(buf: Buffer, n: number, pos: number): void {
     let done = 0;
     let refreshed = false;
+    // one stat per read (compaction reads in large windows): a sealed, cut segment is never read from a stale view
+    if (this.movedOn()) this.refresh();
     while (done < n) {
       const g = pos + done;
       let i = this.fds.length - 1;

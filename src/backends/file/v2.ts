@@ -29,11 +29,19 @@ export {
   TYPE_SNAPSHOT,
   TYPE_SNAPSHOT_PART,
   MIN_FORMAT_VERSION,
+  PREALLOC_VERSION,
+  parseRecordHeader,
+  readU64,
+  recordSeed,
+  recordSeedOf,
+  resealRecordHeader,
+  seedOfRecordHeader,
   encodeSealRecord,
   decodeSealRecord,
   type Seal,
 } from './v2/codec.js';
 export { sealAtEnd, type RecordInfo } from './v2/scan.js';
+export { RESERVE_MAX, RESERVE_MIN } from './v2/reserve.js';
 export { Grouper, groupRecords, type GroupedEntry, type Grouping } from './v2/group.js';
 export { createV2, V2Writer, type V2OpenStats, type V2WriterOptions } from './v2/writer.js';
 export { damagedError, snapshotEntry, V2Reader, WalkGrouper, type WalkedEntry } from './v2/reader.js';

@@ -15,8 +15,14 @@ export const FILE_MAGIC = Buffer.from('CLNVAULT', 'ascii');
 /**
  * 3: segment seals (TYPE_SEAL). A version-2 file reads as before; a version-3 file is refused by an older
  * clnvault ("upgrade clnvault") rather than read without the seal rule (docs/format-v2.md, "Segments").
+ * 4: preallocated segments: records are written into zero-filled space reserved ahead of the writer, so the
+ * file's size no longer marks the end of the data; every record's header CRC is seeded with the backup id
+ * and the segment set id, so a record left in that space by an earlier use can never pass as new
+ * (docs/format-v2.md, "Preallocation").
  */
-export const FORMAT_VERSION = 3;
+export const FORMAT_VERSION = 4;
+/** The first format version whose files hold reserved space and seeded record header CRCs. */
+export const PREALLOC_VERSION = 4;
 /** The oldest format version this clnvault still reads. */
 export const MIN_FORMAT_VERSION = 2;
 
@@ -24,6 +30,25 @@ export function isReadableVersion(v: number): boolean {
   return v >= MIN_FORMAT_VERSION && v <= FORMAT_VERSION;
 }
 export const FILE_HEADER_LEN = 64;
+
+/**
+ * The seed of every record header CRC in a file with header `h` (FILE_HEADER_LEN bytes): 0 (a plain
+ * CRC, as versions 2 and 3 wrote) before PREALLOC_VERSION; from it on, the CRC of the backup id (bytes
+ * 16..31) and the segment set id (44..47), never 0. Records are copied between segments of one set only
+ * by compaction, which writes a new set and re-seals every header it copies.
+ */
+export function recordSeedOf(h: Buffer): number {
+  if (h.readUInt16BE(8) < PREALLOC_VERSION) return 0;
+  return recordSeed(h.subarray(16, 32), h.readUInt32BE(44));
+}
+
+export function recordSeed(backupId: Buffer, setId: number): number {
+  const b = Buffer.allocUnsafe(20);
+  backupId.copy(b, 0, 0, 16);
+  b.writeUInt32BE(setId >>> 0, 16);
+  // 0 would make a seeded header indistinguishable from a version-3 one
+  return crc32(b) || 1;
+}
 /** 'CVR1' */
 export const RECORD_MAGIC = 0x43565231;
 export const RECORD_HEADER_LEN = 32;
@@ -96,11 +121,12 @@ export function readU64(buf: Buffer, at: number): number {
   return buf.readUInt32BE(at) * TWO_32 + buf.readUInt32BE(at + 4);
 }
 
-export function encodeFileHeader(backupId: Buffer, createdMs: number, enc: FileEncryption | null = null): Buffer {
+/** `enc`: an encrypted backup's key description; `version`: an older one only to write files as an earlier clnvault did (tests of reading them). */
+export function encodeFileHeader(backupId: Buffer, createdMs: number, enc: FileEncryption | null = null, version = FORMAT_VERSION): Buffer {
   if (backupId.length !== 16) throw new RangeError('backup id must be 16 bytes');
   const h = Buffer.alloc(FILE_HEADER_LEN);
   FILE_MAGIC.copy(h, 0);
-  h.writeUInt16BE(FORMAT_VERSION, 8);
+  h.writeUInt16BE(version, 8);
   h.writeUInt16BE(FILE_HEADER_LEN, 10);
   h.writeUInt32BE(enc ? FILE_FLAG_ENCRYPTED : 0, 12);
   backupId.copy(h, 16);
@@ -114,8 +140,8 @@ export function encodeFileHeader(backupId: Buffer, createdMs: number, enc: FileE
   return h;
 }
 
-/** Fills bytes 0..31 of `buf` with a record header. */
-export function encodeRecordHeader(buf: Buffer, type: number, version: number, payloadLen: number, payloadCrc: number, parts = 0, flags = 0): void {
+/** Fills bytes 0..31 of `buf` with a record header; `seed`: the file's recordSeedOf. */
+export function encodeRecordHeader(buf: Buffer, type: number, version: number, payloadLen: number, payloadCrc: number, parts = 0, flags = 0, seed = 0): void {
   buf.writeUInt32BE(RECORD_MAGIC, 0);
   buf[4] = type;
   buf[5] = flags;
@@ -125,7 +151,45 @@ export function encodeRecordHeader(buf: Buffer, type: number, version: number, p
   buf.writeUInt32BE(type === TYPE_SNAPSHOT ? parts : 0, 12);
   writeU64(buf, payloadLen, 16);
   buf.writeUInt32BE(payloadCrc, 24);
-  buf.writeUInt32BE(crc32(buf.subarray(0, 28)), 28);
+  buf.writeUInt32BE(crc32(buf.subarray(0, 28), seed), 28);
+}
+
+let crcTables: { table: Uint32Array; byTop: Uint8Array } | null = null;
+
+/** CRC-32/IEEE's byte table (reflected, polynomial 0xEDB88320), and which entry has each top byte. */
+function tables(): { table: Uint32Array; byTop: Uint8Array } {
+  if (crcTables) return crcTables;
+  const table = new Uint32Array(256);
+  const byTop = new Uint8Array(256);
+  for (let i = 0; i < 256; i++) {
+    let c = i;
+    for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
+    table[i] = c >>> 0;
+    byTop[c >>> 24] = i;
+  }
+  return (crcTables = { table, byTop });
+}
+
+/**
+ * The seed under which the record header `h` (32 bytes) carries a valid header CRC: CRC-32 run backwards
+ * from the stored value over bytes 27..0 (each step of CRC-32 can be undone). Only for reading a file
+ * whose file header is damaged, so that the ids the seed comes from cannot be trusted: the seed is taken
+ * from its first record instead (0: a file of format 3 or earlier), and every other record is checked
+ * against it as usual. Checked against zlib's crc32 by the tests.
+ */
+export function seedOfRecordHeader(h: Buffer): number {
+  const { table, byTop } = tables();
+  let c = ~h.readUInt32BE(28) >>> 0;
+  for (let k = 27; k >= 0; k--) {
+    const i = byTop[c >>> 24]!;
+    c = (((c ^ table[i]!) << 8) | (i ^ h[k]!)) >>> 0;
+  }
+  return ~c >>> 0;
+}
+
+/** Rewrites the header CRC of the record header at `buf[at..at+32)` for another file's seed (compaction's copy). */
+export function resealRecordHeader(buf: Buffer, at: number, seed: number): void {
+  buf.writeUInt32BE(crc32(buf.subarray(at, at + 28), seed), at + 28);
 }
 
 /** Size of a change payload: u32 count, then u32 length + UTF-8 bytes per statement. */
@@ -140,10 +204,10 @@ export function changePayloadLength(statements: readonly string[]): number {
  * least RECORD_OVERHEAD + payloadLen bytes. Statements are encoded straight into the buffer: no per-
  * statement allocation.
  */
-export function encodeChangeRecordInto(buf: Buffer, version: number, statements: readonly string[], payloadLen: number): number {
+export function encodeChangeRecordInto(buf: Buffer, version: number, statements: readonly string[], payloadLen: number, seed = 0): number {
   const end = RECORD_HEADER_LEN + payloadLen;
   encodeChangePayloadAt(buf, RECORD_HEADER_LEN, statements, payloadLen);
-  encodeRecordHeader(buf, TYPE_CHANGE, version, payloadLen, crc32(buf.subarray(RECORD_HEADER_LEN, end)));
+  encodeRecordHeader(buf, TYPE_CHANGE, version, payloadLen, crc32(buf.subarray(RECORD_HEADER_LEN, end)), 0, 0, seed);
   writeU64(buf, payloadLen, end);
   return end + RECORD_TRAILER_LEN;
 }
@@ -163,11 +227,11 @@ export function encodeChangePayloadAt(buf: Buffer, at: number, statements: reado
 }
 
 /** A complete change record; written into `out` (and a view of it returned) when `out` is big enough. */
-export function encodeChangeRecord(version: number, statements: readonly string[], out?: Buffer): Buffer {
+export function encodeChangeRecord(version: number, statements: readonly string[], out?: Buffer, seed = 0): Buffer {
   const payloadLen = changePayloadLength(statements);
   const total = RECORD_OVERHEAD + payloadLen;
   const buf = out && out.length >= total ? out : Buffer.allocUnsafe(total);
-  encodeChangeRecordInto(buf, version, statements, payloadLen);
+  encodeChangeRecordInto(buf, version, statements, payloadLen, seed);
   return buf.subarray(0, total);
 }
 
@@ -240,10 +304,13 @@ export interface RecordHeader {
   payloadCrc: number;
 }
 
-/** The header at `b[0..32)`, or why it is not one. Only magic and checksum decide validity. */
-export function parseRecordHeader(b: Buffer): RecordHeader | string {
+/**
+ * The header at `b[0..32)`, or why it is not one. Only magic and checksum decide validity; `seed` is the
+ * file's recordSeedOf, so a record of another backup or segment set fails like a damaged one.
+ */
+export function parseRecordHeader(b: Buffer, seed = 0): RecordHeader | string {
   if (b.readUInt32BE(0) !== RECORD_MAGIC) return 'no record magic';
-  if (crc32(b.subarray(0, 28)) !== b.readUInt32BE(28)) return 'record header checksum mismatch';
+  if (crc32(b.subarray(0, 28), seed) !== b.readUInt32BE(28)) return 'record header checksum mismatch';
   return {
     type: b[4]!,
     flags: b[5]!,
@@ -289,21 +356,21 @@ export interface Seal {
 }
 
 /** A whole seal record (header, payload, trailer). */
-export function encodeSealRecord(s: Seal): Buffer {
+export function encodeSealRecord(s: Seal, seed = 0): Buffer {
   if (s.backupId.length !== 16) throw new RangeError('backup id must be 16 bytes');
   const b = Buffer.alloc(SEAL_RECORD_LEN);
   b.writeUInt32BE(s.next, RECORD_HEADER_LEN);
   b.writeUInt32BE(s.setId, RECORD_HEADER_LEN + 4);
   s.backupId.copy(b, RECORD_HEADER_LEN + 8);
-  encodeRecordHeader(b, TYPE_SEAL, 0, SEAL_PAYLOAD_LEN, crc32(b.subarray(RECORD_HEADER_LEN, RECORD_HEADER_LEN + SEAL_PAYLOAD_LEN)));
+  encodeRecordHeader(b, TYPE_SEAL, 0, SEAL_PAYLOAD_LEN, crc32(b.subarray(RECORD_HEADER_LEN, RECORD_HEADER_LEN + SEAL_PAYLOAD_LEN)), 0, 0, seed);
   writeU64(b, SEAL_PAYLOAD_LEN, RECORD_HEADER_LEN + SEAL_PAYLOAD_LEN);
   return b;
 }
 
 /** The seal in a whole seal record `b` (SEAL_RECORD_LEN bytes), or null when `b` is not one. */
-export function decodeSealRecord(b: Buffer): Seal | null {
+export function decodeSealRecord(b: Buffer, seed = 0): Seal | null {
   if (b.length !== SEAL_RECORD_LEN) return null;
-  const h = parseRecordHeader(b);
+  const h = parseRecordHeader(b, seed);
   if (typeof h === 'string' || h.type !== TYPE_SEAL || h.length !== SEAL_PAYLOAD_LEN) return null;
   const p = b.subarray(RECORD_HEADER_LEN, RECORD_HEADER_LEN + SEAL_PAYLOAD_LEN);
   if (crc32(p) !== h.payloadCrc || readU64(b, RECORD_HEADER_LEN + SEAL_PAYLOAD_LEN) !== SEAL_PAYLOAD_LEN) return null;

@@ -4,11 +4,11 @@ import type { BackupReader, BackupStats, HeaderVisitor, HeaderWalkOptions } from
 import { BackupError, type Entry, type EntryHeader, type Problem, type SnapshotEntry } from '../../../engine/entries.js';
 import { fsyncDir, writeFully } from '../fsutil.js';
 import { isPragmaOnly, pragmaMatters } from '../../../engine/versions.js';
-import { changeStatementsAt, CHUNK, decodeChangePayload, FILE_HEADER_LEN, parseRecordHeader, PRAGMA_PROBE_MAX, RECORD_HEADER_LEN, RECORD_OVERHEAD, TYPE_CHANGE, TYPE_SNAPSHOT, TYPE_SNAPSHOT_PART } from './codec.js';
+import { changeStatementsAt, CHUNK, decodeChangePayload, FILE_HEADER_LEN, parseRecordHeader, RECORD_MAGIC, seedOfRecordHeader, PRAGMA_PROBE_MAX, RECORD_HEADER_LEN, RECORD_OVERHEAD, TYPE_CHANGE, TYPE_SNAPSHOT, TYPE_SNAPSHOT_PART } from './codec.js';
 import { Planner } from '../../../engine/plan.js';
 import { Grouper } from './group.js';
 import { asBackupError, readFully } from './io.js';
-import { readFileHeader, scanRecords, type RecordInfo, type ScanResult } from './scan.js';
+import { layoutOf, readFileHeader, scanRecords, type RecordInfo, type ScanResult } from './scan.js';
 import { FLAG_ENCRYPTED, FLAG_PRAGMA_ONLY, type FileEncryption } from './codec.js';
 import { AuthError, lastAuthText, parsePrefix, prefixLen, TAG_LEN, type ChainCheck, type Prefix, type RecordCrypt } from '../../../crypto/records.js';
 
@@ -165,6 +165,8 @@ export class V2Reader implements BackupReader {
     readonly headerDamage: Problem | null = null,
     /** what the file header says about the key of an encrypted backup; null for a plain one */
     readonly encryption: FileEncryption | null = null,
+    /** the record header CRC seed (recordSeedOf the file header; 0 before format 4) */
+    private readonly seed = 0,
   ) {
     this.ahead = new ReadAhead(fd, size);
   }
@@ -237,6 +239,11 @@ export class V2Reader implements BackupReader {
     return { type: r.type, flags: FLAG_ENCRYPTED | (r.type === TYPE_CHANGE && r.pragmaOnly ? FLAG_PRAGMA_ONLY : 0), version: r.version, parts: r.parts };
   }
 
+  /** Zero bytes reserved after the data for the writer's next records (format 4): not data. */
+  get reservedBytes(): number {
+    return this.scan.reserved;
+  }
+
   /**
    * Opens and checks every record (the full checksum scan), keeping counts and problems, nothing per
    * record, and plans a restore on the way (the entries before the first damage), which saves a walk.
@@ -257,6 +264,15 @@ export class V2Reader implements BackupReader {
       const planner = new Planner();
       let entries = 0;
       let head = 0;
+      let layout = layoutOf(info);
+      if (damage !== null) {
+        // the ids the record CRC seed comes from are in the damaged header: take the seed from the first record
+        const first = Buffer.alloc(RECORD_HEADER_LEN);
+        if (size >= FILE_HEADER_LEN + RECORD_OVERHEAD && readSync(fd, first, 0, RECORD_HEADER_LEN, FILE_HEADER_LEN) === RECORD_HEADER_LEN && first.readUInt32BE(0) === RECORD_MAGIC) {
+          const seed = seedOfRecordHeader(first);
+          layout = { ...layout, seed, prealloc: seed !== 0 };
+        }
+      }
       const scan = scanRecords(fd, size, path, (r, damagedBefore) => {
         onRecord?.(r, damagedBefore);
         const e = g.push(r);
@@ -265,7 +281,7 @@ export class V2Reader implements BackupReader {
           head = e.version;
           if (!damagedBefore && g.corrupt.length === 0) planner.push(e);
         }
-      }, info.encryption !== null);
+      }, layout);
       if (scan.unsupported) throw scan.unsupported;
       const headerDamage: Problem | null =
         damage === null
@@ -278,7 +294,7 @@ export class V2Reader implements BackupReader {
                 `${scan.recordsValidated} record(s) after it were read and checked without it. 'clnvault restore --stop-at-damage' ` +
                 `restores them; then re-create the backup with 'clnvault init'`,
             };
-      return new V2Reader(path, fd, scan, { entries, head, corrupt: g.corrupt, dangling: g.dangling(), planner }, info.backupId, info.createdMs, size, headerDamage, info.encryption);
+      return new V2Reader(path, fd, scan, { entries, head, corrupt: g.corrupt, dangling: g.dangling(), planner }, info.backupId, info.createdMs, size, headerDamage, info.encryption, layout.seed);
     } catch (e) {
       closeSync(fd);
       throw asBackupError(e, path, 'cannot read the backup');
@@ -355,7 +371,7 @@ export class V2Reader implements BackupReader {
     let prev: number | null = null;
     while (o < end) {
       if (end - o < RECORD_OVERHEAD) throw this.changedError(o, 'a record cut short');
-      const h = parseRecordHeader(this.ahead.get(o, RECORD_HEADER_LEN));
+      const h = parseRecordHeader(this.ahead.get(o, RECORD_HEADER_LEN), this.seed);
       if (typeof h === 'string') throw this.changedError(o, h);
       if (h.length > end - o - RECORD_OVERHEAD) throw this.changedError(o, 'a record longer than the data');
       let pragmaOnly = false;
@@ -452,7 +468,7 @@ export class V2Reader implements BackupReader {
       readFully(this.fd, rec, total, r.offset);
     }
     let payload = rec.subarray(RECORD_HEADER_LEN, total);
-    const hh = parseRecordHeader(rec);
+    const hh = parseRecordHeader(rec, this.seed);
     if (typeof hh === 'string' || hh.length !== r.length || crc32(payload) !== hh.payloadCrc) {
       throw new BackupError(`${this.location}: the change record at offset ${r.offset} changed or was damaged since it was scanned`, this.location, r.offset);
     }
@@ -485,7 +501,7 @@ export class V2Reader implements BackupReader {
     const what = r.type === TYPE_SNAPSHOT_PART ? 'snapshot part record' : 'snapshot';
     const header = Buffer.allocUnsafe(RECORD_HEADER_LEN);
     readFully(this.fd, header, RECORD_HEADER_LEN, r.offset);
-    const hh = parseRecordHeader(header);
+    const hh = parseRecordHeader(header, this.seed);
     if (typeof hh === 'string' || hh.length !== r.length || hh.type !== r.type) {
       throw new BackupError(`${this.location}: the ${what} header at offset ${r.offset} changed since it was scanned`, this.location, r.offset);
     }

@@ -9,6 +9,8 @@ import {
   FORMAT_VERSION,
   isReadableVersion,
   MIN_FORMAT_VERSION,
+  PREALLOC_VERSION,
+  recordSeedOf,
   isV2,
   MAGIC_BYTES,
   parseRecordHeader,
@@ -43,8 +45,8 @@ export type RecordCheck =
   | { kind: 'bad-payload'; h: RecordHeader; why: string };
 
 /** Full check of the record at `o` (header, bounds, payload checksum, trailer); at least 40 bytes must remain. */
-export function checkRecordAt(win: FileWindow, o: number): RecordCheck {
-  const h = parseRecordHeader(win.ahead(o, RECORD_HEADER_LEN));
+export function checkRecordAt(win: FileWindow, o: number, seed = 0): RecordCheck {
+  const h = parseRecordHeader(win.ahead(o, RECORD_HEADER_LEN), seed);
   if (typeof h === 'string') return { kind: 'bad-header', why: h };
   if (h.length > win.size - o - RECORD_OVERHEAD) return { kind: 'past-eof', h };
   if (crcOfRange(win, o + RECORD_HEADER_LEN, h.length) !== h.payloadCrc) {
@@ -61,7 +63,7 @@ export function checkRecordAt(win: FileWindow, o: number): RecordCheck {
  * First offset >= from holding a complete valid record, or -1. This is what tells damage in the middle
  * (good records follow) from an unfinished append at the end (nothing good follows).
  */
-function findNextValidRecord(fd: number, size: number, from: number): number {
+function findNextValidRecord(fd: number, size: number, from: number, seed: number): number {
   const buf = Buffer.allocUnsafe(Math.min(CHUNK, Math.max(0, size - from)));
   const win = new FileWindow(fd, size, CHUNK);
   let pos = from;
@@ -71,7 +73,7 @@ function findNextValidRecord(fd: number, size: number, from: number): number {
     const view = buf.subarray(0, n);
     for (let i = view.indexOf(MAGIC_BYTES); i >= 0; i = view.indexOf(MAGIC_BYTES, i + 1)) {
       if (size - (pos + i) < RECORD_OVERHEAD) break;
-      if (checkRecordAt(win, pos + i).kind === 'ok') return pos + i;
+      if (checkRecordAt(win, pos + i, seed).kind === 'ok') return pos + i;
     }
     if (pos + n >= size) break;
     // keep 3 bytes so a magic that straddles two reads is still seen
@@ -102,6 +104,43 @@ export interface ScanResult {
   recordsValidated: number;
   /** the segment seal that ends the file (docs/format-v2.md, "Segments"), if any; not in `records` */
   seal: (Seal & { offset: number }) | null;
+  /** zero bytes reserved after the data for the next records (format 4; 0 when a torn tail follows the data) */
+  reserved: number;
+}
+
+/** How a file's records are judged, from its header: see recordSeedOf and docs/format-v2.md, "Preallocation". */
+export interface RecordLayout {
+  /** seed of every record header CRC (0: versions 2 and 3) */
+  seed: number;
+  /** zeros after the last record are reserved space, not a torn tail (format 4) */
+  prealloc: boolean;
+  /** the file header says every data record is encrypted: payloads are ciphertext, PRAGMA-only is a flag */
+  encrypted?: boolean;
+}
+
+export const PLAIN_LAYOUT: RecordLayout = { seed: 0, prealloc: false };
+
+export function layoutOf(info: { version: number; seed: number; encryption?: FileEncryption | null }): RecordLayout {
+  return { seed: info.seed, prealloc: info.version >= PREALLOC_VERSION, encrypted: (info.encryption ?? null) !== null };
+}
+
+/**
+ * One past the last nonzero byte in [from, to), or `from` when they are all zero. Read backwards in
+ * bounded chunks: the reserve after the data is what is searched, so the cost follows its size (bounded
+ * by RESERVE_MAX), not the file's.
+ */
+export function endOfNonZero(fd: number, from: number, to: number): number {
+  if (to <= from) return from;
+  const buf = Buffer.allocUnsafe(Math.min(CHUNK, to - from));
+  let hi = to;
+  while (hi > from) {
+    const lo = Math.max(from, hi - buf.length);
+    const n = hi - lo;
+    readFully(fd, buf, n, lo);
+    for (let i = n - 1; i >= 0; i--) if (buf[i] !== 0) return lo + i + 1;
+    hi = lo;
+  }
+  return from;
 }
 
 /**
@@ -114,9 +153,10 @@ export function scanRecords(
   size: number,
   path: string,
   onRecord?: (r: RecordInfo, damagedBefore: boolean) => void,
-  /** the file header says every data record is encrypted: payloads are ciphertext, PRAGMA-only is a flag */
-  encrypted = false,
+  layout: RecordLayout = PLAIN_LAYOUT,
 ): ScanResult {
+  const { seed, prealloc } = layout;
+  const encrypted = layout.encrypted ?? false;
   const win = new FileWindow(fd, size, CHUNK);
   let wholeRecords = 0;
   const corrupt: Problem[] = [];
@@ -124,22 +164,27 @@ export function scanRecords(
   let unsupported: BackupError | null = null;
   let validated = 0;
   let seal: (Seal & { offset: number }) | null = null;
+  // a torn tail is everything from its offset on, reserved space after it included: the writer cuts it all
+  // (the next reserve is written afresh), so what follows the data is always nothing or zeros
   const tornAt = (o: number, why: string): Problem => ({
     kind: 'torn-tail',
     offset: o,
     bytes: size - o,
     message: `cut ${size - o} bytes at offset ${o}: ${why} (an append that never completed)`,
   });
+  /** In a preallocated file, nothing but zeros from `o` on is the end of the data (reserved space), not a torn tail. */
+  const reservedFrom = (o: number): boolean => prealloc && endOfNonZero(fd, o, size) === o;
 
   /** version of the change record just before, null when that is not known to be the previous entry */
   let prev: number | null = null;
   let o = FILE_HEADER_LEN;
   while (o < size) {
     if (size - o < RECORD_OVERHEAD) {
+      if (reservedFrom(o)) break;
       torn = tornAt(o, `only ${size - o} bytes left, less than a record's ${RECORD_OVERHEAD}-byte frame`);
       break;
     }
-    const c = checkRecordAt(win, o);
+    const c = checkRecordAt(win, o, seed);
     validated++;
     if (c.kind === 'ok') {
       const h = c.h;
@@ -171,8 +216,8 @@ export function scanRecords(
         }
       }
       if (h.type === TYPE_SEAL) {
-        const s = h.length === SEAL_PAYLOAD_LEN ? decodeSealRecord(Buffer.from(win.ahead(o, SEAL_RECORD_LEN))) : null;
-        if (s !== null && o + SEAL_RECORD_LEN === size) {
+        const s = h.length === SEAL_PAYLOAD_LEN ? decodeSealRecord(Buffer.from(win.ahead(o, SEAL_RECORD_LEN)), seed) : null;
+        if (s !== null && (o + SEAL_RECORD_LEN === size || reservedFrom(o + SEAL_RECORD_LEN))) {
           seal = { ...s, offset: o };
         } else {
           // a seal is written last and nothing after it: anything else means the file was tampered with or mixed up
@@ -198,8 +243,9 @@ export function scanRecords(
         c.kind === 'bad-header'
           ? c.why
           : `record header says ${c.h.length} bytes of payload but only ${size - o - RECORD_OVERHEAD} are present`;
-      const next = findNextValidRecord(fd, size, o + 1);
+      const next = findNextValidRecord(fd, size, o + 1, seed);
       if (next < 0) {
+        if (reservedFrom(o)) break;
         torn = tornAt(o, why);
         break;
       }
@@ -214,7 +260,8 @@ export function scanRecords(
     }
     // the header checksum vouches for the length, so the record's extent is known even though its payload is bad
     const end = o + RECORD_OVERHEAD + c.h.length;
-    if (end === size) {
+    // in reserved space a record is always "complete in length": the last one is the one no valid record follows
+    if (end === size || (prealloc && findNextValidRecord(fd, size, end, seed) < 0)) {
       torn = {
         kind: 'torn-tail',
         offset: o,
@@ -230,18 +277,22 @@ export function scanRecords(
     o = end;
     prev = null;
   }
-  return { wholeRecords, corrupt, torn, unsupported, validEnd: torn ? torn.offset : size, recordsValidated: validated, seal };
+  const validEnd = torn ? torn.offset : Math.min(o, size);
+  const reserved = prealloc && !torn ? size - validEnd : 0;
+  return { wholeRecords, corrupt, torn, unsupported, validEnd, recordsValidated: validated, seal, reserved };
 }
 
 export interface FileHeaderInfo {
   backupId: Buffer;
   createdMs: number;
-  /** format version the header states (2, or 3 from segment seals on) */
+  /** format version the header states (2, 3 from segment seals on, 4 from preallocation on) */
   version: number;
   /** set when the backup is encrypted: which key (docs/encryption.md) */
   encryption: FileEncryption | null;
   /** 0 in a first file, n >= 2 in segment n */
   segmentIndex: number;
+  /** seed of the record header CRCs (recordSeedOf): 0 before format 4 */
+  seed: number;
 }
 
 /**
@@ -268,6 +319,7 @@ export function readFileHeader(fd: number, size: number, path: string): { info: 
     version,
     encryption: rawFlags & FILE_FLAG_ENCRYPTED ? { kind: h[48]!, fingerprint: Buffer.from(h.subarray(52, 60)) } : null,
     segmentIndex: h.readUInt32BE(40),
+    seed: isReadableVersion(version) ? recordSeedOf(h) : 0,
   };
   if (!isV2(h)) return { info, damage: `the file does not start with 'CLNVAULT'` };
   if (crc32(h.subarray(0, 60)) !== h.readUInt32BE(60)) {
@@ -312,31 +364,47 @@ export function checkFileHeader(fd: number, size: number, path: string): FileHea
 }
 
 /** Header of the record that ends exactly at `end`, found through its trailer; null when the chain is broken. */
-export function recordEndingAt(win: FileWindow, end: number): { start: number; h: RecordHeader } | null {
+export function recordEndingAt(win: FileWindow, end: number, seed = 0): { start: number; h: RecordHeader } | null {
   if (end - FILE_HEADER_LEN < RECORD_OVERHEAD) return null;
   const len = readU64(win.behind(end - RECORD_TRAILER_LEN, RECORD_TRAILER_LEN), 0);
   if (len > end - FILE_HEADER_LEN - RECORD_OVERHEAD) return null;
   const start = end - RECORD_OVERHEAD - len;
-  const h = parseRecordHeader(win.behind(start, RECORD_HEADER_LEN));
+  const h = parseRecordHeader(win.behind(start, RECORD_HEADER_LEN), seed);
   if (typeof h === 'string' || h.length !== len) return null;
   return { start, h };
 }
 
-/** The fast open: the newest record, found through the trailer and fully verified, or null. */
-export function checkLastRecord(fd: number, size: number): { start: number; h: RecordHeader } | null {
-  const win = new FileWindow(fd, size, SCRATCH_INITIAL);
-  const rec = recordEndingAt(win, size);
+/** The fast open: the newest record, found through the trailer ending at `end` and fully verified, or null. */
+export function checkLastRecord(fd: number, end: number, seed = 0): { start: number; h: RecordHeader } | null {
+  const win = new FileWindow(fd, end, SCRATCH_INITIAL);
+  const rec = recordEndingAt(win, end, seed);
   if (!rec) return null;
-  const c = checkRecordAt(win, rec.start);
-  if (c.kind !== 'ok' || rec.start + RECORD_OVERHEAD + c.h.length !== size) return null;
+  const c = checkRecordAt(win, rec.start, seed);
+  if (c.kind !== 'ok' || rec.start + RECORD_OVERHEAD + c.h.length !== end) return null;
   return { start: rec.start, h: c.h };
+}
+
+/**
+ * The fast open of a preallocated file: the data ends where the reserved zeros begin. The last nonzero
+ * byte is found by a backward search through the reserve; the newest record's trailer ends there or up
+ * to 7 bytes later (its u64 length may end in zero bytes). Returns the data end and the newest record,
+ * or null when no candidate holds a fully valid record (a torn tail: the full scan decides).
+ */
+export function findPreallocEnd(fd: number, size: number, seed: number): { end: number; last: { start: number; h: RecordHeader } | null } | null {
+  const nz = endOfNonZero(fd, FILE_HEADER_LEN, size);
+  if (nz === FILE_HEADER_LEN) return { end: FILE_HEADER_LEN, last: null };
+  for (let end = nz; end <= Math.min(size, nz + RECORD_TRAILER_LEN - 1); end++) {
+    const last = checkLastRecord(fd, end, seed);
+    if (last) return { end, last };
+  }
+  return null;
 }
 
 
 /** The seal record that ends the file, checked (O(1): the last SEAL_RECORD_LEN bytes), or null. */
-export function sealAtEnd(fd: number, size: number): Seal | null {
+export function sealAtEnd(fd: number, size: number, seed = 0): Seal | null {
   if (size - FILE_HEADER_LEN < SEAL_RECORD_LEN) return null;
   const b = Buffer.allocUnsafe(SEAL_RECORD_LEN);
   readFully(fd, b, SEAL_RECORD_LEN, size - SEAL_RECORD_LEN);
-  return decodeSealRecord(b);
+  return decodeSealRecord(b, seed);
 }

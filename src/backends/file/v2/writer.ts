@@ -32,7 +32,8 @@ import {
   type RecordHeader,
 } from './codec.js';
 import { asBackupError, FileWindow } from './io.js';
-import { checkFileHeader, checkLastRecord, recordEndingAt, scanRecords } from './scan.js';
+import { checkFileHeader, checkLastRecord, findPreallocEnd, layoutOf, recordEndingAt, scanRecords, type RecordLayout } from './scan.js';
+import { clearRecordsBackwards, RESERVE_MAX, RESERVE_MIN, RESERVE_RECORDS, zeroRange } from './reserve.js';
 import { isPragmaOnly } from '../../../engine/versions.js';
 import { encOverhead, LINK_LEN, prefixLen, type RecordCrypt } from '../../../crypto/records.js';
 import { FLAG_ENCRYPTED, FLAG_PRAGMA_ONLY, type FileEncryption } from './codec.js';
@@ -109,14 +110,22 @@ export interface V2WriterOptions {
    * record is encrypted and chained through it (docs/encryption.md).
    */
   crypt?: RecordCrypt | null;
+  /** The file never grows past this many bytes because of reserved space (a segment's size limit). */
+  reserveLimit?: number;
 }
 
 export class V2Writer implements BackupWriter {
   readonly format = 'v2' as const;
   readonly openStats: V2OpenStats;
   private scratch: Buffer = Buffer.allocUnsafe(SCRATCH_INITIAL);
-  /** offset where the next record goes; always the file size */
+  /** offset where the next record goes: the end of the data (the file size, unless space is reserved after it) */
   private end = FILE_HEADER_LEN;
+  /** the file's size: [end, cap) is reserved space, all zeros (format 4; == end before it) */
+  private cap = FILE_HEADER_LEN;
+  private layout: RecordLayout = { seed: 0, prealloc: false };
+  private reserveLimit = Number.MAX_SAFE_INTEGER;
+  /** the biggest record of the recent appends: the reserve is sized to hold many of them */
+  private recentRecord = 0;
   private headVersion = 0;
   private lastType = 0;
   /** start of the trailing run of change records with version == head; == end when there is none */
@@ -172,13 +181,20 @@ export class V2Writer implements BackupWriter {
       const w = new V2Writer(path, fd, lock, [], { path: 'empty', recordsValidated: 0, headersWalked: 0 });
       w.crypt = options.crypt ?? null;
       w.firstSegment = info.segmentIndex === 0;
+      w.layout = layoutOf(info);
+      const { seed, prealloc } = w.layout;
+      if (options.reserveLimit !== undefined) w.reserveLimit = options.reserveLimit;
       w.end = size;
-      if (size === FILE_HEADER_LEN) {
+      w.cap = size;
+      // the fast open: the newest record ends at EOF, or (preallocated) where the reserved zeros begin
+      const found = options.fullCheck ? null : prealloc ? findPreallocEnd(fd, size, seed) : { end: size, last: null };
+      if (found) w.end = found.end;
+      if (found && w.end === FILE_HEADER_LEN) {
         w.entryCount = 0;
         w.loadTail(null);
         return w;
       }
-      const last = options.fullCheck ? null : checkLastRecord(fd, size);
+      const last = !found ? null : prealloc ? found.last : checkLastRecord(fd, size, seed);
       if (last) {
         const reason = unsupportedReason(last.h, encrypted);
         if (reason !== null) throw unsupportedError(path, last.start, reason);
@@ -191,7 +207,8 @@ export class V2Writer implements BackupWriter {
         // a broken chain just before the newest record means damage: let the full scan say where
         if (w.loadTail(last) && (options.keepParts || w.cutDanglingParts())) return w;
       }
-      const scan = scanRecords(fd, size, path, undefined, encrypted);
+      w.end = size;
+      const scan = scanRecords(fd, size, path, undefined, w.layout);
       w.openStats.path = 'slow';
       w.openStats.recordsValidated += scan.recordsValidated;
       if (scan.unsupported) throw scan.unsupported;
@@ -207,6 +224,7 @@ export class V2Writer implements BackupWriter {
         );
       }
       if (scan.torn) {
+        // reserved space after it goes too (prepare() writes a fresh reserve): nothing but zeros may follow the data
         ftruncateSync(fd, scan.torn.offset);
         fdatasyncSync(fd);
         w.repairs.push(scan.torn);
@@ -216,6 +234,7 @@ export class V2Writer implements BackupWriter {
         w.sealed = true;
       }
       w.end = scan.validEnd;
+      w.cap = fstatSync(fd).size;
       w.entryCount = scan.wholeRecords;
       if (!w.loadTail(null)) throw new Error(`internal: record chain broken after a clean scan of ${path}`);
       if (!options.keepParts && !w.cutDanglingParts()) throw new Error(`internal: record chain broken after a clean scan of ${path}`);
@@ -245,7 +264,7 @@ export class V2Writer implements BackupWriter {
     const win = new FileWindow(this.fd, this.end, SCRATCH_INITIAL);
     let rec = known;
     if (!rec) {
-      rec = recordEndingAt(win, this.end);
+      rec = recordEndingAt(win, this.end, this.layout.seed);
       this.openStats.headersWalked++;
       if (!rec) return false;
     }
@@ -256,7 +275,7 @@ export class V2Writer implements BackupWriter {
       groupStart = rec.start;
       groupCount = 1;
       while (groupStart > FILE_HEADER_LEN) {
-        const prev = recordEndingAt(win, groupStart);
+        const prev = recordEndingAt(win, groupStart, this.layout.seed);
         this.openStats.headersWalked++;
         if (!prev) return false;
         if (prev.h.type !== TYPE_CHANGE || prev.h.version !== rec.h.version) break;
@@ -280,17 +299,18 @@ export class V2Writer implements BackupWriter {
     const win = new FileWindow(this.fd, this.end, SCRATCH_INITIAL);
     let start = this.end;
     let n = 0;
+    const starts: number[] = [];
     while (start > FILE_HEADER_LEN) {
-      const prev = recordEndingAt(win, start);
+      const prev = recordEndingAt(win, start, this.layout.seed);
       this.openStats.headersWalked++;
       if (!prev) return false;
       if (prev.h.type !== TYPE_SNAPSHOT_PART) break;
       start = prev.start;
+      starts.push(start);
       n++;
     }
     const cut = this.end - start;
-    ftruncateSync(this.fd, start);
-    fdatasyncSync(this.fd);
+    this.discardRecords(starts.reverse(), this.end);
     this.repairs.push({
       kind: 'torn-tail',
       offset: start,
@@ -306,11 +326,13 @@ export class V2Writer implements BackupWriter {
    */
   reopen(): void {
     this.checkUsable();
-    const next = V2Writer.open(this.location, { crypt: this.crypt }, this.lock);
+    const next = V2Writer.open(this.location, { crypt: this.crypt, reserveLimit: this.reserveLimit }, this.lock);
     closeSync(this.fd);
     this.fd = next.fd;
     this.identity = null;
     this.end = next.end;
+    this.cap = next.cap;
+    this.layout = next.layout;
     this.headVersion = next.headVersion;
     this.lastType = next.lastType;
     this.groupStart = next.groupStart;
@@ -318,9 +340,73 @@ export class V2Writer implements BackupWriter {
     this.entryCount = next.entryCount;
   }
 
-  /** Bytes of acknowledged data (the file size); unlike stats() never walks the file. */
+  /** Bytes of acknowledged data (the file size, less reserved space); unlike stats() never walks the file. */
   endOffset(): number {
     return this.end;
+  }
+
+  /** Zero bytes reserved after the data for the next records (format 4); 0 in older files. */
+  reservedBytes(): number {
+    return this.cap - this.end;
+  }
+
+  /** The record header CRC seed of this file (recordSeedOf): what compaction re-seals copies for. */
+  get recordSeed(): number {
+    return this.layout.seed;
+  }
+
+  /**
+   * Tops up the reserved space ahead of the writer: zeros written after the file's end and made durable,
+   * so that the next appends land inside allocated, already-written blocks and their fdatasync flushes
+   * data only (no file-size change, no journal commit). Off the hook path: the plugin calls it after it
+   * has answered a hook. Does nothing when enough is reserved; an error (a full disk) leaves the reserve
+   * as it was, and appends then simply grow the file.
+   */
+  prepare(): boolean {
+    if (!this.layout.prealloc || this.closed || this.sealed || this.failed) return false;
+    const want = Math.min(RESERVE_MAX, Math.max(RESERVE_MIN, this.recentRecord * RESERVE_RECORDS));
+    if (this.cap - this.end >= want / 2) return false;
+    // whole 64 KiB blocks, and never past the segment's limit (FAT32)
+    const target = Math.min(this.reserveLimit, Math.ceil((this.end + want) / 65536) * 65536);
+    if (target <= this.cap) return false;
+    try {
+      zeroRange(this.fd, this.cap, target);
+    } catch {
+      // a full disk: give the space back, so that what is left of it still takes appends
+      try {
+        ftruncateSync(this.fd, this.cap);
+      } catch {
+        // zeros past the end are reserved space all the same
+      }
+      return false;
+    }
+    try {
+      fdatasyncSync(this.fd);
+    } catch (e) {
+      // as after any failed fdatasync, the page cache of this file cannot be trusted: the writer stops
+      this.failed = e as Error;
+      return false;
+    }
+    this.cap = target;
+    this.recentRecord = 0;
+    return true;
+  }
+
+  /**
+   * Removes the records starting at `starts` (in file order; the last one ends at `end`): cut off in a
+   * file without reserved space; cleared to zeros, newest first with an fdatasync after each, in a
+   * preallocated one, so that a crash in between leaves a shorter run of valid records, never a valid
+   * record after a cleared one (which would read as damage).
+   */
+  private discardRecords(starts: readonly number[], end: number): void {
+    if (starts.length === 0) return;
+    if (!this.layout.prealloc) {
+      ftruncateSync(this.fd, starts[0]!);
+      fdatasyncSync(this.fd);
+      this.cap = starts[0]!;
+      return;
+    }
+    clearRecordsBackwards(this.fd, starts, end);
   }
 
   head(): number {
@@ -367,7 +453,7 @@ export class V2Writer implements BackupWriter {
           n = readSync(src, chunk, 0, Math.min(chunk.length, len - done), srcOff + done);
           if (n <= 0) throw new Error(`it ended at byte ${srcOff + done} of the ${srcOff + len} expected (it shrank while it was read)`);
         } catch (e) {
-          ftruncateSync(this.fd, at);
+          this.dropPartial(at, at + RECORD_HEADER_LEN + pre + done);
           throw new BackupError(`cannot read the snapshot source ${srcPath}: ${(e as Error).message}`, this.location, at);
         }
         const part = enc ? enc.update(chunk.subarray(0, n)) : chunk.subarray(0, n);
@@ -390,6 +476,7 @@ export class V2Writer implements BackupWriter {
       throw this.fail(e, at);
     }
     this.end = at + RECORD_OVERHEAD + len;
+    if (this.end > this.cap) this.cap = this.end;
     this.headVersion = version;
     this.lastType = type;
     this.groupStart = this.end;
@@ -406,13 +493,28 @@ export class V2Writer implements BackupWriter {
     this.checkUsable();
     const at = this.end;
     try {
-      writeFully(this.fd, encodeSealRecord(s), at);
+      // a sealed segment holds no reserve: its size is its data (and seal), as readers of earlier segments expect.
+      // A crash after the cut, before the seal, is a roll-over that never completed
+      if (this.cap > at) ftruncateSync(this.fd, at);
+      this.cap = at;
+      writeFully(this.fd, encodeSealRecord(s, this.layout.seed), at);
       fdatasyncSync(this.fd);
     } catch (e) {
       throw this.fail(e, at);
     }
     this.end = at + SEAL_RECORD_LEN;
+    this.cap = this.end;
     this.sealed = true;
+  }
+
+  /** A record that will not be completed (its source failed): its bytes go, the writer stays usable. */
+  private dropPartial(at: number, upTo: number): void {
+    if (!this.layout.prealloc) {
+      ftruncateSync(this.fd, at);
+      return;
+    }
+    zeroRange(this.fd, at, Math.min(upTo, this.cap));
+    if (upTo > this.cap) ftruncateSync(this.fd, Math.max(at, this.cap));
   }
 
   repaired(): Problem[] {
@@ -424,7 +526,7 @@ export class V2Writer implements BackupWriter {
    * fdatasync, so the record is durable (and readable) only once it is whole.
    */
   private sealRecord(header: Buffer, at: number, type: number, version: number, len: number, crc: number, parts = 0, flags = 0): void {
-    encodeRecordHeader(header, type, version, len, crc, parts, flags);
+    encodeRecordHeader(header, type, version, len, crc, parts, flags, this.layout.seed);
     writeFully(this.fd, header, at);
     const trailer = Buffer.allocUnsafe(RECORD_TRAILER_LEN);
     writeU64(trailer, len, 0);
@@ -440,7 +542,7 @@ export class V2Writer implements BackupWriter {
     if (total > this.scratch.length) this.scratch = Buffer.allocUnsafe(Math.max(total, this.scratch.length * 2));
     const buf = this.scratch;
     if (this.crypt) this.encryptChange(buf, version, statements, payloadLen);
-    else encodeChangeRecordInto(buf, version, statements, payloadLen);
+    else encodeChangeRecordInto(buf, version, statements, payloadLen, this.layout.seed);
     const at = this.end;
     try {
       writeFully(this.fd, buf.subarray(0, total), at);
@@ -457,6 +559,8 @@ export class V2Writer implements BackupWriter {
     }
     this.groupCount++;
     this.end = at + total;
+    if (this.end > this.cap) this.cap = this.end;
+    if (total > this.recentRecord) this.recentRecord = total;
     this.headVersion = version;
     this.lastType = TYPE_CHANGE;
     if (this.entryCount !== null) this.entryCount++;
@@ -470,7 +574,7 @@ export class V2Writer implements BackupWriter {
     const flags = FLAG_ENCRYPTED | (isPragmaOnly(statements) ? FLAG_PRAGMA_ONLY : 0);
     const stored = crypt.sealInPlace(buf, RECORD_HEADER_LEN, { type: TYPE_CHANGE, flags, version, parts: 0 }, payloadLen);
     const end = RECORD_HEADER_LEN + stored;
-    encodeRecordHeader(buf, TYPE_CHANGE, version, stored, crc32(buf.subarray(RECORD_HEADER_LEN, end)), 0, flags);
+    encodeRecordHeader(buf, TYPE_CHANGE, version, stored, crc32(buf.subarray(RECORD_HEADER_LEN, end)), 0, flags, this.layout.seed);
     writeU64(buf, stored, end);
   }
 
@@ -513,7 +617,7 @@ export class V2Writer implements BackupWriter {
           n = readSync(src, chunk, 0, CHUNK, len);
         } catch (e) {
           // the backup itself is fine: drop the partial record and stay usable
-          ftruncateSync(this.fd, at);
+          this.dropPartial(at, at + RECORD_HEADER_LEN + len);
           throw new BackupError(`cannot read the snapshot source ${dbPath}: ${(e as Error).message}`, this.location, at);
         }
         if (n === 0) break;
@@ -530,6 +634,7 @@ export class V2Writer implements BackupWriter {
       closeSync(src);
     }
     this.end = at + RECORD_OVERHEAD + len;
+    if (this.end > this.cap) this.cap = this.end;
     this.headVersion = version;
     this.lastType = TYPE_SNAPSHOT;
     this.groupStart = this.end;
@@ -549,8 +654,7 @@ export class V2Writer implements BackupWriter {
     }
     const to = this.groupStart;
     try {
-      ftruncateSync(this.fd, to);
-      fdatasyncSync(this.fd);
+      this.discardRecords(this.layout.prealloc ? this.groupStarts() : [to], this.end);
     } catch (e) {
       throw this.fail(e, to);
     }
@@ -574,14 +678,27 @@ export class V2Writer implements BackupWriter {
     return { format: 'v2', location: this.location, head: this.head(), entries: this.entryCount, bytes: this.end };
   }
 
+  /** Starts of the records of the head group (groupStart..end), in file order: a short walk back. */
+  private groupStarts(): number[] {
+    const win = new FileWindow(this.fd, this.end, SCRATCH_INITIAL);
+    const starts: number[] = [];
+    for (let at = this.end; at > this.groupStart; ) {
+      const rec = recordEndingAt(win, at, this.layout.seed);
+      if (!rec) throw new Error(`the record before offset ${at} cannot be found through its trailer`);
+      starts.push(rec.start);
+      at = rec.start;
+    }
+    return starts.reverse();
+  }
+
   /** Off the hot path (stats only): walks every trailer back from the end. */
   private countEntries(): number {
     const win = new FileWindow(this.fd, this.end, CHUNK);
     let n = 0;
     let at = this.end;
     while (at > FILE_HEADER_LEN) {
-      const rec = recordEndingAt(win, at);
-      if (!rec) return n + scanRecords(this.fd, at, this.location).wholeRecords;
+      const rec = recordEndingAt(win, at, this.layout.seed);
+      if (!rec) return n + scanRecords(this.fd, at, this.location, undefined, { ...this.layout, prealloc: false }).wholeRecords;
       if (rec.h.type !== TYPE_SNAPSHOT_PART && rec.h.type !== TYPE_SEAL) n++;
       at = rec.start;
     }
