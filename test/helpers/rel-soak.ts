@@ -11,6 +11,7 @@
  */
 import {
   closeSync,
+  fstatSync,
   copyFileSync,
   existsSync,
   mkdirSync,
@@ -18,6 +19,7 @@ import {
   openSync,
   readdirSync,
   readFileSync,
+  readSync,
   rmSync,
   statSync,
   truncateSync,
@@ -29,6 +31,7 @@ import { basename, dirname, join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import Database from 'better-sqlite3';
 import { createBackup, openReader } from '../../src/backends/open.js';
+import { RECORD_HEADER_LEN, RECORD_MAGIC, RECORD_OVERHEAD, V2Reader } from '../../src/backends/file/v2.js';
 import type { BackupFormat } from '../../src/engine/entries.js';
 import { restoreBackup } from '../../src/restore/restore.js';
 import { dataVersionBump, SimDb } from '../../src/sim/db.js';
@@ -366,16 +369,31 @@ class SoakNode {
         break;
       }
       case 'kill-on-growth': {
-        // SIGKILL as soon as the backup file grows: between the write and its fdatasync or reply
-        const before = statSync(this.backupPath).size;
+        // SIGKILL as soon as the backup grows: between the write and its fdatasync or reply
+        const before = this.written();
         await this.send(this.bigTx(), { killAfter: () => this.waitForGrowth(before) });
         break;
       }
       case 'power-cut': {
         // SIGKILL while the append is unacknowledged, then lose part of what had not been fdatasynced: a torn tail
-        const before = statSync(this.backupPath).size;
+        const before = this.written();
         const v1Header = this.opts.format === 'v1' ? readFileSync(this.backupPath).subarray(0, 512) : null;
         const r = await this.send(this.bigTx(), { killAfter: () => this.waitForGrowth(before) });
+        if (this.opts.format === 'v2' && r.answered === 'error') {
+          // format 4: the record went into reserved space (the file's size says nothing). A power cut loses the
+          // pages of it that were not synced: they read as what the space held before, zeros
+          const end = this.recordEndAt(before);
+          if (end <= before) break;
+          this.rep.powerCuts++;
+          const cut = this.rng.int(before, end - 1);
+          const fd = openSync(this.backupPath, 'r+');
+          try {
+            writeSync(fd, Buffer.alloc(end - cut), 0, end - cut, cut);
+          } finally {
+            closeSync(fd);
+          }
+          break;
+        }
         const after = statSync(this.backupPath).size;
         if (r.answered !== 'error' || after <= before) break;
         this.rep.powerCuts++;
@@ -541,11 +559,35 @@ class SoakNode {
     await this.node.killPlugin();
   }
 
+  /** How far the backup holds data: v1, its size; v2 (format 4, space reserved after the data), the records' end. */
+  private written(): number {
+    if (this.opts.format !== 'v2') return statSync(this.backupPath).size;
+    const r = V2Reader.open(this.backupPath);
+    try {
+      return r.stats().bytes;
+    } finally {
+      r.close();
+    }
+  }
+
+  /** v2: the end of the record whose header starts at `at` (as far as its length says), or `at` when none has started there. */
+  private recordEndAt(at: number): number {
+    const h = Buffer.alloc(RECORD_HEADER_LEN);
+    const fd = openSync(this.backupPath, 'r');
+    try {
+      if (readSync(fd, h, 0, RECORD_HEADER_LEN, at) < RECORD_HEADER_LEN || h.readUInt32BE(0) !== RECORD_MAGIC) return at;
+      return Math.min(fstatSync(fd).size, at + RECORD_OVERHEAD + Number(h.readBigUInt64BE(16)));
+    } finally {
+      closeSync(fd);
+    }
+  }
+
   private async waitForGrowth(before: number): Promise<void> {
     for (let i = 0; i < 200_000; i++) {
       let size = before;
       try {
-        size = statSync(this.backupPath).size;
+        // v2: the next record's magic where the data ends (in reserved space the file's size does not change)
+        size = this.opts.format === 'v2' ? this.recordEndAt(before) : statSync(this.backupPath).size;
       } catch {
         return;
       }

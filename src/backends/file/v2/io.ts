@@ -34,6 +34,11 @@ export class FileWindow {
     return this.buf.length;
   }
 
+  /** Forgets what was read: the next access reads the file again (it may have been written since). */
+  invalidate(): void {
+    this.len = 0;
+  }
+
   ahead(off: number, n: number): Buffer {
     if (!this.has(off, n)) this.fill(off, Math.min(this.buf.length, this.size - off), n);
     return this.buf.subarray(off - this.start, off - this.start + n);

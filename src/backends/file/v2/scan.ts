@@ -184,8 +184,18 @@ export function scanRecords(
       torn = tornAt(o, `only ${size - o} bytes left, less than a record's ${RECORD_OVERHEAD}-byte frame`);
       break;
     }
-    const c = checkRecordAt(win, o, seed);
+    let c = checkRecordAt(win, o, seed);
     validated++;
+    // A preallocated file read while its writer appends: the window may hold what the reserve held before a
+    // record landed there (zeros), while a later read (below) sees the records written since. A record is
+    // only written after every one before it is complete and synced, so a valid record further on means
+    // this one is complete too: read it again before calling anything damaged.
+    const recheck = (): boolean => {
+      if (!prealloc) return false;
+      win.invalidate();
+      c = checkRecordAt(win, o, seed);
+      return c.kind === 'ok';
+    };
     if (c.kind === 'ok') {
       const h = c.h;
       let pragmaOnly = false;
@@ -246,8 +256,17 @@ export function scanRecords(
       const next = findNextValidRecord(fd, size, o + 1, seed);
       if (next < 0) {
         if (reservedFrom(o)) break;
+        // not zeros any more: perhaps the record landed since the window was read
+        if (recheck()) {
+          validated--;
+          continue;
+        }
         torn = tornAt(o, why);
         break;
+      }
+      if (recheck()) {
+        validated--;
+        continue;
       }
       corrupt.push({
         kind: 'corrupt',
@@ -273,7 +292,12 @@ export function scanRecords(
       };
       break;
     }
-    corrupt.push({ kind: 'corrupt', offset: o, message: `corrupt record at offset ${o} (version ${c.h.version}): ${c.why}` });
+    const bad = c;
+    if (recheck()) {
+      validated--;
+      continue;
+    }
+    corrupt.push({ kind: 'corrupt', offset: o, message: `corrupt record at offset ${o} (version ${bad.h.version}): ${bad.why}` });
     o = end;
     prev = null;
   }
