@@ -464,6 +464,19 @@ export class MultiWriter implements BackupWriter {
     return { format: this.format, location: this.location, head: this.logical, entries: 0, bytes };
   }
 
+  /** Tops up the reserved space of the local file destinations (format 4), between hooks: see V2Writer.prepare. */
+  prepare(): boolean {
+    let did = false;
+    for (const d of this.dests) {
+      try {
+        if (d.local?.prepare?.()) did = true;
+      } catch {
+        // a failure shows at that destination's next write, which hands it to a lane
+      }
+    }
+    return did;
+  }
+
   close(): void {
     if (this.closed) return;
     this.closed = true;
