@@ -16,7 +16,7 @@ import { SimNode } from '../src/sim/lightningd.js';
 import { FIXTURES } from './helpers/fixtures.js';
 import { dump } from './helpers/sqlite.js';
 import { crc32 } from 'node:zlib';
-import { createV2, type FileEncryption } from '../src/backends/file/v2.js';
+import { createV2, recordSeedOf, type FileEncryption } from '../src/backends/file/v2.js';
 import { SegmentedWriter } from '../src/backends/file/segments.js';
 import { openReader } from '../src/backends/open.js';
 import { unlockAndAuthenticate } from '../src/crypto/authenticate.js';
@@ -250,7 +250,8 @@ function detected(path: string, key: BackupKey): boolean {
 function fixChecksums(b: Buffer, start: number, end: number): void {
   const len = end - start - 40;
   b.writeUInt32BE(crc32(b.subarray(start + 32, start + 32 + len)), start + 24);
-  b.writeUInt32BE(crc32(b.subarray(start, start + 28)), start + 28);
+  // format 4: the header CRC is seeded with the file header's ids, which a forger reads as easily
+  b.writeUInt32BE(crc32(b.subarray(start, start + 28), recordSeedOf(b.subarray(0, 64))), start + 28);
 }
 
 describe('encrypted: tampering is detected', () => {
@@ -344,12 +345,20 @@ describe('encrypted: tampering is detected', () => {
     const other = join(dir, 'other.bkp');
     const orecs = smallBackup(other, key, 4);
     const ob = readFileSync(other);
-    const spliced = Buffer.concat([head, at(0), ob.subarray(orecs[1]![0], orecs[1]![1]), at(2), at(3)]);
-    refused(restoreOf(spliced), recs[1]![0], 1, /fails authentication|breaks the chain/);
     const third = join(dir, 'third.bkp');
     const trecs = smallBackup(third, otherKey, 4);
     const tb = readFileSync(third);
-    refused(restoreOf(Buffer.concat([head, at(0), tb.subarray(trecs[1]![0], trecs[1]![1]), at(2), at(3)])), recs[1]![0], 1, /fails authentication|breaks the chain/);
+    for (const [src, r] of [[ob, orecs[1]!], [tb, trecs[1]!]] as const) {
+      const spliced = Buffer.concat([head, at(0), src.subarray(r[0], r[1]), at(2), at(3)]);
+      // as copied, its header CRC is seeded with the other backup's ids (format 4): refused as damage already
+      const asCopied = restoreOf(spliced);
+      assert.equal(asCopied.code, 1, asCopied.stdout + asCopied.stderr);
+      assert.match(asCopied.stderr, new RegExp(`offset ${recs[1]![0]}\\b`));
+      assert.deepEqual(readdirSync(asCopied.dest), [], 'nothing left behind');
+      // with its checksums made right for this backup (what a forger would do): authentication or the chain refuses it
+      fixChecksums(spliced, recs[1]![0], recs[1]![0] + (r[1] - r[0]));
+      refused(restoreOf(spliced), recs[1]![0], 1, /fails authentication|breaks the chain/);
+    }
   });
 
   it('a forged record (checksums recomputed) is refused by restore with its offset and the last authenticated version', () => {
@@ -367,7 +376,16 @@ describe('encrypted: tampering is detected', () => {
     pw.appendChange(2, ["INSERT INTO vars VALUES ('forged', 2)", bump(2)]);
     pw.close();
     const pb = readFileSync(plainPath);
-    const r = restoreOf(Buffer.concat([head, at(0), pb.subarray(64), at(2), at(3)]));
+    const spliced = Buffer.concat([head, at(0), pb.subarray(64), at(2), at(3)]);
+    // as copied, its header CRC is seeded with the other backup's ids (format 4): damage at its offset already
+    const asCopied = restoreOf(spliced);
+    assert.equal(asCopied.code, 1, asCopied.stderr);
+    assert.match(asCopied.stderr, new RegExp(`offset ${recs[1]![0]}\\b`));
+    assert.doesNotMatch(asCopied.stderr, /newer clnvault/);
+    assert.deepEqual(readdirSync(asCopied.dest), []);
+    // with its checksums made right for this backup, what remains wrong is that it is in clear
+    fixChecksums(spliced, recs[1]![0], recs[1]![0] + pb.length - 64);
+    const r = restoreOf(spliced);
     assert.equal(r.code, 1, r.stderr);
     assert.match(r.stderr, new RegExp(`offset ${recs[1]![0]}\\b.*in clear in an encrypted backup`));
     assert.doesNotMatch(r.stderr, /newer clnvault/);

@@ -18,18 +18,24 @@ import {
   createV2,
   encodeChangeRecord,
   encodeFileHeader,
+  FILE_FLAG_ENCRYPTED,
   FILE_HEADER_LEN,
   parseRecordHeader,
   RECORD_OVERHEAD,
   recordSeed,
   recordSeedOf,
+  resealRecordHeader,
   RESERVE_MIN,
   SEAL_RECORD_LEN,
   seedOfRecordHeader,
   V2Reader,
   V2Writer,
 } from '../src/backends/file/v2.js';
+import { openReader } from '../src/backends/open.js';
 import { compactFile, identityOf } from '../src/compact/compact.js';
+import { unlockAndAuthenticate } from '../src/crypto/authenticate.js';
+import { writeKeyFile, type BackupKey } from '../src/crypto/keys.js';
+import { keyKindCode } from '../src/crypto/records.js';
 import type { ChangeEntry } from '../src/engine/entries.js';
 import { runCli, show } from './helpers/cli.js';
 
@@ -448,4 +454,116 @@ test('the record CRC seed of a damaged file header is recovered from the first r
     const rec = encodeChangeRecord(3, ['INSERT INTO t VALUES (3)'], undefined, seed);
     assert.equal(seedOfRecordHeader(rec.subarray(0, 32)), seed);
   }
+});
+
+// ---------------------------------------------------------------------------------------------------
+// Encrypted backups (docs/encryption.md) are preallocated too: the file header carries both the encrypted
+// flag with its key description and format 4, and the seeded header CRC is what keeps stale records out
+
+/** What a restore sees of an encrypted backup: its chain authenticated first, then every entry decrypted. */
+function readAllEncrypted(path: string, key: BackupKey): { versions: number[]; statements: string[][]; problems: string[]; auth: string | null; records: number } {
+  const r = openReader(`file://${path}`, '/');
+  try {
+    const problems = r.problems().map((p) => `${p.kind}@${p.offset}`);
+    const a = unlockAndAuthenticate(r, key);
+    assert.ok(a, 'an encrypted backup');
+    const hs = listHeaders(r, { beforeDamage: true });
+    return {
+      versions: hs.map((h) => h.version),
+      statements: hs.map((h) => (r.read(h) as ChangeEntry).statements),
+      problems,
+      auth: a.problem?.message ?? null,
+      records: a.records,
+    };
+  } finally {
+    r.close();
+  }
+}
+
+test('an encrypted format-4 backup: a crash with reserved zeros after the last record, and a cut at every offset over space that held the same records of an earlier set', () => {
+  const dir = tmp();
+  const key = writeKeyFile(join(dir, 'k'));
+  const path = join(dir, 'b.cv2');
+  createV2(path, { kind: keyKindCode(key.kind), fingerprint: Buffer.from(key.fingerprint, 'hex') });
+  const header = readFileSync(path).subarray(0, FILE_HEADER_LEN);
+  assert.equal(header.readUInt16BE(8), 4, 'format 4');
+  assert.equal(header.readUInt32BE(12) & FILE_FLAG_ENCRYPTED, FILE_FLAG_ENCRYPTED, 'encrypted');
+  assert.ok(header.subarray(52, 60).equals(Buffer.from(key.fingerprint, 'hex')), "the key's fingerprint");
+  const n = 14;
+  const w = SegmentedWriter.open(path, { key });
+  assert.equal(w.prepare(), true, 'an encrypted backup gets its reserve');
+  const size = statSync(path).size;
+  const ends: number[] = [];
+  for (let v = 1; v <= n; v++) {
+    w.appendChange(v, stmts(v));
+    ends.push(w.endOffset());
+    w.prepare();
+  }
+  w.close();
+  assert.equal(statSync(path).size, size, 'every encrypted append landed inside the reserve');
+  const full = readFileSync(path);
+  assert.ok(full.indexOf(Buffer.from(stmts(5)[0]!)) < 0, 'no statement in clear');
+
+  // a crash with the reserve's zeros after the last record: nothing repaired, every record authenticated
+  const crashed = join(dir, 'crashed.cv2');
+  writeFileSync(crashed, full);
+  const w1 = SegmentedWriter.open(crashed, { key });
+  try {
+    assert.deepEqual(w1.repaired(), []);
+    assert.equal(w1.head(), n);
+    assert.equal(w1.endOffset(), ends.at(-1));
+    assert.ok(w1.reservedBytes() > 0);
+  } finally {
+    w1.close();
+  }
+  assert.ok(readFileSync(crashed).equals(full), 'the open changed nothing');
+  const seen = readAllEncrypted(crashed, key);
+  assert.deepEqual(seen.problems, []);
+  assert.equal(seen.auth, null);
+  assert.equal(seen.records, n);
+  assert.deepEqual(seen.versions, Array.from({ length: n }, (_, i) => i + 1));
+  assert.deepEqual(seen.statements[4], stmts(5));
+
+  // the space held the same records for an earlier set of this backup (compaction copies encrypted records
+  // byte for byte): they decrypt, authenticate and chain like the new ones; only the header CRC's seed,
+  // which a new set id changes, tells them apart. Cut at every offset of the last new records
+  const oldSeed = recordSeed(header.subarray(16, 32), header.readUInt32BE(44) ^ 0x5a5a5a5a);
+  const old = Buffer.from(full);
+  for (let at = FILE_HEADER_LEN, i = 0; i < n; at = ends[i++]!) resealRecordHeader(old, at, oldSeed);
+  const k = 9;
+  const mixed = Buffer.concat([full.subarray(0, ends[k - 1]!), old.subarray(ends[k - 1]!)]);
+  const before = Buffer.concat([header, old.subarray(FILE_HEADER_LEN)]);
+  const cut = join(dir, 'cut.cv2');
+  let cases = 0;
+  for (let c = ends[k - 3]!; c <= ends[k - 1]!; c++) {
+    cases++;
+    const state = Buffer.concat([mixed.subarray(0, c), before.subarray(c)]);
+    writeFileSync(cut, state);
+    let whole = 0;
+    while (whole < k && state.subarray(whole === 0 ? FILE_HEADER_LEN : ends[whole - 1]!, ends[whole]!).equals(full.subarray(whole === 0 ? FILE_HEADER_LEN : ends[whole - 1]!, ends[whole]!))) whole++;
+    const want = Array.from({ length: whole }, (_, i) => i + 1);
+    const got = readAllEncrypted(cut, key);
+    assert.deepEqual(got.versions, want, `cut ${c}: no stale record read`);
+    assert.equal(got.auth, null, `cut ${c}`);
+    assert.ok(got.problems.every((p) => p.startsWith('torn-tail')), `cut ${c}: ${got.problems.join(', ')}`);
+    const w2 = SegmentedWriter.open(cut, { key });
+    try {
+      assert.equal(w2.head(), whole, `cut ${c}: writer head`);
+      const end = w2.endOffset();
+      assert.equal(end, whole === 0 ? FILE_HEADER_LEN : ends[whole - 1]!);
+      const rest = readFileSync(cut).subarray(end);
+      assert.ok(rest.equals(Buffer.alloc(rest.length)), `cut ${c}: only zeros after the data once opened`);
+      // a new writer session goes on from the last whole record's link
+      w2.appendChange(9_000, ['INSERT INTO t VALUES (9000)']);
+    } finally {
+      w2.close();
+    }
+    const again = readAllEncrypted(cut, key);
+    assert.deepEqual(again.versions, [...want, 9_000], `cut ${c}: after an append`);
+    assert.deepEqual(again.problems, []);
+    assert.equal(again.auth, null, `cut ${c}: the chain goes on`);
+    assert.equal(again.records, whole + 1);
+    assert.deepEqual(again.statements.at(-1), ['INSERT INTO t VALUES (9000)']);
+  }
+  assert.ok(cases > 200, `${cases} cuts`);
 });
