@@ -13,12 +13,12 @@
  */
 import { spawn } from 'node:child_process';
 import { loadavg } from 'node:os';
-import { closeSync, fsyncSync, mkdtempSync, openSync, readSync, rmSync, statSync, writeFileSync, writeSync } from 'node:fs';
+import { closeSync, fsyncSync, mkdtempSync, openSync, readFileSync, readSync, rmSync, statSync, writeFileSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { createV2, encodeChangeRecord } from '../src/backends/file/v2.js';
+import { createV2, encodeChangeRecord, recordSeedOf } from '../src/backends/file/v2.js';
 import { FifoDriver } from './driver.js';
 import { summarize, type Summary } from './stats.js';
 
@@ -65,6 +65,8 @@ function statements(dv: number, keys: number, value: number): string[] {
 /** Writes records straight into the file in big buffers: one fsync at the end, not one per record. */
 function generate(path: string, bytes: number, keys: number, value: number): number {
   createV2(path);
+  // format 4: record header CRCs are seeded with the file header's ids
+  const seed = recordSeedOf(readFileSync(path));
   const fd = openSync(path, 'r+');
   let pos = statSync(path).size;
   const buf = Buffer.allocUnsafe(8 << 20);
@@ -85,13 +87,13 @@ function generate(path: string, bytes: number, keys: number, value: number): num
       'CREATE TABLE datastore (key BLOB PRIMARY KEY, data BLOB, generation BIGINT)',
       "INSERT INTO vars (name, intval) VALUES ('data_version', 0)",
       `UPDATE vars SET intval = intval + 1 WHERE name = 'data_version' AND intval = 0`,
-    ]),
+    ], undefined, seed),
   );
   let dv = 1;
   const scratch = Buffer.allocUnsafe(64 << 10);
   while (pos + used < bytes) {
     dv++;
-    put(encodeChangeRecord(dv, statements(dv, keys, value), scratch));
+    put(encodeChangeRecord(dv, statements(dv, keys, value), scratch, seed));
   }
   flush();
   fsyncSync(fd);

@@ -14,7 +14,7 @@ import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
-import { changePayloadLength, createV2, encodeChangeRecord, RECORD_HEADER_LEN, RECORD_OVERHEAD, TYPE_CHANGE, V2Reader } from '../src/backends/file/v2.js';
+import { changePayloadLength, createV2, encodeChangeRecord, recordSeedOf, RECORD_HEADER_LEN, RECORD_OVERHEAD, TYPE_CHANGE, V2Reader } from '../src/backends/file/v2.js';
 import { encodeChangePayloadAt, encodeRecordHeader, FLAG_ENCRYPTED, FLAG_PRAGMA_ONLY, writeU64 } from '../src/backends/file/v2/codec.js';
 import { writeFully } from '../src/backends/file/fsutil.js';
 import { SegmentedReader } from '../src/backends/file/segments.js';
@@ -83,6 +83,8 @@ export function generate(path: string, n: number, master: BackupKey | null): voi
   readSync(fd, header, 0, 64, 0);
   // the backup id is in every record's AAD
   const key = master ? new RecordCrypt(master.key, header.subarray(16, 32), master.fingerprint) : null;
+  // format 4: record header CRCs are seeded with the file header's ids
+  const seed = recordSeedOf(header);
   let at = statSync(path).size;
   let chunk: Buffer[] = [];
   let bytes = 0;
@@ -95,14 +97,14 @@ export function generate(path: string, n: number, master: BackupKey | null): voi
   };
   const add = (version: number, stmts: string[]): void => {
     let rec: Buffer;
-    if (key === null) rec = encodeChangeRecord(version, stmts);
+    if (key === null) rec = encodeChangeRecord(version, stmts, undefined, seed);
     else {
       const len = changePayloadLength(stmts);
       rec = Buffer.allocUnsafe(RECORD_OVERHEAD + len + encOverhead(TYPE_CHANGE));
       encodeChangePayloadAt(rec, RECORD_HEADER_LEN + prefixLen(TYPE_CHANGE), stmts, len);
       const flags = FLAG_ENCRYPTED | (isPragmaOnly(stmts) ? FLAG_PRAGMA_ONLY : 0);
       const stored = key.sealInPlace(rec, RECORD_HEADER_LEN, { type: TYPE_CHANGE, flags, version, parts: 0 }, len);
-      encodeRecordHeader(rec, TYPE_CHANGE, version, stored, crc32(rec.subarray(RECORD_HEADER_LEN, RECORD_HEADER_LEN + stored)), 0, flags);
+      encodeRecordHeader(rec, TYPE_CHANGE, version, stored, crc32(rec.subarray(RECORD_HEADER_LEN, RECORD_HEADER_LEN + stored)), 0, flags, seed);
       writeU64(rec, stored, RECORD_HEADER_LEN + stored);
       key.committed();
     }

@@ -12,11 +12,11 @@
  * the generator's. The target is < 100 MiB whatever the backup's size (docs/restore.md, "Memory").
  */
 import { spawnSync } from 'node:child_process';
-import { closeSync, mkdtempSync, openSync, rmSync, statSync } from 'node:fs';
+import { closeSync, mkdtempSync, openSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
-import { createV2, encodeChangeRecord, V2Reader } from '../src/backends/file/v2.js';
+import { createV2, encodeChangeRecord, recordSeedOf, V2Reader } from '../src/backends/file/v2.js';
 import { writeFully } from '../src/backends/file/fsutil.js';
 import { restoreBackup } from '../src/restore/restore.js';
 
@@ -96,6 +96,8 @@ export function invoiceBatch(i: number): string[] {
  */
 function generate(path: string, n: number): number {
   createV2(path);
+  // format 4: record header CRCs are seeded with the file header's ids
+  const seed = recordSeedOf(readFileSync(path));
   const fd = openSync(path, 'r+');
   let at = statSync(path).size;
   let chunk: Buffer[] = [];
@@ -110,7 +112,7 @@ function generate(path: string, n: number): number {
   };
   try {
     const add = (version: number, stmts: string[]): void => {
-      const rec = encodeChangeRecord(version, stmts);
+      const rec = encodeChangeRecord(version, stmts, undefined, seed);
       chunk.push(rec);
       chunkBytes += rec.length;
       statements += stmts.length;
