@@ -200,6 +200,16 @@ export class V2Reader implements BackupReader {
    * (bounded memory); returns its prefix and tag for the chain check.
    */
   authenticateRecord(r: RecordInfo): { prefix: Prefix; tag: Buffer } {
+    const { prefixBuf, tag } = this.decryptRecord(r, null);
+    return { prefix: parsePrefix(prefixBuf, r.type), tag };
+  }
+
+  /**
+   * Streams the ciphertext of record `r` through its decipher in bounded chunks, handing each piece of
+   * plaintext to `sink` (null: authenticate only). Throws unless the tag authenticates, so a caller that
+   * wrote plaintext somewhere must discard it on a throw.
+   */
+  private decryptRecord(r: RecordInfo, sink: ((plain: Buffer) => void) | null): { prefixBuf: Buffer; tag: Buffer } {
     const crypt = this.needKey(r.offset);
     const p = prefixLen(r.type);
     if (r.length < p + TAG_LEN) throw this.authFailed(r, `its payload of ${r.length} bytes is shorter than an encrypted record's frame`);
@@ -215,7 +225,8 @@ export class V2Reader implements BackupReader {
     for (let done = 0; done < ctLen; ) {
       const n = Math.min(chunk.length, ctLen - done);
       readFully(this.fd, chunk, n, at + p + done);
-      d.update(chunk.subarray(0, n));
+      const plain = d.update(chunk.subarray(0, n));
+      if (sink !== null) sink(plain);
       done += n;
     }
     try {
@@ -224,7 +235,7 @@ export class V2Reader implements BackupReader {
       throw this.authFailed(r, 'wrong key, or the record was damaged or forged');
     }
     this.authenticated(r, prefixBuf);
-    return { prefix: parsePrefix(prefixBuf, r.type), tag };
+    return { prefixBuf, tag };
   }
 
   /** The chain-only step for record `r` from its stored prefix and tag (not authenticated here), through the read-ahead window. */
@@ -522,34 +533,12 @@ export class V2Reader implements BackupReader {
   }
 
   private copyEncryptedPayload(r: RecordInfo, out: number, outAt: number): number {
-    const crypt = this.needKey(r.offset);
-    const p = prefixLen(r.type);
-    if (r.length < p + TAG_LEN) throw this.authFailed(r, `its payload of ${r.length} bytes is shorter than an encrypted record's frame`);
-    const at = r.offset + RECORD_HEADER_LEN;
-    const prefixBuf = Buffer.allocUnsafe(p);
-    readFully(this.fd, prefixBuf, p, at);
-    const tag = Buffer.allocUnsafe(TAG_LEN);
-    readFully(this.fd, tag, TAG_LEN, at + r.length - TAG_LEN);
-    const d = crypt.decipher(this.meta(r), prefixBuf);
-    d.setAuthTag(tag);
-    const ctLen = r.length - p - TAG_LEN;
-    const chunk = Buffer.allocUnsafe(Math.min(CHUNK, Math.max(1, ctLen)));
     let written = 0;
-    for (let done = 0; done < ctLen; ) {
-      const n = Math.min(chunk.length, ctLen - done);
-      readFully(this.fd, chunk, n, at + p + done);
-      const plain = d.update(chunk.subarray(0, n));
+    // on a throw the caller removes the output file: nothing unauthenticated is left behind
+    this.decryptRecord(r, (plain) => {
       writeFully(out, plain, outAt + written);
       written += plain.length;
-      done += n;
-    }
-    try {
-      d.final();
-    } catch {
-      // the caller removes the output file: nothing unauthenticated is left behind
-      throw this.authFailed(r, 'wrong key, or the record was damaged or forged');
-    }
-    this.authenticated(r, prefixBuf);
+    });
     return written;
   }
 
