@@ -506,13 +506,18 @@ describe('encrypted: compaction', () => {
     assert.equal(r.failure, undefined);
     const writer = startWriter(node, 7);
     await new Promise((res) => setTimeout(res, 200));
+    const w0 = writer.transactions;
     const c = await rpc(node, 'backup-compact');
+    const during = writer.transactions - w0;
     await new Promise((res) => setTimeout(res, 50));
     writer.stop();
     await writer.done;
     assert.equal(c.error, undefined, JSON.stringify(c.error));
     const stats = c.result as { before: { version_count: number }; after: { version_count: number } };
-    assert.ok(stats.after.version_count < stats.before.version_count, JSON.stringify(stats));
+    // Compacted: one snapshot plus the writes that arrived while it ran, which can outnumber the entries it
+    // replaced when hooks are fast (seen: 358 before, 381 after). Left in place, the old entries (the whole
+    // replayed session) would be there besides those writes. +2: a write in flight at either end.
+    assert.ok(stats.after.version_count <= during + 2, `${JSON.stringify(stats)}; ${during} writes during the compaction`);
     assert.equal(writer.failure, null);
     await node.stop();
     const expected = sqliteDump(node.dbPath);
