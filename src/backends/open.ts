@@ -207,7 +207,7 @@ function socketReaderAt(url: string, cwd: string, version: number): BackupReader
 }
 
 /** Creates a new, empty backup. Refuses when the file exists; the directory must exist (a missing mount must not be papered over). */
-export function createBackup(url: string, cwd: string, format: BackupFormat, enc: FileEncryption | null = null): string {
+export function createBackup(url: string, cwd: string, format: BackupFormat, enc: FileEncryption | null = null, backupId?: Buffer): string {
   if (enc && destinationOf(url, cwd) !== 'file') throw encryptionNotYet(url);
   if (enc && format !== 'v2') throw new UrlError('--format v1 cannot be encrypted: the reference format has no place for it; use --format v2');
   if (destinationOf(url, cwd) === 'socket') {
@@ -229,7 +229,7 @@ export function createBackup(url: string, cwd: string, format: BackupFormat, enc
     isDir = false;
   }
   if (!isDir) throw new BackupError(`directory ${dir} does not exist; create it (or mount the backup disk) first`, path);
-  if (format === 'v2') createV2(path, enc);
+  if (format === 'v2') createV2(path, enc, backupId);
   else createV1(path);
   return path;
 }

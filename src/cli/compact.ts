@@ -107,7 +107,7 @@ export const compactCommand: Command = {
       return EXIT.ok;
     }
     const path = backupPath(url, process.cwd());
-    const key = keyFromOptions(values);
+    const key = keyFromOptions(values, process.env, existsSync(path) ? path : null);
     const newKeyPath = typeof values['new-key-file'] === 'string' ? resolve(values['new-key-file']) : null;
     const encrypted = existsSync(path) && detectFormat(path) === 'v2' && (readSegmentHeader(path).flags! & FILE_FLAG_ENCRYPTED) !== 0;
     if (newKeyPath !== null && !encrypted) throw new CliError(`${path} is not an encrypted backup: --new-key-file rotates the key of an encrypted one`, EXIT.usage);

@@ -2,6 +2,8 @@ import { existsSync, rmSync, statSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { keyFromHsmSecret, keyFromKeyFile, writeKeyFile, type BackupKey } from '../crypto/keys.js';
 import { keyKindCode, type KeyKindName } from '../crypto/records.js';
+import { newPassphraseBackup, readPassphraseFile } from '../crypto/passphrase-backup.js';
+import type { FileEncryption } from '../backends/file/v2/codec.js';
 import { backupPath, createBackup, destinationOf, encryptionNotYet, openWriter } from '../backends/open.js';
 import { lockPath, readBackupLock, writeBackupLock, type BackupLock } from '../engine/backup-lock.js';
 import { listSegmentFiles, parseSegmentBytes } from '../backends/file/segments.js';
@@ -18,7 +20,7 @@ import { initMulti } from './init-multi.js';
 import { backupAccessProblem, giveTo, ownerOf, type Owner } from './ownership.js';
 
 const help = `Usage: clnvault init [--lightning-dir DIR] [--format v1|v2] [--segment-bytes N] [--no-rebaseline] [--schema-only]
-                     [--encrypt [--key-file PATH]] URL
+                     [--encrypt [--key-file PATH | --passphrase-file PATH]] URL
        clnvault init --lightning-dir DIR [--ack all|K] URL URL...
 
 Creates a new backup at URL. With --lightning-dir (the network directory, where
@@ -70,6 +72,10 @@ Options:
   --key-file PATH      with --encrypt: use this key file (made with 'clnvault keygen PATH';
                        created here when it does not exist). Keep a copy away from the node:
                        without it the backup cannot be restored
+  --passphrase-file PATH  with --encrypt: derive the key from the passphrase in PATH (one
+                       line, 8 characters at least) through scrypt (64 MiB, ~0.2 s; the salt
+                       is in the backup's header). backup.lock names PATH: the plugin reads it
+                       at every start. A restore needs only the passphrase. file: URLs only
 ${COMMON_OPTIONS_HELP}
   -h, --help           this help
 
@@ -93,6 +99,7 @@ export const initCommand: Command = {
       ack: { type: 'string' },
       encrypt: { type: 'boolean' },
       'key-file': { type: 'string' },
+      'passphrase-file': { type: 'string' },
     }, { min: 1, max: 8, names: 'one backup URL (or several, with --lightning-dir)' });
     if (values.help) {
       out(help);
@@ -144,10 +151,19 @@ export const initCommand: Command = {
     const encrypt = values.encrypt === true;
     const keyFile = typeof values['key-file'] === 'string' ? resolve(cwd, values['key-file']) : null;
     if (keyFile !== null && !encrypt) throw new CliError('--key-file goes with --encrypt', EXIT.usage);
+    const passFile = typeof values['passphrase-file'] === 'string' ? resolve(cwd, values['passphrase-file']) : null;
+    if (passFile !== null && !encrypt) throw new CliError('--passphrase-file goes with --encrypt', EXIT.usage);
+    if (passFile !== null && keyFile !== null) throw new CliError('give one key: --key-file and --passphrase-file were both given', EXIT.usage);
+    if (values['passphrase-file'] === '-') {
+      throw new CliError('--passphrase-file needs a file (the plugin reads the passphrase from it at every start), not standard input', EXIT.usage);
+    }
     if (encrypt) {
       if (format !== 'v2') throw new CliError('--format v1 cannot be encrypted: the reference format has no place for it; use --format v2', EXIT.usage);
+      if (passFile !== null && (pg || destinationOf(url, netDir ?? cwd) !== 'file')) {
+        throw new CliError('--passphrase-file is for file: backups (the salt is kept in the backup file); use --key-file for this destination', EXIT.usage);
+      }
       if (pg || destinationOf(url, netDir ?? cwd) !== 'file') throw new CliError(encryptionNotYet(url).message, EXIT.usage);
-      if (keyFile === null && netDir === null) {
+      if (keyFile === null && passFile === null && netDir === null) {
         throw new CliError("--encrypt derives the key from the node's hsm_secret, which needs --lightning-dir DIR; or give --key-file PATH", EXIT.usage);
       }
     }
@@ -180,6 +196,9 @@ export const initCommand: Command = {
     let path: string;
     let key: BackupKey | null = null;
     let keyMade = false;
+    let enc: FileEncryption | null = null;
+    /** a passphrase key's salt is the backup id, so the backup is created with the id the key was made for */
+    let backupId: Buffer | undefined;
     if (pg) {
       const made = createPgBackup(url);
       undoPg = made.undo;
@@ -189,7 +208,12 @@ export const initCommand: Command = {
       // the key first: a node without hsm_secret (or one encrypted with --encrypted-hsm) fails before any file is made
       if (encrypt) {
         try {
-          if (keyFile !== null) {
+          if (passFile !== null) {
+            const made = newPassphraseBackup(readPassphraseFile(passFile));
+            key = made.key;
+            enc = made.enc;
+            backupId = made.backupId;
+          } else if (keyFile !== null) {
             keyMade = !existsSync(keyFile);
             key = keyMade ? writeKeyFile(keyFile) : keyFromKeyFile(keyFile);
           } else {
@@ -197,7 +221,7 @@ export const initCommand: Command = {
           }
         } catch (e) {
           // a brand-new node: lightningd's hsmd writes hsm_secret at its first start (docs/keys.md)
-          const fresh = keyFile === null && !existsSync(join(netDir!, 'hsm_secret'));
+          const fresh = keyFile === null && passFile === null && !existsSync(join(netDir!, 'hsm_secret'));
           throw new CliError(
             `cannot get the encryption key: ${(e as Error).message}. Nothing was created` +
               (fresh
@@ -207,12 +231,19 @@ export const initCommand: Command = {
         }
       }
       try {
-        path = createBackup(url, base, format, key ? { kind: keyKindCode(key.kind as KeyKindName), fingerprint: Buffer.from(key.fingerprint, 'hex') } : null);
+        enc ??= key ? { kind: keyKindCode(key.kind as KeyKindName), fingerprint: Buffer.from(key.fingerprint, 'hex') } : null;
+        path = createBackup(url, base, format, enc, backupId);
       } catch (e) {
         if (keyMade) rmSync(keyFile!, { force: true });
         throw e;
       }
-      if (key) info(`Encrypting with ${keyFile !== null ? `the key file ${keyFile}${keyMade ? ' (created now: keep a copy away from the node, the backup cannot be restored without it)' : ''}` : "the node's seed (hsm_secret)"}, key fingerprint ${key.fingerprint}`);
+      const keySource =
+        passFile !== null
+          ? `the passphrase in ${passFile} (a restore needs only the passphrase; the plugin reads this file at every start)`
+          : keyFile !== null
+            ? `the key file ${keyFile}${keyMade ? ' (created now: keep a copy away from the node, the backup cannot be restored without it)' : ''}`
+            : "the node's seed (hsm_secret)";
+      if (key) info(`Encrypting with ${keySource}, key fingerprint ${key.fingerprint}`);
     }
     // files to give to the node's user (none for a postgresql: backup but backup.lock)
     const created: string[] = pg ? [] : [path];
@@ -253,7 +284,7 @@ export const initCommand: Command = {
       if (netDir !== null) {
         const lock: BackupLock = values['no-rebaseline'] ? { backend_url: url, rebaseline: false } : { backend_url: url };
         if (segmentBytes !== undefined) lock.segment_bytes = segmentBytes;
-        if (key) lock.encrypt = keyFile !== null ? { key_file: keyFile } : { key: 'hsm_secret' };
+        if (key) lock.encrypt = passFile !== null ? { passphrase_file: passFile } : keyFile !== null ? { key_file: keyFile } : { key: 'hsm_secret' };
         writeBackupLock(netDir, lock);
         created.push(lockPath(netDir));
         info(`Wrote ${lockPath(netDir)}`);

@@ -126,7 +126,7 @@ export const inspectCommand: Command = {
     } catch (e) {
       throw new CliError((e as Error).message, EXIT.usage);
     }
-    const key = keyFromOptions(values);
+    const key = keyFromOptions(values, process.env, isRemoteUrl(url) ? null : path);
     let report: InspectReport;
     try {
       const enc = encryptionOf(reader);

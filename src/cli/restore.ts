@@ -102,18 +102,18 @@ export const restoreCommand: Command = {
     let destArg: string;
     let chosen: string | null = null;
     /** with --lightning-dir: the key backup.lock names, used when no key option is given */
-    let lockKey: (() => BackupKey) | null = null;
+    let lockKey: ((backupFile: string | null) => BackupKey) | null = null;
     if (typeof values['lightning-dir'] === 'string') {
       if (positionals.length !== 1) throw new CliError('with --lightning-dir give only DEST (the backup comes from backup.lock)', EXIT.usage);
       const netDir = resolveNetworkDir(values['lightning-dir']).dir;
       const lock = readBackupLock(netDir);
       if (lock.encrypt) {
         const enc = lock.encrypt;
-        lockKey = () => {
+        lockKey = (backupFile) => {
           try {
-            return keyFromLock(netDir, enc);
+            return keyFromLock(netDir, enc, backupFile);
           } catch (e) {
-            throw new CliError(`cannot read the key backup.lock names (${describeSetting(enc)}): ${(e as Error).message}; give the key with --hsm-secret, --mnemonic-file or --key-file`);
+            throw new CliError(`cannot read the key backup.lock names (${describeSetting(enc)}): ${(e as Error).message}; give the key with --hsm-secret, --mnemonic-file, --key-file or --passphrase-file`);
           }
         };
       }
@@ -130,7 +130,6 @@ export const restoreCommand: Command = {
     if (chosen !== null && !values.json) info(chosen);
     const toVersion = parseVersionArg('--to-version', values['to-version'] as string | undefined);
     const dest = resolveDestination(destArg);
-    const key = keyFromOptions(values) ?? lockKey?.() ?? null;
     // no local file: a PostgreSQL or socket:/clnvault:// backup
     const pg = isRemoteUrl(url);
     // a postgresql: backup has no file: it is checked when it is opened
@@ -141,6 +140,7 @@ export const restoreCommand: Command = {
         `backup file ${file} does not exist (is the backup disk mounted?); check the URL ${JSON.stringify(url)}. Nothing was written to ${dest}`,
       );
     }
+    const key = keyFromOptions(values, process.env, pg ? null : file) ?? lockKey?.(pg ? null : file) ?? null;
     const running = await nodeRunning(dirname(dest), dest);
     if (running) {
       throw new CliError(`lightningd seems to be running (${running}); stop it before restoring into ${dest}. Nothing was written`);

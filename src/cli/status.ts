@@ -250,14 +250,14 @@ async function status(dir: string): Promise<StatusReport> {
   // the plugin refuses to start when backup.lock and the backup disagree about encryption or the key
   const enc = r.backup?.encryption ?? null;
   if (enc && !lock.encrypt) {
-    return set('wrong-key', false, `the backup ${path} is encrypted (${enc.keyKind} key, fingerprint ${enc.keyFingerprint}) but ${lockPath(dir)} has no "encrypt" setting: the plugin will refuse to write. Add "encrypt": {"key": "hsm_secret"} or {"key_file": "/path/to/key"}`);
+    return set('wrong-key', false, `the backup ${path} is encrypted (${enc.keyKind} key, fingerprint ${enc.keyFingerprint}) but ${lockPath(dir)} has no "encrypt" setting: the plugin will refuse to write. Add "encrypt": {"key": "hsm_secret"}, {"key_file": "/path/to/key"} or {"passphrase_file": "/path/to/passphrase"}, whichever the backup was made with`);
   }
   if (!enc && lock.encrypt) {
     return set('wrong-key', false, `${lockPath(dir)} says "encrypt" but the backup ${path} is not encrypted: the plugin will refuse to write. Remove "encrypt" from backup.lock, or start an encrypted backup with 'clnvault init --encrypt'`);
   }
   if (enc && lock.encrypt) {
     try {
-      const k = keyFromLock(dir, lock.encrypt);
+      const k = keyFromLock(dir, lock.encrypt, pg ? null : path);
       if (k.fingerprint !== enc.keyFingerprint) {
         return set('wrong-key', false, `the key backup.lock names (${describeSetting(lock.encrypt)}, fingerprint ${k.fingerprint}) is not the backup's (fingerprint ${enc.keyFingerprint}): the plugin will refuse to write. Point "encrypt" in ${lockPath(dir)} at the backup's key`);
       }

@@ -228,7 +228,7 @@ async function drill(
   } catch (e) {
     throw new CouldNotRun(`cannot read the backup ${path}: ${(e as Error).message}; run verify as a user who can read it`);
   }
-  const key = keyFromOptions(values);
+  const key = keyFromOptions(values, process.env, pg ? null : path);
   let livePath: string | null = null;
   if (typeof values.against === 'string') {
     livePath = resolve(values.against);

@@ -348,6 +348,8 @@ export function compactFile(path: string, hooks: CompactHooks, opts: CompactOpti
       if (ncrypt) {
         // the new key's description, readable without it
         fresh[48] = keyKindCode(opts.newKey!.kind as KeyKindName);
+        // the old key's scrypt cost, if it was a passphrase: a key file has none
+        fresh.fill(0, 49, 52);
         Buffer.from(opts.newKey!.fingerprint, 'hex').copy(fresh, 52);
         fresh.writeUInt32BE(crc32(fresh.subarray(0, 60)), 60);
       }

@@ -41,8 +41,10 @@ export function cryptFor(path: string, enc: FileEncryption | null, backupId: Buf
   if (!key) throw new BackupError(`${path}: no key given, and ${keyAdvice(enc)}`, path, 12);
   const want = enc.fingerprint.toString('hex');
   if (key.fingerprint !== want) {
+    // a passphrase always gives a key: a mistyped one shows up here
+    const what = key.kind === 'passphrase' && describeKey(enc).kind === 'passphrase' ? 'wrong passphrase' : 'wrong key';
     throw new BackupError(
-      `${path}: wrong key: the key given (${key.kind}, fingerprint ${key.fingerprint}) is not the backup's; ${keyAdvice(enc)}`,
+      `${path}: ${what}: the key given (${key.kind}, fingerprint ${key.fingerprint}) is not the backup's; ${keyAdvice(enc)}`,
       path,
       52,
     );

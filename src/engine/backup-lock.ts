@@ -29,7 +29,8 @@ export interface BackupLock {
   heartbeat_interval?: number;
   /**
    * The backup is encrypted (docs/encryption.md) and this is where the plugin finds its key at start-up:
-   * {"key": "hsm_secret"} (the node's seed, hsm_secret in the network directory) or {"key_file": PATH}.
+   * {"key": "hsm_secret"} (the node's seed, hsm_secret in the network directory), {"key_file": PATH}, or
+   * {"passphrase_file": PATH} (a file holding the passphrase; scrypt with the backup's salt, docs/keys.md).
    */
   encrypt?: EncryptSetting;
 }
@@ -48,7 +49,7 @@ export function ackCount(lock: BackupLock): number {
   return lock.ack === undefined || lock.ack === 'all' ? n : lock.ack;
 }
 
-export type EncryptSetting = { key: 'hsm_secret' } | { key_file: string };
+export type EncryptSetting = { key: 'hsm_secret' } | { key_file: string } | { passphrase_file: string };
 
 export const LOCK_NAME = 'backup.lock';
 
@@ -185,8 +186,11 @@ function parseEncrypt(path: string, v: unknown): EncryptSetting {
     const keys = Object.keys(o);
     if (keys.length === 1 && o.key === 'hsm_secret') return { key: 'hsm_secret' };
     if (keys.length === 1 && typeof o.key_file === 'string' && o.key_file.length > 0) return { key_file: o.key_file };
+    if (keys.length === 1 && typeof o.passphrase_file === 'string' && o.passphrase_file.length > 0) return { passphrase_file: o.passphrase_file };
   }
-  throw new LockFileError(`${path}: "encrypt" must be {"key": "hsm_secret"} or {"key_file": "/path/to/key"}, not ${JSON.stringify(v)}`);
+  throw new LockFileError(
+    `${path}: "encrypt" must be {"key": "hsm_secret"}, {"key_file": "/path/to/key"} or {"passphrase_file": "/path/to/passphrase"}, not ${JSON.stringify(v)}`,
+  );
 }
 
 /** Written the way Python's json.dumps writes it, atomically (temp file, fsync, rename, fsync dir). */

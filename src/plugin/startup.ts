@@ -7,7 +7,7 @@ import { remoteTimeoutMs } from '../backends/postgres/timeout.js';
 import { readSegmentBytes } from '../backends/file/segments.js';
 import { ackCount, parseListen, readBackupLock, type BackupLock } from '../engine/backup-lock.js';
 import { MultiWriter } from '../backends/multi/writer.js';
-import { keyFromLock } from '../crypto/lock-key.js';
+import { keyFromLock, lockBackupFile } from '../crypto/lock-key.js';
 import type { BackupKey } from '../crypto/keys.js';
 import { DB_NAME, readDataVersion, snapshotDatabase } from '../engine/live-db.js';
 import { serialDiff } from '../engine/versions.js';
@@ -63,7 +63,7 @@ export async function prepareBackup(cwd: string): Promise<Startup> {
     const log = (level: StartupLog['level'], message: string): void =>
       (remoteLog ?? ((l, m) => logs.push({ level: l, message: m })))(level, message);
     // the key before the first db_write (which comes before init): without it nothing is written at all
-    const key = lock.encrypt ? keyFromLock(cwd, lock.encrypt) : null;
+    const key = lock.encrypt ? keyFromLock(cwd, lock.encrypt, lockBackupFile(lock, cwd)) : null;
     if (key) out.encryption = { fingerprint: key.fingerprint, key };
     if (key && lock.destinations !== undefined) {
       throw new Error('"encrypt" with several "destinations" is not supported yet (docs/encryption.md): list one destination, or drop "encrypt"');

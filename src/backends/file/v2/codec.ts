@@ -87,6 +87,11 @@ export interface FileEncryption {
   kind: number;
   /** 8 bytes: the key's fingerprint (16 hex digits), not the key */
   fingerprint: Buffer;
+  /**
+   * A passphrase key's scrypt cost (bytes 49..51: log2 N, r, p); its salt is derived from the backup id
+   * (src/crypto/passphrase-backup.ts). Absent for the other kinds (the bytes are zero).
+   */
+  scrypt?: { logN: number; r: number; p: number };
 }
 
 /** Upper bound for every read and copy buffer, so memory never grows with the size of a record. */
@@ -134,6 +139,11 @@ export function encodeFileHeader(backupId: Buffer, createdMs: number, enc: FileE
   if (enc) {
     if (enc.fingerprint.length !== 8) throw new RangeError('key fingerprint must be 8 bytes');
     h[48] = enc.kind;
+    if (enc.scrypt) {
+      h[49] = enc.scrypt.logN;
+      h[50] = enc.scrypt.r;
+      h[51] = enc.scrypt.p;
+    }
     enc.fingerprint.copy(h, 52);
   }
   h.writeUInt32BE(crc32(h.subarray(0, 60)), 60);

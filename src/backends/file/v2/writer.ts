@@ -46,8 +46,9 @@ import { FLAG_ENCRYPTED, FLAG_PRAGMA_ONLY, type FileEncryption } from './codec.j
 // ---------------------------------------------------------------------------------------------------
 // Creating
 
-export function createV2(path: string, enc: FileEncryption | null = null): void {
-  const header = encodeFileHeader(randomBytes(16), Date.now(), enc);
+/** `backupId`: chosen by the caller when the key depends on it (a passphrase key's salt); random otherwise. */
+export function createV2(path: string, enc: FileEncryption | null = null, backupId: Buffer = randomBytes(16)): void {
+  const header = encodeFileHeader(backupId, Date.now(), enc);
   let fd: number;
   try {
     fd = openSync(path, 'wx', 0o600);
