@@ -1,4 +1,4 @@
-import { closeSync, fstatSync, fsyncSync, openSync, constants, statSync, writeSync } from 'node:fs';
+import { closeSync, fstatSync, fsyncSync, lstatSync, openSync, constants, readlinkSync, statSync, writeSync } from 'node:fs';
 import { dirname } from 'node:path';
 
 /** After a create or rename, the directory entry itself must reach the disk or the file can vanish on power loss. */
@@ -50,5 +50,71 @@ export function assertStillNamed(fd: number, path: string, known?: FileIdentity)
   }
   if (named.ino !== open.ino || named.dev !== open.dev) {
     throw new Error(`${path} now names a different file than the one being written: the backup was replaced or moved`);
+  }
+}
+
+/**
+ * assertStillNamed after every append, without a stat of the backup file itself on the common path.
+ * Linux 6.13+ keeps file timestamps coarse (one clock tick) until someone reads them; a stat marks them
+ * read, so the next write takes a fine-grained time and dirties the inode. With a stat after each append
+ * every append dirtied the inode and its fdatasync took ~65 µs longer (ext4, 1 KB records: 190 vs 125 µs;
+ * bench/README.md, 2026-12-04), which cancelled what writing into preallocated space saves.
+ *
+ * The common path instead reads where the open file is (/proc/self/fd/N: the kernel's own path of the
+ * open file, with " (deleted)" once its name is gone, another path once it or a directory above it moved,
+ * a path inside the detached tree after `umount -l`) and stats the directory the path names (a symlink
+ * switched or another filesystem mounted over it changes its identity). Both as at the last full check
+ * means the path still names the open file. Anything else, or no /proc, falls back to the full stat
+ * check, which throws with the reason or, if the file is in fact still named (a parent renamed and
+ * linked back), takes the new shape as the baseline.
+ */
+export class NameGuard {
+  private readonly proc: string;
+  private readonly identity: FileIdentity;
+  /** the open file's path as /proc shows it at the last full check; null: no fast path, stat every time */
+  private link: string | null = null;
+  private dir: FileIdentity | null = null;
+
+  constructor(
+    private readonly fd: number,
+    private readonly path: string,
+  ) {
+    this.proc = `/proc/self/fd/${fd}`;
+    this.identity = identityOf(fd);
+    this.learn();
+  }
+
+  /** Throws unless `path` still names the open file (the messages of assertStillNamed). */
+  check(): void {
+    if (this.link !== null) {
+      try {
+        if (readlinkSync(this.proc) === this.link) {
+          const d = statSync(dirname(this.path));
+          if (d.ino === this.dir!.ino && d.dev === this.dir!.dev) return;
+        }
+      } catch {
+        // the full check below says what is wrong
+      }
+    }
+    assertStillNamed(this.fd, this.path, this.identity);
+    if (this.link !== null) this.learn();
+  }
+
+  /** The baseline, confirmed by a full check made after it was read (a change in between shows there). */
+  private learn(): void {
+    this.link = null;
+    this.dir = null;
+    try {
+      // a symlink as the file's own name: /proc shows its target, which says nothing about the link
+      if (lstatSync(this.path).isSymbolicLink()) return;
+      const link = readlinkSync(this.proc);
+      const d = statSync(dirname(this.path));
+      const named = statSync(this.path);
+      if (named.ino !== this.identity.ino || named.dev !== this.identity.dev) return;
+      this.dir = { ino: d.ino, dev: d.dev };
+      this.link = link;
+    } catch {
+      // no /proc (or the path is gone already): every check is a full one, which reports it
+    }
   }
 }

@@ -4,7 +4,7 @@ import { randomBytes } from '../../../engine/random.js';
 import type { BackupStats, BackupWriter } from '../../backend.js';
 import { BackupError, type Problem } from '../../../engine/entries.js';
 import { isValidDataVersion } from '../../../engine/versions.js';
-import { assertStillNamed, fsyncDir, identityOf, writeFully, type FileIdentity } from '../fsutil.js';
+import { fsyncDir, NameGuard, writeFully } from '../fsutil.js';
 import { WriterLock } from '../writer-lock.js';
 import {
   encodeChangePayloadAt,
@@ -139,8 +139,8 @@ export class V2Writer implements BackupWriter {
   /** ends with a segment seal: nothing may be appended */
   private sealed = false;
 
-  /** the open file's inode, cached for the per-append check that the path still names it */
-  private identity: FileIdentity | null = null;
+  /** the per-append check that the path still names the open file (made at the first append) */
+  private named: NameGuard | null = null;
   private crypt: RecordCrypt | null = null;
   private firstSegment = true;
 
@@ -330,7 +330,7 @@ export class V2Writer implements BackupWriter {
     const next = V2Writer.open(this.location, { crypt: this.crypt, reserveLimit: this.reserveLimit }, this.lock);
     closeSync(this.fd);
     this.fd = next.fd;
-    this.identity = null;
+    this.named = null;
     this.end = next.end;
     this.cap = next.cap;
     this.layout = next.layout;
@@ -548,7 +548,7 @@ export class V2Writer implements BackupWriter {
     try {
       writeFully(this.fd, buf.subarray(0, total), at);
       fdatasyncSync(this.fd);
-      assertStillNamed(this.fd, this.location, (this.identity ??= identityOf(this.fd)));
+      (this.named ??= new NameGuard(this.fd, this.location)).check();
     } catch (e) {
       throw this.fail(e, at);
     }
