@@ -212,4 +212,26 @@ describe('npm pack, npm install -g, and the installed commands', { timeout: 300_
     assert.equal(verified.code, 0, show(verified));
     assert.ok(existsSync(join(netDir, 'backup.lock')));
   });
+
+  test('installed, encrypted backup: the plugin loads its key code (a chunk of its own, scripts/postbuild.js) and serves a node', { timeout: 240_000 }, async () => {
+    const dir = join(scratch, 'enc-node');
+    const netDir = join(dir, 'regtest');
+    mkdirSync(netDir, { recursive: true });
+    const url = pathToFileURL(join(dir, 'backup.clnvault')).href;
+    const keyFile = join(dir, 'backup.key');
+    const init = await run(bin('clnvault'), ['init', '--encrypt', '--key-file', keyFile, '--lightning-dir', netDir, url]);
+    assert.equal(init.code, 0, show(init));
+    const node = new SimNode({ netDir, pluginPath: bin('clnvault-plugin'), hookSafetyTimeoutMs: 60_000, exitGraceMs: 5_000 });
+    try {
+      await node.boot();
+      const w = await runWorkload(node, Workload.fromDb(node.dbPath, 13), 30);
+      assert.equal(w.failure, undefined);
+    } finally {
+      await node.stop();
+    }
+    const dest = join(dir, 'restored.sqlite3');
+    const restored = await run(bin('clnvault'), ['restore', '--key-file', keyFile, url, dest]);
+    assert.equal(restored.code, 0, show(restored));
+    assert.equal(sqliteDump(dest), sqliteDump(node.dbPath));
+  });
 });

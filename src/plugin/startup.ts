@@ -7,7 +7,6 @@ import { remoteTimeoutMs } from '../backends/postgres/timeout.js';
 import { readSegmentBytes } from '../backends/file/segments.js';
 import { ackCount, parseListen, readBackupLock, type BackupLock } from '../engine/backup-lock.js';
 import { MultiWriter } from '../backends/multi/writer.js';
-import { keyFromLock, lockBackupFile } from '../crypto/lock-key.js';
 import type { BackupKey } from '../crypto/keys.js';
 import { DB_NAME, readDataVersion, snapshotDatabase } from '../engine/live-db.js';
 import { serialDiff } from '../engine/versions.js';
@@ -63,7 +62,13 @@ export async function prepareBackup(cwd: string): Promise<Startup> {
     const log = (level: StartupLog['level'], message: string): void =>
       (remoteLog ?? ((l, m) => logs.push({ level: l, message: m })))(level, message);
     // the key before the first db_write (which comes before init): without it nothing is written at all
-    const key = lock.encrypt ? keyFromLock(cwd, lock.encrypt, lockBackupFile(lock, cwd)) : null;
+    // the key code (node:crypto, the BIP39 word list, @noble/hashes, scrypt) is a chunk of its own
+    // (scripts/postbuild.js), loaded only here: evaluating it cost every plugin start a few ms
+    let key: BackupKey | null = null;
+    if (lock.encrypt) {
+      const { keyFromLock, lockBackupFile } = await import('../crypto/lock-key.js');
+      key = keyFromLock(cwd, lock.encrypt, lockBackupFile(lock, cwd));
+    }
     if (key) out.encryption = { fingerprint: key.fingerprint, key };
     if (key && lock.destinations !== undefined) {
       throw new Error('"encrypt" with several "destinations" is not supported yet (docs/encryption.md): list one destination, or drop "encrypt"');
