@@ -97,17 +97,17 @@ export interface WriterOptions {
   key?: KeyLike | null;
 }
 
-/** Encryption is implemented for file: v2 backups; elsewhere it is refused rather than silently dropped. */
+/** Encryption is implemented for file: v2 and postgresql: backups; elsewhere it is refused rather than silently dropped. */
 export function encryptionNotYet(url: string): UrlError {
   return new UrlError(
-    `${url.replace(/:[^:@/]*@/, ':***@')}: encrypted backups are not supported yet for this destination (only file: backups in format v2); ` +
-      `remote destinations would store the records in clear`,
+    `${url.replace(/:[^:@/]*@/, ':***@')}: encrypted backups are not supported yet for this destination (only file: backups in format v2 ` +
+      `and postgresql: backups); it would store the records in clear`,
   );
 }
 
 export function openWriter(url: string, cwd: string, opts: WriterOptions = {}): BackupWriter {
-  if (opts.key && (isPostgresUrl(url) || destinationOf(url, cwd) !== 'file')) throw encryptionNotYet(url);
-  if (isPostgresUrl(url)) return openPgWriter(url, cwd);
+  if (isPostgresUrl(url)) return openPgWriter(url, cwd, opts.key ?? null);
+  if (opts.key && destinationOf(url, cwd) !== 'file') throw encryptionNotYet(url);
   if (destinationOf(url, cwd) === 'socket') return SocketWriter.open(url, { ...opts, cwd });
   const path = filePathOf(url, cwd);
   if (detectFormat(path) === 'v2') return SegmentedWriter.open(path, opts);

@@ -95,7 +95,7 @@ export const compactCommand: Command = {
       }
     }
     if (isPostgresUrl(url)) {
-      const r = compactPg(url, { log: err });
+      const r = compactPg(url, { log: err, key: keyFromOptions(values) });
       if (values.json) printJson(r);
       else if (!r.compacted) out(`${redact(url)}: nothing to compact (${r.before.entries} entries, ${r.before.bytes} bytes)`);
       else {

@@ -162,7 +162,7 @@ export const initCommand: Command = {
       if (passFile !== null && (pg || destinationOf(url, netDir ?? cwd) !== 'file')) {
         throw new CliError('--passphrase-file is for file: backups (the salt is kept in the backup file); use --key-file for this destination', EXIT.usage);
       }
-      if (pg || destinationOf(url, netDir ?? cwd) !== 'file') throw new CliError(encryptionNotYet(url).message, EXIT.usage);
+      if (!pg && destinationOf(url, netDir ?? cwd) !== 'file') throw new CliError(encryptionNotYet(url).message, EXIT.usage);
       if (keyFile === null && passFile === null && netDir === null) {
         throw new CliError("--encrypt derives the key from the node's hsm_secret, which needs --lightning-dir DIR; or give --key-file PATH", EXIT.usage);
       }
@@ -199,37 +199,44 @@ export const initCommand: Command = {
     let enc: FileEncryption | null = null;
     /** a passphrase key's salt is the backup id, so the backup is created with the id the key was made for */
     let backupId: Buffer | undefined;
+    // the key first: a node without hsm_secret (or one encrypted with --encrypted-hsm) fails before anything is made
+    if (encrypt) {
+      try {
+        if (passFile !== null) {
+          const made = newPassphraseBackup(readPassphraseFile(passFile));
+          key = made.key;
+          enc = made.enc;
+          backupId = made.backupId;
+        } else if (keyFile !== null) {
+          keyMade = !existsSync(keyFile);
+          key = keyMade ? writeKeyFile(keyFile) : keyFromKeyFile(keyFile);
+        } else {
+          key = keyFromHsmSecret(join(netDir!, 'hsm_secret'));
+        }
+      } catch (e) {
+        // a brand-new node: lightningd's hsmd writes hsm_secret at its first start (docs/keys.md)
+        const fresh = keyFile === null && passFile === null && !existsSync(join(netDir!, 'hsm_secret'));
+        throw new CliError(
+          `cannot get the encryption key: ${(e as Error).message}. Nothing was created` +
+            (fresh
+              ? `. A new node has no hsm_secret until lightningd first starts: start it once without the plugin (or create the seed with lightning-hsmtool), then run this again; or use --key-file PATH`
+              : ''),
+        );
+      }
+    }
     if (pg) {
-      const made = createPgBackup(url);
+      let made: ReturnType<typeof createPgBackup>;
+      try {
+        made = createPgBackup(url, key ? { kind: keyKindCode(key.kind as KeyKindName), fingerprint: key.fingerprint } : null);
+      } catch (e) {
+        if (keyMade) rmSync(keyFile!, { force: true });
+        throw e;
+      }
       undoPg = made.undo;
       path = made.target.display;
       if (made.migrated) info(`Created clnvault's tables in the database (schema version ${made.migrated.from} -> ${made.migrated.to})`);
+      if (key) info(`Encrypting with ${keyFile !== null ? `the key file ${keyFile}${keyMade ? ' (created now: keep a copy away from the node, the backup cannot be restored without it)' : ''}` : "the node's seed (hsm_secret)"}, key fingerprint ${key.fingerprint}; the database stores only ciphertext`);
     } else {
-      // the key first: a node without hsm_secret (or one encrypted with --encrypted-hsm) fails before any file is made
-      if (encrypt) {
-        try {
-          if (passFile !== null) {
-            const made = newPassphraseBackup(readPassphraseFile(passFile));
-            key = made.key;
-            enc = made.enc;
-            backupId = made.backupId;
-          } else if (keyFile !== null) {
-            keyMade = !existsSync(keyFile);
-            key = keyMade ? writeKeyFile(keyFile) : keyFromKeyFile(keyFile);
-          } else {
-            key = keyFromHsmSecret(join(netDir!, 'hsm_secret'));
-          }
-        } catch (e) {
-          // a brand-new node: lightningd's hsmd writes hsm_secret at its first start (docs/keys.md)
-          const fresh = keyFile === null && passFile === null && !existsSync(join(netDir!, 'hsm_secret'));
-          throw new CliError(
-            `cannot get the encryption key: ${(e as Error).message}. Nothing was created` +
-              (fresh
-                ? `. A new node has no hsm_secret until lightningd first starts: start it once without the plugin (or create the seed with lightning-hsmtool), then run this again; or use --key-file PATH`
-                : ''),
-          );
-        }
-      }
       try {
         enc ??= key ? { kind: keyKindCode(key.kind as KeyKindName), fingerprint: Buffer.from(key.fingerprint, 'hex') } : null;
         path = createBackup(url, base, format, enc, backupId);
@@ -264,7 +271,7 @@ export const initCommand: Command = {
                 `this user. Nothing was created`,
             );
           }
-          const writer = pg ? openPgWriter(url, null) : openWriter(url, base, { key, ...(segmentBytes === undefined ? {} : { segmentBytes }) });
+          const writer = pg ? openPgWriter(url, null, key) : openWriter(url, base, { key, ...(segmentBytes === undefined ? {} : { segmentBytes }) });
           try {
             writer.appendSnapshotFile(version, tmp);
           } finally {

@@ -19,9 +19,22 @@ export function isEncryptable(r: unknown): r is EncryptableReader {
   return typeof (r as EncryptableReader).setCrypt === 'function' && 'encryption' in (r as object);
 }
 
+/**
+ * A reader that authenticates itself (a postgresql: backup, src/backends/postgres/crypt.ts): the same
+ * construction and chain over rows instead of file records.
+ */
+export interface SelfAuthenticating {
+  readonly encryption: FileEncryption | null;
+  unlock(key: KeyLike | null | undefined, mode: AuthMode): Omit<AuthResult, 'stoppedAtDamage'> | null;
+}
+
+function isSelfAuthenticating(r: unknown): r is SelfAuthenticating {
+  return typeof (r as SelfAuthenticating).unlock === 'function' && 'encryption' in (r as object);
+}
+
 /** The backup's encryption as its header says (no key needed), or null for a plain or non-v2 backup. */
 export function encryptionOf(r: unknown): FileEncryption | null {
-  return isEncryptable(r) ? r.encryption : null;
+  return isEncryptable(r) || isSelfAuthenticating(r) ? r.encryption : null;
 }
 
 export interface AuthResult {
@@ -48,6 +61,10 @@ export function newestLine(a: AuthResult): string {
  * missing or wrong key.
  */
 export function unlockAndAuthenticate(reader: unknown, key: KeyLike | null | undefined, mode: AuthMode = 'full'): AuthResult | null {
+  if (isSelfAuthenticating(reader)) {
+    const r = reader.unlock(key, mode);
+    return r === null ? null : { ...r, stoppedAtDamage: null };
+  }
   if (!isEncryptable(reader) || reader.encryption === null) return null;
   const crypt = cryptFor(reader.location, reader.encryption, reader.backupId, key, false);
   reader.setCrypt(crypt);

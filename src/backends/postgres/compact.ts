@@ -4,7 +4,10 @@ import { join } from 'node:path';
 import type { BackupReader } from '../backend.js';
 import type { EntryHeader } from '../../engine/entries.js';
 import { restoreBackup } from '../../restore/restore.js';
+import type { KeyLike } from '../../crypto/backup-crypt.js';
 import { PgBridge } from './bridge.js';
+import { encryptSnapshotFile, pgCrypt, rowLink } from './crypt.js';
+import type { HeaderRow } from './protocol.js';
 import { PgReader } from './reader.js';
 import { remoteTimeoutMs } from './timeout.js';
 import { parsePgUrl } from './url.js';
@@ -22,6 +25,11 @@ import { parsePgUrl } from './url.js';
  *
  * The plugin's appends only ever add seqs above the covered ones, and its rewind only removes entries
  * of the head version, which are never covered: the two do not touch the same rows.
+ *
+ * An encrypted backup needs its key: the chain is checked and every entry replayed is decrypted and
+ * authenticated (a record dropped or forged is not baked into a snapshot), and the snapshot is encrypted
+ * in a new session (a new salt) as a chain start whose link is the link of the last entry it covers, so
+ * that the entries after it still chain (crypt.ts).
  */
 
 export interface PgCompactStats {
@@ -32,7 +40,7 @@ export interface PgCompactStats {
   deleted: number;
 }
 
-export function compactPg(url: string, opts: { tmpDir?: string; netDir?: string | null; log?: (msg: string) => void } = {}): PgCompactStats {
+export function compactPg(url: string, opts: { tmpDir?: string; netDir?: string | null; log?: (msg: string) => void; key?: KeyLike | null } = {}): PgCompactStats {
   const target = parsePgUrl(url);
   const timeout = remoteTimeoutMs(opts.netDir ?? null).ms;
   const control = new PgBridge(target, timeout, `clnvault compact ${target.backup}`);
@@ -43,6 +51,10 @@ export function compactPg(url: string, opts: { tmpDir?: string; netDir?: string 
       throw new Error(`another compaction of backup ${JSON.stringify(target.backup)} is running; try again when it is done`);
     }
     reader = PgReader.open(target, timeout);
+    if (reader.encryption !== null) {
+      const auth = reader.unlock(opts.key, 'chain');
+      if (auth?.problem) throw new Error(`${target.display}: ${auth.problem.message}; nothing was compacted`);
+    }
     const before = reader.stats();
     const result: PgCompactStats = {
       compacted: false,
@@ -73,7 +85,19 @@ export function compactPg(url: string, opts: { tmpDir?: string; netDir?: string 
       result.compacted = result.deleted > 0;
       result.snapshotVersion = last.version;
     } else {
-      result.snapshotVersion = storeCoveringSnapshot(control, prefixReader, join(scratch, 'snapshot.sqlite3'), lastSeq, opts.log);
+      let chainStart: { link: Buffer } | null = null;
+      if (reader.encryption !== null) {
+        let row: HeaderRow | null = null;
+        reader.forEachRow((x) => {
+          if (x.seq * 2 + x.kind !== last.offset) return x.seq * 2 + x.kind < last.offset;
+          row = x;
+          return false;
+        });
+        if (row === null) throw new Error(`internal: entry ${last.offset} vanished from the reader's view`);
+        chainStart = { link: rowLink(row) };
+      }
+      const seal = chainStart === null ? null : { crypt: pgCrypt(target.display, reader.pgEncryption, opts.key, true)!, ...chainStart };
+      result.snapshotVersion = storeCoveringSnapshot(control, prefixReader, join(scratch, 'snapshot.sqlite3'), lastSeq, opts.log, seal);
       result.deleted = control.call<number>({ op: 'deleteSuperseded', seq: lastSeq }, null);
       result.compacted = true;
     }
@@ -89,10 +113,24 @@ export function compactPg(url: string, opts: { tmpDir?: string; netDir?: string 
   }
 }
 
-function storeCoveringSnapshot(control: PgBridge, prefix: BackupReader, db: string, seq: number, log?: (msg: string) => void): number {
+function storeCoveringSnapshot(
+  control: PgBridge,
+  prefix: BackupReader,
+  db: string,
+  seq: number,
+  log: ((msg: string) => void) | undefined,
+  seal: { crypt: NonNullable<ReturnType<typeof pgCrypt>>; link: Buffer } | null,
+): number {
   const restored = restoreBackup(prefix, db);
   log?.(`restored the history up to entry ${seq} (version ${restored.head}) into a scratch database`);
-  control.call({ op: 'snapshot', version: restored.head, path: db, seq }, null);
+  if (seal === null) {
+    control.call({ op: 'snapshot', version: restored.head, path: db, seq }, null);
+  } else {
+    const ct = `${db}.ciphertext`;
+    const envelope = encryptSnapshotFile(seal.crypt, restored.head, db, ct, { link: seal.link });
+    control.call({ op: 'snapshot', version: restored.head, path: ct, seq, envelope }, null);
+    rmSync(ct, { force: true });
+  }
   return restored.head;
 }
 

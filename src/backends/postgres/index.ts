@@ -1,3 +1,4 @@
+import type { KeyLike } from '../../crypto/backup-crypt.js';
 import { PgBridge } from './bridge.js';
 import { PgReader } from './reader.js';
 import { remoteTimeoutMs } from './timeout.js';
@@ -9,8 +10,8 @@ export { isPostgresUrl, parsePgUrl } from './url.js';
 export { PgReader } from './reader.js';
 export { PgWriter } from './writer.js';
 
-export function openPgWriter(url: string, netDir: string | null): PgWriter {
-  return PgWriter.open(parsePgUrl(url), remoteTimeoutMs(netDir).ms);
+export function openPgWriter(url: string, netDir: string | null, key: KeyLike | null = null): PgWriter {
+  return PgWriter.open(parsePgUrl(url), remoteTimeoutMs(netDir).ms, key);
 }
 
 export function openPgReader(url: string, netDir: string | null = null): PgReader {
@@ -21,11 +22,14 @@ export function openPgReader(url: string, netDir: string | null = null): PgReade
  * Creates the schema when missing (or migrates it) and registers the backup, owned by the connecting
  * role. Returns a function that removes it again, for init's "nothing left behind on failure".
  */
-export function createPgBackup(url: string): { target: PgTarget; migrated: { from: number; to: number } | null; undo: () => void } {
+export function createPgBackup(
+  url: string,
+  enc: { kind: number; fingerprint: string } | null = null,
+): { target: PgTarget; migrated: { from: number; to: number } | null; undo: () => void } {
   const target = parsePgUrl(url);
   const bridge = new PgBridge(target, remoteTimeoutMs(null).ms, `clnvault init ${target.backup}`);
   try {
-    const r = bridge.call<{ migrated: { from: number; to: number } | null }>({ op: 'create' });
+    const r = bridge.call<{ migrated: { from: number; to: number } | null }>({ op: 'create', enc });
     return {
       target,
       migrated: r.migrated,

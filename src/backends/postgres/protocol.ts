@@ -31,6 +31,21 @@ export interface HeadInfo {
   head: number;
   headIsSnapshot: boolean;
   nextSeq: number;
+  /**
+   * an encrypted backup: the chain link (hex) of the newest entry, which the next record names as its prev
+   * (docs/encryption.md, "The chain"); null for an empty or plaintext backup
+   */
+  link?: string | null;
+}
+
+/** What the backups row says about encryption (readable without the key); null for a plaintext backup. */
+export interface PgEncryption {
+  /** hex of the 16-byte id every record's authentication covers */
+  uid: string;
+  /** 1 node seed, 2 key file, 3 passphrase (as a v2 file header) */
+  kind: number;
+  /** hex of the key's 8-byte fingerprint */
+  fingerprint: string;
 }
 
 export interface HeaderRow {
@@ -41,16 +56,25 @@ export interface HeaderRow {
   /** snapshot: database size; change: bytes of its statements */
   bytes: number;
   chunks: number;
+  /**
+   * an encrypted entry: the first 64 bytes of its stored record (a change's 48-byte prefix and the start of
+   * its ciphertext; a snapshot's whole 64-byte prefix) and its last 16 (the GCM tag), for the chain check
+   * without fetching whole records; null for a plaintext entry
+   */
+  head?: Uint8Array | null;
+  tag?: Uint8Array | null;
+  /** the stored record's length (null: plaintext) */
+  recordBytes?: number | null;
 }
 
 export type PgRequest =
-  | { op: 'create' }
+  | { op: 'create'; enc?: { kind: number; fingerprint: string } | null }
   | { op: 'migrate' }
   | { op: 'drop' }
   | { op: 'openWriter' }
-  | { op: 'append'; version: number; statements: readonly string[]; pragmaOnly: boolean }
+  | { op: 'append'; version: number; statements: readonly string[]; pragmaOnly: boolean; record?: Uint8Array }
   | { op: 'dropHead' }
-  | { op: 'snapshot'; version: number; path: string; seq?: number }
+  | { op: 'snapshot'; version: number; path: string; seq?: number; envelope?: Uint8Array }
   | { op: 'openReader' }
   | { op: 'headers'; from: number; limit: number }
   | { op: 'stats' }

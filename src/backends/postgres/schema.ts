@@ -20,7 +20,8 @@ export const CHUNK_BYTES = 1 << 20;
 export const KIND_CHANGE = 0;
 export const KIND_SNAPSHOT = 1;
 
-const MIGRATIONS: readonly string[] = [
+/** exported for the migration test, which builds an older schema with the published steps */
+export const MIGRATIONS: readonly string[] = [
   // 1: first release
   `CREATE TABLE clnvault.backups (
      id serial PRIMARY KEY,
@@ -85,6 +86,22 @@ const MIGRATIONS: readonly string[] = [
        GRANT UPDATE (writer_pid, writer_started, compact_pid, compact_started) ON clnvault.backups TO clnvault_node;
      END IF;
    END $$;`,
+  // 3: encrypted backups (docs/encryption.md). The backup row says, readable without the key, that it is
+  // encrypted and with which key (kind and fingerprint), and holds the random 16-byte id that every
+  // record's authentication covers. An encrypted change keeps its whole stored payload (prefix,
+  // ciphertext, tag) in `record` and has no statements; an encrypted snapshot keeps its prefix and tag in
+  // `record` and its ciphertext in snapshot_chunks. Version, kind, seq and pragma_only stay plaintext, so
+  // the version rules, the rewind, compaction planning and the lease work without the key.
+  `ALTER TABLE clnvault.backups
+     ADD COLUMN uid bytea CHECK (uid IS NULL OR length(uid) = 16),
+     ADD COLUMN enc_kind smallint CHECK (enc_kind IS NULL OR enc_kind BETWEEN 1 AND 255),
+     ADD COLUMN enc_fingerprint bytea CHECK (enc_fingerprint IS NULL OR length(enc_fingerprint) = 8),
+     ADD CONSTRAINT backups_enc_whole CHECK ((enc_kind IS NULL) = (enc_fingerprint IS NULL) AND (enc_kind IS NULL OR uid IS NOT NULL));
+   ALTER TABLE clnvault.entries ADD COLUMN record bytea;
+   -- migration 1's unnamed table CHECK ((kind = 0) = (statements IS NOT NULL)) is called entries_check
+   ALTER TABLE clnvault.entries DROP CONSTRAINT entries_check;
+   ALTER TABLE clnvault.entries ADD CONSTRAINT entries_payload CHECK (
+     CASE WHEN kind = 0 THEN (statements IS NULL) <> (record IS NULL) ELSE statements IS NULL END);`,
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.length;

@@ -1,7 +1,8 @@
+import { randomBytes } from 'node:crypto';
 import { open } from 'node:fs/promises';
 import { parentPort, workerData } from 'node:worker_threads';
 import type { Client as PgClient, ClientConfig } from 'pg';
-import { PG_REPLY_IN_SAB, PG_REPLY_ON_PORT, type HeaderRow, type HeadInfo, type PgReply, type PgRequest, type PgWorkerData } from './protocol.js';
+import { PG_REPLY_IN_SAB, PG_REPLY_ON_PORT, type HeaderRow, type HeadInfo, type PgEncryption, type PgReply, type PgRequest, type PgWorkerData } from './protocol.js';
 import { CHUNK_BYTES, checkSchema, KIND_CHANGE, KIND_SNAPSHOT, migrate, SCHEMA_VERSION, schemaVersion } from './schema.js';
 import { describeHolder, releaseLease, takeLease } from './lease.js';
 import { isConnectionError, nextDelay } from './retry.js';
@@ -28,6 +29,15 @@ try {
 
 const INSERT_CHANGE =
   'INSERT INTO clnvault.entries (backup_id, seq, kind, version, pragma_only, statements, bytes) VALUES ($1, $2, 0, $3, $4, $5, $6)';
+/** an encrypted change: the stored record (prefix, ciphertext, tag) instead of the statements */
+const INSERT_RECORD =
+  'INSERT INTO clnvault.entries (backup_id, seq, kind, version, pragma_only, record, bytes) VALUES ($1, $2, 0, $3, $4, $5, $6)';
+/**
+ * a header row: for an encrypted entry also the first 64 bytes of its record (the prefix) and its last 16
+ * (the tag), which is all the chain check needs
+ */
+const HEADER_COLUMNS = `seq, kind, version, pragma_only, bytes, chunks, substring(record from 1 for 64),
+  CASE WHEN record IS NULL THEN NULL ELSE substring(record from greatest(length(record) - 15, 1)) END, length(record)`;
 
 class Refused extends Error {}
 
@@ -35,6 +45,8 @@ const START_BUDGET_MS = 45_000;
 
 let client: PgClient | null = null;
 let backupId: number | null = null;
+/** the backup row's encryption (migration 3), read with its id */
+let encryption: PgEncryption | null = null;
 /** writer state: the session holds the writer lock; `pendingDrop` is a rewind waiting for its replacement */
 let writer: { nextSeq: number; head: HeadInfo; pendingDrop: number | null } | null = null;
 let readerOpen = false;
@@ -84,15 +96,35 @@ async function connect(): Promise<PgClient> {
 async function lookupBackup(c: PgClient): Promise<number> {
   if (backupId !== null) return backupId;
   await checkSchema(c, 'the database');
-  const r = await c.query('SELECT id FROM clnvault.backups WHERE name = $1', [data.backup]);
+  const r = await c.query('SELECT id, uid, enc_kind, enc_fingerprint FROM clnvault.backups WHERE name = $1', [data.backup]);
   if (r.rows.length === 0) {
     throw new Refused(
       `the database has no ${where()} that this role can see: create it with 'clnvault init' (as the role the node connects ` +
         `with), or check the backup= name and the user in the URL`,
     );
   }
-  backupId = Number(r.rows[0].id);
+  const row = r.rows[0];
+  encryption =
+    row.enc_kind === null
+      ? null
+      : { uid: (row.uid as Buffer).toString('hex'), kind: Number(row.enc_kind), fingerprint: (row.enc_fingerprint as Buffer).toString('hex') };
+  backupId = Number(row.id);
   return backupId;
+}
+
+/** The chain link of the entry (seq, kind): a change's tag; a snapshot's link field, or its tag when that is zeros. */
+async function linkOf(c: PgClient, id: number, seq: number, kind: number): Promise<string | null> {
+  if (encryption === null) return null;
+  const r = await c.query(
+    `SELECT substring(record from 49 for 16) AS link, substring(record from greatest(length(record) - 15, 1)) AS tag
+       FROM clnvault.entries WHERE backup_id = $1 AND seq = $2 AND kind = $3`,
+    [id, seq, kind],
+  );
+  const row = r.rows[0];
+  if (row === undefined || row.tag === null) return null;
+  const link = row.link as Buffer | null;
+  if (kind === KIND_SNAPSHOT && link !== null && link.length === 16 && !link.equals(Buffer.alloc(16))) return link.toString('hex');
+  return (row.tag as Buffer).toString('hex');
 }
 
 async function readHead(c: PgClient, id: number): Promise<HeadInfo> {
@@ -100,9 +132,15 @@ async function readHead(c: PgClient, id: number): Promise<HeadInfo> {
     'SELECT seq, kind, version FROM clnvault.entries WHERE backup_id = $1 ORDER BY seq DESC, kind DESC LIMIT 1',
     [id],
   );
-  if (r.rows.length === 0) return { empty: true, head: 0, headIsSnapshot: false, nextSeq: 1 };
+  if (r.rows.length === 0) return { empty: true, head: 0, headIsSnapshot: false, nextSeq: 1, link: null };
   const row = r.rows[0];
-  return { empty: false, head: Number(row.version), headIsSnapshot: Number(row.kind) === KIND_SNAPSHOT, nextSeq: Number(row.seq) + 1 };
+  return {
+    empty: false,
+    head: Number(row.version),
+    headIsSnapshot: Number(row.kind) === KIND_SNAPSHOT,
+    nextSeq: Number(row.seq) + 1,
+    link: await linkOf(c, id, Number(row.seq), Number(row.kind)),
+  };
 }
 
 /** The writer lease (lease.ts): '' when this session now holds it, else who does. */
@@ -161,8 +199,15 @@ async function relock(c: PgClient): Promise<void> {
   }
 }
 
-async function insertChange(c: PgClient, seq: number, req: { version: number; statements: readonly string[]; pragmaOnly: boolean }, bytes: number): Promise<void> {
+type AppendReq = { version: number; statements: readonly string[]; pragmaOnly: boolean; record?: Uint8Array };
+
+async function insertChange(c: PgClient, seq: number, req: AppendReq, bytes: number): Promise<void> {
   // named: parsed once per connection, then each write is one Bind/Execute/Sync round trip in autocommit
+  if (req.record !== undefined) {
+    const rec = Buffer.from(req.record.buffer, req.record.byteOffset, req.record.byteLength);
+    await c.query({ name: 'clnvault_append_record', text: INSERT_RECORD, values: [backupId, seq, req.version, req.pragmaOnly, rec, bytes] });
+    return;
+  }
   await c.query({ name: 'clnvault_append', text: INSERT_CHANGE, values: [backupId, seq, req.version, req.pragmaOnly, req.statements, bytes] });
 }
 
@@ -172,10 +217,14 @@ function statementBytes(statements: readonly string[]): number {
   return n;
 }
 
-async function append(req: { version: number; statements: readonly string[]; pragmaOnly: boolean }): Promise<number> {
+async function append(req: AppendReq): Promise<number> {
   const w = writer!;
   const seq = w.nextSeq;
-  const bytes = statementBytes(req.statements);
+  // never plaintext into an encrypted backup, nor ciphertext into a plaintext one (the writer checks too)
+  if ((req.record !== undefined) !== (encryption !== null)) {
+    throw new Refused(`internal: ${req.record !== undefined ? 'an encrypted record for a plaintext' : 'plaintext statements for an encrypted'} ${where()}`);
+  }
+  const bytes = req.record !== undefined ? req.record.byteLength : statementBytes(req.statements);
   await withRetry(async (c, retry) => {
     if (retry) {
       // the write in flight when the connection broke either committed or did not: look before writing again
@@ -222,9 +271,10 @@ async function dropHead(): Promise<HeadInfo> {
     ), relock);
   const row = r.rows[0];
   w.pendingDrop = row === undefined ? 0 : Number(row.seq) + 1;
+  const link = row === undefined ? null : await withRetry((c) => linkOf(c, backupId!, Number(row.seq), Number(row.kind)), relock);
   w.head = row === undefined
-    ? { empty: true, head: 0, headIsSnapshot: false, nextSeq: w.nextSeq }
-    : { empty: false, head: Number(row.version), headIsSnapshot: Number(row.kind) === KIND_SNAPSHOT, nextSeq: w.nextSeq };
+    ? { empty: true, head: 0, headIsSnapshot: false, nextSeq: w.nextSeq, link: null }
+    : { empty: false, head: Number(row.version), headIsSnapshot: Number(row.kind) === KIND_SNAPSHOT, nextSeq: w.nextSeq, link };
   return w.head;
 }
 
@@ -237,7 +287,11 @@ async function flushDrop(): Promise<void> {
 }
 
 /** Streams the SQLite file into chunk rows inside one transaction: memory holds one chunk at a time. */
-async function storeSnapshot(c: PgClient, seq: number, version: number, path: string): Promise<number> {
+async function storeSnapshot(c: PgClient, seq: number, version: number, path: string, envelope?: Uint8Array): Promise<number> {
+  if ((envelope !== undefined) !== (encryption !== null)) {
+    throw new Refused(`internal: ${envelope !== undefined ? 'an encrypted snapshot for a plaintext' : 'a plaintext snapshot for an encrypted'} ${where()}`);
+  }
+  const env = envelope === undefined ? null : Buffer.from(envelope.buffer, envelope.byteOffset, envelope.byteLength);
   const fh = await open(path, 'r');
   try {
     const size = (await fh.stat()).size;
@@ -245,8 +299,8 @@ async function storeSnapshot(c: PgClient, seq: number, version: number, path: st
     await c.query('BEGIN');
     try {
       await c.query(
-        'INSERT INTO clnvault.entries (backup_id, seq, kind, version, pragma_only, statements, bytes, chunks) VALUES ($1, $2, 1, $3, false, NULL, $4, $5)',
-        [backupId, seq, version, size, chunks],
+        'INSERT INTO clnvault.entries (backup_id, seq, kind, version, pragma_only, statements, bytes, chunks, record) VALUES ($1, $2, 1, $3, false, NULL, $4, $5, $6)',
+        [backupId, seq, version, size, chunks, env],
       );
       const buf = Buffer.allocUnsafe(CHUNK_BYTES);
       for (let i = 0; i < chunks; i++) {
@@ -299,7 +353,13 @@ async function handle(req: PgRequest): Promise<unknown> {
       const v = await schemaVersion(c);
       const migrated = v === SCHEMA_VERSION ? null : await migrate(c);
       try {
-        const r = await c.query('INSERT INTO clnvault.backups (name) VALUES ($1) RETURNING id', [data.backup]);
+        const enc = req.enc ?? null;
+        const r = await c.query('INSERT INTO clnvault.backups (name, uid, enc_kind, enc_fingerprint) VALUES ($1, $2, $3, $4) RETURNING id', [
+          data.backup,
+          randomBytes(16),
+          enc?.kind ?? null,
+          enc ? Buffer.from(enc.fingerprint, 'hex') : null,
+        ]);
         backupId = Number(r.rows[0].id);
       } catch (e) {
         if ((e as { code?: string }).code === '23505') {
@@ -333,7 +393,7 @@ async function handle(req: PgRequest): Promise<unknown> {
       }
       const head = await readHead(c, id);
       writer = { nextSeq: head.nextSeq, head, pendingDrop: null };
-      return head;
+      return { ...head, enc: encryption };
     }
     case 'append':
       return append(req);
@@ -344,12 +404,12 @@ async function handle(req: PgRequest): Promise<unknown> {
         // compaction: placed at the seq of the last entry it covers, sorting after it
         const c = await connect();
         await lookupBackup(c);
-        return storeSnapshot(c, req.seq, req.version, req.path);
+        return storeSnapshot(c, req.seq, req.version, req.path, req.envelope);
       }
       const w = writer!;
       if (w.pendingDrop !== null) throw new Refused('internal: a snapshot cannot follow a rewind');
       const seq = w.nextSeq;
-      const size = await withRetry((c) => storeSnapshot(c, seq, req.version, req.path), relock);
+      const size = await withRetry((c) => storeSnapshot(c, seq, req.version, req.path, req.envelope), relock);
       w.nextSeq = seq + 1;
       w.head = { empty: false, head: req.version, headIsSnapshot: true, nextSeq: w.nextSeq };
       return size;
@@ -360,12 +420,12 @@ async function handle(req: PgRequest): Promise<unknown> {
       await c.query('BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY');
       readerOpen = true;
       await lookupBackup(c);
-      return null;
+      return { enc: encryption };
     }
     case 'headers': {
       // one page, in order, from the entry whose offset (seq * 2 + kind) is `from`
       const r = await client!.query({
-        text: `SELECT seq, kind, version, pragma_only, bytes, chunks FROM clnvault.entries
+        text: `SELECT ${HEADER_COLUMNS} FROM clnvault.entries
                 WHERE backup_id = $1 AND seq * 2 + kind >= $2 ORDER BY seq, kind LIMIT $3`,
         values: [backupId, req.from, req.limit],
         rowMode: 'array',
@@ -374,7 +434,7 @@ async function handle(req: PgRequest): Promise<unknown> {
     }
     case 'entryRow': {
       const r = await client!.query({
-        text: 'SELECT seq, kind, version, pragma_only, bytes, chunks FROM clnvault.entries WHERE backup_id = $1 AND seq = $2 AND kind = $3',
+        text: `SELECT ${HEADER_COLUMNS} FROM clnvault.entries WHERE backup_id = $1 AND seq = $2 AND kind = $3`,
         values: [backupId, req.seq, req.kind],
         rowMode: 'array',
       });
@@ -386,11 +446,11 @@ async function handle(req: PgRequest): Promise<unknown> {
     }
     case 'changes': {
       const r = await client!.query({
-        text: `SELECT seq, statements FROM clnvault.entries WHERE backup_id = $1 AND kind = ${KIND_CHANGE} AND seq >= $2 ORDER BY seq LIMIT $3`,
+        text: `SELECT seq, statements, record FROM clnvault.entries WHERE backup_id = $1 AND kind = ${KIND_CHANGE} AND seq >= $2 ORDER BY seq LIMIT $3`,
         values: [backupId, req.fromSeq, req.limit],
         rowMode: 'array',
       });
-      return r.rows.map((x) => [Number(x[0]), x[1] as string[]]);
+      return r.rows.map((x) => [Number(x[0]), (x[1] as string[] | null) ?? (x[2] as Buffer)]);
     }
     case 'snapshotTo':
       await snapshotTo(req.seq, req.chunks, req.path);
@@ -429,7 +489,17 @@ async function handle(req: PgRequest): Promise<unknown> {
 }
 
 function toHeaderRow(x: unknown[]): HeaderRow {
-  return { seq: Number(x[0]), kind: Number(x[1]) as 0 | 1, version: Number(x[2]), pragmaOnly: x[3] as boolean, bytes: Number(x[4]), chunks: Number(x[5]) };
+  return {
+    seq: Number(x[0]),
+    kind: Number(x[1]) as 0 | 1,
+    version: Number(x[2]),
+    pragmaOnly: x[3] as boolean,
+    bytes: Number(x[4]),
+    chunks: Number(x[5]),
+    head: (x[6] as Buffer | null) ?? null,
+    tag: (x[7] as Buffer | null) ?? null,
+    recordBytes: x[8] === null ? null : Number(x[8]),
+  };
 }
 
 function reply(r: PgReply): void {
