@@ -531,18 +531,25 @@ describe('encrypted: compaction', () => {
 });
 
 describe('encrypted: what is refused', () => {
-  it('--format v1 --encrypt, and remote destinations (not yet): refused before anything is made', () => {
+  it('--format v1 --encrypt, socket: (never: the reference protocol stores statements) and clnvault:// (not yet): refused before anything is made', () => {
     const dir = tmp('clnvault-enc-refuse-');
     const net = join(dir, 'net');
     mkdirSync(net);
     const v1 = cli(['init', '--encrypt', '--key-file', join(dir, 'k'), '--format', 'v1', `file://${join(dir, 'b.bkp')}`], dir);
     assert.equal(v1.code, 2);
     assert.match(v1.stderr, /--format v1 cannot be encrypted/);
-    for (const url of ['socket:127.0.0.1:9', 'clnvault://node@127.0.0.1:9', 'postgresql://u@127.0.0.1:9/db?backup=n']) {
+    for (const [url, why] of [
+      ['socket:127.0.0.1:9', /a socket: backup cannot be encrypted: the reference protocol sends the SQL statements themselves.*clnvault:\/\//],
+      ['clnvault://node@127.0.0.1:9', /encrypted backups are not supported yet for this destination/],
+    ] as const) {
       const r = cli(['init', '--encrypt', '--key-file', join(dir, 'k'), '--lightning-dir', net, url], dir);
       assert.equal(r.code, 2, `${url}: ${r.stderr}`);
-      assert.match(r.stderr, /encrypted backups are not supported yet for this destination/);
+      assert.match(r.stderr, why);
+      assert.equal(r.stderr.trim().split('\n').length, 1, r.stderr);
     }
+    // postgresql: is encrypted (test/postgres-encryption.test.ts); a server that cannot be reached leaves no key file behind
+    const pgr = cli(['init', '--encrypt', '--key-file', join(dir, 'k'), '--lightning-dir', net, 'postgresql://u@127.0.0.1:9/db?backup=n'], dir);
+    assert.notEqual(pgr.code, 0, pgr.stderr);
     const noDir = cli(['init', '--encrypt', `file://${join(dir, 'c.bkp')}`], dir);
     assert.equal(noDir.code, 2);
     assert.match(noDir.stderr, /hsm_secret.*--lightning-dir/);

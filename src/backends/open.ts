@@ -97,11 +97,23 @@ export interface WriterOptions {
   key?: KeyLike | null;
 }
 
-/** Encryption is implemented for file: v2 and postgresql: backups; elsewhere it is refused rather than silently dropped. */
+/**
+ * Encryption is implemented for file: v2 and postgresql: backups; elsewhere it is refused rather than
+ * silently dropped. socket: can never have it: the reference protocol carries SQL statements, and a
+ * `backup-cli server` (or `clnvault server FILE HOST:PORT`) stores them as such.
+ */
 export function encryptionNotYet(url: string): UrlError {
+  const shown = url.replace(/:[^:@/]*@/, ':***@');
+  if (/^socket:/i.test(url)) {
+    return new UrlError(
+      `${shown}: a socket: backup cannot be encrypted: the reference protocol sends the SQL statements themselves, which the ` +
+        `server stores in clear; use clnvault's own mode (clnvault://NODE@HOST:PORT, 'clnvault server --dir') once it carries ` +
+        `encrypted records, or an encrypted file: or postgresql: backup (docs/encryption.md)`,
+    );
+  }
   return new UrlError(
-    `${url.replace(/:[^:@/]*@/, ':***@')}: encrypted backups are not supported yet for this destination (only file: backups in format v2 ` +
-      `and postgresql: backups); it would store the records in clear`,
+    `${shown}: encrypted backups are not supported yet for this destination (only file: backups in format v2 ` +
+      `and postgresql: backups); it would store the records in clear (docs/encryption.md)`,
   );
 }
 
