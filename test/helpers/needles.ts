@@ -20,7 +20,9 @@ export function sessionNeedles(cln: string, transcripts: string[]): Buffer[] {
         if (s.length >= 24) set.add(s.slice(0, 48));
         for (const m of s.matchAll(/'((?:[^']|'')*)'/g)) if (m[1]!.length >= 8) set.add(m[1]!.slice(0, 64));
         for (const m of s.matchAll(/[xX]'([0-9a-fA-F]{16,})'/g)) {
-          set.add(m[1]!.slice(0, 64));
+          // as text, when distinctive: a run like "1000000000000000" also appears where a dump shows a
+          // record's fields in hex (a zero link after a time), which says nothing about the statements
+          if (new Set(m[1]!.slice(0, 64).toLowerCase()).size >= 6) set.add(m[1]!.slice(0, 64));
           // raw bytes (a snapshot holds blobs as bytes), when not a run of zeros a record's fields could hold too
           const b = Buffer.from(m[1]!.slice(0, 64), 'hex');
           if (new Set(b).size >= 6) raw.push(b);
