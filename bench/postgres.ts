@@ -8,8 +8,11 @@
  *    Rounds alternate floor and plugin, so both see the same load. Target: hook p50 within 1.2x the floor's.
  * 2. twenty nodes writing at once: twenty plugin processes, each driven by its own thread, into one
  *    database: aggregate writes/s and p99 per node.
+ * 3. with --encrypt, each round also drives an encrypted backup (init --encrypt --key-file, the plugin
+ *    encrypting every change before it leaves the process) right after the plaintext one: its hook p50 and
+ *    plugin CPU per write beside the plaintext hook's, same rounds, same load (docs/encryption.md, "Cost").
  *
- *   node dist/bench/postgres.js [--n N] [--rounds R] [--warmup W] [--nodes K] [--per-node N] [--bytes B]
+ *   node dist/bench/postgres.js [--n N] [--rounds R] [--warmup W] [--nodes K] [--per-node N] [--bytes B] [--encrypt]
  */
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { loadavg, tmpdir } from 'node:os';
@@ -104,14 +107,15 @@ if (!isMainThread) {
   parentPort!.postMessage(drive(workerData as NodeJob));
 }
 
-async function newNode(server: PgServer, root: string, name: string): Promise<string> {
+async function newNode(server: PgServer, root: string, name: string, encrypt = false): Promise<string> {
   await server.createNodeRole(name, `pw-${name}`);
   const netDir = join(root, name);
   mkdirSync(netDir);
   const url = server.url(name, `pw-${name}`, name);
-  const r = await runCli(['init', url], { cwd: root });
+  const keyFile = join(root, `${name}.key`);
+  const r = await runCli(['init', ...(encrypt ? ['--encrypt', '--key-file', keyFile] : []), url], { cwd: root });
   if (r.code !== 0) throw new Error(`init failed: ${r.stderr}`);
-  writeFileSync(join(netDir, 'backup.lock'), JSON.stringify({ backend_url: url }));
+  writeFileSync(join(netDir, 'backup.lock'), JSON.stringify(encrypt ? { backend_url: url, encrypt: { key_file: keyFile } } : { backend_url: url }));
   return netDir;
 }
 
@@ -161,9 +165,11 @@ export interface PgBenchResult {
   cpu: { floorClient: number; floorBackend: number; plugin: number; hookBackend: number };
   many: { nodes: number; writesPerSec: number; wallWritesPerSec: number; p99PerNodeUs: { min: number; median: number; max: number } };
   load: number[];
+  /** --encrypt: the encrypted backup's hook beside the plaintext one, per round */
+  encrypted: { hookUs: Summary; rounds: Array<{ plainP50: number; encP50: number; ratio: number }>; medianRatio: number; pluginCpu: number } | null;
 }
 
-export async function benchPostgres(opts: { n: number; rounds: number; nodes: number; perNode: number; bytes: number; warmup: number }): Promise<PgBenchResult> {
+export async function benchPostgres(opts: { n: number; rounds: number; nodes: number; perNode: number; bytes: number; warmup: number; encrypt?: boolean }): Promise<PgBenchResult> {
   const server = await PgServer.start();
   const root = mkdtempSync(join(tmpdir(), 'clnvault-pgbench-'));
   try {
@@ -175,6 +181,9 @@ export async function benchPostgres(opts: { n: number; rounds: number; nodes: nu
     const load = [loadavg()[0]!];
     const rounds: PgBenchResult['rounds'] = [];
     const cpus: Array<PgBenchResult['cpu']> = [];
+    const encLat: number[] = [];
+    const encRounds: NonNullable<PgBenchResult['encrypted']>['rounds'] = [];
+    const encCpu: number[] = [];
     for (let r = 0; r < opts.rounds; r++) {
       const f = await floor(server, opts.n, opts.bytes);
       floorLat.push(...f.lat);
@@ -185,6 +194,14 @@ export async function benchPostgres(opts: { n: number; rounds: number; nodes: nu
       const hp = summarize(h.lat).p50;
       rounds.push({ floorP50: fp, hookP50: hp, ratio: hp / fp });
       cpus.push({ floorClient: f.clientCpuUs, floorBackend: f.backendCpuUs, plugin: h.pluginCpuUs, hookBackend: h.backendCpuUs });
+      if (opts.encrypt) {
+        const ne = await newNode(server, root, `enc${r}`, true);
+        const e = await driveMeasured(server, `enc${r}`, { netDir: ne, n: opts.n + opts.warmup, warmup: opts.warmup, bytes: opts.bytes });
+        encLat.push(...e.lat);
+        const ep = summarize(e.lat).p50;
+        encRounds.push({ plainP50: hp, encP50: ep, ratio: ep / hp });
+        encCpu.push(e.pluginCpuUs);
+      }
     }
     load.push(loadavg()[0]!);
     const jobs: NodeJob[] = [];
@@ -217,6 +234,7 @@ export async function benchPostgres(opts: { n: number; rounds: number; nodes: nu
         p99PerNodeUs: { min: p99s[0]!, median: p99s[Math.floor(p99s.length / 2)]!, max: p99s[p99s.length - 1]! },
       },
       load,
+      encrypted: opts.encrypt ? { hookUs: summarize(encLat), rounds: encRounds, medianRatio: med(encRounds.map((x) => x.ratio)), pluginCpu: med(encCpu) } : null,
     };
   } finally {
     await server.stop();
@@ -243,6 +261,7 @@ if (isMainThread && process.argv[1] === fileURLToPath(import.meta.url)) {
       bytes: { type: 'string', default: '1024' },
       // the plugin lives as long as the node; V8 tiers its per-call code up over the first few thousand calls
       warmup: { type: 'string', default: '3000' },
+      encrypt: { type: 'boolean', default: false },
     },
   });
   if (findPgBin() === null) {
@@ -256,6 +275,7 @@ if (isMainThread && process.argv[1] === fileURLToPath(import.meta.url)) {
     perNode: Number(values['per-node']),
     bytes: Number(values.bytes),
     warmup: Number(values.warmup),
+    encrypt: values.encrypt === true,
   });
   console.log(`uptime at the end: ${uptime()}`);
   console.log(`PostgreSQL destination, ${values.bytes}-byte batches, load ${r.load.map((l) => l.toFixed(2)).join(' -> ')}`);
@@ -271,5 +291,11 @@ if (isMainThread && process.argv[1] === fileURLToPath(import.meta.url)) {
     `  ${r.many.nodes} nodes at once: ${Math.round(r.many.writesPerSec)} writes/s in total (${Math.round(r.many.wallWritesPerSec)}/s with start-ups); p99 per node ` +
       `min ${fmtUs(r.many.p99PerNodeUs.min)} median ${fmtUs(r.many.p99PerNodeUs.median)} max ${fmtUs(r.many.p99PerNodeUs.max)}`,
   );
+  if (r.encrypted) {
+    const e = r.encrypted;
+    console.log(`  encrypted backup: hook p50 ${fmtUs(e.hookUs.p50)}  p99 ${fmtUs(e.hookUs.p99)}; plugin CPU per write ${fmtUs(e.pluginCpu)} (plaintext ${fmtUs(r.cpu.plugin)})`);
+    for (const [i, x] of e.rounds.entries()) console.log(`    round ${i + 1}: plaintext hook p50 ${fmtUs(x.plainP50)}, encrypted ${fmtUs(x.encP50)}: ${x.ratio.toFixed(2)}x`);
+    console.log(`  median of the rounds' encrypted/plaintext ratios: ${e.medianRatio.toFixed(2)}x`);
+  }
   console.log(JSON.stringify(r));
 }

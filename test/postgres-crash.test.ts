@@ -24,24 +24,25 @@ function newNode(netDir: string, hookSafetyTimeoutMs: number): SimNode {
   return n;
 }
 
-async function setUp(name: string, remoteTimeout: number): Promise<{ dir: string; netDir: string; url: string }> {
+async function setUp(name: string, remoteTimeout: number, encrypt = false): Promise<{ dir: string; netDir: string; url: string; keyArgs: string[] }> {
   const dir = mkdtempSync(join(tmpdir(), 'clnvault-pgcrash-'));
   dirs.push(dir);
   const netDir = join(dir, 'regtest');
   mkdirSync(netDir);
   await server.createNodeRole(name, `pw-${name}`);
   const url = server.url(name, `pw-${name}`, name);
-  const init = await runCli(['init', '--lightning-dir', netDir, url], { cwd: dir });
+  const keyArgs = encrypt ? ['--key-file', join(dir, 'backup.key')] : [];
+  const init = await runCli(['init', '--lightning-dir', netDir, ...(encrypt ? ['--encrypt', ...keyArgs] : []), url], { cwd: dir });
   assert.equal(init.code, 0, show(init));
   const lock = JSON.parse(readFileSync(join(netDir, 'backup.lock'), 'utf8')) as Record<string, unknown>;
   writeFileSync(join(netDir, 'backup.lock'), JSON.stringify({ ...lock, remote_timeout: remoteTimeout }));
-  return { dir, netDir, url };
+  return { dir, netDir, url, keyArgs };
 }
 
-async function restoredEqualsNode(dir: string, url: string, node: SimNode): Promise<void> {
+async function restoredEqualsNode(dir: string, url: string, node: SimNode, keyArgs: string[] = []): Promise<void> {
   const dest = join(dir, `restored-${Date.now()}`);
   mkdirSync(dest);
-  const r = await runCli(['restore', url, dest], { cwd: dir });
+  const r = await runCli(['restore', ...keyArgs, url, dest], { cwd: dir });
   assert.equal(r.code, 0, show(r));
   assert.equal(dump(join(dest, 'lightningd.sqlite3')), dump(node.dbPath));
 }
@@ -61,28 +62,31 @@ describe('PostgreSQL killed mid-write', { skip: PG_SKIP }, () => {
     for (const d of dirs) rmSync(d, { recursive: true, force: true });
   });
 
-  it('SIGKILL and restart within remote_timeout: the write in flight lands, nothing acknowledged is lost', { timeout: 300_000 }, async () => {
-    const { dir, url } = await setUp('crash_back', 60);
-    const node = newNode(join(dir, 'regtest'), 120_000);
-    await node.boot();
-    let n = 0;
-    for (let round = 0; round < 5; round++) {
-      for (let k = 0; k < 20; k++) assert.equal((await node.transaction(tx(n++))).answered, 'continue');
-      // the write goes out, and the server dies some microseconds to milliseconds into it
-      const inFlight = node.transaction(tx(n++));
-      await new Promise((r) => setTimeout(r, round));
-      await server.kill();
-      await new Promise((r) => setTimeout(r, 500));
-      await server.run();
-      const res = await inFlight;
-      assert.equal(res.answered, 'continue', `round ${round}: ${JSON.stringify(res)}\n${node.stderr.slice(-2000)}`);
-      for (let k = 0; k < 5; k++) assert.equal((await node.transaction(tx(n++))).answered, 'continue');
-      await restoredEqualsNode(dir, url, node);
-    }
-    await node.stop();
-    assert.deepEqual(node.violations, []);
-    await restoredEqualsNode(dir, url, node);
-  });
+  // encrypted: the write in flight is the same ciphertext record when it is sent again, and the chain goes on
+  for (const encrypt of [false, true]) {
+    it(`SIGKILL and restart within remote_timeout: the write in flight lands, nothing acknowledged is lost${encrypt ? ' (encrypted backup)' : ''}`, { timeout: 300_000 }, async () => {
+      const { dir, url, keyArgs } = await setUp(encrypt ? 'crash_back_enc' : 'crash_back', 60, encrypt);
+      const node = newNode(join(dir, 'regtest'), 120_000);
+      await node.boot();
+      let n = 0;
+      for (let round = 0; round < (encrypt ? 3 : 5); round++) {
+        for (let k = 0; k < 20; k++) assert.equal((await node.transaction(tx(n++))).answered, 'continue');
+        // the write goes out, and the server dies some microseconds to milliseconds into it
+        const inFlight = node.transaction(tx(n++));
+        await new Promise((r) => setTimeout(r, round));
+        await server.kill();
+        await new Promise((r) => setTimeout(r, 500));
+        await server.run();
+        const res = await inFlight;
+        assert.equal(res.answered, 'continue', `round ${round}: ${JSON.stringify(res)}\n${node.stderr.slice(-2000)}`);
+        for (let k = 0; k < 5; k++) assert.equal((await node.transaction(tx(n++))).answered, 'continue');
+        await restoredEqualsNode(dir, url, node, keyArgs);
+      }
+      await node.stop();
+      assert.deepEqual(node.violations, []);
+      await restoredEqualsNode(dir, url, node, keyArgs);
+    });
+  }
 
   it('the session killed while idle: the next write reconnects, takes the writer lease again, and lands', { timeout: 120_000 }, async () => {
     const { dir, url } = await setUp('idle_kill', 30);

@@ -185,6 +185,37 @@ describe('encrypted postgresql: backups', { skip: PG_SKIP }, () => {
     assert.ok(findNeedles(plain.dumpText, needles).length > 10, 'the search finds a plaintext backup\'s statements');
   });
 
+  it('the plugin\'s re-baseline stores an encrypted multi-chunk snapshot (3 MiB blob) that restores exactly, and the chain goes on after it', { timeout: 240_000 }, async () => {
+    const e = await encrypted('rebaseline', ['session-basic/hooks.jsonl']);
+    const node = new SimNode({ netDir: e.netDir, hookSafetyTimeoutMs: 60_000 });
+    // committed without the hook (what lightningd does after plugins stopped): the node is now ahead
+    node.commitWithoutHook(["INSERT INTO vars (name, blobval) VALUES ('pg-enc-big', randomblob(3145728))"]);
+    try {
+      await node.boot();
+      assert.match(node.stderr + JSON.stringify(node.logs), /re-baselined/);
+      for (let k = 0; k < 3; k++) assert.equal((await node.transaction([`INSERT INTO vars (name, intval) VALUES ('enc-after-${k}', ${k})`])).answered, 'continue');
+    } finally {
+      await node.stop();
+    }
+    const c = await server.superClient();
+    try {
+      const r = await c.query(
+        `SELECT count(*) AS n FROM clnvault.snapshot_chunks s JOIN clnvault.backups b ON b.id = s.backup_id WHERE b.name = $1`,
+        [e.backup],
+      );
+      assert.ok(Number(r.rows[0].n) >= 4, JSON.stringify(r.rows));
+    } finally {
+      await c.end();
+    }
+    const { dest, r } = await restore(e);
+    assert.equal(r.code, 0, show(r));
+    assert.equal(dump(join(dest, 'lightningd.sqlite3')), dump(node.dbPath));
+    // the scratch ciphertext of the snapshot was removed from the network directory
+    assert.deepEqual(readdirSync(e.netDir).filter((f) => f.includes('ciphertext') || f.includes('rebaseline')), []);
+    const v = await runCli(['verify', '--key-file', e.keyFile, e.url], { cwd: e.dir });
+    assert.equal(v.code, 0, show(v));
+  });
+
   describe('a hostile cluster operator', () => {
     let e: Enc;
     let other: Enc;

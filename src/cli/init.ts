@@ -68,7 +68,9 @@ Options:
                        node's DB is ahead of the backup instead of snapshotting it
   --encrypt            encrypt every record (AES-256-GCM, docs/encryption.md). The key is
                        derived from the node's seed (DIR/hsm_secret, so --lightning-dir is
-                       needed) unless --key-file is given. file: URLs in format v2 only
+                       needed) unless --key-file is given. file: URLs in format v2 and
+                       postgresql: URLs (the database holds only ciphertext); refused for
+                       socket: (the reference protocol sends statements) and clnvault://
   --key-file PATH      with --encrypt: use this key file (made with 'clnvault keygen PATH';
                        created here when it does not exist). Keep a copy away from the node:
                        without it the backup cannot be restored
