@@ -18,7 +18,8 @@ export function sessionNeedles(cln: string, transcripts: string[]): Buffer[] {
       for (const s of o.writes ?? []) {
         // the statement itself, and its distinctive start (table and columns)
         if (s.length >= 24) set.add(s.slice(0, 48));
-        for (const m of s.matchAll(/'((?:[^']|'')*)'/g)) if (m[1]!.length >= 8) set.add(m[1]!.slice(0, 64));
+        // string literals; a blob literal x'..' is the hex case below
+        for (const m of s.matchAll(/'((?:[^']|'')*)'/g)) if (m[1]!.length >= 8 && !/[xX]/.test(s[m.index! - 1] ?? '')) set.add(m[1]!.slice(0, 64));
         for (const m of s.matchAll(/[xX]'([0-9a-fA-F]{16,})'/g)) {
           // as text, when distinctive: a run like "1000000000000000" also appears where a dump shows a
           // record's fields in hex (a zero link after a time), which says nothing about the statements
