@@ -9,11 +9,21 @@ import { createServer, type Server } from 'node:http';
 import { once } from 'node:events';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
-import { SimNode } from '../src/sim/lightningd.js';
 import { runCli, scratchArea } from './helpers/cli.js';
 import { killAllPlugins } from './helpers/plugin-proc.js';
-import { killAllServers, startServer, type ServerProc } from './helpers/socket-rig.js';
+import { killAllServers, startServer } from './helpers/socket-rig.js';
 import { dump } from './helpers/sqlite.js';
+import {
+  firstWrite,
+  freePort,
+  initFile,
+  restoreDump as restoreIn,
+  rig as rigIn,
+  startNode,
+  until,
+  writes,
+  type Rig,
+} from './helpers/multi-rig.js';
 import Database from 'better-sqlite3';
 
 const area = scratchArea('clnvault-multi-');
@@ -23,103 +33,8 @@ after(async () => {
   area.cleanup();
 });
 
-async function initFile(path: string): Promise<string> {
-  const url = `file://${path}`;
-  const r = await runCli(['init', url]);
-  assert.equal(r.code, 0, r.stderr);
-  return url;
-}
-
-async function restoreDump(url: string): Promise<string> {
-  const dest = join(area.dir(), 'restored.sqlite3');
-  const r = await runCli(['restore', url, dest]);
-  assert.equal(r.code, 0, r.stderr);
-  return dump(dest);
-}
-
-interface Rig {
-  netDir: string;
-  fileUrl: string;
-  serverFile: string;
-  serverUrl: string;
-  port: number;
-  server: ServerProc;
-  socketUrl: string;
-}
-
-async function rig(lock: Record<string, unknown>): Promise<Rig> {
-  const netDir = area.dir();
-  const d = area.dir();
-  const fileUrl = await initFile(join(d, 'local.bkp'));
-  const serverFile = join(d, 'server.bkp');
-  const serverUrl = await initFile(serverFile);
-  const { proc, port } = await startServer(serverUrl);
-  const socketUrl = `socket:127.0.0.1:${port}`;
-  writeFileSync(join(netDir, 'backup.lock'), JSON.stringify({ destinations: [fileUrl, socketUrl], ...lock }));
-  return { netDir, fileUrl, serverFile, serverUrl, port, server: proc, socketUrl };
-}
-
-async function writes(node: SimNode, n: number, tag: string): Promise<void> {
-  for (let i = 0; i < n; i++) {
-    const r = await node.transaction([`INSERT INTO t(v) VALUES ('${tag}-${i}')`]);
-    assert.equal(r.answered, 'continue', JSON.stringify(r));
-  }
-}
-
-interface DestStatus {
-  url: string;
-  state: string;
-  healthy: boolean;
-  acked_version: number;
-  lag_versions: number;
-  errors: number;
-  last_error: string | null;
-  ack_latency_p50_us: number | null;
-}
-
-async function destinations(node: SimNode): Promise<DestStatus[]> {
-  const r = await node.rpc('clnvault-status');
-  return (r.result as { destinations: DestStatus[] }).destinations;
-}
-
-/** Polls (with writes, which is when the plugin takes news from its threads) until `pred` holds. */
-async function until(node: SimNode, what: string, pred: (d: DestStatus[]) => boolean, tag: string, maxMs = 20_000): Promise<DestStatus[]> {
-  const end = Date.now() + maxMs;
-  for (let i = 0; ; i++) {
-    const d = await destinations(node);
-    if (pred(d)) return d;
-    if (Date.now() > end) assert.fail(`${what}: not reached in ${maxMs} ms: ${JSON.stringify(d)}`);
-    await writes(node, 1, `${tag}-${i}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
-
-async function freePort(): Promise<number> {
-  const s = createServer();
-  s.listen(0, '127.0.0.1');
-  await once(s, 'listening');
-  const port = (s.address() as { port: number }).port;
-  s.close();
-  await once(s, 'close');
-  return port;
-}
-
-/** A fresh node's first transaction: lightningd's vars table (data_version) and a table to write to. */
-async function firstWrite(node: SimNode): Promise<void> {
-  const r = await node.dbWrite(1, [
-    'CREATE TABLE vars (name TEXT PRIMARY KEY, val TEXT, intval INTEGER)',
-    "INSERT INTO vars VALUES ('data_version', NULL, 1)",
-    'CREATE TABLE t (v TEXT)',
-  ]);
-  assert.equal(r.answered, 'continue', JSON.stringify(r));
-}
-
-async function startNode(netDir: string): Promise<SimNode> {
-  const node = new SimNode({ netDir, hookSafetyTimeoutMs: 60_000 });
-  await node.start();
-  await node.init();
-  return node;
-}
+const rig = (lock: Record<string, unknown>): Promise<Rig> => rigIn(() => area.dir(), lock);
+const restoreDump = (url: string): Promise<string> => restoreIn(url, area.dir());
 
 describe('several destinations: a local file and a clnvault server over TCP', () => {
   it('k=1: the server SIGKILLed while writes flow, the node keeps running; it catches up when back; metrics, heartbeat, notifications', { timeout: 120_000 }, async () => {

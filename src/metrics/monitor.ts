@@ -1,9 +1,9 @@
-import { closeSync, fsyncSync, openSync, renameSync, rmSync, writeSync } from 'node:fs';
+import { closeSync, existsSync, fsyncSync, openSync, renameSync, rmSync, writeSync } from 'node:fs';
 import { createServer } from 'node:http';
 import { workerData, type MessagePort } from 'node:worker_threads';
 import { attachShared, reportOf } from '../backends/multi/shared.js';
 import { readDestState, writeDestState } from '../backends/multi/state.js';
-import { DestState, F, fSlot } from '../backends/multi/shared.js';
+import { DestState, F, fSlot, tidSlot } from '../backends/multi/shared.js';
 import { fsyncDir } from '../backends/file/fsutil.js';
 import type { MonitorConfig } from '../backends/multi/writer.js';
 import { prometheusText } from './prometheus.js';
@@ -96,9 +96,24 @@ if (cfg.metrics !== undefined) {
   );
 }
 
+/**
+ * A lane whose thread ended without running any JavaScript (its heap limit) could not mark itself
+ * `error` (thread-shell.ts): found here, so status, metrics and the heartbeat tell the truth even while
+ * no db_write comes (the main thread looks too, at each message). Its thread id is negated once seen.
+ */
+function findSilentDeaths(): void {
+  for (let i = 0; i < setup.n; i++) {
+    const slot = tidSlot(setup.n, i);
+    const tid = Atomics.load(s.ints, slot);
+    if (tid <= 0 || existsSync(`/proc/self/task/${tid}`)) continue;
+    if (Atomics.compareExchange(s.ints, slot, tid, -tid) === tid) s.f[fSlot(i, F.STATE)] = DestState.Error;
+  }
+}
+
 let ticks = 0;
 const tick = (): void => {
   ticks++;
+  findSilentDeaths();
   if (ticks % 5 === 1) keepState();
   if (cfg.textfile !== undefined && ticks % 5 === 1) writeTextfile(cfg.textfile);
   if (cfg.heartbeatUrl !== undefined) void heartbeat(cfg.heartbeatUrl, (cfg.heartbeatIntervalS ?? 60) * 1000);

@@ -56,6 +56,6 @@ export function statusResult(startup: Startup, handler: DbWriteHandler): unknown
     rewinds_this_run: handler.stats.rewinds,
     rebaselined: startup.rebaselined,
     error: startup.error,
-    ...(w instanceof MultiWriter ? { ack_required: w.k, destinations: w.reports() } : {}),
+    ...(w instanceof MultiWriter ? { ack_required: w.k, destinations: w.reports(), monitor_error: w.monitorProblem() } : {}),
   };
 }

@@ -19,10 +19,12 @@ export const DestState = {
   Refused: 4,
   /** not opened yet (start-up) */
   Opening: 5,
+  /** its thread died (thread-shell.ts): holds nothing new until the plugin restarts it and re-seeds it */
+  Error: 6,
 } as const;
 export type DestState = (typeof DestState)[keyof typeof DestState];
 
-export const STATE_NAMES = ['live', 'down', 'catching-up', 'needs-snapshot', 'refused', 'opening'] as const;
+export const STATE_NAMES = ['live', 'down', 'catching-up', 'needs-snapshot', 'refused', 'opening', 'error'] as const;
 
 /** Float64 slots per destination */
 export const F = {
@@ -61,7 +63,11 @@ export const G = {
 } as const;
 const GLOBALS = 8;
 
-/** Int32 slots: ack[i] (sequence number of the newest op destination i holds), needSnapshot[i], then the bell */
+/**
+ * Int32 slots: ack[i] (sequence number of the newest op destination i holds), needSnapshot[i], the bell,
+ * then tid[i] (OS thread id of destination i's lane, 0: none; negated once it was found gone) and the
+ * monitor's tid
+ */
 export interface SharedBlock {
   n: number;
   ints: Int32Array;
@@ -70,7 +76,7 @@ export interface SharedBlock {
 
 export function allocShared(n: number): { ints: SharedArrayBuffer; f: SharedArrayBuffer } {
   return {
-    ints: new SharedArrayBuffer(4 * (2 * n + 1)),
+    ints: new SharedArrayBuffer(4 * (3 * n + 2)),
     f: new SharedArrayBuffer(8 * (n * PER_DEST + GLOBALS)),
   };
 }
@@ -82,6 +88,8 @@ export function attachShared(n: number, buf: { ints: SharedArrayBuffer; f: Share
 export const ackSlot = (i: number): number => i;
 export const snapSlot = (n: number, i: number): number => n + i;
 export const bellSlot = (n: number): number => 2 * n;
+export const tidSlot = (n: number, i: number): number => 2 * n + 1 + i;
+export const monitorTidSlot = (n: number): number => 3 * n + 1;
 export const fSlot = (i: number, k: number): number => i * PER_DEST + k;
 export const gSlot = (n: number, k: number): number => n * PER_DEST + k;
 

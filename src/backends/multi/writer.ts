@@ -1,8 +1,5 @@
-import { copyFileSync, existsSync, linkSync, rmSync } from 'node:fs';
-import { createRequire } from 'node:module';
+import { copyFileSync, linkSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
-import type { MessagePort, Worker } from 'node:worker_threads';
 import type { BackupStats, BackupWriter } from '../backend.js';
 import { BackupError, type BackupFormat, type Problem } from '../../engine/entries.js';
 import { isRemoteUrl, openWriter } from '../open.js';
@@ -10,6 +7,7 @@ import { redact } from '../postgres/url.js';
 import { serialDiff, u32 } from '../../engine/versions.js';
 import { applyChange, applySnapshot, ForeignError, GapError } from './apply.js';
 import type { LaneSetup } from './lane.js';
+import type { ThreadMarks } from './thread-shell.js';
 import {
   ackSlot,
   allocShared,
@@ -25,6 +23,8 @@ import {
   recordLatency,
   reportOf,
   snapSlot,
+  monitorTidSlot,
+  tidSlot,
   type DestReport,
   type LaneNote,
   type LaneOp,
@@ -32,6 +32,7 @@ import {
 } from './shared.js';
 import { readDestState, STATE_FILE, writeDestState } from './state.js';
 import { takeLiveSnapshot } from './reseed.js';
+import { dropThread, startThread, threadGone, workerFile, wt, type WatchedThread } from './threads.js';
 
 /**
  * Several destinations behind the one BackupWriter interface (docs/destinations.md). A write is handed
@@ -69,7 +70,12 @@ interface Dest {
   url: string;
   shown: string;
   local: BackupWriter | null;
-  lane: { worker: Worker; port: MessagePort } | null;
+  lane: WatchedThread | null;
+  /** its lane's thread died: when it is restarted (ms since the epoch), and the delay after the next death */
+  restartAt: number | null;
+  restartDelayMs: number;
+  /** the newest version it was known to hold before its lane (re)started: a rollback check for the new lane */
+  knownHead: number | null;
   opened: boolean;
   trusted: boolean;
   lastError: string | null;
@@ -83,20 +89,11 @@ export interface HealthChange {
 }
 
 const DEFAULT_MAX_QUEUE_BYTES = 64 * 1024 * 1024;
-
-let wtModule: typeof import('node:worker_threads') | null = null;
-function wt(): typeof import('node:worker_threads') {
-  return (wtModule ??= createRequire(import.meta.url)('node:worker_threads') as typeof import('node:worker_threads'));
-}
-
-/** lane.js / monitor.js beside this module, or (from the plugin bundle in dist/src/plugin/) under ../backends, ../metrics */
-function workerFile(candidates: string[]): string {
-  for (const rel of candidates) {
-    const p = fileURLToPath(new URL(rel, import.meta.url));
-    if (existsSync(p)) return p;
-  }
-  throw new Error(`cannot find ${candidates[0]} next to ${fileURLToPath(import.meta.url)}; reinstall clnvault`);
-}
+/** how often, at most, the main thread looks for the lanes' threads in /proc (a stat each) */
+const PROBE_MS = 1000;
+/** a dead thread is restarted after this, doubling at each death up to the maximum */
+const RESTART_FIRST_MS = 2000;
+const RESTART_MAX_MS = 5 * 60_000;
 
 export class MultiWriter implements BackupWriter {
   format: BackupFormat;
@@ -108,8 +105,12 @@ export class MultiWriter implements BackupWriter {
   private logical = 0;
   private empty = true;
   private snapshotHead = false;
-  private monitor: Worker | null = null;
-  private monitorPort: MessagePort | null = null;
+  private monitor: WatchedThread | null = null;
+  /** why the monitor thread is not running (null: it is), and when it is restarted */
+  private monitorError: string | null = null;
+  private monitorRestartAt: number | null = null;
+  private monitorRestartDelayMs = RESTART_FIRST_MS;
+  private nextProbe = 0;
   private readonly statePath: string;
   private scratchN = 0;
   private closed = false;
@@ -125,6 +126,9 @@ export class MultiWriter implements BackupWriter {
       shown: redact(url),
       local: null,
       lane: null,
+      restartAt: null,
+      restartDelayMs: RESTART_FIRST_MS,
+      knownHead: null,
       opened: false,
       trusted: true,
       lastError: null,
@@ -225,27 +229,103 @@ export class MultiWriter implements BackupWriter {
 
   private startLane(i: number, knownHead: number | null, needSnapshot: boolean): void {
     const d = this.dests[i]!;
-    const { MessageChannel, Worker } = wt();
-    const { port1, port2 } = new MessageChannel();
-    const setup: LaneSetup = {
+    d.knownHead = knownHead;
+    const setup: Omit<LaneSetup, 'port'> = {
       index: i,
       n: this.s.n,
       url: d.url,
       cwd: this.opts.cwd,
       remoteTimeoutMs: this.opts.remoteTimeoutMs,
       shared: this.sharedBuf,
-      port: port2,
       knownHead,
       needSnapshot,
       maxQueueBytes: this.opts.maxQueueBytes ?? DEFAULT_MAX_QUEUE_BYTES,
       ...(this.opts.segmentBytes !== undefined ? { segmentBytes: this.opts.segmentBytes } : {}),
     };
-    const worker = new Worker(workerFile(['./lane.js', '../backends/multi/lane.js']), { workerData: setup, transferList: [port2] });
-    worker.unref();
-    // a lane that dies stops acknowledging, which the hook's wait for k already handles
-    worker.on('error', () => {});
-    port1.unref();
-    d.lane = { worker, port: port1 };
+    try {
+      d.lane = startThread(workerFile(['./lane.js', '../backends/multi/lane.js']), { ...setup }, this.marks(fSlot(i, F.STATE), tidSlot(this.s.n, i)));
+    } catch (e) {
+      // a missing file: seen like a lane that died at once, restarted later
+      d.lane = null;
+      this.laneDied(i, `its thread could not be started: ${(e as Error).message}`);
+    }
+  }
+
+  private marks(stateSlot: number | null, tid: number): ThreadMarks {
+    return { ints: this.sharedBuf.ints, bell: bellSlot(this.s.n), tidSlot: tid, f: this.sharedBuf.f, stateSlot, errorState: DestState.Error };
+  }
+
+  /**
+   * Destination i's lane thread is gone (`why`): from now on it holds nothing new and is not counted for
+   * acknowledgements; it is `error` for status, metrics and the heartbeat (thread-shell.ts marked it so
+   * already when any JavaScript ran at its end). Restarted later (restartThreads), then re-seeded: what
+   * it had queued died with it.
+   */
+  private laneDied(i: number, why: string): void {
+    const d = this.dests[i]!;
+    if (d.lane !== null) {
+      this.drainLane(d);
+      dropThread(d.lane);
+      d.lane = null;
+    }
+    this.s.f[fSlot(i, F.STATE)] = DestState.Error;
+    this.s.f[fSlot(i, F.ERRORS)]! += 1;
+    Atomics.store(this.s.ints, snapSlot(this.s.n, i), 0);
+    d.lastError = `its thread died: ${why}`;
+    d.restartAt = Date.now() + d.restartDelayMs;
+    this.opts.log(
+      'error',
+      `destination ${d.shown}: its thread DIED (${why}). It takes no writes and is not counted for acknowledgements until it is ` +
+        `restarted in ${Math.round(d.restartDelayMs / 1000)} s and re-seeded with a snapshot`,
+    );
+    d.restartDelayMs = Math.min(d.restartDelayMs * 2, RESTART_MAX_MS);
+  }
+
+  /** Finds lanes (and the monitor) whose thread ended; `probe`: look in /proc too (rate-limited by the caller). */
+  private checkThreads(probe: boolean): void {
+    for (let i = 0; i < this.dests.length; i++) {
+      const d = this.dests[i]!;
+      if (d.lane === null) continue;
+      const why = threadGone(d.lane, probe);
+      if (why !== null) this.laneDied(i, why);
+    }
+    if (this.monitor !== null) {
+      const why = threadGone(this.monitor, probe);
+      if (why !== null) {
+        this.drainMonitor();
+        dropThread(this.monitor);
+        this.monitor = null;
+        this.monitorError = why;
+        this.monitorRestartAt = Date.now() + this.monitorRestartDelayMs;
+        this.opts.log(
+          'error',
+          `the monitor thread DIED (${why}): metrics, the heartbeat and ${STATE_FILE} stop until it is restarted in ` +
+            `${Math.round(this.monitorRestartDelayMs / 1000)} s`,
+        );
+        this.monitorRestartDelayMs = Math.min(this.monitorRestartDelayMs * 2, RESTART_MAX_MS);
+      }
+    }
+  }
+
+  /** Between messages (never inside a hook's wait): starts again the threads that died, once their delay passed. */
+  private restartThreads(): void {
+    const now = Date.now();
+    for (let i = 0; i < this.dests.length; i++) {
+      const d = this.dests[i]!;
+      if (d.restartAt === null || now < d.restartAt || d.lane !== null) continue;
+      d.restartAt = null;
+      // what it held (it may have been written to until it died): a rollback check for the new thread
+      const held = d.opened ? this.s.f[fSlot(i, F.HEAD)]! : d.knownHead;
+      this.opts.log('info', `destination ${d.shown}: restarting its thread`);
+      this.s.f[fSlot(i, F.STATE)] = DestState.NeedsSnapshot;
+      Atomics.store(this.s.ints, snapSlot(this.s.n, i), 1);
+      this.startLane(i, held, true);
+    }
+    if (this.monitorRestartAt !== null && now >= this.monitorRestartAt) {
+      this.monitorRestartAt = null;
+      this.opts.log('info', 'restarting the monitor thread');
+      this.startMonitor();
+    }
   }
 
   /** A local file whose write failed (or that is not trusted) goes to a lane that retries and catches up. */
@@ -280,26 +360,35 @@ export class MultiWriter implements BackupWriter {
   }
 
   private startMonitor(): void {
-    const { Worker, MessageChannel } = wt();
-    const { port1, port2 } = new MessageChannel();
     try {
-      this.monitor = new Worker(workerFile(['../../metrics/monitor.js', '../metrics/monitor.js']), {
-        workerData: {
+      this.monitor = startThread(
+        workerFile(['../../metrics/monitor.js', '../metrics/monitor.js']),
+        {
           n: this.s.n,
           shown: this.dests.map((d) => d.shown),
           shared: this.sharedBuf,
           statePath: this.statePath,
           config: this.opts.monitor ?? {},
-          port: port2,
         },
-        transferList: [port2],
-      });
-      this.monitor.unref();
-      this.monitor.on('error', () => {});
-      port1.unref();
-      this.monitorPort = port1;
+        this.marks(null, monitorTidSlot(this.s.n)),
+      );
+      this.monitorError = null;
     } catch (e) {
+      this.monitorError = `could not be started: ${(e as Error).message}`;
       this.opts.log('warn', `could not start the monitor thread (metrics, heartbeat, progress file): ${(e as Error).message}`);
+    }
+  }
+
+  /** null while the monitor thread runs, else why it does not (for status) */
+  monitorProblem(): string | null {
+    return this.monitorError;
+  }
+
+  private drainMonitor(): void {
+    const { receiveMessageOnPort } = wt();
+    for (let m; this.monitor !== null && (m = receiveMessageOnPort(this.monitor.port)) !== undefined; ) {
+      const l = m.message as { level: 'info' | 'warn' | 'error'; message: string };
+      this.opts.log(l.level, l.message);
     }
   }
 
@@ -308,27 +397,35 @@ export class MultiWriter implements BackupWriter {
    * handles: this thread's event loop does not run, so nothing arrives otherwise.
    */
   drain(): void {
+    this.drainMonitor();
+    for (const d of this.dests) this.drainLane(d);
+    this.checkThreads(this.probeDue());
+    if (!this.closed) this.restartThreads();
+  }
+
+  private probeDue(): boolean {
+    const now = Date.now();
+    if (now < this.nextProbe) return false;
+    this.nextProbe = now + PROBE_MS;
+    return true;
+  }
+
+  private drainLane(d: Dest): void {
+    if (d.lane === null) return;
     const { receiveMessageOnPort } = wt();
-    for (let m; this.monitorPort !== null && (m = receiveMessageOnPort(this.monitorPort)) !== undefined; ) {
-      const l = m.message as { level: 'info' | 'warn' | 'error'; message: string };
-      this.opts.log(l.level, l.message);
-    }
-    for (let i = 0; i < this.dests.length; i++) {
-      const d = this.dests[i]!;
-      if (d.lane === null) continue;
-      for (;;) {
-        const m = receiveMessageOnPort(d.lane.port);
-        if (m === undefined) break;
-        const n = m.message as LaneNote;
-        if (n.t === 'opened') {
-          d.opened = true;
-          d.trusted = n.trusted;
-          this.laneEmpty[i] = n.empty;
-        } else if (n.t === 'open-failed') d.lastError = n.error;
-        else if (n.t === 'log') {
-          if (n.error !== undefined) d.lastError = n.error;
-          if (n.message !== '') this.opts.log(n.level, n.message);
-        }
+    const i = this.dests.indexOf(d);
+    for (;;) {
+      const m = receiveMessageOnPort(d.lane.port);
+      if (m === undefined) break;
+      const n = m.message as LaneNote;
+      if (n.t === 'opened') {
+        d.opened = true;
+        d.trusted = n.trusted;
+        this.laneEmpty[i] = n.empty;
+      } else if (n.t === 'open-failed') d.lastError = n.error;
+      else if (n.t === 'log') {
+        if (n.error !== undefined) d.lastError = n.error;
+        if (n.message !== '') this.opts.log(n.level, n.message);
       }
     }
   }
@@ -505,7 +602,7 @@ export class MultiWriter implements BackupWriter {
       if (closed.size < lanes.length) Atomics.wait(this.s.ints, bellSlot(this.s.n), b, 100);
     }
     for (const d of lanes) void d.lane!.worker.terminate();
-    void this.monitor?.terminate();
+    if (this.monitor !== null) void this.monitor.worker.terminate();
     try {
       writeDestState(this.statePath, this.heldVersions(readDestState(this.statePath, () => {})));
     } catch (e) {
@@ -572,7 +669,11 @@ export class MultiWriter implements BackupWriter {
     this.demote(i, gap);
   }
 
-  /** Sleeps until `k` destinations hold op `seq` (`held` of them local, already done), or throws at remote_timeout. */
+  /**
+   * Sleeps until `k` destinations hold op `seq` (`held` of them local, already done), or throws at
+   * remote_timeout, or at once when too few destinations are left that could still take it (a lane whose
+   * thread died takes nothing: waiting for it would only hold lightningd up).
+   */
   private waitFor(seq: number, held: number, what: string): void {
     const k = this.opts.k;
     if (held >= k) return;
@@ -581,13 +682,19 @@ export class MultiWriter implements BackupWriter {
     const deadline = Date.now() + this.opts.remoteTimeoutMs;
     for (;;) {
       const b = Atomics.load(ints, bell);
+      // a dying lane's shell rings the bell; one that ended without a word is found in /proc
+      this.checkThreads(this.probeDue());
       let n = held;
+      let could = 0;
       for (let i = 0; i < this.dests.length; i++) {
-        if (this.dests[i]!.lane !== null && ((Atomics.load(ints, ackSlot(i)) - seq) | 0) >= 0) n++;
+        if (this.dests[i]!.lane === null) continue;
+        if (((Atomics.load(ints, ackSlot(i)) - seq) | 0) >= 0) n++;
+        else could++;
       }
       if (n >= k) return;
       const left = deadline - Date.now();
-      if (left <= 0) {
+      const hopeless = n + could < k;
+      if (left <= 0 || hopeless) {
         this.drain();
         this.s.f[gSlot(this.s.n, G.REFUSED)]! += 1;
         const why = this.dests
@@ -598,13 +705,14 @@ export class MultiWriter implements BackupWriter {
             return `${d.shown}: ${what}${!acked && d.lastError !== null ? ` (${d.lastError})` : ''}`;
           })
           .join('; ');
+        const when = hopeless ? 'and no other one can take it now,' : `after ${Math.round(this.opts.remoteTimeoutMs / 1000)} s and`;
         throw new BackupError(
-          `only ${n} of ${this.dests.length} destinations hold ${what} after ${Math.round(this.opts.remoteTimeoutMs / 1000)} s and ` +
+          `only ${n} of ${this.dests.length} destinations hold ${what} ${when} ` +
             `"ack" requires ${k}: ${why}. Bring a destination back, or lower "ack" in backup.lock, then start lightningd again`,
           this.location,
         );
       }
-      Atomics.wait(ints, bell, b, left);
+      Atomics.wait(ints, bell, b, Math.min(left, PROBE_MS));
     }
   }
 

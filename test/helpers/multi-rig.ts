@@ -1,0 +1,113 @@
+import assert from 'node:assert/strict';
+import { createServer } from 'node:http';
+import { once } from 'node:events';
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { SimNode } from '../../src/sim/lightningd.js';
+import { runCli } from './cli.js';
+import { startServer, type ServerProc } from './socket-rig.js';
+import { dump } from './sqlite.js';
+
+/**
+ * The pieces of the several-destinations tests: the built plugin under the lightningd simulator, a local
+ * file and a real `clnvault server` over TCP on 127.0.0.1, and polling of clnvault-status.
+ */
+
+export async function initFile(path: string): Promise<string> {
+  const url = `file://${path}`;
+  const r = await runCli(['init', url]);
+  assert.equal(r.code, 0, r.stderr);
+  return url;
+}
+
+export async function restoreDump(url: string, dir: string): Promise<string> {
+  const dest = join(dir, `restored-${Date.now()}-${Math.random().toString(36).slice(2)}.sqlite3`);
+  const r = await runCli(['restore', url, dest]);
+  assert.equal(r.code, 0, r.stderr);
+  return dump(dest);
+}
+
+export interface Rig {
+  netDir: string;
+  fileUrl: string;
+  serverFile: string;
+  serverUrl: string;
+  port: number;
+  server: ServerProc;
+  socketUrl: string;
+}
+
+/** A file destination and a clnvault server (socket:), listed in that order in backup.lock with `lock`'s keys. */
+export async function rig(dir: () => string, lock: Record<string, unknown>): Promise<Rig> {
+  const netDir = dir();
+  const d = dir();
+  const fileUrl = await initFile(join(d, 'local.bkp'));
+  const serverFile = join(d, 'server.bkp');
+  const serverUrl = await initFile(serverFile);
+  const { proc, port } = await startServer(serverUrl);
+  const socketUrl = `socket:127.0.0.1:${port}`;
+  writeFileSync(join(netDir, 'backup.lock'), JSON.stringify({ destinations: [fileUrl, socketUrl], ...lock }));
+  return { netDir, fileUrl, serverFile, serverUrl, port, server: proc, socketUrl };
+}
+
+export async function writes(node: SimNode, n: number, tag: string): Promise<void> {
+  for (let i = 0; i < n; i++) {
+    const r = await node.transaction([`INSERT INTO t(v) VALUES ('${tag}-${i}')`]);
+    assert.equal(r.answered, 'continue', JSON.stringify(r));
+  }
+}
+
+export interface DestStatus {
+  url: string;
+  state: string;
+  healthy: boolean;
+  acked_version: number;
+  lag_versions: number;
+  errors: number;
+  last_error: string | null;
+  ack_latency_p50_us: number | null;
+}
+
+export async function destinations(node: SimNode): Promise<DestStatus[]> {
+  const r = await node.rpc('clnvault-status');
+  return (r.result as { destinations: DestStatus[] }).destinations;
+}
+
+/** Polls (with writes, which is when the plugin takes news from its threads) until `pred` holds. */
+export async function until(node: SimNode, what: string, pred: (d: DestStatus[]) => boolean, tag: string, maxMs = 20_000): Promise<DestStatus[]> {
+  const end = Date.now() + maxMs;
+  for (let i = 0; ; i++) {
+    const d = await destinations(node);
+    if (pred(d)) return d;
+    if (Date.now() > end) assert.fail(`${what}: not reached in ${maxMs} ms: ${JSON.stringify(d)}`);
+    await writes(node, 1, `${tag}-${i}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+export async function freePort(): Promise<number> {
+  const s = createServer();
+  s.listen(0, '127.0.0.1');
+  await once(s, 'listening');
+  const port = (s.address() as { port: number }).port;
+  s.close();
+  await once(s, 'close');
+  return port;
+}
+
+/** A fresh node's first transaction: lightningd's vars table (data_version) and a table to write to. */
+export async function firstWrite(node: SimNode): Promise<void> {
+  const r = await node.dbWrite(1, [
+    'CREATE TABLE vars (name TEXT PRIMARY KEY, val TEXT, intval INTEGER)',
+    "INSERT INTO vars VALUES ('data_version', NULL, 1)",
+    'CREATE TABLE t (v TEXT)',
+  ]);
+  assert.equal(r.answered, 'continue', JSON.stringify(r));
+}
+
+export async function startNode(netDir: string, pluginPath?: string): Promise<SimNode> {
+  const node = new SimNode({ netDir, hookSafetyTimeoutMs: 60_000, ...(pluginPath !== undefined ? { pluginPath } : {}) });
+  await node.start();
+  await node.init();
+  return node;
+}
