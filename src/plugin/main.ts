@@ -2,7 +2,7 @@
 import { isAscii, isUtf8 } from 'node:buffer';
 import { resolve } from 'node:path';
 import { DbWriteHandler } from './db-write.js';
-import { log, sendContinue, sendError, sendNotification, sendResult, type RpcId } from './output.js';
+import { log, sendContinue, sendError, sendNotification, sendResult, shareStdout, type RpcId } from './output.js';
 import { MultiWriter } from '../backends/multi/writer.js';
 import { DESTINATION_NOTIFICATION } from './manifest.js';
 import { prepareBackup, runByHandText, setRemoteLog, startedByLightningd, type Startup } from './startup.js';
@@ -48,6 +48,8 @@ async function main(): Promise<void> {
   const pollMulti = (): void => {
     if (multi === null || pendingLogs !== null) return;
     multi.drain();
+    const stopped = multi.compactionPoll();
+    if (stopped !== null && stopped.id !== null) sendError(stopped.id, -32000, stopped.message);
     for (const c of multi.healthChanges()) {
       sendNotification(DESTINATION_NOTIFICATION, { ...c.report, event: c.healthy ? 'recovered' : 'behind', k: multi.k });
       log(
@@ -110,6 +112,7 @@ async function main(): Promise<void> {
         onInit(msg.params);
         sendResult(rid, {});
         compaction?.onInit();
+        multi?.enableAutoCompaction(readCompactionConfig(process.cwd()).config, (sab, abandoned) => shareStdout(new Int32Array(sab), 0, abandoned));
         // the first db_write should already find reserved space
         startup.writer?.prepare?.();
         return;
@@ -131,12 +134,13 @@ async function main(): Promise<void> {
           }
           return;
         }
-        // answered by the compaction worker when it is done; only a refusal is answered here
+        // answered by the compaction worker (several destinations: the set's compaction thread) when it
+        // is done; only a refusal is answered here
         const why =
-          startup.writer?.format === 'postgresql'
-            ? "a postgresql: backup is compacted inside the database while this plugin writes: run 'clnvault compact <backup-url>'"
-            : multi !== null
-              ? "online compaction is not available with several destinations yet: compact each file destination with 'clnvault compact URL' while lightningd is stopped"
+          multi !== null
+            ? multi.startCompaction(rid, readCompactionConfig(process.cwd()).config.history, (sab, abandoned) => shareStdout(new Int32Array(sab), 0, abandoned))
+            : startup.writer?.format === 'postgresql'
+              ? "a postgresql: backup is compacted inside the database while this plugin writes: run 'clnvault compact <backup-url>'"
               : compaction === null
               ? `the backup is not open: ${startup.error ?? 'unknown error'}`
               : compaction.start(rid);

@@ -1,15 +1,20 @@
 import { workerData, type MessagePort } from 'node:worker_threads';
 import type { BackupWriter } from '../backend.js';
 import { openWriter } from '../open.js';
+import { redact } from '../postgres/url.js';
 import { serialDiff } from '../../engine/versions.js';
 import { applyChange, applySnapshot, ForeignError, GapError, removeQuietly } from './apply.js';
+import { compactDestination, type DestCompaction, type Outcome } from './compact-dest.js';
 import {
   ackSlot,
   attachShared,
   DestState,
   F,
   fSlot,
+  G,
+  gSlot,
   nowMs,
+  STATE_NAMES,
   recordLatency,
   ring,
   snapSlot,
@@ -47,6 +52,8 @@ const setup = workerData as LaneSetup;
 const port = setup.port;
 const s: SharedBlock = attachShared(setup.n, setup.shared);
 const i = setup.index;
+/** the URL as logs and status show it (a PostgreSQL password redacted) */
+const shown = redact(setup.url);
 
 let writer: BackupWriter | null = null;
 let queue: Array<Extract<LaneOp, { t: 'change' | 'snapshot' }>> = [];
@@ -58,6 +65,8 @@ let closing = false;
 let retryMs = 250;
 let retryTimer: NodeJS.Timeout | null = null;
 let downSince: number | null = null;
+/** backup-compact is compacting this destination: writes queue, none is applied */
+let compacting = false;
 
 function note(n: LaneNote): void {
   port.postMessage(n);
@@ -65,7 +74,7 @@ function note(n: LaneNote): void {
 }
 
 function log(level: 'info' | 'warn' | 'error', message: string, error?: string): void {
-  note({ t: 'log', level, message: `destination ${setup.url}: ${message}`, ...(error !== undefined ? { error } : {}) });
+  note({ t: 'log', level, message: `destination ${shown}: ${message}`, ...(error !== undefined ? { error } : {}) });
 }
 
 function setState(st: DestState): void {
@@ -106,6 +115,11 @@ function refuse(why: string): void {
 }
 
 function onOp(op: LaneOp): void {
+  if (op.t === 'compact') {
+    // the set's compaction (compact-set.ts) says when it is this destination's turn, on this port
+    op.port.on('message', () => void compactTurn(op.port, op.history));
+    return;
+  }
   if (op.t === 'close') {
     closing = true;
     if (retryTimer !== null) clearTimeout(retryTimer);
@@ -140,7 +154,7 @@ function onOp(op: LaneOp): void {
 }
 
 function pump(): void {
-  if (writer === null || closing) return;
+  if (writer === null || closing || compacting) return;
   while (queue.length > 0) {
     const op = queue[0]!;
     try {
@@ -250,6 +264,57 @@ function open(): void {
   if (!firstOpen) log('info', `reachable again at version ${head}; replaying ${queue.length} queued write(s)`);
   setState(queue.length > 0 || !firstOpen ? DestState.CatchingUp : DestState.Live);
   pump();
+}
+
+/** How long a destination's turn waits for enough others to be live (e.g. lanes still opening) before skipping. */
+const TURN_WAIT_MS = 10_000;
+
+/** Destinations other than this one that are live now. */
+function othersLive(): number {
+  let n = 0;
+  for (let j = 0; j < s.n; j++) if (j !== i && s.f[fSlot(j, F.STATE)] === DestState.Live) n++;
+  return n;
+}
+
+/**
+ * This destination's turn in backup-compact. It is taken out of the acknowledgement count for the time
+ * of its compaction (its writes queue), so only when the others still make up "ack": writes never wait
+ * for a compaction. Answers on `reply` and tells the main thread (status).
+ */
+async function compactTurn(reply: MessagePort, history: number): Promise<void> {
+  const k = s.f[gSlot(s.n, G.K)]!;
+  // with "ack": all no destination may ever be taken out: nothing to wait for
+  const end = s.n - 1 < k ? 0 : Date.now() + TURN_WAIT_MS;
+  while ((othersLive() < k || state !== DestState.Live) && Date.now() < end && !closing) await new Promise((r) => setTimeout(r, 100));
+  let outcome: Outcome;
+  if (closing) outcome = { result: 'skipped', reason: 'the plugin is stopping' };
+  else if (state !== DestState.Live || writer === null) {
+    outcome = { result: 'skipped', reason: `it is ${STATE_NAMES[state] ?? 'not live'}: a destination is compacted only while it holds every acknowledged write` };
+  } else if (othersLive() < k) {
+    outcome = {
+      result: 'skipped',
+      reason:
+        `only ${othersLive()} other destination(s) are live and "ack" is ${k}: taking this one out for its compaction would hold writes up; ` +
+        `compact it with 'clnvault compact URL' while lightningd is stopped, or run backup-compact again when the others are back`,
+    };
+  } else {
+    compacting = true;
+    setState(DestState.Compacting);
+    log('info', 'compacting; its writes wait in its queue meanwhile and it is not counted for acknowledgements');
+    try {
+      outcome = await compactDestination(writer, setup.url, setup.cwd, history, (level, message) => log(level, message));
+    } catch (e) {
+      outcome = { result: 'failed', reason: (e as Error).message };
+    }
+    compacting = false;
+    expectHead = writer?.head() ?? expectHead;
+    if ((state as DestState) === DestState.Compacting) setState(queue.length > 0 ? DestState.CatchingUp : DestState.Live);
+    pump();
+  }
+  const full: DestCompaction = { index: i, url: shown, ...outcome, at: Date.now() };
+  note({ t: 'compacted', outcome: full });
+  reply.postMessage(full);
+  reply.close();
 }
 
 port.on('message', onOp);

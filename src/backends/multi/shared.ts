@@ -1,3 +1,5 @@
+import type { MessagePort } from 'node:worker_threads';
+import type { DestCompaction } from './compact-dest.js';
 /**
  * Memory shared between the plugin's main thread, the destination lanes (lane.ts) and the monitor
  * (src/metrics/worker.ts). The main thread blocks in read(2) between hooks and never runs its event
@@ -21,10 +23,12 @@ export const DestState = {
   Opening: 5,
   /** its thread died (thread-shell.ts): holds nothing new until the plugin restarts it and re-seeds it */
   Error: 6,
+  /** being compacted (backup-compact): holds its writes back, not counted for acknowledgements until it replayed them */
+  Compacting: 7,
 } as const;
 export type DestState = (typeof DestState)[keyof typeof DestState];
 
-export const STATE_NAMES = ['live', 'down', 'catching-up', 'needs-snapshot', 'refused', 'opening', 'error'] as const;
+export const STATE_NAMES = ['live', 'down', 'catching-up', 'needs-snapshot', 'refused', 'opening', 'error', 'compacting'] as const;
 
 /** Float64 slots per destination */
 export const F = {
@@ -76,7 +80,7 @@ export interface SharedBlock {
 
 export function allocShared(n: number): { ints: SharedArrayBuffer; f: SharedArrayBuffer } {
   return {
-    ints: new SharedArrayBuffer(4 * (3 * n + 2)),
+    ints: new SharedArrayBuffer(4 * (3 * n + 4)),
     f: new SharedArrayBuffer(8 * (n * PER_DEST + GLOBALS)),
   };
 }
@@ -90,6 +94,10 @@ export const snapSlot = (n: number, i: number): number => n + i;
 export const bellSlot = (n: number): number => 2 * n;
 export const tidSlot = (n: number, i: number): number => 2 * n + 1 + i;
 export const monitorTidSlot = (n: number): number => 3 * n + 1;
+/** the thread of a running backup-compact over the set (compact-set.ts) */
+export const compactTidSlot = (n: number): number => 3 * n + 2;
+/** 1 while a backup-compact over the set runs; whoever clears it answers the request */
+export const compactRunningSlot = (n: number): number => 3 * n + 3;
 export const fSlot = (i: number, k: number): number => i * PER_DEST + k;
 export const gSlot = (n: number, k: number): number => n * PER_DEST + k;
 
@@ -138,6 +146,8 @@ export interface DestReport {
   errors: number;
   queued: number;
   last_error: string | null;
+  /** the last backup-compact's outcome for it (this run), null if none */
+  compaction?: DestCompaction | null;
 }
 
 /**
@@ -178,10 +188,12 @@ export function reportOf(s: SharedBlock, i: number, url: string, lastError: stri
 export type LaneOp =
   | { t: 'change'; seq: number; version: number; statements: readonly string[]; repeat: boolean; at: number }
   | { t: 'snapshot'; seq: number; version: number; path: string; at: number }
+  | { t: 'compact'; port: MessagePort; history: number }
   | { t: 'close' };
 
 export type LaneNote =
   | { t: 'opened'; head: number; empty: boolean; headIsSnapshot: boolean; format: string; trusted: boolean }
   | { t: 'open-failed'; error: string }
   | { t: 'log'; level: 'info' | 'warn' | 'error'; message: string; error?: string }
+  | { t: 'compacted'; outcome: DestCompaction }
   | { t: 'closed' };

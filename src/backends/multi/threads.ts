@@ -36,7 +36,7 @@ export function workerFile(candidates: string[]): string {
  * Starts `entry` behind the shell. `data` becomes the thread's workerData (the shell adds its own keys);
  * it gets `port` (the other end of the returned one) as data.port.
  */
-export function startThread(entry: string, data: Record<string, unknown>, marks: ThreadMarks): WatchedThread {
+export function startThread(entry: string, data: Record<string, unknown>, marks: ThreadMarks, transfer: MessagePort[] = []): WatchedThread {
   const { MessageChannel, Worker } = wt();
   const { port1, port2 } = new MessageChannel();
   const life = new WorkerLife();
@@ -45,7 +45,7 @@ export function startThread(entry: string, data: Record<string, unknown>, marks:
   const shell = workerFile(['./thread-shell.js', '../backends/multi/thread-shell.js']);
   const worker = new Worker(shell, {
     workerData: { ...data, port: port2, shell: life.shellData(pathToFileURL(entry)), marks },
-    transferList: [port2],
+    transferList: [port2, ...transfer],
   });
   worker.unref();
   // never delivered while the main thread is blocked; the life area says it instead (thread-shell.ts)

@@ -1,13 +1,16 @@
-import { copyFileSync, linkSync, rmSync } from 'node:fs';
-import { join } from 'node:path';
+import { copyFileSync, linkSync, readdirSync, rmSync, statSync } from 'node:fs';
+import { basename, dirname, join } from 'node:path';
+import type { CompactionConfig } from '../../compact/config.js';
 import type { BackupStats, BackupWriter } from '../backend.js';
 import { BackupError, type BackupFormat, type Problem } from '../../engine/entries.js';
-import { isRemoteUrl, openWriter } from '../open.js';
+import { backupPath, isRemoteUrl, openWriter } from '../open.js';
 import { redact } from '../postgres/url.js';
 import { serialDiff, u32 } from '../../engine/versions.js';
 import { applyChange, applySnapshot, ForeignError, GapError } from './apply.js';
 import type { LaneSetup } from './lane.js';
 import type { ThreadMarks } from './thread-shell.js';
+import type { DestCompaction } from './compact-dest.js';
+import type { SetCompactionData, SetCompactionStep } from './compact-set.js';
 import {
   ackSlot,
   allocShared,
@@ -23,6 +26,8 @@ import {
   recordLatency,
   reportOf,
   snapSlot,
+  compactRunningSlot,
+  compactTidSlot,
   monitorTidSlot,
   tidSlot,
   type DestReport,
@@ -81,6 +86,8 @@ interface Dest {
   lastError: string | null;
   /** healthy as last told to the notification listener (null: nothing said yet) */
   toldHealthy: boolean | null;
+  /** the last backup-compact's outcome for it, this run */
+  compaction: DestCompaction | null;
 }
 
 export interface HealthChange {
@@ -94,6 +101,10 @@ const PROBE_MS = 1000;
 /** a dead thread is restarted after this, doubling at each death up to the maximum */
 const RESTART_FIRST_MS = 2000;
 const RESTART_MAX_MS = 5 * 60_000;
+/** how often, at most, the automatic compaction looks at the file destinations' sizes (a few stats) */
+const AUTO_CHECK_MS = 5000;
+/** after an automatic compaction, a destination must grow this much more before it triggers another */
+const AUTO_STEP = 16 * 1024 * 1024;
 
 export class MultiWriter implements BackupWriter {
   format: BackupFormat;
@@ -106,6 +117,18 @@ export class MultiWriter implements BackupWriter {
   private empty = true;
   private snapshotHead = false;
   private monitor: WatchedThread | null = null;
+  /** the thread of the running backup-compact (compact-set.ts), and the request it answers */
+  private compactor: { thread: WatchedThread; id: string | number | null } | null = null;
+  /** shared with the compaction thread, which writes its answer to fd 1 itself: [stdout mutex] */
+  private stdoutShared: SharedArrayBuffer | null = null;
+  /** the automatic compaction (backup.lock "compaction"), from the plugin's init on */
+  private auto: {
+    config: CompactionConfig;
+    stdout: (sab: SharedArrayBuffer, abandoned: () => boolean) => void;
+    nextAt: number;
+    /** per destination: the size below which it does not trigger (after a compaction that left it large) */
+    floor: number[];
+  } | null = null;
   /** why the monitor thread is not running (null: it is), and when it is restarted */
   private monitorError: string | null = null;
   private monitorRestartAt: number | null = null;
@@ -133,6 +156,7 @@ export class MultiWriter implements BackupWriter {
       trusted: true,
       lastError: null,
       toldHealthy: null,
+      compaction: null,
     }));
     this.location = this.dests.map((d) => d.shown).join(' + ');
     this.format = 'v2';
@@ -423,11 +447,87 @@ export class MultiWriter implements BackupWriter {
         d.trusted = n.trusted;
         this.laneEmpty[i] = n.empty;
       } else if (n.t === 'open-failed') d.lastError = n.error;
+      else if (n.t === 'compacted') d.compaction = n.outcome;
       else if (n.t === 'log') {
         if (n.error !== undefined) d.lastError = n.error;
         if (n.message !== '') this.opts.log(n.level, n.message);
       }
     }
+  }
+
+  /**
+   * backup-compact over the set (docs/destinations.md): each destination in turn, in a thread that
+   * answers `id` itself when done (null: automatic, logs only). Local files written on this thread are
+   * handed to lanes first (a lane holds a destination's writes back while it is compacted). Returns why
+   * it cannot start, or null.
+   */
+  startCompaction(id: string | number | null, history: number, stdout: (sab: SharedArrayBuffer, abandoned: () => boolean) => void): string | null {
+    this.usable();
+    const runSlot = compactRunningSlot(this.s.n);
+    if (Atomics.compareExchange(this.s.ints, runSlot, 0, 1) !== 0) return 'a compaction of the destinations is already running; wait for it to finish (progress is in the log)';
+    const steps: SetCompactionStep[] = [];
+    const ports: import('node:worker_threads').MessagePort[] = [];
+    try {
+      for (let i = 0; i < this.dests.length; i++) {
+        const d = this.dests[i]!;
+        if (d.local !== null) this.handOver(i);
+        if (d.lane === null) {
+          steps.push({ index: i, url: d.shown, skip: `it is ${this.report(i).state}${d.lastError !== null ? ` (${d.lastError})` : ''}` });
+          continue;
+        }
+        const { port1, port2 } = new (wt().MessageChannel)();
+        d.lane.port.postMessage({ t: 'compact', port: port2, history } satisfies LaneOp, [port2]);
+        steps.push({ index: i, url: d.shown, port: port1 });
+        ports.push(port1);
+      }
+      if (this.stdoutShared === null) {
+        this.stdoutShared = new SharedArrayBuffer(4);
+        stdout(this.stdoutShared, () => this.compactor === null || threadGone(this.compactor.thread, true) !== null);
+      }
+      const data: Omit<SetCompactionData, 'port'> = {
+        id,
+        steps,
+        stdout: { sab: this.stdoutShared, slot: 0 },
+        running: { sab: this.sharedBuf.ints, slot: runSlot },
+      };
+      const thread = startThread(workerFile(['./compact-set.js', '../backends/multi/compact-set.js']), { ...data }, this.marks(null, compactTidSlot(this.s.n)), ports);
+      this.compactor = { thread, id };
+    } catch (e) {
+      Atomics.store(this.s.ints, runSlot, 0);
+      for (const p of ports) p.close();
+      return `cannot start the compaction of the destinations: ${(e as Error).message}`;
+    }
+    return null;
+  }
+
+  /**
+   * At each message: the compaction thread died before answering (whoever clears "running" answers).
+   * Returns the request to answer with an error, if any.
+   */
+  compactionPoll(): { id: string | number | null; message: string } | null {
+    const c = this.compactor;
+    if (c === null) return null;
+    const why = threadGone(c.thread, this.probeDue());
+    if (why === null) return null;
+    this.compactor = null;
+    dropThread(c.thread);
+    if (Atomics.compareExchange(this.s.ints, compactRunningSlot(this.s.n), 1, 0) !== 1) return null;
+    const message = `the compaction of the destinations stopped (${why}); each destination is whole (see the log for which were compacted); run backup-compact again`;
+    this.opts.log('error', message);
+    return { id: c.id, message };
+  }
+
+  /** A local file written on this thread becomes a lane's (for its compaction): closed here, reopened there. */
+  private handOver(i: number): void {
+    const d = this.dests[i]!;
+    const held = d.local!.isEmpty() ? null : d.local!.head();
+    try {
+      d.local!.close();
+    } catch {
+      // reopened by the lane, which sees any damage
+    }
+    d.local = null;
+    this.startLane(i, held, false);
   }
 
   /** Destinations whose health changed since the last call (for the plugin's notification). */
@@ -444,7 +544,7 @@ export class MultiWriter implements BackupWriter {
   }
 
   report(i: number): DestReport {
-    return reportOf(this.s, i, this.dests[i]!.shown, this.dests[i]!.lastError);
+    return { ...reportOf(this.s, i, this.dests[i]!.shown, this.dests[i]!.lastError), compaction: this.dests[i]!.compaction };
   }
 
   reports(): DestReport[] {
@@ -561,8 +661,42 @@ export class MultiWriter implements BackupWriter {
     return { format: this.format, location: this.location, head: this.logical, entries: 0, bytes };
   }
 
+  /** From lightningd's init on (as with one destination): compactions start by themselves past the threshold. */
+  enableAutoCompaction(config: CompactionConfig, stdout: (sab: SharedArrayBuffer, abandoned: () => boolean) => void): void {
+    this.auto = { config, stdout, nextAt: 0, floor: this.dests.map(() => 0) };
+  }
+
+  /**
+   * Between hooks: when a file destination has outgrown max(min_bytes, factor x the database), the set is
+   * compacted in the background as by backup-compact (no one to answer; the log says what was done).
+   */
+  private autoCompact(): void {
+    const a = this.auto;
+    if (a === null || !a.config.auto || this.closed || Date.now() < a.nextAt) return;
+    a.nextAt = Date.now() + AUTO_CHECK_MS;
+    if (Atomics.load(this.s.ints, compactRunningSlot(this.s.n)) !== 0) return;
+    let dbSize = 0;
+    try {
+      dbSize = statSync(this.opts.dbPath).size;
+    } catch {
+      dbSize = 0;
+    }
+    const threshold = Math.max(a.config.minBytes, a.config.factor * dbSize);
+    const sizes = this.dests.map((d) => (isRemoteUrl(d.url) ? 0 : fileSetSize(backupPath(d.url, this.opts.cwd))));
+    const over = sizes.findIndex((sz, i) => sz >= threshold && sz >= a.floor[i]!);
+    if (over < 0) return;
+    for (let i = 0; i < sizes.length; i++) a.floor[i] = sizes[i]! + AUTO_STEP;
+    this.opts.log(
+      'info',
+      `destination ${this.dests[over]!.shown} is ${sizes[over]} bytes (threshold ${threshold}: max(min_bytes, ${a.config.factor} x the database)); compacting the destinations in the background`,
+    );
+    const why = this.startCompaction(null, a.config.history, a.stdout);
+    if (why !== null) this.opts.log('warn', `automatic compaction not started: ${why}`);
+  }
+
   /** Tops up the reserved space of the local file destinations (format 4), between hooks: see V2Writer.prepare. */
   prepare(): boolean {
+    this.autoCompact();
     let did = false;
     for (const d of this.dests) {
       try {
@@ -743,4 +877,17 @@ export class MultiWriter implements BackupWriter {
       rmSync(tmp, { force: true });
     }
   }
+}
+
+/** A file backup's size on disk: the file and its segment files (<file>.seg-*); 0 if it cannot be read. */
+function fileSetSize(path: string): number {
+  let total = 0;
+  try {
+    total = statSync(path).size;
+    const base = `${basename(path)}.seg-`;
+    for (const n of readdirSync(dirname(path))) if (n.startsWith(base)) total += statSync(join(dirname(path), n)).size;
+  } catch {
+    // gone or unreadable: its next write says why
+  }
+  return total;
 }

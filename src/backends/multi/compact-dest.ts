@@ -1,0 +1,149 @@
+import { Worker } from 'node:worker_threads';
+import type { BackupWriter } from '../backend.js';
+import { identityOf, type CompactOutcome } from '../../compact/compact.js';
+import type { OfflineJob, OfflineMessage } from '../../compact/offline-worker.js';
+import { leanCompactionHeap } from '../../compact/heap.js';
+import { compactPg } from '../postgres/compact.js';
+
+/**
+ * One destination's share of `backup-compact` with several destinations, run by its lane (lane.ts) while
+ * the lane holds back its writes (they queue; it is not counted for acknowledgements until it replays
+ * them). Whatever the destination supports: a file (v2/v1) is compacted as `clnvault compact` does it, in
+ * a worker thread with a capped young generation, while the lane keeps its writer (and the file's lock)
+ * open and reopens it after the swap; PostgreSQL compacts inside the database; a socket: server compacts
+ * its own file if it can (the reference does, a clnvault server refuses).
+ */
+
+export type CompactResultKind = 'compacted' | 'nothing-to-gain' | 'nothing-to-compact' | 'skipped' | 'failed';
+
+export interface DestCompaction {
+  index: number;
+  url: string;
+  result: CompactResultKind;
+  before?: { bytes: number; entries: number };
+  after?: { bytes: number; entries: number };
+  /** why it was skipped or failed, or what the server answered */
+  reason?: string;
+  elapsed_ms?: number;
+  /** when it ended (ms since the epoch) */
+  at: number;
+}
+
+/** the compaction worker's young generation (V8 nursery), MiB: as the plugin's (src/plugin/compaction.ts) */
+const COMPACT_YOUNG_GEN_MB = 3;
+
+interface FileWriter extends BackupWriter {
+  format: 'v1' | 'v2';
+  reopen(): void;
+  endOffset(): number;
+  segmentBytes?: number;
+}
+
+function isFileWriter(w: BackupWriter): w is FileWriter {
+  return typeof (w as Partial<FileWriter>).reopen === 'function' && typeof (w as Partial<FileWriter>).endOffset === 'function';
+}
+
+export type Outcome = Omit<DestCompaction, 'index' | 'url' | 'at'>;
+
+export async function compactDestination(
+  w: BackupWriter,
+  url: string,
+  cwd: string,
+  history: number,
+  log: (level: 'info' | 'warn' | 'error', message: string) => void,
+): Promise<Outcome> {
+  const t0 = Date.now();
+  if (isFileWriter(w)) {
+    const path = w.location;
+    const before = identityOf(path);
+    let outcome: CompactOutcome;
+    try {
+      outcome = await offline(
+        {
+          path,
+          end: w.endOffset(),
+          file: before,
+          opts: { format: w.format, history, onlyIfSmaller: true, ...(w.segmentBytes !== undefined ? { segmentBytes: w.segmentBytes } : {}) },
+        },
+        log,
+      );
+    } finally {
+      // the name may hold a new file even after a failure past the rename: the writer follows the name
+      w.reopen();
+    }
+    const s = outcome.stats;
+    return {
+      result: outcome.compacted ? 'compacted' : outcome.noGain ? 'nothing-to-gain' : 'nothing-to-compact',
+      before: { bytes: s.before.backupsize, entries: s.before.version_count },
+      after: { bytes: s.after.backupsize, entries: s.after.version_count },
+      elapsed_ms: Date.now() - t0,
+      ...(outcome.historyFile ? { reason: `the previous backup is kept as ${outcome.historyFile}` } : {}),
+    };
+  }
+  if (w.format === 'postgresql') {
+    const r = compactPg(url, { netDir: cwd, log: (m) => log('info', m) });
+    return {
+      result: r.compacted ? 'compacted' : 'nothing-to-compact',
+      before: { bytes: r.before.bytes, entries: r.before.entries },
+      after: { bytes: r.after.bytes, entries: r.after.entries },
+      elapsed_ms: Date.now() - t0,
+    };
+  }
+  const remote = w as BackupWriter & { compactRemote?: () => string };
+  if (typeof remote.compactRemote === 'function') {
+    let text: string;
+    try {
+      text = remote.compactRemote();
+    } catch (e) {
+      // a clnvault server refuses: its files are compacted where they are, by `clnvault compact` there
+      return { result: 'skipped', reason: `the server does not compact online: ${(e as Error).message}`, elapsed_ms: Date.now() - t0 };
+    }
+    let stats: { before?: { backupsize?: number; version_count?: number }; after?: { backupsize?: number; version_count?: number } } = {};
+    try {
+      stats = JSON.parse(text) as typeof stats;
+    } catch {
+      // not JSON: passed on as the server sent it
+    }
+    const pick = (x: { backupsize?: number; version_count?: number } | undefined): { bytes: number; entries: number } | undefined =>
+      x && typeof x.backupsize === 'number' && typeof x.version_count === 'number' ? { bytes: x.backupsize, entries: x.version_count } : undefined;
+    const before = pick(stats.before);
+    const after = pick(stats.after);
+    return {
+      result: 'compacted',
+      ...(before ? { before } : {}),
+      ...(after ? { after } : {}),
+      ...(before === undefined ? { reason: `the server answered: ${text.slice(0, 200)}` } : {}),
+      elapsed_ms: Date.now() - t0,
+    };
+  }
+  return { result: 'skipped', reason: `a ${w.format} destination has no online compaction`, elapsed_ms: Date.now() - t0 };
+}
+
+function offline(job: OfflineJob, log: (level: 'info' | 'warn' | 'error', message: string) => void): Promise<CompactOutcome> {
+  return new Promise((resolve, reject) => {
+    leanCompactionHeap();
+    const w = new Worker(new URL('../../compact/offline-worker.js', import.meta.url), {
+      workerData: job,
+      resourceLimits: { maxYoungGenerationSizeMb: COMPACT_YOUNG_GEN_MB },
+    });
+    let settled = false;
+    w.on('message', (m: OfflineMessage) => {
+      if (m.kind === 'log') log(m.level, m.message);
+      else if (m.kind === 'done') {
+        settled = true;
+        resolve(m.outcome);
+      } else {
+        settled = true;
+        reject(new Error(m.message));
+      }
+    });
+    w.on('error', (e) => {
+      if (!settled) reject(new Error(`the compaction of ${job.path} stopped: ${e.message}`));
+      settled = true;
+    });
+    w.on('exit', (code) => {
+      if (!settled) reject(new Error(`the compaction worker of ${job.path} exited (code ${code}) without a result`));
+      settled = true;
+    });
+  });
+}

@@ -1,0 +1,170 @@
+/**
+ * backup-compact with several destinations: the built plugin under the lightningd simulator (real SQLite,
+ * real pipes) writing to two local files, or to a local file and a real `clnvault server` over TCP.
+ * Each destination is compacted in turn while writes flow (taken out of the acknowledgement count only
+ * while the others make up "ack"), the answer and clnvault-status say per destination what was done,
+ * and each destination then restores to the node's database.
+ */
+import assert from 'node:assert/strict';
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { after, describe, it } from 'node:test';
+import type { SimNode } from '../src/sim/lightningd.js';
+import { scratchArea } from './helpers/cli.js';
+import { killAllPlugins } from './helpers/plugin-proc.js';
+import { killAllServers } from './helpers/socket-rig.js';
+import { dump } from './helpers/sqlite.js';
+import { firstWrite, initFile, restoreDump, rig, startNode, until } from './helpers/multi-rig.js';
+
+const area = scratchArea('clnvault-multi-compact-');
+after(async () => {
+  killAllPlugins();
+  await killAllServers();
+  area.cleanup();
+});
+
+const PAD = 'x'.repeat(1500);
+
+/** Ten rows rewritten over and over: the entries outweigh the database by far, so compaction gains. */
+async function churn(node: SimNode, n: number, tag: string): Promise<void> {
+  for (let i = 0; i < n; i++) {
+    const r = await node.transaction([`UPDATE t SET v = '${tag}-${i}-${PAD}' WHERE rowid = ${(i % 10) + 1}`]);
+    assert.equal(r.answered, 'continue', JSON.stringify(r));
+  }
+}
+
+async function seed(node: SimNode): Promise<void> {
+  await firstWrite(node);
+  for (let i = 0; i < 10; i++) {
+    const r = await node.transaction([`INSERT INTO t(v) VALUES ('row-${i}')`]);
+    assert.equal(r.answered, 'continue', JSON.stringify(r));
+  }
+  await churn(node, 200, 'a');
+}
+
+interface Outcome {
+  index: number;
+  url: string;
+  result: string;
+  before?: { bytes: number; entries: number };
+  after?: { bytes: number; entries: number };
+  reason?: string;
+}
+
+/** backup-compact while a writer keeps writing; returns the answer and how many writes went through meanwhile. */
+async function compactWhileWriting(node: SimNode): Promise<{ answer: { result?: { destinations: Outcome[] }; error?: { message: string } }; during: number }> {
+  let stop = false;
+  let during = 0;
+  const bg = (async () => {
+    for (let i = 0; !stop; i++) {
+      await churn(node, 1, `bg${i}`);
+      during++;
+    }
+  })();
+  try {
+    const answer = (await node.rpc('backup-compact', {}, 120_000)) as { result?: { destinations: Outcome[] }; error?: { message: string } };
+    return { answer, during };
+  } finally {
+    stop = true;
+    await bg;
+  }
+}
+
+describe('backup-compact with several destinations', () => {
+  it('two files, k=1: each compacted in turn while writes flow; the answer and status say so; both restore to the node', { timeout: 150_000 }, async () => {
+    const netDir = area.dir();
+    const d = area.dir();
+    const a = await initFile(join(d, 'a.bkp'));
+    const b = await initFile(join(d, 'b.bkp'));
+    writeFileSync(join(netDir, 'backup.lock'), JSON.stringify({ destinations: [a, b], ack: 1, remote_timeout: 10 }));
+    const node = await startNode(netDir);
+    try {
+      await seed(node);
+      const { answer, during } = await compactWhileWriting(node);
+      assert.equal(answer.error, undefined, JSON.stringify(answer));
+      const out = answer.result!.destinations;
+      assert.deepEqual(out.map((o) => [o.url, o.result]), [[a, 'compacted'], [b, 'compacted']], JSON.stringify(out));
+      for (const o of out) assert.ok(o.after!.entries < o.before!.entries && o.after!.bytes < o.before!.bytes, JSON.stringify(o));
+      assert.ok(during > 0, 'no write went through during the compaction');
+      const st = await until(node, 'both hold the last write', (x) => x.every((y) => y.healthy && y.acked_version === node.dataVersion()), 'c');
+      assert.deepEqual(st.map((x) => (x as unknown as { compaction: Outcome | null }).compaction?.result), ['compacted', 'compacted']);
+      await churn(node, 20, 'd');
+      await until(node, 'both hold the last write', (x) => x.every((y) => y.acked_version === node.dataVersion()), 'e');
+    } finally {
+      await node.stop();
+    }
+    const want = dump(node.dbPath);
+    assert.equal(await restoreDump(a, area.dir()), want);
+    assert.equal(await restoreDump(b, area.dir()), want);
+  });
+
+  it('a file and a clnvault server, k=1: the file is compacted, the server (which does not compact online) is skipped with its reason; both restore', { timeout: 150_000 }, async () => {
+    const r = await rig(() => area.dir(), { ack: 1, remote_timeout: 10 });
+    const node = await startNode(r.netDir);
+    try {
+      await seed(node);
+      await until(node, 'both live', (x) => x.every((y) => y.healthy && y.acked_version === node.dataVersion()), 'a2');
+      const { answer } = await compactWhileWriting(node);
+      assert.equal(answer.error, undefined, JSON.stringify(answer));
+      const out = answer.result!.destinations;
+      assert.equal(out[0]!.result, 'compacted', JSON.stringify(out));
+      assert.equal(out[1]!.result, 'skipped', JSON.stringify(out));
+      assert.match(out[1]!.reason ?? '', /the server does not compact online/);
+      await churn(node, 10, 'b');
+      await until(node, 'both hold the last write', (x) => x.every((y) => y.healthy && y.acked_version === node.dataVersion()), 'c');
+    } finally {
+      await node.stop();
+    }
+    const want = dump(node.dbPath);
+    assert.equal(await restoreDump(r.fileUrl, area.dir()), want);
+    assert.equal(await restoreDump(r.serverUrl, area.dir()), want);
+  });
+
+  it('the automatic trigger: a file destination past the threshold starts a compaction of the set by itself; both restore', { timeout: 150_000 }, async () => {
+    const netDir = area.dir();
+    const d = area.dir();
+    const a = await initFile(join(d, 'a.bkp'));
+    const b = await initFile(join(d, 'b.bkp'));
+    writeFileSync(
+      join(netDir, 'backup.lock'),
+      JSON.stringify({ destinations: [a, b], ack: 1, remote_timeout: 10, compaction: { auto: true, min_bytes: 400_000, factor: 1 } }),
+    );
+    const node = await startNode(netDir);
+    try {
+      await seed(node);
+      const done = (): string[] => node.logs.filter((l) => /compaction of destination .*: compacted/.test(l.message)).map((l) => l.message);
+      const end = Date.now() + 60_000;
+      for (let i = 0; done().length < 2; i++) {
+        if (Date.now() > end) assert.fail(`no automatic compaction: ${node.logs.map((l) => l.message).join('\n')}`);
+        await churn(node, 10, `auto${i}`);
+      }
+      assert.ok(node.logs.some((l) => /compacting the destinations in the background/.test(l.message)));
+      await until(node, 'both hold the last write', (x) => x.every((y) => y.healthy && y.acked_version === node.dataVersion()), 'c');
+    } finally {
+      await node.stop();
+    }
+    const want = dump(node.dbPath);
+    assert.equal(await restoreDump(a, area.dir()), want);
+    assert.equal(await restoreDump(b, area.dir()), want);
+  });
+
+  it('"ack": "all": no destination is taken out (writes would wait): each skipped with the reason, writes go on', { timeout: 90_000 }, async () => {
+    const netDir = area.dir();
+    const d = area.dir();
+    const a = await initFile(join(d, 'a.bkp'));
+    const b = await initFile(join(d, 'b.bkp'));
+    writeFileSync(join(netDir, 'backup.lock'), JSON.stringify({ destinations: [a, b], ack: 'all', remote_timeout: 10 }));
+    const node = await startNode(netDir);
+    try {
+      await firstWrite(node);
+      const answer = (await node.rpc('backup-compact', {}, 60_000)) as { result?: { destinations: Outcome[] } };
+      const out = answer.result!.destinations;
+      assert.deepEqual(out.map((o) => o.result), ['skipped', 'skipped'], JSON.stringify(out));
+      for (const o of out) assert.match(o.reason ?? '', /other destination\(s\) are live and "ack" is 2/);
+      const r = await node.transaction(["CREATE TABLE u (x)"]);
+      assert.equal(r.answered, 'continue');
+    } finally {
+      await node.stop();
+    }
+  });
+});
