@@ -19,6 +19,8 @@ interface MonitorSetup {
   shown: string[];
   shared: { ints: SharedArrayBuffer; f: SharedArrayBuffer };
   statePath: string;
+  /** the destinations' backup ids (state.ts), updated by the main thread as lanes see new ones */
+  ids: Record<string, string>;
   config: MonitorConfig;
   /** log lines for the plugin to pass on (drained at its next message) */
   port: MessagePort;
@@ -28,6 +30,11 @@ const setup = workerData as MonitorSetup;
 const s = attachShared(setup.n, setup.shared);
 const cfg = setup.config;
 
+let ids: Record<string, string> = { ...setup.ids };
+setup.port.on('message', (m: { t: string; ids?: Record<string, string> }) => {
+  if (m.t === 'ids' && m.ids !== undefined) ids = { ...m.ids };
+});
+setup.port.unref();
 let lastState = '';
 function keepState(): void {
   const held = readDestState(setup.statePath, () => {});
@@ -36,10 +43,10 @@ function keepState(): void {
     if (st === DestState.Opening || st === DestState.NeedsSnapshot || st === DestState.Refused) continue;
     held[setup.shown[i]!] = s.f[fSlot(i, F.HEAD)]!;
   }
-  const text = JSON.stringify(held);
+  const text = JSON.stringify([held, ids]);
   if (text === lastState) return;
   try {
-    writeDestState(setup.statePath, held);
+    writeDestState(setup.statePath, held, ids);
     lastState = text;
   } catch {
     // tried again next tick; the plugin writes it at a clean stop too

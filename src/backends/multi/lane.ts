@@ -5,6 +5,7 @@ import { redact } from '../postgres/url.js';
 import { serialDiff } from '../../engine/versions.js';
 import { applyChange, applySnapshot, ForeignError, GapError, removeQuietly } from './apply.js';
 import { compactDestination, type DestCompaction, type Outcome } from './compact-dest.js';
+import { compareIdentity, fileIdentity, replacedMessage } from './identity.js';
 import {
   ackSlot,
   attachShared,
@@ -43,6 +44,8 @@ export interface LaneSetup {
   port: MessagePort;
   /** the version this destination was last known to hold (backup state file), to detect a rollback */
   knownHead: number | null;
+  /** its backup id recorded in the state file (identity.ts), to detect a replacement */
+  knownId: string | null;
   /** start in NeedsSnapshot (a local destination whose write failed on the main thread) */
   needSnapshot: boolean;
   maxQueueBytes: number;
@@ -61,6 +64,8 @@ let queuedBytes = 0;
 let state: DestState = DestState.Opening;
 /** the head this destination held after its last acknowledged write: a reopened one below it was rolled back */
 let expectHead: number | null = setup.knownHead;
+/** the backup id it must keep showing (null: none recorded yet, or its format has none) */
+let knownId: string | null = setup.knownId;
 let closing = false;
 let retryMs = 250;
 let retryTimer: NodeJS.Timeout | null = null;
@@ -246,6 +251,19 @@ function open(): void {
   s.f[fSlot(i, F.HEAD)] = head;
   s.f[fSlot(i, F.HEAD_SNAPSHOT)] = w.headIsSnapshot() ? 1 : 0;
   for (const p of w.repaired()) log('warn', `repaired on open: ${p.message}`);
+  const id = fileIdentity(setup.url, setup.cwd);
+  const same = compareIdentity(knownId ?? undefined, id, empty);
+  if (same === 'replaced') {
+    s.f[fSlot(i, F.UNTRUSTED_SEEN)] = 1;
+    if (firstOpen) note({ t: 'opened', head, empty, headIsSnapshot: w.headIsSnapshot(), format: w.format, trusted: false });
+    refuse(replacedMessage(knownId!, id!));
+    return;
+  }
+  if (same === 'recreated') log('warn', `re-created (a new, empty backup id ${id})`);
+  if (id !== null) {
+    knownId = id;
+    note({ t: 'identity', id });
+  }
   let trusted = true;
   if (expectHead !== null && (empty || serialDiff(head, expectHead) < 0)) {
     trusted = false;

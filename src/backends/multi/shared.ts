@@ -196,4 +196,6 @@ export type LaneNote =
   | { t: 'open-failed'; error: string }
   | { t: 'log'; level: 'info' | 'warn' | 'error'; message: string; error?: string }
   | { t: 'compacted'; outcome: DestCompaction }
+  /** the destination's backup id (a v2 file), at each opening */
+  | { t: 'identity'; id: string }
   | { t: 'closed' };

@@ -35,7 +35,8 @@ import {
   type LaneOp,
   type SharedBlock,
 } from './shared.js';
-import { readDestState, STATE_FILE, writeDestState } from './state.js';
+import { readDestIds, readDestState, STATE_FILE, writeDestState } from './state.js';
+import { compareIdentity, fileIdentity, replacedMessage } from './identity.js';
 import { takeLiveSnapshot } from './reseed.js';
 import { dropThread, startThread, threadGone, workerFile, wt, type WatchedThread } from './threads.js';
 
@@ -136,6 +137,8 @@ export class MultiWriter implements BackupWriter {
   private nextProbe = 0;
   private readonly statePath: string;
   private scratchN = 0;
+  /** each destination's backup id, as recorded in the state file when first seen (identity.ts) */
+  private ids: Record<string, string> = {};
   private closed = false;
 
   private constructor(
@@ -179,6 +182,8 @@ export class MultiWriter implements BackupWriter {
 
   private openAll(): void {
     const known = readDestState(this.statePath, this.opts.log);
+    this.ids = readDestIds(this.statePath);
+    const idsBefore = JSON.stringify(this.ids);
     // remote ones first: they connect in their threads while the local files open here
     for (let i = 0; i < this.dests.length; i++) {
       if (isRemoteUrl(this.dests[i]!.url)) this.startLane(i, known[this.dests[i]!.shown] ?? null, false);
@@ -193,6 +198,28 @@ export class MultiWriter implements BackupWriter {
         if (i === 0) this.format = w.format;
         const knownHead = known[d.shown];
         this.setFigures(i, w);
+        const id = fileIdentity(d.url, this.opts.cwd);
+        const same = compareIdentity(this.ids[d.shown], id, w.isEmpty());
+        if (same === 'replaced') {
+          this.s.f[fSlot(i, F.UNTRUSTED_SEEN)] = 1;
+          this.opts.log(
+            'error',
+            `destination ${d.shown}: ${replacedMessage(this.ids[d.shown]!, id!)}. NOT TRUSTED: it takes no writes in this run; check what ` +
+              `happened to it, move it aside and re-create it (clnvault init), which is then re-seeded (docs/destinations.md)`,
+          );
+          d.trusted = false;
+          d.lastError = 'replaced by another backup (its backup id changed)';
+          try {
+            w.close();
+          } catch {
+            // not ours to repair
+          }
+          d.local = null;
+          this.s.f[fSlot(i, F.STATE)] = DestState.Refused;
+          continue;
+        }
+        if (same === 'recreated') this.opts.log('warn', `destination ${d.shown}: re-created (a new, empty backup id ${id}); it is re-seeded`);
+        if (id !== null) this.ids[d.shown] = id;
         if (knownHead !== undefined && (w.isEmpty() || serialDiff(w.head(), knownHead) < 0)) {
           this.s.f[fSlot(i, F.UNTRUSTED_SEEN)] = 1;
           this.opts.log(
@@ -213,6 +240,13 @@ export class MultiWriter implements BackupWriter {
       }
     }
     this.waitForOpens();
+    if (JSON.stringify(this.ids) !== idsBefore) {
+      try {
+        writeDestState(this.statePath, known, this.ids);
+      } catch (e) {
+        this.opts.log('warn', `could not write ${this.statePath}: ${(e as Error).message}`);
+      }
+    }
     let best: number | null = null;
     for (let i = 0; i < this.dests.length; i++) {
       const d = this.dests[i]!;
@@ -262,6 +296,7 @@ export class MultiWriter implements BackupWriter {
       remoteTimeoutMs: this.opts.remoteTimeoutMs,
       shared: this.sharedBuf,
       knownHead,
+      knownId: this.ids[d.shown] ?? null,
       needSnapshot,
       maxQueueBytes: this.opts.maxQueueBytes ?? DEFAULT_MAX_QUEUE_BYTES,
       ...(this.opts.segmentBytes !== undefined ? { segmentBytes: this.opts.segmentBytes } : {}),
@@ -392,6 +427,7 @@ export class MultiWriter implements BackupWriter {
           shown: this.dests.map((d) => d.shown),
           shared: this.sharedBuf,
           statePath: this.statePath,
+          ids: { ...this.ids },
           config: this.opts.monitor ?? {},
         },
         this.marks(null, monitorTidSlot(this.s.n)),
@@ -448,6 +484,7 @@ export class MultiWriter implements BackupWriter {
         this.laneEmpty[i] = n.empty;
       } else if (n.t === 'open-failed') d.lastError = n.error;
       else if (n.t === 'compacted') d.compaction = n.outcome;
+      else if (n.t === 'identity') this.recordId(d.shown, n.id);
       else if (n.t === 'log') {
         if (n.error !== undefined) d.lastError = n.error;
         if (n.message !== '') this.opts.log(n.level, n.message);
@@ -515,6 +552,21 @@ export class MultiWriter implements BackupWriter {
     const message = `the compaction of the destinations stopped (${why}); each destination is whole (see the log for which were compacted); run backup-compact again`;
     this.opts.log('error', message);
     return { id: c.id, message };
+  }
+
+  /** A destination's backup id, first seen (or re-created) in a lane: kept in the state file from now on. */
+  private recordId(shown: string, id: string): void {
+    if (this.ids[shown] === id) return;
+    this.ids[shown] = id;
+    // the monitor keeps the state file while it runs; before it starts (start-up) this thread writes it
+    if (this.monitor !== null) this.monitor.port.postMessage({ t: 'ids', ids: { ...this.ids } });
+    else {
+      try {
+        writeDestState(this.statePath, readDestState(this.statePath, () => {}), this.ids);
+      } catch {
+        // written again at the clean stop
+      }
+    }
   }
 
   /** A local file written on this thread becomes a lane's (for its compaction): closed here, reopened there. */
@@ -738,7 +790,7 @@ export class MultiWriter implements BackupWriter {
     for (const d of lanes) void d.lane!.worker.terminate();
     if (this.monitor !== null) void this.monitor.worker.terminate();
     try {
-      writeDestState(this.statePath, this.heldVersions(readDestState(this.statePath, () => {})));
+      writeDestState(this.statePath, this.heldVersions(readDestState(this.statePath, () => {})), this.ids);
     } catch (e) {
       this.opts.log('warn', `could not write ${this.statePath}: ${(e as Error).message}`);
     }
