@@ -1,6 +1,8 @@
 import { existsSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
-import { createBackup, destinationOf, openWriter } from '../backends/open.js';
+import { createBackup, destinationOf, encryptionNotYet, openWriter } from '../backends/open.js';
+import { keyFromHsmSecret, keyFromKeyFile, writeKeyFile, type BackupKey } from '../crypto/keys.js';
+import { keyKindCode, type KeyKindName } from '../crypto/records.js';
 import { createPgBackup, isPostgresUrl, openPgWriter } from '../backends/postgres/index.js';
 import { redact } from '../backends/postgres/url.js';
 import { listSegmentFiles } from '../backends/file/segments.js';
@@ -20,8 +22,10 @@ export async function initMulti(
   urls: string[],
   netDir: string | null,
   ack: 'all' | number,
-  opts: { format: BackupFormat; segmentBytes?: number; noRebaseline: boolean },
+  opts: { format: BackupFormat; segmentBytes?: number; noRebaseline: boolean; encrypt?: boolean; keyFile?: string | null },
 ): Promise<number> {
+  const keyFile = opts.keyFile ?? null;
+  if (keyFile !== null && opts.encrypt !== true) throw new CliError('--key-file goes with --encrypt', EXIT.usage);
   if (netDir === null) {
     throw new CliError('several destinations need --lightning-dir: they are recorded in its backup.lock, which nothing else reads', EXIT.usage);
   }
@@ -39,6 +43,11 @@ export async function initMulti(
     }
     throw new CliError(`${lockPath(netDir)} already exists${where}; the node already has a backup. Remove that file first if you really want to start a new backup`);
   }
+  if (opts.encrypt === true) {
+    if (opts.format !== 'v2') throw new CliError('--format v1 cannot be encrypted: the reference format has no place for it; use --format v2', EXIT.usage);
+    // every destination or none: one that would store the records in clear is refused, named
+    for (const url of urls) if (isPostgresUrl(url) || destinationOf(url, netDir) !== 'file') throw new CliError(encryptionNotYet(url).message, EXIT.usage);
+  }
   const dbFile = join(netDir, DB_NAME);
   const dbPath = existsSync(dbFile) ? dbFile : null;
   const running = await nodeRunning(netDir, dbFile);
@@ -46,6 +55,19 @@ export async function initMulti(
 
   const undo: Array<() => void> = [];
   const files: string[] = [];
+  let key: BackupKey | null = null;
+  if (opts.encrypt === true) {
+    // the key first: a node without hsm_secret fails before any destination is made
+    const made = keyFile !== null && !existsSync(keyFile);
+    try {
+      key = keyFile !== null ? (made ? writeKeyFile(keyFile) : keyFromKeyFile(keyFile)) : keyFromHsmSecret(join(netDir, 'hsm_secret'));
+    } catch (e) {
+      throw new CliError(`cannot get the encryption key: ${(e as Error).message}. Nothing was created; see docs/keys.md (or give --key-file PATH)`);
+    }
+    if (made) undo.push(() => rmSync(keyFile, { force: true }));
+    info(`Encrypting every destination with ${keyFile !== null ? `the key file ${keyFile}${made ? ' (created now: keep a copy away from the node)' : ''}` : "the node's seed (hsm_secret)"}, key fingerprint ${key.fingerprint}`);
+  }
+  const enc = key ? { kind: keyKindCode(key.kind as KeyKindName), fingerprint: Buffer.from(key.fingerprint, 'hex') } : null;
   try {
     for (const url of urls) {
       if (isPostgresUrl(url)) {
@@ -63,7 +85,7 @@ export async function initMulti(
           w.close();
         }
       } else {
-        const path = createBackup(url, netDir, opts.format);
+        const path = createBackup(url, netDir, opts.format, enc);
         files.push(path);
         undo.push(() => {
           rmSync(path, { force: true });
@@ -81,7 +103,7 @@ export async function initMulti(
         for (const url of urls) {
           const w = isPostgresUrl(url)
             ? openPgWriter(url, netDir)
-            : openWriter(url, netDir, opts.segmentBytes === undefined ? {} : { segmentBytes: opts.segmentBytes });
+            : openWriter(url, netDir, { key, ...(opts.segmentBytes === undefined ? {} : { segmentBytes: opts.segmentBytes }) });
           try {
             w.appendSnapshotFile(version, tmp);
           } finally {
@@ -98,6 +120,7 @@ export async function initMulti(
     const lock: BackupLock = { backend_url: urls[0]!, destinations: urls, ack };
     if (opts.noRebaseline) lock.rebaseline = false;
     if (opts.segmentBytes !== undefined) lock.segment_bytes = opts.segmentBytes;
+    if (key) lock.encrypt = keyFile !== null ? { key_file: keyFile } : { key: 'hsm_secret' };
     writeBackupLock(netDir, lock);
   } catch (e) {
     for (const u of undo.reverse()) u();

@@ -21,7 +21,7 @@ import { backupAccessProblem, giveTo, ownerOf, type Owner } from './ownership.js
 
 const help = `Usage: clnvault init [--lightning-dir DIR] [--format v1|v2] [--segment-bytes N] [--no-rebaseline] [--schema-only]
                      [--encrypt [--key-file PATH | --passphrase-file PATH]] URL
-       clnvault init --lightning-dir DIR [--ack all|K] URL URL...
+       clnvault init --lightning-dir DIR [--ack all|K] [--encrypt [--key-file PATH]] URL URL...
 
 Creates a new backup at URL. With --lightning-dir (the network directory, where
 lightningd.sqlite3 lives, e.g. ~/.lightning/bitcoin) it also writes DIR/backup.lock,
@@ -119,18 +119,24 @@ export const initCommand: Command = {
         throw new CliError((e as Error).message, EXIT.usage);
       }
     }
-    if ((positionals.length > 1 || values.ack !== undefined) && values.encrypt === true) {
-      throw new CliError('--encrypt with several destinations is not supported yet (docs/encryption.md): give one URL', EXIT.usage);
-    }
     if (positionals.length > 1 || values.ack !== undefined) {
       const a = values.ack === undefined || values.ack === 'all' ? 'all' : /^\d+$/.test(String(values.ack)) ? Number(values.ack) : NaN;
       if (Number.isNaN(a)) throw new CliError(`--ack must be "all" or a whole number, not ${JSON.stringify(values.ack)}`, EXIT.usage);
+      if (values['passphrase-file'] !== undefined) {
+        throw new CliError('--passphrase-file is for one file: destination (its key comes from that backup\'s own salt); with several destinations use --key-file PATH or the node seed', EXIT.usage);
+      }
       const netDir = typeof values['lightning-dir'] === 'string' ? resolveNetworkDir(values['lightning-dir']).dir : null;
       return initMulti(
         positionals.map((p) => cliUrl(p, process.cwd())),
         netDir,
         a as 'all' | number,
-        { format, ...(segmentBytes !== undefined ? { segmentBytes } : {}), noRebaseline: values['no-rebaseline'] === true },
+        {
+          format,
+          ...(segmentBytes !== undefined ? { segmentBytes } : {}),
+          noRebaseline: values['no-rebaseline'] === true,
+          encrypt: values.encrypt === true,
+          keyFile: typeof values['key-file'] === 'string' ? resolve(process.cwd(), values['key-file']) : null,
+        },
       );
     }
     const pg = isPostgresUrl(url);

@@ -70,12 +70,9 @@ export async function prepareBackup(cwd: string): Promise<Startup> {
       key = keyFromLock(cwd, lock.encrypt, lockBackupFile(lock, cwd));
     }
     if (key) out.encryption = { fingerprint: key.fingerprint, key };
-    if (key && lock.destinations !== undefined) {
-      throw new Error('"encrypt" with several "destinations" is not supported yet (docs/encryption.md): list one destination, or drop "encrypt"');
-    }
     out.writer =
       lock.destinations !== undefined
-        ? openMulti(lock, cwd, seg.segmentBytes, remoteTimeout.ms, log)
+        ? openMulti(lock, cwd, seg.segmentBytes, remoteTimeout.ms, log, key)
         : openWriter(lock.backend_url, cwd, {
             key,
             segmentBytes: seg.segmentBytes,
@@ -180,6 +177,7 @@ function openMulti(
   segmentBytes: number | undefined,
   remoteTimeoutMs: number,
   log: (level: StartupLog['level'], message: string) => void,
+  key: BackupKey | null,
 ): MultiWriter {
   // snapshot copies a killed plugin left behind (each a full copy of the database)
   removeLeftovers(cwd, '.clnvault-destinations-');
@@ -190,6 +188,7 @@ function openMulti(
     ...(segmentBytes !== undefined ? { segmentBytes } : {}),
     log,
     dbPath: join(cwd, DB_NAME),
+    key,
     monitor: {
       ...(lock.metrics !== undefined ? { metrics: parseListen(lock.metrics)! } : {}),
       ...(lock.metrics_textfile !== undefined ? { textfile: lock.metrics_textfile } : {}),

@@ -4,6 +4,7 @@ import { identityOf, type CompactOutcome } from '../../compact/compact.js';
 import type { OfflineJob, OfflineMessage } from '../../compact/offline-worker.js';
 import { leanCompactionHeap } from '../../compact/heap.js';
 import { compactPg } from '../postgres/compact.js';
+import type { KeyLike } from '../../crypto/backup-crypt.js';
 
 /**
  * One destination's share of `backup-compact` with several destinations, run by its lane (lane.ts) while
@@ -50,6 +51,7 @@ export async function compactDestination(
   url: string,
   cwd: string,
   history: number,
+  key: KeyLike | null,
   log: (level: 'info' | 'warn' | 'error', message: string) => void,
 ): Promise<Outcome> {
   const t0 = Date.now();
@@ -63,7 +65,7 @@ export async function compactDestination(
           path,
           end: w.endOffset(),
           file: before,
-          opts: { format: w.format, history, onlyIfSmaller: true, ...(w.segmentBytes !== undefined ? { segmentBytes: w.segmentBytes } : {}) },
+          opts: { format: w.format, history, onlyIfSmaller: true, key, ...(w.segmentBytes !== undefined ? { segmentBytes: w.segmentBytes } : {}) },
         },
         log,
       );

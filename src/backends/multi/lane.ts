@@ -2,6 +2,8 @@ import { workerData, type MessagePort } from 'node:worker_threads';
 import type { BackupWriter } from '../backend.js';
 import { openWriter } from '../open.js';
 import { redact } from '../postgres/url.js';
+import { UrlError } from '../url.js';
+import type { KeyLike } from '../../crypto/backup-crypt.js';
 import { serialDiff } from '../../engine/versions.js';
 import { applyChange, applySnapshot, ForeignError, GapError, removeQuietly } from './apply.js';
 import { compactDestination, type DestCompaction, type Outcome } from './compact-dest.js';
@@ -46,6 +48,8 @@ export interface LaneSetup {
   knownHead: number | null;
   /** its backup id recorded in the state file (identity.ts), to detect a replacement */
   knownId: string | null;
+  /** the set's key (backup.lock "encrypt"), as a plain Uint8Array across the thread boundary; never logged */
+  key: { key: Uint8Array; kind: string; fingerprint: string } | null;
   /** start in NeedsSnapshot (a local destination whose write failed on the main thread) */
   needSnapshot: boolean;
   maxQueueBytes: number;
@@ -57,6 +61,7 @@ const s: SharedBlock = attachShared(setup.n, setup.shared);
 const i = setup.index;
 /** the URL as logs and status show it (a PostgreSQL password redacted) */
 const shown = redact(setup.url);
+const key: KeyLike | null = setup.key ? { key: Buffer.from(setup.key.key), kind: setup.key.kind, fingerprint: setup.key.fingerprint } : null;
 
 let writer: BackupWriter | null = null;
 let queue: Array<Extract<LaneOp, { t: 'change' | 'snapshot' }>> = [];
@@ -231,9 +236,16 @@ function open(): void {
       segmentBytes: setup.segmentBytes,
       remoteTimeoutMs: setup.remoteTimeoutMs,
       log: (level, message) => log(level, message),
+      key,
     });
   } catch (e) {
     const msg = (e as Error).message;
+    if (key !== null && e instanceof UrlError) {
+      // this kind of destination takes no key (open.ts says so before connecting): retrying changes nothing
+      note({ t: 'open-failed', error: msg, keyRefused: true });
+      setState(DestState.Refused);
+      return;
+    }
     s.f[fSlot(i, F.ERRORS)]! += 1;
     if (firstOpen) {
       note({ t: 'open-failed', error: msg });
@@ -320,7 +332,7 @@ async function compactTurn(reply: MessagePort, history: number): Promise<void> {
     setState(DestState.Compacting);
     log('info', 'compacting; its writes wait in its queue meanwhile and it is not counted for acknowledgements');
     try {
-      outcome = await compactDestination(writer, setup.url, setup.cwd, history, (level, message) => log(level, message));
+      outcome = await compactDestination(writer, setup.url, setup.cwd, history, key, (level, message) => log(level, message));
     } catch (e) {
       outcome = { result: 'failed', reason: (e as Error).message };
     }

@@ -193,7 +193,7 @@ export type LaneOp =
 
 export type LaneNote =
   | { t: 'opened'; head: number; empty: boolean; headIsSnapshot: boolean; format: string; trusted: boolean }
-  | { t: 'open-failed'; error: string }
+  | { t: 'open-failed'; error: string; keyRefused?: boolean }
   | { t: 'log'; level: 'info' | 'warn' | 'error'; message: string; error?: string }
   | { t: 'compacted'; outcome: DestCompaction }
   /** the destination's backup id (a v2 file), at each opening */

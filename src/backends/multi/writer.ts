@@ -1,9 +1,10 @@
 import { copyFileSync, linkSync, readdirSync, rmSync, statSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 import type { CompactionConfig } from '../../compact/config.js';
+import type { KeyLike } from '../../crypto/backup-crypt.js';
 import type { BackupStats, BackupWriter } from '../backend.js';
 import { BackupError, type BackupFormat, type Problem } from '../../engine/entries.js';
-import { backupPath, isRemoteUrl, openWriter } from '../open.js';
+import { backupPath, detectFormat, isRemoteUrl, openWriter } from '../open.js';
 import { redact } from '../postgres/url.js';
 import { serialDiff, u32 } from '../../engine/versions.js';
 import { applyChange, applySnapshot, ForeignError, GapError } from './apply.js';
@@ -63,6 +64,8 @@ export interface MultiOptions {
   maxQueueBytes?: number;
   /** how long start-up waits for unreachable destinations before going on without them (when k others answered) */
   openGraceMs?: number;
+  /** backup.lock "encrypt": every destination is written encrypted (one that cannot be refuses start-up) */
+  key?: KeyLike | null;
 }
 
 export interface MonitorConfig {
@@ -89,6 +92,8 @@ interface Dest {
   toldHealthy: boolean | null;
   /** the last backup-compact's outcome for it, this run */
   compaction: DestCompaction | null;
+  /** why it cannot take the key of an encrypted set (its lane could not open it with one), null if it can */
+  keyRefused: string | null;
 }
 
 export interface HealthChange {
@@ -160,6 +165,7 @@ export class MultiWriter implements BackupWriter {
       lastError: null,
       toldHealthy: null,
       compaction: null,
+      keyRefused: null,
     }));
     this.location = this.dests.map((d) => d.shown).join(' + ');
     this.format = 'v2';
@@ -191,8 +197,11 @@ export class MultiWriter implements BackupWriter {
     for (let i = 0; i < this.dests.length; i++) {
       const d = this.dests[i]!;
       if (isRemoteUrl(d.url)) continue;
+      // a v1 file cannot hold encrypted records: said at once, not retried in the background
+      if (this.opts.key) this.mustTakeKey(d);
+      if (d.keyRefused !== null) continue;
       try {
-        const w = openWriter(d.url, this.opts.cwd, { segmentBytes: this.opts.segmentBytes });
+        const w = openWriter(d.url, this.opts.cwd, { segmentBytes: this.opts.segmentBytes, key: this.opts.key ?? null });
         d.local = w;
         d.opened = true;
         if (i === 0) this.format = w.format;
@@ -240,6 +249,14 @@ export class MultiWriter implements BackupWriter {
       }
     }
     this.waitForOpens();
+    const cannot = this.dests.filter((d) => d.keyRefused !== null);
+    if (cannot.length > 0) {
+      throw new BackupError(
+        `"encrypt" is set, but ${cannot.map((d) => `destination ${d.shown} cannot be written encrypted (${d.keyRefused})`).join('; ')}: ` +
+          `list only destinations that can (docs/destinations.md), or drop "encrypt"`,
+        cannot[0]!.shown,
+      );
+    }
     if (JSON.stringify(this.ids) !== idsBefore) {
       try {
         writeDestState(this.statePath, known, this.ids);
@@ -297,6 +314,7 @@ export class MultiWriter implements BackupWriter {
       shared: this.sharedBuf,
       knownHead,
       knownId: this.ids[d.shown] ?? null,
+      key: this.opts.key ? { key: new Uint8Array(this.opts.key.key), kind: this.opts.key.kind, fingerprint: this.opts.key.fingerprint } : null,
       needSnapshot,
       maxQueueBytes: this.opts.maxQueueBytes ?? DEFAULT_MAX_QUEUE_BYTES,
       ...(this.opts.segmentBytes !== undefined ? { segmentBytes: this.opts.segmentBytes } : {}),
@@ -411,6 +429,7 @@ export class MultiWriter implements BackupWriter {
       const b = Atomics.load(this.s.ints, bell);
       this.drain();
       const pending = this.dests.filter((d) => d.lane !== null && !d.opened && d.lastError === null).length;
+      if (this.dests.some((d) => d.keyRefused !== null)) return;
       const ready = this.dests.filter((d) => d.opened && d.trusted).length;
       const waited = Date.now() - start;
       if (pending === 0 || (ready >= this.opts.k && waited >= grace) || waited >= hard) return;
@@ -482,7 +501,10 @@ export class MultiWriter implements BackupWriter {
         d.opened = true;
         d.trusted = n.trusted;
         this.laneEmpty[i] = n.empty;
-      } else if (n.t === 'open-failed') d.lastError = n.error;
+      } else if (n.t === 'open-failed') {
+        d.lastError = n.error;
+        if (n.keyRefused === true) d.keyRefused = n.error;
+      }
       else if (n.t === 'compacted') d.compaction = n.outcome;
       else if (n.t === 'identity') this.recordId(d.shown, n.id);
       else if (n.t === 'log') {
@@ -552,6 +574,17 @@ export class MultiWriter implements BackupWriter {
     const message = `the compaction of the destinations stopped (${why}); each destination is whole (see the log for which were compacted); run backup-compact again`;
     this.opts.log('error', message);
     return { id: c.id, message };
+  }
+
+  /** A local file destination of an encrypted set must be v2 (a reference v1 file has no room for it). */
+  private mustTakeKey(d: Dest): void {
+    let format: string;
+    try {
+      format = detectFormat(backupPath(d.url, this.opts.cwd));
+    } catch {
+      return; // missing or unreadable: its opening says so, and a lane retries
+    }
+    if (format !== 'v2') d.keyRefused = 'it is a reference (v1) file, which has no room for encryption';
   }
 
   /** A destination's backup id, first seen (or re-created) in a lane: kept in the state file from now on. */
