@@ -52,7 +52,7 @@ function nodeDb(netDir: string): void {
 }
 
 describe('"encrypt" with several destinations', () => {
-  it('init --encrypt makes both encrypted; the plugin writes both; one rolled back is re-seeded encrypted; both restore with the key; no plaintext', { timeout: 150_000 }, async () => {
+  it('init --encrypt makes both encrypted; the plugin writes both; one rolled back is re-seeded encrypted; both compacted online; both restore with the key; no plaintext', { timeout: 150_000 }, async () => {
     const netDir = area.dir();
     nodeDb(netDir);
     const d = area.dir();
@@ -83,6 +83,15 @@ describe('"encrypt" with several destinations', () => {
       assert.ok(node.logs.some((l) => /ROLLED BACK OR REPLACED BY AN OLDER COPY/.test(l.message)), node.logs.map((l) => l.message).join('\n'));
       await marked(node, 5, 'd');
       await until(node, 'both hold the last write', (x) => x.every((y) => y.acked_version === node.dataVersion()), 'e');
+      // one row rewritten many times: online compaction of both, which stay encrypted
+      for (let i = 0; i < 120; i++) {
+        const r = await node.transaction([`UPDATE t SET v = '${MARKER}-u${i}-${'y'.repeat(1000)}' WHERE rowid = 1`]);
+        assert.equal(r.answered, 'continue', JSON.stringify(r));
+      }
+      const c = (await node.rpc('backup-compact', {}, 120_000)) as { result?: { destinations: Array<{ result: string }> } };
+      assert.deepEqual(c.result?.destinations.map((x) => x.result), ['compacted', 'compacted'], JSON.stringify(c));
+      await marked(node, 3, 'f');
+      await until(node, 'both hold the last write', (x) => x.every((y) => y.healthy && y.acked_version === node.dataVersion()), 'g');
     } finally {
       await node.stop();
     }
