@@ -87,4 +87,62 @@ describe('several destinations: file + socket + postgresql, ack 2', { skip: PG_S
       assert.equal(dump(dest), want, `restore from ${url.replace(/pw-[^@]*/, '***')}`);
     }
   });
+
+  it('backup-compact with a file and PostgreSQL, ack 1: each compacted in turn (PostgreSQL inside the database) while writes flow; both restore', { timeout: 120_000 }, async () => {
+    await server.createNodeRole('node_multi_c', 'pw-node_multi_c');
+    const pgUrl = server.url('node_multi_c', 'pw-node_multi_c', 'multi_c');
+    const netDir = area.dir();
+    const fileUrl = `file://${join(area.dir(), 'local.bkp')}`;
+    const init = await runCli(['init', '--lightning-dir', netDir, '--ack', '1', fileUrl, pgUrl]);
+    assert.equal(init.code, 0, show(init));
+    const node = new SimNode({ netDir, hookSafetyTimeoutMs: 60_000 });
+    await node.start();
+    await node.init();
+    const tx = async (stmt: (i: number) => string, n: number): Promise<void> => {
+      for (let i = 0; i < n; i++) assert.equal((await node.transaction([stmt(i)])).answered, 'continue');
+    };
+    try {
+      const first = await node.dbWrite(1, [
+        'CREATE TABLE vars (name TEXT PRIMARY KEY, val TEXT, intval INTEGER)',
+        "INSERT INTO vars VALUES ('data_version', NULL, 1)",
+        'CREATE TABLE t (v TEXT)',
+        "INSERT INTO t(v) VALUES ('row')",
+      ]);
+      assert.equal(first.answered, 'continue', JSON.stringify(first));
+      await tx((i) => `UPDATE t SET v = 'a${i}-${'z'.repeat(1000)}'`, 150);
+      let stop = false;
+      const bg = (async () => {
+        for (let i = 0; !stop; i++) await tx(() => `UPDATE t SET v = 'bg${i}'`, 1);
+      })();
+      let answer: { result?: { destinations: Array<{ url: string; result: string; before?: { entries: number }; after?: { entries: number } }> } };
+      try {
+        answer = (await node.rpc('backup-compact', {}, 120_000)) as typeof answer;
+      } finally {
+        stop = true;
+        await bg;
+      }
+      const out = answer.result?.destinations ?? [];
+      assert.deepEqual(out.map((x) => x.result), ['compacted', 'compacted'], JSON.stringify(answer));
+      assert.ok(out[1]!.after!.entries < out[1]!.before!.entries, JSON.stringify(out[1]));
+      assert.doesNotMatch(JSON.stringify(answer), /pw-node_multi_c/, 'the password must not reach the answer');
+      await tx((i) => `UPDATE t SET v = 'c${i}'`, 5);
+      const end = Date.now() + 30_000;
+      for (let i = 0; ; i++) {
+        const st = ((await node.rpc('clnvault-status')).result as { destinations: Array<{ healthy: boolean; acked_version: number }> }).destinations;
+        if (st.every((x) => x.healthy && x.acked_version === node.dataVersion())) break;
+        assert.ok(Date.now() < end, `not caught up: ${JSON.stringify(st)}`);
+        await tx(() => `UPDATE t SET v = 'd${i}'`, 1);
+        await new Promise((r) => setTimeout(r, 100));
+      }
+    } finally {
+      await node.stop();
+    }
+    const want = dump(node.dbPath);
+    for (const url of [fileUrl, pgUrl]) {
+      const dest = join(area.dir(), 'r.sqlite3');
+      const r = await runCli(['restore', url, dest]);
+      assert.equal(r.code, 0, show(r));
+      assert.equal(dump(dest), want, `restore from ${url.replace(/pw-[^@]*/, '***')}`);
+    }
+  });
 });
