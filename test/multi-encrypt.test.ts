@@ -114,7 +114,7 @@ describe('"encrypt" with several destinations', () => {
     const sock = 'socket:127.0.0.1:9';
     const init = await runCli(['init', '--lightning-dir', netDir, '--ack', '1', '--encrypt', '--key-file', keyFile, a, sock]);
     assert.equal(init.code, 2, init.stderr + init.stdout);
-    assert.match(init.stderr, /socket:127\.0\.0\.1:9: encrypted backups are not supported yet for this destination/);
+    assert.match(init.stderr, /socket:127\.0\.0\.1:9: a socket: backup cannot be encrypted/);
     assert.deepEqual(readdirSync(d), [], 'init left something behind');
 
     // by hand: backup.lock naming an encrypted file and a socket: server
@@ -126,7 +126,7 @@ describe('"encrypt" with several destinations', () => {
       const r = await node.transaction(["INSERT INTO t(v) VALUES ('x')"]);
       assert.equal(r.answered, 'error');
       assert.ok(
-        node.logs.some((l) => /"encrypt" is set, but destination socket:127\.0\.0\.1:9 cannot be written encrypted \(.*encrypted backups are not supported yet/.test(l.message)),
+        node.logs.some((l) => /"encrypt" is set, but destination socket:127\.0\.0\.1:9 cannot be written encrypted \(socket:127\.0\.0\.1:9: a socket: backup cannot be encrypted/.test(l.message)),
         node.logs.map((l) => l.message).join('\n'),
       );
     } finally {

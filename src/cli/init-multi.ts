@@ -46,7 +46,12 @@ export async function initMulti(
   if (opts.encrypt === true) {
     if (opts.format !== 'v2') throw new CliError('--format v1 cannot be encrypted: the reference format has no place for it; use --format v2', EXIT.usage);
     // every destination or none: one that would store the records in clear is refused, named
-    for (const url of urls) if (isPostgresUrl(url) || destinationOf(url, netDir) !== 'file') throw new CliError(encryptionNotYet(url).message, EXIT.usage);
+    for (const url of urls) {
+      if (isPostgresUrl(url)) {
+        throw new CliError(`${redact(url)}: init makes encrypted postgresql: backups for one destination only so far; with several, list file: destinations (docs/destinations.md)`, EXIT.usage);
+      }
+      if (destinationOf(url, netDir) !== 'file') throw new CliError(encryptionNotYet(url).message, EXIT.usage);
+    }
   }
   const dbFile = join(netDir, DB_NAME);
   const dbPath = existsSync(dbFile) ? dbFile : null;
