@@ -14,6 +14,7 @@ import {
   V2Reader,
   V2Writer,
   createV2,
+  decodeChangePayload,
   encodeChangeRecord,
   encodeFileHeader,
   isV2,
@@ -808,4 +809,41 @@ test('the worked hex example in docs/format-v2.md is exactly what the encoder wr
   const documented = Buffer.from(hex.replace(/\s+/g, ''), 'hex');
   assert.equal(documented.length, 73);
   assert.ok(encodeChangeRecord(7, ['DELETE FROM t', 'PRAGMA x']).equals(documented));
+});
+
+test('statements decode to exactly the text written, and bytes that are not UTF-8 are refused', () => {
+  // the decoder works straight from the payload and re-checks only statements holding U+FFFD: a real
+  // U+FFFD must survive, and every kind of malformed sequence (which a lenient decode turns into U+FFFD)
+  // must still be refused
+  const texts = ['', 'plain ascii', "UPDATE t SET v='\uFFFD' WHERE id=1", 'é ü 日本 \u{1F600}', '\uFEFFa leading BOM stays', 'x'.repeat(5000) + '\uFFFD'];
+  const payload = (stmts: readonly Buffer[]): Buffer => {
+    const parts: Buffer[] = [Buffer.alloc(4)];
+    parts[0]!.writeUInt32BE(stmts.length, 0);
+    for (const s of stmts) {
+      const n = Buffer.alloc(4);
+      n.writeUInt32BE(s.length, 0);
+      parts.push(n, s);
+    }
+    return Buffer.concat(parts);
+  };
+  assert.deepEqual(decodeChangePayload(payload(texts.map((t) => Buffer.from(t, 'utf8')))), texts);
+  // a plain Uint8Array view in the middle of a larger buffer decodes the same
+  const p = payload(texts.map((t) => Buffer.from(t, 'utf8')));
+  const big = new Uint8Array(p.length + 10);
+  big.set(p, 5);
+  assert.deepEqual(decodeChangePayload(big.subarray(5, 5 + p.length)), texts);
+  const bad = [
+    [0x80], // a lone continuation byte
+    [0xc3, 0x41], // a lead byte followed by ASCII
+    [0xc0, 0xaf], // an overlong '/'
+    [0xed, 0xa0, 0x80], // a UTF-16 surrogate
+    [0xf4, 0x90, 0x80, 0x80], // beyond U+10FFFF
+    [0xe6, 0x97], // a sequence cut at the statement's end
+    [0xff],
+  ];
+  for (const b of bad) {
+    for (const s of [Buffer.from(b), Buffer.concat([Buffer.from('abc '), Buffer.from(b), Buffer.from(' \uFFFD def')])]) {
+      assert.throws(() => decodeChangePayload(payload([Buffer.from('ok'), s])), /statement 1 is not valid UTF-8/, `accepted ${s.toString('hex')}`);
+    }
+  }
 });

@@ -9,7 +9,7 @@ import { Planner } from '../../../engine/plan.js';
 import { Grouper } from './group.js';
 import { asBackupError, readFully } from './io.js';
 import { layoutOf, readFileHeader, scanRecords, type RecordInfo, type ScanResult } from './scan.js';
-import { FLAG_ENCRYPTED, FLAG_PRAGMA_ONLY, type FileEncryption } from './codec.js';
+import { FLAG_ENCRYPTED, FLAG_PRAGMA_ONLY, type FileEncryption, type RecordHeader } from './codec.js';
 import { AuthError, lastAuthText, parsePrefix, prefixLen, TAG_LEN, type ChainCheck, type Prefix, type RecordCrypt } from '../../../crypto/records.js';
 
 /**
@@ -48,6 +48,8 @@ class ReadAhead {
   private buf: Buffer | null = null;
   private start = 0;
   private len = 0;
+  /** counts the reads into the buffer: bytes seen at one count are still there while it stays */
+  fills = 0;
 
   constructor(
     private readonly fd: number,
@@ -71,6 +73,7 @@ class ReadAhead {
     // invalidate first: a failed read must not leave stale bytes that look like the new range
     this.start = off;
     this.len = 0;
+    this.fills++;
     while (this.len < want) {
       const r = readSync(this.fd, buf, this.len, want - this.len, off + this.len);
       if (r <= 0) break;
@@ -146,6 +149,13 @@ export class V2Reader implements BackupReader {
   private closed = false;
   /** the entry the current walk last visited, so read() of it needs no second look at the file */
   private lastWalked: WalkedEntry | null = null;
+  /**
+   * The header the walk parsed last, its offset, and the read-ahead fill it came from: while no read
+   * replaced those bytes, readChange of that record uses it instead of checking the same 32 bytes again.
+   */
+  private walkedHeader: RecordHeader | null = null;
+  private walkedAt = -1;
+  private walkedFill = -1;
   /** an encrypted backup's cipher, once a key was given (setCrypt) */
   private crypt: RecordCrypt | null = null;
 
@@ -384,6 +394,9 @@ export class V2Reader implements BackupReader {
       if (end - o < RECORD_OVERHEAD) throw this.changedError(o, 'a record cut short');
       const h = parseRecordHeader(this.ahead.get(o, RECORD_HEADER_LEN), this.seed);
       if (typeof h === 'string') throw this.changedError(o, h);
+      this.walkedHeader = h;
+      this.walkedAt = o;
+      this.walkedFill = this.ahead.fills;
       if (h.length > end - o - RECORD_OVERHEAD) throw this.changedError(o, 'a record longer than the data');
       let pragmaOnly = false;
       if (this.encryption !== null) {
@@ -472,14 +485,16 @@ export class V2Reader implements BackupReader {
     // the length was vouched for by the header checksum and fits inside the file
     const total = RECORD_HEADER_LEN + r.length;
     let rec: Buffer;
+    let hh: RecordHeader | string | null = null;
     if (total <= READ_AHEAD_MAX_RECORD) {
       rec = this.ahead.get(r.offset, total);
+      if (r.offset === this.walkedAt && this.ahead.fills === this.walkedFill) hh = this.walkedHeader;
     } else {
       rec = Buffer.allocUnsafe(total);
       readFully(this.fd, rec, total, r.offset);
     }
     let payload = rec.subarray(RECORD_HEADER_LEN, total);
-    const hh = parseRecordHeader(rec, this.seed);
+    hh ??= parseRecordHeader(rec, this.seed);
     if (typeof hh === 'string' || hh.length !== r.length || crc32(payload) !== hh.payloadCrc) {
       throw new BackupError(`${this.location}: the change record at offset ${r.offset} changed or was damaged since it was scanned`, this.location, r.offset);
     }

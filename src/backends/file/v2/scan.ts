@@ -49,10 +49,20 @@ export function checkRecordAt(win: FileWindow, o: number, seed = 0): RecordCheck
   const h = parseRecordHeader(win.ahead(o, RECORD_HEADER_LEN), seed);
   if (typeof h === 'string') return { kind: 'bad-header', why: h };
   if (h.length > win.size - o - RECORD_OVERHEAD) return { kind: 'past-eof', h };
-  if (crcOfRange(win, o + RECORD_HEADER_LEN, h.length) !== h.payloadCrc) {
-    return { kind: 'bad-payload', h, why: 'payload checksum mismatch' };
+  let trailer: number;
+  if (RECORD_OVERHEAD + h.length <= win.capacity) {
+    // the usual small record: one window view for all of it, and a plain view of the payload for the CRC
+    const all = win.ahead(o, RECORD_OVERHEAD + h.length);
+    if (crc32(new Uint8Array(all.buffer, all.byteOffset + RECORD_HEADER_LEN, h.length)) !== h.payloadCrc) {
+      return { kind: 'bad-payload', h, why: 'payload checksum mismatch' };
+    }
+    trailer = readU64(all, RECORD_HEADER_LEN + h.length);
+  } else {
+    if (crcOfRange(win, o + RECORD_HEADER_LEN, h.length) !== h.payloadCrc) {
+      return { kind: 'bad-payload', h, why: 'payload checksum mismatch' };
+    }
+    trailer = readU64(win.ahead(o + RECORD_HEADER_LEN + h.length, RECORD_TRAILER_LEN), 0);
   }
-  const trailer = readU64(win.ahead(o + RECORD_HEADER_LEN + h.length, RECORD_TRAILER_LEN), 0);
   if (trailer !== h.length) {
     return { kind: 'bad-payload', h, why: `trailer says ${trailer} bytes, header says ${h.length}` };
   }
