@@ -127,9 +127,10 @@ function restoreChecks(r: RestoreBenchResult): void {
   checks.push({
     figure: `restore, ${k(r.transactions)} invoice-shaped tx`,
     measured: `${k(r.txPerSec)} tx/s`,
-    target: '> 50,000 tx/s',
-    ok: r.txPerSec > 50_000,
-    note: `${(r.restoreMs / 1000).toFixed(2)} s wall, ${(r.restoreCpuMs / 1000).toFixed(2)} s CPU, ${(r.backupBytes / 1e6).toFixed(0)} MB`,
+    // issue 17: at least 75,000 at every backup size (the wall rate; the CPU-second rate is what it is on a quiet machine)
+    target: '>= 75,000 tx/s',
+    ok: r.txPerSec >= 75_000,
+    note: `${(r.restoreMs / 1000).toFixed(2)} s wall, ${(r.restoreCpuMs / 1000).toFixed(2)} s CPU (${k(r.txPerCpuSec)} tx per CPU-second), ${(r.backupBytes / 1e6).toFixed(0)} MB`,
   });
   checks.push({
     figure: 'restore peak RSS',
