@@ -23,8 +23,8 @@ export class FifoDriver {
   /** hrtime just before spawn(): start-up is timed from here, not from making the FIFOs */
   readonly spawnedAt: bigint;
 
-  /** `command`: the plugin by default; [node, script] for another one (the minimal reference plugin) */
-  constructor(netDir: string, command: readonly string[] = [PLUGIN]) {
+  /** `command`: the plugin by default; [node, script] for another one (the minimal reference plugin); `env`: added to ours */
+  constructor(netDir: string, command: readonly string[] = [PLUGIN], env: NodeJS.ProcessEnv = {}) {
     const fin = join(netDir, 'stdin.fifo');
     const fout = join(netDir, 'stdout.fifo');
     execFileSync('mkfifo', [fin, fout]);
@@ -34,7 +34,7 @@ export class FifoDriver {
     const childIn = openSync(fin, 'r');
     const childOut = openSync(fout, 'w');
     this.spawnedAt = process.hrtime.bigint();
-    this.child = spawn(command[0]!, command.slice(1), { cwd: netDir, env: { ...process.env, LIGHTNINGD_PLUGIN: '1' }, stdio: [childIn, childOut, 'inherit'] });
+    this.child = spawn(command[0]!, command.slice(1), { cwd: netDir, env: { ...process.env, ...env, LIGHTNINGD_PLUGIN: '1' }, stdio: [childIn, childOut, 'inherit'] });
     closeSync(childIn);
     closeSync(childOut);
   }

@@ -48,6 +48,27 @@ export interface BackupWriter {
   prepare?(): boolean;
 }
 
+/**
+ * A remote destination (socket:, clnvault://, postgresql://) driven from the plugin's own event loop: each
+ * call resolves once the server acknowledged (or committed), so the hook can answer lightningd without any
+ * thread hand-off (docs/remote.md, "Latency"). Same rules as BackupWriter; only the waiting differs.
+ */
+export interface AsyncBackupWriter {
+  readonly format: BackupFormat;
+  readonly location: string;
+  head(): number;
+  isEmpty(): boolean;
+  headIsSnapshot(): boolean;
+  repaired(): Problem[];
+  appendChange(version: number, statements: readonly string[]): Promise<number>;
+  appendSnapshotFile(version: number, dbPath: string): Promise<void>;
+  dropHead(): Promise<number>;
+  stats(): BackupStats;
+  close(): Promise<void>;
+  /** socket: only: the server compacts its own file (backup-compact); the server's answer as text */
+  compactRemote?(): Promise<string>;
+}
+
 export interface HeaderWalkOptions {
   /**
    * On a backup with a damaged record in the middle, walk the intact entries before the first damaged

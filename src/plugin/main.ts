@@ -7,7 +7,7 @@ import { MultiWriter } from '../backends/multi/writer.js';
 import { DESTINATION_NOTIFICATION } from './manifest.js';
 import { prepareBackup, runByHandText, setRemoteLog, startedByLightningd, type Startup } from './startup.js';
 import { manifest, statusResult } from './manifest.js';
-import { serveStdin } from './stdin.js';
+import { serveStdin, serveStdinAsync, type StdinHandlers } from './stdin.js';
 import { createRequire } from 'node:module';
 import type { MessagePort } from 'node:worker_threads';
 import type { LogLevel } from './output.js';
@@ -34,8 +34,10 @@ async function main(): Promise<void> {
     compaction = new PluginCompaction(startup.writer, process.cwd(), config, (level, msg) => log(level, `clnvault: ${msg}`), startup.encryption?.key ?? null);
     startup.writer = compaction.writer;
   }
+  // a lone remote destination is driven from this thread's event loop (startup.remote): see serveRemote below
+  const remote = startup.remote;
   const handler = new DbWriteHandler(
-    startup.writer,
+    remote ?? startup.writer,
     startup.error,
     (level, msg) => log(level, `clnvault: ${msg}`),
     { url: startup.url, netDir: process.cwd() },
@@ -87,6 +89,15 @@ async function main(): Promise<void> {
     if (typeof msg.method !== 'string') return; // a response or junk: the plugin sends no requests
     if (!hasId) return; // notifications: none subscribed
     const rid = id as RpcId;
+    if (remote !== null) {
+      // one message at a time, as on the blocking path: lightningd waits for the db_write answer anyway, and
+      // nothing else may use the connection to the server meanwhile (backup-compact) or answer out of order
+      const m = msg as { method: string; params?: unknown };
+      const len = end - start;
+      if (busy) waiting.push(() => serveRemote(rid, m, utf8, len));
+      else serveRemote(rid, m, utf8, len);
+      return;
+    }
     switch (msg.method) {
       case 'db_write': {
         const r = utf8
@@ -101,16 +112,11 @@ async function main(): Promise<void> {
         return;
       }
       case 'getmanifest':
-        sendResult(rid, manifest());
-        if (pendingLogs) {
-          for (const l of pendingLogs) log(l.level, `clnvault: ${l.message}`);
-          pendingLogs = null;
-          setRemoteLog((level, message) => log(level, `clnvault: ${message}`));
-        }
+      case 'clnvault-status':
+        serveLocal(rid, msg);
         return;
       case 'init':
-        onInit(msg.params);
-        sendResult(rid, {});
+        serveLocal(rid, msg);
         compaction?.onInit();
         multi?.enableAutoCompaction(readCompactionConfig(process.cwd()).config, (sab, abandoned) => shareStdout(new Int32Array(sab), 0, abandoned));
         // the first db_write should already find reserved space
@@ -147,22 +153,102 @@ async function main(): Promise<void> {
         if (why !== null) sendError(rid, -32000, why);
         return;
       }
-      case 'clnvault-status':
-        sendResult(rid, statusResult(startup, handler));
-        return;
       default:
         sendError(rid, -32601, `Method not found: ${msg.method}`);
     }
   };
 
+  /** async mode: a db_write (or backup-compact) awaiting the server; later messages wait in `waiting` */
+  let busy = false;
+  const waiting: Array<() => void> = [];
+  const settle = (): void => {
+    busy = false;
+    while (!busy && waiting.length > 0) waiting.shift()!();
+  };
+  const serveRemote = (rid: RpcId, msg: { method: string; params?: unknown }, utf8: boolean, len: number): void => {
+    switch (msg.method) {
+      case 'db_write': {
+        busy = true;
+        const pending = utf8
+          ? handler.handleAsync(msg.params)
+          : Promise.resolve(handler.refuse(`a db_write message (${len} bytes) that is not valid UTF-8: its statements cannot be stored exactly`));
+        pending
+          .catch((e: unknown) => handler.refuse(`internal error: ${(e as Error).message}`))
+          .then((r) => {
+            if (r.ok) sendContinue(rid);
+            else sendError(rid, -32000, r.message);
+            settle();
+          });
+        return;
+      }
+      case 'backup-compact': {
+        if (typeof remote!.compactRemote !== 'function') {
+          sendError(rid, -32000, "a postgresql: backup is compacted inside the database while this plugin writes: run 'clnvault compact <backup-url>'");
+          return;
+        }
+        busy = true;
+        remote!
+          .compactRemote()
+          .then(
+            (text) => {
+              let stats: unknown = text;
+              try {
+                stats = JSON.parse(text);
+              } catch {
+                // not JSON: passed on as the server sent it
+              }
+              sendResult(rid, stats);
+            },
+            (e: unknown) => sendError(rid, -32000, (e as Error).message),
+          )
+          .finally(settle);
+        return;
+      }
+      case 'getmanifest':
+      case 'init':
+      case 'clnvault-status':
+        // nothing here waits on the server: the same answers as the blocking path
+        serveLocal(rid, msg);
+        return;
+      default:
+        sendError(rid, -32601, `Method not found: ${msg.method}`);
+    }
+  };
+  const serveLocal = (rid: RpcId, msg: { method?: unknown; params?: unknown }): void => {
+    switch (msg.method) {
+      case 'getmanifest':
+        sendResult(rid, manifest());
+        if (pendingLogs) {
+          for (const l of pendingLogs) log(l.level, `clnvault: ${l.message}`);
+          pendingLogs = null;
+          setRemoteLog((level, message) => log(level, `clnvault: ${message}`));
+        }
+        return;
+      case 'init':
+        onInit(msg.params);
+        sendResult(rid, {});
+        return;
+      case 'clnvault-status':
+        sendResult(rid, statusResult(startup, handler));
+        return;
+    }
+  };
+
   const shutdown = (code: number): void => {
+    if (remote !== null) {
+      // closing says goodbye to the server (a PostgreSQL writer gives its lease back and applies a rewind no
+      // replacement followed), as the worker path does before exiting; bounded, an unreachable server must not keep us
+      const bound = new Promise<void>((r) => setTimeout(r, 5_000).unref());
+      void Promise.race([remote.close().catch(() => undefined), bound]).finally(() => process.exit(code));
+      return;
+    }
     try {
       startup.writer?.close();
     } finally {
       process.exit(code);
     }
   };
-  serveStdin({
+  const stdinHandlers: StdinHandlers = {
     onMessage: dispatch,
     onEnd: (rest) => {
       if (rest.length > 0) log('warn', `clnvault: input ended inside a message (${rest.length} bytes ignored)`);
@@ -172,7 +258,11 @@ async function main(): Promise<void> {
       log('error', `clnvault: ${e.message}; exiting`);
       shutdown(1);
     },
-  });
+  };
+  // the blocking read(2) is the leanest wait when the hook's work is synchronous (files, several destinations);
+  // a lone remote destination needs the event loop running to hear its server, so stdin joins it there
+  if (remote !== null) serveStdinAsync(stdinHandlers);
+  else serveStdin(stdinHandlers);
 }
 
 function onInit(params: unknown): void {

@@ -37,7 +37,7 @@ export function manifest(): unknown {
 }
 
 export function statusResult(startup: Startup, handler: DbWriteHandler): unknown {
-  const w = startup.writer;
+  const w = startup.writer ?? startup.remote;
   const s = w?.stats();
   return {
     ok: w !== null && startup.error === null,

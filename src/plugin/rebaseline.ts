@@ -1,5 +1,5 @@
 import { closeSync, openSync, readSync } from 'node:fs';
-import type { BackupWriter } from '../backends/backend.js';
+import type { AsyncBackupWriter, BackupWriter } from '../backends/backend.js';
 import Database from '../engine/sqlite.js';
 
 /**
@@ -44,20 +44,45 @@ export function isWalDatabase(path: string): boolean {
  * whole copy; returns its data_version. Throws (and stores nothing) when the lock cannot be had.
  */
 export function rebaselineInHook(writer: BackupWriter, r: DeferredRebaseline): number {
+  const { db, version } = lockCommitted(r);
+  try {
+    writer.appendSnapshotFile(version, r.dbPath);
+    db.exec('COMMIT');
+    return version;
+  } finally {
+    db.close();
+  }
+}
+
+/**
+ * rebaselineInHook for a writer driven from the event loop: the SHARED lock is held across the await just
+ * the same (nothing else in the plugin touches this connection, and lightningd waits in the hook).
+ */
+export async function rebaselineInHookAsync(writer: BackupWriter | AsyncBackupWriter, r: DeferredRebaseline): Promise<number> {
+  const { db, version } = lockCommitted(r);
+  try {
+    await writer.appendSnapshotFile(version, r.dbPath);
+    db.exec('COMMIT');
+    return version;
+  } finally {
+    db.close();
+  }
+}
+
+/** Opens the node's database and takes the SHARED lock (held until COMMIT); its committed data_version. */
+function lockCommitted(r: DeferredRebaseline): { db: InstanceType<typeof Database>; version: number } {
   // short busy timeout: a lock held by lightningd's spilled transaction is not released while it waits for us
   const db = new Database(r.dbPath, { readonly: true, fileMustExist: true, timeout: 2000 });
   try {
     const mode = String(db.pragma('journal_mode', { simple: true }));
     if (mode.toLowerCase() === 'wal') throw new Error(`${r.dbPath} is in WAL mode: the file alone is not the database`);
     db.exec('BEGIN');
-    // the first read takes the SHARED lock, held until COMMIT below
+    // the first read takes the SHARED lock, held until COMMIT
     const hasVars = db.prepare("SELECT 1 FROM sqlite_master WHERE type='table' AND name='vars'").get();
     const row = hasVars ? (db.prepare("SELECT intval FROM vars WHERE name='data_version'").get() as { intval: number | bigint } | undefined) : undefined;
-    const version = row ? Number(row.intval) : 0;
-    writer.appendSnapshotFile(version, r.dbPath);
-    db.exec('COMMIT');
-    return version;
-  } finally {
+    return { db, version: row ? Number(row.intval) : 0 };
+  } catch (e) {
     db.close();
+    throw e;
   }
 }

@@ -1,6 +1,6 @@
 import { existsSync, readdirSync, rmSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
-import type { BackupWriter } from '../backends/backend.js';
+import type { AsyncBackupWriter, BackupWriter } from '../backends/backend.js';
 import { backupPath, isRemoteUrl, openWriter } from '../backends/open.js';
 import { isPostgresUrl } from '../backends/postgres/url.js';
 import { remoteTimeoutMs } from '../backends/postgres/timeout.js';
@@ -26,6 +26,11 @@ export interface StartupLog {
 
 export interface Startup {
   writer: BackupWriter | null;
+  /**
+   * Set instead of `writer` when the only destination is remote (socket:, clnvault://, postgresql://): it is
+   * driven from the plugin's event loop (main.ts runs its async loop then).
+   */
+  remote: AsyncBackupWriter | null;
   /** why the backup could not be opened; every db_write is then refused with it */
   error: string | null;
   logs: StartupLog[];
@@ -48,7 +53,7 @@ export function setRemoteLog(f: (level: StartupLog['level'], message: string) =>
 
 export async function prepareBackup(cwd: string): Promise<Startup> {
   const logs: StartupLog[] = [];
-  const out: Startup = { writer: null, error: null, logs, rebaselined: null, url: null, deferredRebaseline: null, encryption: null };
+  const out: Startup = { writer: null, remote: null, error: null, logs, rebaselined: null, url: null, deferredRebaseline: null, encryption: null };
   let lock;
   try {
     lock = readBackupLock(cwd);
@@ -70,21 +75,20 @@ export async function prepareBackup(cwd: string): Promise<Startup> {
       key = keyFromLock(cwd, lock.encrypt, lockBackupFile(lock, cwd));
     }
     if (key) out.encryption = { fingerprint: key.fingerprint, key };
-    out.writer =
-      lock.destinations !== undefined
-        ? openMulti(lock, cwd, seg.segmentBytes, remoteTimeout.ms, log, key)
-        : openWriter(lock.backend_url, cwd, {
-            key,
-            segmentBytes: seg.segmentBytes,
-            remoteTimeoutMs: remoteTimeout.ms,
-            log,
-          });
+    const opts = { key, segmentBytes: seg.segmentBytes, remoteTimeoutMs: remoteTimeout.ms, log };
+    if (lock.destinations === undefined && isRemoteUrl(lock.backend_url) && process.env.CLNVAULT_REMOTE_WORKER !== '1') {
+      out.remote = await (await loadAsyncOpen()).openAsyncWriter(lock.backend_url, cwd, opts);
+    }
+    if (out.remote === null) {
+      out.writer =
+        lock.destinations !== undefined ? openMulti(lock, cwd, seg.segmentBytes, remoteTimeout.ms, log, key) : openWriter(lock.backend_url, cwd, opts);
+    }
   } catch (e) {
     out.error = (e as Error).message;
     logs.push({ level: 'error', message: `cannot start the backup: ${out.error}` });
     return out;
   }
-  const writer = out.writer;
+  const writer: BackupWriter | AsyncBackupWriter = out.remote ?? out.writer!;
   for (const p of writer.repaired()) logs.push({ level: 'warn', message: `repaired the backup on open: ${p.message}` });
   logs.push({
     level: 'info',
@@ -149,7 +153,7 @@ export async function prepareBackup(cwd: string): Promise<Startup> {
   const tmp = join(dirname(file), `${prefix}${process.pid}.sqlite3`);
   try {
     const version = await snapshotDatabase(dbPath, tmp);
-    writer.appendSnapshotFile(version, tmp);
+    await writer.appendSnapshotFile(version, tmp);
     out.rebaselined = { from: head, to: version };
     logs.push({
       level: 'warn',
@@ -168,6 +172,14 @@ export async function prepareBackup(cwd: string): Promise<Startup> {
     rmSync(`${tmp}-journal`, { force: true });
   }
   return out;
+}
+
+/**
+ * The event-loop writers (src/backends/async-open.ts), loaded by path: the plugin's bundle (scripts/postbuild.js)
+ * stays free of the network code a file destination never runs. This file and the bundle both live in dist/src/plugin/.
+ */
+async function loadAsyncOpen(): Promise<typeof import('../backends/async-open.js')> {
+  return (await import(new URL('../backends/async-open.js', import.meta.url).href)) as typeof import('../backends/async-open.js');
 }
 
 /** Several destinations (backup.lock "destinations"): src/backends/multi/. */

@@ -25,7 +25,7 @@ export interface StdinHandlers {
 const STDIN = 0;
 const READ_SIZE = 64 * 1024;
 
-export function serveStdin(h: StdinHandlers): void {
+function splitterFor(h: StdinHandlers): { splitter: MessageSplitter; commit: (n: number) => boolean } {
   const splitter = new MessageSplitter();
   const commit = (n: number): boolean => {
     try {
@@ -39,6 +39,20 @@ export function serveStdin(h: StdinHandlers): void {
       throw e;
     }
   };
+  return { splitter, commit };
+}
+
+/**
+ * Reads fd 0 on the event loop from the start: for a plugin whose hook waits on the network (a lone remote
+ * destination), the event loop must run between and during hooks; libuv makes fd 0 non-blocking for that.
+ */
+export function serveStdinAsync(h: StdinHandlers): void {
+  const { splitter, commit } = splitterFor(h);
+  serveAsync(splitter, commit, h);
+}
+
+export function serveStdin(h: StdinHandlers): void {
+  const { splitter, commit } = splitterFor(h);
   for (;;) {
     const space = splitter.writable(READ_SIZE);
     let n: number;

@@ -21,6 +21,16 @@ export interface SocketWriterOptions {
   log?: (level: 'info' | 'warn' | 'error', message: string) => void;
 }
 
+/** The error a failed remote operation throws; the same words from the worker path and the event-loop path (async-writer.ts). */
+export function remoteFailure(location: string, what: string, error: string, refused: boolean, budgetMs: number): BackupError {
+  const advice = refused
+    ? ''
+    : `. Check that the server (clnvault server or backup-cli server) is running and reachable from this machine ` +
+      `(tunnel, Tor, firewall), then start lightningd again; "remote_timeout" in backup.lock (seconds, now ` +
+      `${Math.round(budgetMs / 1000)}) sets how long an outage is ridden out before the node is stopped`;
+  return new BackupError(`${location}: ${what} failed: ${error}${advice}`, location);
+}
+
 export class SocketWriter implements BackupWriter {
   /** the protocol carries the reference's entries; the server stores them in whatever format its file has */
   readonly format = 'v1' as const;
@@ -53,12 +63,7 @@ export class SocketWriter implements BackupWriter {
 
   private check(r: WorkerReply, what: string): Metadata | null {
     if (r.ok) return r.meta;
-    const advice = r.refused
-      ? ''
-      : `. Check that the server (clnvault server or backup-cli server) is running and reachable from this machine ` +
-        `(tunnel, Tor, firewall), then start lightningd again; "remote_timeout" in backup.lock (seconds, now ` +
-        `${Math.round(this.budgetMs / 1000)}) sets how long an outage is ridden out before the node is stopped`;
-    throw new BackupError(`${this.location}: ${what} failed: ${r.error}${advice}`, this.location);
+    throw remoteFailure(this.location, what, r.error, r.refused, this.budgetMs);
   }
 
   private usable(): void {

@@ -1,0 +1,18 @@
+import type { AsyncBackupWriter } from './backend.js';
+import { destinationOf, encryptionNotYet, type WriterOptions } from './open.js';
+import { isPostgresUrl } from './postgres/url.js';
+import { AsyncSocketWriter } from './socket/async-writer.js';
+
+/**
+ * The plugin's writer when its only destination is remote: driven from the plugin's event loop
+ * (AsyncBackupWriter) instead of a worker thread behind a synchronous call. Null for a destination
+ * that has no such writer (files: the blocking path is the fastest there).
+ *
+ * The plugin loads this module by path at run time (startup.ts), so a plugin writing to a file never
+ * parses the network code.
+ */
+export async function openAsyncWriter(url: string, cwd: string, opts: WriterOptions = {}): Promise<AsyncBackupWriter | null> {
+  if (isPostgresUrl(url) || destinationOf(url, cwd) !== 'socket') return null;
+  if (opts.key) throw encryptionNotYet(url);
+  return AsyncSocketWriter.open(url, { cwd, ...(opts.remoteTimeoutMs !== undefined ? { remoteTimeoutMs: opts.remoteTimeoutMs } : {}), ...(opts.log ? { log: opts.log } : {}) });
+}

@@ -1,0 +1,128 @@
+import type { AsyncBackupWriter, BackupStats } from '../backend.js';
+import { BackupError, type Problem } from '../../engine/entries.js';
+import { changePacket, type Metadata } from './protocol.js';
+import { SocketSession } from './session.js';
+import { parseSocketUrl } from './url.js';
+import { DEFAULT_REMOTE_TIMEOUT_MS, remoteFailure, type SocketWriterOptions } from './writer.js';
+
+/**
+ * The plugin's socket: / clnvault:// writer when that server is its only destination: the session runs
+ * on the plugin's own event loop, so a db_write costs one wake-up for lightningd's request and one for
+ * the server's ACK. The worker path (writer.ts, sync.ts) adds a post to the worker, the worker's wake-up
+ * and a futex wake back per write (docs/remote.md, "Latency"). Same session code, same rules: every
+ * call resolves once the server acknowledged, or fails within remote_timeout.
+ */
+
+/** beyond remote_timeout: only a bug in the session could get here; refusing then beats hanging lightningd */
+const BACKSTOP_MS = 10_000;
+
+export class AsyncSocketWriter implements AsyncBackupWriter {
+  readonly format = 'v1' as const;
+  private meta: Metadata = { protocol: 1, version: 0, prevVersion: 0, versionCount: 0 };
+  private snapshotHead = false;
+  private closed = false;
+  /** set when an operation outlived its backstop: its late result must not be mistaken for the next one's */
+  private broken: string | null = null;
+
+  private constructor(
+    readonly location: string,
+    private readonly session: SocketSession,
+    private readonly budgetMs: number,
+    private readonly log: (level: 'info' | 'warn' | 'error', message: string) => void,
+  ) {}
+
+  static async open(url: string, opts: SocketWriterOptions = {}): Promise<AsyncSocketWriter> {
+    const budgetMs = opts.remoteTimeoutMs ?? DEFAULT_REMOTE_TIMEOUT_MS;
+    const session = new SocketSession(parseSocketUrl(url, opts.cwd), budgetMs);
+    const w = new AsyncSocketWriter(url, session, budgetMs, opts.log ?? (() => {}));
+    w.meta = await w.run(() => session.open(), 'connecting to the backup server', budgetMs + BACKSTOP_MS);
+    return w;
+  }
+
+  /** Runs one session operation; its notes (reconnections) go to the log, its failure becomes the writer's error. */
+  private async run<T>(op: () => Promise<T>, what: string, backstopMs: number): Promise<T> {
+    if (this.closed) throw new BackupError(`${this.location}: the connection to the backup server was closed`, this.location);
+    if (this.broken !== null) throw remoteFailure(this.location, what, this.broken, true, this.budgetMs);
+    let timer: NodeJS.Timeout | undefined;
+    try {
+      return await Promise.race([
+        op(),
+        new Promise<never>((_, reject) => {
+          timer = setTimeout(() => {
+            this.broken = `no answer within ${Math.round(backstopMs / 1000)} s; the connection is given up`;
+            this.session.drop();
+            reject(new Error(this.broken));
+          }, backstopMs);
+        }),
+      ]);
+    } catch (e) {
+      const err = e as Error;
+      throw remoteFailure(this.location, what, err.message, err.name === 'RefusedError', this.budgetMs);
+    } finally {
+      clearTimeout(timer);
+      for (const n of this.session.notes.splice(0)) this.log(n.level, n.message);
+    }
+  }
+
+  head(): number {
+    return this.meta.version;
+  }
+
+  isEmpty(): boolean {
+    return this.meta.version === 0 && this.meta.versionCount === 0;
+  }
+
+  /** As SocketWriter.headIsSnapshot: only a snapshot sent by this writer is known to be one. */
+  headIsSnapshot(): boolean {
+    return this.snapshotHead;
+  }
+
+  repaired(): Problem[] {
+    return [];
+  }
+
+  async appendChange(version: number, statements: readonly string[]): Promise<number> {
+    let pkt: Buffer;
+    try {
+      pkt = changePacket(version, statements);
+    } catch (e) {
+      throw new BackupError(`${this.location}: ${(e as Error).message}`, this.location);
+    }
+    await this.run(() => this.session.change(version, pkt), `sending version ${version}`, this.budgetMs + BACKSTOP_MS);
+    this.meta = this.session.meta!;
+    this.snapshotHead = false;
+    return pkt.length;
+  }
+
+  async appendSnapshotFile(version: number, dbPath: string): Promise<void> {
+    // each chunk has its own deadline inside the session: a large snapshot over Tor takes as long as it takes
+    await this.run(() => this.session.snapshot(version, dbPath), `sending the snapshot of version ${version}`, 24 * 3600_000);
+    this.meta = this.session.meta!;
+    this.snapshotHead = true;
+  }
+
+  async dropHead(): Promise<number> {
+    if (this.snapshotHead) throw new BackupError(`${this.location}: the newest entry is a snapshot, which is never rewound`, this.location);
+    const target = this.meta.prevVersion;
+    this.meta = await this.run(() => this.session.rewind(target), `rewinding to version ${target}`, this.budgetMs + BACKSTOP_MS);
+    return this.meta.version;
+  }
+
+  async compactRemote(): Promise<string> {
+    try {
+      return await this.run(() => this.session.compact(), 'compaction', this.budgetMs + BACKSTOP_MS);
+    } finally {
+      this.meta = this.session.meta ?? this.meta;
+    }
+  }
+
+  stats(): BackupStats {
+    return { format: this.format, location: this.location, head: this.meta.version, entries: this.meta.versionCount, bytes: 0 };
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    this.session.drop();
+  }
+}
