@@ -76,6 +76,11 @@ describe('twenty nodes in one database', { skip: PG_SKIP }, () => {
           /row-level security/,
         );
         await assert.rejects(c.query(`INSERT INTO clnvault.backups (name, owner) VALUES ('stolen', $1)`, [names[(i + 1) % NODES]]), /row-level security/);
+        // nor rows for a backup that does not exist (the policy refuses them; no foreign key does since schema migration 4)
+        await assert.rejects(
+          c.query(`INSERT INTO clnvault.entries (backup_id, seq, kind, version, statements, bytes) VALUES (999999, 1, 0, 1, ARRAY['x'], 1)`),
+          /row-level security/,
+        );
       } finally {
         await c.end();
       }

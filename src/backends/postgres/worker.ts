@@ -375,7 +375,16 @@ async function handle(req: PgRequest): Promise<unknown> {
     }
     case 'drop': {
       const c = await connect();
-      await c.query('DELETE FROM clnvault.backups WHERE name = $1', [data.backup]);
+      // no foreign key cascades from the backup's row (schema.ts, migration 4): its entries go first, together
+      await c.query('BEGIN');
+      try {
+        await c.query('DELETE FROM clnvault.entries WHERE backup_id IN (SELECT id FROM clnvault.backups WHERE name = $1)', [data.backup]);
+        await c.query('DELETE FROM clnvault.backups WHERE name = $1', [data.backup]);
+        await c.query('COMMIT');
+      } catch (e) {
+        await c.query('ROLLBACK').catch(() => undefined);
+        throw e;
+      }
       backupId = null;
       return null;
     }
