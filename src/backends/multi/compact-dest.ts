@@ -83,7 +83,7 @@ export async function compactDestination(
     };
   }
   if (w.format === 'postgresql') {
-    const r = compactPg(url, { netDir: cwd, log: (m) => log('info', m) });
+    const r = compactPg(url, { netDir: cwd, log: (m) => log('info', m), key });
     return {
       result: r.compacted ? 'compacted' : 'nothing-to-compact',
       before: { bytes: r.before.bytes, entries: r.before.entries },
