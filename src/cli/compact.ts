@@ -5,12 +5,8 @@ import { KEY_OPTIONS, KEY_OPTIONS_HELP, keyFromOptions } from './key-options.js'
 import { keyFromKeyFile, writeKeyFile, type BackupKey } from '../crypto/keys.js';
 import { readSegmentHeader } from '../backends/file/segments.js';
 import { FILE_FLAG_ENCRYPTED } from '../backends/file/v2.js';
-import { identityOf, type CompactOptions, type CompactOutcome } from '../compact/compact.js';
-import type { FileIdentity } from '../compact/sync.js';
-import type { OfflineJob, OfflineMessage } from '../compact/offline-worker.js';
-import { BackupError } from '../engine/entries.js';
-import { Worker } from 'node:worker_threads';
-import { leanCompactionHeap } from '../compact/heap.js';
+import { identityOf } from '../compact/compact.js';
+import { runOfflineCompaction } from '../compact/offline-run.js';
 import { DEFAULT_SEGMENT_BYTES, parseSegmentBytes } from '../backends/file/segments.js';
 import { DEFAULT_COMPACTION } from '../compact/config.js';
 import { isReopenable } from '../plugin/compaction.js';
@@ -129,7 +125,7 @@ export const compactCommand: Command = {
       for (const p of writer.repaired()) err(`repaired on open: ${p.message}`);
       if (!isReopenable(writer)) throw new CliError(`${path}: this backup type cannot be compacted`);
       const file = identityOf(path);
-      const outcome = await compactOffline(
+      const outcome = await runOfflineCompaction(
         {
           path,
           end: writer.endOffset(),
@@ -185,43 +181,3 @@ export const compactCommand: Command = {
   },
 };
 
-/** the compaction worker's young generation (V8 nursery), MiB: as the plugin's (src/plugin/compaction.ts) */
-const COMPACT_YOUNG_GEN_MB = 3;
-
-/**
- * Runs compactFile in a worker thread (src/compact/offline-worker.ts) whose V8 young generation is capped:
- * in this thread it peaked at 141 MiB on a 1 GiB backup. `opts.onlyIfSmaller`: never swap in a file that is
- * not smaller (a small backup's snapshot can outweigh its entries).
- */
-function compactOffline(
-  job: { path: string; end: number; file: FileIdentity; opts: CompactOptions },
-  log: (level: 'info' | 'warn' | 'error', message: string) => void,
-): Promise<CompactOutcome> {
-  return new Promise((resolve, reject) => {
-    const data: OfflineJob = job;
-    leanCompactionHeap();
-    const w = new Worker(new URL('../compact/offline-worker.js', import.meta.url), {
-      workerData: data,
-      resourceLimits: { maxYoungGenerationSizeMb: COMPACT_YOUNG_GEN_MB },
-    });
-    let settled = false;
-    w.on('message', (m: OfflineMessage) => {
-      if (m.kind === 'log') log(m.level, m.message);
-      else if (m.kind === 'done') {
-        settled = true;
-        resolve(m.outcome);
-      } else {
-        settled = true;
-        reject(m.path !== null ? new BackupError(m.message, m.path) : new Error(m.message));
-      }
-    });
-    w.on('error', (e) => {
-      if (!settled) reject(new Error(`the compaction of ${job.path} stopped: ${e.message}; the backup is unchanged unless a rename was reported`));
-      settled = true;
-    });
-    w.on('exit', (code) => {
-      if (!settled) reject(new Error(`the compaction worker of ${job.path} exited (code ${code}) without a result; run clnvault compact again`));
-      settled = true;
-    });
-  });
-}

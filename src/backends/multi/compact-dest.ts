@@ -1,8 +1,6 @@
-import { Worker } from 'node:worker_threads';
 import type { BackupWriter } from '../backend.js';
 import { identityOf, type CompactOutcome } from '../../compact/compact.js';
-import type { OfflineJob, OfflineMessage } from '../../compact/offline-worker.js';
-import { leanCompactionHeap } from '../../compact/heap.js';
+import { runOfflineCompaction } from '../../compact/offline-run.js';
 import { compactPg } from '../postgres/compact.js';
 import type { KeyLike } from '../../crypto/backup-crypt.js';
 
@@ -29,9 +27,6 @@ export interface DestCompaction {
   /** when it ended (ms since the epoch) */
   at: number;
 }
-
-/** the compaction worker's young generation (V8 nursery), MiB: as the plugin's (src/plugin/compaction.ts) */
-const COMPACT_YOUNG_GEN_MB = 3;
 
 interface FileWriter extends BackupWriter {
   format: 'v1' | 'v2';
@@ -60,7 +55,7 @@ export async function compactDestination(
     const before = identityOf(path);
     let outcome: CompactOutcome;
     try {
-      outcome = await offline(
+      outcome = await runOfflineCompaction(
         {
           path,
           end: w.endOffset(),
@@ -121,31 +116,3 @@ export async function compactDestination(
   return { result: 'skipped', reason: `a ${w.format} destination has no online compaction`, elapsed_ms: Date.now() - t0 };
 }
 
-function offline(job: OfflineJob, log: (level: 'info' | 'warn' | 'error', message: string) => void): Promise<CompactOutcome> {
-  return new Promise((resolve, reject) => {
-    leanCompactionHeap();
-    const w = new Worker(new URL('../../compact/offline-worker.js', import.meta.url), {
-      workerData: job,
-      resourceLimits: { maxYoungGenerationSizeMb: COMPACT_YOUNG_GEN_MB },
-    });
-    let settled = false;
-    w.on('message', (m: OfflineMessage) => {
-      if (m.kind === 'log') log(m.level, m.message);
-      else if (m.kind === 'done') {
-        settled = true;
-        resolve(m.outcome);
-      } else {
-        settled = true;
-        reject(new Error(m.message));
-      }
-    });
-    w.on('error', (e) => {
-      if (!settled) reject(new Error(`the compaction of ${job.path} stopped: ${e.message}`));
-      settled = true;
-    });
-    w.on('exit', (code) => {
-      if (!settled) reject(new Error(`the compaction worker of ${job.path} exited (code ${code}) without a result`));
-      settled = true;
-    });
-  });
-}
