@@ -20,10 +20,7 @@ let server: PgServer;
 
 describe('several destinations: file + socket + postgresql, ack 2', { skip: PG_SKIP }, () => {
   before(async () => {
-    server = await PgServer.start();
-    await server.adminSetup();
-    const r = await runCli(['init', '--schema-only', server.url('clnvault_admin', 'admin-secret', 'unused')]);
-    assert.equal(r.code, 0, show(r));
+    server = await PgServer.startWithSchema();
   });
   after(async () => {
     killAllPlugins();

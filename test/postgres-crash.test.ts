@@ -51,10 +51,7 @@ const tx = (i: number): string[] => [`INSERT INTO vars (name, intval) VALUES ('c
 
 describe('PostgreSQL killed mid-write', { skip: PG_SKIP }, () => {
   before(async () => {
-    server = await PgServer.start();
-    await server.adminSetup();
-    const r = await runCli(['init', '--schema-only', server.url('clnvault_admin', 'admin-secret', 'unused')]);
-    assert.equal(r.code, 0, show(r));
+    server = await PgServer.startWithSchema();
   });
   after(async () => {
     for (const n of nodes) await n.stop().catch(() => undefined);

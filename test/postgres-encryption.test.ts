@@ -143,10 +143,7 @@ async function tampered(backup: string, tamper: (c: pg.Client, id: number, seqs:
 
 describe('encrypted postgresql: backups', { skip: PG_SKIP }, () => {
   before(async () => {
-    server = await PgServer.start();
-    await server.adminSetup();
-    const r = await runCli(['init', '--schema-only', server.url('clnvault_admin', 'admin-secret', 'unused')]);
-    assert.equal(r.code, 0, show(r));
+    server = await PgServer.startWithSchema();
   });
   after(async () => {
     await server?.stop();

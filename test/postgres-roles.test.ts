@@ -19,10 +19,7 @@ let dir: string;
 
 describe('twenty nodes in one database', { skip: PG_SKIP }, () => {
   before(async () => {
-    server = await PgServer.start();
-    await server.adminSetup();
-    const r = await runCli(['init', '--schema-only', server.url('clnvault_admin', 'admin-secret', 'unused')]);
-    assert.equal(r.code, 0, show(r));
+    server = await PgServer.startWithSchema();
     dir = mkdtempSync(join(tmpdir(), 'clnvault-pgroles-'));
   });
   after(async () => {

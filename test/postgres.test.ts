@@ -68,11 +68,8 @@ async function restoreDump(dir: string, url: string): Promise<string> {
 
 describe('PostgreSQL destination', { skip: PG_SKIP }, () => {
   before(async () => {
-    server = await PgServer.start();
-    await server.adminSetup();
     // the administrator's one-time step: the tables, granted to clnvault_node
-    const r = await runCli(['init', '--schema-only', server.url('clnvault_admin', 'admin-secret', 'unused')]);
-    assert.equal(r.code, 0, show(r));
+    server = await PgServer.startWithSchema();
   });
   after(async () => {
     await server?.stop();

@@ -4,6 +4,7 @@ import { createServer } from 'node:net';
 import { tmpdir, userInfo } from 'node:os';
 import { join } from 'node:path';
 import pg from 'pg';
+import { runCli, show } from './cli.js';
 
 /**
  * A real PostgreSQL server for the tests: Debian's binaries, a fresh cluster in a temporary directory
@@ -155,6 +156,21 @@ export class PgServer {
     } finally {
       await c.end();
     }
+  }
+
+  /**
+   * A server as the suites want it: started, the administrator's one-time set-up done, and clnvault's
+   * tables created with `clnvault init --schema-only` (the administrator's step), granted to the node roles.
+   */
+  static async startWithSchema(opts: { conf?: string[] } = {}): Promise<PgServer> {
+    const server = await PgServer.start(opts);
+    await server.adminSetup();
+    const r = await runCli(['init', '--schema-only', server.url('clnvault_admin', 'admin-secret', 'unused')]);
+    if (r.code !== 0) {
+      await server.stop();
+      throw new Error(`clnvault init --schema-only failed: ${show(r)}`);
+    }
+    return server;
   }
 }
 
