@@ -51,7 +51,7 @@ interface Enc {
   keyFile: string;
 }
 
-async function encrypted(name: string, transcripts: string[], opts: { keyFile?: string; plain?: boolean } = {}): Promise<Enc> {
+async function encrypted(name: string, transcripts: string[], opts: { keyFile?: string; plain?: boolean; env?: NodeJS.ProcessEnv } = {}): Promise<Enc> {
   const { url, backup } = await nodeRole(name);
   const dir = scratch();
   const netDir = join(dir, 'regtest');
@@ -63,7 +63,7 @@ async function encrypted(name: string, transcripts: string[], opts: { keyFile?: 
     assert.match(init.stdout, /key fingerprint [0-9a-f]{16}/);
     assert.deepEqual(JSON.parse(readFileSync(join(netDir, 'backup.lock'), 'utf8')).encrypt, { key_file: keyFile });
   }
-  const node = new SimNode({ netDir, hookSafetyTimeoutMs: 60_000 });
+  const node = new SimNode({ netDir, hookSafetyTimeoutMs: 60_000, ...(opts.env ? { env: opts.env } : {}) });
   try {
     for (const [i, t] of transcripts.entries()) {
       if (i > 0) await node.restart();
@@ -163,6 +163,12 @@ describe('encrypted postgresql: backups', { skip: PG_SKIP }, () => {
       assert.equal((await restoreDump(e)).dump, readFileSync(join(CLN, expected), 'utf8'));
     });
   }
+  // the sessions above ran on the plugin's event loop (a lone destination); this is the worker thread's path
+  // (several destinations, and CLNVAULT_REMOTE_WORKER=1), which must seal and rewind the same way
+  it('session-abort through the worker thread (CLNVAULT_REMOTE_WORKER=1): the rewind keeps the chain, restore is exact', { timeout: 240_000 }, async () => {
+    const e = await encrypted('worker path', ['session-abort/hooks.jsonl'], { env: { CLNVAULT_REMOTE_WORKER: '1' } });
+    assert.equal((await restoreDump(e)).dump, readFileSync(join(CLN, 'session-abort/final.dump.sql'), 'utf8'));
+  });
 
   it('the cluster holds none of the sessions\' plaintext (pg_dump and every record and chunk raw); a plaintext backup of the same session does', { timeout: 240_000 }, async () => {
     const needles = sessionNeedles(CLN, sessions.flatMap(([, t]) => t));

@@ -15,6 +15,7 @@ import { FIXTURES } from './helpers/fixtures.js';
 import { runCli, show } from './helpers/cli.js';
 import { dump } from './helpers/sqlite.js';
 import { PG_DB, PG_SKIP, PgServer } from './helpers/postgres.js';
+import { killAllPlugins, PluginProc } from './helpers/plugin-proc.js';
 
 const CLN = join(FIXTURES, 'cln-v26.06.6');
 const dirs: string[] = [];
@@ -35,7 +36,7 @@ async function nodeRole(name: string): Promise<{ role: string; url: string }> {
   return { role, url: server.url(role, `pw-${role}`, `${clean}-${roles}`) };
 }
 
-async function replayed(url: string, transcripts: string[]): Promise<{ dir: string; netDir: string }> {
+async function replayed(url: string, transcripts: string[], env?: NodeJS.ProcessEnv): Promise<{ dir: string; netDir: string }> {
   const dir = scratch();
   const netDir = join(dir, 'regtest');
   mkdirSync(netDir);
@@ -43,7 +44,7 @@ async function replayed(url: string, transcripts: string[]): Promise<{ dir: stri
   assert.equal(init.code, 0, show(init));
   assert.match(init.stdout, /Database does not exist yet/);
   assert.doesNotMatch(init.stdout, /pw-/, 'the password must not be printed');
-  const node = new SimNode({ netDir, hookSafetyTimeoutMs: 60_000 });
+  const node = new SimNode({ netDir, hookSafetyTimeoutMs: 60_000, ...(env ? { env } : {}) });
   try {
     for (const [i, t] of transcripts.entries()) {
       if (i > 0) await node.restart();
@@ -72,6 +73,7 @@ describe('PostgreSQL destination', { skip: PG_SKIP }, () => {
     server = await PgServer.startWithSchema();
   });
   after(async () => {
+    killAllPlugins();
     await server?.stop();
     for (const d of dirs) rmSync(d, { recursive: true, force: true });
   });
@@ -89,6 +91,47 @@ describe('PostgreSQL destination', { skip: PG_SKIP }, () => {
       assert.equal(await restoreDump(dir, url), readFileSync(join(CLN, expected), 'utf8'));
     });
   }
+
+  // the sessions above ran on the plugin's event loop (a lone destination); the worker thread's path
+  // (several destinations, and CLNVAULT_REMOTE_WORKER=1 for the A/B of bench/postgres.ts) must store the same
+  it('session-abort through the worker thread (CLNVAULT_REMOTE_WORKER=1) restores exactly too', { timeout: 240_000 }, async () => {
+    const { url } = await nodeRole('workerpath');
+    const { dir } = await replayed(url, ['session-abort/hooks.jsonl'], { CLNVAULT_REMOTE_WORKER: '1' });
+    assert.equal(await restoreDump(dir, url), readFileSync(join(CLN, 'session-abort/final.dump.sql'), 'utf8'));
+  });
+
+  it('on the event loop, a request arriving while a db_write waits for its COMMIT is answered after it, and sees it', { timeout: 120_000 }, async () => {
+    const { url } = await nodeRole('ordering');
+    const dir = scratch();
+    const netDir = join(dir, 'regtest');
+    mkdirSync(netDir);
+    const init = await runCli(['init', '--lightning-dir', netDir, url], { cwd: dir });
+    assert.equal(init.code, 0, show(init));
+    const plugin = new PluginProc(netDir);
+    await plugin.call('m', 'getmanifest', {});
+    // the administrator holds the entries table: the INSERT waits on the server until this transaction ends
+    const admin = await server.superClient();
+    try {
+      await admin.query('BEGIN');
+      await admin.query('LOCK TABLE clnvault.entries IN SHARE MODE');
+      plugin.request('w1', 'db_write', { data_version: 1, writes: ["UPDATE vars SET intval=1 WHERE name='data_version'"] });
+      plugin.request('s', 'clnvault-status', {});
+      plugin.request('w2', 'db_write', { data_version: 2, writes: ["UPDATE vars SET intval=2 WHERE name='data_version'"] });
+      await new Promise((r) => setTimeout(r, 500));
+      assert.deepEqual(plugin.messages.filter((m) => m.method === undefined && m.id !== 'm'), [], 'nothing answered before the COMMIT');
+      await admin.query('COMMIT');
+    } finally {
+      await admin.end();
+    }
+    const w2 = await plugin.reply('w2', 20_000);
+    assert.deepEqual(w2.result, { result: 'continue' }, JSON.stringify(w2));
+    assert.deepEqual(plugin.messages.filter((m) => m.method === undefined && m.id !== 'm').map((m) => m.id), ['w1', 's', 'w2']);
+    const status = (await plugin.reply('s')).result as { writes_this_run: number; head_version: number };
+    assert.equal(status.writes_this_run, 1);
+    assert.equal(status.head_version, 1);
+    await plugin.close();
+    assert.deepEqual(plugin.garbage, []);
+  });
 
   it('compact inside the database keeps the restore exact, then verify, inspect and status agree', { timeout: 240_000 }, async () => {
     const { url } = await nodeRole('compacted');

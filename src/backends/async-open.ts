@@ -1,6 +1,7 @@
 import type { AsyncBackupWriter } from './backend.js';
 import { destinationOf, encryptionNotYet, type WriterOptions } from './open.js';
-import { isPostgresUrl } from './postgres/url.js';
+import { isPostgresUrl, parsePgUrl } from './postgres/url.js';
+import { remoteTimeoutMs } from './postgres/timeout.js';
 import { AsyncSocketWriter } from './socket/async-writer.js';
 
 /**
@@ -12,7 +13,12 @@ import { AsyncSocketWriter } from './socket/async-writer.js';
  * parses the network code.
  */
 export async function openAsyncWriter(url: string, cwd: string, opts: WriterOptions = {}): Promise<AsyncBackupWriter | null> {
-  if (isPostgresUrl(url) || destinationOf(url, cwd) !== 'socket') return null;
+  if (isPostgresUrl(url)) {
+    // loaded here only: it loads `pg`, which a socket: destination does not need
+    const { AsyncPgWriter } = await import('./postgres/async-writer.js');
+    return AsyncPgWriter.open(parsePgUrl(url), opts.remoteTimeoutMs ?? remoteTimeoutMs(cwd).ms, opts.key ?? null);
+  }
+  if (destinationOf(url, cwd) !== 'socket') return null;
   if (opts.key) throw encryptionNotYet(url);
   return AsyncSocketWriter.open(url, { cwd, ...(opts.remoteTimeoutMs !== undefined ? { remoteTimeoutMs: opts.remoteTimeoutMs } : {}), ...(opts.log ? { log: opts.log } : {}) });
 }

@@ -13,12 +13,20 @@ import { isConnectionError, nextDelay } from './retry.js';
  * wakes it. Because this event loop keeps running while the plugin's main thread is blocked in read(2),
  * the connection stays serviced between db_writes.
  *
+ * Imported by a main thread instead (no parentPort), the same operations run there: the plugin does that
+ * when PostgreSQL is its only destination (async-writer.ts: configure(), then handle() per request, on
+ * its own event loop). One connection per thread either way: the state below is this module's.
+ *
  * `pg` is imported here only, so a plugin writing to a file: URL never loads it.
  */
 
-const data = workerData as PgWorkerData;
-const flag = new Int32Array(data.sab);
-const fast = new Float64Array(data.fast);
+export type PgSessionConfig = Pick<PgWorkerData, 'connectionString' | 'backup' | 'applicationName' | 'timeoutMs'>;
+
+let data: PgSessionConfig = workerData as PgWorkerData;
+/** For a main thread that runs the operations itself: before its first handle(). */
+export function configure(config: PgSessionConfig): void {
+  data = config;
+}
 let Client: typeof import('pg').Client;
 let importError: string | null = null;
 try {
@@ -345,7 +353,7 @@ async function snapshotTo(seq: number, chunks: number, path: string): Promise<vo
   }
 }
 
-async function handle(req: PgRequest): Promise<unknown> {
+export async function handle(req: PgRequest): Promise<unknown> {
   if (importError !== null) throw new Error(importError);
   switch (req.op) {
     case 'create': {
@@ -511,6 +519,12 @@ function toHeaderRow(x: unknown[]): HeaderRow {
   };
 }
 
+/** started by a PgBridge (bridge.ts), not imported by a thread that runs handle() itself */
+const bridged = parentPort !== null && (workerData as Partial<PgWorkerData> | null)?.sab instanceof SharedArrayBuffer;
+/** the bridge's shared words (a thread running handle() itself has none) */
+const flag = bridged ? new Int32Array((workerData as PgWorkerData).sab) : new Int32Array(1);
+const fast = bridged ? new Float64Array((workerData as PgWorkerData).fast) : new Float64Array(2);
+
 function reply(r: PgReply): void {
   if (r.ok && typeof r.value === 'number') {
     // written before the flag is raised (Atomics.store orders them), read after it is seen
@@ -518,18 +532,20 @@ function reply(r: PgReply): void {
     fast[1] = r.value;
     Atomics.store(flag, 0, PG_REPLY_IN_SAB);
   } else {
-    data.port.postMessage(r);
+    (workerData as PgWorkerData).port.postMessage(r);
     Atomics.store(flag, 0, PG_REPLY_ON_PORT);
   }
   Atomics.notify(flag, 0);
 }
 
-parentPort!.on('message', (msg: { id: number; req: PgRequest }) => {
-  handle(msg.req).then(
-    (value) => reply({ id: msg.id, ok: true, value }),
-    (e: unknown) => {
-      const err = e as Error & { code?: string };
-      reply({ id: msg.id, ok: false, message: err instanceof Error ? err.message : String(e), ...(typeof err.code === 'string' ? { code: err.code } : {}) });
-    },
-  );
-});
+if (bridged) {
+  parentPort!.on('message', (msg: { id: number; req: PgRequest }) => {
+    handle(msg.req).then(
+      (value) => reply({ id: msg.id, ok: true, value }),
+      (e: unknown) => {
+        const err = e as Error & { code?: string };
+        reply({ id: msg.id, ok: false, message: err instanceof Error ? err.message : String(e), ...(typeof err.code === 'string' ? { code: err.code } : {}) });
+      },
+    );
+  });
+}
