@@ -80,6 +80,13 @@ for (const format of ['v2', 'v1'] as const) {
         assert.equal(await restoreDump(url), want);
         // and the server's own file says the same
         assert.equal(await restoreDump(fileUrl), want);
+        if (format === 'v2') {
+          // the server keeps zeros reserved after its newest record, as the plugin does, so an append's
+          // fdatasync changes no file size (no journal commit on the ack's path)
+          const ins = await runCli(['inspect', '--json', fileUrl]);
+          assert.equal(ins.code, 0, ins.stderr);
+          assert.ok((JSON.parse(ins.stdout) as { reservedBytes?: number }).reservedBytes! > 0, ins.stdout);
+        }
       });
     }
   });

@@ -167,6 +167,7 @@ export class BackupServer {
           this.takeOver(conn, backup);
           const v = await backup.exclusive(() => backup.change(c.version, statements));
           await this.answer(conn, v, 'change');
+          backup.topUp();
           break;
         }
         case PKT.SNAPSHOT:
@@ -268,6 +269,7 @@ export class BackupServer {
     }
     if (v.ok) this.log('info', `${conn.peer}: stored a snapshot of version ${version}`);
     await this.answer(conn, v, 'snapshot');
+    backup.topUp();
   }
 
   /**
