@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { deflateSync } from 'node:zlib';
 import { after, describe, it } from 'node:test';
 import { parseSocketUrl } from '../src/backends/socket/url.js';
-import { changePacket, packet, PKT, u32Packet } from '../src/backends/socket/protocol.js';
+import { changePacket, packet, parseMetadata, parseMetadataWithId, PKT, reqMetadataPacket, u32Packet } from '../src/backends/socket/protocol.js';
 import { FIXTURES } from './helpers/fixtures.js';
 import { CLI, runCli, scratchArea } from './helpers/cli.js';
 import { killAllPlugins, PluginProc } from './helpers/plugin-proc.js';
@@ -270,6 +270,31 @@ describe('clnvault server enforces the version rules', () => {
     }
     r.close();
     assert.deepEqual(got, ['1:CREATE TABLE t (x)', '2:INSERT INTO t VALUES (2)', '2:PRAGMA foreign_keys = ON', '3:INSERT INTO t VALUES (30)']);
+  });
+});
+
+describe("the backup id: clnvault's addition to REQ_METADATA (docs/destinations.md)", () => {
+  it('a server answers the 20 reference bytes unless asked; asked, a v2 backup adds its 16-byte id, a v1 one has none; a client reads both', async () => {
+    const v2 = await freshServer([], 'v2');
+    const header = readFileSync(v2.url.slice('file://'.length)).subarray(16, 32);
+    const c = await RawClient.connect(v2.port);
+    c.send(packet(PKT.REQ_METADATA));
+    const plain = await c.packet();
+    assert.equal(plain.payload.length, 20, 'a reference client gets the reference answer');
+    c.send(reqMetadataPacket(true));
+    const asked = await c.packet();
+    assert.equal(asked.type, PKT.METADATA);
+    assert.equal(asked.payload.length, 36);
+    assert.deepEqual(asked.payload.subarray(20), header);
+    assert.deepEqual(parseMetadataWithId(asked.payload), { meta: parseMetadata(plain.payload), id: header.toString('hex') });
+    // what an older clnvault server answers to the same ask: no id, nothing checked, the client goes on
+    assert.deepEqual(parseMetadataWithId(plain.payload), { meta: parseMetadata(plain.payload), id: null });
+    c.close();
+    const v1 = await freshServer([], 'v1');
+    const d = await RawClient.connect(v1.port);
+    d.send(reqMetadataPacket(true));
+    assert.equal((await d.packet()).payload.length, 20, 'a v1 file has no backup id');
+    d.close();
   });
 });
 

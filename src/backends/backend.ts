@@ -46,6 +46,11 @@ export interface BackupWriter {
    * reserved space, docs/format-v2.md, "Preallocation"). Optional; true when it did anything.
    */
   prepare?(): boolean;
+  /**
+   * The backup's id (hex) where the destination reports one over its connection (a clnvault:// server),
+   * null where it gives none; used to tell the same backup from a replacement (docs/destinations.md).
+   */
+  backupId?(): string | null;
 }
 
 /**

@@ -18,6 +18,7 @@ import {
   ProtocolError,
   splitStatements,
   u32Packet,
+  wantsId,
 } from '../backends/socket/protocol.js';
 import { sendSnapshotFile } from '../backends/socket/snapshot.js';
 import { ServedBackup } from './store.js';
@@ -149,10 +150,12 @@ export class BackupServer {
       const h = await conn.readHeader(null, t);
       if (h === null) return;
       switch (h.type) {
-        case PKT.REQ_METADATA:
-          await this.skip(conn, h.length);
-          await conn.write(metadataPacket(backup.metadata()), t);
+        case PKT.REQ_METADATA: {
+          // a clnvault client may ask for the backup id (protocol.ts, META_WANT_ID); the reference sends no payload
+          const ask = await this.skip(conn, h.length);
+          await conn.write(metadataPacket(backup.metadata(), wantsId(ask) ? backup.backupId() : null), t);
           break;
+        }
         case PKT.CHANGE: {
           if (h.length > this.limits.maxChangeBytes) {
             throw new ProtocolError(`CHANGE of ${h.length} bytes exceeds the limit of ${this.limits.maxChangeBytes} (--max-change-bytes)`);
@@ -203,10 +206,10 @@ export class BackupServer {
     }
   }
 
-  /** Consumes a payload the server has no use for, refusing one that is too large to be honest. */
-  private async skip(conn: Conn, n: number): Promise<void> {
+  /** Consumes a payload (returned: a REQ_METADATA's may ask for the backup id), refusing one that is too large to be honest. */
+  private async skip(conn: Conn, n: number): Promise<Buffer> {
     if (n > MAX_STRAY) throw new ProtocolError(`a ${n}-byte payload where at most a few bytes belong`);
-    if (n > 0) await conn.readExact(n, this.limits.packetTimeoutMs, 'a payload');
+    return n > 0 ? conn.readExact(n, this.limits.packetTimeoutMs, 'a payload') : Buffer.alloc(0);
   }
 
   /** The newest connection to write becomes the writer; an older one still open is presumed dead and closed. */

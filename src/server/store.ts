@@ -1,6 +1,7 @@
 import { rmSync } from 'node:fs';
 import type { BackupWriter } from '../backends/backend.js';
-import { openReader, openWriter } from '../backends/open.js';
+import { backupPath, openReader, openWriter } from '../backends/open.js';
+import { v2BackupId } from '../backends/file/backup-id.js';
 import type { Metadata } from '../backends/socket/protocol.js';
 import { isPragmaOnly, serialDiff } from '../engine/versions.js';
 
@@ -127,6 +128,11 @@ export class ServedBackup {
     return d > 1
       ? `refused ${kind} version ${version}: the backup is at ${head}, so ${d - 1} version(s) would be missing (a gap)`
       : `refused ${kind} version ${version}: the backup is already at ${head} (a regression; is another node writing to this backup?)`;
+  }
+
+  /** The backup's id (a v2 file's; null for v1), read at each ask: a client compares it across reconnections. */
+  backupId(): Buffer | null {
+    return v2BackupId(backupPath(this.url, this.cwd));
   }
 
   close(): void {

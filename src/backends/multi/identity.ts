@@ -1,6 +1,7 @@
-import { closeSync, openSync, readSync } from 'node:fs';
+import type { BackupWriter } from '../backend.js';
+import { v2BackupId } from '../file/backup-id.js';
 import { backupPath, isRemoteUrl } from '../open.js';
-import { FILE_HEADER_LEN, FILE_MAGIC } from '../file/v2/codec.js';
+import { isPostgresUrl, openPgReader } from '../postgres/index.js';
 
 /**
  * The backup id of a file destination (hex), null for a format without one (v1, a remote URL) or a file
@@ -8,19 +9,27 @@ import { FILE_HEADER_LEN, FILE_MAGIC } from '../file/v2/codec.js';
  */
 export function fileIdentity(url: string, cwd: string): string | null {
   if (isRemoteUrl(url)) return null;
-  let fd: number;
-  try {
-    fd = openSync(backupPath(url, cwd), 'r');
-  } catch {
-    return null;
+  return v2BackupId(backupPath(url, cwd))?.toString('hex') ?? null;
+}
+
+/**
+ * The backup id of any destination, `w` its writer just opened: a v2 file's header id, a PostgreSQL
+ * backup's row uid (read on a connection of its own: the writer's is not reshaped for it), what a
+ * clnvault:// server reports (its stored v2 file's id). Null where there is none: a v1 file, a socket:
+ * reference server, an older clnvault server, a PostgreSQL backup made before schema version 3. Throws
+ * when PostgreSQL cannot be asked (the caller retries as for a failed open).
+ */
+export function destinationIdentity(url: string, cwd: string, w: BackupWriter): string | null {
+  if (isPostgresUrl(url)) {
+    const r = openPgReader(url, cwd);
+    try {
+      return r.uid;
+    } finally {
+      r.close();
+    }
   }
-  try {
-    const h = Buffer.alloc(FILE_HEADER_LEN);
-    if (readSync(fd, h, 0, FILE_HEADER_LEN, 0) < FILE_HEADER_LEN || !h.subarray(0, 8).equals(FILE_MAGIC)) return null;
-    return h.subarray(16, 32).toString('hex');
-  } finally {
-    closeSync(fd);
-  }
+  if (isRemoteUrl(url)) return w.backupId?.() ?? null;
+  return fileIdentity(url, cwd);
 }
 
 

@@ -7,7 +7,7 @@ import type { KeyLike } from '../../crypto/backup-crypt.js';
 import { serialDiff } from '../../engine/versions.js';
 import { applyChange, applySnapshot, ForeignError, GapError, removeQuietly } from './apply.js';
 import { compactDestination, type DestCompaction, type Outcome } from './compact-dest.js';
-import { compareIdentity, fileIdentity, replacedMessage } from './identity.js';
+import { compareIdentity, destinationIdentity, replacedMessage } from './identity.js';
 import {
   ackSlot,
   attachShared,
@@ -231,6 +231,7 @@ function scheduleOpen(): void {
 function open(): void {
   const firstOpen = state === DestState.Opening;
   let w: BackupWriter;
+  let id: string | null;
   try {
     w = openWriter(setup.url, setup.cwd, {
       segmentBytes: setup.segmentBytes,
@@ -238,6 +239,16 @@ function open(): void {
       log: (level, message) => log(level, message),
       key,
     });
+    try {
+      id = destinationIdentity(setup.url, setup.cwd, w);
+    } catch (e) {
+      try {
+        w.close();
+      } catch {
+        // the connection that failed to answer
+      }
+      throw e;
+    }
   } catch (e) {
     const msg = (e as Error).message;
     if (key !== null && e instanceof UrlError) {
@@ -263,7 +274,6 @@ function open(): void {
   s.f[fSlot(i, F.HEAD)] = head;
   s.f[fSlot(i, F.HEAD_SNAPSHOT)] = w.headIsSnapshot() ? 1 : 0;
   for (const p of w.repaired()) log('warn', `repaired on open: ${p.message}`);
-  const id = fileIdentity(setup.url, setup.cwd);
   const same = compareIdentity(knownId ?? undefined, id, empty);
   if (same === 'replaced') {
     s.f[fSlot(i, F.UNTRUSTED_SEEN)] = 1;

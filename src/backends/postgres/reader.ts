@@ -52,9 +52,14 @@ export class PgReader implements BackupReader {
   /** the entry decrypted and authenticated last, for messages ("last authenticated version V, written at T") */
   private lastGood: { version: number; timeMs: number } | null = null;
 
+  /** the backups row's random id (hex), which a backup dropped and re-created under the same name does not keep; null for one made before schema version 3 */
+  readonly uid: string | null;
+
   private constructor(private readonly bridge: PgBridge, target: PgTarget) {
     this.location = target.display;
-    this.pgEnc = bridge.call<{ enc: PgEncryption | null }>({ op: 'openReader' }).enc;
+    const opened = bridge.call<{ enc: PgEncryption | null; uid?: string | null }>({ op: 'openReader' });
+    this.pgEnc = opened.enc;
+    this.uid = opened.uid ?? null;
     this.encryption = fileEncryptionOf(this.pgEnc);
   }
 

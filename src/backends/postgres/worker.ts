@@ -55,6 +55,8 @@ let client: PgClient | null = null;
 let backupId: number | null = null;
 /** the backup row's encryption (migration 3), read with its id */
 let encryption: PgEncryption | null = null;
+/** the backups row's random 16-byte id (hex; null for a backup made before schema version 3): its identity across re-creations */
+let uid: string | null = null;
 /** writer state: the session holds the writer lock; `pendingDrop` is a rewind waiting for its replacement */
 let writer: { nextSeq: number; head: HeadInfo; pendingDrop: number | null } | null = null;
 let readerOpen = false;
@@ -116,6 +118,7 @@ async function lookupBackup(c: PgClient): Promise<number> {
     row.enc_kind === null
       ? null
       : { uid: (row.uid as Buffer).toString('hex'), kind: Number(row.enc_kind), fingerprint: (row.enc_fingerprint as Buffer).toString('hex') };
+  uid = row.uid === null ? null : (row.uid as Buffer).toString('hex');
   backupId = Number(row.id);
   return backupId;
 }
@@ -437,7 +440,7 @@ export async function handle(req: PgRequest): Promise<unknown> {
       await c.query('BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY');
       readerOpen = true;
       await lookupBackup(c);
-      return { enc: encryption };
+      return { enc: encryption, uid };
     }
     case 'headers': {
       // one page, in order, from the entry whose offset (seq * 2 + kind) is `from`

@@ -62,23 +62,54 @@ export interface Metadata {
   versionCount: number;
 }
 
-export function metadataPacket(m: Metadata): Buffer {
-  const p = Buffer.alloc(20);
+/**
+ * clnvault's one addition to the reference's REQ_METADATA: a 1-byte payload with this bit asks the server
+ * to append the backup's 16-byte id to its METADATA (36 bytes), so that a client can tell the same backup
+ * from a replacement whose versions line up (docs/destinations.md). Both directions stay compatible: an
+ * older clnvault server skips the payload and answers the reference's 20 bytes (no id: not checked), and
+ * a server answers 36 bytes only to a client that asked. Sent to clnvault:// servers only.
+ */
+export const META_WANT_ID = 0x01;
+const METADATA_LEN = 20;
+const BACKUP_ID_LEN = 16;
+
+export function reqMetadataPacket(wantId: boolean): Buffer {
+  return packet(PKT.REQ_METADATA, wantId ? Buffer.from([META_WANT_ID]) : Buffer.alloc(0));
+}
+
+/** Whether a REQ_METADATA payload (at most a few bytes: the server bounds it) asks for the backup id. */
+export function wantsId(payload: Buffer): boolean {
+  return payload.length >= 1 && (payload[0]! & META_WANT_ID) !== 0;
+}
+
+/** `id`: the backup's 16-byte id, appended only for a client that asked (wantsId). */
+export function metadataPacket(m: Metadata, id: Buffer | null = null): Buffer {
+  if (id !== null && id.length !== BACKUP_ID_LEN) throw new RangeError('backup id must be 16 bytes');
+  const p = Buffer.alloc(METADATA_LEN + (id === null ? 0 : BACKUP_ID_LEN));
   p.writeUInt32BE(m.protocol, 0);
   p.writeUInt32BE(m.version >>> 0, 4);
   p.writeUInt32BE(m.prevVersion >>> 0, 8);
   p.writeBigUInt64BE(BigInt(m.versionCount), 12);
+  id?.copy(p, METADATA_LEN);
   return packet(PKT.METADATA, p);
 }
 
 export function parseMetadata(payload: Buffer): Metadata {
-  if (payload.length !== 20) throw new ProtocolError(`METADATA of ${payload.length} bytes (expected 20)`);
-  return {
+  return parseMetadataWithId(payload).meta;
+}
+
+/** METADATA as a clnvault server may answer it: 20 bytes, or 36 with the backup id (hex; null without). */
+export function parseMetadataWithId(payload: Buffer): { meta: Metadata; id: string | null } {
+  if (payload.length !== METADATA_LEN && payload.length !== METADATA_LEN + BACKUP_ID_LEN) {
+    throw new ProtocolError(`METADATA of ${payload.length} bytes (expected ${METADATA_LEN}, or ${METADATA_LEN + BACKUP_ID_LEN} with a backup id)`);
+  }
+  const meta = {
     protocol: payload.readUInt32BE(0),
     version: payload.readUInt32BE(4),
     prevVersion: payload.readUInt32BE(8),
     versionCount: Number(payload.readBigUInt64BE(12)),
   };
+  return { meta, id: payload.length > METADATA_LEN ? payload.subarray(METADATA_LEN).toString('hex') : null };
 }
 
 export function parseU32(type: number, payload: Buffer): number {

@@ -1,6 +1,6 @@
 import { RefusedError, type Conn } from './conn.js';
 import { openConnection } from './connect.js';
-import { PKT, packet, packetName, parseMetadata, parseU32, ProtocolError, type Metadata } from './protocol.js';
+import { PKT, packet, packetName, parseMetadata, parseMetadataWithId, parseU32, ProtocolError, reqMetadataPacket, type Metadata } from './protocol.js';
 import { sendSnapshotFile } from './snapshot.js';
 import type { SocketUrl } from './url.js';
 
@@ -25,6 +25,11 @@ export type Note = { level: 'info' | 'warn' | 'error'; message: string };
 export class SocketSession {
   private conn: Conn | null = null;
   meta: Metadata | null = null;
+  /**
+   * the backup id a clnvault:// server reported (hex), null while none did (an older clnvault server, a
+   * socket: server): a reconnection that finds another one reached another backup, and fails
+   */
+  backupId: string | null = null;
   readonly notes: Note[] = [];
 
   constructor(
@@ -37,11 +42,20 @@ export class SocketSession {
     const left = Math.max(1, deadline - Date.now());
     const conn = await openConnection(this.url, Math.min(left, ATTEMPT_MS));
     try {
-      await conn.write(packet(PKT.REQ_METADATA), Math.min(left, ATTEMPT_MS));
+      // only a clnvault:// server is asked for the backup id: the reference server is never sent a payload it does not expect
+      await conn.write(reqMetadataPacket(this.url.tls !== null), Math.min(left, ATTEMPT_MS));
       const r = await conn.readPacket(Math.min(left, ATTEMPT_MS), Math.min(left, ATTEMPT_MS), MAX_REPLY);
       if (r === null) throw new ProtocolError(`${conn.peer}: connection closed before METADATA`);
       if (r.type !== PKT.METADATA) throw new RefusedError(`${conn.peer}: answered REQ_METADATA with ${packetName(r.type)}; is this a backup server?`);
-      this.meta = parseMetadata(r.payload);
+      const { meta, id } = parseMetadataWithId(r.payload);
+      if (id !== null && this.backupId !== null && id !== this.backupId) {
+        throw new RefusedError(
+          `${conn.peer}: after reconnecting, the server's backup id is ${id}, but it was ${this.backupId}: the backup was ` +
+            `replaced on the server (another backup, or a copy from elsewhere) and is not written to`,
+        );
+      }
+      this.meta = meta;
+      this.backupId = id ?? this.backupId;
     } catch (e) {
       conn.close();
       throw e;

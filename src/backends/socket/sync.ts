@@ -41,7 +41,7 @@ export type WorkerRequest =
   | { op: 'close' };
 
 export type WorkerReply =
-  | { ok: true; meta: Metadata | null; entries?: number; bytes?: number; text?: string; notes?: Note[] }
+  | { ok: true; meta: Metadata | null; entries?: number; bytes?: number; text?: string; notes?: Note[]; /** 'open': the server's backup id (hex), null if it gave none */ id?: string | null }
   | { ok: false; error: string; refused: boolean; notes?: Note[] };
 
 /**

@@ -18,7 +18,7 @@ let session: SocketSession | null = null;
 
 function reply(r: WorkerReply): void {
   // the values are written before the flag is raised (Atomics.store orders them), and read after it
-  if (r.ok && r.meta !== null && r.entries === undefined && r.bytes === undefined && r.text === undefined && (r.notes ?? []).length === 0) {
+  if (r.ok && r.meta !== null && r.entries === undefined && r.bytes === undefined && r.text === undefined && r.id === undefined && (r.notes ?? []).length === 0) {
     fast[0] = r.meta.protocol;
     fast[1] = r.meta.version;
     fast[2] = r.meta.prevVersion;
@@ -35,7 +35,8 @@ async function handle(req: WorkerRequest, url: SocketUrl): Promise<WorkerReply> 
   switch (req.op) {
     case 'open': {
       session = new SocketSession(url, setup.budgetMs);
-      return { ok: true, meta: await session.open() };
+      const meta = await session.open();
+      return { ok: true, meta, id: session.backupId };
     }
     case 'change':
       await session!.change(req.version, Buffer.from(req.packet.buffer, req.packet.byteOffset, req.packet.byteLength));

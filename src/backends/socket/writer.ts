@@ -37,6 +37,8 @@ export class SocketWriter implements BackupWriter {
   private meta: Metadata;
   private snapshotHead = false;
   private closed = false;
+  /** what the server said at the first connection (clnvault:// servers only; the session checks reconnections) */
+  private id: string | null = null;
 
   private constructor(
     readonly location: string,
@@ -53,7 +55,9 @@ export class SocketWriter implements BackupWriter {
     const worker = new SyncWorker(u, budgetMs, (n: Note) => log(n.level, n.message));
     const w = new SocketWriter(url, worker, budgetMs);
     try {
-      w.meta = w.check(worker.call({ op: 'open' }, budgetMs + 10_000), 'connecting to the backup server')!;
+      const r = worker.call({ op: 'open' }, budgetMs + 10_000);
+      w.meta = w.check(r, 'connecting to the backup server')!;
+      w.id = r.ok ? (r.id ?? null) : null;
     } catch (e) {
       worker.terminate();
       throw e;
@@ -72,6 +76,11 @@ export class SocketWriter implements BackupWriter {
 
   head(): number {
     return this.meta.version;
+  }
+
+  /** The backup id a clnvault:// server reports (hex); null from a socket: server or an older clnvault server. */
+  backupId(): string | null {
+    return this.id;
   }
 
   isEmpty(): boolean {
