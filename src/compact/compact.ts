@@ -10,7 +10,6 @@ import {
   recordSeedOf,
   resealRecordHeader,
   RECORD_HEADER_LEN,
-  RECORD_MAGIC,
   RECORD_OVERHEAD,
   RECORD_TRAILER_LEN,
   SEAL_RECORD_LEN,
@@ -704,22 +703,8 @@ function writeSnapshot(
       pace(n);
       done += n;
     }
+    if (format === 'v2') return writeRecordFrame(out, at, TYPE_SNAPSHOT, version, size, crc, 0, seed);
     const h = Buffer.alloc(headerLen);
-    if (format === 'v2') {
-      h.writeUInt32BE(RECORD_MAGIC, 0);
-      h[4] = TYPE_SNAPSHOT;
-      h.writeUInt32BE(version, 8);
-      h.writeUInt32BE(Math.floor(size / 0x1_0000_0000), 16);
-      h.writeUInt32BE(size >>> 0, 20);
-      h.writeUInt32BE(crc, 24);
-      h.writeUInt32BE(crc32(h.subarray(0, 28), seed), 28);
-      const t = Buffer.allocUnsafe(RECORD_TRAILER_LEN);
-      t.writeUInt32BE(Math.floor(size / 0x1_0000_0000), 0);
-      t.writeUInt32BE(size >>> 0, 4);
-      writeFully(out, t, at + headerLen + size);
-      writeFully(out, h, at);
-      return at + headerLen + size + RECORD_TRAILER_LEN;
-    }
     h.writeUInt32BE(size, 0);
     h.writeUInt32BE(version, 4);
     h[8] = 2;
@@ -728,6 +713,21 @@ function writeSnapshot(
   } finally {
     closeSync(src);
   }
+}
+
+/**
+ * Frames a v2 record whose `len` payload bytes are already written at `at` + RECORD_HEADER_LEN: the trailer
+ * first, the header last, so that a crash in between leaves no valid header in front of a partial record.
+ * Returns the record's end.
+ */
+function writeRecordFrame(fd: number, at: number, type: number, version: number, len: number, crc: number, parts: number, seed: number): number {
+  const t = Buffer.allocUnsafe(RECORD_TRAILER_LEN);
+  writeU64(t, len, 0);
+  writeFully(fd, t, at + RECORD_HEADER_LEN + len);
+  const h = Buffer.alloc(RECORD_HEADER_LEN);
+  encodeRecordHeader(h, type, version, len, crc, parts, 0, seed);
+  writeFully(fd, h, at);
+  return at + RECORD_OVERHEAD + len;
 }
 
 function writeChunkedSnapshot(out: number, at: number, version: number, dbPath: string, seed: number, limit: number, next: (end: number) => { fd: number; at: number }): number {
@@ -760,21 +760,7 @@ function writeChunkedSnapshot(out: number, at: number, version: number, dbPath: 
         pace(r);
         n += r;
       }
-      const h = Buffer.alloc(RECORD_HEADER_LEN);
-      h.writeUInt32BE(RECORD_MAGIC, 0);
-      h[4] = last ? TYPE_SNAPSHOT : TYPE_SNAPSHOT_PART;
-      h.writeUInt32BE(version, 8);
-      h.writeUInt32BE(last ? parts : 0, 12);
-      h.writeUInt32BE(Math.floor(len / 0x1_0000_0000), 16);
-      h.writeUInt32BE(len >>> 0, 20);
-      h.writeUInt32BE(crc, 24);
-      h.writeUInt32BE(crc32(h.subarray(0, 28), seed), 28);
-      const t = Buffer.allocUnsafe(RECORD_TRAILER_LEN);
-      t.writeUInt32BE(Math.floor(len / 0x1_0000_0000), 0);
-      t.writeUInt32BE(len >>> 0, 4);
-      writeFully(fd, t, at + RECORD_HEADER_LEN + len);
-      writeFully(fd, h, at);
-      at += RECORD_OVERHEAD + len;
+      at = writeRecordFrame(fd, at, last ? TYPE_SNAPSHOT : TYPE_SNAPSHOT_PART, version, len, crc, parts, seed);
       done += len;
       if (last) return at;
       parts++;
