@@ -1,7 +1,8 @@
 import { parentPort, workerData } from 'node:worker_threads';
 import { BackupError } from '../engine/entries.js';
-import { compactFile, type CompactOptions, type CompactOutcome } from './compact.js';
-import type { FileIdentity } from './sync.js';
+import { compactFile, type CompactHooks, type CompactOptions, type CompactOutcome } from './compact.js';
+import { views, type FileIdentity } from './sync.js';
+import { liveHooks, lowerCompactionPriority, publishWorkerTid } from './live.js';
 import type { KeyLike } from '../crypto/backup-crypt.js';
 
 /**
@@ -11,7 +12,8 @@ import type { KeyLike } from '../crypto/backup-crypt.js';
  * nursery to tens of MiB (docs/compaction.md, "Memory").
  *
  * The CLI holds the backup's writer lock for the whole run, so the hooks are constants: no other writer
- * appends, rewinds or renames meanwhile.
+ * appends, rewinds or renames meanwhile. A file destination among several is compacted by this worker
+ * while its lane keeps writing (`live`: the shared block of live.ts, as the lone plugin's worker uses it).
  */
 
 export interface OfflineJob {
@@ -19,6 +21,8 @@ export interface OfflineJob {
   end: number;
   file: FileIdentity;
   opts: CompactOptions;
+  /** the writer keeps appending: its published end, mutex and generation (compact/sync.ts) */
+  live?: SharedArrayBuffer;
 }
 
 export type OfflineMessage =
@@ -32,17 +36,27 @@ const asKey = (k: KeyLike | null | undefined): KeyLike | null => (k ? { key: Buf
 const opts: CompactOptions = { ...job.opts, key: asKey(job.opts.key), newKey: asKey(job.opts.newKey) };
 const port = parentPort!;
 try {
-  const outcome = compactFile(
-    job.path,
-    {
+  const log = (level: 'info' | 'warn' | 'error', message: string): void => port.postMessage({ kind: 'log', level, message } satisfies OfflineMessage);
+  let hooks: CompactHooks;
+  if (job.live !== undefined) {
+    const v = views(job.live);
+    publishWorkerTid(v);
+    lowerCompactionPriority();
+    hooks = liveHooks(v, job.path, log);
+  } else {
+    hooks = {
       committedEnd: () => job.end,
       committedFile: () => job.file,
       truncations: () => 0,
       exclusive: (fn) => fn(() => undefined),
       // the error is reported as the command's failure; no writer outlives the command
       failedAfterSwap: () => undefined,
-      log: (level, message) => port.postMessage({ kind: 'log', level, message } satisfies OfflineMessage),
-    },
+      log,
+    };
+  }
+  const outcome = compactFile(
+    job.path,
+    hooks,
     opts,
   );
   port.postMessage({ kind: 'done', outcome } satisfies OfflineMessage);

@@ -26,6 +26,11 @@ export const STDOUT_MUTEX = 4;
 export const FAILED = 5;
 /** length in bytes of the UTF-8 message in the message area, written before FAILED is set */
 const FAILED_LEN = 6;
+/**
+ * the compaction thread's OS thread id (live.ts, publishWorkerTid), for a writer that waits on the mutex
+ * to tell whether the thread holding it still exists (a compaction of a destination among several)
+ */
+export const WORKER_TID = 7;
 /** exported for the worker's shell (plugin/compact-shell.ts), which imports node built-ins only */
 export const I32_SLOTS = 8;
 /**

@@ -3,29 +3,10 @@ import { fileURLToPath } from 'node:url';
 import { join } from 'node:path';
 import { createRequire } from 'node:module';
 import type { Worker } from 'node:worker_threads';
-import type { BackupStats, BackupWriter } from '../backends/backend.js';
 import type { CompactionConfig } from '../compact/config.js';
-import {
-  createShared,
-  failure,
-  GENERATION,
-  lock,
-  markFailed,
-  publishEnd,
-  identityOf,
-  publishIdentity,
-  RUNNING,
-  STDOUT_MUTEX,
-  TRUNCATIONS,
-  unlock,
-  views,
-  WRITE_MUTEX,
-  type FileIdentity,
-  type SharedViews,
-} from '../compact/sync.js';
-import { BackupError } from '../engine/entries.js';
+import { failure, RUNNING, STDOUT_MUTEX } from '../compact/sync.js';
+import { FileGate, type ReopenableWriter } from '../compact/live.js';
 import { DB_NAME } from '../engine/live-db.js';
-import type { Problem } from '../engine/entries.js';
 import { sendError, shareStdout, type RpcId } from './output.js';
 import type { KeyLike } from '../crypto/backup-crypt.js';
 import { leanCompactionHeap } from '../compact/heap.js';
@@ -38,16 +19,7 @@ import { EXITED, WorkerLife, type ShellData } from './worker-life.js';
  * also answers the RPC: this thread is usually blocked reading stdin and could not.
  */
 
-export interface ReopenableWriter extends BackupWriter {
-  /** only the file formats are compacted by rewriting the file */
-  readonly format: 'v1' | 'v2';
-  reopen(): void;
-  endOffset(): number;
-}
-
-export function isReopenable(w: BackupWriter): w is ReopenableWriter {
-  return typeof (w as Partial<ReopenableWriter>).reopen === 'function' && typeof (w as Partial<ReopenableWriter>).endOffset === 'function';
-}
+export { isReopenable, type ReopenableWriter } from '../compact/live.js';
 
 /** the compaction worker's young generation (V8 nursery), MiB */
 const COMPACT_YOUNG_GEN_MB = 3;
@@ -70,88 +42,30 @@ const CHECK_STEP = 16 * 1024 * 1024;
 /** how often, at most, a hook looks for the worker thread in /proc while a compaction runs */
 const PROBE_MS = 1000;
 
-export class PluginCompaction {
-  readonly sab = createShared();
-  private readonly v: SharedViews = views(this.sab);
-  private gen = 0;
+export class PluginCompaction extends FileGate {
   private worker: Worker | null = null;
   /** the current worker's life area (worker-life.ts) */
   private life: WorkerLife | null = null;
-  /** true once a worker thread exists: from then on every write takes the mutex and publishes its end */
-  shared = false;
   private nextCheck: number;
   private initDone = false;
-  readonly writer: BackupWriter;
   /** the request the running compaction answers (null: automatic), for when its worker died unheard */
   private pendingId: RpcId | null = null;
   private nextProbe = 0;
-  /** the file the writer holds open: what the backup's name must still point at after a worker died mid-swap */
-  private held: FileIdentity;
 
   constructor(
-    private readonly inner: ReopenableWriter,
+    inner: ReopenableWriter,
     private readonly cwd: string,
     private readonly config: CompactionConfig,
-    private readonly log: (level: 'info' | 'warn' | 'error', msg: string) => void,
+    log: (level: 'info' | 'warn' | 'error', msg: string) => void,
     private readonly key: KeyLike | null = null,
   ) {
-    publishEnd(this.v, inner.endOffset());
-    this.held = identityOf(inner.location);
-    publishIdentity(this.v, this.held);
+    super(inner, log);
     this.nextCheck = config.minBytes;
-    this.writer = new SyncedWriter(inner, this);
-  }
-
-  /** Under the write mutex: switch to the compacted file if the worker swapped one in. */
-  sync(): void {
-    const g = Atomics.load(this.v.i32, GENERATION);
-    if (g !== this.gen) {
-      this.inner.reopen();
-      this.gen = g;
-      // the file this writer now holds (the worker published the same at its rename; this is the writer's word)
-      this.held = identityOf(this.inner.location);
-      publishIdentity(this.v, this.held);
-    }
-  }
-
-  /** Under the write mutex, before a write: a compaction that failed after its rename stops all writes. */
-  checkWritable(): void {
-    const why = failure(this.v);
-    if (why !== null) throw new BackupError(why, this.inner.location);
-  }
-
-  enter(): void {
-    if (!lock(this.v.i32, WRITE_MUTEX, () => this.workerDead())) this.takeOverFromDeadWorker();
   }
 
   /** Whether the current worker thread has ended (so holds no lock any more and answers nothing). */
-  private workerDead(): boolean {
+  protected workerDead(): boolean {
     return this.life !== null && this.life.ended();
-  }
-
-  /**
-   * The worker died holding the write mutex, i.e. inside a compaction's swap. If the backup's name still
-   * points at the file this writer holds, the rename did not happen and the backup is whole: go on. If it
-   * points elsewhere, the new file may not be durable under the name and the writer holds the old one:
-   * refuse every write from now on (lightningd stops without committing; a restart checks the backup).
-   */
-  private takeOverFromDeadWorker(): void {
-    let now: FileIdentity | null = null;
-    try {
-      now = identityOf(this.inner.location);
-    } catch {
-      now = null;
-    }
-    if (now === null || now.dev !== this.held.dev || now.ino !== this.held.ino) {
-      markFailed(
-        this.v,
-        `the compaction worker died while replacing the backup ${this.inner.location}; whether the replacement is durable is unknown, so no write is acknowledged any more: restart lightningd (the plugin checks the backup at start)`,
-      );
-    } else {
-      // whatever the dead worker published was about a file that never became the backup
-      publishIdentity(this.v, this.held);
-    }
-    this.log('error', `the compaction worker died while it held the backup's write lock; ${failure(this.v) === null ? 'the backup was not replaced, writes go on' : 'writes are refused'}`);
   }
 
   /**
@@ -189,14 +103,6 @@ export class PluginCompaction {
     this.life = null;
   }
 
-  leave(truncated = false): void {
-    if (truncated) Atomics.add(this.v.i32, TRUNCATIONS, 1);
-    // only an end of the file the published identity names: if reopening failed, the writer still holds
-    // the old file, and its end must not be taken for the new one's
-    if (this.gen === Atomics.load(this.v.i32, GENERATION)) publishEnd(this.v, this.inner.endOffset());
-    unlock(this.v.i32, WRITE_MUTEX);
-  }
-
   onInit(): void {
     this.initDone = true;
   }
@@ -216,13 +122,7 @@ export class PluginCompaction {
       // the end (and file) the compaction starts from, taken from the writer under the mutex: after an
       // earlier swap the writer may not have reopened yet (no write since), and the end published before
       // the swap is the old file's
-      this.enter();
-      try {
-        this.sync();
-        publishEnd(this.v, this.inner.endOffset());
-      } finally {
-        unlock(this.v.i32, WRITE_MUTEX);
-      }
+      this.publishStart();
       this.reap();
       if (this.worker === null) {
         const life = new WorkerLife();
@@ -276,7 +176,7 @@ export class PluginCompaction {
   }
 
   /** After each append, outside the mutex: a size check costs one comparison until a threshold is near. */
-  afterAppend(): void {
+  override afterAppend(): void {
     if (!this.config.auto || !this.initDone) return;
     const end = this.inner.endOffset();
     if (end < this.nextCheck) return;
@@ -299,113 +199,5 @@ export class PluginCompaction {
     this.log('info', `the backup is ${end} bytes (threshold ${threshold}: max(min_bytes, ${this.config.factor} x the database)); compacting in the background`);
     const why = this.start(null);
     if (why !== null) this.log('warn', `automatic compaction not started: ${why}`);
-  }
-}
-
-/**
- * The writer the db_write handler sees. Until a worker exists only this thread touches the file, so
- * calls go straight through; the mutex, the generation check and the published end (two atomic
- * read-modify-writes, a BigInt and a notify per write) are paid only from the first compaction on.
- */
-class SyncedWriter implements BackupWriter {
-  readonly format: BackupWriter['format'];
-  readonly location: string;
-
-  constructor(
-    private readonly inner: ReopenableWriter,
-    private readonly pc: PluginCompaction,
-  ) {
-    this.format = inner.format;
-    this.location = inner.location;
-  }
-
-  private read<T>(fn: () => T): T {
-    if (!this.pc.shared) return fn();
-    this.pc.enter();
-    try {
-      this.pc.sync();
-      return fn();
-    } finally {
-      this.pc.leave();
-    }
-  }
-
-  head(): number {
-    return this.read(() => this.inner.head());
-  }
-
-  isEmpty(): boolean {
-    return this.read(() => this.inner.isEmpty());
-  }
-
-  headIsSnapshot(): boolean {
-    return this.read(() => this.inner.headIsSnapshot());
-  }
-
-  repaired(): Problem[] {
-    return this.inner.repaired();
-  }
-
-  stats(): BackupStats {
-    return this.read(() => this.inner.stats());
-  }
-
-  appendChange(version: number, statements: readonly string[]): number {
-    const pc = this.pc;
-    let added: number;
-    if (!pc.shared) {
-      added = this.inner.appendChange(version, statements);
-    } else {
-      pc.enter();
-      try {
-        pc.checkWritable();
-        pc.sync();
-        added = this.inner.appendChange(version, statements);
-      } finally {
-        pc.leave();
-      }
-    }
-    pc.afterAppend();
-    return added;
-  }
-
-  appendSnapshotFile(version: number, dbPath: string): void {
-    this.read(() => {
-      this.pc.checkWritable();
-      this.inner.appendSnapshotFile(version, dbPath);
-    });
-  }
-
-  dropHead(): number {
-    if (!this.pc.shared) return this.inner.dropHead();
-    this.pc.enter();
-    try {
-      this.pc.checkWritable();
-      this.pc.sync();
-      return this.inner.dropHead();
-    } finally {
-      this.pc.leave(true);
-    }
-  }
-
-  prepare(): boolean {
-    const inner = this.inner as ReopenableWriter & { prepare?(): boolean };
-    if (typeof inner.prepare !== 'function') return false;
-    if (!this.pc.shared) return inner.prepare();
-    // under the mutex, in the file the name holds now: never into one that compaction swapped out
-    this.pc.enter();
-    try {
-      this.pc.checkWritable();
-      this.pc.sync();
-      return inner.prepare();
-    } catch {
-      return false;
-    } finally {
-      this.pc.leave();
-    }
-  }
-
-  close(): void {
-    this.inner.close();
   }
 }

@@ -1,16 +1,15 @@
 import type { BackupWriter } from '../backend.js';
-import { identityOf, type CompactOutcome } from '../../compact/compact.js';
-import { runOfflineCompaction } from '../../compact/offline-run.js';
+import type { LaneFileGate } from './live-compact.js';
 import { compactPg } from '../postgres/compact.js';
 import type { KeyLike } from '../../crypto/backup-crypt.js';
 
 /**
- * One destination's share of `backup-compact` with several destinations, run by its lane (lane.ts) while
- * the lane holds back its writes (they queue; it is not counted for acknowledgements until it replays
- * them). Whatever the destination supports: a file (v2/v1) is compacted as `clnvault compact` does it, in
- * a worker thread with a capped young generation, while the lane keeps its writer (and the file's lock)
- * open and reopens it after the swap; PostgreSQL compacts inside the database; a socket: server compacts
- * its own file if it can (the reference does, a clnvault server refuses).
+ * One destination's share of `backup-compact` with several destinations, run by its lane (lane.ts).
+ * Whatever the destination supports: a file (v2/v1) is compacted online, in a worker thread with a capped
+ * young generation, while the lane keeps writing and acknowledging through its gate (live-compact.ts);
+ * PostgreSQL compacts inside the database and a socket: server compacts its own file if it can (the
+ * reference does, a clnvault server refuses), both on the lane's thread, which holds its writes back
+ * meanwhile (they queue; it is not counted for acknowledgements until it replays them).
  */
 
 export type CompactResultKind = 'compacted' | 'nothing-to-gain' | 'nothing-to-compact' | 'skipped' | 'failed';
@@ -28,21 +27,11 @@ export interface DestCompaction {
   at: number;
 }
 
-interface FileWriter extends BackupWriter {
-  format: 'v1' | 'v2';
-  reopen(): void;
-  endOffset(): number;
-  segmentBytes?: number;
-}
-
-function isFileWriter(w: BackupWriter): w is FileWriter {
-  return typeof (w as Partial<FileWriter>).reopen === 'function' && typeof (w as Partial<FileWriter>).endOffset === 'function';
-}
-
 export type Outcome = Omit<DestCompaction, 'index' | 'url' | 'at'>;
 
 export async function compactDestination(
   w: BackupWriter,
+  gate: LaneFileGate | null,
   url: string,
   cwd: string,
   history: number,
@@ -50,24 +39,14 @@ export async function compactDestination(
   log: (level: 'info' | 'warn' | 'error', message: string) => void,
 ): Promise<Outcome> {
   const t0 = Date.now();
-  if (isFileWriter(w)) {
-    const path = w.location;
-    const before = identityOf(path);
-    let outcome: CompactOutcome;
-    try {
-      outcome = await runOfflineCompaction(
-        {
-          path,
-          end: w.endOffset(),
-          file: before,
-          opts: { format: w.format, history, onlyIfSmaller: true, key, ...(w.segmentBytes !== undefined ? { segmentBytes: w.segmentBytes } : {}) },
-        },
-        log,
-      );
-    } finally {
-      // the name may hold a new file even after a failure past the rename: the writer follows the name
-      w.reopen();
-    }
+  if (gate !== null) {
+    const outcome = await gate.compact({
+      format: w.format as 'v1' | 'v2',
+      history,
+      onlyIfSmaller: true,
+      key,
+      ...(gate.segmentBytes !== undefined ? { segmentBytes: gate.segmentBytes } : {}),
+    });
     const s = outcome.stats;
     return {
       result: outcome.compacted ? 'compacted' : outcome.noGain ? 'nothing-to-gain' : 'nothing-to-compact',

@@ -7,6 +7,8 @@ import type { KeyLike } from '../../crypto/backup-crypt.js';
 import { serialDiff } from '../../engine/versions.js';
 import { applyChange, applySnapshot, ForeignError, GapError, removeQuietly } from './apply.js';
 import { compactDestination, type DestCompaction, type Outcome } from './compact-dest.js';
+import { LaneFileGate } from './live-compact.js';
+import { isReopenable } from '../../compact/live.js';
 import { compareIdentity, destinationIdentity, replacedMessage } from './identity.js';
 import {
   ackSlot,
@@ -64,6 +66,10 @@ const shown = redact(setup.url);
 const key: KeyLike | null = setup.key ? { key: Buffer.from(setup.key.key), kind: setup.key.kind, fingerprint: setup.key.fingerprint } : null;
 
 let writer: BackupWriter | null = null;
+/** a file destination's writer goes through this gate, which compacts it online (live-compact.ts); null for others */
+let gate: LaneFileGate | null = null;
+/** online compactions of this file still running (at most one): the file is not reopened meanwhile */
+let onlineCompactions = 0;
 let queue: Array<Extract<LaneOp, { t: 'change' | 'snapshot' }>> = [];
 let queuedBytes = 0;
 let state: DestState = DestState.Opening;
@@ -192,6 +198,7 @@ function pump(): void {
     }
   }
   setQueued();
+  topUp();
   if (state !== DestState.Live) {
     setState(DestState.Live);
     if (downSince !== null) {
@@ -199,6 +206,27 @@ function pump(): void {
       downSince = null;
     }
   }
+}
+
+let topUpDue = false;
+
+/**
+ * Once the queue is drained (its acknowledgements published): tops up the file's reserved space, as the
+ * lone writer does between hooks (V2Writer.prepare), so the next appends land in allocated, written
+ * blocks. Rare (once per 1-16 MiB of records); a failure (a full disk) only means appends grow the file.
+ */
+function topUp(): void {
+  if (topUpDue || gate === null) return;
+  topUpDue = true;
+  setImmediate(() => {
+    topUpDue = false;
+    if (writer === null || closing || compacting || queue.length > 0) return;
+    try {
+      writer.prepare?.();
+    } catch {
+      // its next write says what is wrong
+    }
+  });
 }
 
 function onFailure(e: Error): void {
@@ -216,6 +244,7 @@ function onFailure(e: Error): void {
     // the connection is already gone
   }
   writer = null;
+  gate = null;
   scheduleOpen();
 }
 
@@ -229,6 +258,11 @@ function scheduleOpen(): void {
 }
 
 function open(): void {
+  // a file's online compaction still running owns the swap: a new writer would not take its mutex
+  if (onlineCompactions > 0) {
+    scheduleOpen();
+    return;
+  }
   const firstOpen = state === DestState.Opening;
   let w: BackupWriter;
   let id: string | null;
@@ -267,7 +301,8 @@ function open(): void {
     scheduleOpen();
     return;
   }
-  writer = w;
+  gate = isReopenable(w) ? new LaneFileGate(w, (level, message) => log(level, message)) : null;
+  writer = gate?.writer ?? w;
   retryMs = 250;
   const head = w.head();
   const empty = w.isEmpty();
@@ -306,7 +341,7 @@ function open(): void {
   pump();
 }
 
-/** How long a destination's turn waits for enough others to be live (e.g. lanes still opening) before skipping. */
+/** How long a destination's turn waits for it (and, taken out, enough others) to be live (e.g. lanes still opening) before skipping. */
 const TURN_WAIT_MS = 10_000;
 
 /** Destinations other than this one that are live now. */
@@ -317,19 +352,33 @@ function othersLive(): number {
 }
 
 /**
- * This destination's turn in backup-compact. It is taken out of the acknowledgement count for the time
- * of its compaction (its writes queue), so only when the others still make up "ack": writes never wait
- * for a compaction. Answers on `reply` and tells the main thread (status).
+ * This destination's turn in backup-compact. A file is compacted online: its writes go on and are
+ * acknowledged meanwhile (live-compact.ts), whatever "ack" is. Any other destination compacts on this
+ * thread and is taken out of the acknowledgement count for that time (its writes queue), so only when
+ * the others still make up "ack": writes never wait for a compaction. Answers on `reply` and tells the
+ * main thread (status).
  */
 async function compactTurn(reply: MessagePort, history: number): Promise<void> {
   const k = s.f[gSlot(s.n, G.K)]!;
-  // with "ack": all no destination may ever be taken out: nothing to wait for
-  const end = s.n - 1 < k ? 0 : Date.now() + TURN_WAIT_MS;
-  while ((othersLive() < k || state !== DestState.Live) && Date.now() < end && !closing) await new Promise((r) => setTimeout(r, 100));
+  const online = (): boolean => gate !== null;
+  const ready = (): boolean => state === DestState.Live && (online() || othersLive() >= k);
+  // taken out with "ack": all, no destination may ever be: nothing to wait for
+  const end = !online() && s.n - 1 < k ? 0 : Date.now() + TURN_WAIT_MS;
+  while (!ready() && Date.now() < end && !closing) await new Promise((r) => setTimeout(r, 100));
   let outcome: Outcome;
   if (closing) outcome = { result: 'skipped', reason: 'the plugin is stopping' };
   else if (state !== DestState.Live || writer === null) {
     outcome = { result: 'skipped', reason: `it is ${STATE_NAMES[state] ?? 'not live'}: a destination is compacted only while it holds every acknowledged write` };
+  } else if (online()) {
+    log('info', 'compacting online; it keeps taking and acknowledging writes meanwhile');
+    onlineCompactions++;
+    try {
+      outcome = await compactDestination(writer, gate, setup.url, setup.cwd, history, key, (level, message) => log(level, message));
+    } catch (e) {
+      outcome = { result: 'failed', reason: (e as Error).message };
+    } finally {
+      onlineCompactions--;
+    }
   } else if (othersLive() < k) {
     outcome = {
       result: 'skipped',
@@ -342,7 +391,7 @@ async function compactTurn(reply: MessagePort, history: number): Promise<void> {
     setState(DestState.Compacting);
     log('info', 'compacting; its writes wait in its queue meanwhile and it is not counted for acknowledgements');
     try {
-      outcome = await compactDestination(writer, setup.url, setup.cwd, history, key, (level, message) => log(level, message));
+      outcome = await compactDestination(writer, null, setup.url, setup.cwd, history, key, (level, message) => log(level, message));
     } catch (e) {
       outcome = { result: 'failed', reason: (e as Error).message };
     }
