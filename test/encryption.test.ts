@@ -19,7 +19,7 @@ import { crc32 } from 'node:zlib';
 import { createV2, recordSeedOf, type FileEncryption } from '../src/backends/file/v2.js';
 import { SegmentedWriter } from '../src/backends/file/segments.js';
 import { openReader } from '../src/backends/open.js';
-import { unlockAndAuthenticate } from '../src/crypto/authenticate.js';
+import { isEncryptable, unlockAndAuthenticate } from '../src/crypto/authenticate.js';
 import { keyKindCode } from '../src/crypto/records.js';
 import { writeKeyFile, type BackupKey } from '../src/crypto/keys.js';
 import { PluginProc } from './helpers/plugin-proc.js';
@@ -412,6 +412,65 @@ describe('encrypted: tampering is detected', () => {
       // three writer sessions, three salts: no (key, nonce) pair can repeat
       const salts = new Set(recordsOf(p).map(([s]) => readFileSync(p).subarray(s + 32, s + 48).toString('hex')));
       assert.equal(salts.size, 3);
+    } finally {
+      reader.close();
+    }
+  });
+});
+
+describe('encrypted: the cipher made ahead of the next record', () => {
+  it('prepare() between appends (as the plugin calls it after each hook): every record authenticates, no (key, nonce) pair repeats', () => {
+    const dir = tmp('clnvault-enc-ahead-');
+    const key = writeKeyFile(join(dir, 'k'));
+    const p = join(dir, 'ahead.bkp');
+    createV2(p, encOf(key));
+    let w = SegmentedWriter.open(p, { key });
+    // twice before the first append: still one cipher ahead, used once
+    w.prepare();
+    w.prepare();
+    w.appendChange(1, ['CREATE TABLE vars (name TEXT, intval INTEGER)', "INSERT INTO vars VALUES ('data_version', 1)"]);
+    w.prepare();
+    w.appendChange(2, ["INSERT INTO vars VALUES ('first two', 2)", bump(2)]);
+    w.prepare();
+    // a rewind between the cipher made ahead and its use
+    w.dropHead();
+    w.prepare();
+    w.appendChange(2, ["INSERT INTO vars VALUES ('second two', 2)", bump(2)]);
+    w.prepare();
+    // closed with a cipher made ahead and never used
+    w.close();
+    w = SegmentedWriter.open(p, { key });
+    w.prepare();
+    w.appendChange(3, ["INSERT INTO vars VALUES ('three', 3)", bump(3)]);
+    w.prepare();
+    w.appendChange(4, ["INSERT INTO vars VALUES ('four', 4)", bump(4)]);
+    w.close();
+    const reader = openReader(`file://${p}`, '/');
+    try {
+      assert.deepEqual(reader.problems(), []);
+      const auth = unlockAndAuthenticate(reader, key)!;
+      assert.equal(auth.problem, null);
+      assert.equal(auth.records, 4);
+      assert.equal(auth.newestVersion, 4);
+      reader.forEachHeader((h) => {
+        assert.equal(reader.read(h).kind, 'change');
+      });
+      const bytes = readFileSync(p);
+      const nonces: string[] = [];
+      const counters = new Map<string, number[]>();
+      assert.ok(isEncryptable(reader));
+      reader.forEachRecord((_r, _rec, offset) => {
+        const salt = bytes.subarray(offset + 32, offset + 48).toString('hex');
+        const counter = Number(bytes.readBigUInt64BE(offset + 48));
+        nonces.push(`${salt}/${counter}`);
+        counters.set(salt, [...(counters.get(salt) ?? []), counter]);
+      });
+      assert.equal(nonces.length, 4);
+      assert.equal(new Set(nonces).size, 4, `a nonce repeats: ${nonces.join(', ')}`);
+      assert.equal(counters.size, 2, 'two writer sessions, two salts');
+      for (const [salt, cs] of counters) {
+        for (let i = 1; i < cs.length; i++) assert.ok(cs[i]! > cs[i - 1]!, `counters of session ${salt} do not grow: ${cs.join(', ')}`);
+      }
     } finally {
       reader.close();
     }

@@ -98,6 +98,11 @@ export class RecordCrypt {
   link: Buffer = Buffer.alloc(LINK_LEN);
   private pendingLink: Buffer | null = null;
   private session: { salt: Buffer; key: Buffer; counter: number } | null = null;
+  /**
+   * The next record's cipher, made ahead by prepareNext() while nobody waits (its counter already taken):
+   * creating a GCM cipher is most of an encrypted append's cost. Used once, by the next begin().
+   */
+  private ready: { counter: number; cipher: CipherGCM } | null = null;
   private readonly aad = Buffer.alloc(16 + 1 + 1 + 4 + 4 + SNAPSHOT_PREFIX_LEN);
   private readonly nonce = Buffer.alloc(12);
   private readonly keys = new Map<string, Buffer>();
@@ -157,10 +162,28 @@ export class RecordCrypt {
     return this.nonce;
   }
 
+  private newCipher(key: Buffer, counter: number): CipherGCM {
+    return nc().createCipheriv('aes-256-gcm', key, this.setNonce(counter), { authTagLength: TAG_LEN });
+  }
+
+  /**
+   * Makes the cipher of the next record now (a writer calls it after answering a hook, off the hook's
+   * latency). Its counter is taken at once, so a cipher that is never used only leaves a gap in the
+   * counters: a nonce is still never used twice, and readers do not require consecutive counters.
+   */
+  prepareNext(): void {
+    if (this.ready !== null) return;
+    const s = this.writeSession();
+    const counter = s.counter++;
+    this.ready = { counter, cipher: this.newCipher(s.key, counter) };
+  }
+
   /** Writes the prefix for a new record into `dst` at `at`; returns the cipher to stream the plaintext through. */
   private begin(m: RecordMeta, dst: Buffer, at: number, link: Buffer | null): CipherGCM {
     const s = this.writeSession();
-    const counter = s.counter++;
+    const ready = this.ready;
+    this.ready = null;
+    const counter = ready !== null ? ready.counter : s.counter++;
     const p = prefixLen(m.type);
     s.salt.copy(dst, at);
     dst.writeUInt32BE(Math.floor(counter / TWO_32), at + 16);
@@ -170,7 +193,7 @@ export class RecordCrypt {
     dst.writeUInt32BE(now >>> 0, at + 28);
     this.link.copy(dst, at + 32);
     if (m.type === TYPE_SNAPSHOT) (link ?? ZERO_LINK).copy(dst, at + 48);
-    const c = nc().createCipheriv('aes-256-gcm', s.key, this.setNonce(counter), { authTagLength: TAG_LEN });
+    const c = ready !== null ? ready.cipher : this.newCipher(s.key, counter);
     c.setAAD(this.setAad(m, dst.subarray(at, at + p)));
     return c;
   }

@@ -364,7 +364,10 @@ export class V2Writer implements BackupWriter {
    * as it was, and appends then simply grow the file.
    */
   prepare(): boolean {
-    if (!this.layout.prealloc || this.closed || this.sealed || this.failed) return false;
+    if (this.closed || this.sealed || this.failed) return false;
+    // an encrypted backup's next record cipher is made here too, off the hook's latency
+    this.crypt?.prepareNext();
+    if (!this.layout.prealloc) return false;
     const want = Math.min(RESERVE_MAX, Math.max(RESERVE_MIN, this.recentRecord * RESERVE_RECORDS));
     if (this.cap - this.end >= want / 2) return false;
     // whole 64 KiB blocks, and never past the segment's limit (FAT32)
