@@ -15,8 +15,7 @@ import { after, describe, it } from 'node:test';
 import { SimNode } from '../src/sim/lightningd.js';
 import { FIXTURES } from './helpers/fixtures.js';
 import { dump } from './helpers/sqlite.js';
-import { crc32 } from 'node:zlib';
-import { createV2, recordSeedOf, type FileEncryption } from '../src/backends/file/v2.js';
+import { createV2, type FileEncryption } from '../src/backends/file/v2.js';
 import { SegmentedWriter } from '../src/backends/file/segments.js';
 import { openReader } from '../src/backends/open.js';
 import { isEncryptable, unlockAndAuthenticate } from '../src/crypto/authenticate.js';
@@ -26,6 +25,7 @@ import { PluginProc } from './helpers/plugin-proc.js';
 import { rpc, startWriter } from './helpers/compact-sim.js';
 import { sqliteDump } from '../src/sim/db.js';
 import { findNeedles, sessionNeedles as sessionNeedlesIn } from './helpers/needles.js';
+import { fixChecksums } from './helpers/v2-bytes.js';
 
 const CLI = fileURLToPath(new URL('../src/cli/main.js', import.meta.url));
 const CLN = join(FIXTURES, 'cln-v26.06.6');
@@ -209,13 +209,6 @@ function detected(path: string, key: BackupKey): boolean {
 }
 
 /** A record whose bytes changed, with its checksums made right again: what a forger would do. */
-function fixChecksums(b: Buffer, start: number, end: number): void {
-  const len = end - start - 40;
-  b.writeUInt32BE(crc32(b.subarray(start + 32, start + 32 + len)), start + 24);
-  // format 4: the header CRC is seeded with the file header's ids, which a forger reads as easily
-  b.writeUInt32BE(crc32(b.subarray(start, start + 28), recordSeedOf(b.subarray(0, 64))), start + 28);
-}
-
 describe('encrypted: tampering is detected', () => {
   const dir = tmp('clnvault-enc-tamper-');
   const key = writeKeyFile(join(dir, 'k1'));

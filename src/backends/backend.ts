@@ -105,6 +105,12 @@ export interface BackupReader {
   problems(): Problem[];
   stats(): BackupStats;
   close(): void;
+  /**
+   * The entries are about to be read in file order (a restore): an encrypted backup decrypts its records
+   * in a worker thread ahead of the reads (src/crypto/decrypt-ahead.ts), when a core looks free or
+   * `always`. Optional; nothing for a plain one.
+   */
+  decryptAhead?(opts?: { always?: boolean }): void;
 }
 
 /**

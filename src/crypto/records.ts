@@ -122,6 +122,11 @@ export class RecordCrypt {
     backupId.copy(this.aad, 0);
   }
 
+  /** What a worker thread needs to open this backup's records (src/crypto/decrypt-ahead.ts); never logged. */
+  forWorker(): { key: Buffer; backupId: Buffer; fingerprint: string } {
+    return { key: this.master, backupId: this.backupId, fingerprint: this.fingerprint };
+  }
+
   private subkey(salt: Buffer): Buffer {
     if (this.lastSalt !== null && salt.equals(this.lastSalt)) return this.lastKey!;
     const id = salt.toString('hex');

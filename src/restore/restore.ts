@@ -175,6 +175,7 @@ export function restoreBackup(reader: BackupReader, dest: string, opts: RestoreO
       }
     };
     if (plan.end > plan.start) {
+      reader.decryptAhead?.();
       reader.forEachHeader(
         (h) => {
           if (index >= plan.end) return false;

@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { closeSync, openSync, readFileSync, readSync } from 'node:fs';
+import { crc32 } from 'node:zlib';
 import { FILE_HEADER_LEN, recordSeedOf, V2Reader } from '../../src/backends/file/v2.js';
 
 /**
@@ -31,4 +32,15 @@ export function recordsEnd(path: string): number {
   const rest = readFileSync(path).subarray(end);
   assert.ok(rest.equals(Buffer.alloc(rest.length)), `${path}: bytes other than reserved zeros after the records' end ${end}`);
   return end;
+}
+
+/**
+ * Recomputes the checksums of the record [start, end) in the v2 file bytes `b` after a test changed its
+ * payload: what a forger does, so that only authentication can tell.
+ */
+export function fixChecksums(b: Buffer, start: number, end: number): void {
+  const len = end - start - 40;
+  b.writeUInt32BE(crc32(b.subarray(start + 32, start + 32 + len)), start + 24);
+  // format 4: the header CRC is seeded with the file header's ids, which a forger reads as easily
+  b.writeUInt32BE(crc32(b.subarray(start, start + 28), recordSeedOf(b.subarray(0, 64))), start + 28);
 }

@@ -851,6 +851,16 @@ export class SegmentedReader implements BackupReader {
     for (const r of this.readers) r.setCrypt(crypt);
   }
 
+  /** Each segment's reader decrypts ahead once the restore reaches it (V2Reader.decryptAhead). */
+  decryptAhead(opts: { always?: boolean } = {}): void {
+    for (const r of this.readers) r.decryptAhead(opts);
+  }
+
+  /** Change records whose plaintext a decrypting worker gave, over the segments. */
+  get decryptedAhead(): number {
+    return this.readers.reduce((n, r) => n + r.decryptedAhead, 0);
+  }
+
   /** Every data record across the segments in order (global offsets), up to the first damage. */
   forEachRecord(visit: (reader: V2Reader, rec: RecordInfo, offset: number) => void): void {
     const d = this.damage();

@@ -11,6 +11,7 @@ import { asBackupError, readFully } from './io.js';
 import { layoutOf, readFileHeader, scanRecords, type RecordInfo, type ScanResult } from './scan.js';
 import { FLAG_ENCRYPTED, FLAG_PRAGMA_ONLY, type FileEncryption, type RecordHeader } from './codec.js';
 import { AuthError, lastAuthText, parsePrefix, prefixLen, TAG_LEN, type ChainCheck, type Prefix, type RecordCrypt } from '../../../crypto/records.js';
+import { BATCH_BYTES, DecryptAhead, JOB_FIELDS } from '../../../crypto/decrypt-ahead.js';
 
 /**
  * The v2 reader: one full forward scan at open (every record checked, nothing per record kept), then
@@ -158,6 +159,13 @@ export class V2Reader implements BackupReader {
   private walkedFill = -1;
   /** an encrypted backup's cipher, once a key was given (setCrypt) */
   private crypt: RecordCrypt | null = null;
+  /** decryptAhead() was asked for: the first change read starts the worker (if enough follows) */
+  private aheadWanted = false;
+  private aheadAlways = false;
+  private decryptor: DecryptAhead | null = null;
+  private aheadUsed = 0;
+  /** the worker's batches are read through a window of their own, ahead of the walk's */
+  private batchWindow: ReadAhead | null = null;
 
   private constructor(
     readonly location: string,
@@ -179,6 +187,73 @@ export class V2Reader implements BackupReader {
     private readonly seed = 0,
   ) {
     this.ahead = new ReadAhead(fd, size);
+    this.size = size;
+  }
+
+  private readonly size: number;
+
+  /**
+   * An encrypted backup about to be read in file order (a restore): its change records are decrypted in
+   * a worker thread ahead of the reads (src/crypto/decrypt-ahead.ts). Nothing for a plain one. `always`:
+   * even when no core looks free (tests).
+   */
+  decryptAhead(opts: { always?: boolean } = {}): void {
+    if (this.encryption === null) return;
+    this.aheadWanted = true;
+    if (opts.always) this.aheadAlways = true;
+  }
+
+  /** Change records whose plaintext the decrypting worker gave (decryptAhead), for tests and benches. */
+  get decryptedAhead(): number {
+    return this.aheadUsed;
+  }
+
+  /** The worker's plaintext of change record `r` whose header gives `crc`, or null: decrypt it here. */
+  private takeDecrypted(r: RecordInfo, crc: number): Buffer | null {
+    if (!this.aheadWanted || this.crypt === null) return null;
+    if (this.decryptor === null) {
+      this.decryptor = DecryptAhead.start(this.crypt, (from) => this.batch(from), r.offset, this.dataEnd - r.offset, this.aheadAlways);
+      if (this.decryptor === null) {
+        this.aheadWanted = false;
+        return null;
+      }
+    }
+    const got = this.decryptor.take(r.offset);
+    if (got === null || got.crc !== crc || got.plain.length !== r.length - prefixLen(TYPE_CHANGE) - TAG_LEN) return null;
+    this.crypt.lastAuthenticated = { version: r.version, timeMs: got.timeMs };
+    this.aheadUsed++;
+    return got.plain;
+  }
+
+  /**
+   * The stored payloads of the change records from `from` (a record's offset), up to BATCH_BYTES, for the
+   * worker: per record its offset, version, flags as the AAD has them, and where its bytes are. Stops
+   * before anything else (a snapshot, a record too big for the window, the end of the data).
+   */
+  private batch(from: number): { recs: Float64Array; buf: ArrayBuffer; next: number | null } | null {
+    const win = (this.batchWindow ??= new ReadAhead(this.fd, this.size));
+    const end = this.dataEnd;
+    const fields: number[] = [];
+    let bytes = 0;
+    let o = from;
+    let more = false;
+    while (o < end && end - o >= RECORD_OVERHEAD) {
+      if (bytes >= BATCH_BYTES) {
+        more = true;
+        break;
+      }
+      const h = parseRecordHeader(win.get(o, RECORD_HEADER_LEN), this.seed);
+      if (typeof h === 'string' || h.type !== TYPE_CHANGE || h.length > end - o - RECORD_OVERHEAD || RECORD_HEADER_LEN + h.length > READ_AHEAD_MAX_RECORD) break;
+      fields.push(o, h.version, FLAG_ENCRYPTED | (h.flags & FLAG_PRAGMA_ONLY), bytes, h.length);
+      bytes += h.length;
+      o += RECORD_OVERHEAD + h.length;
+    }
+    if (fields.length === 0) return null;
+    // the payloads, copied once into bytes that are handed to the worker
+    const buf = new ArrayBuffer(bytes);
+    const view = Buffer.from(buf);
+    for (let k = 0; k < fields.length; k += JOB_FIELDS) win.get(fields[k]! + RECORD_HEADER_LEN, fields[k + 4]!).copy(view, fields[k + 3]!);
+    return { recs: Float64Array.from(fields), buf, next: more ? o : null };
   }
 
   /** Decrypt with `crypt` from now on (an encrypted backup, after its key was checked: src/crypto/backup-crypt.ts). */
@@ -495,10 +570,13 @@ export class V2Reader implements BackupReader {
     }
     let payload = rec.subarray(RECORD_HEADER_LEN, total);
     hh ??= parseRecordHeader(rec, this.seed);
-    if (typeof hh === 'string' || hh.length !== r.length || crc32(payload) !== hh.payloadCrc) {
+    // decrypted ahead: the worker checked the payload's CRC and authenticated it
+    const plain = this.encryption !== null && typeof hh !== 'string' && hh.length === r.length ? this.takeDecrypted(r, hh.payloadCrc) : null;
+    if (plain === null && (typeof hh === 'string' || hh.length !== r.length || crc32(payload) !== hh.payloadCrc)) {
       throw new BackupError(`${this.location}: the change record at offset ${r.offset} changed or was damaged since it was scanned`, this.location, r.offset);
     }
-    if (this.encryption !== null) {
+    if (plain !== null) payload = plain;
+    else if (this.encryption !== null) {
       try {
         const stored = payload;
         payload = this.needKey(r.offset).open(this.meta(r), stored).plain;
@@ -574,6 +652,8 @@ export class V2Reader implements BackupReader {
   close(): void {
     if (this.closed) return;
     this.closed = true;
+    this.decryptor?.close();
+    this.batchWindow?.release();
     this.ahead.release();
     this.lastWalked = null;
     closeSync(this.fd);

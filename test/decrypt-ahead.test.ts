@@ -1,0 +1,119 @@
+/**
+ * An encrypted restore decrypts its change records in a worker thread ahead of the apply
+ * (src/crypto/decrypt-ahead.ts, docs/encryption.md "Cost"): the restored database is the plain backup's,
+ * the worker really served the records, and a forged record inside the decrypted-ahead run is refused
+ * exactly as without it (its offset, the last authenticated version, nothing left behind).
+ */
+import assert from 'node:assert/strict';
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, describe, it } from 'node:test';
+import { createV2 } from '../src/backends/file/v2.js';
+import { SegmentedWriter } from '../src/backends/file/segments.js';
+import { openReader } from '../src/backends/open.js';
+import { unlockAndAuthenticate } from '../src/crypto/authenticate.js';
+import { MIN_AHEAD_BYTES } from '../src/crypto/decrypt-ahead.js';
+import { keyKindCode } from '../src/crypto/records.js';
+import { writeKeyFile, type BackupKey } from '../src/crypto/keys.js';
+import { restoreBackup } from '../src/restore/restore.js';
+import { dump } from './helpers/sqlite.js';
+import { fixChecksums } from './helpers/v2-bytes.js';
+
+const dir = mkdtempSync(join(tmpdir(), 'clnvault-decrypt-ahead-'));
+after(() => rmSync(dir, { recursive: true, force: true }));
+
+const LABEL = 'x'.repeat(1900);
+// enough bytes after the first record for the worker to be worth starting
+const N = Math.ceil((MIN_AHEAD_BYTES * 1.2) / LABEL.length);
+
+function build(path: string, key: BackupKey | null): void {
+  createV2(path, key ? { kind: keyKindCode(key.kind), fingerprint: Buffer.from(key.fingerprint, 'hex') } : null);
+  const w = SegmentedWriter.open(path, key ? { key } : {});
+  try {
+    w.appendChange(1, ['CREATE TABLE vars (name TEXT, intval INTEGER)', "INSERT INTO vars VALUES ('data_version', 1)", 'CREATE TABLE t (v INTEGER, label TEXT)']);
+    for (let v = 2; v <= N; v++) {
+      w.appendChange(v, [`INSERT INTO t VALUES (${v}, '${LABEL}${v}')`, `UPDATE vars SET intval = intval + 1 WHERE name = 'data_version' AND intval = ${v - 1}`]);
+    }
+  } finally {
+    w.close();
+  }
+}
+
+/** [offset, end) of each record (the file's reserved zeros after them are not records). */
+function records(b: Buffer): Array<[number, number]> {
+  const out: Array<[number, number]> = [];
+  for (let o = 64; o + 40 <= b.length && b.readUInt32BE(o + 20) > 0; ) {
+    const end = o + 40 + b.readUInt32BE(o + 20);
+    out.push([o, end]);
+    o = end;
+  }
+  return out;
+}
+
+describe('encrypted restore: decryption ahead in a worker thread', () => {
+  const key = writeKeyFile(join(dir, 'k'));
+  const enc = join(dir, 'enc.bkp');
+  const plain = join(dir, 'plain.bkp');
+  build(enc, key);
+  build(plain, null);
+
+  it('restores the same database as the plain backup, every change record decrypted by the worker', () => {
+    const reader = openReader(`file://${enc}`, '/');
+    const destE = join(dir, 'enc.sqlite3');
+    const destP = join(dir, 'plain.sqlite3');
+    try {
+      const auth = unlockAndAuthenticate(reader, key, 'chain')!;
+      assert.equal(auth.problem, null);
+      // the test machine may be busy: the worker is started whether or not a core looks free
+      reader.decryptAhead!({ always: true });
+      const r = restoreBackup(reader, destE);
+      assert.equal(r.head, N);
+      assert.equal((reader as unknown as { decryptedAhead: number }).decryptedAhead, N, 'the worker decrypted every record');
+    } finally {
+      reader.close();
+    }
+    const pr = openReader(`file://${plain}`, '/');
+    try {
+      restoreBackup(pr, destP);
+    } finally {
+      pr.close();
+    }
+    assert.equal(dump(destE), dump(destP));
+  });
+
+  it('a forged record deep in the run (checksums recomputed) is refused with its offset and the version before it; nothing left behind', () => {
+    const good = readFileSync(enc);
+    const recs = records(good);
+    assert.equal(recs.length, N);
+    const k = N - 50;
+    const [start, end] = recs[k]!;
+    const b = Buffer.from(good);
+    // a ciphertext byte: the chain (prefix, tag) is untouched, only decryption can tell
+    b[start + 32 + 48 + 100]! ^= 0x01;
+    fixChecksums(b, start, end);
+    const forged = join(dir, 'forged.bkp');
+    writeFileSync(forged, b);
+    const out = join(dir, 'out');
+    mkdirSync(out);
+    const reader = openReader(`file://${forged}`, '/');
+    try {
+      const auth = unlockAndAuthenticate(reader, key, 'chain')!;
+      assert.equal(auth.problem, null, 'the chain does not see it: only decryption can');
+      reader.decryptAhead!({ always: true });
+      assert.throws(
+        () => restoreBackup(reader, out),
+        (e: Error) => {
+          assert.match(e.message, new RegExp(`offset ${start}\\b`));
+          assert.match(e.message, /fails authentication/);
+          assert.match(e.message, new RegExp(`last authenticated version ${k}, written at \\d{4}-`));
+          return true;
+        },
+      );
+      assert.equal((reader as unknown as { decryptedAhead: number }).decryptedAhead, k, 'the records before it came from the worker');
+    } finally {
+      reader.close();
+    }
+    assert.deepEqual(readdirSync(out), [], 'nothing left behind');
+  });
+});
