@@ -1,5 +1,5 @@
 import type { AsyncBackupWriter } from './backend.js';
-import { destinationOf, encryptionNotYet, type WriterOptions } from './open.js';
+import { destinationOf, encryptionNotYet, isClnvaultUrl, type WriterOptions } from './open.js';
 import { isPostgresUrl, parsePgUrl } from './postgres/url.js';
 import { remoteTimeoutMs } from './postgres/timeout.js';
 import { AsyncSocketWriter } from './socket/async-writer.js';
@@ -19,6 +19,6 @@ export async function openAsyncWriter(url: string, cwd: string, opts: WriterOpti
     return AsyncPgWriter.open(parsePgUrl(url), opts.remoteTimeoutMs ?? remoteTimeoutMs(cwd).ms, opts.key ?? null);
   }
   if (destinationOf(url, cwd) !== 'socket') return null;
-  if (opts.key) throw encryptionNotYet(url);
-  return AsyncSocketWriter.open(url, { cwd, ...(opts.remoteTimeoutMs !== undefined ? { remoteTimeoutMs: opts.remoteTimeoutMs } : {}), ...(opts.log ? { log: opts.log } : {}) });
+  if (opts.key && !isClnvaultUrl(url)) throw encryptionNotYet(url);
+  return AsyncSocketWriter.open(url, { ...opts, cwd });
 }

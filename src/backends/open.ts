@@ -95,6 +95,10 @@ export interface WriterOptions {
   log?: (level: 'info' | 'warn' | 'error', message: string) => void;
   /** the key of an encrypted backup (docs/encryption.md): required for one, refused for anything else */
   key?: KeyLike | null;
+  /** clnvault server: hold an encrypted v2 backup without its key (only ready-made records are appended) */
+  keyless?: boolean;
+  /** clnvault://: an empty backup on the server may be made an encrypted one under `key` (init --encrypt) */
+  encryptEmpty?: boolean;
 }
 
 /**
@@ -119,7 +123,7 @@ export function encryptionNotYet(url: string): UrlError {
 
 export function openWriter(url: string, cwd: string, opts: WriterOptions = {}): BackupWriter {
   if (isPostgresUrl(url)) return openPgWriter(url, cwd, opts.key ?? null);
-  if (opts.key && destinationOf(url, cwd) !== 'file') throw encryptionNotYet(url);
+  if (opts.key && destinationOf(url, cwd) !== 'file' && !isClnvaultUrl(url)) throw encryptionNotYet(url);
   if (destinationOf(url, cwd) === 'socket') return SocketWriter.open(url, { ...opts, cwd });
   const path = filePathOf(url, cwd);
   if (detectFormat(path) === 'v2') return SegmentedWriter.open(path, opts);
@@ -274,6 +278,11 @@ export function missingFirstFile(path: string): string | null {
       .join(', ')}${segs.length > 3 ? ', …' : ''}): the backup is incomplete and cannot be restored without it. ` +
     `Find ${path} (a backup is that file and every .seg-* file beside it) and copy it back`
   );
+}
+
+/** clnvault's own server (clnvault://): the one remote destination whose records the node can seal itself. */
+export function isClnvaultUrl(url: string): boolean {
+  return /^clnvault:/i.test(url);
 }
 
 /** True for a URL whose backup is not a local file (no path to stat, check or lock). */

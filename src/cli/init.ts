@@ -4,7 +4,8 @@ import { keyFromHsmSecret, keyFromKeyFile, writeKeyFile, type BackupKey } from '
 import { keyKindCode, type KeyKindName } from '../crypto/records.js';
 import { newPassphraseBackup, readPassphraseFile } from '../crypto/passphrase-backup.js';
 import type { FileEncryption } from '../backends/file/v2/codec.js';
-import { backupPath, createBackup, destinationOf, encryptionNotYet, openWriter } from '../backends/open.js';
+import { backupPath, createBackup, destinationOf, encryptionNotYet, isClnvaultUrl, openWriter } from '../backends/open.js';
+import { initRemote } from './init-remote.js';
 import { lockPath, readBackupLock, writeBackupLock, type BackupLock } from '../engine/backup-lock.js';
 import { listSegmentFiles, parseSegmentBytes } from '../backends/file/segments.js';
 import type { BackupFormat } from '../engine/entries.js';
@@ -170,7 +171,7 @@ export const initCommand: Command = {
       if (passFile !== null && (pg || destinationOf(url, netDir ?? cwd) !== 'file')) {
         throw new CliError('--passphrase-file is for file: backups (the salt is kept in the backup file); use --key-file for this destination', EXIT.usage);
       }
-      if (!pg && destinationOf(url, netDir ?? cwd) !== 'file') throw new CliError(encryptionNotYet(url).message, EXIT.usage);
+      if (!pg && destinationOf(url, netDir ?? cwd) !== 'file' && !isClnvaultUrl(url)) throw new CliError(encryptionNotYet(url).message, EXIT.usage);
       if (keyFile === null && passFile === null && netDir === null) {
         throw new CliError("--encrypt derives the key from the node's hsm_secret, which needs --lightning-dir DIR; or give --key-file PATH", EXIT.usage);
       }
@@ -199,7 +200,6 @@ export const initCommand: Command = {
     // backup.lock keeps the URL as given and the plugin resolves a relative one against the network
     // directory, so init must create the file there too, or the lock would name another file.
     const base = netDir ?? cwd;
-    if (destinationOf(url, base) === 'socket') return initRemote(url, netDir, dbPath, values['no-rebaseline'] === true);
     let undoPg: (() => void) | null = null;
     let path: string;
     let key: BackupKey | null = null;
@@ -230,6 +230,14 @@ export const initCommand: Command = {
               ? `. A new node has no hsm_secret until lightningd first starts: start it once without the plugin (or create the seed with lightning-hsmtool), then run this again; or use --key-file PATH`
               : ''),
         );
+      }
+    }
+    if (destinationOf(url, base) === 'socket') {
+      try {
+        return await initRemote(url, netDir, dbPath, values['no-rebaseline'] === true, key === null ? null : { key, keyFile, keyMade });
+      } catch (e) {
+        if (keyMade) rmSync(keyFile!, { force: true });
+        throw e;
       }
     }
     if (pg) {
@@ -359,38 +367,4 @@ function sameFilesystem(backup: string, netDir: string): boolean {
   } catch {
     return false;
   }
-}
-/** socket: the backup file lives on the server; here only the snapshot is sent and backup.lock written. */
-async function initRemote(url: string, netDir: string | null, dbPath: string | null, noRebaseline: boolean): Promise<number> {
-  const writer = openWriter(url, netDir ?? process.cwd(), { log: (_l, m) => out(m) });
-  try {
-    out(`Connected to ${url}: the server's backup is at version ${writer.head()} (${writer.stats().entries} entries)`);
-    if (dbPath !== null) {
-      if (!writer.isEmpty()) {
-        throw new CliError(
-          `the server's backup at ${url} is not empty (version ${writer.head()}); create a fresh one on the server ('clnvault init file:///path/new.bkp' and serve that) before initializing a node with an existing database`,
-        );
-      }
-      out(`Found an existing database at ${dbPath}, initializing the backup with a snapshot`);
-      const tmp = join(netDir!, `.clnvault-init-${process.pid}.sqlite3`);
-      try {
-        const version = await snapshotDatabase(dbPath, tmp);
-        writer.appendSnapshotFile(version, tmp);
-        out(`Successfully written initial snapshot (data_version ${version}) to ${url}`);
-      } finally {
-        rmSync(tmp, { force: true });
-        rmSync(`${tmp}-journal`, { force: true });
-      }
-    } else if (netDir !== null) {
-      out('Database does not exist yet');
-    }
-  } finally {
-    writer.close();
-  }
-  if (netDir !== null) {
-    writeBackupLock(netDir, noRebaseline ? { backend_url: url, rebaseline: false } : { backend_url: url });
-    out(`Wrote ${lockPath(netDir)}`);
-  }
-  out(`Initialized backup backend ${url}, you can now start Core Lightning`);
-  return EXIT.ok;
 }

@@ -22,6 +22,8 @@ import {
 } from '../backends/socket/protocol.js';
 import { sendSnapshotFile } from '../backends/socket/snapshot.js';
 import { ServedBackup } from './store.js';
+import { handleSealed, isSealedPacket, type SealedContext } from './sealed.js';
+import { errorPacket } from '../backends/socket/sealed.js';
 import type { BackupReader } from '../backends/backend.js';
 import type { EntryHeader } from '../engine/entries.js';
 
@@ -131,7 +133,10 @@ export class BackupServer {
     } catch (e) {
       this.log('error', `${peer}: cannot open its backup: ${(e as Error).message}`);
       this.conns.delete(socket);
-      conn.close();
+      // clnvault's own clients read the reason (a reference client never connects through TLS)
+      const why = errorPacket(`the server cannot open this node's backup: ${(e as Error).message}`);
+      if (this.served.kind === 'nodes') void conn.write(why, this.limits.packetTimeoutMs).catch(() => undefined).finally(() => conn.close());
+      else conn.close();
       return;
     }
     this.serve(conn, backup).then(
@@ -201,9 +206,24 @@ export class BackupServer {
           await this.skip(conn, h.length);
           break;
         default:
+          // clnvault's own extension (encrypted records) exists in clnvault's own mode only
+          if (this.served.kind === 'nodes' && isSealedPacket(h.type)) {
+            await handleSealed(this.sealedContext, conn, backup, h.type, h.length);
+            break;
+          }
           throw new ProtocolError(`unknown or unexpected packet type ${h.type}`);
       }
     }
+  }
+
+  private get sealedContext(): SealedContext {
+    return {
+      timeoutMs: this.limits.packetTimeoutMs,
+      maxRecordBytes: this.limits.maxChangeBytes,
+      takeOver: (conn, backup) => this.takeOver(conn, backup),
+      log: (level, message) => this.log(level, message),
+      scratchPath: (backup) => this.scratchPath(backup),
+    };
   }
 
   /** Consumes a payload (returned: a REQ_METADATA's may ask for the backup id), refusing one that is too large to be honest. */
@@ -222,8 +242,13 @@ export class BackupServer {
     this.writers.set(backup, conn);
   }
 
-  private async answer(conn: Conn, v: { ok: boolean; version: number; why?: string }, what: string): Promise<void> {
+  private async answer(conn: Conn, v: { ok: boolean; version: number; why?: string; malformed?: boolean }, what: string): Promise<void> {
     if (!v.ok) this.log('warn', `${conn.peer}: NACK to ${what}: ${v.why}`);
+    // a refusal that is not a version rule: clnvault's own clients are told why (the reference has only NACK)
+    if (!v.ok && v.malformed && this.served.kind === 'nodes') {
+      await conn.write(errorPacket(`the server refused the ${what}: ${v.why}`), this.limits.packetTimeoutMs);
+      return;
+    }
     await conn.write(u32Packet(v.ok ? PKT.ACK : PKT.NACK, v.version), this.limits.packetTimeoutMs);
   }
 

@@ -1,7 +1,11 @@
-import { rmSync } from 'node:fs';
+import { closeSync, openSync, readSync, renameSync, rmSync } from 'node:fs';
 import type { BackupWriter } from '../backends/backend.js';
 import { backupPath, openReader, openWriter } from '../backends/open.js';
 import { v2BackupId } from '../backends/file/backup-id.js';
+import { createV2, FILE_FLAG_ENCRYPTED, FILE_HEADER_LEN, isV2, RawRecordError, TYPE_CHANGE, type FileEncryption, type RecordHeader } from '../backends/file/v2.js';
+import { FLAG_PRAGMA_ONLY } from '../backends/file/v2/codec.js';
+import { SegmentedWriter } from '../backends/file/segments.js';
+import { fsyncDir } from '../backends/file/fsutil.js';
 import type { Metadata } from '../backends/socket/protocol.js';
 import { isPragmaOnly, serialDiff } from '../engine/versions.js';
 
@@ -12,17 +16,19 @@ import { isPragmaOnly, serialDiff } from '../engine/versions.js';
  * time (a snapshot arrives over many event-loop turns; nothing may interleave with it).
  */
 
-export type Verdict = { ok: true; version: number } | { ok: false; version: number; why: string };
+/** `malformed`: refused for what was sent, not for a version rule (clnvault's own clients are told why) */
+export type Verdict = { ok: true; version: number } | { ok: false; version: number; why: string; malformed?: boolean };
 
 export class ServedBackup {
   private prev: number;
   private count: number;
   private queue: Promise<unknown> = Promise.resolve();
+  private isEncrypted: boolean | null = null;
 
   private constructor(
     readonly url: string,
     readonly cwd: string,
-    readonly writer: BackupWriter,
+    private writer: BackupWriter,
   ) {
     const reader = openReader(url, cwd);
     try {
@@ -43,7 +49,16 @@ export class ServedBackup {
   }
 
   static open(url: string, cwd: string): ServedBackup {
-    const b = new ServedBackup(url, cwd, openWriter(url, cwd));
+    // keyless: an encrypted backup takes the records its node sealed, and nothing in clear (docs/remote.md)
+    const writer = openWriter(url, cwd, { keyless: true });
+    let b: ServedBackup;
+    try {
+      b = new ServedBackup(url, cwd, writer);
+    } catch (e) {
+      // a backup that cannot be read (damage) must not stay locked: the next connection tries again
+      writer.close();
+      throw e;
+    }
     // the first change should already find reserved space
     b.topUp();
     return b;
@@ -76,9 +91,9 @@ export class ServedBackup {
    */
   change(version: number, statements: string[]): Verdict {
     const head = this.writer.head();
-    const d = serialDiff(version, head);
-    const fits = this.writer.isEmpty() || d === 1 || (d === 0 && isPragmaOnly(statements));
-    if (!fits) return { ok: false, version: head, why: this.ruleMessage('change', version, head) };
+    if (this.encrypted()) return { ok: false, version: head, why: PLAIN_INTO_ENCRYPTED, malformed: true };
+    const refused = this.changeRule(version, isPragmaOnly(statements));
+    if (refused) return refused;
     this.writer.appendChange(version, statements);
     this.prev = head;
     this.count++;
@@ -88,8 +103,10 @@ export class ServedBackup {
   /** A snapshot (init, re-baseline) may move the backup forward by any amount, never back. */
   snapshot(version: number, dbPath: string): Verdict {
     const head = this.writer.head();
-    if (!this.writer.isEmpty() && serialDiff(version, head) < 0) {
-      return { ok: false, version: head, why: this.ruleMessage('snapshot', version, head) };
+    const refused = this.encrypted() ? { ok: false as const, version: head, why: PLAIN_INTO_ENCRYPTED, malformed: true } : this.snapshotRule(version);
+    if (refused) {
+      rmSync(dbPath, { force: true });
+      return refused;
     }
     try {
       this.writer.appendSnapshotFile(version, dbPath);
@@ -123,6 +140,107 @@ export class ServedBackup {
     return { ok: true, version: after };
   }
 
+  private changeRule(version: number, pragmaOnly: boolean): Verdict | null {
+    const head = this.writer.head();
+    const d = serialDiff(version, head);
+    if (this.writer.isEmpty() || d === 1 || (d === 0 && pragmaOnly)) return null;
+    return { ok: false, version: head, why: this.ruleMessage('change', version, head) };
+  }
+
+  private snapshotRule(version: number): Verdict | null {
+    const head = this.writer.head();
+    if (this.writer.isEmpty() || serialDiff(version, head) >= 0) return null;
+    return { ok: false, version: head, why: this.ruleMessage('snapshot', version, head) };
+  }
+
+  /** The backup's v2 file header (its first file's first 64 bytes); null for a v1 backup. */
+  fileHeader(): Buffer | null {
+    if (this.writer.format !== 'v2') return null;
+    const h = Buffer.alloc(FILE_HEADER_LEN);
+    const fd = openSync(backupPath(this.url, this.cwd), 'r');
+    try {
+      if (readSync(fd, h, 0, FILE_HEADER_LEN, 0) !== FILE_HEADER_LEN || !isV2(h)) return null;
+    } finally {
+      closeSync(fd);
+    }
+    return h;
+  }
+
+  /** cached: asked for every CHANGE; only encrypt() changes it */
+  encrypted(): boolean {
+    if (this.isEncrypted === null) {
+      const h = this.fileHeader();
+      this.isEncrypted = h !== null && (h.readUInt32BE(12) & FILE_FLAG_ENCRYPTED) !== 0;
+    }
+    return this.isEncrypted;
+  }
+
+  /** The newest record's chain link, read without the key (null: plain). */
+  tailLink(): Buffer | null {
+    return rawWriter(this.writer)?.tailLink() ?? null;
+  }
+
+  /** Data bytes of the backup and how many files hold them (a raw restore serves one file). */
+  extent(): { bytes: number; files: number } {
+    const w = rawWriter(this.writer);
+    return { bytes: w?.endOffset() ?? 0, files: w?.segmentFiles().length ?? 1 };
+  }
+
+  /**
+   * A record the node sealed (clnvault:// with encryption): the version rules from its plaintext header
+   * (a PRAGMA-only change may repeat the version; the flag is authenticated), then the keyless append.
+   * A malformed record is refused with `malformed` set; the backup is unchanged.
+   */
+  record(h: RecordHeader, header: Buffer, fill: (put: (chunk: Buffer) => void) => void): Verdict {
+    const head = this.writer.head();
+    const w = rawWriter(this.writer);
+    if (w === null || !this.encrypted()) {
+      return { ok: false, version: head, why: "this backup is not encrypted: it takes the plain protocol's CHANGE and SNAPSHOT, not sealed records", malformed: true };
+    }
+    const refused = h.type === TYPE_CHANGE ? this.changeRule(h.version, (h.flags & FLAG_PRAGMA_ONLY) !== 0) : this.snapshotRule(h.version);
+    if (refused) return refused;
+    try {
+      w.appendRawRecord(h, header, fill);
+    } catch (e) {
+      if (e instanceof RawRecordError) return { ok: false, version: head, why: e.message, malformed: true };
+      throw e;
+    }
+    this.prev = head;
+    this.count++;
+    return { ok: true, version: h.version };
+  }
+
+  /**
+   * Makes the node's empty backup an encrypted one under the key `enc` describes (init --encrypt through
+   * the server): a new file header with the same backup id, renamed over the old one. Idempotent for the
+   * same key; refused for a backup that holds entries or is encrypted under another key.
+   */
+  encrypt(enc: FileEncryption): { ok: true } | { ok: false; why: string } {
+    const h = this.fileHeader();
+    if (h === null) return { ok: false, why: 'the backup is in format v1, which cannot be encrypted; re-create the node with a v2 backup' };
+    if (h.readUInt32BE(12) & FILE_FLAG_ENCRYPTED) {
+      if (h.subarray(52, 60).equals(enc.fingerprint)) return { ok: true };
+      return { ok: false, why: `the backup is already encrypted under another key (fingerprint ${h.subarray(52, 60).toString('hex')})` };
+    }
+    if (!this.writer.isEmpty()) {
+      return { ok: false, why: `the backup holds ${this.count} plain entries; only an empty backup can become an encrypted one (re-create the node on the server)` };
+    }
+    const path = backupPath(this.url, this.cwd);
+    const tmp = `${path}.encrypt-${process.pid}`;
+    this.writer.close();
+    try {
+      rmSync(tmp, { force: true });
+      createV2(tmp, enc, Buffer.from(h.subarray(16, 32)));
+      renameSync(tmp, path);
+      fsyncDir(path);
+    } finally {
+      rmSync(tmp, { force: true });
+      this.writer = openWriter(this.url, this.cwd, { keyless: true });
+      this.isEncrypted = null;
+    }
+    return { ok: true };
+  }
+
   private ruleMessage(kind: string, version: number, head: number): string {
     const d = serialDiff(version, head);
     return d > 1
@@ -138,4 +256,12 @@ export class ServedBackup {
   close(): void {
     this.writer.close();
   }
+}
+
+const PLAIN_INTO_ENCRYPTED =
+  'this backup is encrypted: it takes only records the node encrypted itself (clnvault:// with "encrypt" in the node\'s backup.lock), never statements in clear';
+
+/** The keyless v2 writer behind a served backup (SegmentedWriter), or null for a v1 backup. */
+function rawWriter(w: BackupWriter): SegmentedWriter | null {
+  return w instanceof SegmentedWriter ? w : null;
 }

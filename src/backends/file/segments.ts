@@ -30,6 +30,8 @@ import {
   TYPE_SNAPSHOT_PART,
   V2Reader,
   V2Writer,
+  RawRecordError,
+  type RecordHeader,
   WalkGrouper,
   type WalkedEntry,
   type FileEncryption,
@@ -362,6 +364,8 @@ export interface SegmentedWriterOptions {
   fullCheck?: boolean;
   /** the key of an encrypted backup (required for one, refused for a plain one) */
   key?: KeyLike | null;
+  /** clnvault server: an encrypted backup held without its key takes only ready-made records (appendRawRecord) */
+  keyless?: boolean;
 }
 
 /**
@@ -392,6 +396,7 @@ export class SegmentedWriter implements BackupWriter {
     readonly segmentBytes: number,
     private readonly fullCheck: boolean,
     private readonly key: KeyLike | null,
+    private readonly keyless = false,
   ) {}
 
   /** true when the backup is encrypted (its records are written through a RecordCrypt) */
@@ -425,7 +430,7 @@ export class SegmentedWriter implements BackupWriter {
     }
     // nothing else is read before the lock is held: another writer could be starting a segment
     const lock = WriterLock.acquire(path);
-    const w = new SegmentedWriter(path, lock, limit, opts.fullCheck ?? false, opts.key ?? null);
+    const w = new SegmentedWriter(path, lock, limit, opts.fullCheck ?? false, opts.key ?? null, opts.keyless === true && !opts.key);
     try {
       w.load();
     } catch (e) {
@@ -446,7 +451,7 @@ export class SegmentedWriter implements BackupWriter {
     } catch (e) {
       // a damaged first file header: the v2 writer's open says what is wrong and what to do, as it always did
       if (e instanceof BackupError && e.path === this.location && (e.offset === 0 || e.offset === undefined)) {
-        V2Writer.open(this.location, { fullCheck: this.fullCheck, crypt: this.crypt }, borrowed(this.lock)).close();
+        V2Writer.open(this.location, { fullCheck: this.fullCheck, crypt: this.crypt, keyless: this.keyless }, borrowed(this.lock)).close();
       }
       throw e;
     }
@@ -464,7 +469,7 @@ export class SegmentedWriter implements BackupWriter {
     if (this.crypt && enc && this.crypt.fingerprint !== enc.fingerprint.toString('hex')) {
       throw new BackupError(`${this.location} is now encrypted with another key (fingerprint ${enc.fingerprint.toString('hex')}): reopen it with that key`, this.location, 52);
     }
-    this.crypt ??= cryptFor(this.location, enc, set.first.backupId, this.key, true);
+    this.crypt ??= this.keyless && enc ? null : cryptFor(this.location, enc, set.first.backupId, this.key, true);
     this.segments = set.segments;
     this.before = 0;
     this.beforeEntries = null;
@@ -488,7 +493,7 @@ export class SegmentedWriter implements BackupWriter {
 
   private openLast(): void {
     const seg = this.segments[this.segments.length - 1]!;
-    const w = V2Writer.open(seg.path, { fullCheck: this.fullCheck, crypt: this.crypt, reserveLimit: this.limit }, borrowed(this.lock));
+    const w = V2Writer.open(seg.path, { fullCheck: this.fullCheck, crypt: this.crypt, keyless: this.keyless, reserveLimit: this.limit }, borrowed(this.lock));
     for (const p of w.repaired()) this.repairs.push({ ...p, offset: p.offset + this.before });
     this.cur = w;
   }
@@ -515,7 +520,7 @@ export class SegmentedWriter implements BackupWriter {
     if (this.beforeEntries !== null) this.beforeEntries += this.cur.stats().entries;
     this.cur.close();
     this.segments.push({ path, index });
-    this.cur = V2Writer.open(path, { crypt: this.crypt, reserveLimit: this.limit }, borrowed(this.lock));
+    this.cur = V2Writer.open(path, { crypt: this.crypt, keyless: this.keyless, reserveLimit: this.limit }, borrowed(this.lock));
   }
 
   /**
@@ -603,6 +608,27 @@ export class SegmentedWriter implements BackupWriter {
       if (!(e instanceof RangeError)) this.failed = e as Error;
       throw e;
     }
+  }
+
+  /**
+   * clnvault server's keyless append of a record the node sealed itself (V2Writer.appendRawRecord): in
+   * the current segment, or a fresh one when it would not fit. The chain across segments is the node's.
+   */
+  appendRawRecord(h: RecordHeader, header: Buffer, fill: (put: (chunk: Buffer) => void) => void): void {
+    this.checkUsable();
+    try {
+      if (!this.fits(RECORD_OVERHEAD + h.length)) this.startNext();
+      this.cur.appendRawRecord(h, header, fill);
+    } catch (e) {
+      // a refused record changed nothing on disk
+      if (!(e instanceof RawRecordError)) this.failed = e as Error;
+      throw e;
+    }
+  }
+
+  /** The newest record's chain link (V2Writer.tailLink); null for a plain backup. */
+  tailLink(): Buffer | null {
+    return this.cur.tailLink();
   }
 
   /**
@@ -699,7 +725,7 @@ export class SegmentedWriter implements BackupWriter {
       let n = 0;
       for (const seg of this.segments.slice(0, -1)) {
         // an earlier segment may end with parts whose final record is in the next one: keep them
-        const w = V2Writer.open(seg.path, { keepParts: true, sealed: true, crypt: this.crypt }, borrowed(this.lock));
+        const w = V2Writer.open(seg.path, { keepParts: true, sealed: true, crypt: this.crypt, keyless: this.keyless }, borrowed(this.lock));
         try {
           n += w.stats().entries;
         } finally {

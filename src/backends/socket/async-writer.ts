@@ -3,7 +3,7 @@ import { BackupError, type Problem } from '../../engine/entries.js';
 import { changePacket, type Metadata } from './protocol.js';
 import { SocketSession } from './session.js';
 import { parseSocketUrl } from './url.js';
-import { DEFAULT_REMOTE_TIMEOUT_MS, remoteFailure, type SocketWriterOptions } from './writer.js';
+import { DEFAULT_REMOTE_TIMEOUT_MS, remoteFailure, sealOptions, type SocketWriterOptions } from './writer.js';
 
 /**
  * The plugin's socket: / clnvault:// writer when that server is its only destination: the session runs
@@ -33,7 +33,8 @@ export class AsyncSocketWriter implements AsyncBackupWriter {
 
   static async open(url: string, opts: SocketWriterOptions = {}): Promise<AsyncSocketWriter> {
     const budgetMs = opts.remoteTimeoutMs ?? DEFAULT_REMOTE_TIMEOUT_MS;
-    const session = new SocketSession(parseSocketUrl(url, opts.cwd), budgetMs);
+    const u = parseSocketUrl(url, opts.cwd);
+    const session = new SocketSession(u, budgetMs, sealOptions(u, opts));
     const w = new AsyncSocketWriter(url, session, budgetMs, opts.log ?? (() => {}));
     w.meta = await w.run(() => session.open(), 'connecting to the backup server', budgetMs + BACKSTOP_MS);
     return w;
@@ -82,6 +83,12 @@ export class AsyncSocketWriter implements AsyncBackupWriter {
   }
 
   async appendChange(version: number, statements: readonly string[]): Promise<number> {
+    if (this.session.seal !== null) {
+      const n = await this.run(() => this.session.sealedChange(version, statements), `sending version ${version}`, this.budgetMs + BACKSTOP_MS);
+      this.meta = this.session.meta!;
+      this.snapshotHead = false;
+      return n;
+    }
     let pkt: Buffer;
     try {
       pkt = changePacket(version, statements);

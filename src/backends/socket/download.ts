@@ -5,6 +5,7 @@ import type { Conn } from './conn.js';
 import { openConnection } from './connect.js';
 import { inflateChange, MAX_PAYLOAD, packet, packetName, parseMetadata, PKT, ProtocolError, type Metadata } from './protocol.js';
 import type { SocketUrl } from './url.js';
+import { askHello, OldServerError, parseServedHeader, RAW_CHUNK, refusal, XPKT } from './sealed.js';
 import { serialDiff } from '../../engine/versions.js';
 
 /**
@@ -20,25 +21,71 @@ const MAX_CHANGE_RAW = 1 << 30;
 const READ_MS = 60_000;
 
 export interface Downloaded {
-  meta: Metadata;
+  meta: Metadata | null;
   entries: number;
   bytes: number;
+  /** dest holds the server's v2 file as stored (an encrypted backup), not a v1 scratch copy */
+  raw: boolean;
 }
 
 export async function downloadBackup(u: SocketUrl, dest: string, connectMs: number): Promise<Downloaded> {
+  // clnvault's own server holds an encrypted backup without its key: it can only hand over the file
+  if (u.tls !== null) {
+    const raw = await downloadSealed(u, dest, connectMs);
+    if (raw !== null) return raw;
+  }
   const conn = await openConnection(u, connectMs);
   const fh = await open(dest, 'wx', 0o600);
   try {
-    return await receive(conn, fh);
+    return { ...(await receive(conn, fh)), raw: false };
   } finally {
     conn.close();
     await fh.close();
   }
 }
 
-async function receive(conn: Conn, fh: FileHandle): Promise<Downloaded> {
+/**
+ * An encrypted backup on a clnvault server: its v2 file's bytes (RAW_RESTORE), which the caller reads
+ * with the ordinary v2 reader and authenticates with its key. Null when the backup is not encrypted, or
+ * the server predates the extension (it closes the connection at HELLO): the reference RESTORE serves it.
+ */
+async function downloadSealed(u: SocketUrl, dest: string, connectMs: number): Promise<Downloaded | null> {
+  const conn = await openConnection(u, connectMs);
+  try {
+    let hello;
+    try {
+      hello = await askHello(conn, READ_MS);
+    } catch (e) {
+      if (e instanceof OldServerError) return null;
+      throw e;
+    }
+    if (hello.header === null || parseServedHeader(hello.header).encryption === null) return null;
+    await conn.write(packet(XPKT.RAW_RESTORE), READ_MS);
+    const fh = await open(dest, 'wx', 0o600);
+    let at = 0;
+    try {
+      for (;;) {
+        const r = await conn.readPacket(READ_MS, READ_MS, RAW_CHUNK + 64);
+        if (r === null) throw new ProtocolError(`${conn.peer}: connection closed in the middle of the restore (after ${at} bytes)`);
+        if (r.type === PKT.DONE) break;
+        if (r.type === XPKT.ERROR) throw refusal(conn, r.payload);
+        if (r.type !== XPKT.RAW_DATA) throw new ProtocolError(`${conn.peer}: unexpected ${packetName(r.type)} in a raw restore`);
+        await fh.write(r.payload, 0, r.payload.length, at);
+        at += r.payload.length;
+      }
+    } finally {
+      await fh.close();
+    }
+    return { meta: null, entries: 0, bytes: at, raw: true };
+  } finally {
+    conn.close();
+  }
+}
+
+async function receive(conn: Conn, fh: FileHandle): Promise<Omit<Downloaded, 'raw'> & { meta: Metadata }> {
   await conn.write(packet(PKT.REQ_METADATA), READ_MS);
   const m = await conn.readPacket(READ_MS, READ_MS, 64);
+  if (m !== null && m.type === XPKT.ERROR) throw refusal(conn, m.payload);
   if (m === null || m.type !== PKT.METADATA) throw new ProtocolError(`${conn.peer}: no METADATA (got ${m ? packetName(m.type) : 'end of stream'})`);
   const meta = parseMetadata(m.payload);
   await conn.write(packet(PKT.RESTORE), READ_MS);

@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import type { BackupReader } from '../backend.js';
 import { BackupError } from '../../engine/entries.js';
 import { V1Reader } from '../file/v1.js';
+import { V2Reader } from '../file/v2.js';
 import { SyncWorker } from './sync.js';
 import { parseSocketUrl } from './url.js';
 import { DEFAULT_REMOTE_TIMEOUT_MS } from './writer.js';
@@ -31,7 +32,7 @@ export function openSocketReader(url: string, opts: { remoteTimeoutMs?: number; 
     rmSync(dir, { recursive: true, force: true });
     live.delete(dir);
   };
-  const dest = join(dir, 'backup.v1');
+  const dest = join(dir, 'backup.bkp');
   const worker = new SyncWorker(u, opts.remoteTimeoutMs ?? DEFAULT_REMOTE_TIMEOUT_MS, () => {});
   let r;
   try {
@@ -46,7 +47,8 @@ export function openSocketReader(url: string, opts: { remoteTimeoutMs?: number; 
   }
   let inner: BackupReader;
   try {
-    inner = V1Reader.open(dest);
+    // an encrypted backup arrives as the server's v2 file: the caller authenticates it with its key
+    inner = r.raw === true ? V2Reader.open(dest) : V1Reader.open(dest);
   } catch (e) {
     cleanup();
     throw e;

@@ -3,6 +3,9 @@ import { openConnection } from './connect.js';
 import { PKT, packet, packetName, parseMetadata, parseMetadataWithId, parseU32, ProtocolError, reqMetadataPacket, type Metadata } from './protocol.js';
 import { sendSnapshotFile } from './snapshot.js';
 import type { SocketUrl } from './url.js';
+import { askHello, encryptPacket, parseServedHeader, refusal, sealedChangePacket, sendSealedSnapshot, XPKT } from './sealed.js';
+import { cryptFor, type KeyLike } from '../../crypto/backup-crypt.js';
+import { keyKindCode, type KeyKindName, type RecordCrypt } from '../../crypto/records.js';
 
 /**
  * The client side of one backup on a socket server, with the reference client's flows (metadata,
@@ -22,6 +25,15 @@ const START_BUDGET_MS = 45_000;
 
 export type Note = { level: 'info' | 'warn' | 'error'; message: string };
 
+/**
+ * An encrypted clnvault:// backup: the node seals every record itself (src/backends/socket/sealed.ts).
+ * `encryptEmpty`: an empty, plain backup on the server may be made an encrypted one (init --encrypt).
+ */
+export interface SealOptions {
+  key: KeyLike;
+  encryptEmpty: boolean;
+}
+
 export class SocketSession {
   private conn: Conn | null = null;
   meta: Metadata | null = null;
@@ -32,20 +44,73 @@ export class SocketSession {
   backupId: string | null = null;
   readonly notes: Note[] = [];
 
+  /** the record cipher and the server file's record seed, learnt at the first connection */
+  private sealer: { crypt: RecordCrypt; seed: number; backupId: Buffer } | null = null;
+
   constructor(
     readonly url: SocketUrl,
     /** "remote_timeout": how long one operation may take, reconnects included, before it fails */
     readonly budgetMs: number,
+    readonly seal: SealOptions | null = null,
   ) {}
+
+  /**
+   * HELLO (and, for init, ENCRYPT): the server's backup must be encrypted under this node's key. The chain
+   * link is taken from the server only at the first connection (and after a rewind); within a session the
+   * node keeps its own, so a server cannot make it chain past records it dropped.
+   */
+  private async sealedHello(conn: Conn, ms: number): Promise<void> {
+    const seal = this.seal!;
+    let hello = await askHello(conn, ms);
+    if (hello.header === null) {
+      throw new RefusedError(`${conn.peer}: the server keeps this node's backup in format v1, which cannot be encrypted; re-create the node on the server (add-node makes format v2)`);
+    }
+    let info = parseServedHeader(hello.header);
+    if (info.encryption === null && seal.encryptEmpty) {
+      const enc = { kind: keyKindCode(seal.key.kind as KeyKindName), fingerprint: Buffer.from(seal.key.fingerprint, 'hex') };
+      await conn.write(encryptPacket(enc), ms);
+      const r = await conn.readPacket(ms, ms, MAX_REPLY);
+      if (r === null) throw new ProtocolError(`${conn.peer}: connection closed before the answer to ENCRYPT`);
+      if (r.type === XPKT.ERROR) throw refusal(conn, r.payload);
+      if (r.type !== PKT.ACK) throw new RefusedError(`${conn.peer}: answered ENCRYPT with ${packetName(r.type)}`);
+      hello = await askHello(conn, ms);
+      info = parseServedHeader(hello.header!);
+    }
+    let crypt: RecordCrypt;
+    try {
+      crypt = cryptFor(this.url.url, info.encryption, info.backupId, seal.key, true)!;
+    } catch (e) {
+      throw new RefusedError((e as Error).message);
+    }
+    if (this.sealer === null) {
+      crypt.link = hello.tailLink;
+      this.sealer = { crypt, seed: info.seed, backupId: info.backupId };
+    } else if (!this.sealer.backupId.equals(info.backupId)) {
+      throw new RefusedError(`${conn.peer}: after reconnecting, the server holds another backup for this node (backup id ${info.backupId.toString('hex')}): refusing to chain records into it`);
+    } else {
+      this.sealer.seed = info.seed;
+    }
+  }
+
+  /** Seals a change (the same construction as the v2 file writer) and sends it; resolves once ACKed. */
+  async sealedChange(version: number, statements: readonly string[]): Promise<number> {
+    const s = this.sealer!;
+    const pkt = sealedChangePacket(s.crypt, s.seed, version, statements);
+    await this.change(version, pkt);
+    s.crypt.committed();
+    return pkt.length;
+  }
 
   private async connect(deadline: number): Promise<Conn> {
     const left = Math.max(1, deadline - Date.now());
     const conn = await openConnection(this.url, Math.min(left, ATTEMPT_MS));
     try {
+      if (this.seal !== null) await this.sealedHello(conn, Math.min(left, ATTEMPT_MS));
       // only a clnvault:// server is asked for the backup id: the reference server is never sent a payload it does not expect
       await conn.write(reqMetadataPacket(this.url.tls !== null), Math.min(left, ATTEMPT_MS));
       const r = await conn.readPacket(Math.min(left, ATTEMPT_MS), Math.min(left, ATTEMPT_MS), MAX_REPLY);
       if (r === null) throw new ProtocolError(`${conn.peer}: connection closed before METADATA`);
+      if (r.type === XPKT.ERROR) throw refusal(conn, r.payload);
       if (r.type !== PKT.METADATA) throw new RefusedError(`${conn.peer}: answered REQ_METADATA with ${packetName(r.type)}; is this a backup server?`);
       const { meta, id } = parseMetadataWithId(r.payload);
       if (id !== null && this.backupId !== null && id !== this.backupId) {
@@ -151,13 +216,17 @@ export class SocketSession {
       `sending the snapshot of version ${version}`,
       async (conn, deadline) => {
         // each chunk gets its own deadline: a large snapshot over Tor takes as long as it takes
-        await sendSnapshotFile(conn, version, path, ATTEMPT_MS);
+        if (this.sealer !== null) await sendSealedSnapshot(conn, this.sealer.crypt, this.sealer.seed, version, path, ATTEMPT_MS);
+        else await sendSnapshotFile(conn, version, path, ATTEMPT_MS);
         // the server inflates and fdatasyncs the whole database before it answers
         return this.expectAck(conn, Math.max(attemptMs(deadline), 4 * ATTEMPT_MS), version, before);
       },
       (m) => this.landedOrResend(m, version, before),
       () => version,
-    );
+    ).then((v) => {
+      this.sealer?.crypt.committed();
+      return v;
+    });
   }
 
   /** REWIND to `target` (the version before the head); the server answers ACK or NACK. */
@@ -175,6 +244,8 @@ export class SocketSession {
       const m = await conn.readPacket(attemptMs(deadline), attemptMs(deadline), MAX_REPLY);
       if (m === null || m.type !== PKT.METADATA) throw new ProtocolError(`${conn.peer}: no METADATA after REWIND`);
       this.meta = parseMetadata(m.payload);
+      // the records after the new head are gone: the next one chains to the server's newest
+      if (this.sealer !== null) this.sealer.crypt.link = (await askHello(conn, attemptMs(deadline))).tailLink;
       return this.meta;
     });
   }
@@ -213,6 +284,7 @@ export class SocketSession {
   private async expectAck(conn: Conn, timeoutMs: number, version: number, before: Metadata): Promise<number> {
     const r = await conn.readPacket(timeoutMs, timeoutMs, MAX_REPLY);
     if (r === null) throw new ProtocolError(`${conn.peer}: connection closed before the ACK of version ${version}`);
+    if (r.type === XPKT.ERROR) throw refusal(conn, r.payload);
     if (r.type === PKT.NACK) {
       const at = r.payload.length === 4 ? r.payload.readUInt32BE(0) : null;
       throw new RefusedError(`the server refused version ${version}${at === null ? '' : ` (it holds up to version ${at})`}`);

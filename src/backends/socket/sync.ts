@@ -3,7 +3,7 @@ import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
 import type { MessagePort, Worker } from 'node:worker_threads';
 import type { Metadata } from './protocol.js';
-import type { Note } from './session.js';
+import type { Note, SealOptions } from './session.js';
 import type { SocketUrl } from './url.js';
 
 /**
@@ -20,6 +20,8 @@ export interface WorkerSetup {
   flag: SharedArrayBuffer;
   /** Float64 [protocol, version, prevVersion, versionCount]: the common answer, a plain success with metadata */
   fast: SharedArrayBuffer;
+  /** an encrypted clnvault:// backup: the key travels to the worker in memory, as to compaction's */
+  seal: { key: { key: Uint8Array; kind: string; fingerprint: string }; encryptEmpty: boolean } | null;
 }
 
 export const REPLY_NONE = 0;
@@ -34,6 +36,7 @@ export const REPLY_IN_SAB = 2;
 export type WorkerRequest =
   | { op: 'open' }
   | { op: 'change'; version: number; packet: Uint8Array }
+  | { op: 'sealedChange'; version: number; statements: string[] }
   | { op: 'snapshot'; version: number; path: string }
   | { op: 'rewind'; target: number }
   | { op: 'download'; dest: string }
@@ -41,7 +44,7 @@ export type WorkerRequest =
   | { op: 'close' };
 
 export type WorkerReply =
-  | { ok: true; meta: Metadata | null; entries?: number; bytes?: number; text?: string; notes?: Note[]; /** 'open': the server's backup id (hex), null if it gave none */ id?: string | null }
+  | { ok: true; meta: Metadata | null; entries?: number; bytes?: number; raw?: boolean; text?: string; notes?: Note[]; /** 'open': the server's backup id (hex), null if it gave none */ id?: string | null }
   | { ok: false; error: string; refused: boolean; notes?: Note[] };
 
 /**
@@ -69,12 +72,20 @@ export class SyncWorker {
     url: SocketUrl,
     budgetMs: number,
     private readonly onNote: (n: Note) => void,
+    seal: SealOptions | null = null,
   ) {
     // loaded lazily: file: destinations (and the plugin's start-up) never pay for worker_threads
     this.wt = createRequire(import.meta.url)('node:worker_threads') as typeof import('node:worker_threads');
     const { port1, port2 } = new this.wt.MessageChannel();
     this.port = port1;
-    const setup: WorkerSetup = { url, budgetMs, port: port2, flag: this.flag.buffer as SharedArrayBuffer, fast: this.fast.buffer as SharedArrayBuffer };
+    const setup: WorkerSetup = {
+      url,
+      budgetMs,
+      port: port2,
+      flag: this.flag.buffer as SharedArrayBuffer,
+      fast: this.fast.buffer as SharedArrayBuffer,
+      seal: seal === null ? null : { key: { key: seal.key.key, kind: seal.key.kind, fingerprint: seal.key.fingerprint }, encryptEmpty: seal.encryptEmpty },
+    };
     this.worker = new this.wt.Worker(workerPath(), { workerData: setup, transferList: [port2] });
     this.worker.unref();
     this.port.unref();

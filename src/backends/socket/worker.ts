@@ -18,7 +18,7 @@ let session: SocketSession | null = null;
 
 function reply(r: WorkerReply): void {
   // the values are written before the flag is raised (Atomics.store orders them), and read after it
-  if (r.ok && r.meta !== null && r.entries === undefined && r.bytes === undefined && r.text === undefined && r.id === undefined && (r.notes ?? []).length === 0) {
+  if (r.ok && r.meta !== null && r.entries === undefined && r.bytes === undefined && r.raw === undefined && r.text === undefined && r.id === undefined && (r.notes ?? []).length === 0) {
     fast[0] = r.meta.protocol;
     fast[1] = r.meta.version;
     fast[2] = r.meta.prevVersion;
@@ -34,12 +34,16 @@ function reply(r: WorkerReply): void {
 async function handle(req: WorkerRequest, url: SocketUrl): Promise<WorkerReply> {
   switch (req.op) {
     case 'open': {
-      session = new SocketSession(url, setup.budgetMs);
+      const seal = setup.seal === null ? null : { key: { ...setup.seal.key, key: Buffer.from(setup.seal.key.key) }, encryptEmpty: setup.seal.encryptEmpty };
+      session = new SocketSession(url, setup.budgetMs, seal);
       const meta = await session.open();
       return { ok: true, meta, id: session.backupId };
     }
     case 'change':
       await session!.change(req.version, Buffer.from(req.packet.buffer, req.packet.byteOffset, req.packet.byteLength));
+      return { ok: true, meta: session!.meta! };
+    case 'sealedChange':
+      await session!.sealedChange(req.version, req.statements);
       return { ok: true, meta: session!.meta! };
     case 'snapshot':
       await session!.snapshot(req.version, req.path);
@@ -48,7 +52,7 @@ async function handle(req: WorkerRequest, url: SocketUrl): Promise<WorkerReply> 
       return { ok: true, meta: await session!.rewind(req.target) };
     case 'download': {
       const d = await downloadBackup(url, req.dest, setup.budgetMs);
-      return { ok: true, meta: d.meta, entries: d.entries, bytes: d.bytes };
+      return { ok: true, meta: d.meta, entries: d.entries, bytes: d.bytes, raw: d.raw };
     }
     case 'compact': {
       const text = await session!.compact();

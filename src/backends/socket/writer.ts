@@ -3,7 +3,11 @@ import { BackupError, type Problem } from '../../engine/entries.js';
 import { changePacket, type Metadata } from './protocol.js';
 import type { Note } from './session.js';
 import { SyncWorker, type WorkerReply } from './sync.js';
-import { parseSocketUrl } from './url.js';
+import { parseSocketUrl, type SocketUrl } from './url.js';
+import type { KeyLike } from '../../crypto/backup-crypt.js';
+import type { SealOptions } from './session.js';
+import { changePayloadLength, RECORD_OVERHEAD } from '../file/v2/codec.js';
+import { encOverhead } from '../../crypto/records.js';
 
 /**
  * A backup held by a socket server (`backup-cli server` or `clnvault server`). Each call returns once
@@ -19,6 +23,17 @@ export interface SocketWriterOptions {
   cwd?: string;
   remoteTimeoutMs?: number;
   log?: (level: 'info' | 'warn' | 'error', message: string) => void;
+  /** clnvault:// only: the key of an encrypted backup; the node seals every record (docs/encryption.md) */
+  key?: KeyLike | null;
+  /** with `key`: an empty, plain backup on the server becomes an encrypted one (init --encrypt) */
+  encryptEmpty?: boolean;
+}
+
+/** The session's sealing options from the writer's, refusing a key where the protocol cannot carry records. */
+export function sealOptions(u: SocketUrl, opts: SocketWriterOptions): SealOptions | null {
+  if (!opts.key) return null;
+  if (u.tls === null) throw new BackupError(`${u.url}: a socket: backup cannot be encrypted (the reference protocol carries the statements themselves); use clnvault://`, u.url);
+  return { key: opts.key, encryptEmpty: opts.encryptEmpty === true };
 }
 
 /** The error a failed remote operation throws; the same words from the worker path and the event-loop path (async-writer.ts). */
@@ -44,6 +59,7 @@ export class SocketWriter implements BackupWriter {
     readonly location: string,
     private readonly worker: SyncWorker,
     private readonly budgetMs: number,
+    private readonly sealed: boolean,
   ) {
     this.meta = { protocol: 1, version: 0, prevVersion: 0, versionCount: 0 };
   }
@@ -52,8 +68,9 @@ export class SocketWriter implements BackupWriter {
     const u = parseSocketUrl(url, opts.cwd);
     const budgetMs = opts.remoteTimeoutMs ?? DEFAULT_REMOTE_TIMEOUT_MS;
     const log = opts.log ?? (() => {});
-    const worker = new SyncWorker(u, budgetMs, (n: Note) => log(n.level, n.message));
-    const w = new SocketWriter(url, worker, budgetMs);
+    const seal = sealOptions(u, opts);
+    const worker = new SyncWorker(u, budgetMs, (n: Note) => log(n.level, n.message), seal);
+    const w = new SocketWriter(url, worker, budgetMs, seal !== null);
     try {
       const r = worker.call({ op: 'open' }, budgetMs + 10_000);
       w.meta = w.check(r, 'connecting to the backup server')!;
@@ -101,6 +118,13 @@ export class SocketWriter implements BackupWriter {
 
   appendChange(version: number, statements: readonly string[]): number {
     this.usable();
+    if (this.sealed) {
+      // sealed in the worker, which holds the session's cipher (its counter and chain)
+      const r = this.worker.call({ op: 'sealedChange', version, statements: statements as string[] }, this.budgetMs + 10_000);
+      this.meta = this.check(r, `sending version ${version}`)!;
+      this.snapshotHead = false;
+      return RECORD_OVERHEAD + encOverhead(1) + changePayloadLength(statements);
+    }
     let pkt: Buffer;
     try {
       pkt = changePacket(version, statements);

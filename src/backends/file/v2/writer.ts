@@ -113,6 +113,11 @@ export interface V2WriterOptions {
   crypt?: RecordCrypt | null;
   /** The file never grows past this many bytes because of reserved space (a segment's size limit). */
   reserveLimit?: number;
+  /**
+   * clnvault server: open an encrypted backup without its key. Such a writer takes only records the node
+   * sealed itself (appendRawRecord) and refuses every plaintext append.
+   */
+  keyless?: boolean;
 }
 
 export class V2Writer implements BackupWriter {
@@ -142,6 +147,8 @@ export class V2Writer implements BackupWriter {
   /** the per-append check that the path still names the open file (made at the first append) */
   private named: NameGuard | null = null;
   private crypt: RecordCrypt | null = null;
+  /** the file header says encrypted: with no crypt (keyless), only ready-made records may be appended */
+  private encrypted = false;
   private firstSegment = true;
 
   private constructor(
@@ -173,7 +180,7 @@ export class V2Writer implements BackupWriter {
       const size = fstatSync(fd).size;
       const info = checkFileHeader(fd, size, path);
       const encrypted = info.encryption !== null;
-      if (encrypted && !options.crypt) {
+      if (encrypted && !options.crypt && !options.keyless) {
         throw new BackupError(`${path} is an encrypted backup and no key was given: refusing to write to it without its key`, path, 12);
       }
       if (!encrypted && options.crypt) {
@@ -181,6 +188,7 @@ export class V2Writer implements BackupWriter {
       }
       const w = new V2Writer(path, fd, lock, [], { path: 'empty', recordsValidated: 0, headersWalked: 0 });
       w.crypt = options.crypt ?? null;
+      w.encrypted = encrypted;
       w.firstSegment = info.segmentIndex === 0;
       w.layout = layoutOf(info);
       const { seed, prealloc } = w.layout;
@@ -327,7 +335,7 @@ export class V2Writer implements BackupWriter {
    */
   reopen(): void {
     this.checkUsable();
-    const next = V2Writer.open(this.location, { crypt: this.crypt, reserveLimit: this.reserveLimit }, this.lock);
+    const next = V2Writer.open(this.location, { crypt: this.crypt, reserveLimit: this.reserveLimit, keyless: this.encrypted && !this.crypt }, this.lock);
     closeSync(this.fd);
     this.fd = next.fd;
     this.named = null;
@@ -437,6 +445,7 @@ export class V2Writer implements BackupWriter {
 
   private appendSlice(type: number, version: number, parts: number, src: number, srcOff: number, len: number, srcPath: string): void {
     this.checkUsable();
+    this.checkPlainAllowed();
     if (!isValidDataVersion(version)) throw new RangeError(`data_version must be an unsigned 32-bit integer, not ${version}`);
     if (type !== TYPE_SNAPSHOT && type !== TYPE_SNAPSHOT_PART) throw new RangeError(`not a snapshot record type: ${type}`);
     const at = this.end;
@@ -540,6 +549,7 @@ export class V2Writer implements BackupWriter {
 
   appendChange(version: number, statements: readonly string[]): number {
     this.checkUsable();
+    this.checkPlainAllowed();
     if (!isValidDataVersion(version)) throw new RangeError(`data_version must be an unsigned 32-bit integer, not ${version}`);
     const payloadLen = changePayloadLength(statements);
     const total = RECORD_OVERHEAD + payloadLen + (this.crypt ? encOverhead(TYPE_CHANGE) : 0);
@@ -600,6 +610,7 @@ export class V2Writer implements BackupWriter {
       return;
     }
     this.checkUsable();
+    this.checkPlainAllowed();
     if (!isValidDataVersion(version)) throw new RangeError(`data_version must be an unsigned 32-bit integer, not ${version}`);
     let src: number;
     try {
@@ -719,6 +730,88 @@ export class V2Writer implements BackupWriter {
     }
   }
 
+  /**
+   * clnvault server's keyless append: one record the node sealed itself (docs/remote.md, "Encrypted
+   * backups"). `h` is the parsed header (checkRawHeader, this file's seed), `header` its 32 bytes as sent;
+   * `fill` streams the stored payload through `put`. The payload's length and CRC are checked against the
+   * header before the header is written: a record that does not match is cleared again and refused with a
+   * RawRecordError (the writer stays usable). Durable on return, one fdatasync.
+   */
+  appendRawRecord(h: RecordHeader, header: Buffer, fill: (put: (chunk: Buffer) => void) => void): void {
+    this.checkUsable();
+    if (!this.encrypted || this.crypt) throw new RawRecordError(`${this.location} is not a keyless encrypted backup: it takes no ready-made records`);
+    const at = this.end;
+    let done = 0;
+    let crc = 0;
+    let why: string | null = null;
+    try {
+      // all zeros: a crash before the real header lands reads as a torn tail
+      writeFully(this.fd, Buffer.alloc(RECORD_HEADER_LEN), at);
+      fill((chunk) => {
+        if (why !== null) return;
+        if (done + chunk.length > h.length) {
+          why = `the record's payload is longer than the ${h.length} bytes its header states`;
+          return;
+        }
+        crc = crc32(chunk, crc);
+        writeFully(this.fd, chunk, at + RECORD_HEADER_LEN + done);
+        done += chunk.length;
+      });
+      if (why === null && done !== h.length) why = `the record's payload has ${done} bytes, its header states ${h.length}`;
+      if (why === null && crc !== h.payloadCrc) why = `the record's payload does not match its checksum (damaged on the way)`;
+      if (why !== null) {
+        this.dropPartial(at, at + RECORD_HEADER_LEN + done);
+        throw new RawRecordError(why);
+      }
+      writeFully(this.fd, header, at);
+      const trailer = Buffer.allocUnsafe(RECORD_TRAILER_LEN);
+      writeU64(trailer, h.length, 0);
+      writeFully(this.fd, trailer, at + RECORD_HEADER_LEN + h.length);
+      fdatasyncSync(this.fd);
+      (this.named ??= new NameGuard(this.fd, this.location)).check();
+    } catch (e) {
+      if (e instanceof RawRecordError) throw e;
+      throw this.fail(e, at);
+    }
+    const total = RECORD_OVERHEAD + h.length;
+    if (h.type === TYPE_CHANGE) {
+      if (!(this.lastType === TYPE_CHANGE && this.headVersion === h.version && at > FILE_HEADER_LEN)) {
+        this.groupStart = at;
+        this.groupCount = 0;
+      }
+      this.groupCount++;
+    } else {
+      this.groupStart = at + total;
+      this.groupCount = 0;
+    }
+    this.end = at + total;
+    if (this.end > this.cap) this.cap = this.end;
+    if (total > this.recentRecord) this.recentRecord = total;
+    this.headVersion = h.version;
+    this.lastType = h.type;
+    if (this.entryCount !== null) this.entryCount++;
+  }
+
+  /**
+   * The chain link of the newest record (what the node's next record must name as prev), read from the
+   * file without the key; zeros when the file holds no record. Null for a plain backup.
+   */
+  tailLink(): Buffer | null {
+    if (!this.encrypted) return null;
+    if (this.end === FILE_HEADER_LEN) return Buffer.alloc(LINK_LEN);
+    const win = new FileWindow(this.fd, this.end, SCRATCH_INITIAL);
+    const rec = recordEndingAt(win, this.end, this.layout.seed);
+    if (!rec || rec.h.type === TYPE_SEAL) return null;
+    return linkAt(win, rec.start, rec.h.type, rec.h.length);
+  }
+
+  /** A keyless writer (clnvault server) never writes plaintext into an encrypted backup. */
+  private checkPlainAllowed(): void {
+    if (this.encrypted && !this.crypt) {
+      throw new RawRecordError(`${this.location} is an encrypted backup held without its key: it takes only records the node encrypted itself`);
+    }
+  }
+
   private checkUsable(): void {
     if (this.closed) throw new BackupError(`${this.location}: the writer is closed`, this.location);
     if (this.sealed) throw sealedError(this.location);
@@ -744,6 +837,14 @@ export class V2Writer implements BackupWriter {
   }
 }
 
+
+/** A ready-made record refused by a keyless writer; the backup is unchanged and the writer usable. */
+export class RawRecordError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'RawRecordError';
+  }
+}
 
 function sealedError(path: string): BackupError {
   return new BackupError(

@@ -1,0 +1,290 @@
+/**
+ * Encryption on clnvault:// (clnvault's own server) over real TCP on 127.0.0.1: the node seals every record,
+ * the server stores and serves them without the key. Recorded sessions through the plugin on both remote
+ * paths (event loop, worker) restore exactly; nothing the server wrote holds any of their plaintext;
+ * tampering with the server's file is caught at a restore through the server; a wrong key is refused in
+ * one line with nothing left behind; the server SIGKILLed mid-write loses nothing acknowledged.
+ */
+import assert from 'node:assert/strict';
+import { existsSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { createServer as createTlsServer } from 'node:tls';
+import { once } from 'node:events';
+import { after, describe, it } from 'node:test';
+import { PSK_TLS } from '../src/backends/socket/connect.js';
+import { metadataPacket, PKT } from '../src/backends/socket/protocol.js';
+import { FILE_HEADER_LEN, RECORD_HEADER_LEN, RECORD_OVERHEAD, readU64, recordSeedOf } from '../src/backends/file/v2.js';
+import { crc32 } from 'node:zlib';
+import { SimNode } from '../src/sim/lightningd.js';
+import { FIXTURES } from './helpers/fixtures.js';
+import { runCli, scratchArea } from './helpers/cli.js';
+import { findNeedles, sessionNeedles } from './helpers/needles.js';
+import { killAllPlugins, PluginProc } from './helpers/plugin-proc.js';
+import { decoded, killAllServers, parsePackets, ServerProc } from './helpers/socket-rig.js';
+import { dump } from './helpers/sqlite.js';
+
+const CLN = join(FIXTURES, 'cln-v26.06.6');
+const REF = join(FIXTURES, 'reference-socket');
+const area = scratchArea('clnvault-renc-');
+after(async () => {
+  killAllPlugins();
+  await killAllServers();
+  area.cleanup();
+});
+
+async function addNode(dir: string, name: string): Promise<string> {
+  const r = await runCli(['server', 'add-node', '--dir', dir, name]);
+  assert.equal(r.code, 0, r.stderr);
+  const m = /echo ([0-9a-f]{64}) >/.exec(r.stdout);
+  assert.ok(m, r.stdout);
+  return m[1]!;
+}
+
+async function nodesServer(dir: string, port = 0): Promise<{ proc: ServerProc; port: number }> {
+  const proc = new ServerProc('', 0, [], undefined, undefined, ['--dir', dir, '--listen', `127.0.0.1:${port}`]);
+  return { proc, port: await proc.ready };
+}
+
+interface Node {
+  dir: string;
+  netDir: string;
+  url: string;
+  keyFile: string;
+  file: string;
+}
+
+/** A node directory with the server key, `init --encrypt --key-file` through the server. */
+async function initNode(dir: string, name: string, key: string, port: number, remoteTimeout = 5): Promise<Node> {
+  const netDir = area.dir();
+  writeFileSync(join(netDir, 'clnvault-remote.key'), `${key}\n`, { mode: 0o600 });
+  const url = `clnvault://${name}@127.0.0.1:${port}`;
+  const keyFile = join(area.dir(), 'backup.key');
+  const init = await runCli(['init', '--lightning-dir', netDir, '--encrypt', '--key-file', keyFile, url]);
+  assert.equal(init.code, 0, init.stderr + init.stdout);
+  assert.match(init.stdout, /key fingerprint [0-9a-f]{16}: the server stores only ciphertext/);
+  const lock = JSON.parse(readFileSync(join(netDir, 'backup.lock'), 'utf8'));
+  assert.deepEqual(lock.encrypt, { key_file: keyFile });
+  writeFileSync(join(netDir, 'backup.lock'), JSON.stringify({ ...lock, remote_timeout: remoteTimeout }));
+  return { dir, netDir, url, keyFile, file: join(dir, 'nodes', name, 'backup.bkp') };
+}
+
+async function restore(n: Node, keyArgs = ['--key-file', n.keyFile]): Promise<{ code: number | null; stdout: string; stderr: string; dest: string; tmp: string }> {
+  const tmp = area.dir();
+  const dest = join(area.dir(), 'restored.sqlite3');
+  const r = await runCli(['restore', ...keyArgs, n.url, dest], { cwd: n.netDir, env: { ...process.env, TMPDIR: tmp } });
+  return { ...r, dest, tmp };
+}
+
+/** Every file under `dir` (the server's whole directory: keys, backups, anything left over). */
+function filesUnder(dir: string): string[] {
+  const out: string[] = [];
+  for (const name of readdirSync(dir)) {
+    const p = join(dir, name);
+    if (statSync(p).isDirectory()) out.push(...filesUnder(p));
+    else out.push(p);
+  }
+  return out;
+}
+
+function assertNoPlaintext(dir: string, needles: Buffer[]): number {
+  const files = filesUnder(dir);
+  for (const p of files) assert.deepEqual(findNeedles(readFileSync(p), needles).slice(0, 5), [], `${p} holds plaintext of the recorded session`);
+  return files.length;
+}
+
+/** Start offsets of the records of a v2 file, walking the headers' lengths. */
+function recordStarts(file: string): number[] {
+  const b = readFileSync(file);
+  const starts: number[] = [];
+  for (let at = FILE_HEADER_LEN; at + RECORD_OVERHEAD <= b.length; ) {
+    if (b.readUInt32BE(at) === 0) break;
+    starts.push(at);
+    at += RECORD_OVERHEAD + readU64(b, at + 16);
+  }
+  return starts;
+}
+
+const sessions: Array<[string, string[], string, NodeJS.ProcessEnv]> = [
+  ['session-basic + restart, event-loop path', ['session-basic/hooks.jsonl', 'session-basic/hooks-restart.jsonl'], 'session-basic/final-after-restart.dump.sql', {}],
+  ['session-abort (re-sent data_version: a rewind on the server), worker path', ['session-abort/hooks.jsonl'], 'session-abort/final.dump.sql', { CLNVAULT_REMOTE_WORKER: '1' }],
+  ['session-channels, worker path', ['session-channels/hooks.jsonl'], 'session-channels/final.dump.sql', { CLNVAULT_REMOTE_WORKER: '1' }],
+];
+
+describe('encrypted clnvault:// backups: the server stores and serves ciphertext only', () => {
+  for (const [name, transcripts, expected, env] of sessions) {
+    it(name, { timeout: 240_000 }, async () => {
+      const dir = area.dir();
+      const key = await addNode(dir, 'alice');
+      const { proc, port } = await nodesServer(dir);
+      const n = await initNode(dir, 'alice', key, port);
+      const node = new SimNode({ netDir: n.netDir, hookSafetyTimeoutMs: 60_000, env });
+      for (const [i, t] of transcripts.entries()) {
+        if (i > 0) await node.restart();
+        const r = await node.replay(join(CLN, t));
+        assert.equal(r.failure, undefined, `replay of ${t} failed: ${JSON.stringify(r.failure)}`);
+      }
+      await node.stop();
+      assert.deepEqual(node.violations, []);
+      const out = await restore(n);
+      assert.equal(out.code, 0, out.stderr + out.stdout);
+      assert.match(out.stdout, /newest authenticated version \d+, written at \d{4}-\d\d-\d\dT/);
+      assert.equal(dump(out.dest), readFileSync(join(CLN, expected), 'utf8'));
+      assert.deepEqual(readdirSync(out.tmp), [], 'the scratch copy of the backup is removed');
+      assert.ok(assertNoPlaintext(dir, sessionNeedles(CLN, transcripts)) >= 2);
+
+      // inspect without a key, through the server: encrypted, the key's kind and fingerprint
+      const ins = await runCli(['inspect', '--json', n.url], { cwd: n.netDir });
+      assert.equal(ins.code, 0, ins.stderr);
+      const j = JSON.parse(ins.stdout);
+      assert.equal(j.encryption.keyKind, 'key-file', ins.stdout);
+      assert.match(j.encryption.keyFingerprint, /^[0-9a-f]{16}$/);
+      // the server's file copied off it is an ordinary encrypted v2 backup
+      const v = await runCli(['verify', '--key-file', n.keyFile, `file://${n.file}`]);
+      assert.equal(v.code, 0, v.stderr + v.stdout);
+      await proc.kill();
+    });
+  }
+
+  it('tampering with the server\'s file is caught at a restore through the server; a wrong key is refused in one line, nothing left', { timeout: 240_000 }, async () => {
+    const dir = area.dir();
+    const key = await addNode(dir, 'alice');
+    const { proc, port } = await nodesServer(dir);
+    const n = await initNode(dir, 'alice', key, port);
+    const node = new SimNode({ netDir: n.netDir, hookSafetyTimeoutMs: 60_000 });
+    const r = await node.replay(join(CLN, 'session-basic/hooks.jsonl'));
+    assert.equal(r.failure, undefined);
+    await node.stop();
+    await proc.kill();
+    const good = readFileSync(n.file);
+    const starts = recordStarts(n.file);
+    assert.ok(starts.length > 10, `${starts.length} records`);
+    // the operator swaps the file while the server is down (a running server holds it open and knows its end)
+    let server: ServerProc | null = null;
+    const serve = async (bytes: Buffer): Promise<void> => {
+      await server?.kill();
+      writeFileSync(n.file, bytes);
+      server = (await nodesServer(dir, port)).proc;
+    };
+    const refusedWith = async (bytes: Buffer, re: RegExp): Promise<void> => {
+      await serve(bytes);
+      const out = await restore(n);
+      assert.notEqual(out.code, 0, out.stdout);
+      assert.match(out.stderr, re);
+      assert.ok(!existsSync(out.dest), 'nothing written on a refused restore');
+      assert.deepEqual(readdirSync(out.tmp), []);
+    };
+    // one byte of a record's ciphertext flipped: the server's own checks see the damage
+    const flipped = Buffer.from(good);
+    const mid = starts[Math.floor(starts.length / 2)]!;
+    flipped[mid + RECORD_HEADER_LEN + 60] ^= 0x01;
+    await refusedWith(flipped, /damaged/);
+    // a hostile server flips it and recomputes every CRC: only the node's key can tell
+    const len = readU64(flipped, mid + 16);
+    flipped.writeUInt32BE(crc32(flipped.subarray(mid + RECORD_HEADER_LEN, mid + RECORD_HEADER_LEN + len)), mid + 24);
+    flipped.writeUInt32BE(crc32(flipped.subarray(mid, mid + 28), recordSeedOf(flipped.subarray(0, FILE_HEADER_LEN))), mid + 28);
+    await refusedWith(flipped, /authenticat.*last authenticated version \d+/);
+    // a record dropped from the middle: the chain names a record that is not there
+    const k = starts[Math.floor(starts.length / 3)]!;
+    const dropped = Buffer.concat([good.subarray(0, k), good.subarray(starts[starts.indexOf(k) + 1]!)]);
+    await refusedWith(dropped, /last authenticated version \d+/);
+    // cut at a record boundary: authentic up to where it stops, and says how new that is
+    await serve(good.subarray(0, starts[starts.length - 5]!));
+    const cut = await restore(n);
+    assert.equal(cut.code, 0, cut.stderr);
+    const newest = Number(/newest authenticated version (\d+)/.exec(cut.stdout)![1]);
+    assert.ok(newest < node.dataVersion(), `${newest} < ${node.dataVersion()}`);
+
+    await serve(good);
+    const wrongKey = join(area.dir(), 'wrong.key');
+    assert.equal((await runCli(['keygen', wrongKey])).code, 0);
+    const wrong = await restore(n, ['--key-file', wrongKey]);
+    assert.notEqual(wrong.code, 0);
+    assert.match(wrong.stderr, /wrong key/);
+    assert.equal(wrong.stderr.trim().split('\n').length, 1, wrong.stderr);
+    assert.ok(!existsSync(wrong.dest));
+    assert.deepEqual(readdirSync(wrong.tmp), []);
+    await server!.kill();
+  });
+
+  it('the server SIGKILLed mid-write and restarted: the plugin reconnects, nothing acknowledged is lost or doubled', { timeout: 120_000 }, async () => {
+    const dir = area.dir();
+    const key = await addNode(dir, 'alice');
+    let { proc, port } = await nodesServer(dir);
+    const n = await initNode(dir, 'alice', key, port, 30);
+    const plugin = new PluginProc(n.netDir);
+    await plugin.call('m', 'getmanifest', {});
+    const calls = parsePackets(readFileSync(join(REF, 'c2s.bin')))
+      .packets.filter((p) => p.type === PKT.CHANGE)
+      .map((p) => {
+        const d = decoded(p);
+        return { data_version: d.version!, writes: d.body.toString('utf8').split('\u0000') };
+      });
+    for (const [i, c] of calls.entries()) {
+      plugin.request(`w${i}`, 'db_write', c);
+      if (i % 4 === 2) {
+        await new Promise((r) => setTimeout(r, (i * 3) % 7));
+        await proc.kill('SIGKILL');
+        await new Promise((r) => setTimeout(r, 300));
+        proc = new ServerProc('', 0, [], undefined, undefined, ['--dir', dir, '--listen', `127.0.0.1:${port}`]);
+        await proc.ready;
+      }
+      const r = await plugin.reply(`w${i}`, 40_000);
+      assert.deepEqual(r.result, { result: 'continue' }, JSON.stringify(r));
+    }
+    await plugin.close();
+    assert.ok(plugin.logs().some((l) => /reconnected to 127\.0\.0\.1/.test(l)), plugin.logs().join('\n'));
+    const out = await restore(n);
+    assert.equal(out.code, 0, out.stderr);
+    assert.equal(dump(out.dest), readFileSync(join(REF, 'expected.dump.sql'), 'utf8'));
+    await proc.kill();
+  });
+
+  it('refusals: plaintext into an encrypted backup, a key for a plain one, socket: with a key, a server too old for it', { timeout: 60_000 }, async () => {
+    const dir = area.dir();
+    const aliceKey = await addNode(dir, 'alice');
+    const { proc, port } = await nodesServer(dir);
+    const n = await initNode(dir, 'alice', aliceKey, port);
+    const calls = [{ data_version: 1, writes: ["INSERT INTO vars (name, val) VALUES ('clnvault-test', 'x')"] }];
+    // a node whose backup.lock lost "encrypt": the server refuses its statements in clear
+    const lock = JSON.parse(readFileSync(join(n.netDir, 'backup.lock'), 'utf8'));
+    writeFileSync(join(n.netDir, 'backup.lock'), JSON.stringify({ backend_url: lock.backend_url, remote_timeout: 3 }));
+    const plain = new PluginProc(n.netDir);
+    const r = await plain.call('w0', 'db_write', calls[0]);
+    await plain.close();
+    assert.match(JSON.stringify(r.error), /encrypted/);
+    assert.equal(recordStarts(n.file).length, 0, 'nothing was stored');
+
+    // a key for a plain backup on the server
+    const key = await addNode(dir, 'bob');
+    const bobDir = area.dir();
+    writeFileSync(join(bobDir, 'clnvault-remote.key'), `${key}\n`, { mode: 0o600 });
+    writeFileSync(join(bobDir, 'backup.lock'), JSON.stringify({ backend_url: `clnvault://bob@127.0.0.1:${port}`, remote_timeout: 3, encrypt: { key_file: n.keyFile } }));
+    const keyed = new PluginProc(bobDir);
+    const rk = await keyed.call('w0', 'db_write', calls[0]);
+    await keyed.close();
+    assert.match(JSON.stringify(rk.error), /not an encrypted backup/);
+
+    const sock = await runCli(['init', '--lightning-dir', area.dir(), '--encrypt', '--key-file', n.keyFile, `socket:127.0.0.1:${port}`]);
+    assert.notEqual(sock.code, 0);
+    assert.match(sock.stderr, /socket: backup cannot be encrypted/);
+    await proc.kill();
+
+    // a clnvault server from before the extension: TLS with the node's key, then it drops the connection
+    // at the unknown HELLO (as the old code did): a clear refusal, at once, not a hang
+    const old = createTlsServer({ ...PSK_TLS, pskCallback: () => Buffer.from(key, 'hex') }, (s) => {
+      s.once('data', (d: Buffer) => {
+        if (d[0] === PKT.REQ_METADATA) s.write(metadataPacket({ protocol: 1, version: 0, prevVersion: 0, versionCount: 0 }));
+        else s.destroy();
+      });
+    });
+    old.listen(0, '127.0.0.1');
+    await once(old, 'listening');
+    const oldPort = (old.address() as { port: number }).port;
+    const t0 = Date.now();
+    const init = await runCli(['init', '--lightning-dir', area.dir(), '--encrypt', '--key-file', n.keyFile, `clnvault://bob@127.0.0.1:${oldPort}?keyfile=${join(bobDir, 'clnvault-remote.key')}`]);
+    old.close();
+    assert.notEqual(init.code, 0);
+    assert.match(init.stderr, /too old for encrypted backups/);
+    assert.ok(Date.now() - t0 < 20_000, 'refused without waiting out remote_timeout');
+  });
+});
