@@ -583,7 +583,7 @@ describe('encrypted: compaction', () => {
 });
 
 describe('encrypted: what is refused', () => {
-  it('--format v1 --encrypt, socket: (never: the reference protocol stores statements) and clnvault:// (not yet): refused before anything is made', () => {
+  it('--format v1 --encrypt and socket: (never: the reference protocol stores statements): refused before anything is made', () => {
     const dir = tmp('clnvault-enc-refuse-');
     const net = join(dir, 'net');
     mkdirSync(net);
@@ -592,7 +592,6 @@ describe('encrypted: what is refused', () => {
     assert.match(v1.stderr, /--format v1 cannot be encrypted/);
     for (const [url, why] of [
       ['socket:127.0.0.1:9', /a socket: backup cannot be encrypted: the reference protocol sends the SQL statements themselves.*clnvault:\/\//],
-      ['clnvault://node@127.0.0.1:9', /encrypted backups are not supported yet for this destination/],
     ] as const) {
       const r = cli(['init', '--encrypt', '--key-file', join(dir, 'k'), '--lightning-dir', net, url], dir);
       assert.equal(r.code, 2, `${url}: ${r.stderr}`);
@@ -602,6 +601,10 @@ describe('encrypted: what is refused', () => {
     // postgresql: is encrypted (test/postgres-encryption.test.ts); a server that cannot be reached leaves no key file behind
     const pgr = cli(['init', '--encrypt', '--key-file', join(dir, 'k'), '--lightning-dir', net, 'postgresql://u@127.0.0.1:9/db?backup=n'], dir);
     assert.notEqual(pgr.code, 0, pgr.stderr);
+    // clnvault:// is encrypted (test/remote-encryption.test.ts); without the node's server key nothing is made either
+    const cv = cli(['init', '--encrypt', '--key-file', join(dir, 'k'), '--lightning-dir', net, 'clnvault://node@127.0.0.1:9'], dir);
+    assert.notEqual(cv.code, 0, cv.stderr);
+    assert.match(cv.stderr, /clnvault-remote\.key does not exist/);
     const noDir = cli(['init', '--encrypt', `file://${join(dir, 'c.bkp')}`], dir);
     assert.equal(noDir.code, 2);
     assert.match(noDir.stderr, /hsm_secret.*--lightning-dir/);

@@ -138,6 +138,11 @@ describe('encrypted clnvault:// backups: the server stores and serves ciphertext
       const j = JSON.parse(ins.stdout);
       assert.equal(j.encryption.keyKind, 'key-file', ins.stdout);
       assert.match(j.encryption.keyFingerprint, /^[0-9a-f]{16}$/);
+      // clnvault status through the server: encrypted, and backup.lock's key is the backup's
+      const st = await runCli(['status', '--json', '--lightning-dir', n.netDir]);
+      const sj = JSON.parse(st.stdout);
+      assert.equal(sj.backup.encryption.keyKind, 'key-file', st.stdout);
+      assert.notEqual(sj.state, 'wrong-key', st.stdout);
       // the server's file copied off it is an ordinary encrypted v2 backup
       const v = await runCli(['verify', '--key-file', n.keyFile, `file://${n.file}`]);
       assert.equal(v.code, 0, v.stderr + v.stdout);

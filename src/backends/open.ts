@@ -102,8 +102,8 @@ export interface WriterOptions {
 }
 
 /**
- * Encryption is implemented for file: v2 and postgresql: backups; elsewhere it is refused rather than
- * silently dropped. socket: can never have it: the reference protocol carries SQL statements, and a
+ * Encryption is implemented for file: v2, postgresql: and clnvault:// backups; elsewhere it is refused
+ * rather than silently dropped. socket: can never have it: the reference protocol carries SQL statements, and a
  * `backup-cli server` (or `clnvault server FILE HOST:PORT`) stores them as such.
  */
 export function encryptionNotYet(url: string): UrlError {
@@ -111,13 +111,13 @@ export function encryptionNotYet(url: string): UrlError {
   if (/^socket:/i.test(url)) {
     return new UrlError(
       `${shown}: a socket: backup cannot be encrypted: the reference protocol sends the SQL statements themselves, which the ` +
-        `server stores in clear; use clnvault's own mode (clnvault://NODE@HOST:PORT, 'clnvault server --dir') once it carries ` +
-        `encrypted records, or an encrypted file: or postgresql: backup (docs/encryption.md)`,
+        `server stores in clear; use clnvault's own mode (clnvault://NODE@HOST:PORT, 'clnvault server --dir'), whose server ` +
+        `stores only the records the node encrypted, or an encrypted file: or postgresql: backup (docs/encryption.md)`,
     );
   }
   return new UrlError(
-    `${shown}: encrypted backups are not supported yet for this destination (only file: backups in format v2 ` +
-      `and postgresql: backups); it would store the records in clear (docs/encryption.md)`,
+    `${shown}: encrypted backups are not supported for this destination (only file: backups in format v2, ` +
+      `postgresql: and clnvault:// backups); it would store the records in clear (docs/encryption.md)`,
   );
 }
 

@@ -1,6 +1,6 @@
 import { existsSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
-import { createBackup, destinationOf, encryptionNotYet, openWriter } from '../backends/open.js';
+import { createBackup, destinationOf, encryptionNotYet, isClnvaultUrl, openWriter } from '../backends/open.js';
 import { keyFromHsmSecret, keyFromKeyFile, writeKeyFile, type BackupKey } from '../crypto/keys.js';
 import { keyKindCode, type KeyKindName } from '../crypto/records.js';
 import { createPgBackup, isPostgresUrl, openPgWriter } from '../backends/postgres/index.js';
@@ -50,7 +50,7 @@ export async function initMulti(
       if (isPostgresUrl(url)) {
         throw new CliError(`${redact(url)}: init makes encrypted postgresql: backups for one destination only so far; with several, list file: destinations (docs/destinations.md)`, EXIT.usage);
       }
-      if (destinationOf(url, netDir) !== 'file') throw new CliError(encryptionNotYet(url).message, EXIT.usage);
+      if (destinationOf(url, netDir) !== 'file' && !isClnvaultUrl(url)) throw new CliError(encryptionNotYet(url).message, EXIT.usage);
     }
   }
   const dbFile = join(netDir, DB_NAME);
@@ -80,7 +80,8 @@ export async function initMulti(
         undo.push(made.undo);
         info(`Created the PostgreSQL backup ${made.target.display}`);
       } else if (destinationOf(url, netDir) === 'socket') {
-        const w = openWriter(url, netDir, { log: (_l, m) => out(m) });
+        // with a key, the server's empty backup becomes an encrypted one (clnvault:// only: checked above)
+        const w = openWriter(url, netDir, { log: (_l, m) => out(m), ...(key ? { key, encryptEmpty: true } : {}) });
         try {
           if (dbPath !== null && !w.isEmpty()) {
             throw new CliError(`the server's backup at ${url} is not empty (version ${w.head()}); create a fresh one on the server and serve that`);

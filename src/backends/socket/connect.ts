@@ -12,6 +12,15 @@ import { formatHostPort, type HostPort, type SocketUrl } from './url.js';
  */
 
 export async function openConnection(u: SocketUrl, timeoutMs: number): Promise<Conn> {
+  // the node key first: a missing or unsafe key file is a local mistake, not worth waiting out remote_timeout for
+  let key: Buffer | null = null;
+  if (u.tls !== null) {
+    try {
+      key = readNodeKey(u.tls.keyFile);
+    } catch (e) {
+      throw new KeyError((e as Error).message);
+    }
+  }
   const first = u.proxy ?? u.target;
   const socket = await tcpConnect(first, timeoutMs);
   const conn = new Conn(socket, u.proxy ? `${formatHostPort(u.target)} via SOCKS5 proxy ${formatHostPort(u.proxy)}` : formatHostPort(u.target));
@@ -23,14 +32,7 @@ export async function openConnection(u: SocketUrl, timeoutMs: number): Promise<C
       throw e;
     }
   }
-  if (u.tls === null) return conn;
-  let key: Buffer;
-  try {
-    key = readNodeKey(u.tls.keyFile);
-  } catch (e) {
-    conn.close();
-    throw new KeyError((e as Error).message);
-  }
+  if (u.tls === null || key === null) return conn;
   const tls = await pskHandshake(conn.detach(), u.tls.node, key, timeoutMs, conn.peer);
   return new Conn(tls, conn.peer);
 }
