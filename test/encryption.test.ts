@@ -26,6 +26,7 @@ import { rpc, startWriter } from './helpers/compact-sim.js';
 import { sqliteDump } from '../src/sim/db.js';
 import { findNeedles, sessionNeedles as sessionNeedlesIn } from './helpers/needles.js';
 import { fixChecksums } from './helpers/v2-bytes.js';
+import { replaySessions } from './helpers/sim-fixtures.js';
 
 const CLI = fileURLToPath(new URL('../src/cli/main.js', import.meta.url));
 const CLN = join(FIXTURES, 'cln-v26.06.6');
@@ -92,14 +93,7 @@ function initEncrypted(extra: string[] = [], before?: (netDir: string) => void):
 }
 
 async function replay(n: Node, transcripts: string[]): Promise<void> {
-  const node = new SimNode({ netDir: n.netDir, hookSafetyTimeoutMs: 60_000 });
-  for (const [i, t] of transcripts.entries()) {
-    if (i > 0) await node.restart();
-    const r = await node.replay(join(CLN, t));
-    assert.equal(r.failure, undefined, `replay of ${t} failed: ${JSON.stringify(r.failure)}`);
-  }
-  await node.stop();
-  assert.deepEqual(node.violations, []);
+  await replaySessions(n.netDir, transcripts);
 }
 
 function restoreDump(n: Node, keyArgs: string[] = ['--key-file', n.keyFile]): { dump: string; stdout: string } {

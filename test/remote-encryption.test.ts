@@ -15,13 +15,14 @@ import { PSK_TLS } from '../src/backends/socket/connect.js';
 import { metadataPacket, PKT } from '../src/backends/socket/protocol.js';
 import { FILE_HEADER_LEN, RECORD_HEADER_LEN, RECORD_OVERHEAD, readU64, recordSeedOf } from '../src/backends/file/v2.js';
 import { crc32 } from 'node:zlib';
-import { SimNode } from '../src/sim/lightningd.js';
 import { FIXTURES } from './helpers/fixtures.js';
 import { runCli, scratchArea } from './helpers/cli.js';
 import { findNeedles, sessionNeedles } from './helpers/needles.js';
 import { killAllPlugins, PluginProc } from './helpers/plugin-proc.js';
-import { decoded, killAllServers, parsePackets, ServerProc } from './helpers/socket-rig.js';
+import { killAllServers, ServerProc } from './helpers/socket-rig.js';
+import { addNode, nodesServer, writeThroughServerKills } from './helpers/nodes-rig.js';
 import { dump } from './helpers/sqlite.js';
+import { replaySessions } from './helpers/sim-fixtures.js';
 
 const CLN = join(FIXTURES, 'cln-v26.06.6');
 const REF = join(FIXTURES, 'reference-socket');
@@ -31,19 +32,6 @@ after(async () => {
   await killAllServers();
   area.cleanup();
 });
-
-async function addNode(dir: string, name: string): Promise<string> {
-  const r = await runCli(['server', 'add-node', '--dir', dir, name]);
-  assert.equal(r.code, 0, r.stderr);
-  const m = /echo ([0-9a-f]{64}) >/.exec(r.stdout);
-  assert.ok(m, r.stdout);
-  return m[1]!;
-}
-
-async function nodesServer(dir: string, port = 0): Promise<{ proc: ServerProc; port: number }> {
-  const proc = new ServerProc('', 0, [], undefined, undefined, ['--dir', dir, '--listen', `127.0.0.1:${port}`]);
-  return { proc, port: await proc.ready };
-}
 
 interface Node {
   dir: string;
@@ -117,14 +105,7 @@ describe('encrypted clnvault:// backups: the server stores and serves ciphertext
       const key = await addNode(dir, 'alice');
       const { proc, port } = await nodesServer(dir);
       const n = await initNode(dir, 'alice', key, port);
-      const node = new SimNode({ netDir: n.netDir, hookSafetyTimeoutMs: 60_000, env });
-      for (const [i, t] of transcripts.entries()) {
-        if (i > 0) await node.restart();
-        const r = await node.replay(join(CLN, t));
-        assert.equal(r.failure, undefined, `replay of ${t} failed: ${JSON.stringify(r.failure)}`);
-      }
-      await node.stop();
-      assert.deepEqual(node.violations, []);
+      await replaySessions(n.netDir, transcripts, env);
       const out = await restore(n);
       assert.equal(out.code, 0, out.stderr + out.stdout);
       assert.match(out.stdout, /newest authenticated version \d+, written at \d{4}-\d\d-\d\dT/);
@@ -155,10 +136,7 @@ describe('encrypted clnvault:// backups: the server stores and serves ciphertext
     const key = await addNode(dir, 'alice');
     const { proc, port } = await nodesServer(dir);
     const n = await initNode(dir, 'alice', key, port);
-    const node = new SimNode({ netDir: n.netDir, hookSafetyTimeoutMs: 60_000 });
-    const r = await node.replay(join(CLN, 'session-basic/hooks.jsonl'));
-    assert.equal(r.failure, undefined);
-    await node.stop();
+    const node = await replaySessions(n.netDir, ['session-basic/hooks.jsonl']);
     await proc.kill();
     const good = readFileSync(n.file);
     const starts = recordStarts(n.file);
@@ -218,26 +196,8 @@ describe('encrypted clnvault:// backups: the server stores and serves ciphertext
     const n = await initNode(dir, 'alice', key, port, 30);
     const plugin = new PluginProc(n.netDir);
     await plugin.call('m', 'getmanifest', {});
-    const calls = parsePackets(readFileSync(join(REF, 'c2s.bin')))
-      .packets.filter((p) => p.type === PKT.CHANGE)
-      .map((p) => {
-        const d = decoded(p);
-        return { data_version: d.version!, writes: d.body.toString('utf8').split('\u0000') };
-      });
-    for (const [i, c] of calls.entries()) {
-      plugin.request(`w${i}`, 'db_write', c);
-      if (i % 4 === 2) {
-        await new Promise((r) => setTimeout(r, (i * 3) % 7));
-        await proc.kill('SIGKILL');
-        await new Promise((r) => setTimeout(r, 300));
-        proc = new ServerProc('', 0, [], undefined, undefined, ['--dir', dir, '--listen', `127.0.0.1:${port}`]);
-        await proc.ready;
-      }
-      const r = await plugin.reply(`w${i}`, 40_000);
-      assert.deepEqual(r.result, { result: 'continue' }, JSON.stringify(r));
-    }
+    proc = await writeThroughServerKills(plugin, dir, port, proc);
     await plugin.close();
-    assert.ok(plugin.logs().some((l) => /reconnected to 127\.0\.0\.1/.test(l)), plugin.logs().join('\n'));
     const out = await restore(n);
     assert.equal(out.code, 0, out.stderr);
     assert.equal(dump(out.dest), readFileSync(join(REF, 'expected.dump.sql'), 'utf8'));

@@ -7,12 +7,12 @@ import assert from 'node:assert/strict';
 import { chmodSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
-import { PKT } from '../src/backends/socket/protocol.js';
 import { SimNode } from '../src/sim/lightningd.js';
 import { FIXTURES } from './helpers/fixtures.js';
 import { runCli, scratchArea } from './helpers/cli.js';
 import { killAllPlugins, PluginProc } from './helpers/plugin-proc.js';
-import { decoded, killAllServers, parsePackets, RawClient, ServerProc } from './helpers/socket-rig.js';
+import { killAllServers, RawClient } from './helpers/socket-rig.js';
+import { addNode, nodesServer, recordedCalls, writeThroughServerKills } from './helpers/nodes-rig.js';
 import { dump } from './helpers/sqlite.js';
 
 const CLN = join(FIXTURES, 'cln-v26.06.6');
@@ -23,28 +23,6 @@ after(async () => {
   await killAllServers();
   area.cleanup();
 });
-
-function recordedCalls(): Array<{ data_version: number; writes: string[] }> {
-  return parsePackets(readFileSync(join(REF, 'c2s.bin')))
-    .packets.filter((p) => p.type === PKT.CHANGE)
-    .map((p) => {
-      const d = decoded(p);
-      return { data_version: d.version!, writes: d.body.toString('utf8').split('\u0000') };
-    });
-}
-
-async function addNode(dir: string, name: string): Promise<string> {
-  const r = await runCli(['server', 'add-node', '--dir', dir, name]);
-  assert.equal(r.code, 0, r.stderr);
-  const m = /echo ([0-9a-f]{64}) >/.exec(r.stdout);
-  assert.ok(m, r.stdout);
-  return m[1]!;
-}
-
-async function nodesServer(dir: string): Promise<{ proc: ServerProc; port: number }> {
-  const proc = new ServerProc('', 0, [], undefined, undefined, ['--dir', dir, '--listen', '127.0.0.1:0']);
-  return { proc, port: await proc.ready };
-}
 
 /** A network directory whose key file holds `key`, and backup.lock pointing at the server as `name`. */
 function nodeDir(key: string, url: string): string {
@@ -165,22 +143,8 @@ describe('clnvault server --dir: many nodes, one key each', () => {
     writeFileSync(join(netDir, 'backup.lock'), JSON.stringify({ backend_url: url, remote_timeout: 30 }));
     const plugin = new PluginProc(netDir);
     await plugin.call('m', 'getmanifest', {});
-    const calls = recordedCalls();
-    for (const [i, c] of calls.entries()) {
-      plugin.request(`w${i}`, 'db_write', c);
-      if (i % 4 === 2) {
-        // killed while the write is on its way or being stored: it may or may not have landed
-        await new Promise((r) => setTimeout(r, (i * 3) % 7));
-        await proc.kill('SIGKILL');
-        await new Promise((r) => setTimeout(r, 300));
-        proc = new ServerProc('', 0, [], undefined, undefined, ['--dir', dir, '--listen', `127.0.0.1:${port}`]);
-        await proc.ready;
-      }
-      const r = await plugin.reply(`w${i}`, 40_000);
-      assert.deepEqual(r.result, { result: 'continue' }, JSON.stringify(r));
-    }
+    proc = await writeThroughServerKills(plugin, dir, port, proc);
     await plugin.close();
-    assert.ok(plugin.logs().some((l) => /reconnected to 127\.0\.0\.1/.test(l)), plugin.logs().join('\n'));
     const out = await restore(url, netDir);
     assert.equal(out.code, 0, out.stderr);
     assert.equal(dump(out.dest), readFileSync(join(REF, 'expected.dump.sql'), 'utf8'));

@@ -46,3 +46,19 @@ export function simScratch(options: Partial<SimNodeOptions> = {}, format: Backup
     },
   };
 }
+
+/**
+ * Replays recorded transcripts (paths under CLN) through the plugin on `netDir`, one lightningd run each
+ * (restarted in between), and stops the node; every replay must succeed without a simulator violation.
+ */
+export async function replaySessions(netDir: string, transcripts: readonly string[], env: NodeJS.ProcessEnv = {}): Promise<SimNode> {
+  const node = new SimNode({ netDir, hookSafetyTimeoutMs: 60_000, env });
+  for (const [i, t] of transcripts.entries()) {
+    if (i > 0) await node.restart();
+    const r = await node.replay(join(CLN, t));
+    if (r.failure !== undefined) throw new Error(`replay of ${t} failed: ${JSON.stringify(r.failure)}`);
+  }
+  await node.stop();
+  if (node.violations.length > 0) throw new Error(`simulator violations: ${JSON.stringify(node.violations)}`);
+  return node;
+}

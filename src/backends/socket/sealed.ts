@@ -3,6 +3,7 @@ import { crc32 } from 'node:zlib';
 import {
   changePayloadLength,
   encodeChangePayloadAt,
+  encodeFileHeader,
   encodeRecordHeader,
   FILE_FLAG_ENCRYPTED,
   FILE_HEADER_LEN,
@@ -109,15 +110,8 @@ export function errorPacket(message: string): Buffer {
 
 /** The key description of a new encrypted backup: the file header's bytes 48..59. */
 export function encryptPacket(enc: FileEncryption): Buffer {
-  const p = Buffer.alloc(12);
-  p[0] = enc.kind;
-  if (enc.scrypt) {
-    p[1] = enc.scrypt.logN;
-    p[2] = enc.scrypt.r;
-    p[3] = enc.scrypt.p;
-  }
-  enc.fingerprint.copy(p, 4);
-  return packet(XPKT.ENCRYPT, p);
+  // exactly the bytes the new file header will hold
+  return packet(XPKT.ENCRYPT, encodeFileHeader(Buffer.alloc(16), 0, enc).subarray(48, 60));
 }
 
 export function parseEncrypt(payload: Buffer): FileEncryption {
