@@ -6,7 +6,7 @@
  * one line with nothing left behind; the server SIGKILLed mid-write loses nothing acknowledged.
  */
 import assert from 'node:assert/strict';
-import { existsSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { createServer as createTlsServer } from 'node:tls';
 import { once } from 'node:events';
@@ -42,8 +42,9 @@ interface Node {
 }
 
 /** A node directory with the server key, `init --encrypt --key-file` through the server. */
-async function initNode(dir: string, name: string, key: string, port: number, remoteTimeout = 5): Promise<Node> {
+async function initNode(dir: string, name: string, key: string, port: number, remoteTimeout = 5, db?: string): Promise<Node> {
   const netDir = area.dir();
+  if (db !== undefined) copyFileSync(db, join(netDir, 'lightningd.sqlite3'));
   writeFileSync(join(netDir, 'clnvault-remote.key'), `${key}\n`, { mode: 0o600 });
   const url = `clnvault://${name}@127.0.0.1:${port}`;
   const keyFile = join(area.dir(), 'backup.key');
@@ -130,6 +131,24 @@ describe('encrypted clnvault:// backups: the server stores and serves ciphertext
       await proc.kill();
     });
   }
+
+  it('an existing database: init sends it as one encrypted snapshot record, streamed; the restart session goes on from it', { timeout: 240_000 }, async () => {
+    const dir = area.dir();
+    const key = await addNode(dir, 'alice');
+    const { proc, port } = await nodesServer(dir);
+    const db = join(CLN, 'session-basic/final.sqlite3');
+    const n = await initNode(dir, 'alice', key, port, 5, db);
+    assert.ok(statSync(n.file).size > statSync(db).size, 'the snapshot is on the server');
+    await replaySessions(n.netDir, ['session-basic/hooks-restart.jsonl']);
+    const out = await restore(n);
+    assert.equal(out.code, 0, out.stderr + out.stdout);
+    assert.equal(dump(out.dest), readFileSync(join(CLN, 'session-basic/final-after-restart.dump.sql'), 'utf8'));
+    // the snapshot is the node's database: its schema text and every blob of the first session are in it
+    const needles = sessionNeedles(CLN, ['session-basic/hooks.jsonl', 'session-basic/hooks-restart.jsonl']);
+    assertNoPlaintext(dir, needles);
+    assert.ok(findNeedles(readFileSync(db), needles).length > 100, 'the needles do find plaintext where it is');
+    await proc.kill();
+  });
 
   it('tampering with the server\'s file is caught at a restore through the server; a wrong key is refused in one line, nothing left', { timeout: 240_000 }, async () => {
     const dir = area.dir();
