@@ -13,8 +13,8 @@ import { once } from 'node:events';
 import { after, describe, it } from 'node:test';
 import { PSK_TLS } from '../src/backends/socket/connect.js';
 import { metadataPacket, PKT } from '../src/backends/socket/protocol.js';
-import { FILE_HEADER_LEN, RECORD_HEADER_LEN, RECORD_OVERHEAD, readU64, recordSeedOf } from '../src/backends/file/v2.js';
-import { crc32 } from 'node:zlib';
+import { FILE_HEADER_LEN, RECORD_HEADER_LEN, RECORD_OVERHEAD, readU64 } from '../src/backends/file/v2.js';
+import { fixChecksums } from './helpers/v2-bytes.js';
 import { FIXTURES } from './helpers/fixtures.js';
 import { runCli, scratchArea } from './helpers/cli.js';
 import { findNeedles, sessionNeedles } from './helpers/needles.js';
@@ -181,9 +181,7 @@ describe('encrypted clnvault:// backups: the server stores and serves ciphertext
     flipped[mid + RECORD_HEADER_LEN + 60] ^= 0x01;
     await refusedWith(flipped, /damaged/);
     // a hostile server flips it and recomputes every CRC: only the node's key can tell
-    const len = readU64(flipped, mid + 16);
-    flipped.writeUInt32BE(crc32(flipped.subarray(mid + RECORD_HEADER_LEN, mid + RECORD_HEADER_LEN + len)), mid + 24);
-    flipped.writeUInt32BE(crc32(flipped.subarray(mid, mid + 28), recordSeedOf(flipped.subarray(0, FILE_HEADER_LEN))), mid + 28);
+    fixChecksums(flipped, mid, mid + RECORD_OVERHEAD + readU64(flipped, mid + 16));
     await refusedWith(flipped, /authenticat.*last authenticated version \d+/);
     // a record dropped from the middle: the chain names a record that is not there
     const k = starts[Math.floor(starts.length / 3)]!;
