@@ -11,8 +11,10 @@
  * 3. with --encrypt, each round also drives an encrypted backup (init --encrypt --key-file, the plugin
  *    encrypting every change before it leaves the process) right after the plaintext one: its hook p50 and
  *    plugin CPU per write beside the plaintext hook's, same rounds, same load (docs/encryption.md, "Cost").
+ * 4. with --worker, each round also drives a plugin with CLNVAULT_REMOTE_WORKER=1 (the connection in a worker
+ *    thread behind a synchronous call, as with several destinations) beside the event-loop path: the A/B.
  *
- *   node dist/bench/postgres.js [--n N] [--rounds R] [--warmup W] [--nodes K] [--per-node N] [--bytes B] [--encrypt]
+ *   node dist/bench/postgres.js [--n N] [--rounds R] [--warmup W] [--nodes K] [--per-node N] [--bytes B] [--encrypt] [--worker]
  */
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { loadavg, tmpdir } from 'node:os';
@@ -34,8 +36,8 @@ interface NodeJob {
   bytes: number;
 }
 
-function startNode(netDir: string): FifoDriver {
-  const d = new FifoDriver(netDir);
+function startNode(netDir: string, env: NodeJS.ProcessEnv = {}): FifoDriver {
+  const d = new FifoDriver(netDir, undefined, env);
   const m = d.call(`{"jsonrpc":"2.0","id":"cln:getmanifest#1","method":"getmanifest","params":{"allow-deprecated-apis":false}}\n\n`, 'cln:getmanifest#1');
   if (!m.includes('db_write')) throw new Error(`bad manifest: ${m}`);
   return d;
@@ -76,8 +78,13 @@ function drive(job: NodeJob): { lat: number[]; elapsedS: number } {
  * One plugin in this thread, with the CPU time per measured db_write of the plugin process and of the
  * PostgreSQL backend serving its connection (/proc schedstat: barely moved by the machine's load).
  */
-async function driveMeasured(server: PgServer, role: string, job: NodeJob): Promise<{ lat: number[]; pluginCpuUs: number; backendCpuUs: number }> {
-  const d = startNode(job.netDir);
+async function driveMeasured(
+  server: PgServer,
+  role: string,
+  job: NodeJob,
+  env: NodeJS.ProcessEnv = {},
+): Promise<{ lat: number[]; pluginCpuUs: number; backendCpuUs: number }> {
+  const d = startNode(job.netDir, env);
   try {
     const admin = await server.superClient();
     const r = await admin.query(`SELECT pid FROM pg_stat_activity WHERE usename = $1 AND application_name LIKE 'clnvault writer%'`, [role]);
@@ -165,11 +172,13 @@ export interface PgBenchResult {
   cpu: { floorClient: number; floorBackend: number; plugin: number; hookBackend: number };
   many: { nodes: number; writesPerSec: number; wallWritesPerSec: number; p99PerNodeUs: { min: number; median: number; max: number } };
   load: number[];
+  /** --worker: the worker thread's path (CLNVAULT_REMOTE_WORKER=1) beside the event loop's, per round */
+  worker: { rounds: Array<{ loopP50: number; workerP50: number; floorP50: number }>; pluginCpu: number; backendCpu: number } | null;
   /** --encrypt: the encrypted backup's hook beside the plaintext one, per round */
   encrypted: { hookUs: Summary; rounds: Array<{ plainP50: number; encP50: number; ratio: number }>; medianRatio: number; pluginCpu: number } | null;
 }
 
-export async function benchPostgres(opts: { n: number; rounds: number; nodes: number; perNode: number; bytes: number; warmup: number; encrypt?: boolean }): Promise<PgBenchResult> {
+export async function benchPostgres(opts: { n: number; rounds: number; nodes: number; perNode: number; bytes: number; warmup: number; encrypt?: boolean; worker?: boolean }): Promise<PgBenchResult> {
   const server = await PgServer.start();
   const root = mkdtempSync(join(tmpdir(), 'clnvault-pgbench-'));
   try {
@@ -184,6 +193,8 @@ export async function benchPostgres(opts: { n: number; rounds: number; nodes: nu
     const encLat: number[] = [];
     const encRounds: NonNullable<PgBenchResult['encrypted']>['rounds'] = [];
     const encCpu: number[] = [];
+    const workerRounds: NonNullable<PgBenchResult['worker']>['rounds'] = [];
+    const workerCpu: Array<{ plugin: number; backend: number }> = [];
     for (let r = 0; r < opts.rounds; r++) {
       const f = await floor(server, opts.n, opts.bytes);
       floorLat.push(...f.lat);
@@ -201,6 +212,12 @@ export async function benchPostgres(opts: { n: number; rounds: number; nodes: nu
         const ep = summarize(e.lat).p50;
         encRounds.push({ plainP50: hp, encP50: ep, ratio: ep / hp });
         encCpu.push(e.pluginCpuUs);
+      }
+      if (opts.worker) {
+        const nw = await newNode(server, root, `worker${r}`);
+        const w = await driveMeasured(server, `worker${r}`, { netDir: nw, n: opts.n + opts.warmup, warmup: opts.warmup, bytes: opts.bytes }, { CLNVAULT_REMOTE_WORKER: '1' });
+        workerRounds.push({ loopP50: hp, workerP50: summarize(w.lat).p50, floorP50: fp });
+        workerCpu.push({ plugin: w.pluginCpuUs, backend: w.backendCpuUs });
       }
     }
     load.push(loadavg()[0]!);
@@ -234,6 +251,9 @@ export async function benchPostgres(opts: { n: number; rounds: number; nodes: nu
         p99PerNodeUs: { min: p99s[0]!, median: p99s[Math.floor(p99s.length / 2)]!, max: p99s[p99s.length - 1]! },
       },
       load,
+      worker: opts.worker
+        ? { rounds: workerRounds, pluginCpu: med(workerCpu.map((x) => x.plugin)), backendCpu: med(workerCpu.map((x) => x.backend)) }
+        : null,
       encrypted: opts.encrypt ? { hookUs: summarize(encLat), rounds: encRounds, medianRatio: med(encRounds.map((x) => x.ratio)), pluginCpu: med(encCpu) } : null,
     };
   } finally {
@@ -262,6 +282,7 @@ if (isMainThread && process.argv[1] === fileURLToPath(import.meta.url)) {
       // the plugin lives as long as the node; V8 tiers its per-call code up over the first few thousand calls
       warmup: { type: 'string', default: '3000' },
       encrypt: { type: 'boolean', default: false },
+      worker: { type: 'boolean', default: false },
     },
   });
   if (findPgBin() === null) {
@@ -276,6 +297,7 @@ if (isMainThread && process.argv[1] === fileURLToPath(import.meta.url)) {
     bytes: Number(values.bytes),
     warmup: Number(values.warmup),
     encrypt: values.encrypt === true,
+    worker: values.worker === true,
   });
   console.log(`uptime at the end: ${uptime()}`);
   console.log(`PostgreSQL destination, ${values.bytes}-byte batches, load ${r.load.map((l) => l.toFixed(2)).join(' -> ')}`);
@@ -291,6 +313,13 @@ if (isMainThread && process.argv[1] === fileURLToPath(import.meta.url)) {
     `  ${r.many.nodes} nodes at once: ${Math.round(r.many.writesPerSec)} writes/s in total (${Math.round(r.many.wallWritesPerSec)}/s with start-ups); p99 per node ` +
       `min ${fmtUs(r.many.p99PerNodeUs.min)} median ${fmtUs(r.many.p99PerNodeUs.median)} max ${fmtUs(r.many.p99PerNodeUs.max)}`,
   );
+  if (r.worker) {
+    const w = r.worker;
+    console.log(`  worker thread's path (CLNVAULT_REMOTE_WORKER=1): plugin CPU per write ${fmtUs(w.pluginCpu)} + its backend ${fmtUs(w.backendCpu)} (event loop: ${fmtUs(r.cpu.plugin)})`);
+    for (const [i, x] of w.rounds.entries()) {
+      console.log(`    round ${i + 1}: event-loop hook p50 ${fmtUs(x.loopP50)}, worker ${fmtUs(x.workerP50)} (${(x.workerP50 / x.floorP50).toFixed(2)}x the floor)`);
+    }
+  }
   if (r.encrypted) {
     const e = r.encrypted;
     console.log(`  encrypted backup: hook p50 ${fmtUs(e.hookUs.p50)}  p99 ${fmtUs(e.hookUs.p99)}; plugin CPU per write ${fmtUs(e.pluginCpu)} (plaintext ${fmtUs(r.cpu.plugin)})`);
