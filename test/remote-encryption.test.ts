@@ -23,10 +23,12 @@ import { killAllServers, ServerProc } from './helpers/socket-rig.js';
 import { addNode, nodesServer, writeThroughServerKills } from './helpers/nodes-rig.js';
 import { dump } from './helpers/sqlite.js';
 import { replaySessions } from './helpers/sim-fixtures.js';
+import { startNode, until } from './helpers/multi-rig.js';
 
 const CLN = join(FIXTURES, 'cln-v26.06.6');
 const REF = join(FIXTURES, 'reference-socket');
 const area = scratchArea('clnvault-renc-');
+const MARKER = 'PLAINTEXT-MARKER-5c1d';
 after(async () => {
   killAllPlugins();
   await killAllServers();
@@ -218,6 +220,41 @@ describe('encrypted clnvault:// backups: the server stores and serves ciphertext
     const out = await restore(n);
     assert.equal(out.code, 0, out.stderr);
     assert.equal(dump(out.dest), readFileSync(join(REF, 'expected.dump.sql'), 'utf8'));
+    await proc.kill();
+  });
+
+  it('several destinations: an encrypted file and an encrypted clnvault:// server, both written by the plugin, both restore; no plaintext on either', { timeout: 150_000 }, async () => {
+    const dir = area.dir();
+    const key = await addNode(dir, 'alice');
+    const { proc, port } = await nodesServer(dir);
+    const netDir = area.dir();
+    writeFileSync(join(netDir, 'clnvault-remote.key'), `${key}\n`, { mode: 0o600 });
+    copyFileSync(join(CLN, 'session-basic/final.sqlite3'), join(netDir, 'lightningd.sqlite3'));
+    const keyFile = join(area.dir(), 'backup.key');
+    const filePath = join(area.dir(), 'a.bkp');
+    const remote = `clnvault://alice@127.0.0.1:${port}`;
+    const init = await runCli(['init', '--lightning-dir', netDir, '--ack', 'all', '--encrypt', '--key-file', keyFile, `file://${filePath}`, remote]);
+    assert.equal(init.code, 0, init.stderr + init.stdout);
+    const node = await startNode(netDir);
+    try {
+      for (let i = 0; i < 20; i++) {
+        const r = await node.transaction([`INSERT INTO vars (name, val) VALUES ('${MARKER}-${i}', '${MARKER}')`]);
+        assert.equal(r.answered, 'continue', JSON.stringify(r));
+      }
+      await until(node, 'both hold the last write', (x) => x.every((y) => y.healthy && y.acked_version === node.dataVersion()), 'm');
+    } finally {
+      await node.stop();
+    }
+    const want = dump(node.dbPath);
+    assert.match(want, new RegExp(MARKER));
+    for (const url of [`file://${filePath}`, remote]) {
+      const dest = join(area.dir(), 'restored.sqlite3');
+      const r = await runCli(['restore', '--key-file', keyFile, url, dest], { cwd: netDir });
+      assert.equal(r.code, 0, r.stderr + r.stdout);
+      assert.equal(dump(dest), want, url);
+    }
+    assert.equal(readFileSync(filePath).indexOf(MARKER), -1);
+    for (const f of filesUnder(dir)) assert.equal(readFileSync(f).indexOf(MARKER), -1, `${f} holds plaintext`);
     await proc.kill();
   });
 
