@@ -11,7 +11,6 @@ import { join } from 'node:path';
 import { createServer as createTlsServer } from 'node:tls';
 import { once } from 'node:events';
 import { after, describe, it } from 'node:test';
-import { PSK_TLS } from '../src/backends/socket/connect.js';
 import { metadataPacket, PKT } from '../src/backends/socket/protocol.js';
 import { FILE_HEADER_LEN, RECORD_HEADER_LEN, RECORD_OVERHEAD, readU64 } from '../src/backends/file/v2.js';
 import { fixChecksums } from './helpers/v2-bytes.js';
@@ -23,6 +22,13 @@ import { killAllServers, ServerProc } from './helpers/socket-rig.js';
 import { addNode, nodesServer, writeThroughServerKills } from './helpers/nodes-rig.js';
 import { dump } from './helpers/sqlite.js';
 import { replaySessions } from './helpers/sim-fixtures.js';
+import { openConnection, PSK_TLS } from '../src/backends/socket/connect.js';
+import { parseSocketUrl } from '../src/backends/socket/url.js';
+import { askHello, parseServedHeader, sealedChangePacket } from '../src/backends/socket/sealed.js';
+import { cryptFor } from '../src/crypto/backup-crypt.js';
+import { keyFromKeyFile } from '../src/crypto/keys.js';
+import { FLAG_ENCRYPTED } from '../src/backends/file/v2.js';
+import { crc32 } from 'node:zlib';
 import { startNode, until } from './helpers/multi-rig.js';
 
 const CLN = join(FIXTURES, 'cln-v26.06.6');
@@ -255,6 +261,58 @@ describe('encrypted clnvault:// backups: the server stores and serves ciphertext
     }
     assert.equal(readFileSync(filePath).indexOf(MARKER), -1);
     for (const f of filesUnder(dir)) assert.equal(readFileSync(f).indexOf(MARKER), -1, `${f} holds plaintext`);
+    await proc.kill();
+  });
+
+  it('the server checks sealed records without the key: a bad CRC, another file\'s seed, a plaintext flag, a gap are refused and change nothing; an oversized frame drops that connection only', { timeout: 60_000 }, async () => {
+    const dir = area.dir();
+    const key = await addNode(dir, 'alice');
+    const { proc, port } = await nodesServer(dir);
+    const n = await initNode(dir, 'alice', key, port);
+    const u = parseSocketUrl(n.url, n.netDir);
+    const conn = await openConnection(u, 5000);
+    const hello = await askHello(conn, 5000);
+    const served = parseServedHeader(hello.header!);
+    const crypt = cryptFor(n.url, served.encryption, served.backupId, keyFromKeyFile(n.keyFile), true)!;
+    const send = async (pkt: Buffer): Promise<{ type: number; text: string }> => {
+      await conn.write(pkt, 5000);
+      const r = (await conn.readPacket(5000, 5000, 1 << 16))!;
+      return { type: r.type, text: r.payload.toString('utf8') };
+    };
+    const size = (): number => statSync(n.file).size;
+    const before = size();
+    const good = (v: number): Buffer => sealedChangePacket(crypt, served.seed, v, [`CREATE TABLE t${v} (x INTEGER)`]);
+
+    const badCrc = good(1);
+    badCrc[badCrc.length - 20] ^= 1;
+    assert.match((await send(badCrc)).text, /does not match its checksum/);
+    assert.match((await send(sealedChangePacket(crypt, 0x1234, 1, ['UPDATE vars SET intval=1']))).text, /checksum mismatch.*another backup/);
+    const plainFlag = good(1);
+    // the flag is in the header: only the header CRC changes, re-sealed for the served file as a forger would
+    plainFlag[5 + 5] &= ~FLAG_ENCRYPTED;
+    plainFlag.writeUInt32BE(crc32(plainFlag.subarray(5, 5 + 28), served.seed), 5 + 28);
+    assert.match((await send(plainFlag)).text, /plaintext record in an encrypted backup/);
+    assert.equal(size(), before, 'nothing refused was kept');
+
+    assert.equal((await send(good(1))).type, PKT.ACK);
+    crypt.committed();
+    const gap = await send(good(3));
+    assert.equal(gap.type, PKT.NACK);
+    // an oversized frame: that connection is dropped, the server and the backup go on
+    const big = Buffer.alloc(5);
+    big[0] = 0x23;
+    big.writeUInt32BE(0xffff_fff0, 1);
+    await conn.write(big, 5000);
+    assert.equal(await conn.readPacket(5000, 5000, 64).catch(() => null), null);
+    conn.close();
+    const again = await openConnection(u, 5000);
+    const h2 = await askHello(again, 5000);
+    assert.ok(h2.tailLink.equals(crypt.link), 'the tail link is the acknowledged record\'s');
+    again.close();
+    // through the server, with the key: the one acknowledged record, authenticated
+    const v = await runCli(['verify', '--key-file', n.keyFile, n.url], { cwd: n.netDir });
+    assert.equal(v.code, 0, v.stderr + v.stdout);
+    assert.match(v.stdout, /newest authenticated version 1,/);
     await proc.kill();
   });
 
