@@ -14,7 +14,7 @@ import { runCli, scratchArea, show } from './helpers/cli.js';
 import { killAllPlugins } from './helpers/plugin-proc.js';
 import { killAllServers } from './helpers/socket-rig.js';
 import { dump } from './helpers/sqlite.js';
-import { firstWrite, initFile, restoreDump, rig, startNode, until } from './helpers/multi-rig.js';
+import { firstWrite, initFile, restoreDump, rig, startNode, twoFiles, until } from './helpers/multi-rig.js';
 
 const area = scratchArea('clnvault-multi-compact-');
 after(async () => {
@@ -75,11 +75,7 @@ async function compactWhileWriting(node: SimNode): Promise<{ answer: { result?: 
  * went through meanwhile; `more` runs while the node is still up; both then restore to the node.
  */
 async function twoFilesCompacted(ack: number | 'all', more: (node: SimNode, urls: string[]) => Promise<void>): Promise<void> {
-  const netDir = area.dir();
-  const d = area.dir();
-  const a = await initFile(join(d, 'a.bkp'));
-  const b = await initFile(join(d, 'b.bkp'));
-  writeFileSync(join(netDir, 'backup.lock'), JSON.stringify({ destinations: [a, b], ack, remote_timeout: 10 }));
+  const { netDir, a, b } = await twoFiles(() => area.dir(), { ack, remote_timeout: 10 });
   const node = await startNode(netDir);
   try {
     await seed(node);

@@ -15,9 +15,9 @@ import type { SimNode } from '../src/sim/lightningd.js';
 import { runCli, scratchArea, show } from './helpers/cli.js';
 import { killAllPlugins } from './helpers/plugin-proc.js';
 import { PG_SKIP, PgServer } from './helpers/postgres.js';
-import { killAllServers, ServerProc } from './helpers/socket-rig.js';
+import { killAllServers } from './helpers/socket-rig.js';
 import { dump } from './helpers/sqlite.js';
-import { firstWrite, initFile, startNode, until, writes } from './helpers/multi-rig.js';
+import { firstWrite, initFile, nodesRig, restoreDump, startNode, until, writes } from './helpers/multi-rig.js';
 
 const area = scratchArea('clnvault-multi-identity-remote-');
 let pgServer: PgServer | null = null;
@@ -42,11 +42,8 @@ function remoteId(netDir: string, fileUrl: string): string | undefined {
   return all[keys[0]!];
 }
 
-async function restoreDump(url: string, cwd: string): Promise<string> {
-  const dest = join(area.dir(), 'restored.sqlite3');
-  const r = await runCli(['restore', url, dest], { cwd });
-  assert.equal(r.code, 0, show(r));
-  return dump(dest);
+function restoreIn(url: string, cwd: string): Promise<string> {
+  return restoreDump(url, area.dir(), cwd);
 }
 
 /**
@@ -60,38 +57,6 @@ async function alignedOther(node: SimNode, url?: string): Promise<string> {
   const init = await runCli(['init', '--lightning-dir', other, url ?? `file://${fake}`]);
   assert.equal(init.code, 0, show(init));
   return fake;
-}
-
-/**
- * `clnvault server --dir` with one node, alice, and a network directory holding her key whose backup.lock
- * lists a file and her clnvault:// URL, ack 1. `restart`: the server stopped, `change` done, started again
- * on the same port.
- */
-async function aliceSet(remoteTimeout: number): Promise<{
-  netDir: string;
-  fileUrl: string;
-  remoteUrl: string;
-  stored: string;
-  restart: (change: () => Promise<void>) => Promise<void>;
-}> {
-  const dir = area.dir();
-  const added = await runCli(['server', 'add-node', '--dir', dir, 'alice']);
-  assert.equal(added.code, 0, show(added));
-  const key = /echo ([0-9a-f]{64}) >/.exec(added.stdout)![1]!;
-  let server = new ServerProc('', 0, [], undefined, undefined, ['--dir', dir, '--listen', '127.0.0.1:0']);
-  const port = await server.ready;
-  const netDir = area.dir();
-  writeFileSync(join(netDir, 'clnvault-remote.key'), `${key}\n`, { mode: 0o600 });
-  const fileUrl = await initFile(join(area.dir(), 'local.bkp'));
-  const remoteUrl = `clnvault://alice@127.0.0.1:${port}`;
-  writeFileSync(join(netDir, 'backup.lock'), JSON.stringify({ destinations: [fileUrl, remoteUrl], ack: 1, remote_timeout: remoteTimeout }));
-  const restart = async (change: () => Promise<void>): Promise<void> => {
-    await server.kill();
-    await change();
-    server = new ServerProc('', 0, [], undefined, undefined, ['--dir', dir, '--listen', `127.0.0.1:${port}`]);
-    await server.ready;
-  };
-  return { netDir, fileUrl, remoteUrl, stored: join(dir, 'nodes', 'alice', 'backup.bkp'), restart };
 }
 
 /**
@@ -130,7 +95,7 @@ async function course(
     await node.stop();
   }
   assert.equal(remoteId(netDir, fileUrl), recorded, 'the replacement\'s id was not recorded');
-  assert.equal(await restoreDump(fileUrl, netDir), dump(node.dbPath));
+  assert.equal(await restoreIn(fileUrl, netDir), dump(node.dbPath));
 
   await recreate();
   node = await startNode(netDir);
@@ -145,13 +110,13 @@ async function course(
   assert.match(now ?? '', /^[0-9a-f]{32}$/);
   assert.notEqual(now, recorded, 'the re-created backup\'s new id is recorded');
   const want = dump(node.dbPath);
-  assert.equal(await restoreDump(fileUrl, netDir), want);
-  assert.equal(await restoreDump(remoteUrl, netDir), want);
+  assert.equal(await restoreIn(fileUrl, netDir), want);
+  assert.equal(await restoreIn(remoteUrl, netDir), want);
 }
 
 describe('a remote destination replaced by another backup aligned with the node', () => {
   it('clnvault://: the server\'s stored file swapped for a copy of another backup: REPLACED, refused; re-created empty: re-seeded', { timeout: 180_000 }, async () => {
-    const set = await aliceSet(5);
+    const set = await nodesRig(() => area.dir(), { ack: 1, remote_timeout: 5 });
     await course(
       set.netDir,
       set.fileUrl,
@@ -174,7 +139,7 @@ describe('a remote destination replaced by another backup aligned with the node'
   });
 
   it('clnvault://: the server restarted with another backup while the plugin runs: the reconnection finds another id and is refused', { timeout: 120_000 }, async () => {
-    const set = await aliceSet(20);
+    const set = await nodesRig(() => area.dir(), { ack: 1, remote_timeout: 20 });
     const node = await startNode(set.netDir);
     try {
       await firstWrite(node);
@@ -193,7 +158,7 @@ describe('a remote destination replaced by another backup aligned with the node'
     } finally {
       await node.stop();
     }
-    assert.equal(await restoreDump(set.fileUrl, set.netDir), dump(node.dbPath));
+    assert.equal(await restoreIn(set.fileUrl, set.netDir), dump(node.dbPath));
   });
 
   it('postgresql://: the backup dropped and re-initialised under the same name from a copy of the node: REPLACED, refused; re-created empty: re-seeded', { skip: PG_SKIP, timeout: 180_000 }, async () => {

@@ -6,13 +6,13 @@
  * lightningd simulator, real files, real CLI.
  */
 import assert from 'node:assert/strict';
-import { copyFileSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { copyFileSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { runCli, scratchArea } from './helpers/cli.js';
 import { killAllPlugins } from './helpers/plugin-proc.js';
 import { dump } from './helpers/sqlite.js';
-import { firstWrite, initFile, restoreDump, startNode, until, writes } from './helpers/multi-rig.js';
+import { firstWrite, initFile, restoreDump, startNode, twoFiles, until, writes } from './helpers/multi-rig.js';
 
 const area = scratchArea('clnvault-multi-identity-');
 after(() => {
@@ -27,12 +27,7 @@ function ids(netDir: string): Record<string, string | undefined> {
 
 describe('a destination replaced by another backup that is aligned with the node', () => {
   it('is REPLACED (backup id), refused, not trusted; k=1 goes on; re-created empty it is re-seeded; both restore', { timeout: 150_000 }, async () => {
-    const netDir = area.dir();
-    const d = area.dir();
-    const a = await initFile(join(d, 'a.bkp'));
-    const bPath = join(d, 'b.bkp');
-    const b = await initFile(bPath);
-    writeFileSync(join(netDir, 'backup.lock'), JSON.stringify({ destinations: [a, b], ack: 1, remote_timeout: 5 }));
+    const { netDir, a, b, bPath } = await twoFiles(() => area.dir(), { ack: 1, remote_timeout: 5 });
     let node = await startNode(netDir);
     await firstWrite(node);
     await writes(node, 10, 'a');

@@ -24,8 +24,7 @@ import { sendSnapshotFile } from '../backends/socket/snapshot.js';
 import { ServedBackup } from './store.js';
 import { handleSealed, isSealedPacket, type SealedContext } from './sealed.js';
 import { errorPacket } from '../backends/socket/sealed.js';
-import type { BackupReader } from '../backends/backend.js';
-import type { EntryHeader } from '../engine/entries.js';
+import { headersInBatches } from '../backends/walk.js';
 
 /**
  * `clnvault server`: the reference's `backup-cli server` protocol over TCP, storing through clnvault's
@@ -309,7 +308,7 @@ export class BackupServer {
     const reader = openReader(backup.url, backup.cwd);
     let n = 0;
     try {
-      for await (const h of walkInBatches(reader)) {
+      for (const h of headersInBatches(reader)) {
         const e = reader.read(h);
         if (e.kind === 'change') {
           await conn.write(changePacketFromRaw(e.version, Buffer.from(e.statements.join('\u0000'), 'utf8')), t);
@@ -334,28 +333,3 @@ export class BackupServer {
 
 
 export { packetName };
-
-const WALK_BATCH = 64;
-
-/**
- * The entries' headers in file order, a few at a time: a header walk is synchronous, and the restore
- * must wait for the socket between entries, so the walk stops after a batch and resumes where it left.
- */
-async function* walkInBatches(reader: BackupReader): AsyncGenerator<EntryHeader> {
-  let from: number | undefined;
-  for (;;) {
-    const batch: EntryHeader[] = [];
-    let skip = from !== undefined; // a resumed walk starts at the last entry already sent
-    reader.forEachHeader((h) => {
-      if (skip) {
-        skip = false;
-        return true;
-      }
-      batch.push(h);
-      return batch.length < WALK_BATCH;
-    }, from === undefined ? {} : { from });
-    for (const h of batch) yield h;
-    if (batch.length < WALK_BATCH) return;
-    from = batch[batch.length - 1]!.offset;
-  }
-}

@@ -5,7 +5,7 @@ import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { SimNode } from '../../src/sim/lightningd.js';
 import { runCli } from './cli.js';
-import { startServer, type ServerProc } from './socket-rig.js';
+import { ServerProc, startServer } from './socket-rig.js';
 import { dump } from './sqlite.js';
 
 /**
@@ -20,9 +20,10 @@ export async function initFile(path: string): Promise<string> {
   return url;
 }
 
-export async function restoreDump(url: string, dir: string): Promise<string> {
+/** `cwd`: where the command runs (a clnvault:// URL's key file is found there: the network directory). */
+export async function restoreDump(url: string, dir: string, cwd?: string): Promise<string> {
   const dest = join(dir, `restored-${Date.now()}-${Math.random().toString(36).slice(2)}.sqlite3`);
-  const r = await runCli(['restore', url, dest]);
+  const r = await runCli(['restore', url, dest], cwd !== undefined ? { cwd } : {});
   assert.equal(r.code, 0, r.stderr);
   return dump(dest);
 }
@@ -48,6 +49,67 @@ export async function rig(dir: () => string, lock: Record<string, unknown>): Pro
   const socketUrl = `socket:127.0.0.1:${port}`;
   writeFileSync(join(netDir, 'backup.lock'), JSON.stringify({ destinations: [fileUrl, socketUrl], ...lock }));
   return { netDir, fileUrl, serverFile, serverUrl, port, server: proc, socketUrl };
+}
+
+/** Two fresh file destinations (a.bkp, b.bkp) and a network directory whose backup.lock lists them with `lock`'s keys. */
+export async function twoFiles(dir: () => string, lock: Record<string, unknown>): Promise<{ netDir: string; a: string; b: string; bPath: string }> {
+  const netDir = dir();
+  const d = dir();
+  const a = await initFile(join(d, 'a.bkp'));
+  const bPath = join(d, 'b.bkp');
+  const b = await initFile(bPath);
+  writeFileSync(join(netDir, 'backup.lock'), JSON.stringify({ destinations: [a, b], ...lock }));
+  return { netDir, a, b, bPath };
+}
+
+export interface NodesRig {
+  netDir: string;
+  fileUrl: string;
+  remoteUrl: string;
+  /** the file the server keeps the node's backup in */
+  stored: string;
+  /** stops the server, runs `change`, starts it again on the same port */
+  restart: (change: () => Promise<void>) => Promise<void>;
+  stop: () => Promise<void>;
+  /** starts it again (after stop) on the same port */
+  start: () => Promise<void>;
+}
+
+/**
+ * `clnvault server --dir` with one node, alice, and a network directory holding her key whose
+ * backup.lock lists a file and her clnvault:// URL (TLS-PSK on 127.0.0.1), with `lock`'s keys.
+ */
+export async function nodesRig(dir: () => string, lock: Record<string, unknown>): Promise<NodesRig> {
+  const serverDir = dir();
+  const added = await runCli(['server', 'add-node', '--dir', serverDir, 'alice']);
+  assert.equal(added.code, 0, added.stderr);
+  const key = /echo ([0-9a-f]{64}) >/.exec(added.stdout)![1]!;
+  const start = async (port: number): Promise<{ proc: ServerProc; port: number }> => {
+    const proc = new ServerProc('', 0, [], undefined, undefined, ['--dir', serverDir, '--listen', `127.0.0.1:${port}`]);
+    return { proc, port: await proc.ready };
+  };
+  let server = await start(0);
+  const port = server.port;
+  const netDir = dir();
+  writeFileSync(join(netDir, 'clnvault-remote.key'), `${key}\n`, { mode: 0o600 });
+  const fileUrl = await initFile(join(dir(), 'local.bkp'));
+  const remoteUrl = `clnvault://alice@127.0.0.1:${port}`;
+  writeFileSync(join(netDir, 'backup.lock'), JSON.stringify({ destinations: [fileUrl, remoteUrl], ...lock }));
+  return {
+    netDir,
+    fileUrl,
+    remoteUrl,
+    stored: join(serverDir, 'nodes', 'alice', 'backup.bkp'),
+    restart: async (change) => {
+      await server.proc.kill();
+      await change();
+      server = await start(port);
+    },
+    stop: () => server.proc.kill(),
+    start: async () => {
+      server = await start(port);
+    },
+  };
 }
 
 export async function writes(node: SimNode, n: number, tag: string): Promise<void> {

@@ -4,10 +4,11 @@ import { openWriter } from '../open.js';
 import { redact } from '../postgres/url.js';
 import { UrlError } from '../url.js';
 import type { KeyLike } from '../../crypto/backup-crypt.js';
-import { serialDiff } from '../../engine/versions.js';
+import { serialDiff, u32 } from '../../engine/versions.js';
 import { applyChange, applySnapshot, ForeignError, GapError, removeQuietly } from './apply.js';
 import { compactDestination, type DestCompaction, type Outcome } from './compact-dest.js';
 import { LaneFileGate } from './live-compact.js';
+import { catchUpFromPeers, type Peer } from './catch-up.js';
 import { isReopenable } from '../../compact/live.js';
 import { compareIdentity, destinationIdentity, replacedMessage } from './identity.js';
 import {
@@ -55,6 +56,8 @@ export interface LaneSetup {
   /** start in NeedsSnapshot (a local destination whose write failed on the main thread) */
   needSnapshot: boolean;
   maxQueueBytes: number;
+  /** the set's other file destinations, which a lagging destination catches up from (catch-up.ts) */
+  peers: Array<{ index: number; url: string }>;
 }
 
 const setup = workerData as LaneSetup;
@@ -193,6 +196,7 @@ function pump(): void {
       Atomics.store(s.ints, ackSlot(i), op.seq);
       ring(s);
     } catch (e) {
+      if (e instanceof GapError && op.t === 'change' && catchUp(op)) continue;
       onFailure(e as Error);
       return;
     }
@@ -206,6 +210,32 @@ function pump(): void {
       downSince = null;
     }
   }
+}
+
+/** the write whose gap a catch-up was tried for: tried once, then a snapshot */
+let catchUpTried: number | null = null;
+
+/**
+ * `op` found this destination behind: the versions it lacks are replayed from a live file destination
+ * of the set that holds them (catch-up.ts), instead of a snapshot of the whole database. True when it
+ * now sits right below `op`.
+ */
+function catchUp(op: Extract<LaneOp, { t: 'change' }>): boolean {
+  if (writer === null || setup.peers.length === 0 || catchUpTried === op.seq) return false;
+  catchUpTried = op.seq;
+  const target = op.repeat ? op.version : u32(op.version - 1);
+  const from = writer.isEmpty() ? null : writer.head();
+  const peers: Peer[] = setup.peers
+    .filter((p) => s.f[fSlot(p.index, F.STATE)] === DestState.Live)
+    .map((p) => ({ url: p.url, head: s.f[fSlot(p.index, F.HEAD)]! }));
+  const r = catchUpFromPeers(writer, peers, target, setup.cwd, key, setup.cwd);
+  s.f[fSlot(i, F.HEAD)] = writer.isEmpty() ? 0 : writer.head();
+  if (r.from === null) {
+    log('info', `behind at version ${from ?? 'none'}, and no other destination could give it versions up to ${target} (${r.why.join('; ') || 'no live file destination'})`);
+    return false;
+  }
+  log('info', `was behind at version ${from}: caught up to version ${target} with ${r.entries} entries from ${r.from} (no snapshot needed)`);
+  return true;
 }
 
 let topUpDue = false;

@@ -317,6 +317,7 @@ export class MultiWriter implements BackupWriter {
       key: this.opts.key ? { key: new Uint8Array(this.opts.key.key), kind: this.opts.key.kind, fingerprint: this.opts.key.fingerprint } : null,
       needSnapshot,
       maxQueueBytes: this.opts.maxQueueBytes ?? DEFAULT_MAX_QUEUE_BYTES,
+      peers: this.dests.flatMap((p, j) => (j !== i && !isRemoteUrl(p.url) ? [{ index: j, url: p.url }] : [])),
       ...(this.opts.segmentBytes !== undefined ? { segmentBytes: this.opts.segmentBytes } : {}),
     };
     try {
@@ -675,7 +676,7 @@ export class MultiWriter implements BackupWriter {
         held++;
         this.localDone(i, d.local, n, at);
       } catch (e) {
-        this.localFailed(i, e as Error, version);
+        this.localFailed(i, e as Error, version, op);
       }
     }
     this.waitFor(seq, held, `version ${version}`);
@@ -863,7 +864,8 @@ export class MultiWriter implements BackupWriter {
     recordLatency(this.s, i, (nowMs() - at) * 1000);
   }
 
-  private localFailed(i: number, e: Error, version: number): void {
+  /** `op`: the change that failed; a destination found behind gets it in its lane, which catches up first (catch-up.ts). */
+  private localFailed(i: number, e: Error, version: number, op?: LaneOp): void {
     const d = this.dests[i]!;
     d.lastError = e.message;
     this.s.f[fSlot(i, F.ERRORS)]! += 1;
@@ -883,9 +885,12 @@ export class MultiWriter implements BackupWriter {
     this.opts.log(
       'warn',
       `destination ${d.shown}: could not store version ${version} (${e.message}); ` +
-        (gap ? 'it is re-seeded with a snapshot' : 'retrying in the background while the others take the writes'),
+        (gap ? 'its own thread catches it up from another destination (or re-seeds it with a snapshot)' : 'retrying in the background while the others take the writes'),
     );
-    this.demote(i, gap);
+    if (gap && op !== undefined) {
+      this.demote(i, false);
+      this.dests[i]!.lane?.port.postMessage(op);
+    } else this.demote(i, gap);
   }
 
   /**
