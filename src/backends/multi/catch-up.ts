@@ -90,6 +90,8 @@ function replay(w: BackupWriter, reader: BackupReader, target: number, scratchDi
       // node may never have committed) or a snapshot (complete state, whatever came before)
       if (h.kind === 'change') {
         if (d > 0) return { misfit: `it holds no entry at version ${start}, where this destination is` };
+        // a PRAGMA-only batch is not the change at `start` (that one went into a snapshot): nothing to replace ours with
+        if (h.pragmaOnly) return { misfit: `its first entry at version ${start} is PRAGMA-only` };
         w.dropHead();
       }
       anchored = true;
