@@ -1,7 +1,8 @@
 import { closeSync, openSync, readSync, rmSync } from 'node:fs';
 import { open } from 'node:fs/promises';
 import { backupPath } from '../backends/open.js';
-import { CHUNK, readU64, RECORD_HEADER_LEN, RECORD_OVERHEAD, RECORD_TRAILER_LEN, recordSeedOf } from '../backends/file/v2/codec.js';
+import { CHUNK, RECORD_HEADER_LEN, RECORD_OVERHEAD, recordSeedOf } from '../backends/file/v2/codec.js';
+import type { RawSource } from '../backends/file/v2.js';
 import type { Conn } from '../backends/socket/conn.js';
 import { packet, PKT, ProtocolError, u32Packet } from '../backends/socket/protocol.js';
 import { checkRawHeader, errorPacket, helloResPacket, parseEncrypt, RAW_CHUNK, XPKT } from '../backends/socket/sealed.js';
@@ -58,10 +59,8 @@ export async function handleSealed(ctx: SealedContext, conn: Conn, backup: Serve
       const rec = await conn.readExact(length, t, 'a RECORD');
       const stored = length - RECORD_OVERHEAD;
       ctx.takeOver(conn, backup);
-      const v = await backup.exclusive(() => {
-        if (readU64(rec, length - RECORD_TRAILER_LEN) !== stored) return malformed(backup, 'the record trailer does not state its payload length');
-        return appendChecked(backup, rec.subarray(0, RECORD_HEADER_LEN), stored, (put) => put(rec.subarray(RECORD_HEADER_LEN, RECORD_HEADER_LEN + stored)));
-      });
+      // in memory, so checked whole and written in one write
+      const v = await backup.exclusive(() => appendChecked(backup, rec.subarray(0, RECORD_HEADER_LEN), stored, rec));
       await answer(ctx, conn, v);
       // reserved space for the next records, while the node is not waiting on us
       if (v.ok) backup.topUp();
@@ -88,14 +87,14 @@ function appendChecked(
   backup: ServedBackup,
   header: Buffer,
   stored: number,
-  fill: (put: (chunk: Buffer) => void) => void,
+  source: RawSource,
 ): Verdict {
   const fh = backup.fileHeader();
   if (fh === null) return malformed(backup, 'the backup is in format v1, which takes no sealed records');
   const h = checkRawHeader(header, recordSeedOf(fh));
   if (typeof h === 'string') return malformed(backup, h);
   if (h.length !== stored) return malformed(backup, `the record header states ${h.length} payload bytes, ${stored} came`);
-  return backup.record(h, header, fill);
+  return backup.record(h, header, source);
 }
 
 async function answer(ctx: SealedContext, conn: Conn, v: Verdict): Promise<void> {

@@ -2,7 +2,7 @@ import { closeSync, openSync, readSync, renameSync, rmSync } from 'node:fs';
 import type { BackupWriter } from '../backends/backend.js';
 import { backupPath, openReader, openWriter } from '../backends/open.js';
 import { v2BackupId } from '../backends/file/backup-id.js';
-import { createV2, FILE_FLAG_ENCRYPTED, FILE_HEADER_LEN, isV2, RawRecordError, TYPE_CHANGE, type FileEncryption, type RecordHeader } from '../backends/file/v2.js';
+import { createV2, FILE_FLAG_ENCRYPTED, FILE_HEADER_LEN, isV2, RawRecordError, TYPE_CHANGE, type FileEncryption, type RawSource, type RecordHeader } from '../backends/file/v2.js';
 import { FLAG_PRAGMA_ONLY } from '../backends/file/v2/codec.js';
 import { SegmentedWriter } from '../backends/file/segments.js';
 import { fsyncDir } from '../backends/file/fsutil.js';
@@ -24,6 +24,7 @@ export class ServedBackup {
   private count: number;
   private queue: Promise<unknown> = Promise.resolve();
   private isEncrypted: boolean | null = null;
+  private header: Buffer | null | undefined = undefined;
 
   private constructor(
     readonly url: string,
@@ -153,8 +154,13 @@ export class ServedBackup {
     return { ok: false, version: head, why: this.ruleMessage('snapshot', version, head) };
   }
 
-  /** The backup's v2 file header (its first file's first 64 bytes); null for a v1 backup. */
+  /** The backup's v2 file header (its first file's first 64 bytes); null for a v1 backup. Read once: only encrypt() changes it. */
   fileHeader(): Buffer | null {
+    if (this.header === undefined) this.header = this.readFileHeader();
+    return this.header;
+  }
+
+  private readFileHeader(): Buffer | null {
     if (this.writer.format !== 'v2') return null;
     const h = Buffer.alloc(FILE_HEADER_LEN);
     const fd = openSync(backupPath(this.url, this.cwd), 'r');
@@ -191,7 +197,7 @@ export class ServedBackup {
    * (a PRAGMA-only change may repeat the version; the flag is authenticated), then the keyless append.
    * A malformed record is refused with `malformed` set; the backup is unchanged.
    */
-  record(h: RecordHeader, header: Buffer, fill: (put: (chunk: Buffer) => void) => void): Verdict {
+  record(h: RecordHeader, header: Buffer, source: RawSource): Verdict {
     const head = this.writer.head();
     const w = rawWriter(this.writer);
     if (w === null || !this.encrypted()) {
@@ -200,7 +206,7 @@ export class ServedBackup {
     const refused = h.type === TYPE_CHANGE ? this.changeRule(h.version, (h.flags & FLAG_PRAGMA_ONLY) !== 0) : this.snapshotRule(h.version);
     if (refused) return refused;
     try {
-      w.appendRawRecord(h, header, fill);
+      w.appendRawRecord(h, header, source);
     } catch (e) {
       if (e instanceof RawRecordError) return { ok: false, version: head, why: e.message, malformed: true };
       throw e;
@@ -237,6 +243,7 @@ export class ServedBackup {
       rmSync(tmp, { force: true });
       this.writer = openWriter(this.url, this.cwd, { keyless: true });
       this.isEncrypted = null;
+      this.header = undefined;
     }
     return { ok: true };
   }

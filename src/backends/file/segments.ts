@@ -31,6 +31,7 @@ import {
   V2Reader,
   V2Writer,
   RawRecordError,
+  type RawSource,
   type RecordHeader,
   WalkGrouper,
   type WalkedEntry,
@@ -614,11 +615,11 @@ export class SegmentedWriter implements BackupWriter {
    * clnvault server's keyless append of a record the node sealed itself (V2Writer.appendRawRecord): in
    * the current segment, or a fresh one when it would not fit. The chain across segments is the node's.
    */
-  appendRawRecord(h: RecordHeader, header: Buffer, fill: (put: (chunk: Buffer) => void) => void): void {
+  appendRawRecord(h: RecordHeader, header: Buffer, source: RawSource): void {
     this.checkUsable();
     try {
       if (!this.fits(RECORD_OVERHEAD + h.length)) this.startNext();
-      this.cur.appendRawRecord(h, header, fill);
+      this.cur.appendRawRecord(h, header, source);
     } catch (e) {
       // a refused record changed nothing on disk
       if (!(e instanceof RawRecordError)) this.failed = e as Error;

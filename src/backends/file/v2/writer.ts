@@ -29,6 +29,7 @@ import {
   unsupportedError,
   unsupportedReason,
   writeU64,
+  readU64,
   type RecordHeader,
 } from './codec.js';
 import { asBackupError, FileWindow } from './io.js';
@@ -735,11 +736,18 @@ export class V2Writer implements BackupWriter {
    * backups"). `h` is the parsed header (checkRawHeader, this file's seed), `header` its 32 bytes as sent;
    * `fill` streams the stored payload through `put`. The payload's length and CRC are checked against the
    * header before the header is written: a record that does not match is cleared again and refused with a
-   * RawRecordError (the writer stays usable). Durable on return, one fdatasync.
+   * RawRecordError (the writer stays usable). Durable on return, one fdatasync. `source` may instead be
+   * the whole record (header, payload, trailer) in memory, a change: checked first, then written in one
+   * write, as appendChange writes its records.
    */
-  appendRawRecord(h: RecordHeader, header: Buffer, fill: (put: (chunk: Buffer) => void) => void): void {
+  appendRawRecord(h: RecordHeader, header: Buffer, source: RawSource): void {
     this.checkUsable();
     if (!this.encrypted || this.crypt) throw new RawRecordError(`${this.location} is not a keyless encrypted backup: it takes no ready-made records`);
+    if (Buffer.isBuffer(source)) {
+      this.appendRawWhole(h, source);
+      return;
+    }
+    const fill = source;
     const at = this.end;
     let done = 0;
     let crc = 0;
@@ -773,6 +781,28 @@ export class V2Writer implements BackupWriter {
       if (e instanceof RawRecordError) throw e;
       throw this.fail(e, at);
     }
+    this.noteRaw(at, h);
+  }
+
+  private appendRawWhole(h: RecordHeader, rec: Buffer): void {
+    if (rec.length !== RECORD_OVERHEAD + h.length) throw new RawRecordError(`a record of ${rec.length} bytes whose header states ${h.length} payload bytes`);
+    if (crc32(rec.subarray(RECORD_HEADER_LEN, RECORD_HEADER_LEN + h.length)) !== h.payloadCrc) {
+      throw new RawRecordError(`the record's payload does not match its checksum (damaged on the way)`);
+    }
+    if (readU64(rec, RECORD_HEADER_LEN + h.length) !== h.length) throw new RawRecordError('the record trailer does not state its payload length');
+    const at = this.end;
+    try {
+      writeFully(this.fd, rec, at);
+      fdatasyncSync(this.fd);
+      (this.named ??= new NameGuard(this.fd, this.location)).check();
+    } catch (e) {
+      throw this.fail(e, at);
+    }
+    this.noteRaw(at, h);
+  }
+
+  /** The writer's state after a ready-made record landed at `at`. */
+  private noteRaw(at: number, h: RecordHeader): void {
     const total = RECORD_OVERHEAD + h.length;
     if (h.type === TYPE_CHANGE) {
       if (!(this.lastType === TYPE_CHANGE && this.headVersion === h.version && at > FILE_HEADER_LEN)) {
@@ -837,6 +867,9 @@ export class V2Writer implements BackupWriter {
   }
 }
 
+
+/** A ready-made record's stored payload, streamed through `put`; or the whole record, in memory. */
+export type RawSource = Buffer | ((put: (chunk: Buffer) => void) => void);
 
 /** A ready-made record refused by a keyless writer; the backup is unchanged and the writer usable. */
 export class RawRecordError extends Error {
