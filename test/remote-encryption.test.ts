@@ -140,23 +140,28 @@ describe('encrypted clnvault:// backups: the server stores and serves ciphertext
     });
   }
 
-  it('an existing database: init sends it as one encrypted snapshot record, streamed; the restart session goes on from it', { timeout: 240_000 }, async () => {
-    const dir = area.dir();
-    const key = await addNode(dir, 'alice');
-    const { proc, port } = await nodesServer(dir);
-    const db = join(CLN, 'session-basic/final.sqlite3');
-    const n = await initNode(dir, 'alice', key, port, 5, db);
-    assert.ok(statSync(n.file).size > statSync(db).size, 'the snapshot is on the server');
-    await replaySessions(n.netDir, ['session-basic/hooks-restart.jsonl']);
-    const out = await restore(n);
-    assert.equal(out.code, 0, out.stderr + out.stdout);
-    assert.equal(dump(out.dest), readFileSync(join(CLN, 'session-basic/final-after-restart.dump.sql'), 'utf8'));
-    // the snapshot is the node's database: its schema text and every blob of the first session are in it
-    const needles = sessionNeedles(CLN, ['session-basic/hooks.jsonl', 'session-basic/hooks-restart.jsonl']);
-    assertNoPlaintext(dir, needles);
-    assert.ok(findNeedles(readFileSync(db), needles).length > 100, 'the needles do find plaintext where it is');
-    await proc.kill();
-  });
+  for (const by of ['init (worker path)', 'the plugin re-baselining at start-up (event-loop path)'] as const) {
+    it(`an existing database: ${by} sends it as one encrypted snapshot record, streamed; the restart session goes on from it`, { timeout: 240_000 }, async () => {
+      const dir = area.dir();
+      const key = await addNode(dir, 'alice');
+      const { proc, port } = await nodesServer(dir);
+      const db = join(CLN, 'session-basic/final.sqlite3');
+      const atInit = by.startsWith('init');
+      const n = await initNode(dir, 'alice', key, port, 5, atInit ? db : undefined);
+      // the node ahead of its (empty) backup: the plugin sends a snapshot before it answers getmanifest
+      if (!atInit) copyFileSync(db, join(n.netDir, 'lightningd.sqlite3'));
+      await replaySessions(n.netDir, ['session-basic/hooks-restart.jsonl']);
+      assert.ok(statSync(n.file).size > statSync(db).size, 'the snapshot is on the server');
+      const out = await restore(n);
+      assert.equal(out.code, 0, out.stderr + out.stdout);
+      assert.equal(dump(out.dest), readFileSync(join(CLN, 'session-basic/final-after-restart.dump.sql'), 'utf8'));
+      // the snapshot is the node's database: its schema text and every blob of the first session are in it
+      const needles = sessionNeedles(CLN, ['session-basic/hooks.jsonl', 'session-basic/hooks-restart.jsonl']);
+      assertNoPlaintext(dir, needles);
+      assert.ok(findNeedles(readFileSync(db), needles).length > 100, 'the needles do find plaintext where it is');
+      await proc.kill();
+    });
+  }
 
   it('tampering with the server\'s file is caught at a restore through the server; a wrong key is refused in one line, nothing left', { timeout: 240_000 }, async () => {
     const dir = area.dir();
