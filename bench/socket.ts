@@ -6,7 +6,8 @@
  * 1. floor: write+fdatasync of one record on the server's disk (what no server can beat);
  * 2. one node: the built plugin driven over FIFOs (as lightningd does), backup.lock socket:127.0.0.1:PORT,
  *    `clnvault server` storing into a v2 file on that disk; db_write latency as lightningd sees it;
- *    The same through clnvault's own mode (clnvault://, TLS-PSK, server --dir).
+ *    The same through clnvault's own mode (clnvault://, TLS-PSK, server --dir), plain and encrypted (the
+ *    node seals every record, the server appends it without the key: docs/encryption.md).
  *    And socket: once more with CLNVAULT_REMOTE_WORKER=1: the connection in a worker thread behind a
  *    synchronous call (the path before the event-loop writer, still used with several destinations), so
  *    the two paths are compared under the same load.
@@ -169,11 +170,17 @@ async function runNode(
   node: { name: string; key: string } | null = null,
   serverPid: number | null = null,
   env: NodeJS.ProcessEnv = {},
+  encrypt = false,
 ): Promise<NodeRun> {
   const nd = mkdtempSync(join(dir, 'nd-'));
   if (node !== null) writeFileSync(join(nd, 'clnvault-remote.key'), node.key, { mode: 0o600 });
   const url = node === null ? `socket:127.0.0.1:${port}` : `clnvault://${node.name}@127.0.0.1:${port}`;
-  writeFileSync(join(nd, 'backup.lock'), JSON.stringify({ backend_url: url }));
+  if (encrypt) {
+    // init makes the node's empty backup on the server an encrypted one and writes backup.lock
+    execFileSync(process.execPath, [CLI, 'init', '--lightning-dir', nd, '--encrypt', '--key-file', join(nd, 'backup.key'), url], { stdio: 'ignore' });
+  } else {
+    writeFileSync(join(nd, 'backup.lock'), JSON.stringify({ backend_url: url }));
+  }
   const d = new FifoDriver(nd, undefined, env);
   d.call(`{"jsonrpc":"2.0","id":"m","method":"getmanifest","params":{}}\n\n`, 'm');
   const lat: number[] = [];
@@ -231,7 +238,7 @@ async function main(): Promise<void> {
   const rounds = Number(values.rounds);
   const warmup = Number(values.warmup);
   console.log(`socket: bench, ${n} db_writes of ~${bytes} B per node after ${warmup} uncounted, ${rounds} rounds; uptime: ${uptime()}`);
-  const rows: Array<{ floor: number; floorCpu: number; net: { p50: number; serverCpuUs: number }; sock: NodeRun; tls: NodeRun; worker: NodeRun }> = [];
+  const rows: Array<{ floor: number; floorCpu: number; net: { p50: number; serverCpuUs: number }; sock: NodeRun; tls: NodeRun; enc: NodeRun; worker: NodeRun }> = [];
   for (let r = 0; r < rounds; r++) {
     const f = measureFloor(dir, bytes + 64, Math.min(n, 2000));
     const net = await measureNetFloor(dir, Math.min(n, 2000));
@@ -241,32 +248,37 @@ async function main(): Promise<void> {
     const tlsSrv = await startServer(mkdtempSync(join(dir, 't-')), 1);
     const tls = await runNode(dir, tlsSrv.port, n, warmup, { name: 'n0', key: tlsSrv.keys[0]! }, tlsSrv.pid);
     await tlsSrv.kill();
+    const encSrv = await startServer(mkdtempSync(join(dir, 'e-')), 1);
+    const enc = await runNode(dir, encSrv.port, n, warmup, { name: 'n0', key: encSrv.keys[0]! }, encSrv.pid, {}, true);
+    await encSrv.kill();
     const wSrv = await startServer(mkdtempSync(join(dir, 'w-')));
     const worker = await runNode(dir, wSrv.port, n, warmup, null, wSrv.pid, { CLNVAULT_REMOTE_WORKER: '1' });
     await wSrv.kill();
     const f2 = measureFloor(dir, bytes + 64, Math.min(n, 2000));
     const floor = Math.max(f.latencyUs.p50, f2.latencyUs.p50);
-    rows.push({ floor, floorCpu: (f.cpuUsPerOp + f2.cpuUsPerOp) / 2, net, sock, tls, worker });
+    rows.push({ floor, floorCpu: (f.cpuUsPerOp + f2.cpuUsPerOp) / 2, net, sock, tls, enc, worker });
     const s1 = summarize(sock.lat);
     const s2 = summarize(tls.lat);
     console.log(`round ${r + 1}: floor p50 ${fmtUs(floor)} (larger of the runs before and after; CPU ${fmtUs((f.cpuUsPerOp + f2.cpuUsPerOp) / 2)}/op)`);
     console.log(`  network+disk floor (bare TCP server, append+fdatasync, ack): p50 ${fmtUs(net.p50)}, its CPU ${fmtUs(net.serverCpuUs)}/packet`);
     console.log(`  ${line('db_write via socket: to clnvault server', s1)}  +${fmtUs(s1.p50 - floor)}  CPU/write plugin ${fmtUs(sock.pluginCpuUs)} server ${fmtUs(sock.serverCpuUs)}`);
     console.log(`  ${line('db_write via clnvault:// (TLS-PSK)', s2)}  +${fmtUs(s2.p50 - floor)}  CPU/write plugin ${fmtUs(tls.pluginCpuUs)} server ${fmtUs(tls.serverCpuUs)}`);
+    const s4 = summarize(enc.lat);
+    console.log(`  ${line('db_write via clnvault://, encrypted', s4)}  +${fmtUs(s4.p50 - floor)}  CPU/write plugin ${fmtUs(enc.pluginCpuUs)} server ${fmtUs(enc.serverCpuUs)}`);
     const s3 = summarize(worker.lat);
     console.log(`  ${line('socket: through a worker thread (old path)', s3)}  +${fmtUs(s3.p50 - floor)}  CPU/write plugin ${fmtUs(worker.pluginCpuUs)} server ${fmtUs(worker.serverCpuUs)}`);
   }
-  const over = (k: 'sock' | 'tls' | 'worker'): number => median(rows.map((x) => summarize(x[k].lat).p50 - x.floor));
-  const cpu = (k: 'sock' | 'tls' | 'worker'): string =>
+  const over = (k: 'sock' | 'tls' | 'enc' | 'worker'): number => median(rows.map((x) => summarize(x[k].lat).p50 - x.floor));
+  const cpu = (k: 'sock' | 'tls' | 'enc' | 'worker'): string =>
     `plugin ${fmtUs(median(rows.map((x) => x[k].pluginCpuUs)))} + server ${fmtUs(median(rows.map((x) => x[k].serverCpuUs)))} ` +
     `(the floor's write+fdatasync: ${fmtUs(median(rows.map((x) => x.floorCpu)))})`;
-  console.log(`median over ${rounds} rounds: socket: p50 over the floor ${fmtUs(over('sock'))} (target: within 150 µs); clnvault:// ${fmtUs(over('tls'))}; socket: through a worker thread ${fmtUs(over('worker'))}`);
+  console.log(`median over ${rounds} rounds: socket: p50 over the floor ${fmtUs(over('sock'))} (target: within 150 µs); clnvault:// ${fmtUs(over('tls'))}, encrypted ${fmtUs(over('enc'))}; socket: through a worker thread ${fmtUs(over('worker'))}`);
   const overNet = (k: 'sock' | 'tls'): number => median(rows.map((x) => summarize(x[k].lat).p50 - x.net.p50));
   console.log(
     `  over the network+disk floor (median ${fmtUs(median(rows.map((x) => x.net.p50)))}, i.e. ${fmtUs(median(rows.map((x) => x.net.p50 - x.floor)))} over the disk floor ` +
       `before any clnvault code runs): socket: ${fmtUs(overNet('sock'))}, clnvault:// ${fmtUs(overNet('tls'))}; the bare server's CPU per packet ${fmtUs(median(rows.map((x) => x.net.serverCpuUs)))}`,
   );
-  console.log(`CPU time per db_write (medians; the load barely moves these): socket: ${cpu('sock')}; clnvault:// ${cpu('tls')}; socket: through a worker thread ${cpu('worker')}`);
+  console.log(`CPU time per db_write (medians; the load barely moves these): socket: ${cpu('sock')}; clnvault:// ${cpu('tls')}; encrypted ${cpu('enc')}; socket: through a worker thread ${cpu('worker')}`);
   console.log(`uptime after the single-node rounds: ${uptime()}`);
 
   const multi = await startServer(mkdtempSync(join(dir, 'm-')), nodes);
