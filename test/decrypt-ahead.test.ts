@@ -26,6 +26,8 @@ after(() => rmSync(dir, { recursive: true, force: true }));
 const LABEL = 'x'.repeat(1900);
 // enough bytes after the first record for the worker to be worth starting
 const N = Math.ceil((MIN_AHEAD_BYTES * 1.2) / LABEL.length);
+// one change in the middle too big for a batch: read inline, and the batches go on after it
+const BIG = Math.floor(N / 2);
 
 function build(path: string, key: BackupKey | null): void {
   createV2(path, key ? { kind: keyKindCode(key.kind), fingerprint: Buffer.from(key.fingerprint, 'hex') } : null);
@@ -33,7 +35,8 @@ function build(path: string, key: BackupKey | null): void {
   try {
     w.appendChange(1, ['CREATE TABLE vars (name TEXT, intval INTEGER)', "INSERT INTO vars VALUES ('data_version', 1)", 'CREATE TABLE t (v INTEGER, label TEXT)']);
     for (let v = 2; v <= N; v++) {
-      w.appendChange(v, [`INSERT INTO t VALUES (${v}, '${LABEL}${v}')`, `UPDATE vars SET intval = intval + 1 WHERE name = 'data_version' AND intval = ${v - 1}`]);
+      const label = v === BIG ? 'y'.repeat(300_000) : LABEL;
+      w.appendChange(v, [`INSERT INTO t VALUES (${v}, '${label}${v}')`, `UPDATE vars SET intval = intval + 1 WHERE name = 'data_version' AND intval = ${v - 1}`]);
     }
   } finally {
     w.close();
@@ -58,7 +61,7 @@ describe('encrypted restore: decryption ahead in a worker thread', () => {
   build(enc, key);
   build(plain, null);
 
-  it('restores the same database as the plain backup, every change record decrypted by the worker', () => {
+  it('restores the same database as the plain backup, every change record but the one too big for a batch decrypted by the worker', () => {
     const reader = openReader(`file://${enc}`, '/');
     const destE = join(dir, 'enc.sqlite3');
     const destP = join(dir, 'plain.sqlite3');
@@ -69,7 +72,7 @@ describe('encrypted restore: decryption ahead in a worker thread', () => {
       reader.decryptAhead!({ always: true });
       const r = restoreBackup(reader, destE);
       assert.equal(r.head, N);
-      assert.equal((reader as unknown as { decryptedAhead: number }).decryptedAhead, N, 'the worker decrypted every record');
+      assert.equal((reader as unknown as { decryptedAhead: number }).decryptedAhead, N - 1, 'the worker decrypted every other record');
     } finally {
       reader.close();
     }
@@ -110,7 +113,7 @@ describe('encrypted restore: decryption ahead in a worker thread', () => {
           return true;
         },
       );
-      assert.equal((reader as unknown as { decryptedAhead: number }).decryptedAhead, k, 'the records before it came from the worker');
+      assert.equal((reader as unknown as { decryptedAhead: number }).decryptedAhead, k - 1, 'the records before it came from the worker (but the big one)');
     } finally {
       reader.close();
     }

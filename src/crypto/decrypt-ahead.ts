@@ -98,16 +98,14 @@ export class DecryptAhead {
     for (;;) {
       const c = this.current ?? this.advance();
       if (c === null) return null;
-      // records the restore does not apply (stale entries) are passed over; a step back ends the pipeline
+      // records the restore does not apply (stale entries) are passed over
       while (c.i < c.offsets.length && c.offsets[c.i]! < offset) c.i++;
       if (c.i === c.offsets.length) {
         this.current = null;
         continue;
       }
-      if (c.offsets[c.i]! !== offset) {
-        this.close();
-        return null;
-      }
+      // a record the batches left out (bigger than a batch), or a step back: decrypted inline
+      if (c.offsets[c.i]! !== offset) return null;
       const k = c.i++ * DONE_FIELDS;
       const r = c.done.recs;
       if (r[k] !== 0) return null;

@@ -227,8 +227,8 @@ export class V2Reader implements BackupReader {
 
   /**
    * The stored payloads of the change records from `from` (a record's offset), up to BATCH_BYTES, for the
-   * worker: per record its offset, version, flags as the AAD has them, and where its bytes are. Stops
-   * before anything else (a snapshot, a record too big for the window, the end of the data).
+   * worker: per record its offset, version, flags as the AAD has them, and where its bytes are. Other
+   * records (snapshots, a change too big for the window) are passed over: the reader reads them itself.
    */
   private batch(from: number): { recs: Float64Array; buf: ArrayBuffer; next: number | null } | null {
     const win = (this.batchWindow ??= new ReadAhead(this.fd, this.size));
@@ -243,9 +243,11 @@ export class V2Reader implements BackupReader {
         break;
       }
       const h = parseRecordHeader(win.get(o, RECORD_HEADER_LEN), this.seed);
-      if (typeof h === 'string' || h.type !== TYPE_CHANGE || h.length > end - o - RECORD_OVERHEAD || RECORD_HEADER_LEN + h.length > READ_AHEAD_MAX_RECORD) break;
-      fields.push(o, h.version, FLAG_ENCRYPTED | (h.flags & FLAG_PRAGMA_ONLY), bytes, h.length);
-      bytes += h.length;
+      if (typeof h === 'string' || h.length > end - o - RECORD_OVERHEAD) break;
+      if (h.type === TYPE_CHANGE && RECORD_HEADER_LEN + h.length <= READ_AHEAD_MAX_RECORD) {
+        fields.push(o, h.version, FLAG_ENCRYPTED | (h.flags & FLAG_PRAGMA_ONLY), bytes, h.length);
+        bytes += h.length;
+      }
       o += RECORD_OVERHEAD + h.length;
     }
     if (fields.length === 0) return null;
