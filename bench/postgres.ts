@@ -12,7 +12,8 @@
  *    encrypting every change before it leaves the process) right after the plaintext one: its hook p50 and
  *    plugin CPU per write beside the plaintext hook's, same rounds, same load (docs/encryption.md, "Cost").
  * 4. with --worker, each round also drives a plugin with CLNVAULT_REMOTE_WORKER=1 (the connection in a worker
- *    thread behind a synchronous call, as with several destinations) beside the event-loop path: the A/B.
+ *    thread behind a synchronous call, as with several destinations) beside the event-loop path: the A/B
+ *    (the worker's plugin runs last in even rounds and first in odd ones).
  *
  *   node dist/bench/postgres.js [--n N] [--rounds R] [--warmup W] [--nodes K] [--per-node N] [--bytes B] [--encrypt] [--worker]
  */
@@ -196,6 +197,13 @@ export async function benchPostgres(opts: { n: number; rounds: number; nodes: nu
     const workerRounds: NonNullable<PgBenchResult['worker']>['rounds'] = [];
     const workerCpu: Array<{ plugin: number; backend: number }> = [];
     for (let r = 0; r < opts.rounds; r++) {
+      // the A/B's order alternates by round (worker first in odd rounds), so a load that rises or falls through a
+      // round does not favour one path
+      const viaWorker = async (): Promise<{ lat: number[]; pluginCpuUs: number; backendCpuUs: number }> => {
+        const nw = await newNode(server, root, `worker${r}`);
+        return driveMeasured(server, `worker${r}`, { netDir: nw, n: opts.n + opts.warmup, warmup: opts.warmup, bytes: opts.bytes }, { CLNVAULT_REMOTE_WORKER: '1' });
+      };
+      const wFirst = opts.worker && r % 2 === 1 ? await viaWorker() : null;
       const f = await floor(server, opts.n, opts.bytes);
       floorLat.push(...f.lat);
       const nd = await newNode(server, root, `single${r}`);
@@ -214,8 +222,7 @@ export async function benchPostgres(opts: { n: number; rounds: number; nodes: nu
         encCpu.push(e.pluginCpuUs);
       }
       if (opts.worker) {
-        const nw = await newNode(server, root, `worker${r}`);
-        const w = await driveMeasured(server, `worker${r}`, { netDir: nw, n: opts.n + opts.warmup, warmup: opts.warmup, bytes: opts.bytes }, { CLNVAULT_REMOTE_WORKER: '1' });
+        const w = wFirst ?? (await viaWorker());
         workerRounds.push({ loopP50: hp, workerP50: summarize(w.lat).p50, floorP50: fp });
         workerCpu.push({ plugin: w.pluginCpuUs, backend: w.backendCpuUs });
       }
