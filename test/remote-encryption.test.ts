@@ -335,6 +335,15 @@ describe('encrypted clnvault:// backups: the server stores and serves ciphertext
     await plain.close();
     assert.match(JSON.stringify(r.error), /encrypted/);
     assert.equal(recordStarts(n.file).length, 0, 'nothing was stored');
+    // backup.lock naming another key: refused before anything is sealed, naming both fingerprints
+    const otherKey = join(area.dir(), 'other.key');
+    assert.equal((await runCli(['keygen', otherKey])).code, 0);
+    writeFileSync(join(n.netDir, 'backup.lock'), JSON.stringify({ backend_url: lock.backend_url, remote_timeout: 3, encrypt: { key_file: otherKey } }));
+    const wrong = new PluginProc(n.netDir);
+    const rw = await wrong.call('w0', 'db_write', calls[0]);
+    await wrong.close();
+    assert.match(JSON.stringify(rw.error), /wrong key: the key given \(key-file, fingerprint [0-9a-f]{16}\) is not the backup's/);
+    assert.equal(recordStarts(n.file).length, 0, 'nothing was stored');
 
     // a key for a plain backup on the server
     const key = await addNode(dir, 'bob');
