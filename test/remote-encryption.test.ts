@@ -29,6 +29,7 @@ import { cryptFor } from '../src/crypto/backup-crypt.js';
 import { keyFromKeyFile } from '../src/crypto/keys.js';
 import { FLAG_ENCRYPTED } from '../src/backends/file/v2.js';
 import { crc32 } from 'node:zlib';
+import { randomBytes } from 'node:crypto';
 import { startNode, until } from './helpers/multi-rig.js';
 
 const CLN = join(FIXTURES, 'cln-v26.06.6');
@@ -318,6 +319,27 @@ describe('encrypted clnvault:// backups: the server stores and serves ciphertext
     const v = await runCli(['verify', '--key-file', n.keyFile, n.url], { cwd: n.netDir });
     assert.equal(v.code, 0, v.stderr + v.stdout);
     assert.match(v.stdout, /newest authenticated version 1,/);
+    await proc.kill();
+  });
+
+  it('the key from the node seed (hsm_secret, the default): init, the plugin, and a restore with --hsm-secret on another machine', { timeout: 60_000 }, async () => {
+    const dir = area.dir();
+    const key = await addNode(dir, 'alice');
+    const { proc, port } = await nodesServer(dir);
+    const netDir = area.dir();
+    writeFileSync(join(netDir, 'clnvault-remote.key'), `${key}\n`, { mode: 0o600 });
+    // the older layout lightningd still reads: 32 raw bytes
+    writeFileSync(join(netDir, 'hsm_secret'), randomBytes(32), { mode: 0o400 });
+    const url = `clnvault://alice@127.0.0.1:${port}`;
+    const init = await runCli(['init', '--lightning-dir', netDir, '--encrypt', url]);
+    assert.equal(init.code, 0, init.stderr + init.stdout);
+    assert.match(init.stdout, /the node's seed \(hsm_secret\), key fingerprint [0-9a-f]{16}/);
+    assert.deepEqual(JSON.parse(readFileSync(join(netDir, 'backup.lock'), 'utf8')).encrypt, { key: 'hsm_secret' });
+    await replaySessions(netDir, ['session-basic/hooks.jsonl']);
+    const dest = join(area.dir(), 'restored.sqlite3');
+    const r = await runCli(['restore', '--hsm-secret', join(netDir, 'hsm_secret'), `${url}?keyfile=${join(netDir, 'clnvault-remote.key')}`, dest]);
+    assert.equal(r.code, 0, r.stderr + r.stdout);
+    assert.equal(dump(dest), readFileSync(join(CLN, 'session-basic/final.dump.sql'), 'utf8'));
     await proc.kill();
   });
 
