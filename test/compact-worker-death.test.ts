@@ -6,8 +6,7 @@
  * a crash); the rest of the copy is the product as built.
  */
 import assert from 'node:assert/strict';
-import { cpSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { after, describe, test } from 'node:test';
@@ -16,35 +15,25 @@ import { restoreBackup } from '../src/restore/restore.js';
 import { sqliteDump } from '../src/sim/db.js';
 import { Workload, runWorkload } from '../src/sim/workload.js';
 import { rpc, startWriter } from './helpers/compact-sim.js';
+import { pluginCopy, type PluginCopy } from './helpers/plugin-copy.js';
 import { simScratch, type SimScratch } from './helpers/sim-fixtures.js';
 
 const BUILT_SRC = fileURLToPath(new URL('../src', import.meta.url));
-const NODE_MODULES = fileURLToPath(new URL('../../node_modules', import.meta.url));
 const REAL_WORKER = readFileSync(join(BUILT_SRC, 'plugin', 'compact-worker.js'), 'utf8');
 
 const scratches: SimScratch[] = [];
-const dirs: string[] = [];
+const copies: PluginCopy[] = [];
 after(async () => {
   for (const s of scratches) await s.cleanup();
-  for (const d of dirs) rmSync(d, { recursive: true, force: true });
+  for (const c of copies) c.cleanup();
 });
 
-/** A copy of the built plugin whose compact-worker.js is `worker` (null: missing). Returns the worker file and the plugin. */
-function pluginCopy(worker: string | null): { workerFile: string; plugin: string } {
-  const root = mkdtempSync(join(tmpdir(), 'clnvault-broken-install-'));
-  dirs.push(root);
-  cpSync(BUILT_SRC, join(root, 'src'), { recursive: true });
-  symlinkSync(NODE_MODULES, join(root, 'node_modules'));
-  writeFileSync(join(root, 'package.json'), '{"type":"module"}\n');
-  const workerFile = join(root, 'src', 'plugin', 'compact-worker.js');
-  if (worker === null) rmSync(workerFile);
-  else writeFileSync(workerFile, worker);
-  return { workerFile, plugin: join(root, 'src', 'plugin', 'main.js') };
-}
-
+/** A node whose plugin is a copy of the built one with compact-worker.js replaced by `worker` (null: missing). */
 function scratch(worker: string | null): SimScratch & { workerFile: string } {
-  const { workerFile, plugin } = pluginCopy(worker);
-  const sc = simScratch({ pluginPath: plugin });
+  const copy = pluginCopy('plugin/compact-worker.js', worker);
+  copies.push(copy);
+  const workerFile = copy.file;
+  const sc = simScratch({ pluginPath: copy.plugin });
   scratches.push(sc);
   writeFileSync(join(sc.netDir, 'backup.lock'), JSON.stringify({ backend_url: sc.backupUrl, compaction: { auto: false } }));
   return { ...sc, workerFile };
