@@ -59,18 +59,7 @@ export function writeSnapshot(
         backup,
       );
     }
-    const chunk = Buffer.allocUnsafe(COPY_CHUNK);
-    let crc = 0;
-    let done = 0;
-    while (done < size) {
-      const n = readSync(src, chunk, 0, Math.min(COPY_CHUNK, size - done), done);
-      if (n <= 0) throw new Error(`${dbPath} shrank while it was copied`);
-      const part = chunk.subarray(0, n);
-      crc = crc32(part, crc);
-      writeFully(out, part, at + headerLen + done);
-      pace(n);
-      done += n;
-    }
+    const crc = copyPayload(src, 0, size, out, at + headerLen, Buffer.allocUnsafe(COPY_CHUNK), pace, dbPath);
     if (format === 'v2') return writeRecordFrame(out, at, TYPE_SNAPSHOT, version, size, crc, 0, seed);
     const h = Buffer.alloc(headerLen);
     h.writeUInt32BE(size, 0);
@@ -84,16 +73,33 @@ export function writeSnapshot(
 }
 
 /**
+ * Copies `len` bytes of the database from `from` to `at` of `fd`, through `transform` if given (a cipher that
+ * keeps lengths); returns the CRC-32 of what was written, continuing `crc`.
+ */
+function copyPayload(src: number, from: number, len: number, fd: number, at: number, chunk: Buffer, pace: (n: number) => void, dbPath: string, crc = 0, transform: ((b: Buffer) => Buffer) | null = null): number {
+  for (let n = 0; n < len; ) {
+    const r = readSync(src, chunk, 0, Math.min(chunk.length, len - n), from + n);
+    if (r <= 0) throw new Error(`${dbPath} shrank while it was copied`);
+    const part = transform === null ? chunk.subarray(0, r) : transform(chunk.subarray(0, r));
+    crc = crc32(part, crc);
+    writeFully(fd, part, at + n);
+    pace(r);
+    n += r;
+  }
+  return crc;
+}
+
+/**
  * Frames a v2 record whose `len` payload bytes are already written at `at` + RECORD_HEADER_LEN: the trailer
  * first, the header last, so that a crash in between leaves no valid header in front of a partial record.
  * Returns the record's end.
  */
-function writeRecordFrame(fd: number, at: number, type: number, version: number, len: number, crc: number, parts: number, seed: number): number {
+function writeRecordFrame(fd: number, at: number, type: number, version: number, len: number, crc: number, parts: number, seed: number, flags = 0): number {
   const t = Buffer.allocUnsafe(RECORD_TRAILER_LEN);
   writeU64(t, len, 0);
   writeFully(fd, t, at + RECORD_HEADER_LEN + len);
   const h = Buffer.alloc(RECORD_HEADER_LEN);
-  encodeRecordHeader(h, type, version, len, crc, parts, 0, seed);
+  encodeRecordHeader(h, type, version, len, crc, parts, flags, seed);
   writeFully(fd, h, at);
   return at + RECORD_OVERHEAD + len;
 }
@@ -118,16 +124,7 @@ function writeChunkedSnapshot(out: number, at: number, version: number, dbPath: 
         continue;
       }
       const len = last ? rest : room;
-      let crc = 0;
-      for (let n = 0; n < len; ) {
-        const r = readSync(src, chunk, 0, Math.min(COPY_CHUNK, len - n), done + n);
-        if (r <= 0) throw new Error(`${dbPath} shrank while it was copied`);
-        const part = chunk.subarray(0, r);
-        crc = crc32(part, crc);
-        writeFully(fd, part, at + RECORD_HEADER_LEN + n);
-        pace(r);
-        n += r;
-      }
+      const crc = copyPayload(src, done, len, fd, at + RECORD_HEADER_LEN, chunk, pace, dbPath);
       at = writeRecordFrame(fd, at, last ? TYPE_SNAPSHOT : TYPE_SNAPSHOT_PART, version, len, crc, parts, seed);
       done += len;
       if (last) return at;
@@ -259,29 +256,13 @@ export function writeEncryptedSnapshot(
       const type = last ? TYPE_SNAPSHOT : TYPE_SNAPSHOT_PART;
       const enc = crypt.stream({ type, flags: FLAG_ENCRYPTED, version, parts: last ? parts : 0 }, { link: last ? link : null });
       const pre = enc.prefix.length;
-      let crc = crc32(enc.prefix);
       writeFully(fd, enc.prefix, at + RECORD_HEADER_LEN);
-      for (let n = 0; n < len; ) {
-        const r = readSync(src, chunk, 0, Math.min(COPY_CHUNK, len - n), done + n);
-        if (r <= 0) throw new Error(`${dbPath} shrank while it was copied`);
-        const c = enc.update(chunk.subarray(0, r));
-        crc = crc32(c, crc);
-        writeFully(fd, c, at + RECORD_HEADER_LEN + pre + n);
-        pace(r);
-        n += r;
-      }
+      let crc = copyPayload(src, done, len, fd, at + RECORD_HEADER_LEN + pre, chunk, pace, dbPath, crc32(enc.prefix), (b) => enc.update(b));
       const tag = enc.finish();
       crc = crc32(tag, crc);
       writeFully(fd, tag, at + RECORD_HEADER_LEN + pre + len);
-      const stored = pre + len + TAG_LEN;
-      const h = Buffer.alloc(RECORD_HEADER_LEN);
-      encodeRecordHeader(h, type, version, stored, crc, last ? parts : 0, FLAG_ENCRYPTED, seed);
-      const t = Buffer.allocUnsafe(RECORD_TRAILER_LEN);
-      writeU64(t, stored, 0);
-      writeFully(fd, t, at + RECORD_HEADER_LEN + stored);
-      writeFully(fd, h, at);
+      at = writeRecordFrame(fd, at, type, version, pre + len + TAG_LEN, crc, last ? parts : 0, seed, FLAG_ENCRYPTED);
       crypt.committed();
-      at += RECORD_OVERHEAD + stored;
       done += len;
       if (last) return at;
       parts++;
