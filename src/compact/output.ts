@@ -47,7 +47,7 @@ export function writeSnapshot(
   limit: number | null = null,
   next: ((end: number) => { fd: number; at: number }) | null = null,
 ): number {
-  if (format === 'v2' && limit !== null && next !== null) return writeChunkedSnapshot(out, at, version, dbPath, seed, limit, next);
+  if (format === 'v2' && limit !== null && next !== null) return writeSnapshotRecords(out, at, version, dbPath, seed, limit, next, null);
   const src = openSync(dbPath, 'r');
   const pace = paced(out);
   try {
@@ -102,37 +102,6 @@ function writeRecordFrame(fd: number, at: number, type: number, version: number,
   encodeRecordHeader(h, type, version, len, crc, parts, flags, seed);
   writeFully(fd, h, at);
   return at + RECORD_OVERHEAD + len;
-}
-
-function writeChunkedSnapshot(out: number, at: number, version: number, dbPath: string, seed: number, limit: number, next: (end: number) => { fd: number; at: number }): number {
-  const src = openSync(dbPath, 'r');
-  try {
-    const size = fstatSync(src).size;
-    const chunk = Buffer.allocUnsafe(COPY_CHUNK);
-    const minPart = Math.min(COPY_CHUNK, Math.floor(limit / 8));
-    let fd = out;
-    let pace = paced(fd);
-    let done = 0;
-    let parts = 0;
-    for (;;) {
-      const rest = size - done;
-      const room = limit - at - RECORD_OVERHEAD;
-      const last = rest <= room;
-      if (!last && at > FILE_HEADER_LEN && ((parts === 0 && rest <= limit - FILE_HEADER_LEN - RECORD_OVERHEAD) || room < minPart)) {
-        ({ fd, at } = next(at));
-        pace = paced(fd);
-        continue;
-      }
-      const len = last ? rest : room;
-      const crc = copyPayload(src, done, len, fd, at + RECORD_HEADER_LEN, chunk, pace, dbPath);
-      at = writeRecordFrame(fd, at, last ? TYPE_SNAPSHOT : TYPE_SNAPSHOT_PART, version, len, crc, parts, seed);
-      done += len;
-      if (last) return at;
-      parts++;
-    }
-  } finally {
-    closeSync(src);
-  }
 }
 
 /**
@@ -217,11 +186,12 @@ function reencryptRecord(walker: EntryWalker, d: EntryDesc, fd: number, at: numb
 }
 
 /**
- * The scratch database as an encrypted snapshot at `at` (docs/encryption.md): one record, or with a segment
- * `limit` part records chunked as writeChunkedSnapshot does. It starts the file's chain (prev zeros);
- * `link`: what the record copied after it names as its predecessor (null: the snapshot's own tag).
+ * The scratch database as a snapshot at `at`: one record, or with a segment `limit` part records, each filling
+ * the current file up to the limit, `next` starting the following segment (and returning its fd and end).
+ * `enc`: an encrypted backup (docs/encryption.md), whose snapshot starts the file's chain (prev zeros);
+ * `link` is what the record copied after it names as its predecessor (null: the snapshot's own tag).
  */
-export function writeEncryptedSnapshot(
+function writeSnapshotRecords(
   out: number,
   at: number,
   version: number,
@@ -229,15 +199,14 @@ export function writeEncryptedSnapshot(
   seed: number,
   limit: number | null,
   next: ((end: number) => { fd: number; at: number }) | null,
-  crypt: RecordCrypt,
-  link: Buffer | null,
+  enc: { crypt: RecordCrypt; link: Buffer | null } | null,
 ): number {
   const src = openSync(dbPath, 'r');
   try {
     const size = fstatSync(src).size;
     const chunk = Buffer.allocUnsafe(COPY_CHUNK);
     // the larger of a part's and a final record's encryption overhead
-    const extra = encOverhead(TYPE_SNAPSHOT);
+    const extra = enc === null ? 0 : encOverhead(TYPE_SNAPSHOT);
     const minPart = limit === null ? 0 : Math.min(COPY_CHUNK, Math.floor(limit / 8));
     let fd = out;
     let pace = paced(fd);
@@ -254,15 +223,20 @@ export function writeEncryptedSnapshot(
       }
       const len = last ? rest : room;
       const type = last ? TYPE_SNAPSHOT : TYPE_SNAPSHOT_PART;
-      const enc = crypt.stream({ type, flags: FLAG_ENCRYPTED, version, parts: last ? parts : 0 }, { link: last ? link : null });
-      const pre = enc.prefix.length;
-      writeFully(fd, enc.prefix, at + RECORD_HEADER_LEN);
-      let crc = copyPayload(src, done, len, fd, at + RECORD_HEADER_LEN + pre, chunk, pace, dbPath, crc32(enc.prefix), (b) => enc.update(b));
-      const tag = enc.finish();
-      crc = crc32(tag, crc);
-      writeFully(fd, tag, at + RECORD_HEADER_LEN + pre + len);
-      at = writeRecordFrame(fd, at, type, version, pre + len + TAG_LEN, crc, last ? parts : 0, seed, FLAG_ENCRYPTED);
-      crypt.committed();
+      if (enc === null) {
+        const crc = copyPayload(src, done, len, fd, at + RECORD_HEADER_LEN, chunk, pace, dbPath);
+        at = writeRecordFrame(fd, at, type, version, len, crc, last ? parts : 0, seed);
+      } else {
+        const c = enc.crypt.stream({ type, flags: FLAG_ENCRYPTED, version, parts: last ? parts : 0 }, { link: last ? enc.link : null });
+        const pre = c.prefix.length;
+        writeFully(fd, c.prefix, at + RECORD_HEADER_LEN);
+        let crc = copyPayload(src, done, len, fd, at + RECORD_HEADER_LEN + pre, chunk, pace, dbPath, crc32(c.prefix), (b) => c.update(b));
+        const tag = c.finish();
+        crc = crc32(tag, crc);
+        writeFully(fd, tag, at + RECORD_HEADER_LEN + pre + len);
+        at = writeRecordFrame(fd, at, type, version, pre + len + TAG_LEN, crc, last ? parts : 0, seed, FLAG_ENCRYPTED);
+        enc.crypt.committed();
+      }
       done += len;
       if (last) return at;
       parts++;
@@ -270,6 +244,21 @@ export function writeEncryptedSnapshot(
   } finally {
     closeSync(src);
   }
+}
+
+/** An encrypted snapshot (see writeSnapshotRecords). */
+export function writeEncryptedSnapshot(
+  out: number,
+  at: number,
+  version: number,
+  dbPath: string,
+  seed: number,
+  limit: number | null,
+  next: ((end: number) => { fd: number; at: number }) | null,
+  crypt: RecordCrypt,
+  link: Buffer | null,
+): number {
+  return writeSnapshotRecords(out, at, version, dbPath, seed, limit, next, { crypt, link });
 }
 
 /** What the v1 header must say about the new file, and the entry count for the result. */
