@@ -34,14 +34,7 @@ function scratch(): string {
   return d;
 }
 
-let roles = 0;
-async function nodeRole(name: string): Promise<{ role: string; url: string; backup: string }> {
-  const clean = name.replace(/[^a-z0-9]/g, '').slice(0, 40);
-  const role = `enc_${++roles}_${clean}`;
-  await server.createNodeRole(role, `pw-${role}`);
-  const backup = `${clean}-${roles}`;
-  return { role, url: server.url(role, `pw-${role}`, backup), backup };
-}
+const nodeRole = (name: string): ReturnType<PgServer['nodeRole']> => server.nodeRole('enc', name);
 
 interface Enc {
   dir: string;

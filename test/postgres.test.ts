@@ -27,14 +27,7 @@ function scratch(): string {
   return d;
 }
 
-let roles = 0;
-/** A fresh login role in clnvault_node, with its URL for backup `name`. */
-async function nodeRole(name: string): Promise<{ role: string; url: string }> {
-  const clean = name.replace(/[^a-z0-9]/g, '').slice(0, 40);
-  const role = `node_${++roles}_${clean}`;
-  await server.createNodeRole(role, `pw-${role}`);
-  return { role, url: server.url(role, `pw-${role}`, `${clean}-${roles}`) };
-}
+const nodeRole = (name: string): ReturnType<PgServer['nodeRole']> => server.nodeRole('node', name);
 
 async function replayed(url: string, transcripts: string[], env?: NodeJS.ProcessEnv): Promise<{ dir: string; netDir: string }> {
   const dir = scratch();

@@ -6,16 +6,14 @@
  * server of the reference's shape that holds its ACKs back.
  */
 import assert from 'node:assert/strict';
-import { once } from 'node:events';
 import { writeFileSync } from 'node:fs';
-import { createServer, type Server } from 'node:net';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import Database from 'better-sqlite3';
-import { metadataPacket, PKT, u32Packet } from '../src/backends/socket/protocol.js';
+import { PKT } from '../src/backends/socket/protocol.js';
 import { scratchArea } from './helpers/cli.js';
 import { killAllPlugins, PluginProc } from './helpers/plugin-proc.js';
-import { parsePackets } from './helpers/socket-rig.js';
+import { referenceShapedServer } from './helpers/socket-rig.js';
 
 const area = scratchArea('clnvault-remote-loop-');
 after(() => {
@@ -24,31 +22,7 @@ after(() => {
 });
 
 /** Answers as backup-cli server does, each ACK `delayMs` late; records the packet types it received. */
-async function slowServer(delayMs: number): Promise<{ server: Server; port: number; seen: number[] }> {
-  let meta = { protocol: 1, version: 0, prevVersion: 0, versionCount: 0 };
-  const seen: number[] = [];
-  const server = createServer((c) => {
-    let buf = Buffer.alloc(0);
-    c.on('data', (d: Buffer) => {
-      buf = Buffer.concat([buf, d]);
-      const { packets, rest } = parsePackets(buf);
-      buf = buf.subarray(buf.length - rest);
-      for (const p of packets) {
-        seen.push(p.type);
-        if (p.type === PKT.REQ_METADATA) c.write(metadataPacket(meta));
-        else if (p.type === PKT.CHANGE || p.type === PKT.SNAPSHOT) {
-          const v = p.payload.readUInt32BE(0);
-          meta = { protocol: 1, version: v, prevVersion: meta.version, versionCount: meta.versionCount + 1 };
-          setTimeout(() => c.write(u32Packet(PKT.ACK, v)), delayMs);
-        }
-      }
-    });
-    c.on('error', () => {});
-  });
-  server.listen(0, '127.0.0.1');
-  await once(server, 'listening');
-  return { server, port: (server.address() as { port: number }).port, seen };
-}
+const slowServer = (delayMs: number): ReturnType<typeof referenceShapedServer> => referenceShapedServer({ ackDelayMs: delayMs });
 
 describe('a lone remote destination on the event loop', () => {
   it('a request arriving while a db_write waits for the ACK is answered after that db_write, and sees it', { timeout: 60_000 }, async () => {

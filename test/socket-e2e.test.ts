@@ -9,12 +9,12 @@ import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { once } from 'node:events';
 import { createServer } from 'node:net';
-import { metadataPacket, packet, PKT, u32Packet } from '../src/backends/socket/protocol.js';
+import { metadataPacket, PKT } from '../src/backends/socket/protocol.js';
 import { SimNode } from '../src/sim/lightningd.js';
 import { FIXTURES } from './helpers/fixtures.js';
 import { runCli, scratchArea } from './helpers/cli.js';
 import { killAllPlugins, PluginProc } from './helpers/plugin-proc.js';
-import { decoded, killAllServers, parsePackets, Socks5Proxy, startServer } from './helpers/socket-rig.js';
+import { decoded, killAllServers, parsePackets, referenceShapedServer, Socks5Proxy, startServer } from './helpers/socket-rig.js';
 import { dump } from './helpers/sqlite.js';
 
 const CLN = join(FIXTURES, 'cln-v26.06.6');
@@ -200,33 +200,7 @@ describe('socket: compaction through the protocol (backup-compact)', () => {
   it('a server that compacts (as backup-cli server does) answers COMPACT_RES: the RPC returns its statistics, and the entry count it reports afterwards is the one the client checks against', { timeout: 60_000 }, async () => {
     // a minimal server of the reference's shape: ACK to CHANGE, COMPACT_RES (JSON) to COMPACT, after
     // which it holds fewer entries, as a compacted file does
-    let meta = { protocol: 1, version: 0, prevVersion: 0, versionCount: 0 };
-    const seen: number[] = [];
-    const srv = createServer((c) => {
-      let buf = Buffer.alloc(0);
-      c.on('data', (d: Buffer) => {
-        buf = Buffer.concat([buf, d]);
-        const { packets, rest } = parsePackets(buf);
-        buf = buf.subarray(buf.length - rest);
-        for (const p of packets) {
-          seen.push(p.type);
-          if (p.type === PKT.REQ_METADATA) c.write(metadataPacket(meta));
-          else if (p.type === PKT.CHANGE) {
-            const v = p.payload.readUInt32BE(0);
-            meta = { protocol: 1, version: v, prevVersion: meta.version, versionCount: meta.versionCount + 1 };
-            c.write(u32Packet(PKT.ACK, v));
-          } else if (p.type === PKT.COMPACT) {
-            const before = meta.versionCount;
-            meta = { ...meta, versionCount: 2 };
-            c.write(packet(PKT.COMPACT_RES, Buffer.from(JSON.stringify({ before: { version_count: before }, after: { version_count: 2 } }))));
-          }
-        }
-      });
-      c.on('error', () => {});
-    });
-    srv.listen(0, '127.0.0.1');
-    await once(srv, 'listening');
-    const port = (srv.address() as { port: number }).port;
+    const { server: srv, port, seen } = await referenceShapedServer({ compactTo: 2 });
     try {
       const netDir = area.dir();
       writeFileSync(join(netDir, 'backup.lock'), JSON.stringify({ backend_url: `socket:127.0.0.1:${port}`, remote_timeout: 5 }));

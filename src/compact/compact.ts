@@ -16,7 +16,7 @@ import { encodeSegmentHeader, listSegmentFiles, readSegmentHeader, SegmentedSour
 import { FILE_FLAG_ENCRYPTED } from '../backends/file/v2/codec.js';
 import { cryptFor, type KeyLike } from '../crypto/backup-crypt.js';
 import { ChainCheck, keyKindCode, RecordCrypt, type KeyKindName } from '../crypto/records.js';
-import { copyEntries, TailTracker, writeEncryptedSnapshot, writeSnapshot } from './output.js';
+import { copyEntries, TailTracker, writeSnapshot, writeSnapshotRecords } from './output.js';
 
 /**
  * Compaction: replaces a backup by an equivalent, shorter one — a snapshot of the database at version V
@@ -354,7 +354,7 @@ export function compactFile(path: string, hooks: CompactHooks, opts: CompactOpti
         const w = ncrypt ?? new RecordCrypt(opts.key!.key, crypt.backupId, crypt.fingerprint);
         w.link = Buffer.alloc(16);
         const link = !ncrypt && tailStart < e0 ? Buffer.from(walker.chainOf(walker.recordAt(tailStart, e0)).prefix.prev) : null;
-        at = writeEncryptedSnapshot(out, at, snapshotVersion, scratch, newSeed, limit, limit !== null ? nextSegment : null, w, link);
+        at = writeSnapshotRecords(out, at, snapshotVersion, scratch, newSeed, limit, limit !== null ? nextSegment : null, { crypt: w, link });
       } else {
         at = writeSnapshot(out, at, format, snapshotVersion, scratch, path, newSeed, limit, nextSegment);
       }

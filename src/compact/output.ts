@@ -191,7 +191,7 @@ function reencryptRecord(walker: EntryWalker, d: EntryDesc, fd: number, at: numb
  * `enc`: an encrypted backup (docs/encryption.md), whose snapshot starts the file's chain (prev zeros);
  * `link` is what the record copied after it names as its predecessor (null: the snapshot's own tag).
  */
-function writeSnapshotRecords(
+export function writeSnapshotRecords(
   out: number,
   at: number,
   version: number,
@@ -244,21 +244,6 @@ function writeSnapshotRecords(
   } finally {
     closeSync(src);
   }
-}
-
-/** An encrypted snapshot (see writeSnapshotRecords). */
-export function writeEncryptedSnapshot(
-  out: number,
-  at: number,
-  version: number,
-  dbPath: string,
-  seed: number,
-  limit: number | null,
-  next: ((end: number) => { fd: number; at: number }) | null,
-  crypt: RecordCrypt,
-  link: Buffer | null,
-): number {
-  return writeSnapshotRecords(out, at, version, dbPath, seed, limit, next, { crypt, link });
 }
 
 /** What the v1 header must say about the new file, and the entry count for the result. */

@@ -139,6 +139,21 @@ export class PgServer {
   }
 
   /** A login role that can use clnvault's schema (docs/postgresql.md's grants), created once the schema exists. */
+  private roles = 0;
+
+  /**
+   * A fresh login role in clnvault_node (named `prefix_N_name`), its password `pw-<role>`, and the URL of
+   * a backup of its own (`name-N`): each test's node is a separate tenant.
+   */
+  async nodeRole(prefix: string, name: string): Promise<{ role: string; url: string; backup: string }> {
+    const clean = name.replace(/[^a-z0-9]/g, '').slice(0, 40);
+    const n = ++this.roles;
+    const role = `${prefix}_${n}_${clean}`;
+    await this.createNodeRole(role, `pw-${role}`);
+    const backup = `${clean}-${n}`;
+    return { role, url: this.url(role, `pw-${role}`, backup), backup };
+  }
+
   async createNodeRole(role: string, password: string): Promise<void> {
     const c = await this.superClient();
     try {

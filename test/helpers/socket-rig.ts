@@ -3,6 +3,7 @@ import { createServer, connect, type Server, type Socket } from 'node:net';
 import { once } from 'node:events';
 import { inflateSync } from 'node:zlib';
 import { CLI } from './cli.js';
+import { metadataPacket, packet, PKT, u32Packet } from '../../src/backends/socket/protocol.js';
 
 /**
  * Real-TCP pieces for the socket: tests: `clnvault server` as a child process, a recording relay, a
@@ -266,4 +267,41 @@ export class RawClient {
   close(): void {
     this.socket.destroy();
   }
+}
+
+/**
+ * A minimal server of backup-cli server's shape over real TCP: METADATA to REQ_METADATA, ACK to CHANGE and
+ * SNAPSHOT (`ackDelayMs` late), and with `compactTo` a COMPACT_RES (the reference's JSON statistics) to
+ * COMPACT, after which it holds that many entries, as a compacted file does. Records the packet types it got.
+ */
+export async function referenceShapedServer(opts: { ackDelayMs?: number; compactTo?: number } = {}): Promise<{ server: Server; port: number; seen: number[] }> {
+  let meta = { protocol: 1, version: 0, prevVersion: 0, versionCount: 0 };
+  const seen: number[] = [];
+  const server = createServer((c) => {
+    let buf = Buffer.alloc(0);
+    c.on('data', (d: Buffer) => {
+      buf = Buffer.concat([buf, d]);
+      const { packets, rest } = parsePackets(buf);
+      buf = buf.subarray(buf.length - rest);
+      for (const p of packets) {
+        seen.push(p.type);
+        if (p.type === PKT.REQ_METADATA) c.write(metadataPacket(meta));
+        else if (p.type === PKT.CHANGE || p.type === PKT.SNAPSHOT) {
+          const v = p.payload.readUInt32BE(0);
+          meta = { protocol: 1, version: v, prevVersion: meta.version, versionCount: meta.versionCount + 1 };
+          const ack = u32Packet(PKT.ACK, v);
+          if (opts.ackDelayMs === undefined) c.write(ack);
+          else setTimeout(() => c.write(ack), opts.ackDelayMs);
+        } else if (p.type === PKT.COMPACT && opts.compactTo !== undefined) {
+          const before = meta.versionCount;
+          meta = { ...meta, versionCount: opts.compactTo };
+          c.write(packet(PKT.COMPACT_RES, Buffer.from(JSON.stringify({ before: { version_count: before }, after: { version_count: opts.compactTo } }))));
+        }
+      }
+    });
+    c.on('error', () => {});
+  });
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  return { server, port: (server.address() as { port: number }).port, seen };
 }
