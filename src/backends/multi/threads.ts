@@ -11,6 +11,10 @@ import type { ThreadMarks } from './thread-shell.js';
  * events, as it never runs its event loop.
  */
 
+/** a dead thread is restarted after this, doubling at each death up to the maximum */
+export const RESTART_FIRST_MS = 2000;
+export const RESTART_MAX_MS = 5 * 60_000;
+
 export interface WatchedThread {
   worker: Worker;
   /** the main thread's end of the thread's message channel */

@@ -1,5 +1,5 @@
-import { copyFileSync, linkSync, readdirSync, rmSync, statSync } from 'node:fs';
-import { basename, dirname, join } from 'node:path';
+import { copyFileSync, linkSync, rmSync } from 'node:fs';
+import { join } from 'node:path';
 import type { CompactionConfig } from '../../compact/config.js';
 import type { KeyLike } from '../../crypto/backup-crypt.js';
 import type { BackupStats, BackupWriter } from '../backend.js';
@@ -11,7 +11,6 @@ import { applyChange, applySnapshot, ForeignError, GapError } from './apply.js';
 import type { LaneSetup } from './lane.js';
 import type { ThreadMarks } from './thread-shell.js';
 import type { DestCompaction } from './compact-dest.js';
-import type { SetCompactionData, SetCompactionStep } from './compact-set.js';
 import {
   ackSlot,
   allocShared,
@@ -27,8 +26,6 @@ import {
   recordLatency,
   reportOf,
   snapSlot,
-  compactRunningSlot,
-  compactTidSlot,
   monitorTidSlot,
   tidSlot,
   type DestReport,
@@ -39,7 +36,11 @@ import {
 import { readDestIds, readDestState, STATE_FILE, writeDestState } from './state.js';
 import { compareIdentity, fileIdentity, replacedMessage } from './identity.js';
 import { takeLiveSnapshot } from './reseed.js';
-import { dropThread, startThread, threadGone, workerFile, wt, type WatchedThread } from './threads.js';
+import { dropThread, RESTART_FIRST_MS, RESTART_MAX_MS, startThread, threadGone, workerFile, wt, type WatchedThread } from './threads.js';
+import { MonitorThread, type MonitorConfig } from './monitor-thread.js';
+import { SetCompactor, type CompactionStdout } from './set-compactor.js';
+
+export type { MonitorConfig } from './monitor-thread.js';
 
 /**
  * Several destinations behind the one BackupWriter interface (docs/destinations.md). A write is handed
@@ -66,13 +67,6 @@ export interface MultiOptions {
   openGraceMs?: number;
   /** backup.lock "encrypt": every destination is written encrypted (one that cannot be refuses start-up) */
   key?: KeyLike | null;
-}
-
-export interface MonitorConfig {
-  metrics?: { host: string; port: number };
-  textfile?: string;
-  heartbeatUrl?: string;
-  heartbeatIntervalS?: number;
 }
 
 interface Dest {
@@ -104,13 +98,6 @@ export interface HealthChange {
 const DEFAULT_MAX_QUEUE_BYTES = 64 * 1024 * 1024;
 /** how often, at most, the main thread looks for the lanes' threads in /proc (a stat each) */
 const PROBE_MS = 1000;
-/** a dead thread is restarted after this, doubling at each death up to the maximum */
-const RESTART_FIRST_MS = 2000;
-const RESTART_MAX_MS = 5 * 60_000;
-/** how often, at most, the automatic compaction looks at the file destinations' sizes (a few stats) */
-const AUTO_CHECK_MS = 5000;
-/** after an automatic compaction, a destination must grow this much more before it triggers another */
-const AUTO_STEP = 16 * 1024 * 1024;
 
 export class MultiWriter implements BackupWriter {
   format: BackupFormat;
@@ -122,23 +109,9 @@ export class MultiWriter implements BackupWriter {
   private logical = 0;
   private empty = true;
   private snapshotHead = false;
-  private monitor: WatchedThread | null = null;
-  /** the thread of the running backup-compact (compact-set.ts), and the request it answers */
-  private compactor: { thread: WatchedThread; id: string | number | null } | null = null;
-  /** shared with the compaction thread, which writes its answer to fd 1 itself: [stdout mutex] */
-  private stdoutShared: SharedArrayBuffer | null = null;
-  /** the automatic compaction (backup.lock "compaction"), from the plugin's init on */
-  private auto: {
-    config: CompactionConfig;
-    stdout: (sab: SharedArrayBuffer, abandoned: () => boolean) => void;
-    nextAt: number;
-    /** per destination: the size below which it does not trigger (after a compaction that left it large) */
-    floor: number[];
-  } | null = null;
-  /** why the monitor thread is not running (null: it is), and when it is restarted */
-  private monitorError: string | null = null;
-  private monitorRestartAt: number | null = null;
-  private monitorRestartDelayMs = RESTART_FIRST_MS;
+  private readonly monitor: MonitorThread;
+  /** backup-compact and the automatic compaction (backup.lock "compaction") of the set */
+  private readonly compactor: SetCompactor;
   private nextProbe = 0;
   private readonly statePath: string;
   private scratchN = 0;
@@ -173,6 +146,30 @@ export class MultiWriter implements BackupWriter {
     this.s.f[gSlot(this.s.n, G.K)] = opts.k;
     this.s.f[gSlot(this.s.n, G.N)] = urls.length;
     for (let i = 0; i < urls.length; i++) this.s.f[fSlot(i, F.STATE)] = DestState.Opening;
+    this.monitor = new MonitorThread(
+      () => ({
+        n: this.s.n,
+        shown: this.dests.map((d) => d.shown),
+        shared: this.sharedBuf,
+        statePath: this.statePath,
+        ids: { ...this.ids },
+        config: opts.monitor ?? {},
+      }),
+      this.marks(null, monitorTidSlot(this.s.n)),
+      opts.log,
+    );
+    this.compactor = new SetCompactor({
+      dests: this.dests,
+      ints: this.s.ints,
+      n: this.s.n,
+      cwd: opts.cwd,
+      dbPath: opts.dbPath,
+      log: opts.log,
+      handOver: (i) => this.handOver(i),
+      state: (i) => this.report(i).state,
+      marks: (tid) => this.marks(null, tid),
+      probeDue: () => this.probeDue(),
+    });
   }
 
   static open(urls: string[], opts: MultiOptions): MultiWriter {
@@ -292,7 +289,7 @@ export class MultiWriter implements BackupWriter {
     this.s.f[gSlot(this.s.n, G.HEAD)] = this.logical;
     this.s.f[gSlot(this.s.n, G.HEAD_AT)] = Date.now();
     for (let i = 0; i < this.dests.length; i++) this.s.f[fSlot(i, F.LAST_OP_AT)] = Date.now();
-    this.startMonitor();
+    this.monitor.start();
   }
 
   private laneEmpty: boolean[] = [];
@@ -367,22 +364,7 @@ export class MultiWriter implements BackupWriter {
       const why = threadGone(d.lane, probe);
       if (why !== null) this.laneDied(i, why);
     }
-    if (this.monitor !== null) {
-      const why = threadGone(this.monitor, probe);
-      if (why !== null) {
-        this.drainMonitor();
-        dropThread(this.monitor);
-        this.monitor = null;
-        this.monitorError = why;
-        this.monitorRestartAt = Date.now() + this.monitorRestartDelayMs;
-        this.opts.log(
-          'error',
-          `the monitor thread DIED (${why}): metrics, the heartbeat and ${STATE_FILE} stop until it is restarted in ` +
-            `${Math.round(this.monitorRestartDelayMs / 1000)} s`,
-        );
-        this.monitorRestartDelayMs = Math.min(this.monitorRestartDelayMs * 2, RESTART_MAX_MS);
-      }
-    }
+    this.monitor.check(probe);
   }
 
   /** Between messages (never inside a hook's wait): starts again the threads that died, once their delay passed. */
@@ -399,11 +381,7 @@ export class MultiWriter implements BackupWriter {
       Atomics.store(this.s.ints, snapSlot(this.s.n, i), 1);
       this.startLane(i, held, true);
     }
-    if (this.monitorRestartAt !== null && now >= this.monitorRestartAt) {
-      this.monitorRestartAt = null;
-      this.opts.log('info', 'restarting the monitor thread');
-      this.startMonitor();
-    }
+    this.monitor.restartIfDue(now);
   }
 
   /** A local file whose write failed (or that is not trusted) goes to a lane that retries and catches up. */
@@ -438,38 +416,9 @@ export class MultiWriter implements BackupWriter {
     }
   }
 
-  private startMonitor(): void {
-    try {
-      this.monitor = startThread(
-        workerFile(['../../metrics/monitor.js', '../metrics/monitor.js']),
-        {
-          n: this.s.n,
-          shown: this.dests.map((d) => d.shown),
-          shared: this.sharedBuf,
-          statePath: this.statePath,
-          ids: { ...this.ids },
-          config: this.opts.monitor ?? {},
-        },
-        this.marks(null, monitorTidSlot(this.s.n)),
-      );
-      this.monitorError = null;
-    } catch (e) {
-      this.monitorError = `could not be started: ${(e as Error).message}`;
-      this.opts.log('warn', `could not start the monitor thread (metrics, heartbeat, progress file): ${(e as Error).message}`);
-    }
-  }
-
   /** null while the monitor thread runs, else why it does not (for status) */
   monitorProblem(): string | null {
-    return this.monitorError;
-  }
-
-  private drainMonitor(): void {
-    const { receiveMessageOnPort } = wt();
-    for (let m; this.monitor !== null && (m = receiveMessageOnPort(this.monitor.port)) !== undefined; ) {
-      const l = m.message as { level: 'info' | 'warn' | 'error'; message: string };
-      this.opts.log(l.level, l.message);
-    }
+    return this.monitor.problem();
   }
 
   /**
@@ -477,7 +426,7 @@ export class MultiWriter implements BackupWriter {
    * handles: this thread's event loop does not run, so nothing arrives otherwise.
    */
   drain(): void {
-    this.drainMonitor();
+    this.monitor.drain();
     for (const d of this.dests) this.drainLane(d);
     this.checkThreads(this.probeDue());
     if (!this.closed) this.restartThreads();
@@ -517,64 +466,16 @@ export class MultiWriter implements BackupWriter {
 
   /**
    * backup-compact over the set (docs/destinations.md): each destination in turn, in a thread that
-   * answers `id` itself when done (null: automatic, logs only). Local files written on this thread are
-   * handed to lanes first (a lane holds a destination's writes back while it is compacted). Returns why
-   * it cannot start, or null.
+   * answers `id` itself when done (null: automatic, logs only). Returns why it cannot start, or null.
    */
-  startCompaction(id: string | number | null, history: number, stdout: (sab: SharedArrayBuffer, abandoned: () => boolean) => void): string | null {
+  startCompaction(id: string | number | null, history: number, stdout: CompactionStdout): string | null {
     this.usable();
-    const runSlot = compactRunningSlot(this.s.n);
-    if (Atomics.compareExchange(this.s.ints, runSlot, 0, 1) !== 0) return 'a compaction of the destinations is already running; wait for it to finish (progress is in the log)';
-    const steps: SetCompactionStep[] = [];
-    const ports: import('node:worker_threads').MessagePort[] = [];
-    try {
-      for (let i = 0; i < this.dests.length; i++) {
-        const d = this.dests[i]!;
-        if (d.local !== null) this.handOver(i);
-        if (d.lane === null) {
-          steps.push({ index: i, url: d.shown, skip: `it is ${this.report(i).state}${d.lastError !== null ? ` (${d.lastError})` : ''}` });
-          continue;
-        }
-        const { port1, port2 } = new (wt().MessageChannel)();
-        d.lane.port.postMessage({ t: 'compact', port: port2, history } satisfies LaneOp, [port2]);
-        steps.push({ index: i, url: d.shown, port: port1 });
-        ports.push(port1);
-      }
-      if (this.stdoutShared === null) {
-        this.stdoutShared = new SharedArrayBuffer(4);
-        stdout(this.stdoutShared, () => this.compactor === null || threadGone(this.compactor.thread, true) !== null);
-      }
-      const data: Omit<SetCompactionData, 'port'> = {
-        id,
-        steps,
-        stdout: { sab: this.stdoutShared, slot: 0 },
-        running: { sab: this.sharedBuf.ints, slot: runSlot },
-      };
-      const thread = startThread(workerFile(['./compact-set.js', '../backends/multi/compact-set.js']), { ...data }, this.marks(null, compactTidSlot(this.s.n)), ports);
-      this.compactor = { thread, id };
-    } catch (e) {
-      Atomics.store(this.s.ints, runSlot, 0);
-      for (const p of ports) p.close();
-      return `cannot start the compaction of the destinations: ${(e as Error).message}`;
-    }
-    return null;
+    return this.compactor.start(id, history, stdout);
   }
 
-  /**
-   * At each message: the compaction thread died before answering (whoever clears "running" answers).
-   * Returns the request to answer with an error, if any.
-   */
+  /** At each message: the request to answer with an error if the compaction thread died before answering. */
   compactionPoll(): { id: string | number | null; message: string } | null {
-    const c = this.compactor;
-    if (c === null) return null;
-    const why = threadGone(c.thread, this.probeDue());
-    if (why === null) return null;
-    this.compactor = null;
-    dropThread(c.thread);
-    if (Atomics.compareExchange(this.s.ints, compactRunningSlot(this.s.n), 1, 0) !== 1) return null;
-    const message = `the compaction of the destinations stopped (${why}); each destination is whole (see the log for which were compacted); run backup-compact again`;
-    this.opts.log('error', message);
-    return { id: c.id, message };
+    return this.compactor.poll();
   }
 
   /** A local file destination of an encrypted set must be v2 (a reference v1 file has no room for it). */
@@ -593,8 +494,7 @@ export class MultiWriter implements BackupWriter {
     if (this.ids[shown] === id) return;
     this.ids[shown] = id;
     // the monitor keeps the state file while it runs; before it starts (start-up) this thread writes it
-    if (this.monitor !== null) this.monitor.port.postMessage({ t: 'ids', ids: { ...this.ids } });
-    else {
+    if (!this.monitor.post({ t: 'ids', ids: { ...this.ids } })) {
       try {
         writeDestState(this.statePath, readDestState(this.statePath, () => {}), this.ids);
       } catch {
@@ -748,41 +648,13 @@ export class MultiWriter implements BackupWriter {
   }
 
   /** From lightningd's init on (as with one destination): compactions start by themselves past the threshold. */
-  enableAutoCompaction(config: CompactionConfig, stdout: (sab: SharedArrayBuffer, abandoned: () => boolean) => void): void {
-    this.auto = { config, stdout, nextAt: 0, floor: this.dests.map(() => 0) };
-  }
-
-  /**
-   * Between hooks: when a file destination has outgrown max(min_bytes, factor x the database), the set is
-   * compacted in the background as by backup-compact (no one to answer; the log says what was done).
-   */
-  private autoCompact(): void {
-    const a = this.auto;
-    if (a === null || !a.config.auto || this.closed || Date.now() < a.nextAt) return;
-    a.nextAt = Date.now() + AUTO_CHECK_MS;
-    if (Atomics.load(this.s.ints, compactRunningSlot(this.s.n)) !== 0) return;
-    let dbSize = 0;
-    try {
-      dbSize = statSync(this.opts.dbPath).size;
-    } catch {
-      dbSize = 0;
-    }
-    const threshold = Math.max(a.config.minBytes, a.config.factor * dbSize);
-    const sizes = this.dests.map((d) => (isRemoteUrl(d.url) ? 0 : fileSetSize(backupPath(d.url, this.opts.cwd))));
-    const over = sizes.findIndex((sz, i) => sz >= threshold && sz >= a.floor[i]!);
-    if (over < 0) return;
-    for (let i = 0; i < sizes.length; i++) a.floor[i] = sizes[i]! + AUTO_STEP;
-    this.opts.log(
-      'info',
-      `destination ${this.dests[over]!.shown} is ${sizes[over]} bytes (threshold ${threshold}: max(min_bytes, ${a.config.factor} x the database)); compacting the destinations in the background`,
-    );
-    const why = this.startCompaction(null, a.config.history, a.stdout);
-    if (why !== null) this.opts.log('warn', `automatic compaction not started: ${why}`);
+  enableAutoCompaction(config: CompactionConfig, stdout: CompactionStdout): void {
+    this.compactor.enableAuto(config, stdout);
   }
 
   /** Tops up the reserved space of the local file destinations (format 4), between hooks: see V2Writer.prepare. */
   prepare(): boolean {
-    this.autoCompact();
+    if (!this.closed) this.compactor.autoCompact();
     let did = false;
     for (const d of this.dests) {
       try {
@@ -822,7 +694,7 @@ export class MultiWriter implements BackupWriter {
       if (closed.size < lanes.length) Atomics.wait(this.s.ints, bellSlot(this.s.n), b, 100);
     }
     for (const d of lanes) void d.lane!.worker.terminate();
-    if (this.monitor !== null) void this.monitor.worker.terminate();
+    this.monitor.terminate();
     try {
       writeDestState(this.statePath, this.heldVersions(readDestState(this.statePath, () => {})), this.ids);
     } catch (e) {
@@ -967,17 +839,4 @@ export class MultiWriter implements BackupWriter {
       rmSync(tmp, { force: true });
     }
   }
-}
-
-/** A file backup's size on disk: the file and its segment files (<file>.seg-*); 0 if it cannot be read. */
-function fileSetSize(path: string): number {
-  let total = 0;
-  try {
-    total = statSync(path).size;
-    const base = `${basename(path)}.seg-`;
-    for (const n of readdirSync(dirname(path))) if (n.startsWith(base)) total += statSync(join(dirname(path), n)).size;
-  } catch {
-    // gone or unreadable: its next write says why
-  }
-  return total;
 }
