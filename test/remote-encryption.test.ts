@@ -19,7 +19,7 @@ import { runCli, scratchArea } from './helpers/cli.js';
 import { findNeedles, sessionNeedles } from './helpers/needles.js';
 import { killAllPlugins, PluginProc } from './helpers/plugin-proc.js';
 import { killAllServers, ServerProc } from './helpers/socket-rig.js';
-import { addNode, nodesServer, writeThroughServerKills } from './helpers/nodes-rig.js';
+import { addNode, nodesServer, recordedCalls, writeThroughServerKills } from './helpers/nodes-rig.js';
 import { dump } from './helpers/sqlite.js';
 import { replaySessions } from './helpers/sim-fixtures.js';
 import { openConnection, PSK_TLS } from '../src/backends/socket/connect.js';
@@ -228,6 +228,36 @@ describe('encrypted clnvault:// backups: the server stores and serves ciphertext
     const plugin = new PluginProc(n.netDir);
     await plugin.call('m', 'getmanifest', {});
     proc = await writeThroughServerKills(plugin, dir, port, proc);
+    await plugin.close();
+    const out = await restore(n);
+    assert.equal(out.code, 0, out.stderr);
+    assert.equal(dump(out.dest), readFileSync(join(REF, 'expected.dump.sql'), 'utf8'));
+    await proc.kill();
+  });
+
+  it('backup-compact of an encrypted backup: the server, which has no key, refuses and says where it can be done; the file is unchanged and writes go on', { timeout: 60_000 }, async () => {
+    const dir = area.dir();
+    const key = await addNode(dir, 'alice');
+    const { proc, port } = await nodesServer(dir);
+    const n = await initNode(dir, 'alice', key, port);
+    const plugin = new PluginProc(n.netDir);
+    await plugin.call('m', 'getmanifest', {});
+    const calls = recordedCalls();
+    const half = Math.floor(calls.length / 2);
+    for (let i = 0; i < half; i++) assert.deepEqual((await plugin.call(`w${i}`, 'db_write', calls[i])).result, { result: 'continue' });
+    // what the file holds, as inspect reads it without the key (reserved space may be topped up meanwhile)
+    const held = async (): Promise<unknown> => {
+      const i = await runCli(['inspect', '--json', `file://${n.file}`]);
+      assert.equal(i.code, 0, i.stderr);
+      const j = JSON.parse(i.stdout) as { bytes: number; entries: number; head: number };
+      return { bytes: j.bytes, entries: j.entries, head: j.head };
+    };
+    const before = await held();
+    const r = await plugin.call('c', 'backup-compact', {});
+    assert.ok(r.error, JSON.stringify(r));
+    assert.match(r.error.message, /the server refused the compaction: the backup is encrypted and the server has no key: compact it with 'clnvault compact --key-file K' where the key is/);
+    assert.deepEqual(await held(), before, 'the refused compaction changed the server\'s file');
+    for (let i = half; i < calls.length; i++) assert.deepEqual((await plugin.call(`w${i}`, 'db_write', calls[i])).result, { result: 'continue' });
     await plugin.close();
     const out = await restore(n);
     assert.equal(out.code, 0, out.stderr);

@@ -178,25 +178,6 @@ describe('socket: through a SOCKS5 proxy', () => {
 });
 
 describe('socket: compaction through the protocol (backup-compact)', () => {
-  it('clnvault server answers COMPACT with NACK: the RPC says where compaction runs, the backup is unchanged, writes go on', { timeout: 60_000 }, async () => {
-    const fileUrl = await serverFile('v2');
-    const { proc, port } = await startServer(fileUrl);
-    const netDir = area.dir();
-    writeFileSync(join(netDir, 'backup.lock'), JSON.stringify({ backend_url: `socket:127.0.0.1:${port}`, remote_timeout: 5 }));
-    const plugin = new PluginProc(netDir);
-    const calls = recordedCalls();
-    const half = Math.floor(calls.length / 2);
-    for (let i = 0; i < half; i++) assert.deepEqual((await plugin.call(`w${i}`, 'db_write', calls[i])).result, { result: 'continue' });
-    const r = await plugin.call('c', 'backup-compact', {});
-    assert.ok(r.error, JSON.stringify(r));
-    assert.match(r.error.message, /does not compact over the protocol \(it answered NACK\).*clnvault compact FILE_URL.*the backup is unchanged/);
-    for (let i = half; i < calls.length; i++) assert.deepEqual((await plugin.call(`w${i}`, 'db_write', calls[i])).result, { result: 'continue' });
-    await plugin.close();
-    assert.match(proc.out, /asked for compaction.*answered NACK/);
-    assert.equal(await restoreDump(`socket:127.0.0.1:${port}`), readFileSync(join(REF, 'expected.dump.sql'), 'utf8'));
-    await proc.kill();
-  });
-
   it('a server that compacts (as backup-cli server does) answers COMPACT_RES: the RPC returns its statistics, and the entry count it reports afterwards is the one the client checks against', { timeout: 60_000 }, async () => {
     // a minimal server of the reference's shape: ACK to CHANGE, COMPACT_RES (JSON) to COMPACT, after
     // which it holds fewer entries, as a compacted file does

@@ -20,6 +20,8 @@ It stores through clnvault's file backend (v1 or v2, as the file is; create it f
 'clnvault init FILE_URL'), answers ACK only once the entry is fdatasynced, refuses version
 gaps and regressions (NACK), rewinds an uncommitted entry for real, serves restores while
 a node is connected, and drops a connection that sends garbage without disturbing others.
+A node's backup-compact (COMPACT) compacts the file as 'clnvault compact' does, in a worker
+thread, keeping the previous file as a history copy (not an encrypted backup: no key here).
 
 THE PROTOCOL HAS NO AUTHENTICATION AND NO ENCRYPTION: anyone who can connect can read
 the node's whole database and write to its backup. Listen on loopback (the default use)

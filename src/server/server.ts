@@ -193,11 +193,22 @@ export class BackupServer {
           await this.skip(conn, h.length);
           await this.sendRestore(conn, backup);
           break;
-        case PKT.COMPACT:
+        case PKT.COMPACT: {
           await this.skip(conn, h.length);
-          this.log('warn', `${conn.peer}: asked for compaction, which clnvault server does not do over the protocol; answered NACK`);
-          await conn.write(u32Packet(PKT.NACK, backup.metadata().version), t);
+          this.log('info', `${conn.peer}: asked for compaction of ${backup.url}`);
+          const r = await backup.exclusive(() => backup.compact((level, message) => this.log(level, message)));
+          if (r.ok) {
+            this.log('info', `${conn.peer}: compaction done: ${JSON.stringify(r.stats)}`);
+            await conn.write(packet(PKT.COMPACT_RES, Buffer.from(JSON.stringify(r.stats), 'utf8')), t);
+          } else {
+            // the reference closes the connection on a failed compaction; a NACK keeps it, and clnvault's own
+            // clients are told why
+            this.log('warn', `${conn.peer}: compaction refused: ${r.why}`);
+            await conn.write(this.served.kind === 'nodes' ? errorPacket(`the server refused the compaction: ${r.why}`) : u32Packet(PKT.NACK, backup.metadata().version), t);
+          }
+          backup.topUp();
           break;
+        }
         case PKT.ACK:
         case PKT.NACK:
         case PKT.METADATA:

@@ -4,10 +4,15 @@ import { backupPath, openReader, openWriter } from '../backends/open.js';
 import { v2BackupId } from '../backends/file/backup-id.js';
 import { createV2, FILE_FLAG_ENCRYPTED, FILE_HEADER_LEN, isV2, RawRecordError, TYPE_CHANGE, type FileEncryption, type RawSource, type RecordHeader } from '../backends/file/v2.js';
 import { FLAG_PRAGMA_ONLY } from '../backends/file/v2/codec.js';
-import { SegmentedWriter } from '../backends/file/segments.js';
+import { DEFAULT_SEGMENT_BYTES, SegmentedWriter } from '../backends/file/segments.js';
 import { fsyncDir } from '../backends/file/fsutil.js';
 import type { Metadata } from '../backends/socket/protocol.js';
 import { isPragmaOnly, serialDiff } from '../engine/versions.js';
+import { DEFAULT_COMPACTION } from '../compact/config.js';
+import type { CompactOutcome, CompactStats } from '../compact/compact.js';
+import { isReopenable } from '../compact/live.js';
+import { runOfflineCompaction } from '../compact/offline-run.js';
+import { identityOf, type FileIdentity } from '../compact/sync.js';
 
 /**
  * One backup file served to socket clients: the file backend's writer (held for the server's life, so
@@ -31,22 +36,9 @@ export class ServedBackup {
     readonly cwd: string,
     private writer: BackupWriter,
   ) {
-    const reader = openReader(url, cwd);
-    try {
-      // one walk, nothing kept per entry: the count and the version before the head
-      let count = 0;
-      let prev = 0;
-      let last = 0;
-      reader.forEachHeader((h) => {
-        if (count > 0) prev = last;
-        last = h.version;
-        count++;
-      });
-      this.count = count;
-      this.prev = count >= 2 ? prev : 0;
-    } finally {
-      reader.close();
-    }
+    const { count, prev } = countEntries(url, cwd);
+    this.count = count;
+    this.prev = prev;
   }
 
   static open(url: string, cwd: string): ServedBackup {
@@ -248,6 +240,56 @@ export class ServedBackup {
     return { ok: true };
   }
 
+  /**
+   * COMPACT (the reference plugin's `backup-compact`, or clnvault's over `socket:`/`clnvault://`): the file
+   * compacted as `clnvault compact` does it (a snapshot plus the newest entries, the previous file kept as
+   * a history copy, swapped only when smaller), in a worker thread so the server's other backups go on.
+   * Run under exclusive(): this backup's writes wait, as the reference's do. The writer keeps its lock
+   * and reopens the renamed file; the reference's statistics are the answer. An encrypted backup is
+   * refused: the server has no key to replay it (docs/remote.md).
+   */
+  async compact(log: (level: 'info' | 'warn' | 'error', message: string) => void): Promise<{ ok: true; stats: CompactStats } | { ok: false; why: string }> {
+    if (this.encrypted()) {
+      return { ok: false, why: "the backup is encrypted and the server has no key: compact it with 'clnvault compact --key-file K' where the key is (docs/remote.md)" };
+    }
+    const w = this.writer;
+    if (!isReopenable(w)) return { ok: false, why: 'this backup type cannot be compacted' };
+    const path = backupPath(this.url, this.cwd);
+    const file = identityOf(path);
+    let outcome: CompactOutcome | null = null;
+    let failed: string | null = null;
+    try {
+      outcome = await runOfflineCompaction(
+        {
+          path,
+          end: w.endOffset(),
+          file,
+          opts: { format: w.format, history: DEFAULT_COMPACTION.history, segmentBytes: w.format === 'v2' ? DEFAULT_SEGMENT_BYTES : undefined, onlyIfSmaller: true },
+        },
+        log,
+      );
+    } catch (e) {
+      failed = (e as Error).message;
+    }
+    // Whatever the outcome, the writer follows the name: a compaction that failed after its rename left the
+    // new file there, and it holds every entry (nothing was appended meanwhile: this runs under exclusive()).
+    let now: FileIdentity | null = null;
+    try {
+      now = identityOf(path);
+    } catch {
+      // the name is gone: the next append fails on the writer's name check and says so
+    }
+    if (now !== null && (now.dev !== file.dev || now.ino !== file.ino)) {
+      w.reopen();
+      const { count, prev } = countEntries(this.url, this.cwd);
+      this.count = count;
+      this.prev = prev;
+      this.header = undefined;
+    }
+    if (failed !== null || outcome === null) return { ok: false, why: `the compaction failed: ${failed}` };
+    return { ok: true, stats: outcome.stats };
+  }
+
   private ruleMessage(kind: string, version: number, head: number): string {
     const d = serialDiff(version, head);
     return d > 1
@@ -267,6 +309,24 @@ export class ServedBackup {
 
 const PLAIN_INTO_ENCRYPTED =
   'this backup is encrypted: it takes only records the node encrypted itself (clnvault:// with "encrypt" in the node\'s backup.lock), never statements in clear';
+
+/** One walk, nothing kept per entry: the entry count and the version before the head (the reference's metadata). */
+function countEntries(url: string, cwd: string): { count: number; prev: number } {
+  const reader = openReader(url, cwd);
+  try {
+    let count = 0;
+    let prev = 0;
+    let last = 0;
+    reader.forEachHeader((h) => {
+      if (count > 0) prev = last;
+      last = h.version;
+      count++;
+    });
+    return { count, prev: count >= 2 ? prev : 0 };
+  } finally {
+    reader.close();
+  }
+}
 
 /** The keyless v2 writer behind a served backup (SegmentedWriter), or null for a v1 backup. */
 function rawWriter(w: BackupWriter): SegmentedWriter | null {

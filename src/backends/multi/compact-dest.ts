@@ -71,8 +71,8 @@ export async function compactDestination(
     try {
       text = remote.compactRemote();
     } catch (e) {
-      // a clnvault server refuses: its files are compacted where they are, by `clnvault compact` there
-      return { result: 'skipped', reason: `the server does not compact online: ${(e as Error).message}`, elapsed_ms: Date.now() - t0 };
+      // e.g. an encrypted backup on clnvault server (no key there): compacted where the key is, by `clnvault compact`
+      return { result: 'skipped', reason: `the server did not compact: ${(e as Error).message}`, elapsed_ms: Date.now() - t0 };
     }
     let stats: { before?: { backupsize?: number; version_count?: number }; after?: { backupsize?: number; version_count?: number } } = {};
     try {
@@ -84,8 +84,10 @@ export async function compactDestination(
       x && typeof x.backupsize === 'number' && typeof x.version_count === 'number' ? { bytes: x.backupsize, entries: x.version_count } : undefined;
     const before = pick(stats.before);
     const after = pick(stats.after);
+    // clnvault server leaves a backup that would not shrink as it is, and says so with unchanged figures
+    const same = before !== undefined && after !== undefined && before.bytes === after.bytes && before.entries === after.entries;
     return {
-      result: 'compacted',
+      result: same ? 'nothing-to-gain' : 'compacted',
       ...(before ? { before } : {}),
       ...(after ? { after } : {}),
       ...(before === undefined ? { reason: `the server answered: ${text.slice(0, 200)}` } : {}),

@@ -251,8 +251,8 @@ export class SocketSession {
   }
 
   /**
-   * COMPACT: the reference server compacts its file and answers COMPACT_RES with its statistics (JSON);
-   * clnvault server answers NACK (it compacts with `clnvault compact` on the server). The entry count
+   * COMPACT: the server compacts its file and answers COMPACT_RES with its statistics (JSON), as the
+   * reference's does; clnvault server refuses an encrypted backup (no key), with NACK or, over clnvault://, why. The entry count
    * changes with a compaction, so the metadata is fetched again: the landed-or-resend check after a
    * later reconnect compares against it. Resent after a lost connection: compacting twice does no harm.
    */
@@ -268,10 +268,13 @@ export class SocketSession {
         const m = await conn.readPacket(attemptMs(deadline), attemptMs(deadline), MAX_REPLY);
         if (m === null || m.type !== PKT.METADATA) throw new RefusedError(`${conn.peer}: no METADATA after COMPACT`);
         this.meta = parseMetadata(m.payload);
+        if (r.type === XPKT.ERROR) throw refusal(conn, r.payload);
         if (r.type === PKT.NACK) {
           throw new RefusedError(
-            `the backup server does not compact over the protocol (it answered NACK): clnvault server compacts with ` +
-              `'clnvault compact FILE_URL' run on the server while it is stopped (docs/remote.md); the backup is unchanged`,
+            `the backup server did not compact (it answered NACK; its log says why). An encrypted backup cannot be compacted ` +
+              `by the server, which has no key, and an older clnvault server does not compact over the protocol: run ` +
+              `'clnvault compact FILE_URL' on a copy of the server's file, where the key is, while the server is stopped ` +
+              `(docs/remote.md); the backup is unchanged`,
           );
         }
         if (r.type !== PKT.COMPACT_RES) throw new RefusedError(`${conn.peer}: answered COMPACT with ${packetName(r.type)}`);
