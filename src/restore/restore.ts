@@ -1,5 +1,5 @@
 import Database from 'better-sqlite3';
-import { accessSync, closeSync, constants, existsSync, fsyncSync, linkSync, openSync, renameSync, rmSync, statSync } from 'node:fs';
+import { accessSync, closeSync, constants, existsSync, linkSync, openSync, renameSync, rmSync, statSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import type { BackupReader } from '../backends/backend.js';
 import { fsyncDir } from '../backends/file/fsutil.js';
@@ -7,6 +7,7 @@ import type { EntryHeader, Problem } from '../engine/entries.js';
 import { planBackup, type Planner, type RestorePlan } from '../engine/plan.js';
 import { isValidDataVersion, serialDiff } from '../engine/versions.js';
 import { Replayer, ReplayError } from './replay.js';
+import { Writeback } from './writeback.js';
 
 export interface RestoreOptions {
   /** replace an existing destination (kept as `<dest>.replaced-<time>`) */
@@ -137,6 +138,8 @@ export function restoreBackup(reader: BackupReader, dest: string, opts: RestoreO
   // (as: assigned inside the walk's callback, which TypeScript's narrowing does not follow)
   let db = null as Database.Database | null;
   let replayer = null as Replayer | null;
+  // the scratch file's writeback, started during the replay (writeback.ts); its fsync comes before the rename
+  let writeback = null as Writeback | null;
   let snapshotVersion: number | null = null;
   let applied = 0;
   // totals of replayers already replaced by a later snapshot, plus snapshot sizes
@@ -160,18 +163,24 @@ export function restoreBackup(reader: BackupReader, dest: string, opts: RestoreO
         db?.close();
         db = null;
         replayer = null;
+        writeback?.abandon();
+        writeback = null;
         removeFiles(tmp);
         entry.writeTo(tmp);
         db = openForReplay(tmp, false);
         replayer = new Replayer(db);
+        writeback = new Writeback(tmp);
         snapshotVersion = entry.version;
         doneBytes += entry.size;
       } else {
         if (db === null) {
           db = openForReplay(tmp, true);
           replayer = new Replayer(db);
+          writeback = new Writeback(tmp);
         }
+        const before = replayer!.chars;
         replayer!.apply(entry);
+        writeback!.replayed(replayer!.chars - before);
       }
       applied++;
       if (opts.onProgress) {
@@ -199,14 +208,19 @@ export function restoreBackup(reader: BackupReader, dest: string, opts: RestoreO
     }
     current = null;
     if (db === null) db = openForReplay(tmp, true);
+    writeback ??= new Writeback(tmp);
     replayer?.finish();
+    // the last transaction's pages go out while the checks read
+    writeback.start();
     finishAndCheck(db, tmp, plan.head);
     db.close();
     db = null;
-    fsyncFile(tmp);
+    writeback.syncAndClose();
+    writeback = null;
     keptAs = place(tmp, path, force);
   } catch (e) {
     replayer?.abandon();
+    writeback?.abandon();
     try {
       db?.close();
     } catch {
@@ -381,15 +395,6 @@ function finishAndCheck(db: Database.Database, path: string, head: number): void
       `the restored database's vars.data_version is ${row === undefined ? 'missing' : String(row.intval)} but the ` +
         `backup's head is version ${head}: the backup does not replay to its own head`,
     );
-  }
-}
-
-function fsyncFile(path: string): void {
-  const fd = openSync(path, 'r');
-  try {
-    fsyncSync(fd);
-  } finally {
-    closeSync(fd);
   }
 }
 
