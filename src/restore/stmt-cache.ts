@@ -27,16 +27,23 @@ import { fitsInt64, isBoundary, statementShape } from './sqlscan.js';
  */
 
 /**
- * Templates are bucketed by a hash of their first LONG_KEY characters when the text before their first
- * literal is that long, else of their first SHORT_KEY (every template starts with its verb, 6+ letters).
- * A bucket may hold templates of other prefixes (hash collisions): the match decides.
+ * Templates are bucketed by a hash of the text before the first quote or digit (at most KEY_MAX
+ * characters). A statement a template matches has the template's text up to its first literal and a
+ * literal there, which starts with a digit, a quote or `x'`: it hashes as the statement the template was
+ * made from did. That text tells apart the shapes a fixed-length prefix did not (a node's many
+ * `UPDATE channels SET ...` shapes shared the bucket of their first 16 characters, each matched in turn).
+ * A bucket may still hold several templates (a common prefix, hash collisions): the match decides.
  */
-const LONG_KEY = 16;
-const SHORT_KEY = 6;
+const KEY_MAX = 48;
 
-function prefixHash(s: string, n: number): number {
-  let h = n;
-  for (let i = 0; i < n; i++) h = (Math.imul(h, 31) + s.charCodeAt(i)) | 0;
+function keyOf(s: string): number {
+  const n = s.length < KEY_MAX ? s.length : KEY_MAX;
+  let h = 0;
+  for (let i = 0; i < n; i++) {
+    const c = s.charCodeAt(i);
+    if (c === 39 || (c >= 48 && c <= 57)) break;
+    h = (Math.imul(h, 31) + c) | 0;
+  }
   return h;
 }
 
@@ -87,8 +94,7 @@ export interface StatementCacheStats {
 }
 
 export class StatementCache {
-  private readonly longBuckets = new Map<number, Template[]>();
-  private readonly shortBuckets = new Map<number, Template[]>();
+  private readonly buckets = new Map<number, Template[]>();
   private templates = 0;
   readonly stats: StatementCacheStats = { hits: 0, text: 0, compiled: 0, internal: 0 };
 
@@ -99,25 +105,16 @@ export class StatementCache {
    * caller then runs the text itself. A SQLite error from a templated run is thrown as it is.
    */
   run(sql: string): boolean {
-    const n = sql.length;
     // SQLite's tokenizer stops at a NUL even inside a literal, where a bound value would carry it along:
     // such a statement runs as text (and fails as it always did)
     if (sql.indexOf('\0') >= 0) return this.miss(sql);
-    if (n >= LONG_KEY) {
-      const r = this.tryBucket(this.longBuckets.get(prefixHash(sql, LONG_KEY)), sql);
-      if (r !== undefined) return r;
-    }
-    if (n >= SHORT_KEY && this.shortBuckets.size > 0) {
-      const r = this.tryBucket(this.shortBuckets.get(prefixHash(sql, SHORT_KEY)), sql);
-      if (r !== undefined) return r;
-    }
-    return this.miss(sql);
+    const r = this.tryBucket(this.buckets.get(keyOf(sql)), sql);
+    return r !== undefined ? r : this.miss(sql);
   }
 
   /** Forgets every template (and with them their compiled statements). */
   clear(): void {
-    this.longBuckets.clear();
-    this.shortBuckets.clear();
+    this.buckets.clear();
     this.templates = 0;
   }
 
@@ -263,11 +260,9 @@ export class StatementCache {
     }
     t.stmt = stmt;
     if (this.templates >= MAX_TEMPLATES) this.clear();
-    const long = segs[0]!.length >= LONG_KEY;
-    const buckets = long ? this.longBuckets : this.shortBuckets;
-    const key = prefixHash(sql, long ? LONG_KEY : SHORT_KEY);
-    let list = buckets.get(key);
-    if (list === undefined) buckets.set(key, (list = []));
+    const key = keyOf(sql);
+    let list = this.buckets.get(key);
+    if (list === undefined) this.buckets.set(key, (list = []));
     list.unshift(t);
     if (list.length > MAX_BUCKET) list.pop();
     else this.templates++;
