@@ -1,5 +1,5 @@
 /**
- * A file destination among several is compacted online in its own thread (multi/live-compact.ts): a worker
+ * A file destination among several is compacted online in its own thread (compact/thread-gate.ts): a worker
  * builds the compacted file while the destination's thread goes on writing, and takes the write mutex for
  * the swap. Should that worker end while it holds the mutex (running out of heap ends a thread without an
  * exit handler), the destination's thread, blocked in the mutex, sees no event: it must find the worker's

@@ -58,16 +58,34 @@ for (const format of ['v1', 'v2'] as const) {
         await churn(node, 300, 'a');
         const sizeBefore = (JSON.parse((await runCli(['inspect', '--json', fileUrl])).stdout) as { bytes: number }).bytes;
 
-        const answer = (await node.rpc('backup-compact', {}, 120_000)) as { result?: Stats; error?: { message: string } };
+        // db_writes go on while the server compacts: the plugin asks on a second connection
+        let stop = false;
+        let during = 0;
+        const bg = (async () => {
+          for (let i = 0; !stop; i++) {
+            await churn(node, 1, `bg${i}`);
+            during++;
+          }
+        })();
+        let answer: { result?: Stats; error?: { message: string } };
+        try {
+          answer = (await node.rpc('backup-compact', {}, 120_000)) as typeof answer;
+        } finally {
+          stop = true;
+          await bg;
+        }
+        // on the writer's own connection at most the write in flight would finish before the answer
+        assert.ok(during >= 3, `only ${during} db_write(s) answered while the server compacted`);
+        assert.match(proc.out, /connection 2 from .*: asked for compaction/);
         assert.equal(answer.error, undefined, JSON.stringify(answer));
         const s = answer.result!;
-        assert.ok(s.before.version_count > 300 && s.after.version_count < 10, `${JSON.stringify(s)}\n${proc.out}`);
+        assert.ok(s.before.version_count > 300 && s.after.version_count < s.before.version_count / 10, `${JSON.stringify(s)}\n${proc.out}`);
         assert.ok(s.after.backupsize < s.before.backupsize / 3, JSON.stringify(s));
         // the file itself, as `clnvault inspect` reads it (reserved space after a v2 file's data not counted)
         const inspected = await runCli(['inspect', '--json', fileUrl]);
         assert.equal(inspected.code, 0, inspected.stderr);
         const ins = JSON.parse(inspected.stdout) as { bytes: number; entries: number; snapshots: unknown[] };
-        assert.ok(ins.bytes < sizeBefore / 3 && ins.entries === s.after.version_count && ins.snapshots.length === 1, `${JSON.stringify(ins)} (before: ${sizeBefore} bytes)`);
+        assert.ok(ins.bytes < sizeBefore / 3 && ins.entries <= s.after.version_count + during && ins.snapshots.length === 1, `${JSON.stringify(ins)} (before: ${sizeBefore} bytes)`);
         assert.match(proc.out, /compaction done/);
         // the previous file is kept beside it as a history copy, as `clnvault compact` keeps it
         assert.ok(readdirSync(dirname(file)).some((n) => n.startsWith(`${basename(file)}.hist-`)), readdirSync(dirname(file)).join(' '));

@@ -178,10 +178,10 @@ describe('socket: through a SOCKS5 proxy', () => {
 });
 
 describe('socket: compaction through the protocol (backup-compact)', () => {
-  it('a server that compacts (as backup-cli server does) answers COMPACT_RES: the RPC returns its statistics, and the entry count it reports afterwards is the one the client checks against', { timeout: 60_000 }, async () => {
-    // a minimal server of the reference's shape: ACK to CHANGE, COMPACT_RES (JSON) to COMPACT, after
-    // which it holds fewer entries, as a compacted file does
-    const { server: srv, port, seen } = await referenceShapedServer({ compactTo: 2 });
+  it('a server that compacts and takes one connection at a time (as backup-cli server does): COMPACT goes on the writer\'s connection after the second one got no answer, the RPC returns its statistics, and the entry count it reports afterwards is the one the client checks against', { timeout: 60_000 }, async () => {
+    // a minimal server of the reference's shape: one connection at a time, ACK to CHANGE, COMPACT_RES
+    // (JSON) to COMPACT, after which it holds fewer entries, as a compacted file does
+    const { server: srv, port, seen } = await referenceShapedServer({ compactTo: 2, oneConnectionAtATime: true });
     try {
       const netDir = area.dir();
       writeFileSync(join(netDir, 'backup.lock'), JSON.stringify({ backend_url: `socket:127.0.0.1:${port}`, remote_timeout: 5 }));
@@ -195,6 +195,7 @@ describe('socket: compaction through the protocol (backup-compact)', () => {
       // COMPACT was followed by a fresh REQ_METADATA: the count the client checks a lost write against is the compacted one
       const at = seen.indexOf(PKT.COMPACT);
       assert.equal(seen[at + 1], PKT.REQ_METADATA, JSON.stringify(seen));
+      assert.equal(seen.filter((t) => t === PKT.COMPACT).length, 1, JSON.stringify(seen));
     } finally {
       srv.close();
     }

@@ -72,6 +72,12 @@ export interface AsyncBackupWriter {
   close(): Promise<void>;
   /** socket: only: the server compacts its own file (backup-compact); the server's answer as text */
   compactRemote?(): Promise<string>;
+  /**
+   * socket:/clnvault://: the same on a connection of its own, while the writes go on; null when the server
+   * cannot take one (then compactRemote). Followed by refreshMetadata() between writes.
+   */
+  compactAside?(): Promise<string | null>;
+  refreshMetadata?(): Promise<void>;
 }
 
 export interface HeaderWalkOptions {

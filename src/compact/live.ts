@@ -27,7 +27,7 @@ import {
  * Online compaction of a file while its writer keeps appending, as two halves over one shared block
  * (sync.ts): the writer's (a gate every write passes, SyncedWriter) and the compaction thread's (the
  * hooks compactFile is given, liveHooks). Used by the lone file destination (plugin/compaction.ts and
- * compact-worker.ts) and by a file destination among several (multi/live-compact.ts, whose worker is the
+ * compact-worker.ts) and by a file destination among several (compact/thread-gate.ts, whose worker is the
  * offline one given the shared block).
  */
 
@@ -126,7 +126,7 @@ export function afterDeadWorker(v: SharedViews, location: string, held: FileIden
   return true;
 }
 
-/** What SyncedWriter needs of the writer's half (plugin/compaction.ts, multi/live-compact.ts). */
+/** What SyncedWriter needs of the writer's half (plugin/compaction.ts, compact/thread-gate.ts). */
 export interface WriteGate {
   /** true once a compaction thread may exist: from then on every write takes the mutex and publishes its end */
   readonly shared: boolean;
@@ -144,7 +144,7 @@ export interface WriteGate {
 
 /**
  * The writer's half over the shared block, for a writer that holds `inner` open: the lone file
- * destination's (plugin/compaction.ts) and a file destination's lane (multi/live-compact.ts), which
+ * destination's (plugin/compaction.ts) and a file destination's lane (compact/thread-gate.ts), which
  * differ in how their compaction thread is started and watched.
  */
 export abstract class FileGate implements WriteGate {

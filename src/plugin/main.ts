@@ -182,26 +182,53 @@ async function main(): Promise<void> {
         return;
       }
       case 'backup-compact': {
-        if (typeof remote!.compactRemote !== 'function') {
+        const r = remote!;
+        if (typeof r.compactRemote !== 'function') {
           sendError(rid, -32000, "a postgresql: backup is compacted inside the database while this plugin writes: run 'clnvault compact <backup-url>'");
           return;
         }
-        busy = true;
-        remote!
-          .compactRemote()
-          .then(
-            (text) => {
-              let stats: unknown = text;
-              try {
-                stats = JSON.parse(text);
-              } catch {
-                // not JSON: passed on as the server sent it
-              }
-              sendResult(rid, stats);
-            },
-            (e: unknown) => sendError(rid, -32000, (e as Error).message),
-          )
-          .finally(settle);
+        const answer = (text: string): void => {
+          let stats: unknown = text;
+          try {
+            stats = JSON.parse(text);
+          } catch {
+            // not JSON: passed on as the server sent it
+          }
+          sendResult(rid, stats);
+        };
+        const fail = (e: unknown): void => sendError(rid, -32000, (e as Error).message);
+        // the reference's way: COMPACT on the writer's own connection, db_writes waiting until it is answered
+        const onWriterConnection = (): void => {
+          busy = true;
+          r.compactRemote!().then(answer, fail).finally(settle);
+        };
+        // between db_writes, never inside one: the writer's connection is theirs
+        const betweenWrites = (f: () => void): void => {
+          if (busy) waiting.push(f);
+          else f();
+        };
+        if (typeof r.compactAside !== 'function' || typeof r.refreshMetadata !== 'function') {
+          onWriterConnection();
+          return;
+        }
+        // clnvault server: on a connection of its own while db_writes go on; then the writer's connection
+        // learns the compacted backup's entry count (whatever the outcome: the server may have compacted)
+        r.compactAside().then(
+          (text) =>
+            betweenWrites(
+              text === null
+                ? onWriterConnection
+                : () => {
+                    busy = true;
+                    r.refreshMetadata!().then(() => answer(text), fail).finally(settle);
+                  },
+            ),
+          (e: unknown) =>
+            betweenWrites(() => {
+              busy = true;
+              r.refreshMetadata!().then(() => fail(e), () => fail(e)).finally(settle);
+            }),
+        );
         return;
       }
       case 'getmanifest':

@@ -1,6 +1,5 @@
 import { closeSync, openSync, readSync, rmSync } from 'node:fs';
 import { open } from 'node:fs/promises';
-import { backupPath } from '../backends/open.js';
 import { CHUNK, RECORD_HEADER_LEN, RECORD_OVERHEAD, recordSeedOf } from '../backends/file/v2/codec.js';
 import type { RawSource } from '../backends/file/v2.js';
 import type { Conn } from '../backends/socket/conn.js';
@@ -156,13 +155,13 @@ async function receiveStream(ctx: SealedContext, conn: Conn, backup: ServedBacku
  */
 async function sendRaw(ctx: SealedContext, conn: Conn, backup: ServedBackup): Promise<void> {
   const t = ctx.timeoutMs;
-  const ext = await backup.exclusive(() => (backup.fileHeader() === null ? null : backup.extent()));
-  if (ext === null || ext.files > 1) {
+  const ext = await backup.exclusive(() => (backup.fileHeader() === null ? null : backup.openRaw()));
+  if (ext === null || ext.fd === null) {
     const why = ext === null ? 'the backup is in format v1' : `the backup spans ${ext.files} segment files`;
     await conn.write(errorPacket(`${why}: a raw restore serves one v2 file; restore on the server from its file: URL`), t);
     return;
   }
-  const fd = openSync(backupPath(backup.url, backup.cwd), 'r');
+  const fd = ext.fd;
   try {
     const buf = Buffer.allocUnsafe(RAW_CHUNK);
     for (let done = 0; done < ext.bytes; ) {

@@ -196,7 +196,8 @@ export class BackupServer {
         case PKT.COMPACT: {
           await this.skip(conn, h.length);
           this.log('info', `${conn.peer}: asked for compaction of ${backup.url}`);
-          const r = await backup.exclusive(() => backup.compact((level, message) => this.log(level, message)));
+          // online: this connection waits for the answer, the backup's writes (on other connections) go on
+          const r = await backup.compact((level, message) => this.log(level, message));
           if (r.ok) {
             this.log('info', `${conn.peer}: compaction done: ${JSON.stringify(r.stats)}`);
             await conn.write(packet(PKT.COMPACT_RES, Buffer.from(JSON.stringify(r.stats), 'utf8')), t);

@@ -4,15 +4,14 @@ import { backupPath, openReader, openWriter } from '../backends/open.js';
 import { v2BackupId } from '../backends/file/backup-id.js';
 import { createV2, FILE_FLAG_ENCRYPTED, FILE_HEADER_LEN, isV2, RawRecordError, TYPE_CHANGE, type FileEncryption, type RawSource, type RecordHeader } from '../backends/file/v2.js';
 import { FLAG_PRAGMA_ONLY } from '../backends/file/v2/codec.js';
-import { DEFAULT_SEGMENT_BYTES, SegmentedWriter } from '../backends/file/segments.js';
+import { SegmentedWriter } from '../backends/file/segments.js';
 import { fsyncDir } from '../backends/file/fsutil.js';
 import type { Metadata } from '../backends/socket/protocol.js';
 import { isPragmaOnly, serialDiff } from '../engine/versions.js';
 import { DEFAULT_COMPACTION } from '../compact/config.js';
 import type { CompactOutcome, CompactStats } from '../compact/compact.js';
 import { isReopenable } from '../compact/live.js';
-import { runOfflineCompaction } from '../compact/offline-run.js';
-import { identityOf, type FileIdentity } from '../compact/sync.js';
+import { ThreadFileGate } from '../compact/thread-gate.js';
 
 /**
  * One backup file served to socket clients: the file backend's writer (held for the server's life, so
@@ -30,15 +29,22 @@ export class ServedBackup {
   private queue: Promise<unknown> = Promise.resolve();
   private isEncrypted: boolean | null = null;
   private header: Buffer | null | undefined = undefined;
+  /** set while a compaction runs (and after one that failed past its rename, so that every write is refused) */
+  private gate: ThreadFileGate | null = null;
 
   private constructor(
     readonly url: string,
     readonly cwd: string,
-    private writer: BackupWriter,
+    private inner: BackupWriter,
   ) {
     const { count, prev } = countEntries(url, cwd);
     this.count = count;
     this.prev = prev;
+  }
+
+  /** What every operation writes through: the file's writer, or while a compaction runs, its gate (compact/live.ts). */
+  private get writer(): BackupWriter {
+    return this.gate?.writer ?? this.inner;
   }
 
   static open(url: string, cwd: string): ServedBackup {
@@ -175,13 +181,21 @@ export class ServedBackup {
 
   /** The newest record's chain link, read without the key (null: plain). */
   tailLink(): Buffer | null {
-    return rawWriter(this.writer)?.tailLink() ?? null;
+    return rawWriter(this.inner)?.tailLink() ?? null;
   }
 
-  /** Data bytes of the backup and how many files hold them (a raw restore serves one file). */
-  extent(): { bytes: number; files: number } {
-    const w = rawWriter(this.writer);
-    return { bytes: w?.endOffset() ?? 0, files: w?.segmentFiles().length ?? 1 };
+  /**
+   * For a raw restore: the data bytes of the backup, how many files hold them (one file is served), and
+   * when it is one, that file opened for reading, all taken at one moment: a compaction that swaps the
+   * file in afterwards leaves the fd on the file these bytes describe. The caller closes the fd.
+   */
+  openRaw(): { bytes: number; files: number; fd: number | null } {
+    return this.onCurrentFile(() => {
+      const w = rawWriter(this.inner);
+      const bytes = w?.endOffset() ?? 0;
+      const files = w?.segmentFiles().length ?? 1;
+      return { bytes, files, fd: files === 1 ? openSync(backupPath(this.url, this.cwd), 'r') : null };
+    });
   }
 
   /**
@@ -191,7 +205,7 @@ export class ServedBackup {
    */
   record(h: RecordHeader, header: Buffer, source: RawSource): Verdict {
     const head = this.writer.head();
-    const w = rawWriter(this.writer);
+    const w = rawWriter(this.inner);
     if (w === null || !this.encrypted()) {
       return { ok: false, version: head, why: "this backup is not encrypted: it takes the plain protocol's CHANGE and SNAPSHOT, not sealed records", malformed: true };
     }
@@ -233,7 +247,7 @@ export class ServedBackup {
       fsyncDir(path);
     } finally {
       rmSync(tmp, { force: true });
-      this.writer = openWriter(this.url, this.cwd, { keyless: true });
+      this.inner = openWriter(this.url, this.cwd, { keyless: true });
       this.isEncrypted = null;
       this.header = undefined;
     }
@@ -242,52 +256,66 @@ export class ServedBackup {
 
   /**
    * COMPACT (the reference plugin's `backup-compact`, or clnvault's over `socket:`/`clnvault://`): the file
-   * compacted as `clnvault compact` does it (a snapshot plus the newest entries, the previous file kept as
-   * a history copy, swapped only when smaller), in a worker thread so the server's other backups go on.
-   * Run under exclusive(): this backup's writes wait, as the reference's do. The writer keeps its lock
-   * and reopens the renamed file; the reference's statistics are the answer. An encrypted backup is
-   * refused: the server has no key to replay it (docs/remote.md).
+   * compacted online, as the plugin compacts a local file (compact/live.ts): a worker thread builds the
+   * new file (a snapshot plus the newest entries; the previous file kept as a history copy; swapped only
+   * when smaller) while this backup's writes go on through a gate, catches up with them and swaps the file
+   * in under the gate's mutex. Not under exclusive(): a node writing on another connection is not held up,
+   * and the server's other backups are served meanwhile. An encrypted backup is refused: the server has
+   * no key to replay it (docs/remote.md). Answers the reference's statistics.
    */
   async compact(log: (level: 'info' | 'warn' | 'error', message: string) => void): Promise<{ ok: true; stats: CompactStats } | { ok: false; why: string }> {
+    if (this.gate !== null) return { ok: false, why: 'a compaction of this backup is already running (or one failed after replacing the file: restart the server)' };
     if (this.encrypted()) {
       return { ok: false, why: "the backup is encrypted and the server has no key: compact it with 'clnvault compact --key-file K' where the key is (docs/remote.md)" };
     }
-    const w = this.writer;
+    const w = this.inner;
     if (!isReopenable(w)) return { ok: false, why: 'this backup type cannot be compacted' };
-    const path = backupPath(this.url, this.cwd);
-    const file = identityOf(path);
+    const gate = new ThreadFileGate(w, log);
+    this.gate = gate;
     let outcome: CompactOutcome | null = null;
     let failed: string | null = null;
     try {
-      outcome = await runOfflineCompaction(
-        {
-          path,
-          end: w.endOffset(),
-          file,
-          opts: { format: w.format, history: DEFAULT_COMPACTION.history, segmentBytes: w.format === 'v2' ? DEFAULT_SEGMENT_BYTES : undefined, onlyIfSmaller: true },
-        },
-        log,
-      );
+      outcome = await gate.compact({ format: w.format, history: DEFAULT_COMPACTION.history, segmentBytes: gate.segmentBytes, onlyIfSmaller: true });
     } catch (e) {
       failed = (e as Error).message;
-    }
-    // Whatever the outcome, the writer follows the name: a compaction that failed after its rename left the
-    // new file there, and it holds every entry (nothing was appended meanwhile: this runs under exclusive()).
-    let now: FileIdentity | null = null;
-    try {
-      now = identityOf(path);
-    } catch {
-      // the name is gone: the next append fails on the writer's name check and says so
-    }
-    if (now !== null && (now.dev !== file.dev || now.ino !== file.ino)) {
-      w.reopen();
-      const { count, prev } = countEntries(this.url, this.cwd);
-      this.count = count;
-      this.prev = prev;
-      this.header = undefined;
+    } finally {
+      await this.exclusive(() => {
+        // the writer follows the name (a compaction that failed after its rename left a whole new file there)
+        gate.enter();
+        try {
+          gate.sync();
+        } finally {
+          gate.leave();
+        }
+        // a failure after the rename that left the new file's durability unknown: the gate stays and refuses every write
+        gate.checkWritable();
+        this.gate = null;
+        const { count, prev } = countEntries(this.url, this.cwd);
+        this.count = count;
+        this.prev = prev;
+        this.header = undefined;
+      }).catch((e: unknown) => {
+        failed ??= (e as Error).message;
+      });
     }
     if (failed !== null || outcome === null) return { ok: false, why: `the compaction failed: ${failed}` };
     return { ok: true, stats: outcome.stats };
+  }
+
+  /**
+   * Runs `fn` on the file's writer where the backup's name points now: under the gate's mutex while a
+   * compaction runs, so that no swap happens in between (an fd opened in `fn` keeps that file).
+   */
+  private onCurrentFile<T>(fn: () => T): T {
+    const g = this.gate;
+    if (g === null) return fn();
+    g.enter();
+    try {
+      g.sync();
+      return fn();
+    } finally {
+      g.leave();
+    }
   }
 
   private ruleMessage(kind: string, version: number, head: number): string {

@@ -274,10 +274,32 @@ export class RawClient {
  * SNAPSHOT (`ackDelayMs` late), and with `compactTo` a COMPACT_RES (the reference's JSON statistics) to
  * COMPACT, after which it holds that many entries, as a compacted file does. Records the packet types it got.
  */
-export async function referenceShapedServer(opts: { ackDelayMs?: number; compactTo?: number } = {}): Promise<{ server: Server; port: number; seen: number[] }> {
+export async function referenceShapedServer(opts: { ackDelayMs?: number; compactTo?: number; oneConnectionAtATime?: boolean } = {}): Promise<{ server: Server; port: number; seen: number[] }> {
   let meta = { protocol: 1, version: 0, prevVersion: 0, versionCount: 0 };
   const seen: number[] = [];
+  // oneConnectionAtATime: as backup-cli server (listen(1), one accept at a time): a second connection is
+  // established but not read from until the first one closed
+  let active: Socket | null = null;
+  const queued: Socket[] = [];
+  const next = (): void => {
+    active = null;
+    while (active === null && queued.length > 0) {
+      const c = queued.shift()!;
+      if (c.destroyed) continue;
+      active = c;
+      c.resume();
+    }
+  };
   const server = createServer((c) => {
+    if (opts.oneConnectionAtATime) {
+      c.on('close', () => {
+        if (active === c) next();
+      });
+      if (active !== null) {
+        c.pause();
+        queued.push(c);
+      } else active = c;
+    }
     let buf = Buffer.alloc(0);
     c.on('data', (d: Buffer) => {
       buf = Buffer.concat([buf, d]);

@@ -1,12 +1,12 @@
 import type { BackupWriter } from '../backend.js';
-import type { LaneFileGate } from './live-compact.js';
+import type { ThreadFileGate } from '../../compact/thread-gate.js';
 import { compactPg } from '../postgres/compact.js';
 import type { KeyLike } from '../../crypto/backup-crypt.js';
 
 /**
  * One destination's share of `backup-compact` with several destinations, run by its lane (lane.ts).
  * Whatever the destination supports: a file (v2/v1) is compacted online, in a worker thread with a capped
- * young generation, while the lane keeps writing and acknowledging through its gate (live-compact.ts);
+ * young generation, while the lane keeps writing and acknowledging through its gate (compact/thread-gate.ts);
  * PostgreSQL compacts inside the database and a socket: server compacts its own file if it can (the
  * reference does, a clnvault server refuses), both on the lane's thread, which holds its writes back
  * meanwhile (they queue; it is not counted for acknowledgements until it replays them).
@@ -31,7 +31,7 @@ export type Outcome = Omit<DestCompaction, 'index' | 'url' | 'at'>;
 
 export async function compactDestination(
   w: BackupWriter,
-  gate: LaneFileGate | null,
+  gate: ThreadFileGate | null,
   url: string,
   cwd: string,
   history: number,

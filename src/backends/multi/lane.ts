@@ -7,7 +7,7 @@ import type { KeyLike } from '../../crypto/backup-crypt.js';
 import { serialDiff, u32 } from '../../engine/versions.js';
 import { applyChange, applySnapshot, ForeignError, GapError, removeQuietly } from './apply.js';
 import { compactDestination, type DestCompaction, type Outcome } from './compact-dest.js';
-import { LaneFileGate } from './live-compact.js';
+import { ThreadFileGate } from '../../compact/thread-gate.js';
 import { catchUpFromPeers, type Peer } from './catch-up.js';
 import { isReopenable } from '../../compact/live.js';
 import { compareIdentity, destinationIdentity, replacedMessage } from './identity.js';
@@ -69,8 +69,8 @@ const shown = redact(setup.url);
 const key: KeyLike | null = setup.key ? { key: Buffer.from(setup.key.key), kind: setup.key.kind, fingerprint: setup.key.fingerprint } : null;
 
 let writer: BackupWriter | null = null;
-/** a file destination's writer goes through this gate, which compacts it online (live-compact.ts); null for others */
-let gate: LaneFileGate | null = null;
+/** a file destination's writer goes through this gate, which compacts it online (compact/thread-gate.ts); null for others */
+let gate: ThreadFileGate | null = null;
 /** online compactions of this file still running (at most one): the file is not reopened meanwhile */
 let onlineCompactions = 0;
 let queue: Array<Extract<LaneOp, { t: 'change' | 'snapshot' }>> = [];
@@ -331,7 +331,7 @@ function open(): void {
     scheduleOpen();
     return;
   }
-  gate = isReopenable(w) ? new LaneFileGate(w, (level, message) => log(level, message)) : null;
+  gate = isReopenable(w) ? new ThreadFileGate(w, (level, message) => log(level, message)) : null;
   writer = gate?.writer ?? w;
   retryMs = 250;
   const head = w.head();
@@ -383,7 +383,7 @@ function othersLive(): number {
 
 /**
  * This destination's turn in backup-compact. A file is compacted online: its writes go on and are
- * acknowledged meanwhile (live-compact.ts), whatever "ack" is. Any other destination compacts on this
+ * acknowledged meanwhile (compact/thread-gate.ts), whatever "ack" is. Any other destination compacts on this
  * thread and is taken out of the acknowledgement count for that time (its writes queue), so only when
  * the others still make up "ack": writes never wait for a compaction. Answers on `reply` and tells the
  * main thread (status).

@@ -15,6 +15,13 @@ import { DEFAULT_REMOTE_TIMEOUT_MS, remoteFailure, sealOptions, type SocketWrite
 
 /** beyond remote_timeout: only a bug in the session could get here; refusing then beats hanging lightningd */
 const BACKSTOP_MS = 10_000;
+/**
+ * compactAside: how long a second connection may take to get METADATA. `clnvault server` answers at once;
+ * `backup-cli server` serves one connection at a time, so the second one waits in its backlog.
+ */
+const ASIDE_PROBE_MS = 3000;
+/** compactAside: a compaction on the server may take as long as its backup is large; the writes go on meanwhile */
+const ASIDE_BUDGET_MS = 6 * 3600_000;
 
 export class AsyncSocketWriter implements AsyncBackupWriter {
   readonly format = 'v1' as const;
@@ -113,6 +120,42 @@ export class AsyncSocketWriter implements AsyncBackupWriter {
     const target = this.meta.prevVersion;
     this.meta = await this.run(() => this.session.rewind(target), `rewinding to version ${target}`, this.budgetMs + BACKSTOP_MS);
     return this.meta.version;
+  }
+
+  /**
+   * backup-compact without holding up the writes: COMPACT on a connection of its own, which `clnvault
+   * server` answers when its online compaction is done while this writer's connection goes on storing
+   * (server/store.ts). Null when that connection got no METADATA within ASIDE_PROBE_MS (`backup-cli
+   * server` takes one connection at a time) or the backup is encrypted (the server refuses it at once):
+   * then compactRemote() on the writer's own connection, as the reference plugin does. Either way the
+   * caller then runs refreshMetadata() between writes: the server's entry count changed.
+   */
+  async compactAside(): Promise<string | null> {
+    if (this.session.seal !== null || this.closed) return null;
+    // the probe's budget bounds the connection and its METADATA (open() gives up, and closes it, by then)
+    const side = new SocketSession(this.session.url, ASIDE_PROBE_MS);
+    try {
+      try {
+        await side.open();
+      } catch {
+        return null;
+      }
+      if (side.backupId !== null && this.session.backupId !== null && side.backupId !== this.session.backupId) {
+        throw new BackupError(`${this.location}: the server's backup id changed (${side.backupId}); not compacting it`, this.location);
+      }
+      this.log('info', `asking the backup server to compact the backup (on a second connection; writes go on meanwhile)`);
+      return await side.compact(ASIDE_BUDGET_MS);
+    } catch (e) {
+      throw new BackupError(`${this.location}: compaction failed: ${(e as Error).message}`, this.location);
+    } finally {
+      side.drop();
+      for (const n of side.notes.splice(0)) this.log(n.level, n.message);
+    }
+  }
+
+  /** Between writes: the server's version and entry count, after a compaction changed the count. */
+  async refreshMetadata(): Promise<void> {
+    this.meta = await this.run(() => this.session.refreshMetadata(), "reading the server's metadata", this.budgetMs + BACKSTOP_MS);
   }
 
   async compactRemote(): Promise<string> {
