@@ -110,3 +110,47 @@ for (const format of ['v1', 'v2'] as const) {
     });
   });
 }
+
+describe('clnvault server SIGKILLed while it compacts', () => {
+  for (const delayMs of [0, 60, 150]) {
+    it(`killed ${delayMs} ms into a compaction (writes flowing) and restarted: the plugin reconnects, nothing acknowledged is lost, the backup restores to the node`, { timeout: 150_000 }, async () => {
+      const file = join(area.dir(), 'srv.bkp');
+      const fileUrl = `file://${file}`;
+      const init = await runCli(['init', fileUrl]);
+      assert.equal(init.code, 0, init.stderr);
+      let { proc, port } = await startServer(fileUrl);
+      const socketUrl = `socket:127.0.0.1:${port}`;
+      const netDir = area.dir();
+      writeFileSync(join(netDir, 'backup.lock'), JSON.stringify({ backend_url: socketUrl, remote_timeout: 30 }));
+      const node = new SimNode({ netDir, hookSafetyTimeoutMs: 60_000 });
+      try {
+        await node.boot();
+        assert.equal((await node.transaction(['CREATE TABLE t (v TEXT)'])).answered, 'continue');
+        for (let i = 0; i < 10; i++) assert.equal((await node.transaction([`INSERT INTO t(v) VALUES ('row-${i}')`])).answered, 'continue');
+        await churn(node, 300, 'a');
+        let stop = false;
+        // churn() asserts every write is answered "continue": the outage is ridden out within remote_timeout
+        const bg = (async () => {
+          for (let i = 0; !stop; i++) await churn(node, 1, `bg${i}`);
+        })();
+        const rpc = node.rpc('backup-compact', {}, 120_000);
+        const t0 = Date.now();
+        while (!/compaction of .* started/.test(proc.out) && Date.now() - t0 < 30_000) await new Promise((r) => setTimeout(r, 5));
+        await new Promise((r) => setTimeout(r, delayMs));
+        await proc.kill('SIGKILL');
+        ({ proc } = await startServer(fileUrl, port));
+        // the call fails or succeeds (the second connection is resent COMPACT after the restart): both are fine
+        await rpc;
+        await churn(node, 5, 'after');
+        stop = true;
+        await bg;
+      } finally {
+        await node.stop();
+      }
+      const want = dump(node.dbPath);
+      assert.equal(await restoreDump(socketUrl, area.dir()), want);
+      await proc.kill();
+      assert.equal(await restoreDump(fileUrl, area.dir()), want);
+    });
+  }
+});
