@@ -14,7 +14,7 @@ import { scratchArea } from './helpers/cli.js';
 import { killAllPlugins } from './helpers/plugin-proc.js';
 import { pluginCopy, type PluginCopy } from './helpers/plugin-copy.js';
 import { dump } from './helpers/sqlite.js';
-import { firstWrite, restoreDump, startNode, twoFiles, until } from './helpers/multi-rig.js';
+import { compactWhileWriting, firstWrite, restoreDump, startNode, twoFiles, until } from './helpers/multi-rig.js';
 
 const area = scratchArea('clnvault-multi-compact-death-');
 const copies: PluginCopy[] = [];
@@ -55,21 +55,10 @@ describe('several destinations: the compaction worker of a file destination dies
       await firstWrite(node);
       for (let i = 0; i < 5; i++) assert.equal((await node.transaction([`INSERT INTO t(v) VALUES ('row-${i}')`])).answered, 'continue');
       await write(node, 100, 'a');
-      let stop = false;
-      let during = 0;
-      const bg = (async () => {
-        for (let i = 0; !stop; i++) {
-          await write(node, 1, `bg${i}`);
-          during++;
-        }
-      })();
-      let answer: { result?: { destinations: Array<{ url: string; result: string; reason?: string }> }; error?: { message: string } };
-      try {
-        answer = (await node.rpc('backup-compact', {}, 120_000)) as typeof answer;
-      } finally {
-        stop = true;
-        await bg;
-      }
+      const { answer, during } = await compactWhileWriting<{ result?: { destinations: Array<{ url: string; result: string; reason?: string }> }; error?: { message: string } }>(
+        node,
+        (n, tag) => write(n, 1, tag),
+      );
       assert.equal(answer.error, undefined, JSON.stringify(answer));
       const out = answer.result!.destinations;
       assert.equal(out.length, 2, JSON.stringify(out));

@@ -14,7 +14,7 @@ import { runCli, scratchArea, show } from './helpers/cli.js';
 import { killAllPlugins } from './helpers/plugin-proc.js';
 import { killAllServers } from './helpers/socket-rig.js';
 import { dump } from './helpers/sqlite.js';
-import { firstWrite, initFile, restoreDump, rig, startNode, twoFiles, until } from './helpers/multi-rig.js';
+import { churn, compactWhileWriting, firstWrite, initFile, restoreDump, rig, startNode, twoFiles, until } from './helpers/multi-rig.js';
 
 const area = scratchArea('clnvault-multi-compact-');
 after(async () => {
@@ -22,16 +22,6 @@ after(async () => {
   await killAllServers();
   area.cleanup();
 });
-
-const PAD = 'x'.repeat(1500);
-
-/** Ten rows rewritten over and over: the entries outweigh the database by far, so compaction gains. */
-async function churn(node: SimNode, n: number, tag: string): Promise<void> {
-  for (let i = 0; i < n; i++) {
-    const r = await node.transaction([`UPDATE t SET v = '${tag}-${i}-${PAD}' WHERE rowid = ${(i % 10) + 1}`]);
-    assert.equal(r.answered, 'continue', JSON.stringify(r));
-  }
-}
 
 async function seed(node: SimNode): Promise<void> {
   await firstWrite(node);
@@ -51,24 +41,8 @@ interface Outcome {
   reason?: string;
 }
 
-/** backup-compact while a writer keeps writing; returns the answer and how many writes went through meanwhile. */
-async function compactWhileWriting(node: SimNode): Promise<{ answer: { result?: { destinations: Outcome[] }; error?: { message: string } }; during: number }> {
-  let stop = false;
-  let during = 0;
-  const bg = (async () => {
-    for (let i = 0; !stop; i++) {
-      await churn(node, 1, `bg${i}`);
-      during++;
-    }
-  })();
-  try {
-    const answer = (await node.rpc('backup-compact', {}, 120_000)) as { result?: { destinations: Outcome[] }; error?: { message: string } };
-    return { answer, during };
-  } finally {
-    stop = true;
-    await bg;
-  }
-}
+type Answer = { result?: { destinations: Outcome[] }; error?: { message: string } };
+const compactWhileChurning = (node: SimNode): Promise<{ answer: Answer; during: number }> => compactWhileWriting<Answer>(node, (n, tag) => churn(n, 1, tag));
 
 /**
  * Two file destinations with `ack`: backup-compact while writes flow, both compacted (smaller), writes
@@ -80,7 +54,7 @@ async function twoFilesCompacted(ack: number | 'all', more: (node: SimNode, urls
   try {
     await seed(node);
     // churn() asserts that every write was answered "continue": none refused during the compaction
-    const { answer, during } = await compactWhileWriting(node);
+    const { answer, during } = await compactWhileChurning(node);
     assert.equal(answer.error, undefined, JSON.stringify(answer));
     const out = answer.result!.destinations;
     assert.deepEqual(out.map((o) => [o.url, o.result]), [[a, 'compacted'], [b, 'compacted']], JSON.stringify(out));
@@ -111,7 +85,7 @@ describe('backup-compact with several destinations', () => {
     try {
       await seed(node);
       await until(node, 'both live', (x) => x.every((y) => y.healthy && y.acked_version === node.dataVersion()), 'a2');
-      const { answer } = await compactWhileWriting(node);
+      const { answer } = await compactWhileChurning(node);
       assert.equal(answer.error, undefined, JSON.stringify(answer));
       const out = answer.result!.destinations;
       assert.equal(out[0]!.result, 'compacted', JSON.stringify(out));
@@ -176,7 +150,7 @@ describe('backup-compact with several destinations', () => {
     try {
       await seed(node);
       await until(node, 'both live', (x) => x.every((y) => y.healthy && y.acked_version === node.dataVersion()), 'a2');
-      const { answer } = await compactWhileWriting(node);
+      const { answer } = await compactWhileChurning(node);
       const out = answer.result!.destinations;
       assert.deepEqual(out.map((o) => o.result), ['compacted', 'skipped'], JSON.stringify(out));
       assert.match(out[1]!.reason ?? '', /other destination\(s\) are live and "ack" is 2/);

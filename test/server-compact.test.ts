@@ -13,8 +13,8 @@ import { after, describe, it } from 'node:test';
 import { SimNode } from '../src/sim/lightningd.js';
 import { runCli, scratchArea } from './helpers/cli.js';
 import { killAllPlugins } from './helpers/plugin-proc.js';
-import { killAllServers, startServer } from './helpers/socket-rig.js';
-import { restoreDump } from './helpers/multi-rig.js';
+import { killAllServers, startServer, type ServerProc } from './helpers/socket-rig.js';
+import { churn, compactWhileWriting, restoreDump } from './helpers/multi-rig.js';
 import { dump } from './helpers/sqlite.js';
 
 const area = scratchArea('clnvault-server-compact-');
@@ -24,14 +24,24 @@ after(async () => {
   area.cleanup();
 });
 
-const PAD = 'x'.repeat(6000);
+/** 6 KB per write: the entries outweigh the node's database (~0.35 MB) several times over */
+const PAD = 6000;
 
-/** Ten rows rewritten over and over: the entries outweigh the database by far, so compaction gains. */
-async function churn(node: SimNode, n: number, tag: string): Promise<void> {
-  for (let i = 0; i < n; i++) {
-    const r = await node.transaction([`UPDATE t SET v = '${tag}-${i}-${PAD}' WHERE rowid = ${(i % 10) + 1}`]);
-    assert.equal(r.answered, 'continue', JSON.stringify(r));
-  }
+/** A v1 or v2 file served by `clnvault server`, and a simulated node writing to it over socket: (table t, ten rows). */
+async function servedNode(format: 'v1' | 'v2', remoteTimeout: number): Promise<{ file: string; fileUrl: string; socketUrl: string; port: number; proc: ServerProc; node: SimNode }> {
+  const file = join(area.dir(), 'srv.bkp');
+  const fileUrl = `file://${file}`;
+  const init = await runCli(['init', '--format', format, fileUrl]);
+  assert.equal(init.code, 0, init.stderr);
+  const { proc, port } = await startServer(fileUrl);
+  const socketUrl = `socket:127.0.0.1:${port}`;
+  const netDir = area.dir();
+  writeFileSync(join(netDir, 'backup.lock'), JSON.stringify({ backend_url: socketUrl, remote_timeout: remoteTimeout }));
+  const node = new SimNode({ netDir, hookSafetyTimeoutMs: 60_000 });
+  await node.boot();
+  assert.equal((await node.transaction(['CREATE TABLE t (v TEXT)'])).answered, 'continue');
+  for (let i = 0; i < 10; i++) assert.equal((await node.transaction([`INSERT INTO t(v) VALUES ('row-${i}')`])).answered, 'continue');
+  return { file, fileUrl, socketUrl, port, proc, node };
 }
 
 interface Stats {
@@ -42,38 +52,13 @@ interface Stats {
 for (const format of ['v1', 'v2'] as const) {
   describe(`clnvault server compacts on COMPACT (${format} file)`, () => {
     it('backup-compact returns the statistics, the file shrinks, writes and the rewind after a crash go on in the compacted file, and it restores to the node', { timeout: 150_000 }, async () => {
-      const file = join(area.dir(), 'srv.bkp');
-      const fileUrl = `file://${file}`;
-      const init = await runCli(['init', '--format', format, fileUrl]);
-      assert.equal(init.code, 0, init.stderr);
-      const { proc, port } = await startServer(fileUrl);
-      const socketUrl = `socket:127.0.0.1:${port}`;
-      const netDir = area.dir();
-      writeFileSync(join(netDir, 'backup.lock'), JSON.stringify({ backend_url: socketUrl, remote_timeout: 20 }));
-      const node = new SimNode({ netDir, hookSafetyTimeoutMs: 60_000 });
+      const { file, fileUrl, socketUrl, proc, node } = await servedNode(format, 20);
       try {
-        await node.boot();
-        assert.equal((await node.transaction(['CREATE TABLE t (v TEXT)'])).answered, 'continue');
-        for (let i = 0; i < 10; i++) assert.equal((await node.transaction([`INSERT INTO t(v) VALUES ('row-${i}')`])).answered, 'continue');
-        await churn(node, 300, 'a');
+        await churn(node, 300, 'a', PAD);
         const sizeBefore = (JSON.parse((await runCli(['inspect', '--json', fileUrl])).stdout) as { bytes: number }).bytes;
 
         // db_writes go on while the server compacts: the plugin asks on a second connection
-        let stop = false;
-        let during = 0;
-        const bg = (async () => {
-          for (let i = 0; !stop; i++) {
-            await churn(node, 1, `bg${i}`);
-            during++;
-          }
-        })();
-        let answer: { result?: Stats; error?: { message: string } };
-        try {
-          answer = (await node.rpc('backup-compact', {}, 120_000)) as typeof answer;
-        } finally {
-          stop = true;
-          await bg;
-        }
+        const { answer, during } = await compactWhileWriting<{ result?: Stats; error?: { message: string } }>(node, (n, tag) => churn(n, 1, tag, PAD));
         // on the writer's own connection at most the write in flight would finish before the answer
         assert.ok(during >= 3, `only ${during} db_write(s) answered while the server compacted`);
         assert.match(proc.out, /connection 2 from .*: asked for compaction/);
@@ -91,13 +76,13 @@ for (const format of ['v1', 'v2'] as const) {
         assert.ok(readdirSync(dirname(file)).some((n) => n.startsWith(`${basename(file)}.hist-`)), readdirSync(dirname(file)).join(' '));
 
         // the writer appends to the compacted file, not to the history copy it replaced
-        await churn(node, 10, 'b');
+        await churn(node, 10, 'b', PAD);
         // lightningd dies between the hook and its commit: at the restart it sends that version again with
         // other statements, and the server must rewind the compacted file's head (the one legal rewind)
         const crashed = await node.crashBeforeCommit([`UPDATE t SET v = 'never-committed' WHERE rowid = 1`]);
         assert.equal(crashed.answered, 'continue');
         await node.boot();
-        await churn(node, 5, 'c');
+        await churn(node, 5, 'c', PAD);
       } finally {
         await node.stop();
       }
@@ -114,24 +99,15 @@ for (const format of ['v1', 'v2'] as const) {
 describe('clnvault server SIGKILLed while it compacts', () => {
   for (const delayMs of [0, 60, 150]) {
     it(`killed ${delayMs} ms into a compaction (writes flowing) and restarted: the plugin reconnects, nothing acknowledged is lost, the backup restores to the node`, { timeout: 150_000 }, async () => {
-      const file = join(area.dir(), 'srv.bkp');
-      const fileUrl = `file://${file}`;
-      const init = await runCli(['init', fileUrl]);
-      assert.equal(init.code, 0, init.stderr);
-      let { proc, port } = await startServer(fileUrl);
-      const socketUrl = `socket:127.0.0.1:${port}`;
-      const netDir = area.dir();
-      writeFileSync(join(netDir, 'backup.lock'), JSON.stringify({ backend_url: socketUrl, remote_timeout: 30 }));
-      const node = new SimNode({ netDir, hookSafetyTimeoutMs: 60_000 });
+      const served = await servedNode('v2', 30);
+      const { fileUrl, socketUrl, port, node } = served;
+      let proc = served.proc;
       try {
-        await node.boot();
-        assert.equal((await node.transaction(['CREATE TABLE t (v TEXT)'])).answered, 'continue');
-        for (let i = 0; i < 10; i++) assert.equal((await node.transaction([`INSERT INTO t(v) VALUES ('row-${i}')`])).answered, 'continue');
-        await churn(node, 300, 'a');
+        await churn(node, 300, 'a', PAD);
         let stop = false;
         // churn() asserts every write is answered "continue": the outage is ridden out within remote_timeout
         const bg = (async () => {
-          for (let i = 0; !stop; i++) await churn(node, 1, `bg${i}`);
+          for (let i = 0; !stop; i++) await churn(node, 1, `bg${i}`, PAD);
         })();
         const rpc = node.rpc('backup-compact', {}, 120_000);
         const t0 = Date.now();
@@ -141,7 +117,7 @@ describe('clnvault server SIGKILLed while it compacts', () => {
         ({ proc } = await startServer(fileUrl, port));
         // the call fails or succeeds (the second connection is resent COMPACT after the restart): both are fine
         await rpc;
-        await churn(node, 5, 'after');
+        await churn(node, 5, 'after', PAD);
         stop = true;
         await bg;
       } finally {

@@ -119,6 +119,37 @@ export async function writes(node: SimNode, n: number, tag: string): Promise<voi
   }
 }
 
+/** Ten rows of table t rewritten over and over, `pad` characters each: the entries outweigh the database, so compaction gains. */
+export async function churn(node: SimNode, n: number, tag: string, pad = 1500): Promise<void> {
+  const fill = 'x'.repeat(pad);
+  for (let i = 0; i < n; i++) {
+    const r = await node.transaction([`UPDATE t SET v = '${tag}-${i}-${fill}' WHERE rowid = ${(i % 10) + 1}`]);
+    assert.equal(r.answered, 'continue', JSON.stringify(r));
+  }
+}
+
+/**
+ * backup-compact while one write after another goes through `write` (which asserts each is answered
+ * "continue"); returns the answer and how many writes were answered before it.
+ */
+export async function compactWhileWriting<T>(node: SimNode, write: (node: SimNode, tag: string) => Promise<void>): Promise<{ answer: T; during: number }> {
+  let stop = false;
+  let during = 0;
+  const bg = (async () => {
+    for (let i = 0; !stop; i++) {
+      await write(node, `bg${i}`);
+      during++;
+    }
+  })();
+  try {
+    const answer = (await node.rpc('backup-compact', {}, 120_000)) as T;
+    return { answer, during };
+  } finally {
+    stop = true;
+    await bg;
+  }
+}
+
 export interface DestStatus {
   url: string;
   state: string;
