@@ -4,6 +4,7 @@ import type { RecordInfo } from '../backends/file/v2/scan.js';
 import type { V2Reader } from '../backends/file/v2/reader.js';
 import { cryptFor, keyAdvice, type KeyLike } from './backup-crypt.js';
 import { ChainCheck } from './records.js';
+import type { ScanChain } from './scan-chain.js';
 
 /** A reader of an encrypted v2 backup (V2Reader or SegmentedReader). */
 export interface EncryptableReader {
@@ -13,6 +14,8 @@ export interface EncryptableReader {
   setCrypt(c: ReturnType<typeof cryptFor>): void;
   forEachRecord(visit: (reader: V2Reader, rec: RecordInfo, offset: number) => void): void;
   firstDamage(): number | null;
+  /** the chain as the open scan followed it, with the reader of each file (src/crypto/scan-chain.ts) */
+  scannedChain?(): { chain: ScanChain; readers: readonly V2Reader[] } | null;
 }
 
 export function isEncryptable(r: unknown): r is EncryptableReader {
@@ -80,6 +83,7 @@ export function unlockAndAuthenticate(reader: unknown, key: KeyLike | null | und
 export type AuthMode = 'full' | 'chain';
 
 export function authenticate(reader: EncryptableReader, mode: AuthMode = 'full'): AuthResult {
+  if (mode === 'chain') return authenticateChain(reader);
   const chain = new ChainCheck();
   const res: AuthResult = { records: 0, newestVersion: null, newestTimeMs: null, problem: null, stoppedAtDamage: reader.firstDamage() };
   const last = (): string =>
@@ -87,33 +91,11 @@ export function authenticate(reader: EncryptableReader, mode: AuthMode = 'full')
       ? 'no record before it authenticated'
       : `last authenticated version ${chain.newestVersion}, written at ${new Date(chain.newestTimeMs!).toISOString()}`;
   class Stop extends Error {}
-  let newest: { r: V2Reader; rec: RecordInfo; offset: number } | null = null;
   try {
     reader.forEachRecord((r, rec, offset) => {
-      if (mode === 'chain') {
-        const why = r.chainStep(rec, chain);
-        if (why !== null) {
-          // the record before the break is authenticated now, so the message's "last authenticated" is true
-          let before = 'no record before it authenticated';
-          if (newest !== null) {
-            const n = newest as { r: V2Reader; rec: RecordInfo; offset: number };
-            try {
-              const got = n.r.authenticateRecord(n.rec);
-              before = `last authenticated version ${n.rec.version}, written at ${new Date(got.prefix.timeMs).toISOString()}`;
-            } catch {
-              before = `and the record before it, at offset ${n.offset}, fails authentication too`;
-            }
-          }
-          res.problem = { kind: 'corrupt', offset, message: `the record at offset ${offset} (version ${rec.version}) ${why.startsWith('its payload') ? `is malformed: ${why}` : `breaks the chain: ${why}`} (${before})` };
-          throw new Stop();
-        }
-        newest = { r, rec, offset };
-        return;
-      }
       let got;
       try {
         got = r.authenticateRecord(rec);
-        newest = { r, rec, offset };
       } catch (e) {
         if (!(e instanceof BackupError)) throw e;
         res.problem = { kind: 'corrupt', offset, message: `the record at offset ${offset} (version ${rec.version}) fails authentication: wrong key, or damaged or forged (${last()})` };
@@ -129,21 +111,82 @@ export function authenticate(reader: EncryptableReader, mode: AuthMode = 'full')
   } catch (e) {
     if (!(e instanceof Stop)) throw e;
   }
-  // the newest record's version and time are reported as authenticated: in chain mode, authenticate it
-  if (mode === 'chain' && res.problem === null && newest !== null) {
-    const l = newest as { r: V2Reader; rec: RecordInfo; offset: number };
-    try {
-      const got = l.r.authenticateRecord(l.rec);
-      chain.newestTimeMs = got.prefix.timeMs;
-      chain.newestVersion = l.rec.version;
-    } catch (e) {
-      if (!(e instanceof BackupError)) throw e;
-      res.problem = { kind: 'corrupt', offset: l.offset, message: `the newest record, at offset ${l.offset} (version ${l.rec.version}), fails authentication: wrong key, or damaged or forged` };
-    }
-  }
   res.records = chain.records;
   res.newestVersion = chain.newestVersion;
   res.newestTimeMs = chain.newestTimeMs;
+  return res;
+}
+
+interface Located {
+  r: V2Reader;
+  rec: RecordInfo;
+  offset: number;
+}
+
+/**
+ * The chain from the stored prefixes and tags, and the newest record authenticated (a restore, which
+ * authenticates every record it applies as it reads it). Without damage the reader's open scan has followed
+ * the chain already (ScanChain): no pass over the records here. With damage (the chain stops at the first
+ * damaged record, which only the whole scan knows) or a reader without it, one walk of the records does it.
+ */
+function authenticateChain(reader: EncryptableReader): AuthResult {
+  const firstDamage = reader.firstDamage();
+  const res: AuthResult = { records: 0, newestVersion: null, newestTimeMs: null, problem: null, stoppedAtDamage: firstDamage };
+  let newest: Located | null = null;
+  let broken: { rec: RecordInfo; offset: number; why: string } | null = null;
+  const scanned = firstDamage === null ? (reader.scannedChain?.() ?? null) : null;
+  if (scanned !== null) {
+    const c = scanned.chain;
+    const located = (x: { file: number; rec: RecordInfo; offset: number }): Located => ({ r: scanned.readers[x.file]!, rec: x.rec, offset: x.offset });
+    newest = c.newest === null ? null : located(c.newest);
+    broken = c.broken;
+    res.records = c.records;
+    res.newestVersion = c.newestVersion;
+  } else {
+    const chain = new ChainCheck();
+    class Stop extends Error {}
+    try {
+      reader.forEachRecord((r, rec, offset) => {
+        const why = r.chainStep(rec, chain);
+        if (why !== null) {
+          broken = { rec, offset, why };
+          throw new Stop();
+        }
+        newest = { r, rec, offset };
+      });
+    } catch (e) {
+      if (!(e instanceof Stop)) throw e;
+    }
+    res.records = chain.records;
+    res.newestVersion = chain.newestVersion;
+  }
+  const n = newest as Located | null;
+  if (broken !== null) {
+    const b = broken as { rec: RecordInfo; offset: number; why: string };
+    // the record before the break is authenticated now, so the message's "last authenticated" is true
+    let before = 'no record before it authenticated';
+    if (n !== null) {
+      try {
+        const got = n.r.authenticateRecord(n.rec);
+        before = `last authenticated version ${n.rec.version}, written at ${new Date(got.prefix.timeMs).toISOString()}`;
+      } catch {
+        before = `and the record before it, at offset ${n.offset}, fails authentication too`;
+      }
+    }
+    res.problem = { kind: 'corrupt', offset: b.offset, message: `the record at offset ${b.offset} (version ${b.rec.version}) ${b.why.startsWith('its payload') ? `is malformed: ${b.why}` : `breaks the chain: ${b.why}`} (${before})` };
+    return res;
+  }
+  // the newest record's version and time are reported as authenticated: authenticate it
+  if (n !== null) {
+    try {
+      const got = n.r.authenticateRecord(n.rec);
+      res.newestTimeMs = got.prefix.timeMs;
+      res.newestVersion = n.rec.version;
+    } catch (e) {
+      if (!(e instanceof BackupError)) throw e;
+      res.problem = { kind: 'corrupt', offset: n.offset, message: `the newest record, at offset ${n.offset} (version ${n.rec.version}), fails authentication: wrong key, or damaged or forged` };
+    }
+  }
   return res;
 }
 

@@ -1,5 +1,6 @@
 import { statSync } from 'node:fs';
 import { type RecordCrypt } from '../../../crypto/records.js';
+import { ScanChain } from '../../../crypto/scan-chain.js';
 import { basename } from 'node:path';
 import type { BackupReader, BackupStats, HeaderVisitor, HeaderWalkOptions } from '../../backend.js';
 import { BackupError, type Entry, type EntryHeader, type Problem } from '../../../engine/entries.js';
@@ -57,6 +58,8 @@ export class SegmentedReader implements BackupReader {
     // planned on the way, as V2Reader does: the entries before the first damage in any segment
     const planner = new Planner();
     let damaged = false;
+    // an encrypted backup's chain runs across the files: one ScanChain follows it through every scan
+    const chain = new ScanChain();
     let entries = 0;
     let head = 0;
     try {
@@ -69,6 +72,8 @@ export class SegmentedReader implements BackupReader {
       for (let i = 0; i < segs.length; i++) {
         const seg = segs[i]!;
         const b = base;
+        chain.file = i;
+        chain.base = b;
         const r = V2Reader.open(seg.path, (rec, damagedBefore) => {
           const e = g.push({ ...rec, offset: rec.offset + b });
           if (e) {
@@ -77,7 +82,7 @@ export class SegmentedReader implements BackupReader {
             damaged ||= damagedBefore || g.corrupt.length > 0;
             if (!damaged) planner.push(e);
           }
-        });
+        }, chain);
         if (r.rawProblems().some((p) => p.kind === 'corrupt')) damaged = true;
         readers.push(r);
         bases.push(base);
@@ -169,6 +174,14 @@ export class SegmentedReader implements BackupReader {
         return true;
       });
     }
+  }
+
+  /** The chain as the segments' open scans followed it (an encrypted backup). */
+  scannedChain(): { chain: ScanChain; readers: readonly V2Reader[] } | null {
+    const own = this.readers[0]!.scannedChain();
+    // only if it ran through every file (a segment whose header says otherwise is walked, as before)
+    if (own === null || this.readers.some((r) => r.scannedChain()?.chain !== own.chain)) return null;
+    return { chain: own.chain, readers: this.readers };
   }
 
   firstDamage(): number | null {

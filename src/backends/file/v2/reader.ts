@@ -12,6 +12,7 @@ import { layoutOf, readFileHeader, scanRecords, type RecordInfo, type ScanResult
 import { FLAG_ENCRYPTED, FLAG_PRAGMA_ONLY, type FileEncryption, type RecordHeader } from './codec.js';
 import { AuthError, lastAuthText, parsePrefix, prefixLen, TAG_LEN, type ChainCheck, type Prefix, type RecordCrypt } from '../../../crypto/records.js';
 import { BATCH_BYTES, DecryptAhead, JOB_FIELDS } from '../../../crypto/decrypt-ahead.js';
+import { ScanChain } from '../../../crypto/scan-chain.js';
 
 /**
  * The v2 reader: one full forward scan at open (every record checked, nothing per record kept), then
@@ -185,6 +186,8 @@ export class V2Reader implements BackupReader {
     readonly encryption: FileEncryption | null = null,
     /** the record header CRC seed (recordSeedOf the file header; 0 before format 4) */
     private readonly seed = 0,
+    /** an encrypted backup's chain as the open scan followed it */
+    private readonly chained: ScanChain | null = null,
   ) {
     this.ahead = new ReadAhead(fd, size);
     this.size = size;
@@ -345,9 +348,10 @@ export class V2Reader implements BackupReader {
   /**
    * Opens and checks every record (the full checksum scan), keeping counts and problems, nothing per
    * record, and plans a restore on the way (the entries before the first damage), which saves a walk.
-   * `onRecord` sees every valid record (SegmentedReader groups records across its files).
+   * `onRecord` sees every valid record (SegmentedReader groups records across its files). An encrypted
+   * backup's chain is followed on the way, in `chain` (SegmentedReader's, across its files) or the reader's own.
    */
-  static open(path: string, onRecord?: (r: RecordInfo, damagedBefore: boolean) => void): V2Reader {
+  static open(path: string, onRecord?: (r: RecordInfo, damagedBefore: boolean) => void, chain?: ScanChain): V2Reader {
     let fd: number;
     try {
       fd = openSync(path, 'r');
@@ -371,8 +375,10 @@ export class V2Reader implements BackupReader {
           layout = { ...layout, seed, prealloc: seed !== 0 };
         }
       }
-      const scan = scanRecords(fd, size, path, (r, damagedBefore) => {
+      const chained = info.encryption !== null ? (chain ?? new ScanChain()) : null;
+      const scan = scanRecords(fd, size, path, (r, damagedBefore, win) => {
         onRecord?.(r, damagedBefore);
+        chained?.push(r, win);
         const e = g.push(r);
         if (e) {
           entries++;
@@ -392,7 +398,7 @@ export class V2Reader implements BackupReader {
                 `${scan.recordsValidated} record(s) after it were read and checked without it. 'clnvault restore --stop-at-damage' ` +
                 `restores them; then re-create the backup with 'clnvault init'`,
             };
-      return new V2Reader(path, fd, scan, { entries, head, corrupt: g.corrupt, dangling: g.dangling(), planner }, info.backupId, info.createdMs, size, headerDamage, info.encryption, layout.seed);
+      return new V2Reader(path, fd, scan, { entries, head, corrupt: g.corrupt, dangling: g.dangling(), planner }, info.backupId, info.createdMs, size, headerDamage, info.encryption, layout.seed, chained);
     } catch (e) {
       closeSync(fd);
       throw asBackupError(e, path, 'cannot read the backup');
@@ -449,6 +455,11 @@ export class V2Reader implements BackupReader {
       visit(this, rec, rec.offset);
       return true;
     });
+  }
+
+  /** The chain as the open scan followed it (an encrypted backup), with the reader of each of its files. */
+  scannedChain(): { chain: ScanChain; readers: readonly V2Reader[] } | null {
+    return this.chained === null ? null : { chain: this.chained, readers: [this] };
   }
 
   /** Where the first damage is, or null (forEachRecord stops there). */

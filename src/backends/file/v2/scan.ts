@@ -156,13 +156,14 @@ export function endOfNonZero(fd: number, from: number, to: number): number {
 /**
  * The forward scan: validates every record from the file header on (see docs/format-v2.md, "Recovery"),
  * handing each valid record to `onRecord` and keeping none: memory does not grow with the file.
- * `damagedBefore`: a damaged record was found earlier in the scan.
+ * `damagedBefore`: a damaged record was found earlier in the scan. `win` holds the record's bytes (views
+ * valid until the next read through it): an encrypted backup's chain is followed from them (ScanChain).
  */
 export function scanRecords(
   fd: number,
   size: number,
   path: string,
-  onRecord?: (r: RecordInfo, damagedBefore: boolean) => void,
+  onRecord?: (r: RecordInfo, damagedBefore: boolean, win: FileWindow) => void,
   layout: RecordLayout = PLAIN_LAYOUT,
 ): ScanResult {
   const { seed, prealloc } = layout;
@@ -254,7 +255,7 @@ export function scanRecords(
       // after a snapshot (or its parts, which grouping may drop) the next change is checked in any case
       prev = h.type === TYPE_CHANGE && reason === null ? h.version : null;
       if (h.type !== TYPE_SNAPSHOT_PART) wholeRecords++;
-      onRecord?.({ offset: o, type: h.type, version: h.version, length: h.length, pragmaOnly, parts: h.type === TYPE_SNAPSHOT ? h.keyId : 0 }, corrupt.length > 0);
+      onRecord?.({ offset: o, type: h.type, version: h.version, length: h.length, pragmaOnly, parts: h.type === TYPE_SNAPSHOT ? h.keyId : 0 }, corrupt.length > 0, win);
       o += RECORD_OVERHEAD + h.length;
       continue;
     }
