@@ -5,10 +5,11 @@
  * so both see the same background load; the load average is printed beside the figures.
  *
  *   node dist/bench/encryption.js [--dir DIR] [--n1k N] [--n100k N] [--warmup N] [--rounds N] [--transactions N]
- *                                 [--ahead auto|always] [--only hook|restore]
+ *                                 [--ahead MODE[,MODE...]] [--only hook|restore]
  *
- * --ahead always: the encrypted restore decrypts in its worker thread whatever the load average says (by
- * default it does only when a core looks free, which the bench's own previous step usually hides here).
+ * --ahead: how the encrypted restore decrypts: auto (the default: src/crypto/decrypt-ahead.ts decides),
+ * always (in its worker thread), never (inline). Several modes (e.g. never,always) are run in the same
+ * rounds, in turn with the plain restore, so that they see the same load: the figures that decide the gate.
  *
  * Targets: encrypted p50 within 1.1x of plain at 1 KB; restore rate at least 0.8x of plain.
  */
@@ -132,7 +133,7 @@ interface ChildResult {
   /** the restore's own thread: what the wall-clock rate is bound by when a core is free for the worker; null off Linux */
   mainCpuMs: number | null;
   head: number;
-  /** change records the decrypting worker gave (0: it did not start, e.g. no core looked free) */
+  /** change records the decrypting worker gave (0: it did not start, e.g. --ahead never, or a single CPU) */
   ahead: number;
 }
 
@@ -147,7 +148,9 @@ function mainThreadCpuMs(): number | null {
 }
 
 /** In the child: open (scan), authenticate (encrypted), plan, replay, checks; as `clnvault restore` does (the same reader too). */
-function child(backup: string, dest: string, keyPath: string | null, mode: 'auto' | 'always'): ChildResult {
+type AheadMode = 'auto' | 'always' | 'never';
+
+function child(backup: string, dest: string, keyPath: string | null, mode: AheadMode): ChildResult {
   const t0 = performance.now();
   const c0 = process.cpuUsage();
   const m0 = mainThreadCpuMs();
@@ -167,57 +170,62 @@ function child(backup: string, dest: string, keyPath: string | null, mode: 'auto
   }
 }
 
-function restoreBench(dir: string, n: number, rounds: number, ahead: 'auto' | 'always', say: (s: string) => void): { plain: number; enc: number } {
+function restoreBench(dir: string, n: number, rounds: number, modes: AheadMode[], say: (s: string) => void): void {
   const keyPath = join(dir, 'restore.key');
   const key = writeKeyFile(keyPath);
   const plainPath = join(dir, 'plain.bkp');
   const encPath = join(dir, 'enc.bkp');
   generate(plainPath, n, null);
   generate(encPath, n, key);
-  const runs = { plain: [] as number[], enc: [] as number[], load: [] as number[] };
-  // tx per CPU-second too: on a loaded machine the wall-clock rate mostly measures the other processes
-  const cpu = { plain: [] as number[], enc: [] as number[] };
-  const main = { plain: [] as number[], enc: [] as number[] };
-  const aheadMode = ahead;
-  const aheadRuns: number[] = [];
+  // per kind (plain, or the encrypted restore in one mode): tx/s wall, per CPU-second (all threads), per
+  // main-thread CPU-second; on a loaded machine the wall-clock rate mostly measures the other processes
+  interface Runs {
+    wall: number[];
+    cpu: number[];
+    main: number[];
+    ahead: number[];
+  }
+  const kinds = ['plain', ...modes] as const;
+  const runs = new Map<string, Runs>(kinds.map((k) => [k, { wall: [], cpu: [], main: [], ahead: [] }]));
+  const load: number[] = [];
   for (let r = 0; r < rounds; r++) {
-    runs.load.push(loadavg()[0]!);
-    for (const which of r % 2 === 0 ? (['plain', 'enc'] as const) : (['enc', 'plain'] as const)) {
+    load.push(loadavg()[0]!);
+    // each kind goes first in turn, so that none always runs on a warmer disk or a quieter minute
+    const order = kinds.map((_, i) => kinds[(i + r) % kinds.length]!);
+    for (const which of order) {
       const dest = join(dir, `restored-${which}.sqlite3`);
       rmSync(dest, { force: true });
-      const args = [fileURLToPath(import.meta.url), '--child', which === 'plain' ? plainPath : encPath, dest, which === 'plain' ? '' : keyPath, ahead];
+      const args = [fileURLToPath(import.meta.url), '--child', which === 'plain' ? plainPath : encPath, dest, which === 'plain' ? '' : keyPath, which === 'plain' ? 'never' : which];
       const c = spawnSync(process.execPath, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'] });
       if (c.status !== 0) throw new Error(`restore child failed (${c.status})`);
       const res = JSON.parse(c.stdout) as ChildResult;
       if (res.head !== n + 1) throw new Error(`restored to ${res.head}, expected ${n + 1}`);
-      runs[which].push(n / (res.ms / 1000));
-      cpu[which].push(n / (res.cpuMs / 1000));
-      if (res.mainCpuMs !== null) main[which].push(n / (res.mainCpuMs / 1000));
-      if (which === 'enc') aheadRuns.push(res.ahead);
+      const k = runs.get(which)!;
+      k.wall.push(n / (res.ms / 1000));
+      k.cpu.push(n / (res.cpuMs / 1000));
+      if (res.mainCpuMs !== null) k.main.push(n / (res.mainCpuMs / 1000));
+      k.ahead.push(res.ahead);
       rmSync(dest, { force: true });
     }
   }
-  const plain = median(runs.plain);
-  const enc = median(runs.enc);
-  say(`\nrestore of ${n} invoice-shaped transactions (${(statSync(plainPath).size / 1e6).toFixed(1)} MB plain, ${(statSync(encPath).size / 1e6).toFixed(1)} MB encrypted), median of ${rounds} alternating rounds; load ${runs.load.map((l) => l.toFixed(2)).join(', ')}:`);
-  say(`  plain      ${Math.round(plain).toLocaleString('en-US')} tx/s   (runs: ${runs.plain.map((x) => Math.round(x)).join(', ')})`);
-  say(`  encrypted  ${Math.round(enc).toLocaleString('en-US')} tx/s   (runs: ${runs.enc.map((x) => Math.round(x)).join(', ')}; includes the chain check over every record and the decryption of every applied one)`);
-  say(`             records decrypted by the worker thread, per run: ${aheadRuns.join(', ')} (--ahead ${aheadMode}; 0: not started, no core looked free)`);
-  say(`  ratio      ${(enc / plain).toFixed(3)}x wall-clock (target >= 0.8x)`);
-  const cp = median(cpu.plain);
-  const ce = median(cpu.enc);
-  say(`  per CPU-second: plain ${Math.round(cp).toLocaleString('en-US')} tx, encrypted ${Math.round(ce).toLocaleString('en-US')} tx: ${(ce / cp).toFixed(3)}x`);
-  if (main.plain.length > 0 && main.enc.length > 0) {
-    // the encrypted restore decrypts in a worker thread: with a core free for it, the main thread bounds the wall clock
-    const mp = median(main.plain);
-    const me = median(main.enc);
-    say(`  per main-thread CPU-second: plain ${Math.round(mp).toLocaleString('en-US')} tx, encrypted ${Math.round(me).toLocaleString('en-US')} tx: ${(me / mp).toFixed(3)}x`);
+  const fmt = (x: number): string => Math.round(x).toLocaleString('en-US');
+  const p = runs.get('plain')!;
+  say(`\nrestore of ${n} invoice-shaped transactions (${(statSync(plainPath).size / 1e6).toFixed(1)} MB plain, ${(statSync(encPath).size / 1e6).toFixed(1)} MB encrypted), median of ${rounds} rounds, kinds in turn; load ${load.map((l) => l.toFixed(2)).join(', ')}:`);
+  say(`  plain             ${fmt(median(p.wall))} tx/s   (runs: ${p.wall.map(fmt).join(', ')})`);
+  for (const m of modes) {
+    const e = runs.get(m)!;
+    say(`  encrypted ${m.padEnd(7)} ${fmt(median(e.wall))} tx/s   (runs: ${e.wall.map(fmt).join(', ')}; records decrypted by the worker thread: ${e.ahead.join(', ')})`);
+    say(`    ratio           ${(median(e.wall) / median(p.wall)).toFixed(3)}x wall-clock (target >= 0.8x); per round: ${e.wall.map((x, i) => (x / p.wall[i]!).toFixed(2)).join(', ')}`);
+    say(`    per CPU-second: plain ${fmt(median(p.cpu))} tx, encrypted ${fmt(median(e.cpu))} tx: ${(median(e.cpu) / median(p.cpu)).toFixed(3)}x`);
+    if (p.main.length > 0 && e.main.length > 0) {
+      // with a core free for the worker thread, the restore's own thread bounds the wall clock
+      say(`    per main-thread CPU-second: plain ${fmt(median(p.main))} tx, encrypted ${fmt(median(e.main))} tx: ${(median(e.main) / median(p.main)).toFixed(3)}x`);
+    }
   }
-  return { plain, enc };
 }
 
 if (process.argv[1] !== undefined && import.meta.url === pathToFileURL(process.argv[1]).href && process.argv[2] === '--child') {
-  process.stdout.write(JSON.stringify(child(process.argv[3]!, process.argv[4]!, process.argv[5] || null, process.argv[6] === 'always' ? 'always' : 'auto')));
+  process.stdout.write(JSON.stringify(child(process.argv[3]!, process.argv[4]!, process.argv[5] || null, (process.argv[6] ?? 'auto') as AheadMode)));
 } else if (process.argv[1] !== undefined && import.meta.url === pathToFileURL(process.argv[1]).href) {
   const { values } = parseArgs({
     options: { dir: { type: 'string' }, n1k: { type: 'string' }, n100k: { type: 'string' }, warmup: { type: 'string' }, rounds: { type: 'string' }, transactions: { type: 'string' }, ahead: { type: 'string', default: 'auto' }, only: { type: 'string' } },
@@ -227,9 +235,10 @@ if (process.argv[1] !== undefined && import.meta.url === pathToFileURL(process.a
   try {
     say(`bench/encryption.ts on ${dir} (uptime: ${spawnSync('uptime', { encoding: 'utf8' }).stdout.trim()})`);
     const rounds = Number(values.rounds ?? 3);
-    if (values.ahead !== 'auto' && values.ahead !== 'always') throw new Error('--ahead takes auto or always');
+    const modes = values.ahead.split(',') as AheadMode[];
+    if (modes.length === 0 || modes.some((m) => m !== 'auto' && m !== 'always' && m !== 'never')) throw new Error('--ahead takes auto, always or never, or several of them separated by commas');
     if (values.only !== 'restore') await hookBench(dir, Number(values.n1k ?? 2000), Number(values.n100k ?? 300), Number(values.warmup ?? 3000), rounds, say);
-    if (values.only !== 'hook') restoreBench(dir, Number(values.transactions ?? 50_000), rounds, values.ahead, say);
+    if (values.only !== 'hook') restoreBench(dir, Number(values.transactions ?? 50_000), rounds, modes, say);
     say(`\n(uptime after: ${spawnSync('uptime', { encoding: 'utf8' }).stdout.trim()})`);
   } finally {
     rmSync(dir, { recursive: true, force: true });

@@ -6,7 +6,7 @@
  */
 import assert from 'node:assert/strict';
 import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { availableParallelism, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { createV2 } from '../src/backends/file/v2.js';
@@ -85,7 +85,8 @@ describe('encrypted restore: decryption ahead in a worker thread', () => {
     assert.equal(dump(destE), dump(destP));
   });
 
-  it('a forged record deep in the run (checksums recomputed) is refused with its offset and the version before it; nothing left behind', () => {
+  /** A copy of the backup with a ciphertext byte of record k = N - 50 changed and its checksums recomputed. */
+  function forgedCopy(name: string): { path: string; start: number; k: number } {
     const good = readFileSync(enc);
     const recs = records(good);
     assert.equal(recs.length, N);
@@ -95,8 +96,23 @@ describe('encrypted restore: decryption ahead in a worker thread', () => {
     // a ciphertext byte: the chain (prefix, tag) is untouched, only decryption can tell
     b[start + 32 + 48 + 100]! ^= 0x01;
     fixChecksums(b, start, end);
-    const forged = join(dir, 'forged.bkp');
-    writeFileSync(forged, b);
+    const path = join(dir, name);
+    writeFileSync(path, b);
+    return { path, start, k };
+  }
+
+  /** The restore fails at the forged record, naming it and the version before it. */
+  function refusedAt(restore: () => unknown, start: number, k: number): void {
+    assert.throws(restore, (e: Error) => {
+      assert.match(e.message, new RegExp(`offset ${start}\\b`));
+      assert.match(e.message, /fails authentication/);
+      assert.match(e.message, new RegExp(`last authenticated version ${k}, written at \\d{4}-`));
+      return true;
+    });
+  }
+
+  it('a forged record deep in the run (checksums recomputed) is refused with its offset and the version before it; nothing left behind', () => {
+    const { path: forged, start, k } = forgedCopy('forged.bkp');
     const out = join(dir, 'out');
     mkdirSync(out);
     const reader = openReader(`file://${forged}`, '/');
@@ -104,18 +120,36 @@ describe('encrypted restore: decryption ahead in a worker thread', () => {
       const auth = unlockAndAuthenticate(reader, key, 'chain')!;
       assert.equal(auth.problem, null, 'the chain does not see it: only decryption can');
       reader.decryptAhead!({ always: true });
-      assert.throws(
-        () => restoreBackup(reader, out),
-        (e: Error) => {
-          assert.match(e.message, new RegExp(`offset ${start}\\b`));
-          assert.match(e.message, /fails authentication/);
-          assert.match(e.message, new RegExp(`last authenticated version ${k}, written at \\d{4}-`));
-          return true;
-        },
-      );
+      refusedAt(() => restoreBackup(reader, out), start, k);
       assert.equal((reader as unknown as { decryptedAhead: number }).decryptedAhead, k - 1, 'the records before it came from the worker (but the big one)');
     } finally {
       reader.close();
+    }
+    assert.deepEqual(readdirSync(out), [], 'nothing left behind');
+  });
+
+  it('the default mode (auto: the worker started whatever the load, given two CPUs): the same database, and a forged record refused alike', () => {
+    const dest = join(dir, 'auto.sqlite3');
+    const reader = openReader(`file://${enc}`, '/');
+    try {
+      assert.equal(unlockAndAuthenticate(reader, key, 'chain')!.problem, null);
+      assert.equal(restoreBackup(reader, dest, { decryptAhead: 'auto' }).head, N);
+      // whatever the load average (the gate it had once kept the worker off on any busy machine)
+      const served = (reader as unknown as { decryptedAhead: number }).decryptedAhead;
+      assert.equal(served, availableParallelism() >= 2 ? N - 1 : 0, `records the worker served at load ${loadavg()[0]!.toFixed(2)}`);
+    } finally {
+      reader.close();
+    }
+    assert.equal(dump(dest), dump(join(dir, 'plain.sqlite3')));
+    const { path: forged, start, k } = forgedCopy('forged-auto.bkp');
+    const out = join(dir, 'out-auto');
+    mkdirSync(out);
+    const fr = openReader(`file://${forged}`, '/');
+    try {
+      assert.equal(unlockAndAuthenticate(fr, key, 'chain')!.problem, null);
+      refusedAt(() => restoreBackup(fr, out, { decryptAhead: 'auto' }), start, k);
+    } finally {
+      fr.close();
     }
     assert.deepEqual(readdirSync(out), [], 'nothing left behind');
   });

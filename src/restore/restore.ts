@@ -27,12 +27,10 @@ export interface RestoreOptions {
   stopAtDamage?: boolean;
   /**
    * An encrypted backup's change records are decrypted in a worker thread ahead of the replay when enough
-   * of them follow and (auto, the default) a core looks free: the 1-minute load average below the cores
-   * minus one, since on a busy machine the thread only slows the restore (src/crypto/decrypt-ahead.ts).
-   * 'always' skips the load test (benches measure the thread's gain on a machine whose load the bench
-   * itself raised).
+   * of them follow and (auto, the default) the process may use two CPUs (src/crypto/decrypt-ahead.ts).
+   * 'always' even on one CPU, 'never' decrypts inline (benches compare the two, interleaved).
    */
-  decryptAhead?: 'auto' | 'always';
+  decryptAhead?: 'auto' | 'always' | 'never';
   /** called at most ~10x/s, and once more at the end with applied == total */
   onProgress?: (p: { applied: number; total: number; bytes: number }) => void;
 }
@@ -192,7 +190,7 @@ export function restoreBackup(reader: BackupReader, dest: string, opts: RestoreO
       }
     };
     if (plan.end > plan.start) {
-      reader.decryptAhead?.(opts.decryptAhead === 'always' ? { always: true } : {});
+      if (opts.decryptAhead !== 'never') reader.decryptAhead?.(opts.decryptAhead === 'always' ? { always: true } : {});
       reader.forEachHeader(
         (h) => {
           if (index >= plan.end) return false;

@@ -11,7 +11,7 @@ import { asBackupError, readFully } from './io.js';
 import { layoutOf, readFileHeader, scanRecords, type RecordInfo, type ScanResult } from './scan.js';
 import { FLAG_ENCRYPTED, FLAG_PRAGMA_ONLY, type FileEncryption, type RecordHeader } from './codec.js';
 import { AuthError, lastAuthText, parsePrefix, prefixLen, TAG_LEN, type ChainCheck, type Prefix, type RecordCrypt } from '../../../crypto/records.js';
-import { BATCH_BYTES, DecryptAhead, JOB_FIELDS } from '../../../crypto/decrypt-ahead.js';
+import { DecryptAhead } from '../../../crypto/decrypt-ahead.js';
 import { ScanChain } from '../../../crypto/scan-chain.js';
 
 /**
@@ -165,8 +165,6 @@ export class V2Reader implements BackupReader {
   private aheadAlways = false;
   private decryptor: DecryptAhead | null = null;
   private aheadUsed = 0;
-  /** the worker's batches are read through a window of their own, ahead of the walk's */
-  private batchWindow: ReadAhead | null = null;
 
   private constructor(
     readonly location: string,
@@ -190,15 +188,12 @@ export class V2Reader implements BackupReader {
     private readonly chained: ScanChain | null = null,
   ) {
     this.ahead = new ReadAhead(fd, size);
-    this.size = size;
   }
-
-  private readonly size: number;
 
   /**
    * An encrypted backup about to be read in file order (a restore): its change records are decrypted in
    * a worker thread ahead of the reads (src/crypto/decrypt-ahead.ts). Nothing for a plain one. `always`:
-   * even when no core looks free (tests).
+   * even on a single CPU (tests).
    */
   decryptAhead(opts: { always?: boolean } = {}): void {
     if (this.encryption === null) return;
@@ -215,7 +210,8 @@ export class V2Reader implements BackupReader {
   private takeDecrypted(r: RecordInfo, crc: number): Buffer | null {
     if (!this.aheadWanted || this.crypt === null) return null;
     if (this.decryptor === null) {
-      this.decryptor = DecryptAhead.start(this.crypt, (from) => this.batch(from), r.offset, this.dataEnd - r.offset, this.aheadAlways);
+      const source = { fd: this.fd, seed: this.seed, end: this.dataEnd, maxRecord: READ_AHEAD_MAX_RECORD };
+      this.decryptor = DecryptAhead.start(this.crypt, source, r.offset, this.aheadAlways);
       if (this.decryptor === null) {
         this.aheadWanted = false;
         return null;
@@ -226,39 +222,6 @@ export class V2Reader implements BackupReader {
     this.crypt.lastAuthenticated = { version: r.version, timeMs: got.timeMs };
     this.aheadUsed++;
     return got.plain;
-  }
-
-  /**
-   * The stored payloads of the change records from `from` (a record's offset), up to BATCH_BYTES, for the
-   * worker: per record its offset, version, flags as the AAD has them, and where its bytes are. Other
-   * records (snapshots, a change too big for the window) are passed over: the reader reads them itself.
-   */
-  private batch(from: number): { recs: Float64Array; buf: ArrayBuffer; next: number | null } | null {
-    const win = (this.batchWindow ??= new ReadAhead(this.fd, this.size));
-    const end = this.dataEnd;
-    const fields: number[] = [];
-    let bytes = 0;
-    let o = from;
-    let more = false;
-    while (o < end && end - o >= RECORD_OVERHEAD) {
-      if (bytes >= BATCH_BYTES) {
-        more = true;
-        break;
-      }
-      const h = parseRecordHeader(win.get(o, RECORD_HEADER_LEN), this.seed);
-      if (typeof h === 'string' || h.length > end - o - RECORD_OVERHEAD) break;
-      if (h.type === TYPE_CHANGE && RECORD_HEADER_LEN + h.length <= READ_AHEAD_MAX_RECORD) {
-        fields.push(o, h.version, FLAG_ENCRYPTED | (h.flags & FLAG_PRAGMA_ONLY), bytes, h.length);
-        bytes += h.length;
-      }
-      o += RECORD_OVERHEAD + h.length;
-    }
-    if (fields.length === 0) return null;
-    // the payloads, copied once into bytes that are handed to the worker
-    const buf = new ArrayBuffer(bytes);
-    const view = Buffer.from(buf);
-    for (let k = 0; k < fields.length; k += JOB_FIELDS) win.get(fields[k]! + RECORD_HEADER_LEN, fields[k + 4]!).copy(view, fields[k + 3]!);
-    return { recs: Float64Array.from(fields), buf, next: more ? o : null };
   }
 
   /** Decrypt with `crypt` from now on (an encrypted backup, after its key was checked: src/crypto/backup-crypt.ts). */
@@ -666,7 +629,6 @@ export class V2Reader implements BackupReader {
     if (this.closed) return;
     this.closed = true;
     this.decryptor?.close();
-    this.batchWindow?.release();
     this.ahead.release();
     this.lastWalked = null;
     closeSync(this.fd);
