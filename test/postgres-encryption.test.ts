@@ -357,7 +357,7 @@ describe('encrypted postgresql: backups', { skip: PG_SKIP }, () => {
     const url = `postgresql://postgres:super-secret@127.0.0.1:${server.port}/clnvault_old?backup=old`;
     const m = await runCli(['init', '--schema-only', url]);
     assert.equal(m.code, 0, show(m));
-    assert.match(m.stdout, /schema version 2 -> 4/);
+    assert.match(m.stdout, /schema version 2 -> 5/);
     const i = await runCli(['inspect', '--json', url]);
     assert.equal(i.code, 0, show(i));
     assert.equal((JSON.parse(i.stdout) as { head: number }).head, 5);

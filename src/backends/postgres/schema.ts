@@ -112,6 +112,21 @@ export const MIGRATIONS: readonly string[] = [
    CREATE POLICY own_entries ON clnvault.entries USING (EXISTS (SELECT 1 FROM clnvault.backups b WHERE b.id = entries.backup_id));
    DROP POLICY own_chunks ON clnvault.snapshot_chunks;
    CREATE POLICY own_chunks ON clnvault.snapshot_chunks USING (EXISTS (SELECT 1 FROM clnvault.backups b WHERE b.id = snapshot_chunks.backup_id));`,
+  // 5: less work per db_write INSERT, same rules. A table CHECK constraint is re-read from the catalog and
+  // prepared again by every INSERT that runs it (PostgreSQL does not cache it across statements); a
+  // domain's check is prepared once per session. Measured in one transaction (no commit cost) on the
+  // development VM: 22.2 us of backend CPU per INSERT with the two CHECKs below, 18.5 us with these
+  // domains (docs/postgresql.md, "Where the time goes"). The domains start without their checks so that
+  // changing the column types rewrites nothing; adding the checks then validates the existing rows.
+  `CREATE DOMAIN clnvault.entry_kind AS smallint;
+   CREATE DOMAIN clnvault.entry_version AS bigint;
+   ALTER TABLE clnvault.entries
+     ALTER COLUMN kind TYPE clnvault.entry_kind,
+     ALTER COLUMN version TYPE clnvault.entry_version,
+     DROP CONSTRAINT entries_kind_check,
+     DROP CONSTRAINT entries_version_check;
+   ALTER DOMAIN clnvault.entry_kind ADD CONSTRAINT entry_kind_check CHECK (VALUE IN (0, 1));
+   ALTER DOMAIN clnvault.entry_version ADD CONSTRAINT entry_version_check CHECK (VALUE >= 0 AND VALUE < 4294967296);`,
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.length;

@@ -35,11 +35,15 @@ try {
   importError = `cannot load the PostgreSQL client library 'pg' (${(e as Error).message}): reinstall clnvault with its dependencies`;
 }
 
+/**
+ * `$3::bigint`: the version travels as a bigint and becomes the column's domain (schema.ts, migration 5) in
+ * the prepared plan; typed as the domain itself, every Bind would set up the domain's input function anew
+ */
 const INSERT_CHANGE =
-  'INSERT INTO clnvault.entries (backup_id, seq, kind, version, pragma_only, statements, bytes) VALUES ($1, $2, 0, $3, $4, $5, $6)';
+  'INSERT INTO clnvault.entries (backup_id, seq, kind, version, pragma_only, statements, bytes) VALUES ($1, $2, 0, $3::bigint, $4, $5, $6)';
 /** an encrypted change: the stored record (prefix, ciphertext, tag) instead of the statements */
 const INSERT_RECORD =
-  'INSERT INTO clnvault.entries (backup_id, seq, kind, version, pragma_only, record, bytes) VALUES ($1, $2, 0, $3, $4, $5, $6)';
+  'INSERT INTO clnvault.entries (backup_id, seq, kind, version, pragma_only, record, bytes) VALUES ($1, $2, 0, $3::bigint, $4, $5, $6)';
 /**
  * a header row: for an encrypted entry also the first 64 bytes of its record (the prefix) and its last 16
  * (the tag), which is all the chain check needs
