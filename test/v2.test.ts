@@ -832,6 +832,17 @@ test('statements decode to exactly the text written, and bytes that are not UTF-
   const big = new Uint8Array(p.length + 10);
   big.set(p, 5);
   assert.deepEqual(decodeChangePayload(big.subarray(5, 5 + p.length)), texts);
+  // in place, as the replay decodes in its read-ahead buffer: [start, end) of a larger buffer; every count and
+  // length is checked against end, not against the bytes that happen to follow in the buffer
+  const inPlace = Buffer.from(big);
+  assert.deepEqual(decodeChangePayload(inPlace, 5, 5 + p.length), texts);
+  assert.throws(() => decodeChangePayload(inPlace, 5, 5 + p.length - 1), /stray bytes|claims|runs past/);
+  const two = payload([Buffer.from("ab"), Buffer.from("cd")]);
+  const cut = Buffer.concat([two, Buffer.from("more bytes after the range")]);
+  // the range ends inside the second statement: its length claims bytes beyond end
+  assert.throws(() => decodeChangePayload(cut, 0, two.length - 1), /statement 1 claims 2 bytes but only 1 remain/);
+  assert.throws(() => decodeChangePayload(cut, 0, 12), /statement 1 length runs past the end of the payload/);
+  assert.throws(() => decodeChangePayload(cut, 0, 3), /change payload of 3 bytes cannot hold its statement count/);
   const bad = [
     [0x80], // a lone continuation byte
     [0xc3, 0x41], // a lead byte followed by ASCII

@@ -295,26 +295,28 @@ function utf8At(p: Buffer, start: number, end: number, i: number): string {
 }
 
 /**
- * Decodes a change payload. Every count and length is checked against the bytes actually present before
- * anything is allocated from it: a damaged or hostile length must produce an error, not a huge buffer.
+ * Decodes a change payload: `payload`, or its bytes [start, end) (the replay decodes in place in its
+ * read-ahead buffer: no view per record). Every count and length is checked against the bytes actually
+ * present before anything is allocated from it: a damaged or hostile length must produce an error, not a
+ * huge buffer.
  */
-export function decodeChangePayload(payload: Uint8Array): string[] {
+export function decodeChangePayload(payload: Uint8Array, start = 0, end = payload.length): string[] {
   const p = Buffer.isBuffer(payload) ? payload : Buffer.from(payload.buffer, payload.byteOffset, payload.byteLength);
-  if (p.length < 4) throw new Error(`change payload of ${p.length} bytes cannot hold its statement count`);
-  const dv = new DataView(p.buffer, p.byteOffset, p.byteLength);
-  const count = dv.getUint32(0);
-  if (count > (p.length - 4) / 4) throw new Error(`change payload claims ${count} statements but has only ${p.length} bytes`);
+  const len = end - start;
+  if (len < 4) throw new Error(`change payload of ${len} bytes cannot hold its statement count`);
+  const count = p.readUInt32BE(start);
+  if (count > (len - 4) / 4) throw new Error(`change payload claims ${count} statements but has only ${len} bytes`);
   const out: string[] = [];
-  let off = 4;
+  let off = start + 4;
   for (let i = 0; i < count; i++) {
-    if (p.length - off < 4) throw new Error(`statement ${i} length runs past the end of the payload`);
-    const n = dv.getUint32(off);
+    if (end - off < 4) throw new Error(`statement ${i} length runs past the end of the payload`);
+    const n = p.readUInt32BE(off);
     off += 4;
-    if (n > p.length - off) throw new Error(`statement ${i} claims ${n} bytes but only ${p.length - off} remain`);
+    if (n > end - off) throw new Error(`statement ${i} claims ${n} bytes but only ${end - off} remain`);
     out.push(utf8At(p, off, off + n, i));
     off += n;
   }
-  if (off !== p.length) throw new Error(`${p.length - off} stray bytes after the last statement`);
+  if (off !== end) throw new Error(`${end - off} stray bytes after the last statement`);
   return out;
 }
 
@@ -329,21 +331,21 @@ export interface RecordHeader {
 }
 
 /**
- * The header at `b[0..32)`, or why it is not one. Only magic and checksum decide validity; `seed` is the
- * file's recordSeedOf, so a record of another backup or segment set fails like a damaged one.
+ * The header at `b[at..at + 32)`, or why it is not one. Only magic and checksum decide validity; `seed` is
+ * the file's recordSeedOf, so a record of another backup or segment set fails like a damaged one.
  */
-export function parseRecordHeader(b: Buffer, seed = 0): RecordHeader | string {
-  if (b.readUInt32BE(0) !== RECORD_MAGIC) return 'no record magic';
+export function parseRecordHeader(b: Buffer, seed = 0, at = 0): RecordHeader | string {
+  if (b.readUInt32BE(at) !== RECORD_MAGIC) return 'no record magic';
   // a plain view: a Buffer view (subarray) costs ~3x as much to make, and this runs for every record, twice
-  if (crc32(new Uint8Array(b.buffer, b.byteOffset, 28), seed) !== b.readUInt32BE(28)) return 'record header checksum mismatch';
+  if (crc32(new Uint8Array(b.buffer, b.byteOffset + at, 28), seed) !== b.readUInt32BE(at + 28)) return 'record header checksum mismatch';
   return {
-    type: b[4]!,
-    flags: b[5]!,
-    reserved16: b.readUInt16BE(6),
-    version: b.readUInt32BE(8),
-    keyId: b.readUInt32BE(12),
-    length: readU64(b, 16),
-    payloadCrc: b.readUInt32BE(24),
+    type: b[at + 4]!,
+    flags: b[at + 5]!,
+    reserved16: b.readUInt16BE(at + 6),
+    version: b.readUInt32BE(at + 8),
+    keyId: b.readUInt32BE(at + 12),
+    length: readU64(b, at + 16),
+    payloadCrc: b.readUInt32BE(at + 24),
   };
 }
 

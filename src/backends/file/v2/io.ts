@@ -40,8 +40,18 @@ export class FileWindow {
   }
 
   ahead(off: number, n: number): Buffer {
+    const i = this.aheadIndex(off, n);
+    return this.buf.subarray(i, i + n);
+  }
+
+  /** ahead() without the view (the scan's path): bytes [off, off + n) are at [i, i + n) of `bytes` for the returned i, until the next call. */
+  aheadIndex(off: number, n: number): number {
     if (!this.has(off, n)) this.fill(off, Math.min(this.buf.length, this.size - off), n);
-    return this.buf.subarray(off - this.start, off - this.start + n);
+    return off - this.start;
+  }
+
+  get bytes(): Buffer {
+    return this.buf;
   }
 
   behind(off: number, n: number): Buffer {

@@ -60,8 +60,21 @@ class ReadAhead {
 
   /** Bytes [off, off + n) of the file, n <= CHUNK; the view is valid until the next call. */
   get(off: number, n: number): Buffer {
+    const i = this.index(off, n);
+    return this.buf!.subarray(i, i + n);
+  }
+
+  /**
+   * get() without the view, for the replay's path (a Buffer view per record cost more than the rest of
+   * reading it): bytes [off, off + n) are at [i, i + n) of `bytes` for the returned i, until the next call.
+   */
+  index(off: number, n: number): number {
     if (off < this.start || off + n > this.start + this.len) this.fill(off, n);
-    return this.buf!.subarray(off - this.start, off - this.start + n);
+    return off - this.start;
+  }
+
+  get bytes(): Buffer {
+    return this.buf!;
   }
 
   release(): void {
@@ -443,7 +456,8 @@ export class V2Reader implements BackupReader {
     let prev: number | null = null;
     while (o < end) {
       if (end - o < RECORD_OVERHEAD) throw this.changedError(o, 'a record cut short');
-      const h = parseRecordHeader(this.ahead.get(o, RECORD_HEADER_LEN), this.seed);
+      const hi = this.ahead.index(o, RECORD_HEADER_LEN);
+      const h = parseRecordHeader(this.ahead.bytes, this.seed, hi);
       if (typeof h === 'string') throw this.changedError(o, h);
       this.walkedHeader = h;
       this.walkedAt = o;
@@ -536,23 +550,31 @@ export class V2Reader implements BackupReader {
     // the length was vouched for by the header checksum and fits inside the file
     const total = RECORD_HEADER_LEN + r.length;
     let rec: Buffer;
+    // where the record starts in rec: the read-ahead buffer is used in place
+    let at = 0;
     let hh: RecordHeader | string | null = null;
     if (total <= READ_AHEAD_MAX_RECORD) {
-      rec = this.ahead.get(r.offset, total);
+      at = this.ahead.index(r.offset, total);
+      rec = this.ahead.bytes;
       if (r.offset === this.walkedAt && this.ahead.fills === this.walkedFill) hh = this.walkedHeader;
     } else {
       rec = Buffer.allocUnsafe(total);
       readFully(this.fd, rec, total, r.offset);
     }
-    let payload = rec.subarray(RECORD_HEADER_LEN, total);
-    hh ??= parseRecordHeader(rec, this.seed);
-    // decrypted ahead: the worker checked the payload's CRC and authenticated it
-    const plain = this.encryption !== null && typeof hh !== 'string' && hh.length === r.length ? this.takeDecrypted(r, hh.payloadCrc) : null;
-    if (plain === null && (typeof hh === 'string' || hh.length !== r.length || crc32(payload) !== hh.payloadCrc)) {
-      throw new BackupError(`${this.location}: the change record at offset ${r.offset} changed or was damaged since it was scanned`, this.location, r.offset);
+    hh ??= parseRecordHeader(rec, this.seed, at);
+    if (this.encryption === null) {
+      // the plain restore's path: CRC through a plain view, statements decoded in place
+      if (typeof hh === 'string' || hh.length !== r.length || crc32(new Uint8Array(rec.buffer, rec.byteOffset + at + RECORD_HEADER_LEN, r.length)) !== hh.payloadCrc) {
+        throw this.changedSince(r);
+      }
+      return { kind: 'change', version: r.version, offset: r.offset, statements: this.decodeAt(r, rec, at + RECORD_HEADER_LEN, at + total) };
     }
+    let payload = rec.subarray(at + RECORD_HEADER_LEN, at + total);
+    // an encrypted backup: decrypted ahead (the worker checked the payload's CRC and authenticated it), or here
+    const plain = typeof hh !== 'string' && hh.length === r.length ? this.takeDecrypted(r, hh.payloadCrc) : null;
+    if (plain === null && (typeof hh === 'string' || hh.length !== r.length || crc32(payload) !== hh.payloadCrc)) throw this.changedSince(r);
     if (plain !== null) payload = plain;
-    else if (this.encryption !== null) {
+    else {
       try {
         const stored = payload;
         payload = this.needKey(r.offset).open(this.meta(r), stored).plain;
@@ -562,13 +584,19 @@ export class V2Reader implements BackupReader {
         throw e;
       }
     }
-    let statements: string[];
+    return { kind: 'change', version: r.version, offset: r.offset, statements: this.decodeAt(r, payload, 0, payload.length) };
+  }
+
+  private changedSince(r: RecordInfo): BackupError {
+    return new BackupError(`${this.location}: the change record at offset ${r.offset} changed or was damaged since it was scanned`, this.location, r.offset);
+  }
+
+  private decodeAt(r: RecordInfo, b: Buffer, start: number, end: number): string[] {
     try {
-      statements = decodeChangePayload(payload);
+      return decodeChangePayload(b, start, end);
     } catch (e) {
       throw new BackupError(`${this.location}: change record at offset ${r.offset} does not decode: ${(e as Error).message}`, this.location, r.offset);
     }
-    return { kind: 'change', version: r.version, offset: r.offset, statements };
   }
 
   /**

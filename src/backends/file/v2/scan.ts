@@ -46,17 +46,18 @@ export type RecordCheck =
 
 /** Full check of the record at `o` (header, bounds, payload checksum, trailer); at least 40 bytes must remain. */
 export function checkRecordAt(win: FileWindow, o: number, seed = 0): RecordCheck {
-  const h = parseRecordHeader(win.ahead(o, RECORD_HEADER_LEN), seed);
+  const h = parseRecordHeader(win.bytes, seed, win.aheadIndex(o, RECORD_HEADER_LEN));
   if (typeof h === 'string') return { kind: 'bad-header', why: h };
   if (h.length > win.size - o - RECORD_OVERHEAD) return { kind: 'past-eof', h };
   let trailer: number;
   if (RECORD_OVERHEAD + h.length <= win.capacity) {
-    // the usual small record: one window view for all of it, and a plain view of the payload for the CRC
-    const all = win.ahead(o, RECORD_OVERHEAD + h.length);
-    if (crc32(new Uint8Array(all.buffer, all.byteOffset + RECORD_HEADER_LEN, h.length)) !== h.payloadCrc) {
+    // the usual small record: read in place in the window (no view but a plain one of the payload for the CRC)
+    const at = win.aheadIndex(o, RECORD_OVERHEAD + h.length);
+    const b = win.bytes;
+    if (crc32(new Uint8Array(b.buffer, b.byteOffset + at + RECORD_HEADER_LEN, h.length)) !== h.payloadCrc) {
       return { kind: 'bad-payload', h, why: 'payload checksum mismatch' };
     }
-    trailer = readU64(all, RECORD_HEADER_LEN + h.length);
+    trailer = readU64(b, at + RECORD_HEADER_LEN + h.length);
   } else {
     if (crcOfRange(win, o + RECORD_HEADER_LEN, h.length) !== h.payloadCrc) {
       return { kind: 'bad-payload', h, why: 'payload checksum mismatch' };
