@@ -8,7 +8,9 @@
 const MOD = 0x1_0000_0000;
 
 export function u32(n: number): number {
-  return ((n % MOD) + MOD) % MOD;
+  // for an integer (a double holds each exactly) ToUint32 is that same modulo, without two floating-point
+  // remainders: the open scan plans every entry through here; anything else keeps the arithmetic (NaN stays NaN)
+  return Number.isInteger(n) ? n >>> 0 : ((n % MOD) + MOD) % MOD;
 }
 
 /** Signed distance from `b` to `a` in [-2^31, 2^31). */
