@@ -79,6 +79,9 @@ for (let i = 0; i < 6; i++) {
   HEX_VALUE[97 + i] = 10 + i;
 }
 
+/** Small integer literals (states, flags, counts) bind these instead of a new BigInt each (BigInts are immutable). */
+const SMALL_BIGINTS: readonly bigint[] = Array.from({ length: 1024 }, (_, i) => BigInt(i));
+
 /** Below this length a segment is compared char by char (a short substring is a copy); above, as a string. */
 const SHORT_SEGMENT = 16;
 
@@ -106,8 +109,8 @@ export class StatementCache {
    */
   run(sql: string): boolean {
     // SQLite's tokenizer stops at a NUL even inside a literal, where a bound value would carry it along:
-    // such a statement runs as text (and fails as it always did)
-    if (sql.indexOf('\0') >= 0) return this.miss(sql);
+    // such a statement runs as text (and fails as it always did). statementShape refuses them, so no
+    // template holds a NUL, and match() refuses one in a string literal (the only other place it could be).
     const r = this.tryBucket(this.buckets.get(keyOf(sql)), sql);
     return r !== undefined ? r : this.miss(sql);
   }
@@ -154,7 +157,7 @@ export class StatementCache {
   /**
    * The literals of `sql` as values to bind (in t.params), if `sql` is the template's text with one literal
    * token in each gap; else null. A literal is what sqlscan.ts lifts: digits up to INT64_MAX, a string
-   * (`''` inside; run() turned NULs away), or x'..' with hex digit pairs. The text after each is compared
+   * (`''` inside, no NUL), or x'..' with hex digit pairs. The text after each is compared
    * exactly; it starts with a boundary character (or is the end), so a literal read here ends exactly where
    * SQLite's tokenizer would end it.
    */
@@ -183,6 +186,7 @@ export class StatementCache {
           break;
         }
         let body = sql.slice(pos + 1, end - 1);
+        if (body.indexOf('\0') >= 0) return null;
         if (esc) body = body.replaceAll("''", "'");
         out[k - 1] = body;
       } else if (c >= 48 && c <= 57) {
@@ -195,7 +199,7 @@ export class StatementCache {
           j++;
         }
         // bound as an int64 BigInt (a number would bind as REAL); up to 15 digits are exact in a double
-        if (j - pos <= 15) out[k - 1] = BigInt(x);
+        if (j - pos <= 15) out[k - 1] = x < SMALL_BIGINTS.length ? SMALL_BIGINTS[x] : BigInt(x);
         else if (fitsInt64(sql, pos, j)) out[k - 1] = BigInt(sql.slice(pos, j));
         else return null;
         end = j;
