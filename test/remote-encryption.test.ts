@@ -19,18 +19,20 @@ import { runCli, scratchArea } from './helpers/cli.js';
 import { findNeedles, sessionNeedles } from './helpers/needles.js';
 import { killAllPlugins, PluginProc } from './helpers/plugin-proc.js';
 import { killAllServers, ServerProc } from './helpers/socket-rig.js';
-import { addNode, nodesServer, recordedCalls, writeThroughServerKills } from './helpers/nodes-rig.js';
+import { addNode, nodesServer, writeThroughServerKills } from './helpers/nodes-rig.js';
 import { dump } from './helpers/sqlite.js';
 import { replaySessions } from './helpers/sim-fixtures.js';
 import { openConnection, PSK_TLS } from '../src/backends/socket/connect.js';
 import { parseSocketUrl } from '../src/backends/socket/url.js';
-import { askHello, parseServedHeader, sealedChangePacket } from '../src/backends/socket/sealed.js';
+import { askHello, parseServedHeader, sealedChangePacket, sendSealedSnapshot } from '../src/backends/socket/sealed.js';
+import Database from '../src/engine/sqlite.js';
 import { cryptFor } from '../src/crypto/backup-crypt.js';
 import { keyFromKeyFile } from '../src/crypto/keys.js';
 import { FLAG_ENCRYPTED } from '../src/backends/file/v2.js';
 import { crc32 } from 'node:zlib';
 import { randomBytes } from 'node:crypto';
-import { startNode, until } from './helpers/multi-rig.js';
+import { churn, startNode, until } from './helpers/multi-rig.js';
+import { SimNode } from '../src/sim/lightningd.js';
 
 const CLN = join(FIXTURES, 'cln-v26.06.6');
 const REF = join(FIXTURES, 'reference-socket');
@@ -100,6 +102,22 @@ function recordStarts(file: string): number[] {
     at += RECORD_OVERHEAD + readU64(b, at + 16);
   }
   return starts;
+}
+
+/**
+ * An encrypted node's backup on a fresh server, and a connection to it that speaks the sealed records
+ * itself (as the node's plugin would), for the tests of what the server accepts without the key.
+ */
+async function rawSealedConnection(): Promise<{ proc: ServerProc; n: Node; conn: Awaited<ReturnType<typeof openConnection>>; served: ReturnType<typeof parseServedHeader>; crypt: NonNullable<ReturnType<typeof cryptFor>> }> {
+  const dir = area.dir();
+  const key = await addNode(dir, 'alice');
+  const { proc, port } = await nodesServer(dir);
+  const n = await initNode(dir, 'alice', key, port);
+  const conn = await openConnection(parseSocketUrl(n.url, n.netDir), 5000);
+  const hello = await askHello(conn, 5000);
+  const served = parseServedHeader(hello.header!);
+  const crypt = cryptFor(n.url, served.encryption, served.backupId, keyFromKeyFile(n.keyFile), true)!;
+  return { proc, n, conn, served, crypt };
 }
 
 const sessions: Array<[string, string[], string, NodeJS.ProcessEnv]> = [
@@ -235,33 +253,100 @@ describe('encrypted clnvault:// backups: the server stores and serves ciphertext
     await proc.kill();
   });
 
-  it('backup-compact of an encrypted backup: the server, which has no key, refuses and says where it can be done; the file is unchanged and writes go on', { timeout: 60_000 }, async () => {
+  it('backup-compact of an encrypted backup: the node sends a chain-start snapshot of its database that the server, without the key, makes the whole backup; writes and a rewind go on; it restores exactly; no plaintext on the server', { timeout: 150_000 }, async () => {
     const dir = area.dir();
     const key = await addNode(dir, 'alice');
     const { proc, port } = await nodesServer(dir);
-    const n = await initNode(dir, 'alice', key, port);
-    const plugin = new PluginProc(n.netDir);
-    await plugin.call('m', 'getmanifest', {});
-    const calls = recordedCalls();
-    const half = Math.floor(calls.length / 2);
-    for (let i = 0; i < half; i++) assert.deepEqual((await plugin.call(`w${i}`, 'db_write', calls[i])).result, { result: 'continue' });
-    // what the file holds, as inspect reads it without the key (reserved space may be topped up meanwhile)
-    const held = async (): Promise<unknown> => {
+    const n = await initNode(dir, 'alice', key, port, 20);
+    // what the server's file holds, as inspect reads it without the key (reserved space not counted)
+    const held = async (): Promise<{ bytes: number; entries: number; snapshots: number }> => {
       const i = await runCli(['inspect', '--json', `file://${n.file}`]);
       assert.equal(i.code, 0, i.stderr);
-      const j = JSON.parse(i.stdout) as { bytes: number; entries: number; head: number };
-      return { bytes: j.bytes, entries: j.entries, head: j.head };
+      const j = JSON.parse(i.stdout) as { bytes: number; entries: number; snapshots: unknown[] };
+      return { bytes: j.bytes, entries: j.entries, snapshots: j.snapshots.length };
     };
-    const before = await held();
-    const r = await plugin.call('c', 'backup-compact', {});
-    assert.ok(r.error, JSON.stringify(r));
-    assert.match(r.error.message, /the server refused the compaction: the backup is encrypted and the server has no key: compact it with 'clnvault compact --key-file K' where the key is/);
-    assert.deepEqual(await held(), before, 'the refused compaction changed the server\'s file');
-    for (let i = half; i < calls.length; i++) assert.deepEqual((await plugin.call(`w${i}`, 'db_write', calls[i])).result, { result: 'continue' });
-    await plugin.close();
+    const node = new SimNode({ netDir: n.netDir, hookSafetyTimeoutMs: 60_000 });
+    try {
+      await node.boot();
+      assert.equal((await node.transaction(['CREATE TABLE t (v TEXT)'])).answered, 'continue');
+      for (let i = 0; i < 10; i++) assert.equal((await node.transaction([`INSERT INTO t(v) VALUES ('${MARKER}-${i}')`])).answered, 'continue');
+      await churn(node, 300, MARKER, 6000);
+      const before = await held();
+      const answer = (await node.rpc('backup-compact', {}, 120_000)) as {
+        result?: { before: { backupsize: number; version_count: number }; after: { backupsize: number; version_count: number } };
+        error?: { message: string };
+      };
+      assert.equal(answer.error, undefined, JSON.stringify(answer));
+      const s = answer.result!;
+      assert.ok(s.before.version_count > 300 && s.after.version_count === 1 && s.after.backupsize < s.before.backupsize / 3, JSON.stringify(s));
+      const after = await held();
+      assert.ok(after.entries === 1 && after.snapshots === 1 && after.bytes < before.bytes / 3, `${JSON.stringify(after)} (before: ${JSON.stringify(before)})`);
+      assert.match(proc.out, /compacted the encrypted backup with its node's snapshot/);
+      await churn(node, 10, 'b', 6000);
+      // a crash before lightningd commits: at the restart the version is sent again, and the server rewinds it
+      assert.equal((await node.crashBeforeCommit([`UPDATE t SET v = 'never-committed' WHERE rowid = 1`])).answered, 'continue');
+      await node.boot();
+      await churn(node, 5, 'c', 6000);
+      // and once more, with the head now a change after the compaction's snapshot
+      assert.equal(((await node.rpc('backup-compact', {}, 120_000)) as { error?: unknown }).error, undefined);
+      await churn(node, 3, 'd', 6000);
+    } finally {
+      await node.stop();
+    }
+    const want = dump(node.dbPath);
+    assert.ok(!want.includes('never-committed'));
     const out = await restore(n);
     assert.equal(out.code, 0, out.stderr);
-    assert.equal(dump(out.dest), readFileSync(join(REF, 'expected.dump.sql'), 'utf8'));
+    assert.equal(dump(out.dest), want);
+    // the server's own file (and its history copy), read with the key where it is
+    const dest = join(area.dir(), 'direct.sqlite3');
+    const direct = await runCli(['restore', '--key-file', n.keyFile, `file://${n.file}`, dest]);
+    assert.equal(direct.code, 0, direct.stderr);
+    assert.equal(dump(dest), want);
+    assertNoPlaintext(dir, [Buffer.from(MARKER)]);
+    await proc.kill();
+  });
+
+  it('the server checks a compaction snapshot without the key: one not of the head version, or not naming the newest record\'s link, is refused and changes nothing; a good one becomes the backup and the chain goes on', { timeout: 60_000 }, async () => {
+    const { proc, n, conn, served, crypt } = await rawSealedConnection();
+    const answerOf = async (): Promise<{ type: number; text: string }> => {
+      const r = (await conn.readPacket(5000, 5000, 1 << 16))!;
+      return { type: r.type, text: r.payload.toString('utf8') };
+    };
+    for (const v of [1, 2]) {
+      await conn.write(sealedChangePacket(crypt, served.seed, v, [`CREATE TABLE t${v} (x INTEGER)`]), 5000);
+      assert.equal((await answerOf()).type, PKT.ACK);
+      crypt.committed();
+    }
+    // the database the node would send: t1 and t2, at version 2
+    const db = join(area.dir(), 'snap.sqlite3');
+    const sq = new Database(db);
+    sq.exec('CREATE TABLE t1 (x INTEGER); CREATE TABLE t2 (x INTEGER)');
+    sq.close();
+    const bytes = (): Buffer => readFileSync(n.file).subarray(0, 4096);
+    const before = bytes();
+
+    await sendSealedSnapshot(conn, crypt, served.seed, 1, db, 5000, true);
+    assert.match((await answerOf()).text, /the snapshot is of version 1, the backup is at 2: it must cover the backup's newest version exactly/);
+    const link = Buffer.from(crypt.link);
+    crypt.link = randomBytes(16);
+    await sendSealedSnapshot(conn, crypt, served.seed, 2, db, 5000, true);
+    assert.match((await answerOf()).text, /the snapshot's link is not the link of the backup's newest record/);
+    crypt.link = link;
+    assert.ok(bytes().equals(before), 'a refused compaction changed the backup');
+
+    await sendSealedSnapshot(conn, crypt, served.seed, 2, db, 5000, true);
+    const ok = await answerOf();
+    assert.equal(ok.type, PKT.COMPACT_RES, ok.text);
+    assert.deepEqual((JSON.parse(ok.text) as { after: { version_count: number } }).after.version_count, 1);
+    crypt.committed();
+    await conn.write(sealedChangePacket(crypt, served.seed, 3, ['CREATE TABLE t3 (x INTEGER)']), 5000);
+    assert.equal((await answerOf()).type, PKT.ACK);
+    crypt.committed();
+    conn.close();
+    const out = await restore(n);
+    assert.equal(out.code, 0, out.stderr);
+    assert.match(dump(out.dest), /CREATE TABLE t1 [\s\S]*CREATE TABLE t2 [\s\S]*CREATE TABLE t3 /);
     await proc.kill();
   });
 
@@ -301,15 +386,7 @@ describe('encrypted clnvault:// backups: the server stores and serves ciphertext
   });
 
   it('the server checks sealed records without the key: a bad CRC, another file\'s seed, a plaintext flag, a gap are refused and change nothing; an oversized frame drops that connection only', { timeout: 60_000 }, async () => {
-    const dir = area.dir();
-    const key = await addNode(dir, 'alice');
-    const { proc, port } = await nodesServer(dir);
-    const n = await initNode(dir, 'alice', key, port);
-    const u = parseSocketUrl(n.url, n.netDir);
-    const conn = await openConnection(u, 5000);
-    const hello = await askHello(conn, 5000);
-    const served = parseServedHeader(hello.header!);
-    const crypt = cryptFor(n.url, served.encryption, served.backupId, keyFromKeyFile(n.keyFile), true)!;
+    const { proc, n, conn, served, crypt } = await rawSealedConnection();
     const send = async (pkt: Buffer): Promise<{ type: number; text: string }> => {
       await conn.write(pkt, 5000);
       const r = (await conn.readPacket(5000, 5000, 1 << 16))!;
@@ -341,7 +418,7 @@ describe('encrypted clnvault:// backups: the server stores and serves ciphertext
     await conn.write(big, 5000);
     assert.equal(await conn.readPacket(5000, 5000, 64).catch(() => null), null);
     conn.close();
-    const again = await openConnection(u, 5000);
+    const again = await openConnection(parseSocketUrl(n.url, n.netDir), 5000);
     const h2 = await askHello(again, 5000);
     assert.ok(h2.tailLink.equals(crypt.link), 'the tail link is the acknowledged record\'s');
     again.close();

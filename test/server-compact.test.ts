@@ -58,13 +58,14 @@ for (const format of ['v1', 'v2'] as const) {
         const sizeBefore = (JSON.parse((await runCli(['inspect', '--json', fileUrl])).stdout) as { bytes: number }).bytes;
 
         // db_writes go on while the server compacts: the plugin asks on a second connection
-        const { answer, during } = await compactWhileWriting<{ result?: Stats; error?: { message: string } }>(node, (n, tag) => churn(n, 1, tag, PAD));
+        // small ones: what they add to the compacted file is carried over, however many the load lets through
+        const { answer, during } = await compactWhileWriting<{ result?: Stats; error?: { message: string } }>(node, (n, tag) => churn(n, 1, tag, 100));
         // on the writer's own connection at most the write in flight would finish before the answer
         assert.ok(during >= 3, `only ${during} db_write(s) answered while the server compacted`);
         assert.match(proc.out, /connection 2 from .*: asked for compaction/);
         assert.equal(answer.error, undefined, JSON.stringify(answer));
         const s = answer.result!;
-        assert.ok(s.before.version_count > 300 && s.after.version_count < s.before.version_count / 10, `${JSON.stringify(s)}\n${proc.out}`);
+        assert.ok(s.before.version_count > 300 && s.after.version_count <= during + 3, `${JSON.stringify(s)} (${during} writes meanwhile)\n${proc.out}`);
         assert.ok(s.after.backupsize < s.before.backupsize / 3, JSON.stringify(s));
         // the file itself, as `clnvault inspect` reads it (reserved space after a v2 file's data not counted)
         const inspected = await runCli(['inspect', '--json', fileUrl]);

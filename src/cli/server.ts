@@ -21,7 +21,8 @@ It stores through clnvault's file backend (v1 or v2, as the file is; create it f
 gaps and regressions (NACK), rewinds an uncommitted entry for real, serves restores while
 a node is connected, and drops a connection that sends garbage without disturbing others.
 A node's backup-compact (COMPACT) compacts the file as 'clnvault compact' does, in a worker
-thread, keeping the previous file as a history copy (not an encrypted backup: no key here).
+thread while the node keeps writing, keeping the previous file as a history copy. An
+encrypted backup is compacted by its node, which has the key, with a snapshot it sends.
 
 THE PROTOCOL HAS NO AUTHENTICATION AND NO ENCRYPTION: anyone who can connect can read
 the node's whole database and write to its backup. Listen on loopback (the default use)

@@ -23,7 +23,7 @@ export interface SealedContext {
 }
 
 export function isSealedPacket(type: number): boolean {
-  return type >= XPKT.HELLO && type <= XPKT.ERROR;
+  return type >= XPKT.HELLO && type <= XPKT.COMPACT_STREAM;
 }
 
 const SMALL = 64;
@@ -68,6 +68,9 @@ export async function handleSealed(ctx: SealedContext, conn: Conn, backup: Serve
     case XPKT.RECORD_STREAM:
       await receiveStream(ctx, conn, backup, length);
       return;
+    case XPKT.COMPACT_STREAM:
+      await receiveCompaction(ctx, conn, backup, length);
+      return;
     case XPKT.RAW_RESTORE:
       if (length > SMALL) throw new ProtocolError(`RAW_RESTORE of ${length} bytes`);
       await conn.readExact(length, t, 'a RAW_RESTORE');
@@ -106,24 +109,55 @@ async function answer(ctx: SealedContext, conn: Conn, v: Verdict): Promise<void>
   await conn.write(v.malformed ? errorPacket(`the server refused the record: ${v.why}`) : u32Packet(PKT.NACK, v.version), ctx.timeoutMs);
 }
 
+/** A streamed record's stored payload into the scratch file `tmp` (never in memory); returns its header, which comes last. */
+async function spool(ctx: SealedContext, conn: Conn, tmp: string, stored: number, what: string): Promise<Buffer> {
+  const t = ctx.timeoutMs;
+  const fh = await open(tmp, 'wx', 0o600);
+  try {
+    let at = 0;
+    await conn.readStream(stored, t, `a ${what} payload`, async (chunk) => {
+      await fh.write(chunk, 0, chunk.length, at);
+      at += chunk.length;
+    });
+  } finally {
+    await fh.close();
+  }
+  return conn.readExact(RECORD_HEADER_LEN, t, `a ${what} header`);
+}
+
+/**
+ * COMPACT_STREAM: an encrypted backup compacted by its node, which has the key (sealed-compact.ts): a
+ * snapshot record streamed as RECORD_STREAM is, then checked without the key and made the whole backup.
+ * Answered with COMPACT_RES (the reference's statistics) or ERROR (why not; the backup is unchanged).
+ */
+async function receiveCompaction(ctx: SealedContext, conn: Conn, backup: ServedBackup, length: number): Promise<void> {
+  if (length < RECORD_HEADER_LEN) throw new ProtocolError(`COMPACT_STREAM of ${length} bytes`);
+  const stored = length - RECORD_HEADER_LEN;
+  const tmp = ctx.scratchPath(backup);
+  try {
+    const header = await spool(ctx, conn, tmp, stored, 'COMPACT_STREAM');
+    ctx.takeOver(conn, backup);
+    const r = await backup.exclusive(() => backup.rebaseSealed(header, tmp, stored, ctx.log));
+    if (!r.ok) {
+      ctx.log('warn', `${conn.peer}: refused to compact the encrypted backup: ${r.why}`);
+      await conn.write(errorPacket(`the server refused the compaction: ${r.why}`), ctx.timeoutMs);
+      return;
+    }
+    ctx.log('info', `${conn.peer}: compacted the encrypted backup with its node's snapshot: ${JSON.stringify(r.stats)}`);
+    await conn.write(packet(PKT.COMPACT_RES, Buffer.from(JSON.stringify(r.stats), 'utf8')), ctx.timeoutMs);
+    backup.topUp();
+  } finally {
+    rmSync(tmp, { force: true });
+  }
+}
+
 /** RECORD_STREAM: the stored payload into a scratch file (never in memory), its header, then the append from the scratch file. */
 async function receiveStream(ctx: SealedContext, conn: Conn, backup: ServedBackup, length: number): Promise<void> {
-  const t = ctx.timeoutMs;
   if (length < RECORD_HEADER_LEN) throw new ProtocolError(`RECORD_STREAM of ${length} bytes`);
   const stored = length - RECORD_HEADER_LEN;
   const tmp = ctx.scratchPath(backup);
   try {
-    const fh = await open(tmp, 'wx', 0o600);
-    try {
-      let at = 0;
-      await conn.readStream(stored, t, 'a RECORD_STREAM payload', async (chunk) => {
-        await fh.write(chunk, 0, chunk.length, at);
-        at += chunk.length;
-      });
-    } finally {
-      await fh.close();
-    }
-    const header = await conn.readExact(RECORD_HEADER_LEN, t, 'a RECORD_STREAM header');
+    const header = await spool(ctx, conn, tmp, stored, 'RECORD_STREAM');
     ctx.takeOver(conn, backup);
     const v = await backup.exclusive(() => {
       const fd = openSync(tmp, 'r');

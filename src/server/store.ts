@@ -1,8 +1,8 @@
-import { closeSync, openSync, readSync, renameSync, rmSync } from 'node:fs';
+import { closeSync, linkSync, openSync, readSync, renameSync, rmSync } from 'node:fs';
 import type { BackupWriter } from '../backends/backend.js';
 import { backupPath, openReader, openWriter } from '../backends/open.js';
 import { v2BackupId } from '../backends/file/backup-id.js';
-import { createV2, FILE_FLAG_ENCRYPTED, FILE_HEADER_LEN, isV2, RawRecordError, TYPE_CHANGE, type FileEncryption, type RawSource, type RecordHeader } from '../backends/file/v2.js';
+import { createV2, FILE_FLAG_ENCRYPTED, FILE_HEADER_LEN, isV2, RawRecordError, TYPE_CHANGE, TYPE_SNAPSHOT, type FileEncryption, type RawSource, type RecordHeader } from '../backends/file/v2.js';
 import { FLAG_PRAGMA_ONLY } from '../backends/file/v2/codec.js';
 import { SegmentedWriter } from '../backends/file/segments.js';
 import { fsyncDir } from '../backends/file/fsutil.js';
@@ -12,6 +12,11 @@ import { DEFAULT_COMPACTION } from '../compact/config.js';
 import type { CompactOutcome, CompactStats } from '../compact/compact.js';
 import { isReopenable } from '../compact/live.js';
 import { ThreadFileGate } from '../compact/thread-gate.js';
+import { compactingPath, historyPath, pruneHistory } from '../compact/files.js';
+import { checkRawHeader } from '../backends/socket/sealed.js';
+import { recordSeedOf } from '../backends/file/v2/codec.js';
+import { SNAPSHOT_PREFIX_LEN } from '../crypto/records.js';
+import { rebaseRefusal, writeRebasedFile } from './sealed-compact.js';
 
 /**
  * One backup file served to socket clients: the file backend's writer (held for the server's life, so
@@ -31,6 +36,8 @@ export class ServedBackup {
   private header: Buffer | null | undefined = undefined;
   /** set while a compaction runs (and after one that failed past its rename, so that every write is refused) */
   private gate: ThreadFileGate | null = null;
+  /** set when a compaction by the node replaced the file and the writer could not follow: every record is refused */
+  private failed: string | null = null;
 
   private constructor(
     readonly url: string,
@@ -205,6 +212,7 @@ export class ServedBackup {
    */
   record(h: RecordHeader, header: Buffer, source: RawSource): Verdict {
     const head = this.writer.head();
+    if (this.failed !== null) return { ok: false, version: head, why: this.failed, malformed: true };
     const w = rawWriter(this.inner);
     if (w === null || !this.encrypted()) {
       return { ok: false, version: head, why: "this backup is not encrypted: it takes the plain protocol's CHANGE and SNAPSHOT, not sealed records", malformed: true };
@@ -266,7 +274,10 @@ export class ServedBackup {
   async compact(log: (level: 'info' | 'warn' | 'error', message: string) => void): Promise<{ ok: true; stats: CompactStats } | { ok: false; why: string }> {
     if (this.gate !== null) return { ok: false, why: 'a compaction of this backup is already running (or one failed after replacing the file: restart the server)' };
     if (this.encrypted()) {
-      return { ok: false, why: "the backup is encrypted and the server has no key: compact it with 'clnvault compact --key-file K' where the key is (docs/remote.md)" };
+      return {
+        ok: false,
+        why: "the backup is encrypted and the server has no key: the node compacts it (backup-compact with this server as the plugin's only destination), or 'clnvault compact --key-file K' on a copy of the server's file where the key is (docs/encryption.md)",
+      };
     }
     const w = this.inner;
     if (!isReopenable(w)) return { ok: false, why: 'this backup type cannot be compacted' };
@@ -300,6 +311,64 @@ export class ServedBackup {
     }
     if (failed !== null || outcome === null) return { ok: false, why: `the compaction failed: ${failed}` };
     return { ok: true, stats: outcome.stats };
+  }
+
+  /**
+   * An encrypted backup compacted by its node (sealed-compact.ts): `header` and the `stored` payload bytes
+   * in `payloadPath` are a chain-start snapshot of the head version that names the newest record's link.
+   * The backup becomes a file of that one record, built beside it and renamed over it (the old file kept as
+   * a history copy); the writer reopens it. Run under exclusive(): nothing is appended meanwhile.
+   */
+  rebaseSealed(header: Buffer, payloadPath: string, stored: number, log: (level: 'info' | 'warn', message: string) => void): { ok: true; stats: CompactStats } | { ok: false; why: string } {
+    if (this.failed !== null) return { ok: false, why: this.failed };
+    const fh = this.fileHeader();
+    const w = rawWriter(this.inner);
+    if (fh === null || w === null || !this.encrypted()) return { ok: false, why: 'this backup is not encrypted: the server compacts it itself (COMPACT)' };
+    const files = w.segmentFiles().length;
+    if (files > 1) return { ok: false, why: `the backup spans ${files} segment files: compact it where the key is ('clnvault compact --key-file K' on a copy of the server's files)` };
+    if (w.isEmpty()) return { ok: false, why: 'the backup is empty: there is nothing to compact' };
+    const h = checkRawHeader(header, recordSeedOf(fh));
+    if (typeof h === 'string') return { ok: false, why: h };
+    if (h.length !== stored) return { ok: false, why: `the record header states ${h.length} payload bytes, ${stored} came` };
+    const prefix = Buffer.alloc(SNAPSHOT_PREFIX_LEN);
+    const pfd = openSync(payloadPath, 'r');
+    try {
+      readSync(pfd, prefix, 0, prefix.length, 0);
+    } finally {
+      closeSync(pfd);
+    }
+    const why = rebaseRefusal(h, prefix, w.head(), this.tailLink(), TYPE_SNAPSHOT);
+    if (why !== null) return { ok: false, why };
+    const path = backupPath(this.url, this.cwd);
+    const before = { backupsize: w.endOffset(), version_count: this.count };
+    const tmp = compactingPath(path);
+    rmSync(tmp, { force: true });
+    let size: number;
+    try {
+      size = writeRebasedFile(tmp, fh, header, h, payloadPath, stored);
+    } catch (e) {
+      return { ok: false, why: (e as Error).message };
+    }
+    try {
+      // the old inode keeps this name after the rename: the backup as it was, for --to-version
+      linkSync(path, historyPath(path, Date.now()));
+    } catch (e) {
+      log('warn', `cannot keep the old backup ${path} as history (${(e as Error).message}); compacting without`);
+    }
+    renameSync(tmp, path);
+    try {
+      fsyncDir(path);
+      w.reopen();
+    } catch (e) {
+      this.failed = `the compacted backup replaced ${path}, then: ${(e as Error).message}; no record is taken any more: restart the server (it checks the backup at start)`;
+      return { ok: false, why: this.failed };
+    }
+    pruneHistory(path, DEFAULT_COMPACTION.history);
+    const { count, prev } = countEntries(this.url, this.cwd);
+    this.count = count;
+    this.prev = prev;
+    this.header = undefined;
+    return { ok: true, stats: { before, after: { version_count: count, backupsize: size } } };
   }
 
   /**

@@ -1,4 +1,7 @@
+import { rmSync, statSync } from 'node:fs';
+import { join } from 'node:path';
 import type { AsyncBackupWriter, BackupStats } from '../backend.js';
+import { takeLiveSnapshot } from '../../engine/live-snapshot.js';
 import { BackupError, type Problem } from '../../engine/entries.js';
 import { changePacket, type Metadata } from './protocol.js';
 import { SocketSession } from './session.js';
@@ -22,6 +25,9 @@ const BACKSTOP_MS = 10_000;
 const ASIDE_PROBE_MS = 3000;
 /** compactAside: a compaction on the server may take as long as its backup is large; the writes go on meanwhile */
 const ASIDE_BUDGET_MS = 6 * 3600_000;
+/** compactSealed: copies of the database taken until one is at the backup's head (lightningd commits the last write soon after its hook) */
+const SNAPSHOT_TRIES = 50;
+const DB_NAME = 'lightningd.sqlite3';
 
 export class AsyncSocketWriter implements AsyncBackupWriter {
   readonly format = 'v1' as const;
@@ -36,13 +42,15 @@ export class AsyncSocketWriter implements AsyncBackupWriter {
     private readonly session: SocketSession,
     private readonly budgetMs: number,
     private readonly log: (level: 'info' | 'warn' | 'error', message: string) => void,
+    /** the plugin's directory, which holds the node's database */
+    private readonly cwd: string,
   ) {}
 
   static async open(url: string, opts: SocketWriterOptions = {}): Promise<AsyncSocketWriter> {
     const budgetMs = opts.remoteTimeoutMs ?? DEFAULT_REMOTE_TIMEOUT_MS;
     const u = parseSocketUrl(url, opts.cwd);
     const session = new SocketSession(u, budgetMs, sealOptions(u, opts));
-    const w = new AsyncSocketWriter(url, session, budgetMs, opts.log ?? (() => {}));
+    const w = new AsyncSocketWriter(url, session, budgetMs, opts.log ?? (() => {}), opts.cwd ?? process.cwd());
     w.meta = await w.run(() => session.open(), 'connecting to the backup server', budgetMs + BACKSTOP_MS);
     return w;
   }
@@ -159,10 +167,47 @@ export class AsyncSocketWriter implements AsyncBackupWriter {
   }
 
   async compactRemote(): Promise<string> {
+    if (this.session.seal !== null) return this.compactSealed();
     try {
       return await this.run(() => this.session.compact(), 'compaction', this.budgetMs + BACKSTOP_MS);
     } finally {
       this.meta = this.session.meta ?? this.meta;
+    }
+  }
+
+  /**
+   * backup-compact of an encrypted backup: the server has no key, so this node, which has, sends a
+   * snapshot of its database at the backup's head for the server to keep in place of everything
+   * (session.compactSealed). Called while no db_write is pending (the plugin holds the next one back), so
+   * the database is at the head version once lightningd has committed it: the copy says which version
+   * it holds, and is taken again until it is the head's.
+   */
+  private async compactSealed(): Promise<string> {
+    const dbPath = join(this.cwd, DB_NAME);
+    const tmp = join(this.cwd, `.clnvault-compact-${process.pid}.sqlite3`);
+    try {
+      let version = -1;
+      for (let i = 0; i < SNAPSHOT_TRIES; i++) {
+        try {
+          version = takeLiveSnapshot(dbPath, tmp);
+        } catch (e) {
+          if (i === SNAPSHOT_TRIES - 1) throw new BackupError(`${this.location}: cannot copy ${dbPath} to compact the backup: ${(e as Error).message}`, this.location);
+          version = -1;
+        }
+        if (version === this.meta.version) break;
+        await new Promise((r) => setTimeout(r, 100));
+      }
+      if (version !== this.meta.version) {
+        throw new BackupError(`${this.location}: the database ${dbPath} is at version ${version}, the backup at ${this.meta.version}: not compacted (try again)`, this.location);
+      }
+      this.log('info', `compacting the encrypted backup: sending a snapshot of version ${version} (${statSync(tmp).size} bytes) that replaces it on the server`);
+      // each chunk has its own deadline inside the session, as a re-baseline snapshot's
+      const text = await this.run(() => this.session.compactSealed(version, tmp, this.budgetMs), 'compacting the encrypted backup', 24 * 3600_000);
+      this.meta = this.session.meta!;
+      this.snapshotHead = true;
+      return text;
+    } finally {
+      rmSync(tmp, { force: true });
     }
   }
 

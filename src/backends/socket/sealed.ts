@@ -57,6 +57,8 @@ export const XPKT = {
   RAW_RESTORE: 0x25,
   RAW_DATA: 0x26,
   ERROR: 0x27,
+  /** an encrypted backup compacted by its node: a chain-start snapshot that becomes the whole backup (server/sealed-compact.ts) */
+  COMPACT_STREAM: 0x28,
 } as const;
 
 /** the protocol level of a server that speaks the extension (the reference protocol is 1) */
@@ -190,15 +192,17 @@ export function refusal(conn: Conn, payload: Buffer): RefusedError {
  * same construction as the v2 file writer's streamed snapshot: prefix, chunks, tag), then its header.
  * The record's link becomes the chain's once the caller has the ACK (crypt.committed()).
  */
-export async function sendSealedSnapshot(conn: Conn, crypt: RecordCrypt, seed: number, version: number, path: string, timeoutMs: number): Promise<void> {
+export async function sendSealedSnapshot(conn: Conn, crypt: RecordCrypt, seed: number, version: number, path: string, timeoutMs: number, compaction = false): Promise<void> {
   const size = statSync(path).size;
   const stored = size + encOverhead(TYPE_SNAPSHOT);
   if (stored + RECORD_HEADER_LEN > MAX_PAYLOAD) {
     throw new RefusedError(`the snapshot of ${path} is ${size} bytes; an encrypted snapshot sent to a clnvault server may have at most 4 GiB`);
   }
-  const enc = crypt.stream({ type: TYPE_SNAPSHOT, flags: FLAG_ENCRYPTED, version, parts: 0 });
+  // compaction: a chain start (prev zeros) whose link is the newest record's, so that it can stand alone in
+  // the server's new file and the next record still names that link (docs/encryption.md)
+  const enc = crypt.stream({ type: TYPE_SNAPSHOT, flags: FLAG_ENCRYPTED, version, parts: 0 }, compaction ? { prev: Buffer.alloc(LINK_LEN), link: Buffer.from(crypt.link) } : {});
   const head = Buffer.allocUnsafe(HEADER_SIZE);
-  head[0] = XPKT.RECORD_STREAM;
+  head[0] = compaction ? XPKT.COMPACT_STREAM : XPKT.RECORD_STREAM;
   head.writeUInt32BE(stored + RECORD_HEADER_LEN, 1);
   await conn.write(Buffer.concat([head, enc.prefix]), timeoutMs);
   let crc = crc32(enc.prefix);

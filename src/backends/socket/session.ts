@@ -241,6 +241,38 @@ export class SocketSession {
     });
   }
 
+  /**
+   * An encrypted backup compacted by this node, which has the key (the server has not): the snapshot of
+   * the database at `path`, which is at the backup's head `version`, sealed as a chain start that names
+   * the newest record's link, sent as COMPACT_STREAM; the server makes it the whole backup
+   * (server/sealed-compact.ts) and answers its statistics. The chain's link does not change. Resent after
+   * a lost connection: a second one replaces the first, which is equally whole.
+   */
+  async compactSealed(version: number, path: string, budgetMs: number): Promise<string> {
+    const s = this.sealer;
+    if (s === null) throw new RefusedError('internal: compactSealed on a session without a key');
+    return this.withRetry(
+      'compacting the encrypted backup',
+      async (conn, deadline) => {
+        await sendSealedSnapshot(conn, s.crypt, s.seed, version, path, ATTEMPT_MS, true);
+        // the server writes and fdatasyncs the new file before it answers
+        const r = await conn.readPacket(Math.max(attemptMs(deadline), 4 * ATTEMPT_MS), attemptMs(deadline), MAX_REPLY);
+        if (r === null) throw new ProtocolError(`${conn.peer}: connection closed before the answer to the compaction`);
+        if (r.type === XPKT.ERROR) throw refusal(conn, r.payload);
+        if (r.type !== PKT.COMPACT_RES) throw new RefusedError(`${conn.peer}: answered the compaction with ${packetName(r.type)}`);
+        s.crypt.committed();
+        await conn.write(reqMetadataPacket(true), attemptMs(deadline));
+        const m = await conn.readPacket(attemptMs(deadline), attemptMs(deadline), MAX_REPLY);
+        if (m === null || m.type !== PKT.METADATA) throw new RefusedError(`${conn.peer}: no METADATA after the compaction`);
+        this.meta = parseMetadataWithId(m.payload).meta;
+        return r.payload.toString('utf8');
+      },
+      () => 'resend',
+      undefined,
+      budgetMs,
+    );
+  }
+
   /** REWIND to `target` (the version before the head); the server answers ACK or NACK. */
   async rewind(target: number): Promise<Metadata> {
     return this.withRetry(`rewinding to version ${target}`, async (conn, deadline) => {

@@ -1,8 +1,9 @@
 import { rmSync } from 'node:fs';
-import Database from '../../engine/sqlite.js';
+import Database from './sqlite.js';
 
 /**
- * A copy of the node's committed database, taken inside a db_write hook to re-seed a destination.
+ * A copy of the node's committed database, taken inside a db_write hook (to re-seed a destination) or
+ * while no hook is pending (an encrypted clnvault:// backup compacted by its node: socket/async-writer.ts).
  * lightningd waits in the hook with its transaction uncommitted: in rollback-journal mode (its default)
  * the database file holds the committed state and a reader may take a SHARED lock, in WAL mode a reader
  * sees the last commit. VACUUM INTO copies what one read transaction sees, so the copy is consistent;
