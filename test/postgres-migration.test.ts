@@ -127,7 +127,7 @@ describe('PostgreSQL schema migration 5 on a database with data', { skip: PG_SKI
       const m = await runCli(['init', '--schema-only', superUrl('clnvault_v4', 'unused')]);
       assert.equal(m.code, 0, show(m));
       assert.match(m.stdout, /schema version 4 -> 5/);
-      assert.equal((await old.query(`SELECT relfilenode FROM pg_class WHERE oid = 'clnvault.entries'::regclass`)).rows[0].relfilenode, before, 'the table was not rewritten');
+      assert.equal((await old.query(`SELECT relfilenode FROM pg_class WHERE oid = 'clnvault.entries'::regclass`)).rows[0].relfilenode, before, 'no row was rewritten');
       assert.deepEqual((await old.query(`SELECT ${ENTRY_COLUMNS} FROM clnvault.entries ORDER BY seq, kind`)).rows, content);
       const cons = (await old.query(`SELECT conname FROM pg_constraint WHERE conrelid IN ('clnvault.entries'::regclass, 'clnvault.snapshot_chunks'::regclass) ORDER BY conname`)).rows.map((r) => r.conname);
       assert.deepEqual(cons, ['entries_payload', 'entries_pkey', 'snapshot_chunks_backup_id_seq_kind_fkey', 'snapshot_chunks_kind_check', 'snapshot_chunks_pkey']);

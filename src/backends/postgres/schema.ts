@@ -112,12 +112,13 @@ export const MIGRATIONS: readonly string[] = [
    CREATE POLICY own_entries ON clnvault.entries USING (EXISTS (SELECT 1 FROM clnvault.backups b WHERE b.id = entries.backup_id));
    DROP POLICY own_chunks ON clnvault.snapshot_chunks;
    CREATE POLICY own_chunks ON clnvault.snapshot_chunks USING (EXISTS (SELECT 1 FROM clnvault.backups b WHERE b.id = snapshot_chunks.backup_id));`,
-  // 5: less work per db_write INSERT, same rules. A table CHECK constraint is re-read from the catalog and
-  // prepared again by every INSERT that runs it (PostgreSQL does not cache it across statements); a
-  // domain's check is prepared once per session. Measured in one transaction (no commit cost) on the
-  // development VM: 22.2 us of backend CPU per INSERT with the two CHECKs below, 18.5 us with these
-  // domains (docs/postgresql.md, "Where the time goes"). The domains start without their checks so that
-  // changing the column types rewrites nothing; adding the checks then validates the existing rows.
+  // 5: less work per db_write INSERT, same rules. PostgreSQL parses and plans a table's CHECK constraints
+  // again in every statement that runs them (from their stored text); a domain's checks are planned once per
+  // session (its type cache) and only instantiated per statement. Backend CPU per INSERT on the development
+  // VM, no commit cost: 22.2 us with the two CHECKs below, 18.5 us with these domains (bench/postgres-schema.ts,
+  // docs/postgresql.md "Where the time goes"). The domains start without their checks so that
+  // changing the column types rewrites no rows (the version index is rebuilt: its predicate names kind);
+  // adding the checks then validates the existing rows.
   `CREATE DOMAIN clnvault.entry_kind AS smallint;
    CREATE DOMAIN clnvault.entry_version AS bigint;
    ALTER TABLE clnvault.entries
