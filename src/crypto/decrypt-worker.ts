@@ -1,7 +1,7 @@
 import { readSync } from 'node:fs';
 import { workerData, type MessagePort } from 'node:worker_threads';
 import { crc32 } from 'node:zlib';
-import { type AheadSource, type DecryptDone, type DecryptJob } from './decrypt-ahead.js';
+import { CTL_ANSWERED, CTL_ASKED, CTL_STOP, type AheadSource, type DecryptDone } from './decrypt-ahead.js';
 import { FLAG_ENCRYPTED, FLAG_PRAGMA_ONLY, parseRecordHeader, RECORD_HEADER_LEN, RECORD_OVERHEAD, TYPE_CHANGE } from '../backends/file/v2/codec.js';
 import { parsePrefix, RecordCrypt } from './records.js';
 
@@ -24,7 +24,7 @@ const data = workerData as AheadSource & {
   signal: SharedArrayBuffer;
 };
 const crypt = new RecordCrypt(Buffer.from(data.key), Buffer.from(data.backupId), data.fingerprint);
-const sig = new Int32Array(data.signal);
+const ctl = new Int32Array(data.signal);
 const port = data.port;
 const { fd, seed, end, maxRecord, batchBytes } = data;
 /** one batch's stored bytes, and room for the record that crosses its end */
@@ -101,17 +101,29 @@ function batch(): { recs: Float64Array; out: ArrayBuffer } {
   return { recs: Float64Array.from(fields), out };
 }
 
-port.on('message', (job: DecryptJob) => {
+/** Waits until batch `id` is asked for; false once the restore is done with this worker. */
+function asked(id: number): boolean {
+  for (;;) {
+    if (Atomics.load(ctl, CTL_STOP) !== 0) return false;
+    const n = Atomics.load(ctl, CTL_ASKED);
+    if (n > id) return true;
+    Atomics.wait(ctl, CTL_ASKED, n);
+  }
+}
+
+// batch by batch, as the restore asks (CTL_ASKED): never a message handler (decrypt-ahead.ts, CTL_ANSWERED)
+for (let id = 0; asked(id); id++) {
   let answer: DecryptDone | { id: number; error: string };
   const transfer: ArrayBuffer[] = [];
   try {
     const { recs, out } = batch();
-    answer = { id: job.id, recs, out, last: next === null };
+    answer = { id, recs, out, last: next === null };
     transfer.push(out, recs.buffer as ArrayBuffer);
   } catch (e) {
-    answer = { id: job.id, error: (e as Error).message };
+    answer = { id, error: (e as Error).message };
   }
   port.postMessage(answer, transfer);
-  Atomics.add(sig, 0, 1);
-  Atomics.notify(sig, 0);
-});
+  Atomics.add(ctl, CTL_ANSWERED, 1);
+  Atomics.notify(ctl, CTL_ANSWERED);
+}
+port.close();
