@@ -1,5 +1,5 @@
 import { createRequire } from 'node:module';
-import type { CipherGCM, DecipherGCM } from 'node:crypto';
+import type { CipherGCM, DecipherGCM, KeyObject } from 'node:crypto';
 
 /**
  * Authenticated encryption of v2 record payloads (docs/encryption.md). AES-256-GCM from Node's crypto,
@@ -97,7 +97,7 @@ export class RecordCrypt {
   /** link of the newest record in the backup: the next record's prev (writer) */
   link: Buffer = Buffer.alloc(LINK_LEN);
   private pendingLink: Buffer | null = null;
-  private session: { salt: Buffer; key: Buffer; counter: number } | null = null;
+  private session: { salt: Buffer; key: KeyObject; counter: number } | null = null;
   /**
    * The next record's cipher, made ahead by prepareNext() while nobody waits (its counter already taken):
    * creating a GCM cipher is most of an encrypted append's cost. Used once, by the next begin().
@@ -105,12 +105,13 @@ export class RecordCrypt {
   private ready: { counter: number; cipher: CipherGCM } | null = null;
   private readonly aad = Buffer.alloc(16 + 1 + 1 + 4 + 4 + SNAPSHOT_PREFIX_LEN);
   private readonly nonce = Buffer.alloc(12);
-  private readonly keys = new Map<string, Buffer>();
+  /** session subkeys as KeyObjects: a GCM context made from one costs ~0.1-0.5 µs less than from a Buffer (1 KB records, 50k) */
+  private readonly keys = new Map<string, KeyObject>();
   /** the subkey asked for last: consecutive records nearly always come from the same session */
   private lastSalt: Buffer | null = null;
   /** the last record a reader decrypted and authenticated (for messages: "last authenticated version V") */
   lastAuthenticated: { version: number; timeMs: number } | null = null;
-  private lastKey: Buffer | null = null;
+  private lastKey: KeyObject | null = null;
 
   constructor(
     private readonly master: Buffer,
@@ -127,12 +128,12 @@ export class RecordCrypt {
     return { key: this.master, backupId: this.backupId, fingerprint: this.fingerprint };
   }
 
-  private subkey(salt: Buffer): Buffer {
+  private subkey(salt: Buffer): KeyObject {
     if (this.lastSalt !== null && salt.equals(this.lastSalt)) return this.lastKey!;
     const id = salt.toString('hex');
     let k = this.keys.get(id);
     if (!k) {
-      k = Buffer.from(nc().hkdfSync('sha256', this.master, salt, Buffer.concat([INFO, this.backupId]), 32));
+      k = nc().createSecretKey(Buffer.from(nc().hkdfSync('sha256', this.master, salt, Buffer.concat([INFO, this.backupId]), 32)));
       // bounded: one entry per writer session the backup holds, cleared when it grows past reason
       if (this.keys.size >= 4096) this.keys.clear();
       this.keys.set(id, k);
@@ -142,7 +143,7 @@ export class RecordCrypt {
     return k;
   }
 
-  private writeSession(): { salt: Buffer; key: Buffer; counter: number } {
+  private writeSession(): { salt: Buffer; key: KeyObject; counter: number } {
     if (!this.session) {
       const salt = nc().randomBytes(SALT_LEN);
       this.session = { salt, key: this.subkey(salt), counter: 0 };
@@ -167,7 +168,7 @@ export class RecordCrypt {
     return this.nonce;
   }
 
-  private newCipher(key: Buffer, counter: number): CipherGCM {
+  private newCipher(key: KeyObject, counter: number): CipherGCM {
     return nc().createCipheriv('aes-256-gcm', key, this.setNonce(counter), { authTagLength: TAG_LEN });
   }
 
