@@ -1,9 +1,10 @@
-import { deflateSync, inflateSync } from 'node:zlib';
+import { deflateSync, inflateSync, type ZlibOptions } from 'node:zlib';
 
 /**
  * The reference backup plugin's socket protocol (backup/protocol.py), byte for byte: every packet is
  * `[u8 type][u32 BE payload length][payload]`; CHANGE and SNAPSHOT payloads are `u32 version` followed by
- * a zlib stream (RFC 1950, default level) of the statements joined by NUL, or of the SQLite file.
+ * a zlib stream (RFC 1950) of the statements joined by NUL, or of the SQLite file. Any valid zlib stream
+ * will do: the reference inflates with Python's zlib.decompress, which takes every level and window size.
  * See docs/remote.md and the recorded streams in test/fixtures/reference-socket/.
  */
 
@@ -137,9 +138,29 @@ export function changePacket(version: number, statements: readonly string[]): Bu
   return changePacketFromRaw(version, encodeStatements(version, statements));
 }
 
+/**
+ * zlib options for a CHANGE of `len` raw bytes. Each CHANGE is its own zlib stream, so most of what
+ * deflateSync costs on a ~1 KB batch is setting the stream up, not compressing: zeroing a 64 KiB hash
+ * table, allocating a 256 KiB state and a 16 KiB output chunk. A window and hash no larger than the input
+ * find the same matches (nothing lies further back than the input's start), and level 1 compresses a
+ * db_write's batch about as well as the reference's level 6; together ~6 us less per db_write on the
+ * hook's path (bench/README.md, "socket: hook latency", 2026-12-05).
+ */
+function changeDeflateOptions(len: number): ZlibOptions {
+  // zlib's smallest window for deflate is 2^9
+  const windowBits = Math.min(15, Math.max(9, Math.ceil(Math.log2(len + 1))));
+  return {
+    level: 1,
+    windowBits,
+    // 2^(memLevel+6) literals per block: the whole batch in one block, so one Huffman tree is built
+    memLevel: Math.min(8, windowBits - 6),
+    chunkSize: Math.min(16 << 10, Math.max(1024, len + 64)),
+  };
+}
+
 /** `raw`: the NUL-joined UTF-8 statements (what the v1 format stores). */
 export function changePacketFromRaw(version: number, raw: Buffer): Buffer {
-  const z = deflateSync(raw);
+  const z = deflateSync(raw, changeDeflateOptions(raw.length));
   const b = Buffer.allocUnsafe(HEADER_SIZE + 4 + z.length);
   b.writeUInt8(PKT.CHANGE, 0);
   b.writeUInt32BE(4 + z.length, 1);
@@ -157,7 +178,8 @@ export function inflateChange(payload: Buffer, maxRaw: number): { version: numbe
   const version = payload.readUInt32BE(0);
   let raw: Buffer;
   try {
-    raw = inflateSync(payload.subarray(4), { maxOutputLength: maxRaw });
+    // an output chunk near the likely size (a batch inflates to a few times its zlib bytes) instead of 16 KiB
+    raw = inflateSync(payload.subarray(4), { maxOutputLength: maxRaw, chunkSize: Math.min(16 << 10, Math.max(1024, 4 * payload.length)) });
   } catch (e) {
     throw new ProtocolError(`CHANGE version ${version}: the payload is not a zlib stream within ${maxRaw} bytes (${(e as Error).message})`);
   }
