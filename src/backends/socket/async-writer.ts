@@ -36,6 +36,15 @@ export class AsyncSocketWriter implements AsyncBackupWriter {
   private closed = false;
   /** set when an operation outlived its backstop: its late result must not be mistaken for the next one's */
   private broken: string | null = null;
+  /** the operation in flight: when its backstop passes, and how to fail it */
+  private inFlight: { at: number; backstopMs: number; fail: (e: Error) => void } | null = null;
+  /**
+   * One backstop timer for the writer's life, checked when it fires (deadlines only move forward, so it is
+   * re-armed about once per backstop period, not made and cleared per db_write); it keeps the process
+   * alive only while an operation is in flight.
+   */
+  private timer: NodeJS.Timeout | null = null;
+  private timerAt = Infinity;
 
   private constructor(
     readonly location: string,
@@ -59,25 +68,44 @@ export class AsyncSocketWriter implements AsyncBackupWriter {
   private async run<T>(op: () => Promise<T>, what: string, backstopMs: number): Promise<T> {
     if (this.closed) throw new BackupError(`${this.location}: the connection to the backup server was closed`, this.location);
     if (this.broken !== null) throw remoteFailure(this.location, what, this.broken, true, this.budgetMs);
-    let timer: NodeJS.Timeout | undefined;
     try {
-      return await Promise.race([
-        op(),
-        new Promise<never>((_, reject) => {
-          timer = setTimeout(() => {
-            this.broken = `no answer within ${Math.round(backstopMs / 1000)} s; the connection is given up`;
-            this.session.drop();
-            reject(new Error(this.broken));
-          }, backstopMs);
-        }),
-      ]);
+      return await new Promise<T>((resolve, reject) => {
+        const at = Date.now() + backstopMs;
+        this.inFlight = { at, backstopMs, fail: reject };
+        this.arm(at);
+        this.timer!.ref();
+        op().then(resolve, reject);
+      });
     } catch (e) {
       const err = e as Error;
       throw remoteFailure(this.location, what, err.message, err.name === 'RefusedError', this.budgetMs);
     } finally {
-      clearTimeout(timer);
+      this.inFlight = null;
+      this.timer?.unref();
       for (const n of this.session.notes.splice(0)) this.log(n.level, n.message);
     }
+  }
+
+  /** Makes sure the backstop timer fires no later than `at`. */
+  private arm(at: number): void {
+    if (this.timer !== null && this.timerAt <= at) return;
+    if (this.timer !== null) clearTimeout(this.timer);
+    this.timerAt = at;
+    this.timer = setTimeout(() => this.onTimer(), Math.max(1, at - Date.now()));
+  }
+
+  private onTimer(): void {
+    this.timer = null;
+    this.timerAt = Infinity;
+    const op = this.inFlight;
+    if (op === null) return;
+    if (Date.now() < op.at) {
+      this.arm(op.at);
+      return;
+    }
+    this.broken = `no answer within ${Math.round(op.backstopMs / 1000)} s; the connection is given up`;
+    this.session.drop();
+    op.fail(new Error(this.broken));
   }
 
   head(): number {
@@ -218,6 +246,8 @@ export class AsyncSocketWriter implements AsyncBackupWriter {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    if (this.timer !== null) clearTimeout(this.timer);
+    this.timer = null;
     this.session.drop();
   }
 }

@@ -30,6 +30,15 @@ export class Conn {
   private ended = false;
   private failure: Error | null = null;
   private wake: (() => void) | null = null;
+  /** the current wait's deadline (Infinity: none, or no limit) */
+  private deadline = Infinity;
+  /**
+   * One timer for every wait's deadline, checked when it fires: a wait whose deadline is no earlier than the
+   * armed one (every wait but the first, as deadlines move forward) leaves it alone. A timer made and cleared
+   * per packet cost the hook's path a timer-list insertion and removal per db_write.
+   */
+  private timer: NodeJS.Timeout | null = null;
+  private timerAt = Infinity;
 
   // eslint-disable-next-line @typescript-eslint/no-explicit-any -- each event's own signature
   private readonly listeners: Array<[string, (...args: any[]) => void]>;
@@ -69,6 +78,7 @@ export class Conn {
   detach(): Socket {
     if (this.buffered > 0) throw new ProtocolError(`${this.peer}: ${this.buffered} unexpected bytes before TLS`);
     for (const [ev, f] of this.listeners) this.socket.removeListener(ev, f);
+    this.disarm();
     return this.socket;
   }
 
@@ -83,20 +93,38 @@ export class Conn {
     while (this.buffered === 0) {
       if (this.failure) throw this.failure;
       if (this.ended) throw new ProtocolError(`${this.peer}: connection closed while reading ${what} (premature end of stream)`);
-      const left = deadline - Date.now();
-      if (left <= 0) throw new TimeoutError(`${this.peer}: no data for ${what} within the time limit`);
+      if (deadline - Date.now() <= 0) throw new TimeoutError(`${this.peer}: no data for ${what} within the time limit`);
       if (this.socket.isPaused()) this.socket.resume();
-      await new Promise<void>((res) => {
-        const t = setTimeout(() => {
-          this.wake = null;
-          res();
-        }, left);
-        this.wake = () => {
-          clearTimeout(t);
-          res();
-        };
-      });
+      this.deadline = deadline;
+      this.arm(deadline);
+      await new Promise<void>((res) => (this.wake = res));
+      this.deadline = Infinity;
     }
+  }
+
+  /** Makes sure the timer fires no later than `at`. */
+  private arm(at: number): void {
+    if (this.timer !== null && this.timerAt <= at) return;
+    if (this.timer !== null) clearTimeout(this.timer);
+    this.timerAt = at;
+    this.timer = setTimeout(() => this.onTimer(), Math.max(1, at - Date.now()));
+    // a wait keeps the process alive through its socket, which is reading: the timer must not keep an idle one
+    this.timer.unref();
+  }
+
+  /** The wait whose deadline passed is woken (it throws the TimeoutError); a later deadline re-arms. */
+  private onTimer(): void {
+    this.timer = null;
+    this.timerAt = Infinity;
+    if (this.deadline === Infinity) return;
+    if (Date.now() >= this.deadline) this.notify();
+    else this.arm(this.deadline);
+  }
+
+  private disarm(): void {
+    if (this.timer !== null) clearTimeout(this.timer);
+    this.timer = null;
+    this.timerAt = Infinity;
   }
 
   private take(max: number): Buffer {
@@ -116,8 +144,10 @@ export class Conn {
 
   /** Exactly `n` bytes, all arriving before `timeoutMs` has passed. */
   async readExact(n: number, timeoutMs: number, what: string): Promise<Buffer> {
-    const deadline = Date.now() + timeoutMs;
     if (n === 0) return Buffer.alloc(0);
+    // the common case: all of it in the first chunk (a packet arrives whole on a quiet connection)
+    if (this.buffered > 0 && this.chunks[0]!.length >= n) return this.take(n);
+    const deadline = Date.now() + timeoutMs;
     const parts: Buffer[] = [];
     let got = 0;
     while (got < n) {
@@ -145,24 +175,45 @@ export class Conn {
    * waiting on an idle node); once it started, the rest of the header must follow within `timeoutMs`.
    */
   async readHeader(idleMs: number | null, timeoutMs: number): Promise<{ type: number; length: number } | null> {
-    if (this.buffered === 0) {
-      if (idleMs === null) {
-        while (this.buffered === 0) {
-          if (this.failure) throw this.failure;
-          if (this.ended) return null;
-          if (this.socket.isPaused()) this.socket.resume();
-          await new Promise<void>((res) => (this.wake = res));
-        }
-      } else {
-        await this.waitData(Date.now() + idleMs, 'the next packet');
-      }
-    }
+    if (!(await this.waitFirst(idleMs))) return null;
     const h = await this.readExact(HEADER_SIZE, timeoutMs, 'a packet header');
     return { type: h.readUInt8(0), length: h.readUInt32BE(1) };
   }
 
+  /** Waits for a packet's first byte (readHeader's `idleMs`); false: the stream ended before one (idleMs null only). */
+  private async waitFirst(idleMs: number | null): Promise<boolean> {
+    if (this.buffered > 0) return true;
+    if (idleMs !== null) {
+      await this.waitData(Date.now() + idleMs, 'the next packet');
+      return true;
+    }
+    while (this.buffered === 0) {
+      if (this.failure) throw this.failure;
+      if (this.ended) return false;
+      if (this.socket.isPaused()) this.socket.resume();
+      await new Promise<void>((res) => (this.wake = res));
+    }
+    return true;
+  }
+
+  /** The next packet if the first buffered chunk holds all of it (and it is within `maxPayload`), else null. */
+  private takeWhole(maxPayload: number): { type: number; payload: Buffer } | null {
+    const c = this.chunks[0];
+    if (c === undefined || c.length < HEADER_SIZE) return null;
+    const length = c.readUInt32BE(1);
+    if (length > maxPayload || c.length < HEADER_SIZE + length) return null;
+    const type = c[0]!;
+    this.take(HEADER_SIZE);
+    return { type, payload: length === 0 ? Buffer.alloc(0) : this.take(length) };
+  }
+
   /** A whole packet whose payload must fit `maxPayload`. */
   async readPacket(idleMs: number | null, timeoutMs: number, maxPayload: number): Promise<{ type: number; payload: Buffer } | null> {
+    // the common case, a small answer that arrived in one piece, without the header-then-payload steps
+    if (this.buffered > 0 || (await this.waitFirst(idleMs))) {
+      const whole = this.takeWhole(maxPayload);
+      if (whole !== null) return whole;
+    }
     const h = await this.readHeader(idleMs, timeoutMs);
     if (h === null) return null;
     if (h.length > maxPayload) {
@@ -200,6 +251,7 @@ export class Conn {
   }
 
   close(): void {
+    this.disarm();
     this.socket.destroy();
   }
 }
