@@ -448,10 +448,11 @@ export async function handle(req: PgRequest): Promise<unknown> {
       return { enc: encryption, uid };
     }
     case 'headers': {
-      // one page, in order, from the entry whose offset (seq * 2 + kind) is `from`
+      // one page, in order, from the entry whose offset (seq * 2 + kind) is `from`; `seq >= $2 / 2` lets the
+      // primary key start the scan there (the offset alone is a filter: every page re-read the pages before it)
       const r = await client!.query({
         text: `SELECT ${HEADER_COLUMNS} FROM clnvault.entries
-                WHERE backup_id = $1 AND seq * 2 + kind >= $2 ORDER BY seq, kind LIMIT $3`,
+                WHERE backup_id = $1 AND seq >= $2::bigint / 2 AND seq * 2 + kind >= $2::bigint ORDER BY seq, kind LIMIT $3`,
         values: [backupId, req.from, req.limit],
         rowMode: 'array',
       });
