@@ -207,3 +207,21 @@ test('planner: the plan readers make while opening equals the plan of a walk (v1
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test('u32 is n mod 2^32 for every integer a double holds (it runs as ToUint32 there); serialDiff wraps', () => {
+  const MOD = 2n ** 32n;
+  const ref = (n: number): number => Number(((BigInt(n) % MOD) + MOD) % MOD);
+  const edges = [0, 1, -1, 2 ** 31 - 1, 2 ** 31, -(2 ** 31), 2 ** 32 - 1, 2 ** 32, 2 ** 32 + 5, -(2 ** 32) - 7, 2 ** 52 + 3, 2 ** 53 - 1, -(2 ** 53 - 1), 2 ** 53, 2 ** 60, -(2 ** 60)];
+  let seed = 12345;
+  const r = (): number => ((seed = (Math.imul(seed, 1103515245) + 12345) >>> 0) / 2 ** 32);
+  const values = [...edges];
+  for (let i = 0; i < 20000; i++) values.push(Math.floor((r() - 0.5) * 2 ** (1 + Math.floor(r() * 60))));
+  for (const v of values) assert.equal(u32(v), ref(v), `u32(${v})`);
+  // not an integer: the arithmetic as before (NaN stays NaN; it never becomes a valid version)
+  assert.ok(Number.isNaN(u32(NaN)));
+  assert.equal(u32(1.5), 1.5);
+  assert.equal(u32(-0.5), 2 ** 32 - 0.5);
+  assert.equal(serialDiff(0, 2 ** 32 - 1), 1);
+  assert.equal(serialDiff(2 ** 32 - 1, 0), -1);
+  assert.equal(serialDiff(2 ** 31, 0), -(2 ** 31));
+});
