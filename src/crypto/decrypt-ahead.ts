@@ -26,6 +26,17 @@ export const BATCH_BYTES = 256 << 10;
 const DEPTH = 4;
 /** Less than this left to read from where a restore starts: not worth a worker's start-up (~30 ms). */
 export const MIN_AHEAD_BYTES = 4 << 20;
+/**
+ * The worker is given up, and the rest decrypted inline, when the restore has spent more than this share of
+ * its time since the first batch waiting for the next (checked once LAG_AFTER_MS have passed; not with
+ * `always`). With a CPU of its own the worker stays ahead and the restore never waits; on a machine busy
+ * enough that it does not (measured: load 9 on 2 CPUs, where inline won every round), the restore's thread
+ * is better off decrypting itself. Break-even: with the worker the restore's thread needs ~1/0.93 of a
+ * plain restore's CPU per transaction, inline ~1/0.67, so waiting more than ~28% of the time loses;
+ * 20% gives up a little early (bench/README.md, "Encrypted restore").
+ */
+const LAG_SHARE = 0.2;
+const LAG_AFTER_MS = 100;
 /** A worker that does not answer within this long is given up (the records are then decrypted inline). */
 const STALL_MS = 30_000;
 
@@ -77,11 +88,18 @@ export class DecryptAhead {
   /** the batch being consumed */
   private current: { done: DecryptDone; out: Buffer; i: number } | null = null;
   private off = false;
+  /** when the first batch came (-1: not yet), and how long the restore waited for the worker since (ms) */
+  private firstAt = -1;
+  private waited = 0;
+  /** the worker fell behind and was given up (tests, benches) */
+  gaveUp = false;
 
   private constructor(
     private readonly crypt: RecordCrypt,
     private readonly source: AheadSource,
     private readonly start: number,
+    /** give the worker up when it does not keep ahead (LAG_SHARE) */
+    private readonly adaptive: boolean,
   ) {}
 
   /**
@@ -96,7 +114,7 @@ export class DecryptAhead {
   static start(crypt: RecordCrypt, source: AheadSource, start: number, always = false): DecryptAhead | null {
     if (source.end - start < MIN_AHEAD_BYTES || !existsSync(fileURLToPath(WORKER_URL))) return null;
     if (!always && availableParallelism() < 2) return null;
-    return new DecryptAhead(crypt, source, start);
+    return new DecryptAhead(crypt, source, start, !always);
   }
 
   /** The plaintext of the change record at `offset`, or null: decrypt it inline. */
@@ -105,7 +123,7 @@ export class DecryptAhead {
     try {
       return this.find(offset);
     } catch {
-      // a worker that failed or stalled: everything from here on is decrypted inline
+      // a worker that failed, stalled or fell behind: everything from here on is decrypted inline
       this.close();
       return null;
     }
@@ -137,8 +155,20 @@ export class DecryptAhead {
     this.fill();
     const head = this.inflight.shift();
     if (head === undefined) return null;
+    const t0 = performance.now();
     const done = this.receive();
+    const t1 = performance.now();
     if (done.id !== head) throw new Error('decrypt worker answered out of order');
+    // the first batch's wait is the worker's start-up; after it, waiting means it is not keeping ahead
+    if (this.firstAt < 0) this.firstAt = t1;
+    else {
+      this.waited += t1 - t0;
+      const since = t1 - this.firstAt;
+      if (this.adaptive && since > LAG_AFTER_MS && this.waited > LAG_SHARE * since) {
+        this.gaveUp = true;
+        throw new Error('decrypt worker behind');
+      }
+    }
     // requests made after the last batch are answered empty
     if (done.last) this.last = true;
     this.current = { done, out: Buffer.from(done.out), i: 0 };
