@@ -15,6 +15,7 @@ import { runCli, scratchArea } from './helpers/cli.js';
 import { killAllPlugins } from './helpers/plugin-proc.js';
 import { killAllServers, startServer, type ServerProc } from './helpers/socket-rig.js';
 import { churn, compactWhileWriting, restoreDump } from './helpers/multi-rig.js';
+import { addNode, nodesServer } from './helpers/nodes-rig.js';
 import { dump } from './helpers/sqlite.js';
 
 const area = scratchArea('clnvault-server-compact-');
@@ -27,15 +28,33 @@ after(async () => {
 /** 6 KB per write: the entries outweigh the node's database (~0.35 MB) several times over */
 const PAD = 6000;
 
-/** A v1 or v2 file served by `clnvault server`, and a simulated node writing to it over socket: (table t, ten rows). */
-async function servedNode(format: 'v1' | 'v2', remoteTimeout: number): Promise<{ file: string; fileUrl: string; socketUrl: string; port: number; proc: ServerProc; node: SimNode }> {
-  const file = join(area.dir(), 'srv.bkp');
-  const fileUrl = `file://${file}`;
-  const init = await runCli(['init', '--format', format, fileUrl]);
-  assert.equal(init.code, 0, init.stderr);
-  const { proc, port } = await startServer(fileUrl);
-  const socketUrl = `socket:127.0.0.1:${port}`;
+type Served = 'v1 file, socket:' | 'v2 file, socket:' | 'clnvault:// (server --dir)';
+
+/**
+ * A backup served by `clnvault server` (a v1 or v2 file over socket:, or a node's backup in clnvault's own
+ * mode), and a simulated node writing to it (table t, ten rows). `socketUrl`: the node's URL.
+ */
+async function servedNode(how: Served, remoteTimeout: number): Promise<{ file: string; fileUrl: string; socketUrl: string; port: number; proc: ServerProc; node: SimNode }> {
   const netDir = area.dir();
+  let file: string;
+  let proc: ServerProc;
+  let port: number;
+  let socketUrl: string;
+  if (how === 'clnvault:// (server --dir)') {
+    const dir = area.dir();
+    const key = await addNode(dir, 'alice');
+    ({ proc, port } = await nodesServer(dir));
+    file = join(dir, 'nodes', 'alice', 'backup.bkp');
+    writeFileSync(join(netDir, 'clnvault-remote.key'), `${key}\n`, { mode: 0o600 });
+    socketUrl = `clnvault://alice@127.0.0.1:${port}`;
+  } else {
+    file = join(area.dir(), 'srv.bkp');
+    const init = await runCli(['init', '--format', how.slice(0, 2), `file://${file}`]);
+    assert.equal(init.code, 0, init.stderr);
+    ({ proc, port } = await startServer(`file://${file}`));
+    socketUrl = `socket:127.0.0.1:${port}`;
+  }
+  const fileUrl = `file://${file}`;
   writeFileSync(join(netDir, 'backup.lock'), JSON.stringify({ backend_url: socketUrl, remote_timeout: remoteTimeout }));
   const node = new SimNode({ netDir, hookSafetyTimeoutMs: 60_000 });
   await node.boot();
@@ -49,10 +68,10 @@ interface Stats {
   after: { version_count: number; backupsize: number };
 }
 
-for (const format of ['v1', 'v2'] as const) {
-  describe(`clnvault server compacts on COMPACT (${format} file)`, () => {
+for (const how of ['v1 file, socket:', 'v2 file, socket:', 'clnvault:// (server --dir)'] as const) {
+  describe(`clnvault server compacts on COMPACT (${how})`, () => {
     it('backup-compact returns the statistics, the file shrinks, writes and the rewind after a crash go on in the compacted file, and it restores to the node', { timeout: 150_000 }, async () => {
-      const { file, fileUrl, socketUrl, proc, node } = await servedNode(format, 20);
+      const { file, fileUrl, socketUrl, proc, node } = await servedNode(how, 20);
       try {
         await churn(node, 300, 'a', PAD);
         const sizeBefore = (JSON.parse((await runCli(['inspect', '--json', fileUrl])).stdout) as { bytes: number }).bytes;
@@ -62,7 +81,7 @@ for (const format of ['v1', 'v2'] as const) {
         const { answer, during } = await compactWhileWriting<{ result?: Stats; error?: { message: string } }>(node, (n, tag) => churn(n, 1, tag, 100));
         // on the writer's own connection at most the write in flight would finish before the answer
         assert.ok(during >= 3, `only ${during} db_write(s) answered while the server compacted`);
-        assert.match(proc.out, /connection 2 from .*: asked for compaction/);
+        assert.match(proc.out, /connection 2 .*asked for compaction/);
         assert.equal(answer.error, undefined, JSON.stringify(answer));
         const s = answer.result!;
         assert.ok(s.before.version_count > 300 && s.after.version_count <= during + 3, `${JSON.stringify(s)} (${during} writes meanwhile)\n${proc.out}`);
@@ -89,7 +108,8 @@ for (const format of ['v1', 'v2'] as const) {
       }
       const want = dump(node.dbPath);
       assert.ok(!want.includes('never-committed'));
-      assert.equal(await restoreDump(socketUrl, area.dir()), want);
+      // a clnvault:// URL's key file is found in the node's directory
+      assert.equal(await restoreDump(socketUrl, area.dir(), node.netDir), want);
       assert.equal(await restoreDump(fileUrl, area.dir()), want);
       assert.match(proc.out, /rewound the uncommitted head/);
       await proc.kill();
@@ -100,7 +120,7 @@ for (const format of ['v1', 'v2'] as const) {
 describe('clnvault server SIGKILLed while it compacts', () => {
   for (const delayMs of [0, 60, 150]) {
     it(`killed ${delayMs} ms into a compaction (writes flowing) and restarted: the plugin reconnects, nothing acknowledged is lost, the backup restores to the node`, { timeout: 150_000 }, async () => {
-      const served = await servedNode('v2', 30);
+      const served = await servedNode('v2 file, socket:', 30);
       const { fileUrl, socketUrl, port, node } = served;
       let proc = served.proc;
       try {
