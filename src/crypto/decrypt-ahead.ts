@@ -58,6 +58,10 @@ export interface AheadSource {
 export const CTL_ANSWERED = 0;
 export const CTL_ASKED = 1;
 export const CTL_STOP = 2;
+/** set by the worker once it reads no more (however it ends): the reader closes the file only after it */
+export const CTL_DONE = 3;
+/** How long close() waits for the worker to be out of its reads (at most one batch's work, or its start-up). */
+const CLOSE_WAIT_MS = 1000;
 
 /** A batch: DONE_FIELDS per record, the plaintexts; `last`: the worker has nothing after it. */
 export interface DecryptDone {
@@ -202,7 +206,7 @@ export class DecryptAhead {
 
   private spawn(): void {
     const { port1, port2 } = new MessageChannel();
-    const signal = new SharedArrayBuffer(3 * 4);
+    const signal = new SharedArrayBuffer(4 * 4);
     this.ctl = new Int32Array(signal);
     this.port = port1;
     this.worker = new Worker(WORKER_URL, {
@@ -221,6 +225,9 @@ export class DecryptAhead {
     if (this.ctl !== null) {
       Atomics.store(this.ctl, CTL_STOP, 1);
       Atomics.notify(this.ctl, CTL_ASKED);
+      // the reader closes its descriptor next: a worker still reading through it could read whatever file
+      // gets that number, or block on it
+      if (this.worker !== null) Atomics.wait(this.ctl, CTL_DONE, 0, CLOSE_WAIT_MS);
     }
     this.port?.close();
     void this.worker?.terminate();

@@ -1,7 +1,7 @@
 import { readSync } from 'node:fs';
 import { workerData, type MessagePort } from 'node:worker_threads';
 import { crc32 } from 'node:zlib';
-import { CTL_ANSWERED, CTL_ASKED, CTL_STOP, type AheadSource, type DecryptDone } from './decrypt-ahead.js';
+import { CTL_ANSWERED, CTL_ASKED, CTL_DONE, CTL_STOP, type AheadSource, type DecryptDone } from './decrypt-ahead.js';
 import { FLAG_ENCRYPTED, FLAG_PRAGMA_ONLY, parseRecordHeader, RECORD_HEADER_LEN, RECORD_OVERHEAD, TYPE_CHANGE } from '../backends/file/v2/codec.js';
 import { parsePrefix, RecordCrypt } from './records.js';
 
@@ -23,8 +23,14 @@ const data = workerData as AheadSource & {
   port: MessagePort;
   signal: SharedArrayBuffer;
 };
-const crypt = new RecordCrypt(Buffer.from(data.key), Buffer.from(data.backupId), data.fingerprint);
 const ctl = new Int32Array(data.signal);
+// the restore closes the file once this is set (decrypt-ahead.ts, close()), however this thread ends
+function markDone(): void {
+  Atomics.store(ctl, CTL_DONE, 1);
+  Atomics.notify(ctl, CTL_DONE);
+}
+process.on('exit', markDone);
+const crypt = new RecordCrypt(Buffer.from(data.key), Buffer.from(data.backupId), data.fingerprint);
 const port = data.port;
 const { fd, seed, end, maxRecord, batchBytes } = data;
 /** one batch's stored bytes, and room for the record that crosses its end */
@@ -126,4 +132,5 @@ for (let id = 0; asked(id); id++) {
   Atomics.add(ctl, CTL_ANSWERED, 1);
   Atomics.notify(ctl, CTL_ANSWERED);
 }
+markDone();
 port.close();
