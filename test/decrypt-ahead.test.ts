@@ -6,7 +6,7 @@
  */
 import assert from 'node:assert/strict';
 import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { availableParallelism, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { createV2 } from '../src/backends/file/v2.js';
@@ -128,15 +128,18 @@ describe('encrypted restore: decryption ahead in a worker thread', () => {
     assert.deepEqual(readdirSync(out), [], 'nothing left behind');
   });
 
-  it('the default mode (auto: the worker started if a CPU was idle during the open scan, given up if it falls behind): the same database, and a forged record refused alike', () => {
+  it('the default mode (auto: the worker started whatever the load, given two CPUs, and given up if it falls behind): the same database, and a forged record refused alike', () => {
     const dest = join(dir, 'auto.sqlite3');
     const reader = openReader(`file://${enc}`, '/');
     try {
       assert.equal(unlockAndAuthenticate(reader, key, 'chain')!.problem, null);
       assert.equal(restoreBackup(reader, dest, { decryptAhead: 'auto' }).head, N);
-      // the worker, if a CPU looked free, served some or all of the records; the rest were decrypted inline
+      // started whatever the load average (the gate it had once kept it off on any busy machine); on a very
+      // busy one it may give up after its first batch (LAG_SHARE) and the rest is decrypted inline
       const served = (reader as unknown as { decryptedAhead: number }).decryptedAhead;
-      assert.ok(served >= 0 && served <= N - 1, `records the worker served: ${served}`);
+      const at = `records the worker served at load ${loadavg()[0]!.toFixed(2)}: ${served}`;
+      if (availableParallelism() >= 2) assert.ok(served > 0 && served <= N - 1, at);
+      else assert.equal(served, 0, at);
     } finally {
       reader.close();
     }

@@ -113,7 +113,7 @@ export interface BackupReader {
   close(): void;
   /**
    * The entries are about to be read in file order (a restore): an encrypted backup decrypts its records
-   * in a worker thread ahead of the reads (src/crypto/decrypt-ahead.ts), when a CPU was idle for it
+   * in a worker thread ahead of the reads (src/crypto/decrypt-ahead.ts), when the process may use two CPUs
    * or `always`. Optional; nothing for a plain one.
    */
   decryptAhead?(opts?: { always?: boolean }): void;

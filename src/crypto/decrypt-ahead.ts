@@ -1,5 +1,5 @@
 import { existsSync } from 'node:fs';
-import { availableParallelism, cpus, loadavg } from 'node:os';
+import { availableParallelism } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { MessageChannel, receiveMessageOnPort, Worker, type MessagePort } from 'node:worker_threads';
 import type { RecordCrypt } from './records.js';
@@ -80,29 +80,6 @@ export interface AheadPlain {
 
 const WORKER_URL = new URL('./decrypt-worker.js', import.meta.url);
 
-/** The machine's CPUs' idle time (ms, summed over the CPUs) at a moment (performance.now()). */
-export interface CpuIdle {
-  at: number;
-  idleMs: number;
-}
-
-export function cpuIdle(): CpuIdle {
-  let idleMs = 0;
-  for (const c of cpus()) idleMs += c.times.idle;
-  return { at: performance.now(), idleMs };
-}
-
-/** A CPU free on average since `since` (at least this much of one idle): where the worker has one of its own. */
-const IDLE_CPU = 0.8;
-/** Below this window the CPUs' idle counters (10 ms ticks) say too little: the load average decides. */
-const IDLE_WINDOW_MS = 50;
-
-function cpuLooksFree(since: CpuIdle | null): boolean {
-  const now = cpuIdle();
-  if (since === null || now.at - since.at < IDLE_WINDOW_MS) return loadavg()[0]! < availableParallelism() - 1;
-  return (now.idleMs - since.idleMs) / (now.at - since.at) >= IDLE_CPU;
-}
-
 export class DecryptAhead {
   private worker: Worker | null = null;
   private port: MessagePort | null = null;
@@ -131,17 +108,16 @@ export class DecryptAhead {
 
   /**
    * A pipeline from the record at `start`, or null where the worker's code is not beside this module (the
-   * plugin's bundle: it never restores), the rest is too small to be worth it, or (unless `always`) no CPU
-   * was free for it: the worker only helps with a CPU of its own. Measured in the same rounds on 2 CPUs,
-   * it lost at load 2 (every round: the other processes held both CPUs, and its thread took time from the
-   * restore's) and at load 9-14, and was ahead at load 5-7 only by noise (bench/README.md, "Encrypted
-   * restore"). `idle`: the CPUs' idle time since the reader opened (cpuIdle()), the open scan's time: at
-   * least IDLE_CPU of a CPU idle on average beside the scan's own; over a window too short to tell, the
-   * 1-minute load average below the CPUs minus one.
+   * plugin's bundle: it never restores), the rest is too small to be worth it, or (unless `always`) the
+   * process may use a single CPU, where the two threads cannot run side by side. Not the load average, and
+   * not the CPUs' idle time during the open scan (tried: it read ~0 idle where the worker won): interleaved
+   * runs on 2 CPUs (bench/encryption.ts --ahead never,always) had the worker ahead at load 1.9-2.6 (0.83x
+   * against 0.66x inline, every round) and at 5-7, behind in one run at load 2 and at 9-14, where the
+   * restore waits for it and gives it up (LAG_SHARE) (bench/README.md, "Encrypted restore").
    */
-  static start(crypt: RecordCrypt, source: AheadSource, start: number, always = false, idle: CpuIdle | null = null): DecryptAhead | null {
+  static start(crypt: RecordCrypt, source: AheadSource, start: number, always = false): DecryptAhead | null {
     if (source.end - start < MIN_AHEAD_BYTES || !existsSync(fileURLToPath(WORKER_URL))) return null;
-    if (!always && (availableParallelism() < 2 || !cpuLooksFree(idle))) return null;
+    if (!always && availableParallelism() < 2) return null;
     return new DecryptAhead(crypt, source, start, !always);
   }
 

@@ -27,7 +27,7 @@ export interface RestoreOptions {
   stopAtDamage?: boolean;
   /**
    * An encrypted backup's change records are decrypted in a worker thread ahead of the replay when enough
-   * of them follow and (auto, the default) a CPU was idle for it during the open scan (src/crypto/decrypt-ahead.ts).
+   * of them follow and (auto, the default) the process may use two CPUs (src/crypto/decrypt-ahead.ts).
    * 'always' even on one CPU, 'never' decrypts inline (benches compare the two, interleaved).
    */
   decryptAhead?: 'auto' | 'always' | 'never';

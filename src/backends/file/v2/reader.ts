@@ -11,7 +11,7 @@ import { asBackupError, readFully } from './io.js';
 import { layoutOf, readFileHeader, scanRecords, type RecordInfo, type ScanResult } from './scan.js';
 import { FLAG_ENCRYPTED, FLAG_PRAGMA_ONLY, type FileEncryption, type RecordHeader } from './codec.js';
 import { AuthError, lastAuthText, parsePrefix, prefixLen, TAG_LEN, type ChainCheck, type Prefix, type RecordCrypt } from '../../../crypto/records.js';
-import { cpuIdle, DecryptAhead, type CpuIdle } from '../../../crypto/decrypt-ahead.js';
+import { DecryptAhead } from '../../../crypto/decrypt-ahead.js';
 import { ScanChain } from '../../../crypto/scan-chain.js';
 
 /**
@@ -199,8 +199,6 @@ export class V2Reader implements BackupReader {
     private readonly seed = 0,
     /** an encrypted backup's chain as the open scan followed it */
     private readonly chained: ScanChain | null = null,
-    /** an encrypted backup: the CPUs' idle time before the open scan (the decrypting worker's gate) */
-    private readonly openedIdle: CpuIdle | null = null,
   ) {
     this.ahead = new ReadAhead(fd, size);
   }
@@ -226,7 +224,7 @@ export class V2Reader implements BackupReader {
     if (!this.aheadWanted || this.crypt === null) return null;
     if (this.decryptor === null) {
       const source = { fd: this.fd, seed: this.seed, end: this.dataEnd, maxRecord: READ_AHEAD_MAX_RECORD };
-      this.decryptor = DecryptAhead.start(this.crypt, source, r.offset, this.aheadAlways, this.openedIdle);
+      this.decryptor = DecryptAhead.start(this.crypt, source, r.offset, this.aheadAlways);
       if (this.decryptor === null) {
         this.aheadWanted = false;
         return null;
@@ -354,7 +352,6 @@ export class V2Reader implements BackupReader {
         }
       }
       const chained = info.encryption !== null ? (chain ?? new ScanChain()) : null;
-      const idle = info.encryption !== null ? cpuIdle() : null;
       const scan = scanRecords(fd, size, path, (r, damagedBefore, win) => {
         onRecord?.(r, damagedBefore);
         chained?.push(r, win);
@@ -377,7 +374,7 @@ export class V2Reader implements BackupReader {
                 `${scan.recordsValidated} record(s) after it were read and checked without it. 'clnvault restore --stop-at-damage' ` +
                 `restores them; then re-create the backup with 'clnvault init'`,
             };
-      return new V2Reader(path, fd, scan, { entries, head, corrupt: g.corrupt, dangling: g.dangling(), planner }, info.backupId, info.createdMs, size, headerDamage, info.encryption, layout.seed, chained, idle);
+      return new V2Reader(path, fd, scan, { entries, head, corrupt: g.corrupt, dangling: g.dangling(), planner }, info.backupId, info.createdMs, size, headerDamage, info.encryption, layout.seed, chained);
     } catch (e) {
       closeSync(fd);
       throw asBackupError(e, path, 'cannot read the backup');
