@@ -2,8 +2,8 @@ import Database from './sqlite.js';
 import { existsSync, rmSync } from 'node:fs';
 
 /**
- * Access to lightningd's own database, only at moments when lightningd is not writing to it (before
- * the plugin answers getmanifest, or with the node stopped).
+ * Access to lightningd's own database: reads and copies at moments when lightningd is not writing to it
+ * (before the plugin answers getmanifest, or with the node stopped), and takeLiveSnapshot while it runs.
  */
 
 export const DB_NAME = 'lightningd.sqlite3';
@@ -40,9 +40,36 @@ export async function snapshotDatabase(dbPath: string, destPath: string): Promis
   } finally {
     db.close();
   }
-  const copy = new Database(destPath, { fileMustExist: true });
+  return finishCopy(destPath);
+}
+
+/**
+ * A copy of the node's committed database, taken while lightningd may be running: inside a db_write hook
+ * (to re-seed a destination) or while no hook is pending (an encrypted clnvault:// backup compacted by its
+ * node: socket/async-writer.ts). lightningd waits in the hook with its transaction uncommitted: in
+ * rollback-journal mode (its default) the database file holds the committed state and a reader may take a
+ * SHARED lock, in WAL mode a reader sees the last commit. VACUUM INTO copies what one read transaction sees,
+ * so the copy is consistent; its data_version is read from the copy itself. A transaction that spilled into
+ * the file holds an EXCLUSIVE lock: the copy then fails (busy) and the caller tries again later.
+ */
+export function takeLiveSnapshot(dbPath: string, dest: string): number {
+  rmSync(dest, { force: true });
+  const db = new Database(dbPath, { readonly: true, fileMustExist: true, timeout: 1000 });
   try {
-    // The copy inherits nothing but pages; make sure it is a plain rollback-journal file for restores.
+    db.prepare('VACUUM INTO ?').run(dest);
+  } catch (e) {
+    rmSync(dest, { force: true });
+    throw e;
+  } finally {
+    db.close();
+  }
+  return finishCopy(dest);
+}
+
+/** The copy inherits nothing but pages: a plain rollback-journal file for restores; returns its data_version. */
+function finishCopy(path: string): number {
+  const copy = new Database(path, { fileMustExist: true });
+  try {
     copy.pragma('journal_mode = DELETE');
     return dataVersionOf(copy);
   } finally {

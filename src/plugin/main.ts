@@ -125,16 +125,9 @@ async function main(): Promise<void> {
       case 'backup-compact': {
         const remote = startup.writer as { compactRemote?: () => string } | null;
         if (typeof remote?.compactRemote === 'function') {
-          // a socket: server compacts its own file (the reference answers with its statistics, clnvault server refuses)
+          // a socket: server compacts its own file and answers its statistics
           try {
-            const text = remote.compactRemote();
-            let stats: unknown = text;
-            try {
-              stats = JSON.parse(text);
-            } catch {
-              // not JSON: passed on as the server sent it
-            }
-            sendResult(rid, stats);
+            sendResult(rid, serverStats(remote.compactRemote()));
           } catch (e) {
             sendError(rid, -32000, (e as Error).message);
           }
@@ -187,15 +180,7 @@ async function main(): Promise<void> {
           sendError(rid, -32000, "a postgresql: backup is compacted inside the database while this plugin writes: run 'clnvault compact <backup-url>'");
           return;
         }
-        const answer = (text: string): void => {
-          let stats: unknown = text;
-          try {
-            stats = JSON.parse(text);
-          } catch {
-            // not JSON: passed on as the server sent it
-          }
-          sendResult(rid, stats);
-        };
+        const answer = (text: string): void => sendResult(rid, serverStats(text));
         const fail = (e: unknown): void => sendError(rid, -32000, (e as Error).message);
         // the reference's way: COMPACT on the writer's own connection, db_writes waiting until it is answered
         const onWriterConnection = (): void => {
@@ -213,21 +198,13 @@ async function main(): Promise<void> {
         }
         // clnvault server: on a connection of its own while db_writes go on; then the writer's connection
         // learns the compacted backup's entry count (whatever the outcome: the server may have compacted)
+        const afterRefresh = (ok: () => void, failed: (e: unknown) => void) => (): void => {
+          busy = true;
+          r.refreshMetadata!().then(ok, failed).finally(settle);
+        };
         r.compactAside().then(
-          (text) =>
-            betweenWrites(
-              text === null
-                ? onWriterConnection
-                : () => {
-                    busy = true;
-                    r.refreshMetadata!().then(() => answer(text), fail).finally(settle);
-                  },
-            ),
-          (e: unknown) =>
-            betweenWrites(() => {
-              busy = true;
-              r.refreshMetadata!().then(() => fail(e), () => fail(e)).finally(settle);
-            }),
+          (text) => betweenWrites(text === null ? onWriterConnection : afterRefresh(() => answer(text), fail)),
+          (e: unknown) => betweenWrites(afterRefresh(() => fail(e), () => fail(e))),
         );
         return;
       }
@@ -356,3 +333,12 @@ main().catch((e) => {
     process.exit(1);
   }
 });
+
+/** A server's answer to COMPACT: its statistics (JSON, the reference's shape), or the text as it came. */
+function serverStats(text: string): unknown {
+  try {
+    return JSON.parse(text) as unknown;
+  } catch {
+    return text;
+  }
+}

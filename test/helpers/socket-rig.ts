@@ -58,6 +58,18 @@ export interface Packet {
   payload: Buffer;
 }
 
+/** Calls `handle` with each whole packet a test server's connection receives (errors of the connection ignored). */
+export function onPackets(c: Socket, handle: (p: Packet) => void): void {
+  let buf = Buffer.alloc(0);
+  c.on('data', (d: Buffer) => {
+    buf = Buffer.concat([buf, d]);
+    const { packets, rest } = parsePackets(buf);
+    buf = buf.subarray(buf.length - rest);
+    for (const p of packets) handle(p);
+  });
+  c.on('error', () => {});
+}
+
 /** Splits a byte stream into packets; `rest` is what does not form a whole packet. */
 export function parsePackets(b: Buffer): { packets: Packet[]; rest: number } {
   const packets: Packet[] = [];
@@ -300,28 +312,21 @@ export async function referenceShapedServer(opts: { ackDelayMs?: number; compact
         queued.push(c);
       } else active = c;
     }
-    let buf = Buffer.alloc(0);
-    c.on('data', (d: Buffer) => {
-      buf = Buffer.concat([buf, d]);
-      const { packets, rest } = parsePackets(buf);
-      buf = buf.subarray(buf.length - rest);
-      for (const p of packets) {
-        seen.push(p.type);
-        if (p.type === PKT.REQ_METADATA) c.write(metadataPacket(meta));
-        else if (p.type === PKT.CHANGE || p.type === PKT.SNAPSHOT) {
-          const v = p.payload.readUInt32BE(0);
-          meta = { protocol: 1, version: v, prevVersion: meta.version, versionCount: meta.versionCount + 1 };
-          const ack = u32Packet(PKT.ACK, v);
-          if (opts.ackDelayMs === undefined) c.write(ack);
-          else setTimeout(() => c.write(ack), opts.ackDelayMs);
-        } else if (p.type === PKT.COMPACT && opts.compactTo !== undefined) {
-          const before = meta.versionCount;
-          meta = { ...meta, versionCount: opts.compactTo };
-          c.write(packet(PKT.COMPACT_RES, Buffer.from(JSON.stringify({ before: { version_count: before }, after: { version_count: opts.compactTo } }))));
-        }
+    onPackets(c, (p) => {
+      seen.push(p.type);
+      if (p.type === PKT.REQ_METADATA) c.write(metadataPacket(meta));
+      else if (p.type === PKT.CHANGE || p.type === PKT.SNAPSHOT) {
+        const v = p.payload.readUInt32BE(0);
+        meta = { protocol: 1, version: v, prevVersion: meta.version, versionCount: meta.versionCount + 1 };
+        const ack = u32Packet(PKT.ACK, v);
+        if (opts.ackDelayMs === undefined) c.write(ack);
+        else setTimeout(() => c.write(ack), opts.ackDelayMs);
+      } else if (p.type === PKT.COMPACT && opts.compactTo !== undefined) {
+        const before = meta.versionCount;
+        meta = { ...meta, versionCount: opts.compactTo };
+        c.write(packet(PKT.COMPACT_RES, Buffer.from(JSON.stringify({ before: { version_count: before }, after: { version_count: opts.compactTo } }))));
       }
     });
-    c.on('error', () => {});
   });
   server.listen(0, '127.0.0.1');
   await once(server, 'listening');

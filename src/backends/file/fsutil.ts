@@ -1,5 +1,6 @@
 import { closeSync, fstatSync, fsyncSync, lstatSync, openSync, constants, readlinkSync, statSync, writeSync } from 'node:fs';
 import { dirname } from 'node:path';
+import { BackupError } from '../../engine/entries.js';
 
 /** After a create or rename, the directory entry itself must reach the disk or the file can vanish on power loss. */
 export function fsyncDir(path: string): void {
@@ -116,5 +117,24 @@ export class NameGuard {
     } catch {
       // no /proc (or the path is gone already): every check is a full one, which reports it
     }
+  }
+}
+
+/** Opens a backup file for reading; a missing or unreadable one is a BackupError naming it. */
+export function openBackupFile(path: string): number {
+  try {
+    return openSync(path, 'r');
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    throw new BackupError(code === 'ENOENT' ? `${path} does not exist` : `cannot open ${path}: ${(e as Error).message}`, path);
+  }
+}
+
+/** Opens the database a snapshot is taken of; failing, a BackupError of the backup at `location`. */
+export function openSnapshotSource(dbPath: string, location: string): number {
+  try {
+    return openSync(dbPath, 'r');
+  } catch (e) {
+    throw new BackupError(`cannot read the snapshot source ${dbPath}: ${(e as Error).message}`, location);
   }
 }

@@ -35,7 +35,7 @@ import {
 } from './shared.js';
 import { readDestIds, readDestState, STATE_FILE, writeDestState } from './state.js';
 import { compareIdentity, fileIdentity, replacedMessage } from './identity.js';
-import { takeLiveSnapshot } from '../../engine/live-snapshot.js';
+import { takeLiveSnapshot } from '../../engine/live-db.js';
 import { dropThread, RESTART_FIRST_MS, RESTART_MAX_MS, startThread, threadGone, workerFile, wt, type WatchedThread } from './threads.js';
 import { MonitorThread, type MonitorConfig } from './monitor-thread.js';
 import { SetCompactor, type CompactionStdout } from './set-compactor.js';

@@ -1,7 +1,7 @@
 import { rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import type { AsyncBackupWriter, BackupStats } from '../backend.js';
-import { takeLiveSnapshot } from '../../engine/live-snapshot.js';
+import { DB_NAME, takeLiveSnapshot } from '../../engine/live-db.js';
 import { BackupError, type Problem } from '../../engine/entries.js';
 import { changePacket, type Metadata } from './protocol.js';
 import { SocketSession } from './session.js';
@@ -27,7 +27,6 @@ const ASIDE_PROBE_MS = 3000;
 const ASIDE_BUDGET_MS = 6 * 3600_000;
 /** compactSealed: copies of the database taken until one is at the backup's head (lightningd commits the last write soon after its hook) */
 const SNAPSHOT_TRIES = 50;
-const DB_NAME = 'lightningd.sqlite3';
 
 export class AsyncSocketWriter implements AsyncBackupWriter {
   readonly format = 'v1' as const;

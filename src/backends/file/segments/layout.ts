@@ -5,7 +5,7 @@ import { basename, dirname, join } from 'node:path';
 import { crc32 } from 'node:zlib';
 import { BackupError } from '../../../engine/entries.js';
 import { lockPath } from '../../../engine/backup-lock.js';
-import { fsyncDir, writeFully } from '../fsutil.js';
+import { fsyncDir, openBackupFile, writeFully } from '../fsutil.js';
 import {
   encodeFileHeader,
   FILE_HEADER_LEN,
@@ -94,13 +94,7 @@ export function withNewSetId(header: Buffer): Buffer {
  * v2 reader and writer check the rest when they open the file.
  */
 export function readSegmentHeader(path: string): SegmentHeader {
-  let fd: number;
-  try {
-    fd = openSync(path, 'r');
-  } catch (e) {
-    const code = (e as NodeJS.ErrnoException).code;
-    throw new BackupError(code === 'ENOENT' ? `${path} does not exist` : `cannot open ${path}: ${(e as Error).message}`, path);
-  }
+  const fd = openBackupFile(path);
   try {
     const h = Buffer.alloc(FILE_HEADER_LEN);
     const n = readSync(fd, h, 0, FILE_HEADER_LEN, 0);

@@ -9,6 +9,7 @@ import {
   damagedError,
   FILE_HEADER_LEN,
   Grouper,
+  entryAt,
   snapshotEntry,
   V2Reader,
   WalkGrouper,
@@ -272,26 +273,12 @@ export class SegmentedReader implements BackupReader {
   }
 
   read(h: EntryHeader): Entry {
-    let e = this.lastWalked;
-    if (e === null || e.header.offset !== h.offset) {
-      e = null;
-      if (h.offset >= FILE_HEADER_LEN && h.offset < this.end()) {
-        let found: WalkedEntry | null = null;
-        try {
-          this.walk(h.offset, this.end(), (w) => {
-            found = w;
-            return false;
-          });
-        } catch (err) {
-          // an offset that holds no record: said below, as "no such record"
-          if (!(err instanceof BackupError)) throw err;
-        }
-        e = found;
-      }
-    }
-    if (!e || e.header.kind !== h.kind || e.header.version !== h.version) {
-      throw new BackupError(`${this.location}: no ${h.kind} record with version ${h.version} at offset ${h.offset}`, this.location, h.offset);
-    }
+    const e = entryAt(this.location, h, this.lastWalked, () => this.end(), (end, take) =>
+      this.walk(h.offset, end, (w) => {
+        take(w);
+        return false;
+      }),
+    );
     if (e.header.kind === 'snapshot') return snapshotEntry(this.location, e.header.version, e.header.offset, e.size, e.recs);
     const first = e.recs[0]!;
     const c = first.reader.readChange(first.rec);

@@ -3,7 +3,7 @@ import { cryptFor, type KeyLike } from '../../../crypto/backup-crypt.js';
 import { encOverhead, type RecordCrypt } from '../../../crypto/records.js';
 import type { BackupStats, BackupWriter } from '../../backend.js';
 import { BackupError, type Problem } from '../../../engine/entries.js';
-import { fsyncDir } from '../fsutil.js';
+import { fsyncDir, openSnapshotSource } from '../fsutil.js';
 import { isValidDataVersion } from '../../../engine/versions.js';
 import {
   changePayloadLength,
@@ -293,12 +293,7 @@ export class SegmentedWriter implements BackupWriter {
   appendSnapshotFile(version: number, dbPath: string): void {
     this.checkUsable();
     if (!isValidDataVersion(version)) throw new RangeError(`data_version must be an unsigned 32-bit integer, not ${version}`);
-    let src: number;
-    try {
-      src = openSync(dbPath, 'r');
-    } catch (e) {
-      throw new BackupError(`cannot read the snapshot source ${dbPath}: ${(e as Error).message}`, this.location);
-    }
+    const src = openSnapshotSource(dbPath, this.location);
     const segsBefore = this.segments.length;
     const repairsBefore = this.repairs.length;
     let parts = 0;

@@ -2,7 +2,7 @@ import { closeSync, fstatSync, fsyncSync, openSync, readSync, unlinkSync } from 
 import { crc32 } from 'node:zlib';
 import type { BackupReader, BackupStats, HeaderVisitor, HeaderWalkOptions } from '../../backend.js';
 import { BackupError, type Entry, type EntryHeader, type Problem, type SnapshotEntry } from '../../../engine/entries.js';
-import { fsyncDir, writeFully } from '../fsutil.js';
+import { fsyncDir, openBackupFile, writeFully } from '../fsutil.js';
 import { isPragmaOnly, pragmaMatters } from '../../../engine/versions.js';
 import { changeStatementsAt, CHUNK, decodeChangePayload, FILE_HEADER_LEN, parseRecordHeader, RECORD_MAGIC, seedOfRecordHeader, PRAGMA_PROBE_MAX, RECORD_HEADER_LEN, RECORD_OVERHEAD, TYPE_CHANGE, TYPE_SNAPSHOT, TYPE_SNAPSHOT_PART } from './codec.js';
 import { Planner } from '../../../engine/plan.js';
@@ -328,13 +328,7 @@ export class V2Reader implements BackupReader {
    * backup's chain is followed on the way, in `chain` (SegmentedReader's, across its files) or the reader's own.
    */
   static open(path: string, onRecord?: (r: RecordInfo, damagedBefore: boolean) => void, chain?: ScanChain): V2Reader {
-    let fd: number;
-    try {
-      fd = openSync(path, 'r');
-    } catch (e) {
-      const code = (e as NodeJS.ErrnoException).code;
-      throw new BackupError(code === 'ENOENT' ? `${path} does not exist` : `cannot open ${path}: ${(e as Error).message}`, path);
-    }
+    const fd = openBackupFile(path);
     try {
       const size = fstatSync(fd).size;
       const { info, damage } = readFileHeader(fd, size, path);
@@ -517,29 +511,15 @@ export class V2Reader implements BackupReader {
 
   read(h: EntryHeader): Entry {
     this.checkOpen();
-    let e = this.lastWalked;
-    if (e === null || e.header.offset !== h.offset) {
-      // not the entry a walk is on: find it from its offset
-      e = null;
-      const end = this.bounds().end;
-      if (h.offset >= FILE_HEADER_LEN && h.offset < end) {
-        const g = new WalkGrouper((o, why) => this.changedError(o, why));
-        let found: WalkedEntry | null = null;
-        try {
-          this.walkRecords(h.offset, end, (rec) => {
-            found = g.push(this, rec, rec.offset);
-            return found === null;
-          });
-        } catch (err) {
-          // an offset that holds no record: said below, as "no such record"
-          if (!(err instanceof BackupError)) throw err;
-        }
-        e = found;
-      }
-    }
-    if (!e || e.header.kind !== h.kind || e.header.version !== h.version) {
-      throw new BackupError(`${this.location}: no ${h.kind} record with version ${h.version} at offset ${h.offset}`, this.location, h.offset);
-    }
+    // the data's end only when the entry must be found: read() follows a walk nearly always
+    const e = entryAt(this.location, h, this.lastWalked, () => this.bounds().end, (end, take) => {
+      const g = new WalkGrouper((o, why) => this.changedError(o, why));
+      this.walkRecords(h.offset, end, (rec) => {
+        const found = g.push(this, rec, rec.offset);
+        if (found !== null) take(found);
+        return found === null;
+      });
+    });
     if (e.header.kind === 'snapshot') return snapshotEntry(this.location, e.header.version, e.header.offset, e.size, e.recs);
     return this.readChange(e.recs[0]!.rec);
   }
@@ -672,6 +652,34 @@ export class V2Reader implements BackupReader {
  * snapshot's parts and final record, possibly in several segment files), concatenated. writeTo streams
  * them in bounded memory, checks every record's CRC and leaves no file behind on failure.
  */
+/**
+ * The entry `h` names: the one a walk is on (`current`), else the first whole one a walk from h.offset to
+ * the data's end finds (`walkFrom` calls `take` with it). A header that names no such entry is a BackupError.
+ */
+export function entryAt(
+  location: string,
+  h: EntryHeader,
+  current: WalkedEntry | null,
+  dataEnd: () => number,
+  walkFrom: (end: number, take: (e: WalkedEntry) => void) => void,
+): WalkedEntry {
+  let e = current !== null && current.header.offset === h.offset ? current : null;
+  const end = e === null ? dataEnd() : 0;
+  if (e === null && h.offset >= FILE_HEADER_LEN && h.offset < end) {
+    try {
+      walkFrom(end, (found) => (e = found));
+    } catch (err) {
+      // an offset that holds no record: said below, as "no such record"
+      if (!(err instanceof BackupError)) throw err;
+    }
+  }
+  const got = e as WalkedEntry | null;
+  if (!got || got.header.kind !== h.kind || got.header.version !== h.version) {
+    throw new BackupError(`${location}: no ${h.kind} record with version ${h.version} at offset ${h.offset}`, location, h.offset);
+  }
+  return got;
+}
+
 export function snapshotEntry(
   location: string,
   version: number,

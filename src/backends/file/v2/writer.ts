@@ -4,7 +4,7 @@ import { randomBytes } from '../../../engine/random.js';
 import type { BackupStats, BackupWriter } from '../../backend.js';
 import { BackupError, type Problem } from '../../../engine/entries.js';
 import { isValidDataVersion } from '../../../engine/versions.js';
-import { fsyncDir, NameGuard, writeFully } from '../fsutil.js';
+import { fsyncDir, NameGuard, openSnapshotSource, writeFully } from '../fsutil.js';
 import { WriterLock } from '../writer-lock.js';
 import {
   encodeChangePayloadAt,
@@ -613,12 +613,7 @@ export class V2Writer implements BackupWriter {
     this.checkUsable();
     this.checkPlainAllowed();
     if (!isValidDataVersion(version)) throw new RangeError(`data_version must be an unsigned 32-bit integer, not ${version}`);
-    let src: number;
-    try {
-      src = openSync(dbPath, 'r');
-    } catch (e) {
-      throw new BackupError(`cannot read the snapshot source ${dbPath}: ${(e as Error).message}`, this.location);
-    }
+    const src = openSnapshotSource(dbPath, this.location);
     const at = this.end;
     // all zeros: its checksum is wrong, so a crash before the real header lands reads as a torn tail
     const header = Buffer.alloc(RECORD_HEADER_LEN);
