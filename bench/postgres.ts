@@ -316,7 +316,7 @@ if (isMainThread && process.argv[1] === fileURLToPath(import.meta.url)) {
     `  CPU per write (medians): floor client ${fmtUs(r.cpu.floorClient)} + its backend ${fmtUs(r.cpu.floorBackend)}; ` +
       `plugin process ${fmtUs(r.cpu.plugin)} + its backend ${fmtUs(r.cpu.hookBackend)}`,
   );
-  console.log(
+  if (r.many.nodes > 0) console.log(
     `  ${r.many.nodes} nodes at once: ${Math.round(r.many.writesPerSec)} writes/s in total (${Math.round(r.many.wallWritesPerSec)}/s with start-ups); p99 per node ` +
       `min ${fmtUs(r.many.p99PerNodeUs.min)} median ${fmtUs(r.many.p99PerNodeUs.median)} max ${fmtUs(r.many.p99PerNodeUs.max)}`,
   );

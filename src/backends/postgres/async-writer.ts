@@ -1,6 +1,7 @@
 import type { AsyncBackupWriter, BackupStats } from '../backend.js';
 import type { Problem } from '../../engine/entries.js';
 import type { KeyLike } from '../../crypto/backup-crypt.js';
+import { Backstop } from '../backstop.js';
 import { PgBridgeError } from './bridge.js';
 import { configure, handle } from './worker.js';
 import type { HeadInfo, PgEncryption, PgRequest } from './protocol.js';
@@ -48,29 +49,23 @@ export class AsyncPgWriter implements AsyncBackupWriter {
     return this.state!;
   }
 
+  /** the last bound on each call (src/backends/backstop.ts) */
+  private readonly backstop = new Backstop((ms) => {
+    // its late result must not be taken for a later operation's: this writer is done
+    this.broken = `no answer from the PostgreSQL connection within ${Math.round(ms / 1000)} s; giving up on it`;
+    return new PgBridgeError(this.broken);
+  });
+
   /** `waitMs` null: an operation whose length grows with the data (snapshots); worker.ts bounds each query. */
   private async call<T>(req: PgRequest, waitMs: number | null = this.timeoutMs + GRACE_MS): Promise<T> {
     if (this.broken !== null) throw new PgBridgeError(this.broken);
-    let timer: NodeJS.Timeout | undefined;
     try {
-      const op = handle(req) as Promise<T>;
-      if (waitMs === null) return await op;
-      return await Promise.race([
-        op,
-        new Promise<never>((_, reject) => {
-          timer = setTimeout(() => {
-            // its late result must not be taken for a later operation's: this writer is done
-            this.broken = `no answer from the PostgreSQL connection within ${Math.round(waitMs / 1000)} s; giving up on it`;
-            reject(new PgBridgeError(this.broken));
-          }, waitMs);
-        }),
-      ]);
+      const op = (): Promise<T> => handle(req) as Promise<T>;
+      return await (waitMs === null ? op() : this.backstop.run(op, waitMs));
     } catch (e) {
       if (e instanceof PgBridgeError) throw e;
       const err = e as Error & { code?: string };
       throw new PgBridgeError(err instanceof Error ? err.message : String(e), typeof err.code === 'string' ? err.code : undefined);
-    } finally {
-      clearTimeout(timer);
     }
   }
 
@@ -122,5 +117,6 @@ export class AsyncPgWriter implements AsyncBackupWriter {
       }
     }
     this.broken = 'closed';
+    this.backstop.close();
   }
 }

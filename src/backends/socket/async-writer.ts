@@ -3,6 +3,7 @@ import { join } from 'node:path';
 import type { AsyncBackupWriter, BackupStats } from '../backend.js';
 import { DB_NAME, takeLiveSnapshot } from '../../engine/live-db.js';
 import { BackupError, type Problem } from '../../engine/entries.js';
+import { Backstop } from '../backstop.js';
 import { changePacket, type Metadata } from './protocol.js';
 import { SocketSession } from './session.js';
 import { parseSocketUrl } from './url.js';
@@ -35,15 +36,12 @@ export class AsyncSocketWriter implements AsyncBackupWriter {
   private closed = false;
   /** set when an operation outlived its backstop: its late result must not be mistaken for the next one's */
   private broken: string | null = null;
-  /** the operation in flight: when its backstop passes, and how to fail it */
-  private inFlight: { at: number; backstopMs: number; fail: (e: Error) => void } | null = null;
-  /**
-   * One backstop timer for the writer's life, checked when it fires (deadlines only move forward, so it is
-   * re-armed about once per backstop period, not made and cleared per db_write); it keeps the process
-   * alive only while an operation is in flight.
-   */
-  private timer: NodeJS.Timeout | null = null;
-  private timerAt = Infinity;
+  /** the last bound on each operation (src/backends/backstop.ts) */
+  private readonly backstop = new Backstop((ms) => {
+    this.broken = `no answer within ${Math.round(ms / 1000)} s; the connection is given up`;
+    this.session.drop();
+    return new Error(this.broken);
+  });
 
   private constructor(
     readonly location: string,
@@ -68,43 +66,13 @@ export class AsyncSocketWriter implements AsyncBackupWriter {
     if (this.closed) throw new BackupError(`${this.location}: the connection to the backup server was closed`, this.location);
     if (this.broken !== null) throw remoteFailure(this.location, what, this.broken, true, this.budgetMs);
     try {
-      return await new Promise<T>((resolve, reject) => {
-        const at = Date.now() + backstopMs;
-        this.inFlight = { at, backstopMs, fail: reject };
-        this.arm(at);
-        this.timer!.ref();
-        op().then(resolve, reject);
-      });
+      return await this.backstop.run(op, backstopMs);
     } catch (e) {
       const err = e as Error;
       throw remoteFailure(this.location, what, err.message, err.name === 'RefusedError', this.budgetMs);
     } finally {
-      this.inFlight = null;
-      this.timer?.unref();
       for (const n of this.session.notes.splice(0)) this.log(n.level, n.message);
     }
-  }
-
-  /** Makes sure the backstop timer fires no later than `at`. */
-  private arm(at: number): void {
-    if (this.timer !== null && this.timerAt <= at) return;
-    if (this.timer !== null) clearTimeout(this.timer);
-    this.timerAt = at;
-    this.timer = setTimeout(() => this.onTimer(), Math.max(1, at - Date.now()));
-  }
-
-  private onTimer(): void {
-    this.timer = null;
-    this.timerAt = Infinity;
-    const op = this.inFlight;
-    if (op === null) return;
-    if (Date.now() < op.at) {
-      this.arm(op.at);
-      return;
-    }
-    this.broken = `no answer within ${Math.round(op.backstopMs / 1000)} s; the connection is given up`;
-    this.session.drop();
-    op.fail(new Error(this.broken));
   }
 
   head(): number {
@@ -245,8 +213,7 @@ export class AsyncSocketWriter implements AsyncBackupWriter {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    if (this.timer !== null) clearTimeout(this.timer);
-    this.timer = null;
+    this.backstop.close();
     this.session.drop();
   }
 }
