@@ -4,6 +4,8 @@
  *   none      no db_write plugin
  *   minimal   bench/minimal-plugin.ts (parse, append, fdatasync, answer)
  *   clnvault  the built plugin, its backup made by `clnvault init`
+ *   encrypted the same with `clnvault init --encrypt --key-file` (docs/encryption.md): what encryption
+ *             costs a node's calls, beside issue 13's hook-level figure (bench/encryption.ts)
  * All nodes run at once; each run times every configuration in turn (order rotated per run), so load
  * changes on the machine hit them alike. Medians of the per-run p50/p99, and ratios to `none`.
  *
@@ -49,7 +51,7 @@ for (const [k, v] of [['calls', CALLS], ['runs', RUNS], ['warmup', WARMUP]] as c
 
 const CLI = fileURLToPath(new URL('../src/cli/main.js', import.meta.url));
 const MINIMAL = fileURLToPath(new URL('./minimal-plugin.js', import.meta.url));
-const CONFIGS = ['none', 'minimal', 'clnvault'] as const;
+const CONFIGS = ['none', 'minimal', 'clnvault', 'encrypted'] as const;
 type Config = (typeof CONFIGS)[number];
 const METHODS = ['invoice', 'datastore'] as const;
 type Method = (typeof METHODS)[number];
@@ -71,6 +73,10 @@ async function main(): Promise<void> {
     let plugin: string | null = null;
     if (c === 'clnvault') {
       execFileSync(process.execPath, [CLI, 'init', '--lightning-dir', netDir, pathToFileURL(join(where, 'clnvault.bkp')).href], { stdio: 'ignore' });
+    } else if (c === 'encrypted') {
+      const key = join(dir, 'backup.key');
+      execFileSync(process.execPath, [CLI, 'keygen', key], { stdio: 'ignore' });
+      execFileSync(process.execPath, [CLI, 'init', '--encrypt', '--key-file', key, '--lightning-dir', netDir, pathToFileURL(join(where, 'clnvault.bkp')).href], { stdio: 'ignore' });
     } else if (c === 'minimal') {
       // lightningd executes the plugin file itself: a wrapper gives it a run bit and its output directory
       plugin = join(dir, 'minimal-plugin.sh');
@@ -82,7 +88,7 @@ async function main(): Promise<void> {
       dir,
       chainDir: chain,
       lightningd: LIGHTNINGD!,
-      importantPlugin: c === 'clnvault' ? undefined : plugin,
+      importantPlugin: c === 'clnvault' || c === 'encrypted' ? undefined : plugin,
       // the same background work for all, and little of it: no block polling every second
       args: ['--dev-bitcoind-poll=30', '--log-level=info'],
     });
@@ -150,6 +156,11 @@ async function main(): Promise<void> {
     `invoice p50 overhead over no plugin: minimal ${fmtUs(inv('minimal'))}, clnvault ${fmtUs(inv('clnvault'))} ` +
       `(target: clnvault at most the minimal plugin's: ${inv('clnvault') <= inv('minimal') ? 'met' : 'NOT met'})`,
   );
+  for (const m of METHODS) {
+    const plain = result[`clnvault/${m}`]!.p50;
+    const enc = result[`encrypted/${m}`]!.p50;
+    console.log(`${m} p50 encrypted / clnvault: ${(enc / plain).toFixed(3)}x (${enc >= plain ? '+' : '-'}${fmtUs(Math.abs(enc - plain))})`);
+  }
   if (values.json) writeFileSync(values.json, JSON.stringify({ lightningd: LIGHTNINGD, runs: RUNS, calls: CALLS, loads, result }) + '\n');
 }
 
