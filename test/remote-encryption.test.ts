@@ -31,7 +31,7 @@ import { keyFromKeyFile } from '../src/crypto/keys.js';
 import { FLAG_ENCRYPTED } from '../src/backends/file/v2.js';
 import { crc32 } from 'node:zlib';
 import { randomBytes } from 'node:crypto';
-import { churn, startNode, until } from './helpers/multi-rig.js';
+import { churn, compactWhileWriting, startNode, until } from './helpers/multi-rig.js';
 import { SimNode } from '../src/sim/lightningd.js';
 
 const CLN = join(FIXTURES, 'cln-v26.06.6');
@@ -382,6 +382,64 @@ describe('encrypted clnvault:// backups: the server stores and serves ciphertext
     }
     assert.equal(readFileSync(filePath).indexOf(MARKER), -1);
     for (const f of filesUnder(dir)) assert.equal(readFileSync(f).indexOf(MARKER), -1, `${f} holds plaintext`);
+    await proc.kill();
+  });
+
+  it('several destinations, ack 1: backup-compact while writes flow compacts the encrypted file online and the encrypted clnvault:// server with the node\'s snapshot, brought to its queued head; both restore; no plaintext', { timeout: 180_000 }, async () => {
+    const dir = area.dir();
+    const key = await addNode(dir, 'alice');
+    const { proc, port } = await nodesServer(dir);
+    const netDir = area.dir();
+    writeFileSync(join(netDir, 'clnvault-remote.key'), `${key}\n`, { mode: 0o600 });
+    copyFileSync(join(CLN, 'session-basic/final.sqlite3'), join(netDir, 'lightningd.sqlite3'));
+    const keyFile = join(area.dir(), 'backup.key');
+    const fileUrl = `file://${join(area.dir(), 'a.bkp')}`;
+    const remote = `clnvault://alice@127.0.0.1:${port}`;
+    const serverFile = join(dir, 'nodes', 'alice', 'backup.bkp');
+    const init = await runCli(['init', '--lightning-dir', netDir, '--ack', '1', '--encrypt', '--key-file', keyFile, fileUrl, remote]);
+    assert.equal(init.code, 0, init.stderr + init.stdout);
+    const lock = JSON.parse(readFileSync(join(netDir, 'backup.lock'), 'utf8'));
+    writeFileSync(join(netDir, 'backup.lock'), JSON.stringify({ ...lock, remote_timeout: 20 }));
+    const entries = async (): Promise<number> => {
+      const i = await runCli(['inspect', '--json', `file://${serverFile}`]);
+      assert.equal(i.code, 0, i.stderr);
+      return (JSON.parse(i.stdout) as { entries: number }).entries;
+    };
+    const node = await startNode(netDir);
+    try {
+      assert.equal((await node.transaction(['CREATE TABLE t (v TEXT)'])).answered, 'continue');
+      for (let i = 0; i < 10; i++) assert.equal((await node.transaction([`INSERT INTO t(v) VALUES ('${MARKER}-${i}')`])).answered, 'continue');
+      await churn(node, 300, MARKER, 3000);
+      await until(node, 'both hold the last write', (x) => x.every((y) => y.healthy && y.acked_version === node.dataVersion()), 'e1');
+      const before = await entries();
+      assert.ok(before > 300, `the server holds ${before} entries`);
+      // churn() asserts every write was answered "continue": the remote's writes queue while it is compacted
+      const { answer, during } = await compactWhileWriting<{ result?: { destinations: Array<{ url: string; result: string; before?: { entries: number }; after?: { entries: number }; reason?: string }> }; error?: unknown }>(
+        node,
+        (n, tag) => churn(n, 1, tag, 3000),
+      );
+      assert.equal(answer.error, undefined, JSON.stringify(answer));
+      const out = answer.result!.destinations;
+      assert.deepEqual(out.map((o) => o.result), ['compacted', 'compacted'], JSON.stringify(out));
+      const r = out[1]!;
+      assert.ok(r.before!.entries > 300 && r.after!.entries === 1, JSON.stringify(r));
+      assert.ok(during > 0, 'no write went through during the compaction');
+      assert.match(proc.out, /compacted the encrypted backup with its node's snapshot/);
+      await churn(node, 10, 'after', 3000);
+      await until(node, 'both hold the last write again', (x) => x.every((y) => y.healthy && y.acked_version === node.dataVersion()), 'e2');
+      const now = await entries();
+      assert.ok(now < before / 5, `the server holds ${now} entries after the compaction (${before} before)`);
+    } finally {
+      await node.stop();
+    }
+    const want = dump(node.dbPath);
+    for (const url of [fileUrl, remote, `file://${serverFile}`]) {
+      const dest = join(area.dir(), 'restored.sqlite3');
+      const res = await runCli(['restore', '--key-file', keyFile, url, dest], { cwd: netDir });
+      assert.equal(res.code, 0, res.stderr + res.stdout);
+      assert.equal(dump(dest), want, url);
+    }
+    assertNoPlaintext(dir, [Buffer.from(MARKER)]);
     await proc.kill();
   });
 

@@ -1,4 +1,9 @@
+import { rmSync, statSync } from 'node:fs';
+import { join } from 'node:path';
+import { threadId } from 'node:worker_threads';
 import type { BackupWriter } from '../backend.js';
+import { DB_NAME, takeLiveSnapshot } from '../../engine/live-db.js';
+import { serialDiff } from '../../engine/versions.js';
 import type { ThreadFileGate } from '../../compact/thread-gate.js';
 import { compactPg } from '../postgres/compact.js';
 import type { KeyLike } from '../../crypto/backup-crypt.js';
@@ -8,8 +13,9 @@ import type { KeyLike } from '../../crypto/backup-crypt.js';
  * Whatever the destination supports: a file (v2/v1) is compacted online, in a worker thread with a capped
  * young generation, while the lane keeps writing and acknowledging through its gate (compact/thread-gate.ts);
  * PostgreSQL compacts inside the database and a socket: server compacts its own file if it can (the
- * reference does, a clnvault server refuses), both on the lane's thread, which holds its writes back
- * meanwhile (they queue; it is not counted for acknowledgements until it replays them).
+ * reference does, a clnvault server too), all on the lane's thread, which holds its writes back
+ * meanwhile (they queue; it is not counted for acknowledgements until it replays them). An encrypted
+ * clnvault:// backup, which its server has no key for, is compacted by the node (compactSealed below).
  */
 
 export type CompactResultKind = 'compacted' | 'nothing-to-gain' | 'nothing-to-compact' | 'skipped' | 'failed';
@@ -29,6 +35,17 @@ export interface DestCompaction {
 
 export type Outcome = Omit<DestCompaction, 'index' | 'url' | 'at'>;
 
+/**
+ * Brings a destination that is being compacted (its writes queued) up to `version` by writing its queued
+ * writes up to that one: 'reached', 'waiting' (the writes have not all reached its queue yet), or 'failed'.
+ */
+export type Advance = (version: number) => 'reached' | 'waiting' | 'failed';
+
+type SealedWriter = BackupWriter & { encrypted: boolean; compactSealed(version: number, path: string): string };
+
+/** how long an encrypted destination's compaction waits for a copy of the database at a version it can reach */
+const SEALED_WAIT_MS = 30_000;
+
 export async function compactDestination(
   w: BackupWriter,
   gate: ThreadFileGate | null,
@@ -37,6 +54,7 @@ export async function compactDestination(
   history: number,
   key: KeyLike | null,
   log: (level: 'info' | 'warn' | 'error', message: string) => void,
+  advance?: Advance,
 ): Promise<Outcome> {
   const t0 = Date.now();
   if (gate !== null) {
@@ -65,35 +83,89 @@ export async function compactDestination(
       elapsed_ms: Date.now() - t0,
     };
   }
+  const sealed = w as Partial<SealedWriter>;
+  if (sealed.encrypted === true && typeof sealed.compactSealed === 'function' && advance !== undefined) {
+    return compactSealed(sealed as SealedWriter, cwd, advance, log, t0);
+  }
   const remote = w as BackupWriter & { compactRemote?: () => string };
   if (typeof remote.compactRemote === 'function') {
     let text: string;
     try {
       text = remote.compactRemote();
     } catch (e) {
-      // e.g. an encrypted backup on clnvault server (no key there): compacted where the key is, by `clnvault compact`
       return { result: 'skipped', reason: `the server did not compact: ${(e as Error).message}`, elapsed_ms: Date.now() - t0 };
     }
-    let stats: { before?: { backupsize?: number; version_count?: number }; after?: { backupsize?: number; version_count?: number } } = {};
-    try {
-      stats = JSON.parse(text) as typeof stats;
-    } catch {
-      // not JSON: passed on as the server sent it
-    }
-    const pick = (x: { backupsize?: number; version_count?: number } | undefined): { bytes: number; entries: number } | undefined =>
-      x && typeof x.backupsize === 'number' && typeof x.version_count === 'number' ? { bytes: x.backupsize, entries: x.version_count } : undefined;
-    const before = pick(stats.before);
-    const after = pick(stats.after);
-    // clnvault server leaves a backup that would not shrink as it is, and says so with unchanged figures
-    const same = before !== undefined && after !== undefined && before.bytes === after.bytes && before.entries === after.entries;
-    return {
-      result: same ? 'nothing-to-gain' : 'compacted',
-      ...(before ? { before } : {}),
-      ...(after ? { after } : {}),
-      ...(before === undefined ? { reason: `the server answered: ${text.slice(0, 200)}` } : {}),
-      elapsed_ms: Date.now() - t0,
-    };
+    return serverOutcome(text, t0);
   }
   return { result: 'skipped', reason: `a ${w.format} destination has no online compaction`, elapsed_ms: Date.now() - t0 };
+}
+
+/** A server's COMPACT_RES (the reference's statistics JSON) as this destination's outcome. */
+function serverOutcome(text: string, t0: number): Outcome {
+  let stats: { before?: { backupsize?: number; version_count?: number }; after?: { backupsize?: number; version_count?: number } } = {};
+  try {
+    stats = JSON.parse(text) as typeof stats;
+  } catch {
+    // not JSON: passed on as the server sent it
+  }
+  const pick = (x: { backupsize?: number; version_count?: number } | undefined): { bytes: number; entries: number } | undefined =>
+    x && typeof x.backupsize === 'number' && typeof x.version_count === 'number' ? { bytes: x.backupsize, entries: x.version_count } : undefined;
+  const before = pick(stats.before);
+  const after = pick(stats.after);
+  // clnvault server leaves a backup that would not shrink as it is, and says so with unchanged figures
+  const same = before !== undefined && after !== undefined && before.bytes === after.bytes && before.entries === after.entries;
+  return {
+    result: same ? 'nothing-to-gain' : 'compacted',
+    ...(before ? { before } : {}),
+    ...(after ? { after } : {}),
+    ...(before === undefined ? { reason: `the server answered: ${text.slice(0, 200)}` } : {}),
+    elapsed_ms: Date.now() - t0,
+  };
+}
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+/**
+ * An encrypted clnvault:// destination: its server has no key, so the node sends a copy of its database at
+ * the destination's head, sealed as the start of the chain, to be the whole backup (socket/writer.ts
+ * compactSealed; the server checks it without the key). The database runs ahead of a destination being
+ * compacted (the others acknowledge meanwhile, its writes queue), so the copy comes first and the
+ * destination is brought up to the copy's version from its queue; a copy behind the head (lightningd has
+ * not committed the newest write yet) is taken again.
+ */
+async function compactSealed(w: SealedWriter, cwd: string, advance: Advance, log: (level: 'info' | 'warn' | 'error', message: string) => void, t0: number): Promise<Outcome> {
+  const dbPath = join(cwd, DB_NAME);
+  const tmp = join(cwd, `.clnvault-compact-${process.pid}-${threadId}.sqlite3`);
+  const deadline = Date.now() + SEALED_WAIT_MS;
+  const from = w.head();
+  let last = '';
+  try {
+    while (Date.now() < deadline) {
+      let version: number;
+      try {
+        version = takeLiveSnapshot(dbPath, tmp);
+      } catch (e) {
+        // a transaction that spilled into the file holds it locked for a moment
+        last = `cannot copy ${dbPath}: ${(e as Error).message}`;
+        await sleep(100);
+        continue;
+      }
+      while (serialDiff(version, w.head()) > 0 && Date.now() < deadline) {
+        const a = advance(version);
+        if (a === 'failed') return { result: 'failed', reason: `a queued write failed while it was brought up to version ${version}`, elapsed_ms: Date.now() - t0 };
+        if (a === 'waiting') await sleep(20);
+      }
+      if (w.head() === version) {
+        const caught = version === from ? '' : ` (its queued writes from version ${from} up to it written first)`;
+        log('info', `compacting the encrypted backup: sending a snapshot of version ${version} (${statSync(tmp).size} bytes) that replaces it on the server${caught}`);
+        return serverOutcome(w.compactSealed(version, tmp), t0);
+      }
+      last = `the database ${dbPath} is at version ${version}, the destination at ${w.head()}`;
+      await sleep(100);
+    }
+    return { result: 'skipped', reason: `${last || 'no copy of the database'} within ${SEALED_WAIT_MS / 1000} s: not compacted (try again)`, elapsed_ms: Date.now() - t0 };
+  } finally {
+    rmSync(tmp, { force: true });
+  }
 }
 

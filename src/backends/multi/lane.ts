@@ -172,35 +172,39 @@ function onOp(op: LaneOp): void {
   pump();
 }
 
+/** Writes the oldest queued write and publishes its acknowledgement; false when it failed (handled). */
+function applyNext(w: BackupWriter): boolean {
+  const op = queue[0]!;
+  try {
+    let bytes = 0;
+    if (op.t === 'change') bytes = applyChange(w, op.version, op.statements, op.repeat);
+    else {
+      applySnapshot(w, op.version, op.path);
+      removeQuietly(op.path);
+      s.f[fSlot(i, F.HEAD_SNAPSHOT)] = 1;
+    }
+    if (op.t === 'change') s.f[fSlot(i, F.HEAD_SNAPSHOT)] = 0;
+    queue.shift();
+    queuedBytes -= opBytes(op);
+    expectHead = w.head();
+    s.f[fSlot(i, F.HEAD)] = expectHead;
+    s.f[fSlot(i, F.BYTES)]! += bytes;
+    s.f[fSlot(i, F.WRITES)]! += 1;
+    s.f[fSlot(i, F.LAST_OP_AT)] = op.at;
+    recordLatency(s, i, (nowMs() - op.at) * 1000);
+    Atomics.store(s.ints, ackSlot(i), op.seq);
+    ring(s);
+    return true;
+  } catch (e) {
+    if (e instanceof GapError && op.t === 'change' && catchUp(op)) return true;
+    onFailure(e as Error);
+    return false;
+  }
+}
+
 function pump(): void {
   if (writer === null || closing || compacting) return;
-  while (queue.length > 0) {
-    const op = queue[0]!;
-    try {
-      let bytes = 0;
-      if (op.t === 'change') bytes = applyChange(writer, op.version, op.statements, op.repeat);
-      else {
-        applySnapshot(writer, op.version, op.path);
-        removeQuietly(op.path);
-        s.f[fSlot(i, F.HEAD_SNAPSHOT)] = 1;
-      }
-      if (op.t === 'change') s.f[fSlot(i, F.HEAD_SNAPSHOT)] = 0;
-      queue.shift();
-      queuedBytes -= opBytes(op);
-      expectHead = writer.head();
-      s.f[fSlot(i, F.HEAD)] = expectHead;
-      s.f[fSlot(i, F.BYTES)]! += bytes;
-      s.f[fSlot(i, F.WRITES)]! += 1;
-      s.f[fSlot(i, F.LAST_OP_AT)] = op.at;
-      recordLatency(s, i, (nowMs() - op.at) * 1000);
-      Atomics.store(s.ints, ackSlot(i), op.seq);
-      ring(s);
-    } catch (e) {
-      if (e instanceof GapError && op.t === 'change' && catchUp(op)) continue;
-      onFailure(e as Error);
-      return;
-    }
-  }
+  while (queue.length > 0) if (!applyNext(writer)) return;
   setQueued();
   topUp();
   if (state !== DestState.Live) {
@@ -382,6 +386,23 @@ function othersLive(): number {
 }
 
 /**
+ * While this destination is being compacted (its writes queued): writes its queued changes up to
+ * `version`, for an encrypted clnvault:// one whose compaction sends a copy of the database at that version
+ * (compact-dest.ts). A re-seed snapshot in the way is not crossed ('failed').
+ */
+function advanceTo(version: number): 'reached' | 'waiting' | 'failed' {
+  for (;;) {
+    if (writer === null || closing) return 'failed';
+    if (!writer.isEmpty() && writer.head() === version) return 'reached';
+    const op = queue[0];
+    if (op === undefined) return 'waiting';
+    if (op.t !== 'change' || serialDiff(op.version, version) > 0) return 'failed';
+    if (!applyNext(writer)) return 'failed';
+    setQueued();
+  }
+}
+
+/**
  * This destination's turn in backup-compact. A file is compacted online: its writes go on and are
  * acknowledged meanwhile (compact/thread-gate.ts), whatever "ack" is. Any other destination compacts on this
  * thread and is taken out of the acknowledgement count for that time (its writes queue), so only when
@@ -421,7 +442,7 @@ async function compactTurn(reply: MessagePort, history: number): Promise<void> {
     setState(DestState.Compacting);
     log('info', 'compacting; its writes wait in its queue meanwhile and it is not counted for acknowledgements');
     try {
-      outcome = await compactDestination(writer, null, setup.url, setup.cwd, history, key, (level, message) => log(level, message));
+      outcome = await compactDestination(writer, null, setup.url, setup.cwd, history, key, (level, message) => log(level, message), advanceTo);
     } catch (e) {
       outcome = { result: 'failed', reason: (e as Error).message };
     }

@@ -41,6 +41,7 @@ export type WorkerRequest =
   | { op: 'rewind'; target: number }
   | { op: 'download'; dest: string }
   | { op: 'compact' }
+  | { op: 'compactSealed'; version: number; path: string }
   | { op: 'close' };
 
 export type WorkerReply =

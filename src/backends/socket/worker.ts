@@ -58,6 +58,10 @@ async function handle(req: WorkerRequest, url: SocketUrl): Promise<WorkerReply> 
       const text = await session!.compact();
       return { ok: true, meta: session!.meta!, text };
     }
+    case 'compactSealed': {
+      const text = await session!.compactSealed(req.version, req.path, setup.budgetMs);
+      return { ok: true, meta: session!.meta!, text };
+    }
     case 'close':
       session?.drop();
       return { ok: true, meta: null };

@@ -165,6 +165,27 @@ export class SocketWriter implements BackupWriter {
     throw new BackupError(`${this.location}: compaction failed: ${r.error}`, this.location);
   }
 
+  /** An encrypted backup: its server has no key, so its compaction is the node's (compactSealed). */
+  get encrypted(): boolean {
+    return this.sealed;
+  }
+
+  /**
+   * Compaction of an encrypted backup by the node: `path`, a copy of the node's database at exactly this
+   * backup's head `version`, becomes the whole backup on the server (session.compactSealed, checked there
+   * without the key). The caller makes the copy (multi/compact-dest.ts) and brings the head to its version.
+   */
+  compactSealed(version: number, path: string): string {
+    this.usable();
+    if (!this.sealed) throw new BackupError(`${this.location}: not an encrypted backup: the server compacts it itself`, this.location);
+    if (version !== this.meta.version) throw new BackupError(`${this.location}: internal: a snapshot of version ${version} for a backup at ${this.meta.version}`, this.location);
+    // the snapshot is sent in chunks, each with its deadline in the worker: this is only the backstop
+    const r = this.worker.call({ op: 'compactSealed', version, path }, 24 * 3600_000);
+    this.meta = this.check(r, 'compacting the encrypted backup')!;
+    this.snapshotHead = true;
+    return r.ok ? (r.text ?? '') : '';
+  }
+
   stats(): BackupStats {
     return { format: this.format, location: this.location, head: this.meta.version, entries: this.meta.versionCount, bytes: 0 };
   }
