@@ -1,3 +1,5 @@
+import { LazyTimer } from './lazy-timer.js';
+
 /**
  * The last bound on a remote writer's operation in flight (its own deadlines, e.g. remote_timeout, come
  * first): past it the operation is failed with the error `expire` makes, and the writer is expected to
@@ -10,8 +12,7 @@
  */
 export class Backstop {
   private inFlight: { at: number; ms: number; fail: (e: Error) => void } | null = null;
-  private timer: NodeJS.Timeout | null = null;
-  private timerAt = Infinity;
+  private readonly timer = new LazyTimer(() => this.onTimer());
 
   constructor(private readonly expire: (ms: number) => Error) {}
 
@@ -20,12 +21,11 @@ export class Backstop {
     return new Promise<T>((resolve, reject) => {
       const mine = { at: Date.now() + ms, ms, fail: reject };
       this.inFlight = mine;
-      this.arm(mine.at);
-      this.timer!.ref();
+      this.timer.arm(mine.at, true);
       const settled = (): void => {
         if (this.inFlight !== mine) return;
         this.inFlight = null;
-        this.timer?.unref();
+        this.timer.hold(false);
       };
       let p: Promise<T>;
       try {
@@ -49,27 +49,15 @@ export class Backstop {
   }
 
   close(): void {
-    if (this.timer !== null) clearTimeout(this.timer);
-    this.timer = null;
-    this.timerAt = Infinity;
+    this.timer.clear();
     this.inFlight = null;
   }
 
-  /** Makes sure the timer fires no later than `at`. */
-  private arm(at: number): void {
-    if (this.timer !== null && this.timerAt <= at) return;
-    if (this.timer !== null) clearTimeout(this.timer);
-    this.timerAt = at;
-    this.timer = setTimeout(() => this.onTimer(), Math.max(1, at - Date.now()));
-  }
-
   private onTimer(): void {
-    this.timer = null;
-    this.timerAt = Infinity;
     const op = this.inFlight;
     if (op === null) return;
     if (Date.now() < op.at) {
-      this.arm(op.at);
+      this.timer.arm(op.at, true);
       return;
     }
     this.inFlight = null;

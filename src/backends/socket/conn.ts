@@ -1,5 +1,6 @@
 import type { Socket } from 'node:net';
 import { HEADER_SIZE, packetName, ProtocolError } from './protocol.js';
+import { LazyTimer } from '../lazy-timer.js';
 
 /**
  * Reads packets from a socket with a deadline on every read and bounded buffering: the socket is
@@ -32,13 +33,8 @@ export class Conn {
   private wake: (() => void) | null = null;
   /** the current wait's deadline (Infinity: none, or no limit) */
   private deadline = Infinity;
-  /**
-   * One timer for every wait's deadline, checked when it fires: a wait whose deadline is no earlier than the
-   * armed one (every wait but the first, as deadlines move forward) leaves it alone. A timer made and cleared
-   * per packet cost the hook's path a timer-list insertion and removal per db_write.
-   */
-  private timer: NodeJS.Timeout | null = null;
-  private timerAt = Infinity;
+  /** one timer for every wait's deadline, checked when it fires (src/backends/lazy-timer.ts) */
+  private readonly timer = new LazyTimer(() => this.onTimer());
 
   // eslint-disable-next-line @typescript-eslint/no-explicit-any -- each event's own signature
   private readonly listeners: Array<[string, (...args: any[]) => void]>;
@@ -96,35 +92,22 @@ export class Conn {
       if (deadline - Date.now() <= 0) throw new TimeoutError(`${this.peer}: no data for ${what} within the time limit`);
       if (this.socket.isPaused()) this.socket.resume();
       this.deadline = deadline;
-      this.arm(deadline);
+      // a wait keeps the process alive through its socket, which is reading: the timer must not keep an idle one
+      this.timer.arm(deadline, false);
       await new Promise<void>((res) => (this.wake = res));
       this.deadline = Infinity;
     }
   }
 
-  /** Makes sure the timer fires no later than `at`. */
-  private arm(at: number): void {
-    if (this.timer !== null && this.timerAt <= at) return;
-    if (this.timer !== null) clearTimeout(this.timer);
-    this.timerAt = at;
-    this.timer = setTimeout(() => this.onTimer(), Math.max(1, at - Date.now()));
-    // a wait keeps the process alive through its socket, which is reading: the timer must not keep an idle one
-    this.timer.unref();
-  }
-
   /** The wait whose deadline passed is woken (it throws the TimeoutError); a later deadline re-arms. */
   private onTimer(): void {
-    this.timer = null;
-    this.timerAt = Infinity;
     if (this.deadline === Infinity) return;
     if (Date.now() >= this.deadline) this.notify();
-    else this.arm(this.deadline);
+    else this.timer.arm(this.deadline, false);
   }
 
   private disarm(): void {
-    if (this.timer !== null) clearTimeout(this.timer);
-    this.timer = null;
-    this.timerAt = Infinity;
+    this.timer.clear();
   }
 
   private take(max: number): Buffer {
