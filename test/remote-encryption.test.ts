@@ -92,6 +92,25 @@ function assertNoPlaintext(dir: string, needles: Buffer[]): number {
   return files.length;
 }
 
+/**
+ * A set of two encrypted destinations made by `init --encrypt` with `ack`: a file (a.bkp) and alice's
+ * clnvault:// backup on a `clnvault server --dir` (the session-basic database as the node's).
+ */
+async function encryptedSet(ack: string): Promise<{ dir: string; proc: ServerProc; netDir: string; keyFile: string; filePath: string; remote: string }> {
+  const dir = area.dir();
+  const key = await addNode(dir, 'alice');
+  const { proc, port } = await nodesServer(dir);
+  const netDir = area.dir();
+  writeFileSync(join(netDir, 'clnvault-remote.key'), `${key}\n`, { mode: 0o600 });
+  copyFileSync(join(CLN, 'session-basic/final.sqlite3'), join(netDir, 'lightningd.sqlite3'));
+  const keyFile = join(area.dir(), 'backup.key');
+  const filePath = join(area.dir(), 'a.bkp');
+  const remote = `clnvault://alice@127.0.0.1:${port}`;
+  const init = await runCli(['init', '--lightning-dir', netDir, '--ack', ack, '--encrypt', '--key-file', keyFile, `file://${filePath}`, remote]);
+  assert.equal(init.code, 0, init.stderr + init.stdout);
+  return { dir, proc, netDir, keyFile, filePath, remote };
+}
+
 /** Start offsets of the records of a v2 file, walking the headers' lengths. */
 function recordStarts(file: string): number[] {
   const b = readFileSync(file);
@@ -351,17 +370,7 @@ describe('encrypted clnvault:// backups: the server stores and serves ciphertext
   });
 
   it('several destinations: an encrypted file and an encrypted clnvault:// server, both written by the plugin, both restore; no plaintext on either', { timeout: 150_000 }, async () => {
-    const dir = area.dir();
-    const key = await addNode(dir, 'alice');
-    const { proc, port } = await nodesServer(dir);
-    const netDir = area.dir();
-    writeFileSync(join(netDir, 'clnvault-remote.key'), `${key}\n`, { mode: 0o600 });
-    copyFileSync(join(CLN, 'session-basic/final.sqlite3'), join(netDir, 'lightningd.sqlite3'));
-    const keyFile = join(area.dir(), 'backup.key');
-    const filePath = join(area.dir(), 'a.bkp');
-    const remote = `clnvault://alice@127.0.0.1:${port}`;
-    const init = await runCli(['init', '--lightning-dir', netDir, '--ack', 'all', '--encrypt', '--key-file', keyFile, `file://${filePath}`, remote]);
-    assert.equal(init.code, 0, init.stderr + init.stdout);
+    const { dir, proc, netDir, keyFile, filePath, remote } = await encryptedSet('all');
     const node = await startNode(netDir);
     try {
       for (let i = 0; i < 20; i++) {
@@ -386,18 +395,9 @@ describe('encrypted clnvault:// backups: the server stores and serves ciphertext
   });
 
   it('several destinations, ack 1: backup-compact while writes flow compacts the encrypted file online and the encrypted clnvault:// server with the node\'s snapshot, brought to its queued head; both restore; no plaintext', { timeout: 180_000 }, async () => {
-    const dir = area.dir();
-    const key = await addNode(dir, 'alice');
-    const { proc, port } = await nodesServer(dir);
-    const netDir = area.dir();
-    writeFileSync(join(netDir, 'clnvault-remote.key'), `${key}\n`, { mode: 0o600 });
-    copyFileSync(join(CLN, 'session-basic/final.sqlite3'), join(netDir, 'lightningd.sqlite3'));
-    const keyFile = join(area.dir(), 'backup.key');
-    const fileUrl = `file://${join(area.dir(), 'a.bkp')}`;
-    const remote = `clnvault://alice@127.0.0.1:${port}`;
+    const { dir, proc, netDir, keyFile, filePath, remote } = await encryptedSet('1');
+    const fileUrl = `file://${filePath}`;
     const serverFile = join(dir, 'nodes', 'alice', 'backup.bkp');
-    const init = await runCli(['init', '--lightning-dir', netDir, '--ack', '1', '--encrypt', '--key-file', keyFile, fileUrl, remote]);
-    assert.equal(init.code, 0, init.stderr + init.stdout);
     const lock = JSON.parse(readFileSync(join(netDir, 'backup.lock'), 'utf8'));
     writeFileSync(join(netDir, 'backup.lock'), JSON.stringify({ ...lock, remote_timeout: 20 }));
     const entries = async (): Promise<number> => {
