@@ -96,7 +96,7 @@ function assertNoPlaintext(dir: string, needles: Buffer[]): number {
  * A set of two encrypted destinations made by `init --encrypt` with `ack`: a file (a.bkp) and alice's
  * clnvault:// backup on a `clnvault server --dir` (the session-basic database as the node's).
  */
-async function encryptedSet(ack: string): Promise<{ dir: string; proc: ServerProc; netDir: string; keyFile: string; filePath: string; remote: string }> {
+async function encryptedSet(ack: string): Promise<{ dir: string; proc: ServerProc; port: number; netDir: string; keyFile: string; filePath: string; remote: string }> {
   const dir = area.dir();
   const key = await addNode(dir, 'alice');
   const { proc, port } = await nodesServer(dir);
@@ -108,7 +108,7 @@ async function encryptedSet(ack: string): Promise<{ dir: string; proc: ServerPro
   const remote = `clnvault://alice@127.0.0.1:${port}`;
   const init = await runCli(['init', '--lightning-dir', netDir, '--ack', ack, '--encrypt', '--key-file', keyFile, `file://${filePath}`, remote]);
   assert.equal(init.code, 0, init.stderr + init.stdout);
-  return { dir, proc, netDir, keyFile, filePath, remote };
+  return { dir, proc, port, netDir, keyFile, filePath, remote };
 }
 
 /** Start offsets of the records of a v2 file, walking the headers' lengths. */
@@ -442,6 +442,50 @@ describe('encrypted clnvault:// backups: the server stores and serves ciphertext
     assertNoPlaintext(dir, [Buffer.from(MARKER)]);
     await proc.kill();
   });
+
+  for (const afterMs of [0, 15]) {
+    it(`several destinations, ack 1: the server SIGKILLed ${afterMs} ms after the node starts sending its compaction snapshot and restarted: every write answered, the destination catches up, all restore exactly`, { timeout: 180_000 }, async () => {
+      const set = await encryptedSet('1');
+      const { dir, port, netDir, keyFile, filePath, remote } = set;
+      let proc = set.proc;
+      const lock = JSON.parse(readFileSync(join(netDir, 'backup.lock'), 'utf8'));
+      writeFileSync(join(netDir, 'backup.lock'), JSON.stringify({ ...lock, remote_timeout: 20 }));
+      const node = await startNode(netDir);
+      try {
+        assert.equal((await node.transaction(['CREATE TABLE t (v TEXT)'])).answered, 'continue');
+        for (let i = 0; i < 10; i++) assert.equal((await node.transaction([`INSERT INTO t(v) VALUES ('${MARKER}-${i}')`])).answered, 'continue');
+        await churn(node, 300, MARKER, 3000);
+        await until(node, 'both hold the last write', (x) => x.every((y) => y.healthy && y.acked_version === node.dataVersion()), 'k1');
+        // churn() asserts that every write, before, during and after the kill, is answered "continue"
+        const compaction = compactWhileWriting<{ result?: { destinations: Array<{ result: string; reason?: string }> }; error?: unknown }>(node, (n, tag) => churn(n, 1, tag, 3000));
+        const t0 = Date.now();
+        while (!node.logs.some((l) => /sending a snapshot of version/.test(l.message))) {
+          assert.ok(Date.now() - t0 < 60_000, 'the compaction of the encrypted server never started');
+          await new Promise((r) => setTimeout(r, 2));
+        }
+        await new Promise((r) => setTimeout(r, afterMs));
+        await proc.kill('SIGKILL');
+        await new Promise((r) => setTimeout(r, 300));
+        proc = (await nodesServer(dir, port)).proc;
+        const { answer } = await compaction;
+        assert.equal(answer.error, undefined, JSON.stringify(answer));
+        // the snapshot resent after the reconnect is accepted again (same head, same link), or the turn failed
+        assert.ok(['compacted', 'failed'].includes(answer.result!.destinations[1]!.result), JSON.stringify(answer.result));
+        await churn(node, 10, 'after', 3000);
+        await until(node, 'both hold the last write again', (x) => x.every((y) => y.healthy && y.acked_version === node.dataVersion()), 'k2', 60_000);
+      } finally {
+        await node.stop();
+      }
+      const want = dump(node.dbPath);
+      for (const url of [`file://${filePath}`, remote, `file://${join(dir, 'nodes', 'alice', 'backup.bkp')}`]) {
+        const dest = join(area.dir(), 'restored.sqlite3');
+        const res = await runCli(['restore', '--key-file', keyFile, url, dest], { cwd: netDir });
+        assert.equal(res.code, 0, res.stderr + res.stdout);
+        assert.equal(dump(dest), want, url);
+      }
+      await proc.kill();
+    });
+  }
 
   it('the server checks sealed records without the key: a bad CRC, another file\'s seed, a plaintext flag, a gap are refused and change nothing; an oversized frame drops that connection only', { timeout: 60_000 }, async () => {
     const { proc, n, conn, served, crypt } = await rawSealedConnection();
