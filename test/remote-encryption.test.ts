@@ -92,6 +92,14 @@ function assertNoPlaintext(dir: string, needles: Buffer[]): number {
   return files.length;
 }
 
+/** Table t with ten marked rows rewritten 300 times (3,000-character values), until both destinations hold it all. */
+async function seedChurned(node: SimNode, tag: string): Promise<void> {
+  assert.equal((await node.transaction(['CREATE TABLE t (v TEXT)'])).answered, 'continue');
+  for (let i = 0; i < 10; i++) assert.equal((await node.transaction([`INSERT INTO t(v) VALUES ('${MARKER}-${i}')`])).answered, 'continue');
+  await churn(node, 300, MARKER, 3000);
+  await until(node, 'both hold the last write', (x) => x.every((y) => y.healthy && y.acked_version === node.dataVersion()), tag);
+}
+
 /** Waits for the server to have printed a line matching `re` (its output is read on this test's event loop, in no set order with the node's answers). */
 async function serverSaid(proc: ServerProc, re: RegExp, ms = 10_000): Promise<void> {
   const end = Date.now() + ms;
@@ -416,10 +424,7 @@ describe('encrypted clnvault:// backups: the server stores and serves ciphertext
     };
     const node = await startNode(netDir);
     try {
-      assert.equal((await node.transaction(['CREATE TABLE t (v TEXT)'])).answered, 'continue');
-      for (let i = 0; i < 10; i++) assert.equal((await node.transaction([`INSERT INTO t(v) VALUES ('${MARKER}-${i}')`])).answered, 'continue');
-      await churn(node, 300, MARKER, 3000);
-      await until(node, 'both hold the last write', (x) => x.every((y) => y.healthy && y.acked_version === node.dataVersion()), 'e1');
+      await seedChurned(node, 'e1');
       const before = await entries();
       assert.ok(before > 300, `the server holds ${before} entries`);
       // churn() asserts every write was answered "continue": the remote's writes queue while it is compacted
@@ -461,10 +466,7 @@ describe('encrypted clnvault:// backups: the server stores and serves ciphertext
       writeFileSync(join(netDir, 'backup.lock'), JSON.stringify({ ...lock, remote_timeout: 20 }));
       const node = await startNode(netDir);
       try {
-        assert.equal((await node.transaction(['CREATE TABLE t (v TEXT)'])).answered, 'continue');
-        for (let i = 0; i < 10; i++) assert.equal((await node.transaction([`INSERT INTO t(v) VALUES ('${MARKER}-${i}')`])).answered, 'continue');
-        await churn(node, 300, MARKER, 3000);
-        await until(node, 'both hold the last write', (x) => x.every((y) => y.healthy && y.acked_version === node.dataVersion()), 'k1');
+        await seedChurned(node, 'k1');
         // churn() asserts that every write, before, during and after the kill, is answered "continue"
         const compaction = compactWhileWriting<{ result?: { destinations: Array<{ result: string; reason?: string }> }; error?: unknown }>(node, (n, tag) => churn(n, 1, tag, 3000));
         const t0 = Date.now();
