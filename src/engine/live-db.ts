@@ -1,5 +1,6 @@
 import Database from './sqlite.js';
 import { existsSync, rmSync } from 'node:fs';
+import { serialDiff } from './versions.js';
 
 /**
  * Access to lightningd's own database: reads and copies at moments when lightningd is not writing to it
@@ -65,6 +66,45 @@ export function takeLiveSnapshot(dbPath: string, dest: string): number {
   }
   return finishCopy(dest);
 }
+
+/**
+ * A destination's own writes up to `version` (a destination of a set, whose writes queue while it is compacted):
+ * 'reached', 'waiting' (they have not all reached it yet), or 'failed'.
+ */
+export type CatchUp = (version: number) => 'reached' | 'waiting' | 'failed';
+
+/**
+ * A copy of the node's database (takeLiveSnapshot, into `dest`) at exactly a destination's head, for the
+ * compaction of an encrypted backup whose server has no key. A copy behind the head (lightningd has not
+ * committed the newest write yet), or one that failed (a transaction spilled into the file), is taken again;
+ * one ahead of it, the destination is brought up to with `catchUp` (without one it is taken again too).
+ * Gives up after `waitMs`: the version, or why there is none (`failed`: catching up failed).
+ */
+export async function copyAtHead(dbPath: string, dest: string, head: () => number, waitMs: number, catchUp?: CatchUp): Promise<{ version: number } | { why: string; failed: boolean }> {
+  const deadline = Date.now() + waitMs;
+  let why = 'no copy of the database';
+  while (Date.now() < deadline) {
+    let version: number;
+    try {
+      version = takeLiveSnapshot(dbPath, dest);
+    } catch (e) {
+      why = `cannot copy ${dbPath}: ${(e as Error).message}`;
+      await sleep(100);
+      continue;
+    }
+    while (catchUp !== undefined && serialDiff(version, head()) > 0 && Date.now() < deadline) {
+      const c = catchUp(version);
+      if (c === 'failed') return { why: `a queued write failed while it was brought up to version ${version}`, failed: true };
+      if (c === 'waiting') await sleep(20);
+    }
+    if (head() === version) return { version };
+    why = `the database ${dbPath} is at version ${version}, the destination at ${head()}`;
+    await sleep(100);
+  }
+  return { why, failed: false };
+}
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 /** The copy inherits nothing but pages: a plain rollback-journal file for restores; returns its data_version. */
 function finishCopy(path: string): number {

@@ -2,8 +2,7 @@ import { rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { threadId } from 'node:worker_threads';
 import type { BackupWriter } from '../backend.js';
-import { DB_NAME, takeLiveSnapshot } from '../../engine/live-db.js';
-import { serialDiff } from '../../engine/versions.js';
+import { copyAtHead, DB_NAME, type CatchUp } from '../../engine/live-db.js';
 import type { ThreadFileGate } from '../../compact/thread-gate.js';
 import { compactPg } from '../postgres/compact.js';
 import type { KeyLike } from '../../crypto/backup-crypt.js';
@@ -35,12 +34,6 @@ export interface DestCompaction {
 
 export type Outcome = Omit<DestCompaction, 'index' | 'url' | 'at'>;
 
-/**
- * Brings a destination that is being compacted (its writes queued) up to `version` by writing its queued
- * writes up to that one: 'reached', 'waiting' (the writes have not all reached its queue yet), or 'failed'.
- */
-export type Advance = (version: number) => 'reached' | 'waiting' | 'failed';
-
 type SealedWriter = BackupWriter & { encrypted: boolean; compactSealed(version: number, path: string): string };
 
 /** how long an encrypted destination's compaction waits for a copy of the database at a version it can reach */
@@ -54,7 +47,7 @@ export async function compactDestination(
   history: number,
   key: KeyLike | null,
   log: (level: 'info' | 'warn' | 'error', message: string) => void,
-  advance?: Advance,
+  catchUp?: CatchUp,
 ): Promise<Outcome> {
   const t0 = Date.now();
   if (gate !== null) {
@@ -84,8 +77,8 @@ export async function compactDestination(
     };
   }
   const sealed = w as Partial<SealedWriter>;
-  if (sealed.encrypted === true && typeof sealed.compactSealed === 'function' && advance !== undefined) {
-    return compactSealed(sealed as SealedWriter, cwd, advance, log, t0);
+  if (sealed.encrypted === true && typeof sealed.compactSealed === 'function' && catchUp !== undefined) {
+    return compactSealed(sealed as SealedWriter, cwd, catchUp, log, t0);
   }
   const remote = w as BackupWriter & { compactRemote?: () => string };
   if (typeof remote.compactRemote === 'function') {
@@ -123,49 +116,27 @@ function serverOutcome(text: string, t0: number): Outcome {
   };
 }
 
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
-
 /**
  * An encrypted clnvault:// destination: its server has no key, so the node sends a copy of its database at
  * the destination's head, sealed as the start of the chain, to be the whole backup (socket/writer.ts
  * compactSealed; the server checks it without the key). The database runs ahead of a destination being
  * compacted (the others acknowledge meanwhile, its writes queue), so the copy comes first and the
- * destination is brought up to the copy's version from its queue; a copy behind the head (lightningd has
- * not committed the newest write yet) is taken again.
+ * destination is brought up to the copy's version from its queue (copyAtHead).
  */
-async function compactSealed(w: SealedWriter, cwd: string, advance: Advance, log: (level: 'info' | 'warn' | 'error', message: string) => void, t0: number): Promise<Outcome> {
-  const dbPath = join(cwd, DB_NAME);
+async function compactSealed(w: SealedWriter, cwd: string, catchUp: CatchUp, log: (level: 'info' | 'warn' | 'error', message: string) => void, t0: number): Promise<Outcome> {
   const tmp = join(cwd, `.clnvault-compact-${process.pid}-${threadId}.sqlite3`);
-  const deadline = Date.now() + SEALED_WAIT_MS;
   const from = w.head();
-  let last = '';
   try {
-    while (Date.now() < deadline) {
-      let version: number;
-      try {
-        version = takeLiveSnapshot(dbPath, tmp);
-      } catch (e) {
-        // a transaction that spilled into the file holds it locked for a moment
-        last = `cannot copy ${dbPath}: ${(e as Error).message}`;
-        await sleep(100);
-        continue;
-      }
-      while (serialDiff(version, w.head()) > 0 && Date.now() < deadline) {
-        const a = advance(version);
-        if (a === 'failed') return { result: 'failed', reason: `a queued write failed while it was brought up to version ${version}`, elapsed_ms: Date.now() - t0 };
-        if (a === 'waiting') await sleep(20);
-      }
-      if (w.head() === version) {
-        const caught = version === from ? '' : ` (its queued writes from version ${from} up to it written first)`;
-        log('info', `compacting the encrypted backup: sending a snapshot of version ${version} (${statSync(tmp).size} bytes) that replaces it on the server${caught}`);
-        return serverOutcome(w.compactSealed(version, tmp), t0);
-      }
-      last = `the database ${dbPath} is at version ${version}, the destination at ${w.head()}`;
-      await sleep(100);
+    const copy = await copyAtHead(join(cwd, DB_NAME), tmp, () => w.head(), SEALED_WAIT_MS, catchUp);
+    if (!('version' in copy)) {
+      if (copy.failed) return { result: 'failed', reason: copy.why, elapsed_ms: Date.now() - t0 };
+      return { result: 'skipped', reason: `${copy.why} within ${SEALED_WAIT_MS / 1000} s: not compacted (try again)`, elapsed_ms: Date.now() - t0 };
     }
-    return { result: 'skipped', reason: `${last || 'no copy of the database'} within ${SEALED_WAIT_MS / 1000} s: not compacted (try again)`, elapsed_ms: Date.now() - t0 };
+    const { version } = copy;
+    const caught = version === from ? '' : ` (its queued writes from version ${from} up to it written first)`;
+    log('info', `compacting the encrypted backup: sending a snapshot of version ${version} (${statSync(tmp).size} bytes) that replaces it on the server${caught}`);
+    return serverOutcome(w.compactSealed(version, tmp), t0);
   } finally {
     rmSync(tmp, { force: true });
   }
 }
-

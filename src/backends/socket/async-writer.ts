@@ -1,7 +1,7 @@
 import { rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import type { AsyncBackupWriter, BackupStats } from '../backend.js';
-import { DB_NAME, takeLiveSnapshot } from '../../engine/live-db.js';
+import { copyAtHead, DB_NAME } from '../../engine/live-db.js';
 import { BackupError, type Problem } from '../../engine/entries.js';
 import { Backstop } from '../backstop.js';
 import { changePacket, type Metadata } from './protocol.js';
@@ -26,8 +26,8 @@ const BACKSTOP_MS = 10_000;
 const ASIDE_PROBE_MS = 3000;
 /** compactAside: a compaction on the server may take as long as its backup is large; the writes go on meanwhile */
 const ASIDE_BUDGET_MS = 6 * 3600_000;
-/** compactSealed: copies of the database taken until one is at the backup's head (lightningd commits the last write soon after its hook) */
-const SNAPSHOT_TRIES = 50;
+/** compactSealed: how long copies of the database are taken until one is at the backup's head (lightningd commits the last write soon after its hook) */
+const SNAPSHOT_WAIT_MS = 5000;
 
 export class AsyncSocketWriter implements AsyncBackupWriter {
   readonly format = 'v1' as const;
@@ -181,20 +181,9 @@ export class AsyncSocketWriter implements AsyncBackupWriter {
     const dbPath = join(this.cwd, DB_NAME);
     const tmp = join(this.cwd, `.clnvault-compact-${process.pid}.sqlite3`);
     try {
-      let version = -1;
-      for (let i = 0; i < SNAPSHOT_TRIES; i++) {
-        try {
-          version = takeLiveSnapshot(dbPath, tmp);
-        } catch (e) {
-          if (i === SNAPSHOT_TRIES - 1) throw new BackupError(`${this.location}: cannot copy ${dbPath} to compact the backup: ${(e as Error).message}`, this.location);
-          version = -1;
-        }
-        if (version === this.meta.version) break;
-        await new Promise((r) => setTimeout(r, 100));
-      }
-      if (version !== this.meta.version) {
-        throw new BackupError(`${this.location}: the database ${dbPath} is at version ${version}, the backup at ${this.meta.version}: not compacted (try again)`, this.location);
-      }
+      const copy = await copyAtHead(dbPath, tmp, () => this.meta.version, SNAPSHOT_WAIT_MS);
+      if (!('version' in copy)) throw new BackupError(`${this.location}: ${copy.why}: not compacted (try again)`, this.location);
+      const { version } = copy;
       this.log('info', `compacting the encrypted backup: sending a snapshot of version ${version} (${statSync(tmp).size} bytes) that replaces it on the server`);
       // each chunk has its own deadline inside the session, as a re-baseline snapshot's
       const text = await this.run(() => this.session.compactSealed(version, tmp, this.budgetMs), 'compacting the encrypted backup', 24 * 3600_000);

@@ -648,11 +648,6 @@ export class V2Reader implements BackupReader {
 }
 
 /**
- * A snapshot entry whose bytes are the payloads of `recs` (a whole snapshot record, or a chunked
- * snapshot's parts and final record, possibly in several segment files), concatenated. writeTo streams
- * them in bounded memory, checks every record's CRC and leaves no file behind on failure.
- */
-/**
  * The entry `h` names: the one a walk is on (`current`), else the first whole one a walk from h.offset to
  * the data's end finds (`walkFrom` calls `take` with it). A header that names no such entry is a BackupError.
  */
@@ -680,6 +675,11 @@ export function entryAt(
   return got;
 }
 
+/**
+ * A snapshot entry whose bytes are the payloads of `recs` (a whole snapshot record, or a chunked
+ * snapshot's parts and final record, possibly in several segment files), concatenated. writeTo streams
+ * them in bounded memory, checks every record's CRC and leaves no file behind on failure.
+ */
 export function snapshotEntry(
   location: string,
   version: number,
