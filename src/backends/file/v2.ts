@@ -41,7 +41,7 @@ export {
   decodeSealRecord,
   type Seal,
 } from './v2/codec.js';
-export { sealAtEnd, type RecordInfo } from './v2/scan.js';
+export { liveSeal, sealAtEnd, type RecordInfo } from './v2/scan.js';
 export { RESERVE_MAX, RESERVE_MIN } from './v2/reserve.js';
 export { Grouper, groupRecords, type GroupedEntry, type Grouping } from './v2/group.js';
 export { createV2, RawRecordError, type RawSource, V2Writer, type V2OpenStats, type V2WriterOptions } from './v2/writer.js';

@@ -13,6 +13,7 @@ import {
   recordSeedOf,
   FORMAT_VERSION,
   SEAL_RECORD_LEN,
+  liveSeal,
   sealAtEnd,
   type Seal,
 } from '../v2.js';
@@ -217,7 +218,8 @@ export function discoverSegments(
 export function sealOf(path: string): Seal | null {
   const fd = openSync(path, 'r');
   try {
-    return sealAtEnd(fd, fstatSync(fd).size, seedOfFd(fd));
+    // the file may be a live backup's, in a roll-over right now
+    return liveSeal(fd, seedOfFd(fd)).seal;
   } finally {
     closeSync(fd);
   }

@@ -4,7 +4,7 @@ import {
   FILE_HEADER_LEN,
   PREALLOC_VERSION,
   SEAL_RECORD_LEN,
-  sealAtEnd,
+  liveSeal,
 } from '../v2.js';
 import { discoverSegments, seedOfFd, segmentPath } from './layout.js';
 
@@ -49,8 +49,10 @@ export class SegmentedSource {
     this.bases = [];
     this.ends = [];
     for (let i = 0; i < this.fds.length; i++) {
-      let size = fstatSync(this.fds[i]!).size;
-      const sealed = sealAtEnd(this.fds[i]!, size, seedOfFd(this.fds[i]!)) !== null;
+      // the size and the seal read together: a roll-over cuts the reserve just before it writes the seal
+      const live = liveSeal(this.fds[i]!, seedOfFd(this.fds[i]!));
+      let size = live.size;
+      const sealed = live.seal !== null;
       if (sealed) size -= SEAL_RECORD_LEN;
       this.bases.push(base);
       this.ends.push(base + size);

@@ -1,3 +1,4 @@
+import { fstatSync, readSync } from 'node:fs';
 import { crc32 } from 'node:zlib';
 import { BackupError, type Problem } from '../../../engine/entries.js';
 import { isPragmaOnly, pragmaMatters } from '../../../engine/versions.js';
@@ -443,4 +444,23 @@ export function sealAtEnd(fd: number, size: number, seed = 0): Seal | null {
   const b = Buffer.allocUnsafe(SEAL_RECORD_LEN);
   readFully(fd, b, SEAL_RECORD_LEN, size - SEAL_RECORD_LEN);
   return decodeSealRecord(b, seed);
+}
+
+/** How often liveSeal reads again before it gives up: a roll-over is two system calls (the cut, the seal). */
+const LIVE_SEAL_TRIES = 1000;
+
+/**
+ * The size of a segment file that a writer may be rolling over right now, and the seal that ends it (or
+ * null). A roll-over cuts the segment's reserve and then writes the seal, so the file can shrink between
+ * a stat and the read of its last bytes: such a short read means "stat again", never damage.
+ */
+export function liveSeal(fd: number, seed = 0): { size: number; seal: Seal | null } {
+  const b = Buffer.allocUnsafe(SEAL_RECORD_LEN);
+  for (let i = 0; ; i++) {
+    const size = fstatSync(fd).size;
+    if (size - FILE_HEADER_LEN < SEAL_RECORD_LEN) return { size, seal: null };
+    const got = readSync(fd, b, 0, SEAL_RECORD_LEN, size - SEAL_RECORD_LEN);
+    if (got === SEAL_RECORD_LEN) return { size, seal: decodeSealRecord(b, seed) };
+    if (i === LIVE_SEAL_TRIES) throw new Error(`unexpected end of file at offset ${size - SEAL_RECORD_LEN + got}: the file kept shrinking while it was read`);
+  }
 }
