@@ -48,13 +48,18 @@ interface Pair {
   label: string;
   plain: PluginRun[];
   enc: PluginRun[];
+  /** 1 KB only: bench/minimal-plugin.ts without and with `seal`, in the same rounds */
+  minPlain: PluginRun[];
+  minSeal: PluginRun[];
   load: number[];
 }
+
+const MINIMAL = fileURLToPath(new URL('./minimal-plugin.js', import.meta.url));
 
 async function hookBench(dir: string, n1k: number, n100k: number, warmup: number, rounds: number, say: (s: string) => void): Promise<Pair[]> {
   const out: Pair[] = [];
   for (const [label, bytes, n] of [['1 KB', 1024, n1k], ['100 KB', 100 * 1024, n100k]] as const) {
-    const pair: Pair = { label, plain: [], enc: [], load: [] };
+    const pair: Pair = { label, plain: [], enc: [], minPlain: [], minSeal: [], load: [] };
     for (let r = 0; r < rounds; r++) {
       pair.load.push(loadavg()[0]!);
       // alternate which goes first, so neither always runs on a warmer disk
@@ -63,6 +68,14 @@ async function hookBench(dir: string, n1k: number, n100k: number, warmup: number
       const b = await runPlugin(dir, bytes, warmup + n, warmup, undefined, first ? prepareEncrypted : undefined);
       pair.plain.push(first ? a : b);
       pair.enc.push(first ? b : a);
+      if (bytes === 1024) {
+        // the floor of the ratio: a plugin doing nothing but append and fdatasync, without and with AES-GCM
+        const mode = (seal: boolean): string[] => [process.execPath, MINIMAL, ...(seal ? ['seal'] : [])];
+        const c = await runPlugin(dir, bytes, warmup + n, warmup, mode(!first));
+        const d = await runPlugin(dir, bytes, warmup + n, warmup, mode(first));
+        pair.minPlain.push(first ? c : d);
+        pair.minSeal.push(first ? d : c);
+      }
     }
     const p50p = median(pair.plain.map((x) => x.latencyUs.p50));
     const p50e = median(pair.enc.map((x) => x.latencyUs.p50));
@@ -72,6 +85,15 @@ async function hookBench(dir: string, n1k: number, n100k: number, warmup: number
     say(`  plain      p50 ${fmtUs(p50p)}  p99 ${fmtUs(median(pair.plain.map((x) => x.latencyUs.p99)))}  CPU ${fmtUs(cpup)}/call`);
     say(`  encrypted  p50 ${fmtUs(p50e)}  p99 ${fmtUs(median(pair.enc.map((x) => x.latencyUs.p99)))}  CPU ${fmtUs(cpue)}/call`);
     say(`  ratio      p50 ${(p50e / p50p).toFixed(3)}x${label === '1 KB' ? ' (target <= 1.1x)' : ''}  CPU +${fmtUs(cpue - cpup)}/call`);
+    if (pair.minSeal.length > 0) {
+      const mp = median(pair.minPlain.map((x) => x.latencyUs.p50));
+      const ms = median(pair.minSeal.map((x) => x.latencyUs.p50));
+      const mcp = median(pair.minPlain.map((x) => x.cpuUsPerCall));
+      const mcs = median(pair.minSeal.map((x) => x.cpuUsPerCall));
+      say(`  floor: bench/minimal-plugin.ts (append, fdatasync, answer) p50 ${fmtUs(mp)}; with \`seal\` (Node's AES-256-GCM per message, cipher made ahead) p50 ${fmtUs(ms)}`);
+      say(`         ratio p50 ${(ms / mp).toFixed(3)}x  CPU +${fmtUs(mcs - mcp)}/call: what per-record AES-GCM costs a Node plugin here, with nothing else`);
+      say(`         per round: clnvault ${pair.enc.map((x, i) => (x.latencyUs.p50 / pair.plain[i]!.latencyUs.p50).toFixed(2)).join(', ')}; minimal ${pair.minSeal.map((x, i) => (x.latencyUs.p50 / pair.minPlain[i]!.latencyUs.p50).toFixed(2)).join(', ')}`);
+    }
     out.push(pair);
   }
   return out;

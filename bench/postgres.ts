@@ -6,6 +6,8 @@
  *    beside the floor of the same server measured in the same run: PostgreSQL's own single-row INSERT commit
  *    (a prepared INSERT of a row of the same size, autocommit, over its own connection from this process).
  *    Rounds alternate floor and plugin, so both see the same load. Target: hook p50 within 1.2x the floor's.
+ *    Beside them, the least a Node plugin can do (bench/minimal-pg-plugin.ts: the same INSERT behind the
+ *    plugin protocol, nothing else): how much of the gap the protocol alone takes on this machine.
  * 2. twenty nodes writing at once: twenty plugin processes, each driven by its own thread, into one
  *    database: aggregate writes/s and p99 per node.
  * 3. with --encrypt, each round also drives an encrypted backup (init --encrypt --key-file, the plugin
@@ -154,6 +156,22 @@ async function floor(server: PgServer, n: number, bytes: number, warmup: number)
   return { lat, clientCpuUs: (cu.user + cu.system) / n, backendCpuUs };
 }
 
+const MINIMAL_PG = [process.execPath, fileURLToPath(new URL('./minimal-pg-plugin.js', import.meta.url))];
+
+/** bench/minimal-pg-plugin.ts under the same driver, as many warm-up and measured calls as the plugin. */
+function driveMinimal(server: PgServer, root: string, name: string, job: Omit<NodeJob, 'netDir'>): { lat: number[] } {
+  const netDir = join(root, name);
+  mkdirSync(netDir);
+  const d = new FifoDriver(netDir, MINIMAL_PG, { CLNVAULT_MINIMAL_PG_URL: `postgresql://postgres:super-secret@127.0.0.1:${server.port}/${PG_DB}` });
+  try {
+    const m = d.call(`{"jsonrpc":"2.0","id":"cln:getmanifest#1","method":"getmanifest","params":{}}\n\n`, 'cln:getmanifest#1');
+    if (!m.includes('db_write')) throw new Error(`bad manifest: ${m}`);
+    return { lat: loop(d, { ...job, netDir }).lat };
+  } finally {
+    void d.close();
+  }
+}
+
 function runNodes(jobs: NodeJob[]): Promise<Array<{ lat: number[]; elapsedS: number }>> {
   const self = fileURLToPath(import.meta.url);
   return Promise.all(
@@ -172,8 +190,10 @@ export interface PgBenchResult {
   floorUs: Summary;
   hookUs: Summary;
   ratioP50: number;
-  /** per round: the floor's and the hook's p50, and their ratio */
-  rounds: Array<{ floorP50: number; hookP50: number; ratio: number }>;
+  /** per round: the floor's, the minimal plugin's and the hook's p50, and the hook's ratio to the floor */
+  rounds: Array<{ floorP50: number; minimalP50: number; hookP50: number; ratio: number }>;
+  /** bench/minimal-pg-plugin.ts: the floor's INSERT behind the plugin protocol */
+  minimalUs: Summary;
   medianRatio: number;
   /** CPU time per write (medians over the rounds), µs */
   cpu: { floorClient: number; floorBackend: number; plugin: number; hookBackend: number };
@@ -194,6 +214,7 @@ export async function benchPostgres(opts: { n: number; rounds: number; nodes: nu
     if (a.code !== 0) throw new Error(a.stderr);
     const floorLat: number[] = [];
     const hookLat: number[] = [];
+    const minimalLat: number[] = [];
     const load = [loadavg()[0]!];
     const rounds: PgBenchResult['rounds'] = [];
     const cpus: Array<PgBenchResult['cpu']> = [];
@@ -215,9 +236,11 @@ export async function benchPostgres(opts: { n: number; rounds: number; nodes: nu
       const nd = await newNode(server, root, `single${r}`);
       const h = await driveMeasured(server, `single${r}`, { netDir: nd, n: opts.n + opts.warmup, warmup: opts.warmup, bytes: opts.bytes });
       hookLat.push(...h.lat);
+      const mn = driveMinimal(server, root, `minimal${r}`, { n: opts.n + opts.warmup, warmup: opts.warmup, bytes: opts.bytes });
+      minimalLat.push(...mn.lat);
       const fp = summarize(f.lat).p50;
       const hp = summarize(h.lat).p50;
-      rounds.push({ floorP50: fp, hookP50: hp, ratio: hp / fp });
+      rounds.push({ floorP50: fp, minimalP50: summarize(mn.lat).p50, hookP50: hp, ratio: hp / fp });
       cpus.push({ floorClient: f.clientCpuUs, floorBackend: f.backendCpuUs, plugin: h.pluginCpuUs, hookBackend: h.backendCpuUs });
       if (opts.encrypt) {
         const ne = await newNode(server, root, `enc${r}`, true);
@@ -246,6 +269,7 @@ export async function benchPostgres(opts: { n: number; rounds: number; nodes: nu
     return {
       floorUs,
       hookUs,
+      minimalUs: summarize(minimalLat),
       ratioP50: hookUs.p50 / floorUs.p50,
       rounds,
       medianRatio: med(rounds.map((x) => x.ratio)),
@@ -316,8 +340,14 @@ if (isMainThread && process.argv[1] === fileURLToPath(import.meta.url)) {
   console.log(`PostgreSQL destination, ${values.bytes}-byte batches, load ${r.load.map((l) => l.toFixed(2)).join(' -> ')}`);
   console.log(`  floor: single-row INSERT commit  p50 ${fmtUs(r.floorUs.p50)}  p99 ${fmtUs(r.floorUs.p99)}`);
   console.log(`  plugin hook (db_write round trip) p50 ${fmtUs(r.hookUs.p50)}  p99 ${fmtUs(r.hookUs.p99)}  -> p50 ${r.ratioP50.toFixed(2)}x the floor over all rounds (target <= 1.20x)`);
-  for (const [i, x] of r.rounds.entries()) console.log(`    round ${i + 1}: floor p50 ${fmtUs(x.floorP50)}, hook p50 ${fmtUs(x.hookP50)}: ${x.ratio.toFixed(2)}x`);
+  for (const [i, x] of r.rounds.entries()) {
+    console.log(`    round ${i + 1}: floor p50 ${fmtUs(x.floorP50)}, minimal plugin ${fmtUs(x.minimalP50)} (${(x.minimalP50 / x.floorP50).toFixed(2)}x), hook p50 ${fmtUs(x.hookP50)}: ${x.ratio.toFixed(2)}x`);
+  }
   console.log(`  median of the rounds' ratios: ${r.medianRatio.toFixed(2)}x`);
+  console.log(
+    `  minimal Node plugin (bench/minimal-pg-plugin.ts: the same INSERT behind the plugin protocol, nothing else): p50 ${fmtUs(r.minimalUs.p50)} = ` +
+      `${(r.minimalUs.p50 / r.floorUs.p50).toFixed(2)}x the floor; clnvault's hook = ${(r.hookUs.p50 / r.minimalUs.p50).toFixed(2)}x the minimal plugin`,
+  );
   console.log(
     `  CPU per write (medians): floor client ${fmtUs(r.cpu.floorClient)} + its backend ${fmtUs(r.cpu.floorBackend)}; ` +
       `plugin process ${fmtUs(r.cpu.plugin)} + its backend ${fmtUs(r.cpu.hookBackend)}`,
