@@ -16,6 +16,7 @@ import { FIXTURES } from './helpers/fixtures.js';
 import { dataVersion, dump } from './helpers/sqlite.js';
 import { initChain, mempoolSize, mine } from './e2e/chain.js';
 import { LightningNode, sleep, waitFor, waitPidsGone } from './e2e/node.js';
+import { PG_SKIP, PgServer } from './helpers/postgres.js';
 
 const LIGHTNINGD = process.env.CLNVAULT_LIGHTNINGD;
 
@@ -310,6 +311,75 @@ function suite(lightningd: string): void {
       assert.equal(bytes.indexOf(needle), -1, `"${needle}" is in the encrypted backup`);
     }
     assert.ok(readFileSync(node.db).indexOf('secret-label-2') >= 0, 'the label is in the node database (the check can fail)');
+  });
+
+  scenario('PostgreSQL destination (issue 14): server SIGKILLed and back within remote_timeout, lightningd SIGKILLed, server gone past it (lightningd stops, nothing lost), restored from the database', async ({ chain }) => {
+    if (PG_SKIP) {
+      console.log(`[e2e-lightningd] PostgreSQL scenario not run: ${PG_SKIP}`);
+      return;
+    }
+    const server = await PgServer.startWithSchema();
+    try {
+      const { url } = await server.nodeRole('e2e', 'pgnode');
+      const root = area.dir();
+      const dir = join(root, 'pg');
+      mkdirSync(join(dir, 'regtest'), { recursive: true });
+      const init = await runCli(['init', '--lightning-dir', join(dir, 'regtest'), url]);
+      assert.equal(init.code, 0, show(init));
+      const lockPath = join(dir, 'regtest', 'backup.lock');
+      const lock = JSON.parse(readFileSync(lockPath, 'utf8')) as Record<string, unknown>;
+      const node = new LightningNode({ name: 'pg', dir, chainDir: chain, lightningd });
+      live.push(node);
+      await node.start();
+      await traffic(node, 'pg', 20);
+
+      // 1. the server SIGKILLed under traffic and back on its port within remote_timeout (60 s): the
+      // plugin reconnects, every write lands, lightningd never notices
+      let bg = backgroundTraffic(node, 'pg-load', 3);
+      await waitFor('traffic under way', async () => bg.count() >= 10);
+      await server.kill();
+      await sleep(1500);
+      await server.run();
+      const resumed = bg.count();
+      await waitFor('traffic resumed after the server came back', async () => bg.count() >= resumed + 10, 60_000);
+      await bg.stop();
+      assert.notEqual(node.proc, null, 'lightningd kept running through the server restart');
+
+      // 2. lightningd SIGKILLed mid-traffic: the database holds every committed write, at most one more
+      bg = backgroundTraffic(node, 'pg-kill', 3);
+      await waitFor('traffic under way', async () => bg.count() >= 10);
+      await node.kill();
+      await bg.stop();
+      const head = await backupHead(url);
+      const dv = committedVersion(node.db);
+      assert.ok(head === dv || head === dv + 1, `backup head ${head}, node data_version ${dv}`);
+
+      // 3. the server gone for longer than remote_timeout: the write is refused and lightningd stops
+      // without committing it; once the server is back, the node starts and goes on
+      writeFileSync(lockPath, JSON.stringify({ ...lock, remote_timeout: 3 }));
+      await node.start();
+      await traffic(node, 'pg-before-outage', 5);
+      await server.kill();
+      const before = committedVersion(node.db);
+      const refused = await node.rpc('invoice', { amount_msat: 777, label: 'pg-outage', description: 'refused' }, 60_000).then(
+        () => 'answered',
+        () => 'failed',
+      );
+      assert.equal(refused, 'failed', 'the invoice must not succeed while the backup cannot take it');
+      const exit = await Promise.race([node.exited!, sleep(30_000).then(() => null)]);
+      assert.notEqual(exit, null, 'lightningd must stop when the plugin refuses a write');
+      node.proc = null;
+      assert.equal(committedVersion(node.db), before, 'lightningd must not have committed the refused write');
+      await server.run();
+      await node.start();
+      assert.equal((await node.rpc<{ invoices: unknown[] }>('listinvoices', { label: 'pg-outage' })).invoices.length, 0);
+      await traffic(node, 'pg-after', 10);
+      await stopForComparison(node, url);
+      const restored = await restoreMatches(node, url);
+      assert.ok(restored > dv, `the traffic after the crash reached the database (${restored} > ${dv})`);
+    } finally {
+      await server.stop();
+    }
   });
 
   scenario('two nodes, a channel, payments both ways, SIGKILL mid-payment, restore, channel still usable', async ({ chain, node: mk }) => {
