@@ -344,6 +344,8 @@ function suite(lightningd: string): void {
       await waitFor('traffic resumed after the server came back', async () => bg.count() >= resumed + 10, 60_000);
       await bg.stop();
       assert.notEqual(node.proc, null, 'lightningd kept running through the server restart');
+      assert.match(node.log(), /lost the connection to PostgreSQL \(backup "pgnode-\d+"\)(: .*; reconnecting \(giving up after 60 s\)| while idle \(.*\); reconnected at once)/);
+      assert.match(node.log(), /reconnected to PostgreSQL \(backup "pgnode-\d+"\) after \d+\.\d s|; reconnected at once/);
 
       // 2. lightningd SIGKILLed mid-traffic: the database holds every committed write, at most one more
       bg = backgroundTraffic(node, 'pg-kill', 3);

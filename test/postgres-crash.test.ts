@@ -18,8 +18,8 @@ let server: PgServer;
 const dirs: string[] = [];
 /** stopped in after() too, so that a failed assertion does not leave a plugin process holding the test open */
 const nodes: SimNode[] = [];
-function newNode(netDir: string, hookSafetyTimeoutMs: number): SimNode {
-  const n = new SimNode({ netDir, hookSafetyTimeoutMs });
+function newNode(netDir: string, hookSafetyTimeoutMs: number, env: NodeJS.ProcessEnv = {}): SimNode {
+  const n = new SimNode({ netDir, hookSafetyTimeoutMs, env });
   nodes.push(n);
   return n;
 }
@@ -79,6 +79,15 @@ describe('PostgreSQL killed mid-write', { skip: PG_SKIP }, () => {
         for (let k = 0; k < 5; k++) assert.equal((await node.transaction(tx(n++))).answered, 'continue');
         await restoredEqualsNode(dir, url, node, keyArgs);
       }
+      // the operator sees the outage and its end in lightningd's log, every time (no password in it)
+      const said = JSON.stringify(node.logs);
+      // lost in flight: "...: why; reconnecting (giving up after 60 s)", then "reconnected ... after N s"; lost
+      // while idle between two writes: "... while idle (why); reconnected at once"
+      const lost = said.match(/lost the connection to PostgreSQL \(backup \\"crash_back(_enc)?\\"\)(: [^"]*; reconnecting \(giving up after 60 s\)| while idle \([^"]*\); reconnected at once)/g) ?? [];
+      const back = said.match(/reconnected to PostgreSQL \(backup \\"crash_back(_enc)?\\"\) after \d+\.\d s|; reconnected at once/g) ?? [];
+      assert.ok(lost.length >= 1 && back.length >= 1, `lost/reconnected lines in the log: ${lost.length}/${back.length}\n${said.slice(-3000)}\n${node.stderr.slice(-3000)}`);
+      console.log(`# ${lost.length} outage(s) logged: ${[...new Set(lost.map((l) => (l.includes('while idle') ? 'while idle' : 'in flight')))].join(', ')}`);
+      assert.doesNotMatch(said, /pw-/);
       await node.stop();
       assert.deepEqual(node.violations, []);
       await restoredEqualsNode(dir, url, node, keyArgs);
@@ -119,9 +128,11 @@ describe('PostgreSQL killed mid-write', { skip: PG_SKIP }, () => {
     await restoredEqualsNode(dir, url, node);
   });
 
-  it('server down longer than remote_timeout: the write is refused (never hangs), and the restarted node is in step', { timeout: 300_000 }, async () => {
-    const { dir, url } = await setUp('crash_gone', 2);
-    const node = newNode(join(dir, 'regtest'), 120_000);
+  // also with the connection in a worker thread (as in a set of destinations): its notes travel in its replies
+  for (const worker of [false, true]) it(`server down longer than remote_timeout: the write is refused (never hangs), and the restarted node is in step${worker ? ' (connection in a worker thread)' : ''}`, { timeout: 300_000 }, async () => {
+    const name = worker ? 'crash_gone_w' : 'crash_gone';
+    const { dir, url } = await setUp(name, 2);
+    const node = newNode(join(dir, 'regtest'), 120_000, worker ? { CLNVAULT_REMOTE_WORKER: '1' } : {});
     await node.boot();
     let n = 0;
     for (let k = 0; k < 20; k++) assert.equal((await node.transaction(tx(n++))).answered, 'continue');
@@ -132,6 +143,8 @@ describe('PostgreSQL killed mid-write', { skip: PG_SKIP }, () => {
     const waited = Date.now() - t0;
     assert.equal(res.answered, 'error', JSON.stringify(res));
     assert.match((res as { detail: string }).detail, /could not get it back within 2 s/);
+    const said = JSON.stringify(node.logs);
+    assert.ok(said.includes(`lost the connection to PostgreSQL (backup \\"${name}\\")`) && /; reconnecting \(giving up after 2 s\)/.test(said), said);
     assert.ok(waited < 30_000, `refused after ${waited} ms`);
     await server.run();
     // lightningd died without committing; restarted, it carries on from its own database

@@ -16,7 +16,7 @@ export async function openAsyncWriter(url: string, cwd: string, opts: WriterOpti
   if (isPostgresUrl(url)) {
     // loaded here only: it loads `pg`, which a socket: destination does not need
     const { AsyncPgWriter } = await import('./postgres/async-writer.js');
-    return AsyncPgWriter.open(parsePgUrl(url), opts.remoteTimeoutMs ?? remoteTimeoutMs(cwd).ms, opts.key ?? null);
+    return AsyncPgWriter.open(parsePgUrl(url), opts.remoteTimeoutMs ?? remoteTimeoutMs(cwd).ms, opts.key ?? null, opts.log);
   }
   if (destinationOf(url, cwd) !== 'socket') return null;
   if (opts.key && !isClnvaultUrl(url)) throw encryptionNotYet(url);

@@ -122,7 +122,7 @@ export function encryptionNotYet(url: string): UrlError {
 }
 
 export function openWriter(url: string, cwd: string, opts: WriterOptions = {}): BackupWriter {
-  if (isPostgresUrl(url)) return openPgWriter(url, cwd, opts.key ?? null);
+  if (isPostgresUrl(url)) return openPgWriter(url, cwd, opts.key ?? null, opts.log);
   if (opts.key && destinationOf(url, cwd) !== 'file' && !isClnvaultUrl(url)) throw encryptionNotYet(url);
   if (destinationOf(url, cwd) === 'socket') return SocketWriter.open(url, { ...opts, cwd });
   const path = filePathOf(url, cwd);

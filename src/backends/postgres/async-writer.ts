@@ -3,7 +3,7 @@ import type { Problem } from '../../engine/entries.js';
 import type { KeyLike } from '../../crypto/backup-crypt.js';
 import { Backstop } from '../backstop.js';
 import { PgBridgeError } from './bridge.js';
-import { configure, handle } from './worker.js';
+import { configure, handle, takeNotes } from './worker.js';
 import type { HeadInfo, PgEncryption, PgRequest } from './protocol.js';
 import type { PgTarget } from './url.js';
 import { PgWriteState } from './write-state.js';
@@ -29,13 +29,20 @@ export class AsyncPgWriter implements AsyncBackupWriter {
   private constructor(
     target: PgTarget,
     private readonly timeoutMs: number,
+    /** the worker's notes (lost connection, reconnected): the plugin's log */
+    private readonly log: (level: 'warn' | 'info', message: string) => void,
   ) {
     this.location = target.display;
   }
 
-  static async open(target: PgTarget, timeoutMs: number, key: KeyLike | null = null): Promise<AsyncPgWriter> {
+  static async open(
+    target: PgTarget,
+    timeoutMs: number,
+    key: KeyLike | null = null,
+    log: (level: 'warn' | 'info', message: string) => void = () => {},
+  ): Promise<AsyncPgWriter> {
     configure({ connectionString: target.connectionString, backup: target.backup, applicationName: `clnvault writer ${target.backup}`, timeoutMs });
-    const w = new AsyncPgWriter(target, timeoutMs);
+    const w = new AsyncPgWriter(target, timeoutMs, log);
     try {
       w.state = new PgWriteState(w.location, await w.call<HeadInfo & { enc: PgEncryption | null }>({ op: 'openWriter' }), key);
     } catch (e) {
@@ -66,6 +73,8 @@ export class AsyncPgWriter implements AsyncBackupWriter {
       if (e instanceof PgBridgeError) throw e;
       const err = e as Error & { code?: string };
       throw new PgBridgeError(err instanceof Error ? err.message : String(e), typeof err.code === 'string' ? err.code : undefined);
+    } finally {
+      for (const n of takeNotes()) this.log(n.level, n.message);
     }
   }
 

@@ -2,7 +2,7 @@ import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
 import type { MessagePort, Worker } from 'node:worker_threads';
-import { PG_REPLY_IN_SAB, PG_REPLY_NONE, type PgReply, type PgRequest, type PgWorkerData } from './protocol.js';
+import { PG_REPLY_IN_SAB, PG_REPLY_NONE, type PgNote, type PgReply, type PgRequest, type PgWorkerData } from './protocol.js';
 import type { PgTarget } from './url.js';
 
 /**
@@ -48,6 +48,8 @@ export class PgBridge {
     readonly target: PgTarget,
     readonly timeoutMs: number,
     applicationName: string,
+    /** where the worker's notes go (lost connection, reconnected): the plugin's log */
+    private readonly onNote: (n: PgNote) => void = () => {},
   ) {
     // loaded only for PostgreSQL URLs: a plugin writing to a file never pays for it
     const wt = createRequire(import.meta.url)('node:worker_threads') as typeof import('node:worker_threads');
@@ -83,6 +85,7 @@ export class PgBridge {
       const m = this.receive(this.port);
       if (m !== undefined) {
         const reply = m.message;
+        for (const n of reply.notes ?? []) this.onNote(n);
         if (reply.id !== id) continue;
         if (reply.ok) return reply.value as T;
         throw new PgBridgeError(reply.message, reply.code);

@@ -10,8 +10,8 @@ export { isPostgresUrl, parsePgUrl } from './url.js';
 export { PgReader } from './reader.js';
 export { PgWriter } from './writer.js';
 
-export function openPgWriter(url: string, netDir: string | null, key: KeyLike | null = null): PgWriter {
-  return PgWriter.open(parsePgUrl(url), remoteTimeoutMs(netDir).ms, key);
+export function openPgWriter(url: string, netDir: string | null, key: KeyLike | null = null, log?: (level: 'warn' | 'info', message: string) => void): PgWriter {
+  return PgWriter.open(parsePgUrl(url), remoteTimeoutMs(netDir).ms, key, log);
 }
 
 export function openPgReader(url: string, netDir: string | null = null): PgReader {

@@ -85,4 +85,10 @@ export type PgRequest =
   | { op: 'deleteSuperseded'; seq: number }
   | { op: 'close' };
 
-export type PgReply = { id: number; ok: true; value: unknown } | { id: number; ok: false; message: string; code?: string };
+/** Something an operation met on the way that the operator should see (a lost connection, its return). */
+export interface PgNote {
+  level: 'warn' | 'info';
+  message: string;
+}
+
+export type PgReply = ({ id: number; ok: true; value: unknown } | { id: number; ok: false; message: string; code?: string }) & { notes?: PgNote[] };

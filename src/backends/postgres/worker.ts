@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { open } from 'node:fs/promises';
 import { parentPort, workerData } from 'node:worker_threads';
 import type { Client as PgClient, ClientConfig } from 'pg';
-import { PG_REPLY_IN_SAB, PG_REPLY_ON_PORT, type HeaderRow, type HeadInfo, type PgEncryption, type PgReply, type PgRequest, type PgWorkerData } from './protocol.js';
+import { PG_REPLY_IN_SAB, PG_REPLY_ON_PORT, type HeaderRow, type HeadInfo, type PgEncryption, type PgNote, type PgReply, type PgRequest, type PgWorkerData } from './protocol.js';
 import { CHUNK_BYTES, checkSchema, KIND_CHANGE, KIND_SNAPSHOT, migrate, SCHEMA_VERSION, schemaVersion } from './schema.js';
 import { describeHolder, releaseLease, takeLease } from './lease.js';
 import { isConnectionError, nextDelay } from './retry.js';
@@ -96,8 +96,11 @@ async function connect(): Promise<PgClient> {
   if (client !== null) return client;
   const c = new Client(config());
   // a connection dropped while idle must not crash the thread; the next query finds out and reconnects
-  c.on('error', () => {
-    if (client === c) client = null;
+  c.on('error', (e: Error) => {
+    if (client === c) {
+      client = null;
+      lostWhileIdle = e.message;
+    }
   });
   try {
     await c.connect();
@@ -171,12 +174,25 @@ async function takeWriterLease(c: PgClient, id: number): Promise<string | null> 
  * deadline; then gives up, so that the hook answers (with a refusal) instead of hanging lightningd.
  * `onReconnect` restores session state (the writer lock) before `fn` is retried.
  */
+/** notes for the operator's log, taken with each operation's result (takeNotes) */
+const notes: PgNote[] = [];
+/** why the session went away between operations (the server restarted, a backend killed), until said */
+let lostWhileIdle: string | null = null;
+
+const NO_NOTES: readonly PgNote[] = [];
+
+export function takeNotes(): readonly PgNote[] {
+  // every db_write asks: no allocation when there is nothing to say
+  return notes.length === 0 ? NO_NOTES : notes.splice(0);
+}
+
 async function withRetry<T>(
   fn: (c: PgClient, retry: boolean) => Promise<T>,
   onReconnect?: (c: PgClient) => Promise<void>,
   budgetMs: number = data.timeoutMs,
 ): Promise<T> {
-  const deadline = Date.now() + budgetMs;
+  const started = Date.now();
+  const deadline = started + budgetMs;
   let attempt = 0;
   let lastError: unknown = null;
   for (;;) {
@@ -187,12 +203,24 @@ async function withRetry<T>(
       const fresh = client === null;
       c = await connect();
       if (fresh && onReconnect) await onReconnect(c);
-      return await fn(c, attempt > 0 || fresh);
+      const r = await fn(c, attempt > 0 || fresh);
+      if (attempt > 0) {
+        notes.push({ level: 'warn', message: `reconnected to PostgreSQL (${where()}) after ${((Date.now() - started) / 1000).toFixed(1)} s` });
+      } else if (fresh && lostWhileIdle !== null) {
+        notes.push({ level: 'warn', message: `lost the connection to PostgreSQL (${where()}) while idle (${lostWhileIdle}); reconnected at once` });
+      }
+      lostWhileIdle = null;
+      return r;
     } catch (e) {
       lastError = e;
       if (!isConnectionError(e)) throw e;
       dropClient();
       const left = deadline - Date.now();
+      if (attempt === 0 && left > 0) {
+        const why = lostWhileIdle ?? (e as Error).message;
+        notes.push({ level: 'warn', message: `lost the connection to PostgreSQL (${where()}): ${why}; reconnecting (giving up after ${Math.ceil(left / 1000)} s)` });
+      }
+      lostWhileIdle = null;
       if (left <= 0) {
         throw new Error(
           `lost the connection to PostgreSQL and could not get it back within ${Math.round(budgetMs / 1000)} s ` +
@@ -550,7 +578,9 @@ const flag = bridged ? new Int32Array((workerData as PgWorkerData).sab) : new In
 const fast = bridged ? new Float64Array((workerData as PgWorkerData).fast) : new Float64Array(2);
 
 function reply(r: PgReply): void {
-  if (r.ok && typeof r.value === 'number') {
+  const n = takeNotes();
+  if (n.length > 0) r.notes = [...n];
+  if (r.ok && typeof r.value === 'number' && r.notes === undefined) {
     // written before the flag is raised (Atomics.store orders them), read after it is seen
     fast[0] = r.id;
     fast[1] = r.value;

@@ -2,7 +2,7 @@ import type { BackupStats, BackupWriter } from '../backend.js';
 import type { Problem } from '../../engine/entries.js';
 import type { KeyLike } from '../../crypto/backup-crypt.js';
 import { PgBridge } from './bridge.js';
-import type { HeadInfo, HeaderRow, PgEncryption } from './protocol.js';
+import type { HeadInfo, HeaderRow, PgEncryption, PgNote } from './protocol.js';
 import type { PgTarget } from './url.js';
 import { PgWriteState } from './write-state.js';
 
@@ -32,8 +32,8 @@ export class PgWriter implements BackupWriter {
     this.state = new PgWriteState(this.location, bridge.call<HeadInfo & { enc: PgEncryption | null }>({ op: 'openWriter' }), key);
   }
 
-  static open(target: PgTarget, timeoutMs: number, key: KeyLike | null = null): PgWriter {
-    const bridge = new PgBridge(target, timeoutMs, `clnvault writer ${target.backup}`);
+  static open(target: PgTarget, timeoutMs: number, key: KeyLike | null = null, log?: (level: PgNote['level'], message: string) => void): PgWriter {
+    const bridge = new PgBridge(target, timeoutMs, `clnvault writer ${target.backup}`, log && ((n) => log(n.level, n.message)));
     try {
       return new PgWriter(bridge, target, key);
     } catch (e) {
