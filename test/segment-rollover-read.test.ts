@@ -125,6 +125,8 @@ test('a backup read while the writer rolls its segments over (clnvault status on
     worker.once('error', rej);
   });
   const bad: string[] = [];
+  /** what a live backup may show and a crash leaves too, reported as such, not as damage (docs/format-v2.md) */
+  const benign = new Map<string, number>();
   let reads = 0;
   let lastHead = 0;
   try {
@@ -134,7 +136,12 @@ test('a backup read while the writer rolls its segments over (clnvault status on
         const r = openReader(url, d);
         try {
           const st = r.stats();
-          for (const p of r.problems()) bad.push(`${p.kind}: ${p.message}`);
+          for (const p of r.problems()) {
+            // a torn tail: the record being appended, or the newest segment's header not written yet (its
+            // file is created first): unacknowledged, never damage, and verify passes with it
+            if (p.kind === 'torn-tail' && p.suspect !== true) benign.set(p.message.replace(/\/[^ :]*/g, 'PATH').replace(/\d+/g, 'N'), (benign.get(p.message) ?? 0) + 1);
+            else bad.push(`${p.kind}: ${p.message}`);
+          }
           assert.ok(st.head >= lastHead, `the head went back from ${lastHead} to ${st.head}`);
           lastHead = st.head;
         } finally {
@@ -151,7 +158,7 @@ test('a backup read while the writer rolls its segments over (clnvault status on
     Atomics.notify(stop, 0);
   }
   const { rolled, versions } = await done;
-  console.log(`# ${reads} reads while the writer appended ${versions} changes and started ${rolled} segments`);
+  console.log(`# ${reads} reads while the writer appended ${versions} changes and started ${rolled} segments; torn tails seen: ${[...benign.keys()].join(' | ') || 'none'}`);
   assert.ok(rolled >= 20 && reads >= 20, `the race was exercised: ${rolled} roll-overs, ${reads} reads`);
   assert.deepEqual(bad.slice(0, 3), [], `${bad.length} of ${reads} reads went wrong`);
   // and once the writer has stopped, the whole backup reads clean

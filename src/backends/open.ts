@@ -7,6 +7,7 @@ import { createV2, FILE_HEADER_LEN, isV2, PREALLOC_VERSION, RECORD_HEADER_LEN, R
 import type { KeyLike } from '../crypto/backup-crypt.js';
 import { crc32 } from 'node:zlib';
 import { discoverSegments, listSegmentFiles, sealOf, SegmentedReader, SegmentedWriter } from './file/segments.js';
+import { openLive } from './file/live-read.js';
 import { parseBackupUrl, UrlError } from './url.js';
 import { isPostgresUrl, openPgReader, openPgWriter } from './postgres/index.js';
 import { listHistory } from '../compact/files.js';
@@ -159,7 +160,17 @@ function openFileReader(path: string): BackupReader {
       );
     }
   }
-  return segmented ? SegmentedReader.open(path) : V2Reader.open(path);
+  if (segmented) return SegmentedReader.open(path);
+  // a live backup may be mid-append, or in its first roll-over (the file's reserve cut under the read, a
+  // segment appearing): taken again as a segmented read of a live set is (file/live-read.ts)
+  return openLive<BackupReader>(path, () => {
+    try {
+      return V2Reader.open(path);
+    } catch (e) {
+      if (listSegmentFiles(path).length === 0) throw e;
+      return SegmentedReader.open(path);
+    }
+  });
 }
 
 /**

@@ -17,29 +17,13 @@ import {
   type FileEncryption,
   type RecordInfo,
 } from '../v2.js';
-import { discoverSegments, hex8, listSegmentFiles, sealOf, segmentPath } from './layout.js';
+import { openLive } from '../live-read.js';
+import { discoverSegments, hex8, sealOf, segmentPath } from './layout.js';
 
 /**
  * Reads a v2 backup across its segments: one V2Reader per segment, offsets made global. Errors keep
  * naming the segment file and the offset inside it (the V2Reader of that file produces them).
  */
-/** Reads of a live set taken again at most this often before what they find is reported. */
-const LIVE_ATTEMPTS = 5;
-
-/** The set's files, their sizes and change times: equal before and after a read, the files held still. */
-function setFingerprint(path: string): string {
-  const parts: string[] = [];
-  for (const f of [path, ...listSegmentFiles(path).map((x) => x.path)]) {
-    try {
-      const st = statSync(f, { bigint: true });
-      parts.push(`${f}:${st.size}:${st.mtimeNs}:${st.ino}`);
-    } catch {
-      parts.push(`${f}:gone`);
-    }
-  }
-  return parts.join('\n');
-}
-
 export class SegmentedReader implements BackupReader {
   readonly format = 'v2' as const;
   /** the entry the current walk last visited (global offsets in its header) */
@@ -64,25 +48,11 @@ export class SegmentedReader implements BackupReader {
   /**
    * The backup as it stands. A writer may be appending and rolling over meanwhile (`clnvault status` on a
    * live node, the server's reads): a segment it seals during the read is followed to its successor, and
-   * a read that fails or finds damage while the files changed under it is taken again, so that a
-   * roll-over in progress is never reported as damage. Damage that stays put is reported.
+   * a read that fails or finds damage while the files changed under it is taken again (live-read.ts), so
+   * that a roll-over in progress is never reported as damage. Damage that stays put is reported.
    */
   static open(path: string): SegmentedReader {
-    for (let attempt = 1; ; attempt++) {
-      const before = setFingerprint(path);
-      let r: SegmentedReader;
-      try {
-        r = SegmentedReader.openOnce(path);
-      } catch (e) {
-        if (attempt < LIVE_ATTEMPTS && setFingerprint(path) !== before) continue;
-        throw e;
-      }
-      if (attempt < LIVE_ATTEMPTS && r.problems().length > 0 && setFingerprint(path) !== before) {
-        r.close();
-        continue;
-      }
-      return r;
-    }
+    return openLive(path, () => SegmentedReader.openOnce(path));
   }
 
   private static openOnce(path: string): SegmentedReader {
