@@ -5,7 +5,7 @@
  * its backup and a `.dump` equal to the node's own database. How to run it: docs/e2e-lightningd.md.
  */
 import assert from 'node:assert/strict';
-import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
@@ -17,6 +17,7 @@ import { dataVersion, dump } from './helpers/sqlite.js';
 import { initChain, mempoolSize, mine } from './e2e/chain.js';
 import { LightningNode, sleep, waitFor, waitPidsGone } from './e2e/node.js';
 import { PG_SKIP, PgServer } from './helpers/postgres.js';
+import { addNode, nodesServer } from './helpers/nodes-rig.js';
 
 const LIGHTNINGD = process.env.CLNVAULT_LIGHTNINGD;
 
@@ -75,10 +76,11 @@ function suite(lightningd: string): void {
   }
 
   /** Node stopped: restore its backup into a fresh directory; the .dump must equal the node's own. */
-  async function restoreMatches(node: LightningNode, url: string): Promise<number> {
+  /** `keyArgs`: an encrypted backup's key (--key-file PATH, --hsm-secret PATH) */
+  async function restoreMatches(node: LightningNode, url: string, keyArgs: string[] = []): Promise<number> {
     assert.equal(node.proc, null, `${node.name} must be stopped before the comparison`);
     const dest = area.dir();
-    const r = await runCli(['restore', url, dest]);
+    const r = await runCli(['restore', ...keyArgs, url, dest]);
     assert.equal(r.code, 0, show(r));
     const restored = dump(join(dest, 'lightningd.sqlite3'));
     const own = dump(node.db);
@@ -384,6 +386,56 @@ function suite(lightningd: string): void {
     }
   });
 
+  scenario('encrypted clnvault:// destination (clnvault server): server SIGKILLed and back on its port, lightningd SIGKILLed, restored from the server; no label on the server', async ({ chain }) => {
+    const serverDir = area.dir();
+    const remoteKey = await addNode(serverDir, 'e2e');
+    let { proc, port } = await nodesServer(serverDir);
+    try {
+      const root = area.dir();
+      const dir = join(root, 'srv');
+      mkdirSync(join(dir, 'regtest'), { recursive: true });
+      const keyPath = join(dir, 'regtest', 'clnvault-remote.key');
+      writeFileSync(keyPath, `${remoteKey}\n`, { mode: 0o600 });
+      const keyFile = join(root, 'backup.key');
+      const url = `clnvault://e2e@127.0.0.1:${port}?keyfile=${keyPath}`;
+      const init = await runCli(['init', '--lightning-dir', join(dir, 'regtest'), '--encrypt', '--key-file', keyFile, url]);
+      assert.equal(init.code, 0, show(init));
+      const node = new LightningNode({ name: 'srv', dir, chainDir: chain, lightningd });
+      live.push(node);
+      await node.start();
+      await traffic(node, 'srv-label', 15);
+      // the server SIGKILLed under traffic and restarted on its port within remote_timeout (60 s)
+      let bg = backgroundTraffic(node, 'srv-load', 3);
+      await waitFor('traffic under way', async () => bg.count() >= 10);
+      await proc.kill();
+      await sleep(1000);
+      ({ proc, port } = await nodesServer(serverDir, port));
+      const resumed = bg.count();
+      await waitFor('traffic resumed after the server came back', async () => bg.count() >= resumed + 10, 60_000);
+      await bg.stop();
+      assert.notEqual(node.proc, null, 'lightningd kept running through the server restart');
+      assert.match(node.log(), /reconnected to 127\.0\.0\.1:\d+ after \d+\.\d s/);
+      // lightningd SIGKILLed mid-traffic, then on again
+      bg = backgroundTraffic(node, 'srv-kill', 3);
+      await waitFor('traffic under way', async () => bg.count() >= 10);
+      await node.kill();
+      await bg.stop();
+      await node.start();
+      await traffic(node, 'srv-after', 5);
+      await stopForComparison(node, url);
+      await restoreMatches(node, url, ['--key-file', keyFile]);
+      // what the server keeps: ciphertext only
+      const kept = filesUnder(serverDir).map((f) => readFileSync(f));
+      assert.ok(kept.length > 0);
+      for (const needle of ['srv-label-2', 'srv-load-0-1', 'e2e srv-label', 'CREATE TABLE', 'invoices']) {
+        assert.ok(kept.every((b) => b.indexOf(needle) === -1), `"${needle}" is in a file the server keeps`);
+      }
+      assert.ok(readFileSync(node.db).indexOf('srv-label-2') >= 0, 'the label is in the node database (the check can fail)');
+    } finally {
+      await proc.kill();
+    }
+  });
+
   scenario('two nodes, a channel, payments both ways, SIGKILL mid-payment, restore, channel still usable', async ({ chain, node: mk }) => {
     const a = await mk('alice');
     const b = await mk('bob');
@@ -463,6 +515,13 @@ function suite(lightningd: string): void {
  * The data_version a database holds once a crash's hot journal is rolled back, read from a copy so the
  * node's own files stay as lightningd left them (a read-only open refuses a hot journal).
  */
+/** Every file under `dir`, recursively. */
+function filesUnder(dir: string): string[] {
+  return readdirSync(dir, { recursive: true, withFileTypes: true })
+    .filter((e) => e.isFile())
+    .map((e) => join(e.parentPath ?? (e as unknown as { path: string }).path, e.name));
+}
+
 function committedVersion(db: string): number {
   const dir = mkdtempSync(join(tmpdir(), 'clnvault-e2e-dv-'));
   try {
