@@ -169,11 +169,6 @@ async function takeWriterLease(c: PgClient, id: number): Promise<string | null> 
   return r.ok ? null : describeHolder(r.holder);
 }
 
-/**
- * Runs `fn` on a live connection, reconnecting after connection loss with growing pauses until the
- * deadline; then gives up, so that the hook answers (with a refusal) instead of hanging lightningd.
- * `onReconnect` restores session state (the writer lock) before `fn` is retried.
- */
 /** notes for the operator's log, taken with each operation's result (takeNotes) */
 const notes: PgNote[] = [];
 /** why the session went away between operations (the server restarted, a backend killed), until said */
@@ -186,6 +181,11 @@ export function takeNotes(): readonly PgNote[] {
   return notes.length === 0 ? NO_NOTES : notes.splice(0);
 }
 
+/**
+ * Runs `fn` on a live connection, reconnecting after connection loss with growing pauses until the
+ * deadline; then gives up, so that the hook answers (with a refusal) instead of hanging lightningd.
+ * `onReconnect` restores session state (the writer lock) before `fn` is retried.
+ */
 async function withRetry<T>(
   fn: (c: PgClient, retry: boolean) => Promise<T>,
   onReconnect?: (c: PgClient) => Promise<void>,
