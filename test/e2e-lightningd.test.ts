@@ -162,6 +162,28 @@ function suite(lightningd: string): void {
     };
   }
 
+  /**
+   * A remote destination taken down and brought back (`restart`) while three loops of traffic run: the
+   * plugin rides it out within remote_timeout, the traffic goes on and lightningd keeps running.
+   */
+  async function destinationRestartedUnderTraffic(node: LightningNode, tag: string, restart: () => Promise<void>): Promise<void> {
+    const bg = backgroundTraffic(node, tag, 3);
+    await waitFor('traffic under way', async () => bg.count() >= 10);
+    await restart();
+    const resumed = bg.count();
+    await waitFor('traffic resumed after the destination came back', async () => bg.count() >= resumed + 10, 60_000);
+    await bg.stop();
+    assert.notEqual(node.proc, null, 'lightningd kept running through the destination restart');
+  }
+
+  /** lightningd SIGKILLed while three loops of traffic run. */
+  async function killedUnderTraffic(node: LightningNode, tag: string): Promise<void> {
+    const bg = backgroundTraffic(node, tag, 3);
+    await waitFor('traffic under way', async () => bg.count() >= 10);
+    await node.kill();
+    await bg.stop();
+  }
+
   async function fund(node: LightningNode, chain: string): Promise<void> {
     const { bech32 } = await node.rpc<{ bech32: string }>('newaddr', { addresstype: 'bech32' });
     mine(chain, 1, bech32);
@@ -337,23 +359,16 @@ function suite(lightningd: string): void {
 
       // 1. the server SIGKILLed under traffic and back on its port within remote_timeout (60 s): the
       // plugin reconnects, every write lands, lightningd never notices
-      let bg = backgroundTraffic(node, 'pg-load', 3);
-      await waitFor('traffic under way', async () => bg.count() >= 10);
-      await server.kill();
-      await sleep(1500);
-      await server.run();
-      const resumed = bg.count();
-      await waitFor('traffic resumed after the server came back', async () => bg.count() >= resumed + 10, 60_000);
-      await bg.stop();
-      assert.notEqual(node.proc, null, 'lightningd kept running through the server restart');
+      await destinationRestartedUnderTraffic(node, 'pg-load', async () => {
+        await server.kill();
+        await sleep(1500);
+        await server.run();
+      });
       assert.match(node.log(), /lost the connection to PostgreSQL \(backup "pgnode-\d+"\)(: .*; reconnecting \(giving up after 60 s\)| while idle \(.*\); reconnected at once)/);
       assert.match(node.log(), /reconnected to PostgreSQL \(backup "pgnode-\d+"\) after \d+\.\d s|; reconnected at once/);
 
       // 2. lightningd SIGKILLed mid-traffic: the database holds every committed write, at most one more
-      bg = backgroundTraffic(node, 'pg-kill', 3);
-      await waitFor('traffic under way', async () => bg.count() >= 10);
-      await node.kill();
-      await bg.stop();
+      await killedUnderTraffic(node, 'pg-kill');
       const head = await backupHead(url);
       const dv = committedVersion(node.db);
       assert.ok(head === dv || head === dv + 1, `backup head ${head}, node data_version ${dv}`);
@@ -405,21 +420,14 @@ function suite(lightningd: string): void {
       await node.start();
       await traffic(node, 'srv-label', 15);
       // the server SIGKILLed under traffic and restarted on its port within remote_timeout (60 s)
-      let bg = backgroundTraffic(node, 'srv-load', 3);
-      await waitFor('traffic under way', async () => bg.count() >= 10);
-      await proc.kill();
-      await sleep(1000);
-      ({ proc, port } = await nodesServer(serverDir, port));
-      const resumed = bg.count();
-      await waitFor('traffic resumed after the server came back', async () => bg.count() >= resumed + 10, 60_000);
-      await bg.stop();
-      assert.notEqual(node.proc, null, 'lightningd kept running through the server restart');
+      await destinationRestartedUnderTraffic(node, 'srv-load', async () => {
+        await proc.kill();
+        await sleep(1000);
+        ({ proc, port } = await nodesServer(serverDir, port));
+      });
       assert.match(node.log(), /reconnected to 127\.0\.0\.1:\d+ after \d+\.\d s/);
       // lightningd SIGKILLed mid-traffic, then on again
-      bg = backgroundTraffic(node, 'srv-kill', 3);
-      await waitFor('traffic under way', async () => bg.count() >= 10);
-      await node.kill();
-      await bg.stop();
+      await killedUnderTraffic(node, 'srv-kill');
       await node.start();
       await traffic(node, 'srv-after', 5);
       await stopForComparison(node, url);
