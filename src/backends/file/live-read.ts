@@ -12,10 +12,12 @@ import { listSegmentFiles } from './segments/layout.js';
 
 /** Reads taken at most this often before what they find is reported. */
 const LIVE_ATTEMPTS = 5;
+/** ... and when nothing changed but a suspect tail of a file just written (a crash leaves those too). */
+const TAIL_ATTEMPTS = 3;
 /** A file written within this long counts as live: its torn tail may be an append in progress. */
 const LIVE_MS = 2000;
-/** Between two reads that saw nothing change: long enough for an append (a write and an fdatasync) to end. */
-const SETTLE_MS = 20;
+/** Between two reads that saw nothing change: an append's copy into the page cache takes microseconds. */
+const SETTLE_MS = 5;
 const pause = new Int32Array(new SharedArrayBuffer(4));
 
 /** The set's files, their sizes and change times: equal before and after a read, the files held still. */
@@ -36,8 +38,11 @@ function fingerprint(path: string): { text: string; newestMs: number } {
 
 /**
  * `open()` of the backup at `path`, taken again (at most LIVE_ATTEMPTS times) when it throws or reports
- * problems while the files changed under it, or when it reports only a torn tail of a file written in the
- * last LIVE_MS (an append in progress: the mtime moves when a write starts, so the change may not show).
+ * problems while the files changed under it; or (at most TAIL_ATTEMPTS times) when its only problem is a
+ * suspect torn tail (a record whole in length that fails its check, which verify takes for damage) of a
+ * file written in the last LIVE_MS: an append in progress, whose mtime moved when the write started, so
+ * the change need not show. A plain torn tail ("N unacknowledged bytes") is what an append in progress
+ * is, and is reported as it is.
  */
 export function openLive<R extends { problems(): Problem[]; close(): void }>(path: string, open: () => R): R {
   for (let attempt = 1; ; attempt++) {
@@ -53,8 +58,8 @@ export function openLive<R extends { problems(): Problem[]; close(): void }>(pat
     if (problems.length > 0) {
       const after = fingerprint(path);
       const changed = after.text !== before.text;
-      const tailOnly = problems.every((p) => p.kind === 'torn-tail');
-      if (changed || (tailOnly && Date.now() - after.newestMs < LIVE_MS)) {
+      const suspectTail = problems.every((p) => p.kind === 'torn-tail') && problems.some((p) => p.suspect === true);
+      if (changed || (suspectTail && attempt < TAIL_ATTEMPTS && Date.now() - after.newestMs < LIVE_MS)) {
         r.close();
         if (!changed) Atomics.wait(pause, 0, 0, SETTLE_MS);
         continue;
