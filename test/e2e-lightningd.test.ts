@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { pathToFileURL } from 'node:url';
+import { fileURLToPath, pathToFileURL } from 'node:url';
 import { after, afterEach, test } from 'node:test';
 import Database from 'better-sqlite3';
 import { runCli, scratchArea, show } from './helpers/cli.js';
@@ -47,7 +47,14 @@ function suite(lightningd: string): void {
 
   interface Ctx {
     chain: string;
-    node(name: string): Promise<{ node: LightningNode; url: string }>;
+    /**
+     * A node directory with its backup made by `clnvault init`: to a file beside it unless `url` says
+     * otherwise, with `initArgs` (e.g. --encrypt), after `prepare` has put files in the network directory.
+     */
+    node(
+      name: string,
+      opts?: { url?: string; initArgs?: string[]; prepare?: (netDir: string) => void },
+    ): Promise<{ node: LightningNode; url: string; init: Awaited<ReturnType<typeof runCli>> }>;
   }
 
   function scenario(name: string, body: (c: Ctx) => Promise<void>): void {
@@ -59,15 +66,17 @@ function suite(lightningd: string): void {
       mine(chain, 1);
       const ctx: Ctx = {
         chain,
-        async node(n) {
+        async node(n, opts = {}) {
           const dir = join(root, n);
-          mkdirSync(join(dir, 'regtest'), { recursive: true });
-          const url = pathToFileURL(join(root, `${n}.bkp`)).href;
-          const r = await runCli(['init', '--lightning-dir', join(dir, 'regtest'), url]);
-          assert.equal(r.code, 0, show(r));
+          const netDir = join(dir, 'regtest');
+          mkdirSync(netDir, { recursive: true });
+          opts.prepare?.(netDir);
+          const url = opts.url ?? pathToFileURL(join(root, `${n}.bkp`)).href;
+          const init = await runCli(['init', '--lightning-dir', netDir, ...(opts.initArgs ?? []), url]);
+          assert.equal(init.code, 0, show(init));
           const node = new LightningNode({ name: n, dir, chainDir: chain, lightningd });
           live.push(node);
-          return { node, url };
+          return { node, url, init };
         },
       };
       await body(ctx);
@@ -295,18 +304,13 @@ function suite(lightningd: string): void {
     await restoreMatches(node, url);
   });
 
-  scenario('encrypted backup keyed by the node seed: traffic, SIGKILL, restart; restored from hsm_secret and from the seed words alone; no label in the backup', async ({ chain }) => {
-    const root = area.dir();
-    const dir = join(root, 'enc');
-    mkdirSync(join(dir, 'regtest'), { recursive: true });
-    // a seed lightningd v26.06.6 wrote (32 zero bytes, then its BIP39 words): the node runs on it
-    copyFileSync(join(FIXTURES, 'keys/mnemonic/hsm_secret'), join(dir, 'regtest', 'hsm_secret'));
-    const url = pathToFileURL(join(root, 'enc.bkp')).href;
-    const init = await runCli(['init', '--encrypt', '--lightning-dir', join(dir, 'regtest'), url]);
-    assert.equal(init.code, 0, show(init));
+  scenario('encrypted backup keyed by the node seed: traffic, SIGKILL, restart; restored from hsm_secret and from the seed words alone; no label in the backup', async ({ node: mk }) => {
+    const { node, url, init } = await mk('enc', {
+      initArgs: ['--encrypt'],
+      // a seed lightningd v26.06.6 wrote (32 zero bytes, then its BIP39 words): the node runs on it
+      prepare: (netDir) => copyFileSync(join(FIXTURES, 'keys/mnemonic/hsm_secret'), join(netDir, 'hsm_secret')),
+    });
     assert.match(init.stdout, /Encrypting with the node's seed \(hsm_secret\), key fingerprint [0-9a-f]{16}/);
-    const node = new LightningNode({ name: 'enc', dir, chainDir: chain, lightningd });
-    live.push(node);
     await node.start();
     await traffic(node, 'secret-label', 15);
     const bg = backgroundTraffic(node, 'secret-load', 3);
@@ -317,9 +321,9 @@ function suite(lightningd: string): void {
     await traffic(node, 'after-crash', 5);
     await stopForComparison(node, url);
     const own = dump(node.db);
-    const words = join(root, 'words.txt');
-    writeFileSync(words, readFileSync(join(dir, 'regtest', 'hsm_secret')).subarray(32).toString('utf8'));
-    for (const keyArgs of [['--hsm-secret', join(dir, 'regtest', 'hsm_secret')], ['--mnemonic-file', words]]) {
+    const words = join(area.dir(), 'words.txt');
+    writeFileSync(words, readFileSync(join(node.netDir, 'hsm_secret')).subarray(32).toString('utf8'));
+    for (const keyArgs of [['--hsm-secret', join(node.netDir, 'hsm_secret')], ['--mnemonic-file', words]]) {
       const dest = area.dir();
       const r = await runCli(['restore', ...keyArgs, url, dest]);
       assert.equal(r.code, 0, show(r));
@@ -330,30 +334,23 @@ function suite(lightningd: string): void {
     const noKey = await runCli(['restore', url, area.dir()]);
     assert.equal(noKey.code, 1, show(noKey));
     assert.match(noKey.stderr, /node-seed key.*--hsm-secret PATH/);
-    const bytes = readFileSync(join(root, 'enc.bkp'));
+    const bytes = readFileSync(fileURLToPath(url));
     for (const needle of ['secret-label-2', 'secret-label-3', 'secret-load-0-1', 'e2e secret-label', 'CREATE TABLE', 'invoices']) {
       assert.equal(bytes.indexOf(needle), -1, `"${needle}" is in the encrypted backup`);
     }
     assert.ok(readFileSync(node.db).indexOf('secret-label-2') >= 0, 'the label is in the node database (the check can fail)');
   });
 
-  scenario('PostgreSQL destination (issue 14): server SIGKILLed and back within remote_timeout, lightningd SIGKILLed, server gone past it (lightningd stops, nothing lost), restored from the database', async ({ chain }) => {
+  scenario('PostgreSQL destination (issue 14): server SIGKILLed and back within remote_timeout, lightningd SIGKILLed, server gone past it (lightningd stops, nothing lost), restored from the database', async ({ node: mk }) => {
     if (PG_SKIP) {
       console.log(`[e2e-lightningd] PostgreSQL scenario not run: ${PG_SKIP}`);
       return;
     }
     const server = await PgServer.startWithSchema();
     try {
-      const { url } = await server.nodeRole('e2e', 'pgnode');
-      const root = area.dir();
-      const dir = join(root, 'pg');
-      mkdirSync(join(dir, 'regtest'), { recursive: true });
-      const init = await runCli(['init', '--lightning-dir', join(dir, 'regtest'), url]);
-      assert.equal(init.code, 0, show(init));
-      const lockPath = join(dir, 'regtest', 'backup.lock');
+      const { node, url } = await mk('pg', { url: (await server.nodeRole('e2e', 'pgnode')).url });
+      const lockPath = join(node.netDir, 'backup.lock');
       const lock = JSON.parse(readFileSync(lockPath, 'utf8')) as Record<string, unknown>;
-      const node = new LightningNode({ name: 'pg', dir, chainDir: chain, lightningd });
-      live.push(node);
       await node.start();
       await traffic(node, 'pg', 20);
 
@@ -401,22 +398,16 @@ function suite(lightningd: string): void {
     }
   });
 
-  scenario('encrypted clnvault:// destination (clnvault server): server SIGKILLed and back on its port, lightningd SIGKILLed, restored from the server; no label on the server', async ({ chain }) => {
+  scenario('encrypted clnvault:// destination (clnvault server): server SIGKILLed and back on its port, lightningd SIGKILLed, restored from the server; no label on the server', async ({ node: mk }) => {
     const serverDir = area.dir();
     const remoteKey = await addNode(serverDir, 'e2e');
     let { proc, port } = await nodesServer(serverDir);
     try {
-      const root = area.dir();
-      const dir = join(root, 'srv');
-      mkdirSync(join(dir, 'regtest'), { recursive: true });
-      const keyPath = join(dir, 'regtest', 'clnvault-remote.key');
+      const keyFile = join(area.dir(), 'backup.key');
+      // the URL names the server key's file, so that the CLI's restore and inspect find it as the plugin does
+      const keyPath = join(area.dir(), 'clnvault-remote.key');
       writeFileSync(keyPath, `${remoteKey}\n`, { mode: 0o600 });
-      const keyFile = join(root, 'backup.key');
-      const url = `clnvault://e2e@127.0.0.1:${port}?keyfile=${keyPath}`;
-      const init = await runCli(['init', '--lightning-dir', join(dir, 'regtest'), '--encrypt', '--key-file', keyFile, url]);
-      assert.equal(init.code, 0, show(init));
-      const node = new LightningNode({ name: 'srv', dir, chainDir: chain, lightningd });
-      live.push(node);
+      const { node, url } = await mk('srv', { url: `clnvault://e2e@127.0.0.1:${port}?keyfile=${keyPath}`, initArgs: ['--encrypt', '--key-file', keyFile] });
       await node.start();
       await traffic(node, 'srv-label', 15);
       // the server SIGKILLed under traffic and restarted on its port within remote_timeout (60 s)
