@@ -168,7 +168,7 @@ function openFileReader(path: string): BackupReader {
       return V2Reader.open(path);
     } catch (e) {
       if (listSegmentFiles(path).length === 0) throw e;
-      return SegmentedReader.open(path);
+      return SegmentedReader.openOnce(path);
     }
   });
 }

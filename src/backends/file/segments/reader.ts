@@ -55,7 +55,8 @@ export class SegmentedReader implements BackupReader {
     return openLive(path, () => SegmentedReader.openOnce(path));
   }
 
-  private static openOnce(path: string): SegmentedReader {
+  /** One read as the set stands, not taken again: for a caller that runs its own openLive (open.ts). */
+  static openOnce(path: string): SegmentedReader {
     // the writer's rule: a last segment whose header never reached the disk holds no record (a crash or a
     // full disk while it was being started); it is passed over, not taken for damage. A gap in the names
     // is damage, reported with what precedes it readable (lenient)
