@@ -58,6 +58,8 @@ class Refused extends Error {}
 const START_BUDGET_MS = 45_000;
 
 let client: PgClient | null = null;
+/** why the session went away between operations (the server restarted, a backend killed), until said */
+let lostWhileIdle: string | null = null;
 let backupId: number | null = null;
 /** the backup row's encryption (migration 3), read with its id */
 let encryption: PgEncryption | null = null;
@@ -171,8 +173,6 @@ async function takeWriterLease(c: PgClient, id: number): Promise<string | null> 
 
 /** notes for the operator's log, taken with each operation's result (takeNotes) */
 const notes: PgNote[] = [];
-/** why the session went away between operations (the server restarted, a backend killed), until said */
-let lostWhileIdle: string | null = null;
 
 const NO_NOTES: readonly PgNote[] = [];
 
