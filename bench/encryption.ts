@@ -29,7 +29,7 @@ import { keyFromKeyFile, writeKeyFile, type BackupKey } from '../src/crypto/keys
 import { isPragmaOnly } from '../src/engine/versions.js';
 import { restoreBackup } from '../src/restore/restore.js';
 import { crc32 } from 'node:zlib';
-import { runPlugin, type PluginRun } from './plugin.js';
+import { MINIMAL, runPlugin, type PluginRun } from './plugin.js';
 import { invoiceBatch, SCHEMA } from './restore.js';
 import { fmtUs } from './stats.js';
 
@@ -54,8 +54,6 @@ interface Pair {
   load: number[];
 }
 
-const MINIMAL = fileURLToPath(new URL('./minimal-plugin.js', import.meta.url));
-
 async function hookBench(dir: string, n1k: number, n100k: number, warmup: number, rounds: number, say: (s: string) => void): Promise<Pair[]> {
   const out: Pair[] = [];
   for (const [label, bytes, n] of [['1 KB', 1024, n1k], ['100 KB', 100 * 1024, n100k]] as const) {
@@ -70,7 +68,7 @@ async function hookBench(dir: string, n1k: number, n100k: number, warmup: number
       pair.enc.push(first ? b : a);
       if (bytes === 1024) {
         // the floor of the ratio: a plugin doing nothing but append and fdatasync, without and with AES-GCM
-        const mode = (seal: boolean): string[] => [process.execPath, MINIMAL, ...(seal ? ['seal'] : [])];
+        const mode = (seal: boolean): string[] => [...MINIMAL, ...(seal ? ['seal'] : [])];
         const c = await runPlugin(dir, bytes, warmup + n, warmup, mode(!first));
         const d = await runPlugin(dir, bytes, warmup + n, warmup, mode(first));
         pair.minPlain.push(first ? c : d);

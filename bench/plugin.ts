@@ -23,7 +23,7 @@ function uptime(): string {
 }
 
 /** bench/minimal-plugin.ts: the protocol's own cost, for comparison */
-const MINIMAL = [process.execPath, fileURLToPath(new URL('./minimal-plugin.js', import.meta.url))];
+export const MINIMAL = [process.execPath, fileURLToPath(new URL('./minimal-plugin.js', import.meta.url))];
 
 /** A db_write batch shaped like lightningd's: statements with inlined values, the data_version bump last. */
 export function batch(dv: number, bytes: number): string[] {

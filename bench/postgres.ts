@@ -39,8 +39,8 @@ interface NodeJob {
   bytes: number;
 }
 
-function startNode(netDir: string, env: NodeJS.ProcessEnv = {}): FifoDriver {
-  const d = new FifoDriver(netDir, undefined, env);
+function startNode(netDir: string, env: NodeJS.ProcessEnv = {}, command?: readonly string[]): FifoDriver {
+  const d = new FifoDriver(netDir, command, env);
   const m = d.call(`{"jsonrpc":"2.0","id":"cln:getmanifest#1","method":"getmanifest","params":{"allow-deprecated-apis":false}}\n\n`, 'cln:getmanifest#1');
   if (!m.includes('db_write')) throw new Error(`bad manifest: ${m}`);
   return d;
@@ -162,10 +162,8 @@ const MINIMAL_PG = [process.execPath, fileURLToPath(new URL('./minimal-pg-plugin
 function driveMinimal(server: PgServer, root: string, name: string, job: Omit<NodeJob, 'netDir'>): { lat: number[] } {
   const netDir = join(root, name);
   mkdirSync(netDir);
-  const d = new FifoDriver(netDir, MINIMAL_PG, { CLNVAULT_MINIMAL_PG_URL: `postgresql://postgres:super-secret@127.0.0.1:${server.port}/${PG_DB}` });
+  const d = startNode(netDir, { CLNVAULT_MINIMAL_PG_URL: `postgresql://postgres:super-secret@127.0.0.1:${server.port}/${PG_DB}` }, MINIMAL_PG);
   try {
-    const m = d.call(`{"jsonrpc":"2.0","id":"cln:getmanifest#1","method":"getmanifest","params":{}}\n\n`, 'cln:getmanifest#1');
-    if (!m.includes('db_write')) throw new Error(`bad manifest: ${m}`);
     return { lat: loop(d, { ...job, netDir }).lat };
   } finally {
     void d.close();
